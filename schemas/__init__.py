@@ -1,0 +1,1 @@
+"""Message contracts shared by every service: Avro schemas, dataclasses, codec, topics."""

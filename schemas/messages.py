@@ -1,0 +1,120 @@
+"""Commands and events as frozen dataclasses; `schemas/avro/*.avsc` is the source of truth.
+
+Field names and order mirror the latest version of each Avro schema (a unit test
+checks that). Timestamps are timezone-aware UTC datetimes; dates are `date`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+
+# Deterministic ids: a command processed twice must yield an event with the same id,
+# so every reader can drop the repeat. uuid5 over a fixed namespace gives that.
+EVENT_NAMESPACE = uuid.UUID("6f1c7a52-3b8e-4d1e-9a57-2d4f0c9b8e11")
+SIGNUP_NAMESPACE = uuid.UUID("0b9a1f4e-58c2-4f7d-8e0a-91d3c6b2a7f4")
+
+
+def event_id_for(command_id: str) -> str:
+    """The id of the one event that a command produces."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, command_id))
+
+
+def signup_id_for(course_id: str, idempotency_key: str) -> str:
+    """A retried request with the same Idempotency-Key becomes the same sign-up."""
+    return str(uuid.uuid5(SIGNUP_NAMESPACE, f"{course_id}\x00{idempotency_key}"))
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class CreateCourse:
+    command_id: str
+    course_id: str
+    title: str
+    lecturer: str
+    capacity: int
+    issued_at: datetime
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class SignUp:
+    command_id: str
+    signup_id: str
+    course_id: str
+    email: str
+    name: str
+    date_of_birth: date
+    issued_at: datetime
+    correlation_id: str
+
+
+Command = CreateCourse | SignUp
+
+
+# ---------------------------------------------------------------- events
+# Every event starts with the same metadata fields, in this order.
+
+
+@dataclass(frozen=True)
+class CourseCreated:
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    course_id: str
+    causation_id: str
+    correlation_id: str
+    title: str
+    lecturer: str
+    capacity: int
+
+
+@dataclass(frozen=True)
+class CourseCreationRejected:
+    """A CreateCourse for an id that already names a different course."""
+
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    course_id: str
+    causation_id: str
+    correlation_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StudentSignedUp:
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    course_id: str
+    causation_id: str
+    correlation_id: str
+    signup_id: str
+    email: str
+    name: str
+    date_of_birth: date
+    seats_taken: int
+
+
+@dataclass(frozen=True)
+class SignUpRejected:
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    course_id: str
+    causation_id: str
+    correlation_id: str
+    signup_id: str
+    email: str
+    name: str
+    reason: str
+
+
+Event = CourseCreated | CourseCreationRejected | StudentSignedUp | SignUpRejected
+Decision = StudentSignedUp | SignUpRejected
+
+REJECTION_REASONS = ("course_full", "course_not_found", "already_enrolled")
