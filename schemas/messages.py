@@ -98,6 +98,8 @@ class StudentSignedUp:
     name: str
     date_of_birth: date
     seats_taken: int
+    # Added in StudentSignedUp v2 (default null), so v1 events still decode.
+    capacity: int | None = None
 
 
 @dataclass(frozen=True)
