@@ -1,0 +1,165 @@
+import email
+import email.policy
+from datetime import UTC, date, datetime
+from email.message import EmailMessage
+
+import pytest
+
+from notifier.messages import CourseInfo, message_id, render
+from schemas.messages import Decision, SignUpRejected, StudentSignedUp, event_id_for
+
+NOW = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
+COURSE = CourseInfo(title="Intro to Python", lecturer="Ada Lovelace")
+SENDER = "Course Sign-up <noreply@example.org>"
+
+
+def accepted(name: str = "Ann Lee", capacity: int | None = 30) -> StudentSignedUp:
+    return StudentSignedUp(
+        event_id=event_id_for("cmd-1"),
+        event_type="StudentSignedUp",
+        occurred_at=NOW,
+        course_id="intro-python",
+        causation_id="cmd-1",
+        correlation_id="corr-1",
+        signup_id="signup-1",
+        email="ann@example.org",
+        name=name,
+        date_of_birth=date(2000, 5, 17),
+        seats_taken=7,
+        capacity=capacity,
+    )
+
+
+def rejected(reason: str, name: str = "Ann Lee") -> SignUpRejected:
+    return SignUpRejected(
+        event_id=event_id_for("cmd-2"),
+        event_type="SignUpRejected",
+        occurred_at=NOW,
+        course_id="intro-python",
+        causation_id="cmd-2",
+        correlation_id="corr-2",
+        signup_id="signup-2",
+        email="ann@example.org",
+        name=name,
+        reason=reason,
+    )
+
+
+def round_trip(msg: EmailMessage) -> EmailMessage:
+    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def bodies(msg: EmailMessage) -> tuple[str, str]:
+    text, page = msg.get_body(("plain",)), msg.get_body(("html",))
+    assert text is not None and page is not None
+    return text.get_content(), page.get_content()
+
+
+def test_an_acceptance_confirms_the_seat() -> None:
+    msg = round_trip(render(accepted(), COURSE, SENDER))
+
+    text, page = bodies(msg)
+    assert msg["To"].addresses[0].addr_spec == "ann@example.org"
+    assert msg["From"] == SENDER
+    assert msg["Subject"] == "Sign-up accepted: Intro to Python"
+    assert (msg["X-Event-Id"], msg["X-Correlation-Id"]) == (event_id_for("cmd-1"), "corr-1")
+    for body in (text, page):
+        assert "Hello Ann Lee," in body
+        assert "Intro to Python" in body and "Ada Lovelace" in body
+        assert "seat 7 of 30" in body
+
+
+def test_an_acceptance_without_a_known_capacity_names_the_seat_only() -> None:
+    text, _ = bodies(render(accepted(capacity=None), COURSE, SENDER))
+
+    assert "seat 7." in text and " of " not in text
+
+
+@pytest.mark.parametrize(
+    ("reason", "words"),
+    [
+        ("course_full", "the course is full"),
+        ("course_not_found", "there is no such course"),
+        ("already_enrolled", "you already hold a seat in this course"),
+        ("something_new", "something_new"),
+    ],
+)
+def test_a_rejection_gives_the_reason_in_plain_words(reason: str, words: str) -> None:
+    msg = round_trip(render(rejected(reason), COURSE, SENDER))
+
+    text, page = bodies(msg)
+    assert msg["Subject"] == "Sign-up not accepted: Intro to Python"
+    assert words in text and words in page
+    assert "Ada Lovelace" in text
+
+
+def test_an_unknown_course_is_named_by_its_id_without_a_lecturer() -> None:
+    msg = round_trip(render(rejected("course_not_found"), None, SENDER))
+
+    text, page = bodies(msg)
+    assert msg["Subject"] == "Sign-up not accepted: intro-python"
+    assert "“intro-python”: there is no such course." in text
+    assert "taught by" not in text and "None" not in text and "None" not in page
+
+
+@pytest.mark.parametrize("decision", [accepted("Zoë Ångström"), rejected("course_full", "李小龙")])
+def test_non_ascii_names_survive_a_round_trip(decision: Decision) -> None:
+    course = CourseInfo(title="Análisis numérico — 数值分析", lecturer="Émile Borel")
+
+    msg = round_trip(render(decision, course, "Kurse Ü <noreply@example.org>"))
+
+    text, page = bodies(msg)
+    assert msg["To"].addresses[0].display_name == decision.name
+    assert msg["From"].addresses[0].display_name == "Kurse Ü"
+    assert msg["Subject"].endswith("Análisis numérico — 数值分析")
+    assert f"Hello {decision.name}," in text and f"Hello {decision.name}," in page
+    assert "Émile Borel" in text
+
+
+def test_an_internationalised_address_survives_a_round_trip() -> None:
+    decision = accepted()
+    decision = StudentSignedUp(**{**vars(decision), "email": "zoë@exämple.org"})
+
+    raw = render(decision, COURSE, SENDER).as_bytes()
+
+    # RFC 6532 raw UTF-8 headers: CPython's bytes parser leaves addresses undecoded,
+    # so a reader decodes the bytes first.
+    msg = email.message_from_string(raw.decode("utf-8"), policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    assert msg["To"].addresses[0].addr_spec == "zoë@exämple.org"
+    assert bodies(msg)[0].startswith("Hello Ann Lee,")
+
+
+def test_interpolated_values_are_escaped_in_the_html() -> None:
+    course = CourseInfo(title="Tags & <b>bold</b>", lecturer='"Ada" <ada@x>')
+
+    _, page = bodies(render(accepted("<script>alert(1)</script>"), course, SENDER))
+
+    assert "<script>" not in page and "<b>" not in page and "<ada@x>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Tags &amp; &lt;b&gt;bold&lt;/b&gt;" in page
+
+
+def test_line_breaks_in_a_name_cannot_inject_headers() -> None:
+    msg = round_trip(render(accepted("Ann\r\nBcc: eve@example.org"), COURSE, SENDER))
+
+    assert msg["Bcc"] is None
+    assert msg["To"].addresses[0].display_name == "Ann Bcc: eve@example.org"
+
+
+def test_the_message_id_is_derived_from_the_event_id() -> None:
+    first = render(accepted(), COURSE, SENDER)
+    again = render(accepted(), COURSE, "Other <other@example.net>")
+
+    assert first["Message-ID"] == again["Message-ID"] == message_id(event_id_for("cmd-1"))
+    assert event_id_for("cmd-1") in first["Message-ID"]
+    assert render(rejected("course_full"), COURSE, SENDER)["Message-ID"] != first["Message-ID"]
+
+
+def test_rendering_is_deterministic_to_the_byte() -> None:
+    assert (
+        render(accepted(), COURSE, SENDER).as_bytes()
+        == render(accepted(), COURSE, SENDER).as_bytes()
+    )
