@@ -1,0 +1,48 @@
+# The project's commands; see README.md. Every target installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: up down status demo replay test unit bench chaos lint install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+up: $(STAMP)
+	@$(PY) -m stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m stack down; else echo "nothing to stop"; fi
+
+status: $(STAMP)
+	@$(PY) -m stack status
+
+demo: up
+	@$(PY) -m demo
+
+replay: $(STAMP)
+	@$(PY) -m projections.replay
+
+test: $(STAMP)
+	@$(PY) -m stack prepare
+	@$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	@$(PY) -m pytest -q tests/unit
+
+bench: $(STAMP)
+	@$(PY) -m bench
+
+chaos: $(STAMP)
+	@$(PY) -m chaos
+
+lint: $(STAMP)
+	@$(PY) -m ruff check .
+	@$(PY) -m mypy schemas command_api course_processor projections notifier stack migrations

@@ -1,0 +1,152 @@
+"""Background processes with PID files and logs under $RUN_DIR, and bounded readiness waits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from stack.config import StackConfig
+
+
+class StackError(RuntimeError):
+    """A component could not be installed or started; the message names it."""
+
+
+def pid_file(config: StackConfig, name: str) -> Path:
+    return config.pids / f"{name}.pid"
+
+
+def log_file(config: StackConfig, name: str) -> Path:
+    return config.logs / f"{name}.log"
+
+
+def read_pid(config: StackConfig, name: str) -> int | None:
+    try:
+        return int(pid_file(config, name).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # Field 3 is the state; a zombie has exited and only waits to be reaped.
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def is_running(config: StackConfig, name: str) -> bool:
+    pid = read_pid(config, name)
+    return pid is not None and pid_alive(pid)
+
+
+def spawn(
+    config: StackConfig,
+    name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> int:
+    """Start argv detached in its own session, logging to $RUN_DIR/logs/<name>.log."""
+    config.pids.mkdir(parents=True, exist_ok=True)
+    config.logs.mkdir(parents=True, exist_ok=True)
+    with open(log_file(config, name), "ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+            **as_user(user),
+        )
+    pid_file(config, name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments that drop to `user` with its own group only (not root's)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def stop(config: StackConfig, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> bool:
+    """Stop a component gracefully, then by force; True if it was running."""
+    pid = read_pid(config, name)
+    if pid is None or not pid_alive(pid):
+        pid_file(config, name).unlink(missing_ok=True)
+        return False
+    _signal_group(pid, sig)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+        while pid_alive(pid) and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+    pid_file(config, name).unlink(missing_ok=True)
+    return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, log: Path | None = None,
+    pid: int | None = None,
+) -> None:
+    """Poll check() until it holds; the error names the component and its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid is not None and not pid_alive(pid):
+            raise StackError(f"{what} exited during start-up; see {log}{_tail(log)}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - any failure of a probe means "not yet"
+            pass
+        time.sleep(0.2)
+    raise StackError(f"{what} did not become ready within {timeout:.0f}s; see {log}{_tail(log)}")
+
+
+def _tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    text = log.read_text(errors="replace").splitlines()[-lines:]
+    return "\n  last lines:\n    " + "\n    ".join(text)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
+        return 200 <= response.status < 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,91 @@
+"""A development SMTP server that stores each message it receives as one file.
+
+Run: python -m stack.smtp_sink --port 2525 --mail-dir .run/mail
+
+Every accepted message becomes `<mail-dir>/<received>-<uuid>.eml`, written to a
+temporary name and renamed, so a reader never sees half a message. Recipients in
+a domain listed in SMTP_SINK_REJECT_DOMAINS (default `rejected.invalid`) get a
+permanent `550`, to exercise the senders' dead-letter path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+class FileSink:
+    def __init__(self, mail_dir: Path, reject_domains: set[str]) -> None:
+        self.mail_dir = mail_dir
+        self.reject_domains = reject_domains
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        domain = address.rsplit("@", 1)[-1].lower()
+        if domain in self.reject_domains:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        self.store(envelope)
+        return "250 Message accepted for delivery"
+
+    def store(self, envelope: Envelope) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        final = self.mail_dir / f"{stamp}-{uuid.uuid4().hex}.eml"
+        tmp = final.with_suffix(".tmp")
+        header = (
+            f"X-Envelope-From: {envelope.mail_from}\r\n"
+            f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
+        ).encode()
+        content: Any = envelope.original_content or envelope.content or b""
+        body = content if isinstance(content, bytes) else str(content).encode()
+        with open(tmp, "wb") as out:
+            out.write(header + body)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.rename(final)
+        return final
+
+
+async def serve(host: str, port: int, sink: FileSink) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(sink, hostname="smtp-sink.local", decode_data=False,
+                     enable_SMTPUTF8=True, data_size_limit=10_485_760),
+        host=host, port=port,
+    )
+    stopped = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    print(f"smtp sink listening on {host}:{port}, storing into {sink.mail_dir}", flush=True)
+    async with server:
+        await stopped.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SMTP_PORT", "2525")))
+    parser.add_argument("--mail-dir", type=Path, required=True)
+    args = parser.parse_args()
+    args.mail_dir.mkdir(parents=True, exist_ok=True)
+    reject = os.environ.get("SMTP_SINK_REJECT_DOMAINS", "rejected.invalid")
+    sink = FileSink(args.mail_dir, {d.strip().lower() for d in reject.split(",") if d.strip()})
+    asyncio.run(serve(args.host, args.port, sink))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""`python -m stack` as `make up` runs it: PID files, logs, restart of only what died, down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stack.procs import pid_alive
+from tests.conftest import stack_config_for_tests
+
+INFRA = ("kafka", "postgres", "smtp")
+
+
+def _stack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stack", command], env=env, text=True,
+                          capture_output=True, timeout=300)
+
+
+def _env(run_dir: Path) -> dict[str, str]:
+    config = stack_config_for_tests(run_dir)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
+    env.update({
+        "RUN_DIR": str(run_dir), "KAFKA_PORT": str(config.kafka_port),
+        "KAFKA_CONTROLLER_PORT": str(config.kafka_controller_port),
+        "PG_PORT": str(config.pg_port), "SMTP_PORT": str(config.smtp_port),
+        "COMMAND_API_PORT": str(config.command_api_port),
+        "QUERY_API_PORT": str(config.query_api_port),
+        "PROCESSOR_PORT": str(config.processor_port),
+        "PROJECTOR_PORT": str(config.projector_port),
+        "NOTIFIER_PORT": str(config.notifier_port),
+        # Only the infrastructure: the services have their own end-to-end tests.
+        "STACK_ONLY": ",".join(INFRA),
+    })
+    return env
+
+
+def _pids(run_dir: Path) -> dict[str, int]:
+    return {p.stem: int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")}
+
+
+def test_up_restarts_only_what_died_and_down_stops_everything() -> None:
+    run_dir = Path(tempfile.mkdtemp(prefix="course-signup-cli-"))
+    env = _env(run_dir)
+    try:
+        first = _stack("up", env)
+        assert first.returncode == 0, first.stderr
+        assert "Admin token" in first.stdout
+        before = _pids(run_dir)
+        assert set(INFRA) <= set(before)
+        assert all((run_dir / "logs" / f"{name}.log").exists() for name in INFRA)
+
+        os.kill(before["smtp"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(before["smtp"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        again = _stack("up", env)
+        assert again.returncode == 0, again.stderr
+        after = _pids(run_dir)
+        assert after["kafka"] == before["kafka"] and after["postgres"] == before["postgres"]
+        assert after["smtp"] != before["smtp"] and pid_alive(after["smtp"])
+        assert "kafka        already running" in again.stdout
+
+        down = _stack("down", env)
+        assert down.returncode == 0, down.stderr
+        assert not any(pid_alive(pid) for pid in after.values())
+        assert (run_dir / "kafka" / "data").exists(), "down keeps the data"
+    finally:
+        _stack("down", env)
