@@ -1,6 +1,8 @@
 """Brings the native stack up and down.
 
 Run: python -m stack up | down | status   (the Makefile's `make up` and `make down`)
+     python -m stack topics | migrate     (only create the topics / apply the migrations,
+                                           on KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set)
 
 Settings come from the environment: RUN_DIR, KAFKA_PORT, PG_PORT, SMTP_PORT,
 COMMAND_API_PORT, QUERY_API_PORT, ADMIN_TOKEN, PARTITIONS, PROCESSORS (number of
@@ -98,7 +100,8 @@ def status(config: StackConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description="native stack control")
-    parser.add_argument("command", choices=["up", "down", "status", "env", "prepare"])
+    commands = ["up", "down", "status", "env", "prepare", "topics", "migrate"]
+    parser.add_argument("command", choices=commands)
     args = parser.parse_args(argv)
     config = StackConfig.from_env()
     try:
@@ -107,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             up(config, only or None)
         elif args.command == "down":
             down(config)
+        elif args.command == "topics":
+            kafka.ensure_topics(config, os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+        elif args.command == "migrate":
+            import migrations
+
+            url = os.environ.get("DATABASE_URL") or config.database_url
+            print("applied:", migrations.apply(url))
         elif args.command == "prepare":
             prepare(config)
         elif args.command == "env":

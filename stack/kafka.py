@@ -145,11 +145,12 @@ def _metadata_ok(config: StackConfig) -> bool:
     return len(admin.list_topics(timeout=2).brokers) > 0
 
 
-def ensure_topics(config: StackConfig) -> None:
+def ensure_topics(config: StackConfig, bootstrap: str | None = None) -> None:
     """Create the project's topics with their settings; existing ones are left as they are."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": config.kafka_bootstrap, "log_level": 3})
+    admin = AdminClient({"bootstrap.servers": bootstrap or config.kafka_bootstrap,
+                         "log_level": 3})
     existing = admin.list_topics(timeout=10).topics
     wanted = [
         NewTopic(name, config.partitions, 1, config=cfg)
