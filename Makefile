@@ -25,7 +25,7 @@ status: $(STAMP)
 	@$(PY) -m stack status
 
 demo: up
-	@$(PY) -m demo
+	@$(PY) -m proof.demo
 
 replay: $(STAMP)
 	@$(PY) -m projections.replay
@@ -38,10 +38,10 @@ unit: $(STAMP)
 	@$(PY) -m pytest -q tests/unit
 
 bench: $(STAMP)
-	@$(PY) -m bench
+	@$(PY) -m proof.bench
 
 chaos: $(STAMP)
-	@$(PY) -m chaos
+	@$(PY) -m proof.chaos
 
 lint: $(STAMP)
 	@$(PY) -m ruff check .

@@ -1,0 +1,100 @@
+"""Synthetic students and an HTTP client for the command and query APIs (demo, bench, chaos)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import httpx
+
+FIRST = ["Ann", "Bob", "Chloé", "Dmitri", "Eve", "Farah", "Göran", "Hana", "Ikaika", "Jun",
+         "Kemal", "Lena", "Maëlle", "Nia", "Oskar", "Priya", "Quinn", "Rosa", "Søren", "Tariq",
+         "Uma", "Vikram", "Wen", "Xóchitl", "Yusuf", "Zoë"]
+LAST = ["Ångström", "Bauer", "Costa", "Dubois", "Eriksen", "Fischer", "García", "Horvat",
+        "Ito", "Jansen", "Kowalski", "López", "Müller", "Nakamura", "O'Neil", "Petrov",
+        "Quispe", "Rossi", "Silva", "Tanaka", "Ulloa", "Varga", "Weiß", "Xu", "Yilmaz", "Zhou"]
+
+
+@dataclass(frozen=True)
+class Student:
+    email: str
+    name: str
+    date_of_birth: date
+
+    def body(self) -> dict[str, str]:
+        return {"email": self.email, "name": self.name,
+                "date_of_birth": self.date_of_birth.isoformat()}
+
+
+def students(count: int, rng: random.Random, tag: str) -> list[Student]:
+    today = date.today()
+    result = []
+    for i in range(count):
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        age_days = rng.randint(17 * 365, 65 * 365)
+        result.append(Student(f"student{i}.{tag}@example.org", f"{first} {last}",
+                              today - timedelta(days=age_days)))
+    return result
+
+
+@dataclass
+class Outcome:
+    status: int
+    signup_id: str | None
+    seconds: float
+
+
+async def sign_up(client: httpx.AsyncClient, course_id: str, student: Student,
+                  idempotency_key: str | None = None, email: str | None = None) -> Outcome:
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    body = student.body() | ({"email": email} if email else {})
+    began = time.perf_counter()
+    try:
+        response = await client.post(f"/courses/{course_id}/signups", json=body, headers=headers)
+    except httpx.HTTPError:
+        return Outcome(0, None, time.perf_counter() - began)
+    signup_id = response.json().get("signup_id") if response.status_code == 202 else None
+    return Outcome(response.status_code, signup_id, time.perf_counter() - began)
+
+
+async def bounded(jobs: Iterable[Callable[[], Awaitable[Outcome]]], concurrency: int,
+                  on_done: Callable[[Outcome], None]) -> list[Outcome]:
+    """Run jobs with at most `concurrency` in flight, reporting each as it finishes."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def run(job: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        async with gate:
+            outcome = await job()
+        on_done(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(run(job) for job in jobs)))
+
+
+async def wait_decided(client: httpx.AsyncClient, signup_ids: list[str], timeout: float,
+                       on_progress: Callable[[int], None] | None = None) -> dict[str, dict]:
+    """Poll the query API until every sign-up has its decision (bounded by timeout)."""
+    decided: dict[str, dict] = {}
+    pending = list(dict.fromkeys(signup_ids))
+    deadline = time.monotonic() + timeout
+    gate = asyncio.Semaphore(32)
+
+    async def probe(signup_id: str) -> None:
+        async with gate:
+            response = await client.get(f"/signups/{signup_id}")
+        if response.status_code == 200:
+            decided[signup_id] = response.json()
+
+    while pending and time.monotonic() < deadline:
+        before = len(decided)
+        await asyncio.gather(*(probe(s) for s in pending))
+        pending = [s for s in pending if s not in decided]
+        if on_progress:
+            on_progress(len(decided) - before)
+        if pending:
+            await asyncio.sleep(0.5)
+    return decided
