@@ -1,0 +1,142 @@
+"""What happens to one record of course-events: learn a course, send one e-mail, or dead-letter.
+
+`Handler.advance` takes a job one step as far as it can go and says how it ended. It
+knows nothing of consumer offsets or scheduling; `worker.py` does. A job remembers
+whether its e-mail (or dead letter) already went out, so a retry after a failed
+database write only writes the record and never sends twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from notifier.deadletter import DeadLetters, Record, dead_letter_headers
+from notifier.mailer import Failure, Mailer, MailError
+from notifier.messages import CourseInfo, render
+from notifier.observability import Metrics
+from notifier.store import Store
+from schemas.codec import DecodeError, Message, decode
+from schemas.messages import CourseCreated, CourseCreationRejected, SignUpRejected, StudentSignedUp
+
+log = logging.getLogger("notifier")
+
+KIND = {StudentSignedUp: "accepted", SignUpRejected: "rejected"}
+
+
+@dataclass
+class Job:
+    record: Record
+    message: Message | None
+    decode_error: str = ""
+    attempts: int = 0  # failures of this message itself; server outages do not count
+    first_failure: float | None = None
+    # Set once the e-mail or the dead letter went out; then only the record may be missing.
+    delivered_as: Literal["sent", "dead_lettered"] | None = None
+
+    @classmethod
+    def of(cls, record: Record) -> Job:
+        try:
+            return cls(record, decode(record.value))
+        except DecodeError as exc:
+            return cls(record, None, str(exc))
+
+    @property
+    def event_id(self) -> str | None:
+        return getattr(self.message, "event_id", None)
+
+    @property
+    def correlation_id(self) -> str | None:
+        return getattr(self.message, "correlation_id", None) or self.record.header(
+            "correlation_id")
+
+    def context(self) -> dict[str, object]:
+        """What a log line may say about this job: ids and position, never personal data."""
+        return {
+            "correlation_id": self.correlation_id,
+            "event_id": self.event_id,
+            "event_type": type(self.message).__name__ if self.message else None,
+            "partition": self.record.partition,
+            "offset": self.record.offset,
+        }
+
+
+@dataclass(frozen=True)
+class Done:
+    outcome: Literal["sent", "skipped", "dead_lettered", "learned", "ignored"]
+
+
+@dataclass(frozen=True)
+class Failed:
+    failure: Failure
+
+
+Outcome = Done | Failed
+
+
+class Handler:
+    """One step per call; raises psycopg errors and DeadLetterError when those are down."""
+
+    def __init__(self, store: Store, mailer: Mailer, dead_letters: DeadLetters,
+                 metrics: Metrics, sender: str,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.store = store
+        self.mailer = mailer
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.sender = sender
+        self.now = now
+
+    def advance(self, job: Job) -> Outcome:
+        if job.delivered_as is not None:
+            self._record(job)
+            return Done(job.delivered_as)
+        msg = job.message
+        if msg is None:
+            return self.dead_letter(job, "undecodable", job.decode_error)
+        if isinstance(msg, StudentSignedUp | SignUpRejected):
+            return self._notify(job, msg)
+        if isinstance(msg, CourseCreated):
+            self.store.save_course(msg.course_id, CourseInfo(msg.title, msg.lecturer))
+            return Done("learned")
+        if isinstance(msg, CourseCreationRejected):
+            return Done("ignored")
+        # A command on the event log: somebody wrote to the wrong topic.
+        return self.dead_letter(job, "unexpected_message", type(msg).__name__)
+
+    def dead_letter(self, job: Job, reason: str, detail: str = "") -> Done:
+        headers = dead_letter_headers(job.record, reason, self.now(), detail, job.attempts)
+        self.dead_letters.send(job.record, headers)
+        job.delivered_as = "dead_lettered"
+        self.metrics.dead_lettered.labels(reason).inc()
+        log.warning("dead-lettered", extra={**job.context(), "reason": reason})
+        self._record(job)
+        return Done("dead_lettered")
+
+    def _notify(self, job: Job, decision: StudentSignedUp | SignUpRejected) -> Outcome:
+        if self.store.already_handled(decision.event_id):
+            self.metrics.skipped.inc()
+            return Done("skipped")
+        try:
+            email = render(decision, self.store.course(decision.course_id), self.sender)
+        except Exception as exc:  # noqa: BLE001 - a decision that cannot be rendered
+            return self.dead_letter(job, "render_failed", type(exc).__name__)
+        try:
+            self.mailer.send(email, decision.email)
+        except MailError as exc:
+            return Failed(exc.failure)
+        # From here until the record below is the only window in which a crash
+        # sends this e-mail twice.
+        job.delivered_as = "sent"
+        self.metrics.sent.labels(KIND[type(decision)]).inc()
+        log.info("e-mail sent", extra=job.context())
+        self._record(job)
+        return Done("sent")
+
+    def _record(self, job: Job) -> None:
+        event_id = job.event_id
+        if event_id is not None:
+            self.store.record_handled(event_id, str(getattr(job.message, "signup_id", "")))

@@ -1,0 +1,148 @@
+"""SMTP adapter: one reused connection, reconnects, and failures sorted by what helps.
+
+A `Failure` says whether waiting can help (transient) or not (permanent), and whether
+the failure is the server's as a whole (every message would fail now: refused or reset
+connection, timeout, greeting or login refused) or this one message's (a refused
+recipient, a rejected body). Its `reason` and `code` are safe to log: the server's own
+text is kept apart, as it often quotes the recipient's address.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import parseaddr
+from typing import Literal
+
+from notifier.settings import Settings
+
+Kind = Literal["transient", "permanent"]
+
+# A connection unused this long is checked with NOOP before a message goes out on it:
+# servers drop idle clients, and a failed NOOP is safe to retry where a failed DATA is not.
+IDLE_CHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: Kind
+    reason: str
+    code: int | None = None
+    server_wide: bool = False
+    detail: str = ""  # the server's text; may name the recipient, so never logged
+
+
+class MailError(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
+
+
+def _by_code(code: int, reason: str, detail: str, server_wide: bool = False) -> Failure:
+    kind: Kind = "permanent" if code >= 500 else "transient"
+    return Failure(kind, reason, code, server_wide, detail)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def classify(exc: BaseException) -> Failure:
+    """What a failure of one send means for retrying it."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        answers = list(exc.recipients.values())
+        code = max((c for c, _ in answers), default=550)
+        detail = "; ".join(f"{c} {_text(m)}" for c, m in answers)
+        # Any 4xx among them: the server may take it later.
+        transient = any(400 <= c < 500 for c, _ in answers)
+        return Failure("transient" if transient else "permanent", "recipient_refused",
+                       code, False, detail)
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        # E.g. an internationalised address and a server without SMTPUTF8.
+        return Failure("permanent", "not_supported", None, False, str(exc))
+    if isinstance(exc, (smtplib.SMTPAuthenticationError, smtplib.SMTPHeloError,
+                        smtplib.SMTPConnectError)):
+        # The session, not the message: dead-lettering every e-mail because of a wrong
+        # password or a refused greeting would be wrong, so wait for the server.
+        return Failure("transient", "server_refused_session", exc.smtp_code, True,
+                       _text(exc.smtp_error))
+    if isinstance(exc, smtplib.SMTPSenderRefused):
+        return _by_code(exc.smtp_code, "sender_refused", _text(exc.smtp_error))
+    if isinstance(exc, smtplib.SMTPDataError):
+        return _by_code(exc.smtp_code, "data_rejected", _text(exc.smtp_error))
+    if isinstance(exc, smtplib.SMTPResponseException):
+        # 421 means the server is closing the session for everyone.
+        return _by_code(exc.smtp_code, "smtp_error", _text(exc.smtp_error),
+                        server_wide=exc.smtp_code == 421)
+    if isinstance(exc, (smtplib.SMTPServerDisconnected, OSError)):
+        # Refused or reset connection, timeout, TLS failure, DNS: nothing reached the server.
+        return Failure("transient", "connection_failed", None, True, type(exc).__name__)
+    return Failure("permanent", "unexpected_error", None, False, type(exc).__name__)
+
+
+class Mailer:
+    """Sends e-mails over one SMTP session, opened on first use and after any failure."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._sender = parseaddr(settings.mail_from)[1] or settings.mail_from
+        self._client: smtplib.SMTP | None = None
+        self._last_used = 0.0
+
+    def send(self, msg: EmailMessage, recipient: str) -> None:
+        """Hand `msg` to the server for `recipient`; raises MailError if it did not take it."""
+        try:
+            client = self._session()
+            client.send_message(msg, from_addr=self._sender, to_addrs=[recipient])
+        except Exception as exc:
+            failure = classify(exc)
+            # smtplib resets the session itself after a refused sender, recipient or
+            # body; after anything else the session is in an unknown state.
+            if not isinstance(exc, (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused,
+                                    smtplib.SMTPDataError)):
+                self.close()
+            raise MailError(failure) from exc
+        self._last_used = time.monotonic()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
+
+    def _session(self) -> smtplib.SMTP:
+        if self._client is not None and time.monotonic() - self._last_used > IDLE_CHECK_SECONDS:
+            try:
+                self._client.noop()
+            except (smtplib.SMTPException, OSError):
+                self.close()
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self._settings
+        client: smtplib.SMTP
+        if s.smtp_security == "tls":
+            client = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_seconds,
+                                      context=ssl.create_default_context())
+        else:
+            client = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_seconds)
+        try:
+            client.ehlo()
+            if s.smtp_security == "starttls":
+                client.starttls(context=ssl.create_default_context())
+                client.ehlo()
+            if s.smtp_username:
+                password = s.smtp_password.get_secret_value() if s.smtp_password else ""
+                client.login(s.smtp_username, password)
+        except BaseException:
+            client.close()
+            raise
+        return client

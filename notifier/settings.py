@@ -1,0 +1,59 @@
+"""The notifier's settings, read from the environment (12-factor)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """Every knob of the notifier; field names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, frozen=True)
+
+    kafka_bootstrap_servers: str = Field(min_length=1)
+    database_url: str = Field(min_length=1)
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=2525, ge=1, le=65535)
+    smtp_security: Annotated[Literal["none", "starttls", "tls"], BeforeValidator(_lower)] = "none"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    mail_from: str = "Course Sign-up <no-reply@courses.example.org>"
+
+    notifier_host: str = "127.0.0.1"
+    notifier_port: int = Field(default=6068, ge=1, le=65535)
+    notifier_group_id: str = Field(default="notifier", min_length=1)
+    # Static group membership: a restarted instance with the same id gets its partitions
+    # back at once instead of waiting for the session timeout of its dead predecessor.
+    notifier_instance_id: str | None = None
+    notifier_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+
+    # Capped exponential backoff with jitter: attempt n waits
+    # min(max, initial * multiplier**(n-1)) scaled by a random factor in [0.5, 1].
+    notifier_retry_initial_seconds: float = Field(default=0.5, gt=0)
+    notifier_retry_max_seconds: float = Field(default=60.0, gt=0)
+    notifier_retry_multiplier: float = Field(default=2.0, ge=1)
+    # A permanent SMTP failure (5xx, refused recipient) is tried this often, then
+    # dead-lettered.
+    notifier_permanent_attempts: int = Field(default=3, ge=1)
+    # A message the server keeps answering 4xx (while others go through) is dead-lettered
+    # after this long; 0 keeps retrying it forever. Server outages never count.
+    notifier_transient_give_up_seconds: float = Field(default=2 * 24 * 3600, ge=0)
+    # Messages waiting for a retry at most; at the limit the consumer pauses.
+    notifier_max_parked: int = Field(default=1000, ge=1)
+
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+    ] = "INFO"

@@ -1,0 +1,75 @@
+"""PostgreSQL adapter: the record of handled decisions and the courses learned from the log."""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from notifier.messages import CourseInfo
+
+
+class Store:
+    """One autocommit connection, reopened on the next call after it broke.
+
+    Every statement is idempotent, so a caller may simply repeat one that failed.
+    """
+
+    def __init__(self, conninfo: str, connect_timeout: int = 5) -> None:
+        self._conninfo = conninfo
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[TupleRow] | None = None
+        self._courses: dict[str, CourseInfo] = {}
+
+    def already_handled(self, event_id: str) -> bool:
+        row = self._execute("SELECT 1 FROM sent_notifications WHERE event_id = %s", (event_id,))
+        return row is not None
+
+    def record_handled(self, event_id: str, signup_id: str) -> None:
+        # The primary key makes a second record of the same decision a no-op.
+        self._execute(
+            "INSERT INTO sent_notifications (event_id, signup_id) VALUES (%s, %s)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            (event_id, signup_id),
+        )
+
+    def save_course(self, course_id: str, course: CourseInfo) -> None:
+        self._execute(
+            "INSERT INTO notifier_courses (course_id, title, lecturer) VALUES (%s, %s, %s)"
+            " ON CONFLICT (course_id) DO UPDATE"
+            " SET title = EXCLUDED.title, lecturer = EXCLUDED.lecturer",
+            (course_id, course.title, course.lecturer),
+        )
+        self._courses[course_id] = course
+
+    def course(self, course_id: str) -> CourseInfo | None:
+        # Courses never change once created, so a cached one stays right.
+        cached = self._courses.get(course_id)
+        if cached is not None:
+            return cached
+        row = self._execute(
+            "SELECT title, lecturer FROM notifier_courses WHERE course_id = %s", (course_id,)
+        )
+        if row is None:
+            return None
+        course = CourseInfo(title=str(row[0]), lecturer=str(row[1]))
+        self._courses[course_id] = course
+        return course
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _execute(self, sql: LiteralString, params: tuple[object, ...]) -> TupleRow | None:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
+                )
+            cursor = self._conn.execute(sql, params)
+            return cursor.fetchone() if cursor.description is not None else None
+        except psycopg.OperationalError:
+            self.close()
+            raise

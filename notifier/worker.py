@@ -1,0 +1,346 @@
+"""The consumer loop: takes records of course-events, schedules retries, commits offsets.
+
+Ordering and progress. Records are handled in log order. A decision whose e-mail
+fails on its own (a 4xx or 5xx about that message) is parked with its own backoff and
+the loop goes on with the next records, so one bad message never stops the others;
+e-mails of different sign-ups do not depend on each other, and each sign-up has
+exactly one decision. When the server itself is unreachable (or PostgreSQL, or the
+broker for dead letters), every message would fail alike: the gate closes with a
+growing backoff, the consumer pauses, and the first record to be retried when it
+opens is the oldest one, so order holds across outages. CourseCreated precedes the
+decisions of its course in the same partition (key = course id) and is never parked
+behind them.
+
+Offsets: per partition, only the oldest unfinished offset is committed, after the
+sent-record of everything below it is in PostgreSQL. A crash re-reads from there;
+the sent-record skips what already went out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Message as KafkaMessage
+
+from notifier.deadletter import DeadLetterError, Headers, Record
+from notifier.handler import Done, Failed, Handler, Job
+from notifier.mailer import Failure
+from notifier.observability import Metrics
+from notifier.offsets import PartitionProgress
+from notifier.retry import Backoff, Gate, RetryQueue
+from notifier.settings import Settings
+from schemas import topics
+
+log = logging.getLogger("notifier")
+
+COMMIT_EVERY_SECONDS = 0.5
+LAG_EVERY_SECONDS = 5.0
+MAX_POLL_WAIT_SECONDS = 0.5
+
+TopicKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Policy:
+    backoff: Backoff
+    permanent_attempts: int
+    give_up_seconds: float  # 0: never
+    max_parked: int
+
+    @classmethod
+    def of(cls, s: Settings) -> Policy:
+        return cls(
+            Backoff(s.notifier_retry_initial_seconds, s.notifier_retry_max_seconds,
+                    s.notifier_retry_multiplier),
+            s.notifier_permanent_attempts, s.notifier_transient_give_up_seconds,
+            s.notifier_max_parked,
+        )
+
+
+def consumer_config(s: Settings) -> dict[str, object]:
+    config: dict[str, object] = {
+        "bootstrap.servers": s.kafka_bootstrap_servers,
+        "group.id": s.notifier_group_id,
+        # Only decisions of committed transactions: an aborted one never becomes an e-mail.
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # A new group starts at the beginning: every decision ever made gets its e-mail
+        # (the sent-record skips those already sent), and every course is learned.
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": s.notifier_session_timeout_ms,
+        "client.id": f"notifier-{s.notifier_group_id}",
+    }
+    if s.notifier_instance_id:
+        config["group.instance.id"] = s.notifier_instance_id
+    return config
+
+
+def _headers(msg: KafkaMessage) -> Headers:
+    raw = msg.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs]
+
+
+class Worker:
+    def __init__(self, consumer: Consumer, handler: Handler, metrics: Metrics, policy: Policy,
+                 clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.consumer = consumer
+        self.handler = handler
+        self.metrics = metrics
+        self.policy = policy
+        self.clock = clock
+        self.rand = rand
+        self.gate = Gate(policy.backoff, rand)
+        self.parked: RetryQueue[Job] = RetryQueue()
+        self.progress: dict[TopicKey, PartitionProgress] = {}
+        self.committed: dict[TopicKey, int] = {}
+        self.in_flight: dict[str, Job] = {}  # parked decisions by event id
+        self.paused = False
+        self._last_commit = 0.0
+        self._last_lag = 0.0
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.subscribe([topics.EVENTS], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.commit(asynchronous=False)
+
+    def step(self) -> None:
+        self.metrics.beat()
+        now = self.clock()
+        job = self.parked.pop_due(now) if self.gate.is_open(now) else None
+        if job is not None:
+            self.attempt(job)
+        else:
+            self._flow_control(now)
+            msg = self.consumer.poll(self._wait(now))
+            if msg is not None:
+                self._take(msg)
+        now = self.clock()
+        if now - self._last_commit >= COMMIT_EVERY_SECONDS:
+            self.commit(asynchronous=True)
+        if now - self._last_lag >= LAG_EVERY_SECONDS:
+            self._update_lag()
+
+    def _wait(self, now: float) -> float:
+        """How long poll() may block: until the next parked job can run, at most a moment."""
+        wake = now + MAX_POLL_WAIT_SECONDS
+        due = self.parked.next_due()
+        if due is not None:
+            wake = min(wake, max(due, self.gate.open_at))
+        return max(0.0, wake - now)
+
+    def _flow_control(self, now: float) -> None:
+        # While nothing can be sent, or too much waits already, leave the records in
+        # Kafka rather than in memory. poll() still runs, so the group keeps us.
+        hold = not self.gate.is_open(now) or len(self.parked) >= self.policy.max_parked
+        if hold == self.paused:
+            return
+        assignment = self.consumer.assignment()
+        if hold:
+            self.consumer.pause(assignment)
+        else:
+            self.consumer.resume(assignment)
+        self.paused = hold
+
+    def _take(self, msg: KafkaMessage) -> None:
+        if msg.error() is not None:
+            log.warning("consumer error", extra={"error": str(msg.error())})
+            return
+        record = Record(
+            topic=msg.topic() or topics.EVENTS, partition=msg.partition() or 0,
+            offset=msg.offset() or 0, key=msg.key(), value=msg.value() or b"",
+            headers=_headers(msg),
+        )
+        self.progress.setdefault((record.topic, record.partition),
+                                 PartitionProgress()).take(record.offset)
+        job = Job.of(record)
+        event_id = job.event_id
+        if event_id is not None and event_id in self.in_flight:
+            # The log repeats a decision that is still parked: that copy will send it,
+            # and it holds the commit below this one.
+            self.metrics.skipped.inc()
+            self._finish(job)
+            return
+        now = self.clock()
+        if self.gate.is_open(now):
+            self.attempt(job)
+        else:
+            self._park(job, self.gate.open_at)
+
+    # ------------------------------------------------------------------ one job
+
+    def attempt(self, job: Job) -> None:
+        try:
+            outcome = self.handler.advance(job)
+        except (psycopg.Error, DeadLetterError) as exc:
+            self._infra_down(job, type(exc).__name__)
+            return
+        if isinstance(outcome, Done):
+            self.gate.succeed()
+            self._finish(job)
+            return
+        self._failed(job, outcome)
+
+    def _failed(self, job: Job, failed: Failed) -> None:
+        failure, now = failed.failure, self.clock()
+        if failure.server_wide:
+            self._infra_down(job, failure.reason, failure.code)
+            return
+        # The server answered, so it is up; only this message has a problem.
+        self.gate.succeed()
+        job.attempts += 1
+        job.first_failure = job.first_failure if job.first_failure is not None else now
+        if self._give_up(job, failure, now):
+            self._dead_letter(job, failure)
+            return
+        due = now + self.policy.backoff.delay(job.attempts, self.rand)
+        self.metrics.retried.inc()
+        log.warning("send failed, will retry", extra={
+            **job.context(), "reason": failure.reason, "smtp_code": failure.code,
+            "attempt": job.attempts, "retry_in": round(due - now, 3)})
+        self._park(job, due)
+
+    def _give_up(self, job: Job, failure: Failure, now: float) -> bool:
+        if failure.kind == "permanent":
+            return job.attempts >= self.policy.permanent_attempts
+        limit = self.policy.give_up_seconds
+        return bool(limit) and now - (job.first_failure or now) >= limit
+
+    def _dead_letter(self, job: Job, failure: Failure) -> None:
+        reason = failure.reason if failure.kind == "permanent" else "retries_exhausted"
+        detail = f"{failure.reason}: {failure.detail}".strip()
+        try:
+            self.handler.dead_letter(job, reason, detail)
+        except (psycopg.Error, DeadLetterError) as exc:
+            self._infra_down(job, type(exc).__name__)
+            return
+        self._finish(job)
+
+    def _infra_down(self, job: Job, reason: str, code: int | None = None) -> None:
+        open_at = self.gate.fail(self.clock())
+        self.metrics.retried.inc()
+        log.warning("dependency unavailable, pausing", extra={
+            **job.context(), "reason": reason, "smtp_code": code,
+            "failures_in_row": self.gate.failures,
+            "retry_in": round(open_at - self.clock(), 3)})
+        self._park(job, open_at)
+
+    def _park(self, job: Job, due: float) -> None:
+        self.parked.push(due, job)
+        if job.event_id is not None:
+            self.in_flight[job.event_id] = job
+        self.metrics.parked.set(len(self.parked))
+
+    def _finish(self, job: Job) -> None:
+        record = job.record
+        progress = self.progress.get((record.topic, record.partition))
+        if progress is not None:
+            progress.finish(record.offset)
+        if job.event_id is not None and self.in_flight.get(job.event_id) is job:
+            del self.in_flight[job.event_id]
+        self.metrics.parked.set(len(self.parked))
+
+    # ------------------------------------------------------------------ offsets
+
+    def commit(self, asynchronous: bool, only: set[TopicKey] | None = None) -> None:
+        self._last_commit = self.clock()
+        offsets = []
+        for key, progress in self.progress.items():
+            offset = progress.committable()
+            if (only is None or key in only) and offset is not None \
+                    and offset > self.committed.get(key, -1):
+                offsets.append(TopicPartition(key[0], key[1], offset))
+        if not offsets:
+            return
+        try:
+            if asynchronous:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Not fatal: the next commit carries a later offset, and a re-read is skipped.
+            log.warning("offset commit failed", extra={"error": str(exc)})
+            return
+        for tp in offsets:
+            self.committed[(tp.topic, tp.partition)] = tp.offset
+
+    def _update_lag(self) -> None:
+        self._last_lag = self.clock()
+        try:
+            positions = self.consumer.position(self.consumer.assignment())
+        except KafkaException:
+            return
+        for tp in positions:
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            done = self._done_offset(tp, low)
+            if high >= 0 and done is not None and done >= 0:
+                self.metrics.lag.labels(str(tp.partition)).set(max(0, high - done))
+
+    def _done_offset(self, tp: TopicPartition, low: int) -> int | None:
+        """The offset below which everything is handled, as far as this worker knows."""
+        progress = self.progress.get((tp.topic, tp.partition))
+        if progress is not None and progress.unfinished:
+            return min(progress.unfinished)
+        if tp.offset >= 0:
+            # The consumer's position steps over transaction markers, which never
+            # reach the loop, so it is the better mark once all is finished.
+            return int(tp.offset)
+        # Nothing read yet from this partition: it starts at the group's committed offset.
+        key = (tp.topic, tp.partition)
+        if key not in self.committed:
+            try:
+                committed = self.consumer.committed([tp], timeout=2)[0].offset
+            except KafkaException:
+                return None
+            start = committed if committed >= 0 else low
+            if start < 0:
+                return None
+            self.committed[key] = start
+        return self.committed[key]
+
+    # ------------------------------------------------------------------ rebalances
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.paused = False
+        log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(p.topic, p.partition) for p in partitions}
+        self.commit(asynchronous=False, only=keys)
+        self._drop(keys)
+        log.info("partitions revoked", extra={"partitions": sorted(k[1] for k in keys)})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another member may own them already: committing now could skip its work.
+        self._drop({(p.topic, p.partition) for p in partitions})
+
+    def _drop(self, keys: set[TopicKey]) -> None:
+        # Parked work of a partition leaves with it; the new owner reads it again from
+        # the committed offset, which is below every parked record.
+        dropped = self.parked.remove_if(
+            lambda job: (job.record.topic, job.record.partition) in keys)
+        for job in dropped:
+            if job.event_id is not None:
+                self.in_flight.pop(job.event_id, None)
+        for key in keys:
+            self.progress.pop(key, None)
+            self.committed.pop(key, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(str(key[1]))
+        self.metrics.parked.set(len(self.parked))
