@@ -1,0 +1,67 @@
+"""Concurrent HTTP sign-ups through the whole stack never overbook a course."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import httpx
+
+from proof.load import bounded, sign_up, students
+from tests.e2e.conftest import RunningStack, eventually
+
+
+def test_2000_concurrent_signups_from_1500_students_fill_50_seats(
+    full_stack: RunningStack,
+) -> None:
+    course_id = f"crowded-{uuid.uuid4().hex[:10]}"
+    created = httpx.post(f"{full_stack.command_url}/courses",
+                         headers={"Authorization": f"Bearer {full_stack.config.admin_token()}"},
+                         json={"course_id": course_id, "title": "Popular", "lecturer": "Dr. P",
+                               "capacity": 50}, timeout=30)
+    assert created.status_code == 202
+    rng = random.Random(7)
+    pool = students(1500, rng, uuid.uuid4().hex[:6])
+    # 1,500 distinct students, 500 of them twice (half of those in upper case).
+    requests = [(s, None) for s in pool] + [
+        (s, s.email.upper() if i % 2 else None) for i, s in enumerate(rng.sample(pool, 500))
+    ]
+    rng.shuffle(requests)
+
+    async def fire() -> list:
+        async with httpx.AsyncClient(base_url=full_stack.command_url, timeout=60,
+                                     limits=httpx.Limits(max_connections=100)) as client:
+            return await bounded(
+                [lambda s=s, e=e: sign_up(client, course_id, s, email=e) for s, e in requests],
+                100, lambda _: None)
+
+    outcomes = asyncio.run(fire())
+    assert [o.status for o in outcomes].count(202) == 2000
+    signup_ids = {o.signup_id for o in outcomes}
+    assert len(signup_ids) == 2000
+
+    def all_decided() -> dict | None:
+        stats = httpx.get(f"{full_stack.query_url}/courses/{course_id}/stats", timeout=10)
+        if stats.status_code != 200 or stats.json()["enrolled"] < 50:
+            return None
+        return stats.json()
+
+    stats = eventually(all_decided, 180, "50 enrolments")
+    assert stats["enrolled"] == 50
+
+    def decisions() -> list[dict] | None:
+        found = []
+        with httpx.Client(base_url=full_stack.query_url, timeout=10) as client:
+            for signup_id in signup_ids:
+                response = client.get(f"/signups/{signup_id}")
+                if response.status_code != 200:
+                    return None
+                found.append(response.json())
+        return found
+
+    decided = eventually(decisions, 180, "a decision for each of the 2,000 sign-ups")
+    accepted = [d for d in decided if d["status"] == "accepted"]
+    assert len(accepted) == 50
+    assert {d["reason"] for d in decided if d["status"] == "rejected"} <= {
+        "course_full", "already_enrolled"}

@@ -1,0 +1,93 @@
+"""One sign-up through the whole stack: HTTP -> command -> decision -> view -> e-mail."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import uuid
+from datetime import date
+
+import httpx
+
+from tests.e2e.conftest import RunningStack, eventually
+
+
+def _create_course(stack: RunningStack, capacity: int) -> str:
+    course_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    response = httpx.post(f"{stack.command_url}/courses",
+                          headers={"Authorization": f"Bearer {stack.config.admin_token()}"},
+                          json={"course_id": course_id, "title": "Stream Processing",
+                                "lecturer": "Dr. Kreps", "capacity": capacity}, timeout=30)
+    assert response.status_code == 202, response.text
+    return course_id
+
+
+def _decision(stack: RunningStack, signup_id: str) -> dict | None:
+    response = httpx.get(f"{stack.query_url}/signups/{signup_id}", timeout=10)
+    return response.json() if response.status_code == 200 else None
+
+
+def _mails_for(stack: RunningStack, signup_id: str) -> list[email.message.EmailMessage]:
+    found = []
+    for path in stack.config.mail_dir.glob("*.eml"):
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        if msg.get("X-Signup-Id") == signup_id:
+            found.append(msg)
+    return found
+
+
+def test_a_signup_is_decided_projected_and_mailed(full_stack: RunningStack) -> None:
+    course_id = _create_course(full_stack, capacity=1)
+    born = date(2000, 5, 17)
+    bodies = [
+        {"email": f"zoe.{uuid.uuid4().hex[:6]}@example.org", "name": "Zoë Ångström",
+         "date_of_birth": born.isoformat()},
+        {"email": f"li.{uuid.uuid4().hex[:6]}@example.org", "name": "李小龙",
+         "date_of_birth": "1990-01-01"},
+    ]
+    first = httpx.post(f"{full_stack.command_url}/courses/{course_id}/signups", json=bodies[0],
+                       timeout=30)
+    assert first.status_code == 202, first.text
+    accepted_id = first.json()["signup_id"]
+    assert first.headers["Location"] == f"/signups/{accepted_id}"
+    decided = eventually(lambda: _decision(full_stack, accepted_id), 60, "the first decision")
+    assert decided == {"signup_id": accepted_id, "course_id": course_id, "status": "accepted",
+                       "reason": None}
+
+    second = httpx.post(f"{full_stack.command_url}/courses/{course_id}/signups",
+                        json=bodies[1], timeout=30)
+    rejected_id = second.json()["signup_id"]
+    rejected = eventually(lambda: _decision(full_stack, rejected_id), 60, "the second decision")
+    assert (rejected["status"], rejected["reason"]) == ("rejected", "course_full")
+
+    stats = httpx.get(f"{full_stack.query_url}/courses/{course_id}/stats",
+                      params={"as_of": "2026-05-17"}, timeout=10).json()
+    assert (stats["enrolled"], stats["capacity"], stats["min_age"], stats["max_age"]) == \
+        (1, 1, 26, 26)
+
+    mails = eventually(lambda: _mails_for(full_stack, accepted_id) or None, 60, "the e-mail")
+    assert len(mails) == 1 and mails[0]["To"] == bodies[0]["email"]
+    assert "Stream Processing" in mails[0]["Subject"]
+    refusal = eventually(lambda: _mails_for(full_stack, rejected_id) or None, 60, "the refusal")
+    assert len(refusal) == 1
+
+
+def test_unknown_course_is_rejected_with_its_reason(full_stack: RunningStack) -> None:
+    response = httpx.post(f"{full_stack.command_url}/courses/no-such-course-{uuid.uuid4().hex[:6]}"
+                          "/signups", json={"email": "ann@example.org", "name": "Ann",
+                                            "date_of_birth": "2001-02-03"}, timeout=30)
+    assert response.status_code == 202
+    signup_id = response.json()["signup_id"]
+    decided = eventually(lambda: _decision(full_stack, signup_id), 60, "the decision")
+    assert (decided["status"], decided["reason"]) == ("rejected", "course_not_found")
+
+
+def test_every_component_reports_health_and_metrics(full_stack: RunningStack) -> None:
+    config = full_stack.config
+    for port in (config.command_api_port, config.query_api_port, config.processor_port,
+                 config.projector_port, config.notifier_port):
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert metrics.status_code == 200 and "# TYPE" in metrics.text
+    for port in (config.command_api_port, config.query_api_port):
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
