@@ -1,0 +1,173 @@
+"""One record through the notifier's handler, with in-memory stand-ins for SMTP, DB and Kafka."""
+
+from __future__ import annotations
+
+import smtplib
+from datetime import UTC, date, datetime
+from email.message import EmailMessage
+
+import psycopg
+import pytest
+
+from notifier.deadletter import Headers, Record
+from notifier.handler import Done, Failed, Handler, Job
+from notifier.mailer import MailError, classify
+from notifier.messages import CourseInfo
+from notifier.observability import Metrics
+from schemas import codec
+from schemas.messages import CourseCreated, SignUpRejected, StudentSignedUp
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.handled: dict[str, str] = {}
+        self.courses: dict[str, CourseInfo] = {}
+        self.down = False
+
+    def already_handled(self, event_id: str) -> bool:
+        return event_id in self.handled
+
+    def record_handled(self, event_id: str, signup_id: str) -> None:
+        if self.down:
+            raise psycopg.OperationalError("connection refused")
+        self.handled.setdefault(event_id, signup_id)
+
+    def save_course(self, course_id: str, course: CourseInfo) -> None:
+        self.courses[course_id] = course
+
+    def course(self, course_id: str) -> CourseInfo | None:
+        return self.courses.get(course_id)
+
+
+class FakeMailer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[EmailMessage, str]] = []
+        self.fail_with: BaseException | None = None
+
+    def send(self, msg: EmailMessage, recipient: str) -> None:
+        if self.fail_with is not None:
+            raise MailError(classify(self.fail_with))
+        self.sent.append((msg, recipient))
+
+
+class FakeDeadLetters:
+    def __init__(self) -> None:
+        self.letters: list[tuple[Record, Headers]] = []
+
+    def send(self, record: Record, headers: Headers) -> None:
+        self.letters.append((record, headers))
+
+
+def meta(event_type: str, n: int = 1) -> dict[str, object]:
+    return dict(event_id=f"ev-{event_type}-{n}", event_type=event_type, occurred_at=NOW,
+                course_id="intro-python", causation_id=f"cmd-{n}", correlation_id=f"corr-{n}")
+
+
+def accepted(n: int = 1) -> StudentSignedUp:
+    return StudentSignedUp(**meta("StudentSignedUp", n), signup_id=f"s-{n}",
+                           email=f"ann{n}@example.org", name="Zoë Ångström",
+                           date_of_birth=date(2001, 2, 3), seats_taken=n, capacity=10)
+
+
+def rejected(n: int = 1) -> SignUpRejected:
+    return SignUpRejected(**meta("SignUpRejected", n), signup_id=f"s-{n}",
+                          email=f"bob{n}@example.org", name="Bob", reason="course_full")
+
+
+def job(message: object, offset: int = 7, value: bytes | None = None) -> Job:
+    data = value if value is not None else codec.encode(message)
+    return Job.of(Record("course-events", 2, offset, b"intro-python", data,
+                         [("correlation_id", b"corr-h")]))
+
+
+Parts = tuple[Handler, FakeStore, FakeMailer, FakeDeadLetters]
+
+
+@pytest.fixture
+def parts() -> Parts:
+    store, mailer, letters = FakeStore(), FakeMailer(), FakeDeadLetters()
+    handler = Handler(store, mailer, letters, Metrics(), "Courses <no-reply@example.org>",
+                      now=lambda: NOW)
+    return handler, store, mailer, letters
+
+
+def test_a_course_is_learned_and_named_in_the_subject(parts: Parts) -> None:
+    handler, store, mailer, _ = parts
+    course = CourseCreated(**meta("CourseCreated"), title="Intro to Python",
+                           lecturer="Ada", capacity=10)
+    assert handler.advance(job(course)) == Done("learned")
+    assert handler.advance(job(accepted())) == Done("sent")
+    msg, recipient = mailer.sent[0]
+    assert recipient == "ann1@example.org"
+    assert msg["Subject"] == "Sign-up accepted: Intro to Python"
+    assert store.handled == {"ev-StudentSignedUp-1": "s-1"}
+
+
+def test_the_same_decision_twice_sends_one_e_mail(parts: Parts) -> None:
+    handler, _, mailer, _ = parts
+    assert handler.advance(job(rejected(), offset=1)) == Done("sent")
+    assert handler.advance(job(rejected(), offset=9)) == Done("skipped")
+    assert len(mailer.sent) == 1
+
+
+def test_a_failed_send_records_nothing(parts: Parts) -> None:
+    handler, store, mailer, _ = parts
+    mailer.fail_with = ConnectionRefusedError(111, "refused")
+    outcome = handler.advance(job(accepted()))
+    assert isinstance(outcome, Failed) and outcome.failure.server_wide
+    assert store.handled == {}
+
+
+def test_after_a_failed_record_the_retry_records_without_sending_again(parts: Parts) -> None:
+    handler, store, mailer, _ = parts
+    store.down = True
+    pending = job(accepted())
+    with pytest.raises(psycopg.OperationalError):
+        handler.advance(pending)
+    store.down = False
+    assert handler.advance(pending) == Done("sent")
+    assert len(mailer.sent) == 1 and "ev-StudentSignedUp-1" in store.handled
+
+
+def test_a_dead_letter_carries_the_reason_and_the_source(parts: Parts) -> None:
+    handler, store, _, letters = parts
+    pending = job(accepted(), offset=42)
+    pending.attempts = 3
+    handler.dead_letter(pending, "recipient_refused", "550 5.1.1 mailbox unavailable")
+    record, headers = letters.letters[0]
+    assert record.value == pending.record.value and record.key == b"intro-python"
+    assert dict(headers) == {
+        "correlation_id": b"corr-h",
+        "dlq.reason": b"recipient_refused",
+        "dlq.source.topic": b"course-events",
+        "dlq.source.partition": b"2",
+        "dlq.source.offset": b"42",
+        "dlq.failed_at": b"2025-03-01T12:00:00.000+00:00",
+        "dlq.error": b"550 5.1.1 mailbox unavailable",
+        "dlq.attempts": b"3",
+    }
+    # Handled: a later copy of this decision is not sent.
+    assert "ev-StudentSignedUp-1" in store.handled
+
+
+def test_an_undecodable_record_is_dead_lettered(parts: Parts) -> None:
+    handler, store, mailer, letters = parts
+    assert handler.advance(job(None, value=b"\xc3\x01garbage")) == Done("dead_lettered")
+    assert dict(letters.letters[0][1])["dlq.reason"] == b"undecodable"
+    assert mailer.sent == [] and store.handled == {}
+
+
+def test_the_log_context_has_ids_but_no_personal_data() -> None:
+    context = job(accepted()).context()
+    text = repr(context)
+    assert context["correlation_id"] == "corr-1" and context["event_id"] == "ev-StudentSignedUp-1"
+    assert "ann1@" not in text and "Zoë" not in text and "2001" not in text
+
+
+def test_a_smtp_5xx_is_returned_as_a_permanent_failure(parts: Parts) -> None:
+    handler, _, mailer, _ = parts
+    mailer.fail_with = smtplib.SMTPRecipientsRefused({"ann1@example.org": (550, b"no")})
+    outcome = handler.advance(job(accepted()))
+    assert isinstance(outcome, Failed) and outcome.failure.kind == "permanent"

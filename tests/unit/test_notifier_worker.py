@@ -1,0 +1,204 @@
+"""The consumer loop's policy, with a fake consumer, a fake clock and a scripted handler.
+
+A message failing on its own is parked and the others go on; a server outage closes the
+gate and pauses consumption; offsets are committed only below the oldest unfinished one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+from confluent_kafka import TopicPartition
+
+from notifier.handler import Done, Failed, Job, Outcome
+from notifier.mailer import Failure
+from notifier.observability import Metrics
+from notifier.retry import Backoff
+from notifier.worker import Policy, Worker
+from schemas import codec
+from schemas.messages import StudentSignedUp
+
+TOPIC = "course-events"
+DOWN = Failure("transient", "connection_failed", None, server_wide=True)
+GREYLISTED = Failure("transient", "recipient_refused", 450)
+REFUSED = Failure("permanent", "recipient_refused", 550)
+
+
+def decision(event_id: str) -> bytes:
+    return codec.encode(StudentSignedUp(
+        event_id=event_id, event_type="StudentSignedUp",
+        occurred_at=datetime(2025, 1, 1, tzinfo=UTC), course_id="c", causation_id="cmd",
+        correlation_id="corr", signup_id=f"s-{event_id}",
+        email="x@example.org", name="X", date_of_birth=date(2000, 1, 1), seats_taken=1))
+
+
+@dataclass
+class FakeMessage:
+    offset_: int
+    value_: bytes
+    partition_: int = 0
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+    def key(self) -> bytes:
+        return b"c"
+
+    def value(self) -> bytes:
+        return self.value_
+
+    def headers(self) -> None:
+        return None
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeConsumer:
+    clock: Clock
+    queue: list[FakeMessage] = field(default_factory=list)
+    paused: bool = False
+    commits: list[dict[int, int]] = field(default_factory=list)
+
+    def poll(self, timeout: float) -> FakeMessage | None:
+        if self.queue and not self.paused:
+            return self.queue.pop(0)
+        self.clock.now += timeout  # nothing to read: time passes
+        return None
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(TOPIC, 0)]
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused = True
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused = False
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append({tp.partition: tp.offset for tp in offsets})
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return partitions
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        return (-1001, -1001)
+
+
+@dataclass
+class ScriptedHandler:
+    """Answers each event id with the next outcome of its script; Done("sent") when out."""
+
+    scripts: dict[str, list[Failure]]
+    attempts: list[str] = field(default_factory=list)
+    dead: list[tuple[str, str]] = field(default_factory=list)
+
+    def advance(self, job: Job) -> Outcome:
+        event_id = str(job.event_id)
+        self.attempts.append(event_id)
+        script = self.scripts.get(event_id, [])
+        return Failed(script.pop(0)) if script else Done("sent")
+
+    def dead_letter(self, job: Job, reason: str, detail: str = "") -> Done:
+        self.dead.append((str(job.event_id), reason))
+        return Done("dead_lettered")
+
+
+def make_worker(scripts: dict[str, list[Failure]], ids: list[str],
+                rand: Callable[[], float] = lambda: 1.0) -> tuple[Worker, FakeConsumer,
+                                                                   ScriptedHandler, Clock]:
+    clock = Clock()
+    consumer = FakeConsumer(clock, [FakeMessage(i, decision(e)) for i, e in enumerate(ids)])
+    handler = ScriptedHandler(scripts)
+    policy = Policy(Backoff(initial=1.0, cap=8.0), permanent_attempts=3, give_up_seconds=0,
+                    max_parked=100)
+    worker = Worker(consumer, handler, Metrics(), policy, clock=clock, rand=rand)  # type: ignore[arg-type]
+    return worker, consumer, handler, clock
+
+
+def run_for(worker: Worker, clock: Clock, seconds: float) -> None:
+    end = clock.now + seconds
+    while clock.now < end:
+        worker.step()
+        clock.now += 0.001
+
+
+def committed(consumer: FakeConsumer) -> int | None:
+    return consumer.commits[-1][0] if consumer.commits else None
+
+
+def test_a_message_failing_on_its_own_does_not_hold_up_the_others() -> None:
+    worker, consumer, handler, clock = make_worker({"b": [GREYLISTED, GREYLISTED]},
+                                                   ["a", "b", "c", "d"])
+    run_for(worker, clock, 0.1)
+    assert handler.attempts == ["a", "b", "c", "d"]
+    worker.commit(asynchronous=True)
+    assert committed(consumer) == 1  # b is unfinished: nothing from it on is committed
+    run_for(worker, clock, 4.0)  # b is retried after 1 s and 2 s
+    assert handler.attempts == ["a", "b", "c", "d", "b", "b"]
+    worker.commit(asynchronous=True)
+    assert committed(consumer) == 4
+
+
+def test_a_server_outage_pauses_everything_and_resumes_with_the_oldest() -> None:
+    worker, consumer, handler, clock = make_worker({"a": [DOWN, DOWN, DOWN]}, ["a", "b", "c"])
+    run_for(worker, clock, 0.1)
+    assert handler.attempts == ["a"] and consumer.paused
+    run_for(worker, clock, 1.0 + 2.0 + 4.0 + 0.5)
+    assert handler.attempts == ["a", "a", "a", "a", "b", "c"]
+    assert not consumer.paused and worker.gate.failures == 0
+    worker.commit(asynchronous=True)
+    assert committed(consumer) == 3
+
+
+def test_a_permanent_failure_is_dead_lettered_after_the_set_attempts() -> None:
+    worker, consumer, handler, clock = make_worker({"a": [REFUSED] * 5}, ["a", "b"])
+    run_for(worker, clock, 10.0)
+    assert handler.attempts.count("a") == 3 and "b" in handler.attempts
+    assert handler.dead == [("a", "recipient_refused")]
+    worker.commit(asynchronous=True)
+    assert committed(consumer) == 2
+
+
+def test_a_repeat_of_a_parked_decision_is_not_sent_twice() -> None:
+    worker, consumer, handler, clock = make_worker({"a": [GREYLISTED]}, ["a", "a", "b"])
+    run_for(worker, clock, 3.0)
+    assert handler.attempts == ["a", "b", "a"]
+    worker.commit(asynchronous=True)
+    assert committed(consumer) == 3
+
+
+def test_a_transient_failure_is_given_up_only_when_configured() -> None:
+    worker, consumer, handler, clock = make_worker({"a": [GREYLISTED] * 100}, ["a"])
+    run_for(worker, clock, 60.0)
+    assert handler.dead == []
+    worker.policy = Policy(Backoff(initial=1.0, cap=8.0), 3, give_up_seconds=30.0, max_parked=100)
+    run_for(worker, clock, 10.0)
+    assert handler.dead == [("a", "retries_exhausted")]
+
+
+def test_too_many_parked_messages_pause_the_consumer() -> None:
+    ids = [f"m{i}" for i in range(5)]
+    worker, consumer, handler, clock = make_worker({i: [GREYLISTED] for i in ids}, ids)
+    worker.policy = Policy(Backoff(initial=5.0, cap=8.0), 3, 0, max_parked=2)
+    run_for(worker, clock, 0.1)
+    assert handler.attempts == ["m0", "m1"] and consumer.paused
+    run_for(worker, clock, 10.0)
+    assert sorted(set(handler.attempts)) == ids
