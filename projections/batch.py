@@ -1,0 +1,144 @@
+"""A batch of event-log records turned into the view changes it asks for: pure, no I/O.
+
+The projector and the replay both decode a batch with `build` and hand the result to
+`projections.store`, which keeps only the decisions PostgreSQL has not seen yet and
+folds those into per-course deltas with `deltas`. Building the same records twice
+gives the same batch, so a redelivered batch asks for the same changes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import get_args
+
+from projections.stats import AgeAggregate
+from schemas.codec import DecodeError, decode
+from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+_EVENT_TYPES = get_args(Event)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One message of the event log, as far as the read side cares."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A record that is not an event this projection can read: it goes to the DLQ."""
+
+    record: Record
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Course:
+    course_id: str
+    title: str
+    lecturer: str
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    signup_id: str
+    course_id: str
+    status: str
+    reason: str | None
+    event_id: str
+    decided_at: datetime
+    date_of_birth: date | None  # accepted sign-ups only
+
+
+@dataclass(frozen=True)
+class Batch:
+    courses: tuple[Course, ...] = ()  # the first CourseCreated per course id
+    decisions: tuple[Decision, ...] = ()  # the first decision per sign-up id
+    failures: tuple[Failure, ...] = ()
+    event_counts: dict[str, int] = field(default_factory=dict)  # by event_type
+    # Per partition, the offset after the last record, undecodable ones included:
+    # a failure is dealt with (dead-lettered) and must not be read again.
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    newest_event_at: datetime | None = None
+
+
+def build(records: Sequence[Record]) -> Batch:
+    """Decode records into the courses, decisions and failures they carry."""
+    courses: dict[str, Course] = {}
+    decisions: dict[str, Decision] = {}
+    failures: list[Failure] = []
+    counts: Counter[str] = Counter()
+    next_offsets: dict[int, int] = {}
+    newest: datetime | None = None
+    for record in records:
+        next_offsets[record.partition] = max(
+            next_offsets.get(record.partition, 0), record.offset + 1
+        )
+        event = read(record)
+        if isinstance(event, Failure):
+            failures.append(event)
+            continue
+        counts[event.event_type] += 1
+        newest = event.occurred_at if newest is None else max(newest, event.occurred_at)
+        if isinstance(event, CourseCreated):
+            courses.setdefault(event.course_id, course_of(event))
+        elif isinstance(event, StudentSignedUp | SignUpRejected):
+            # A decision repeated after a processor crash has the same sign-up id (and
+            # event id): the first one stands, in the batch as in the database.
+            decisions.setdefault(event.signup_id, decision_of(event))
+    return Batch(tuple(courses.values()), tuple(decisions.values()), tuple(failures),
+                 dict(counts), next_offsets, newest)
+
+
+def read(record: Record) -> Event | Failure:
+    """The event in a record, or why there is none."""
+    if record.value is None:
+        return Failure(record, "empty record (tombstone)")
+    try:
+        message = decode(record.value)
+    except DecodeError as exc:
+        return Failure(record, str(exc))
+    if not isinstance(message, _EVENT_TYPES):  # a command written to the wrong topic
+        return Failure(record, f"{type(message).__name__} is not an event")
+    return message
+
+
+def course_of(event: CourseCreated) -> Course:
+    return Course(event.course_id, event.title, event.lecturer, event.capacity)
+
+
+def decision_of(event: StudentSignedUp | SignUpRejected) -> Decision:
+    if isinstance(event, StudentSignedUp):
+        return Decision(event.signup_id, event.course_id, ACCEPTED, None, event.event_id,
+                        event.occurred_at, event.date_of_birth)
+    return Decision(event.signup_id, event.course_id, REJECTED, event.reason, event.event_id,
+                    event.occurred_at, None)
+
+
+def deltas(new_decisions: Iterable[Decision]) -> dict[str, AgeAggregate]:
+    """Per course, the birth-date aggregate of the newly accepted sign-ups."""
+    out: dict[str, AgeAggregate] = {}
+    for decision in new_decisions:
+        if decision.status == ACCEPTED and decision.date_of_birth is not None:
+            out[decision.course_id] = out.get(decision.course_id, AgeAggregate()).add(
+                decision.date_of_birth
+            )
+    return out
+
+
+def total(per_course: Iterable[AgeAggregate]) -> AgeAggregate:
+    """Everything in one aggregate: the change to the global row."""
+    out = AgeAggregate()
+    for agg in per_course:
+        out = out.merge(agg)
+    return out

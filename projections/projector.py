@@ -1,0 +1,383 @@
+"""Run the projector: `python -m projections.projector` (`make up` starts it this way).
+
+Reads `course-events` (read_committed, no Kafka offset commits) and keeps the views of
+`projections.store` in PostgreSQL. Settings (see `projections/settings.py`):
+KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are required; GET /healthz and /metrics are
+served on HOST:PROJECTOR_PORT (default 127.0.0.1:6067). Logs go to stderr as JSON lines.
+
+How it stays exact:
+- Positions live in PostgreSQL only. Every batch (`consume(n)`) is one transaction
+  holding the view changes and the next offset per partition; on every partition
+  assignment the consumer is placed at the stored offsets. A crash before the commit
+  leaves nothing, a crash after it leaves both, so no event counts twice or never.
+- A decision read twice (a redelivery, or a decision the processor repeated in the log
+  after a crash, same event_id) is kept out by the primary key on signup_id, and only
+  new decisions add to the aggregates.
+- Each batch transaction first locks this projection's generation row and checks the
+  stored positions it was read from. A replay that swapped tables in bumps the
+  generation (and may move positions), so the batch rolls back and the consumer seeks
+  to the positions swapped in (see `projections.replay`).
+- A record that cannot be decoded goes to `course-events.dlq` (acknowledged by Kafka
+  before the batch commits) and its offset advances with the batch.
+- When PostgreSQL goes away, the batch is dropped, the projector retries with backoff
+  until the database answers, then seeks to the stored positions: nothing is lost,
+  because only committed positions are ever used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+
+import psycopg
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from pydantic import ValidationError
+
+import migrations
+from projections import deadletter, store
+from projections.batch import Record, build
+from projections.observability import ProjectorMetrics, configure_logging
+from projections.settings import ProjectorSettings
+from schemas import topics
+
+log = logging.getLogger("projections.projector")
+
+# /healthz fails when the loop has not come round for this long (a hung process).
+_STALL_SECONDS = 120.0
+
+
+def consumer_config(settings: ProjectorSettings) -> dict[str, object]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "group.id": settings.projector_group_id,
+        "isolation.level": "read_committed",  # never project an aborted transaction
+        "enable.auto.commit": False,  # positions are in PostgreSQL, beside the views
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        # Bound the prefetch: while PostgreSQL is away nothing is drained.
+        "queued.max.messages.kbytes": 16384,
+    }
+
+
+class Projector:
+    def __init__(
+        self,
+        settings: ProjectorSettings,
+        metrics: ProjectorMetrics,
+        consumer: Consumer,
+        producer: Producer,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.consumer = consumer
+        self.producer = producer
+        self.target = store.live(settings.projection)
+        self.conn: psycopg.Connection | None = None
+        # Per assigned partition, the position stored in PostgreSQL (None: none yet).
+        self.positions: dict[int, int | None] = {}
+        self.generation: int | None = None
+        self.resync_needed = False
+        self.heartbeat = time.monotonic()
+        self.newest_event_at: datetime | None = None
+        self._stopping = threading.Event()
+
+    # -------------------------------------------------------------- lifecycle
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.heartbeat < _STALL_SECONDS
+
+    def run(self) -> None:
+        self.consumer.subscribe([topics.EVENTS], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        try:
+            while not self._stopping.is_set():
+                self.heartbeat = time.monotonic()
+                if self.resync_needed:
+                    self._resync()
+                    continue
+                messages = self.consumer.consume(
+                    self.settings.projector_batch_size,
+                    self.settings.projector_batch_timeout_seconds,
+                )
+                records = self._records(messages)
+                if records:
+                    self._project(records)
+                self._update_lag()
+        finally:
+            self.consumer.close()  # leaves the group now, not after the session timeout
+            self.producer.flush(10)
+            if self.conn is not None:
+                self.conn.close()
+
+    # -------------------------------------------------------------- one batch
+
+    def _records(self, messages: Sequence[Message]) -> list[Record]:
+        records = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                log.warning("consumer error", extra={"error": str(err)})
+                continue
+            partition, offset = msg.partition(), msg.offset()
+            if partition is None or offset is None or partition not in self.positions:
+                continue  # revoked while this batch was fetched
+            stored = self.positions[partition]
+            if stored is not None and offset < stored:
+                continue  # already in PostgreSQL
+            records.append(Record(partition, offset, msg.key(), msg.value()))
+        return records
+
+    def _project(self, records: list[Record]) -> None:
+        batch = build(records)
+        expected = {p: self.positions.get(p) for p in batch.next_offsets}
+        try:
+            deadletter.publish(self.producer, batch.failures)
+            self.metrics.dlq.inc(len(batch.failures))
+            conn = self._connection()
+            started = time.perf_counter()
+            with conn.transaction():
+                applied = store.apply(conn, self.target, batch, topic=topics.EVENTS,
+                                      expected=expected, generation=self.generation)
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        except store.Stale as exc:
+            log.info("stored positions moved; seeking to them", extra={"why": str(exc)})
+            self.metrics.resyncs.labels("stale").inc()
+            self.resync_needed = True
+            return
+        except psycopg.Error as exc:
+            # Whether the commit happened is unknown when the connection died during it:
+            # the positions in PostgreSQL will say, once it answers again.
+            log.warning("batch not committed: PostgreSQL failed", extra={"error": repr(exc)})
+            self.metrics.db_failures.inc()
+            self.metrics.resyncs.labels("database").inc()
+            self._drop_connection()
+            self.resync_needed = True
+            return
+        except (deadletter.DeadLetterError, KafkaException) as exc:
+            log.warning("batch not committed: dead-letter topic failed",
+                        extra={"error": repr(exc)})
+            self.metrics.resyncs.labels("dead_letter").inc()
+            self.resync_needed = True
+            self._pause(1.0)
+            return
+        self.positions.update(batch.next_offsets)
+        self.newest_event_at = batch.newest_event_at or self.newest_event_at
+        self.metrics.batches.inc()
+        self.metrics.repeated.inc(applied.repeated_decisions)
+        for event_type, n in batch.event_counts.items():
+            self.metrics.events.labels(event_type).inc(n)
+
+    # -------------------------------------------------------------- positions
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        generation, stored = self._stored_state()
+        for tp in partitions:
+            tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        self.positions = {tp.partition: stored.get(tp.partition) for tp in partitions}
+        self.generation = generation
+        self.resync_needed = False
+        log.info("partitions assigned", extra={
+            "partitions": sorted(self.positions), "generation": generation})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.positions.pop(tp.partition, None)
+            with contextlib.suppress(KeyError):  # no lag reported for it yet
+                self.metrics.lag_events.remove(str(tp.partition))
+        log.info("partitions revoked", extra={"partitions": [tp.partition for tp in partitions]})
+
+    def _resync(self) -> None:
+        """Seek every assigned partition to the position stored in PostgreSQL."""
+        generation, stored = self._stored_state()
+        assignment = self.consumer.assignment()
+        try:
+            for tp in assignment:
+                self.consumer.seek(TopicPartition(
+                    topics.EVENTS, tp.partition, stored.get(tp.partition, OFFSET_BEGINNING)))
+        except KafkaException as exc:
+            # A partition that has not started fetching cannot seek yet: let the consumer
+            # run a moment (what it returns is dropped; the seek is repeated).
+            log.info("seek not possible yet; retrying", extra={"error": str(exc)})
+            self.consumer.consume(1, 0.2)
+            return
+        self.positions = {tp.partition: stored.get(tp.partition) for tp in assignment}
+        self.generation = generation
+        self.resync_needed = False
+        log.info("seeked to stored positions", extra={
+            "positions": {str(p): o for p, o in self.positions.items()},
+            "generation": generation})
+
+    def _stored_state(self) -> tuple[int, dict[int, int]]:
+        """Generation and positions from PostgreSQL, waiting with backoff while it is away."""
+        delay = 0.2
+        while True:
+            self.heartbeat = time.monotonic()
+            try:
+                conn = self._connection()
+                with conn.transaction():
+                    # Generation first: a swap between the two reads makes the next
+                    # batch see a newer generation and seek once more, never the reverse.
+                    generation = store.read_generation(conn, self.settings.projection)
+                    stored = store.read_positions(conn, self.settings.projection, topics.EVENTS)
+                return generation, stored
+            except psycopg.OperationalError as exc:
+                self._drop_connection()
+                if self._stopping.is_set():
+                    raise SystemExit(0) from exc
+                log.warning("PostgreSQL unavailable; retrying", extra={
+                    "error": str(exc).strip()[:200], "retry_in_s": round(delay, 2)})
+                self._pause(delay)
+                delay = min(delay * 2, self.settings.projector_max_backoff_seconds)
+
+    def _connection(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(self.settings.database_url, autocommit=True,
+                                        connect_timeout=5)
+        return self.conn
+
+    def _drop_connection(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+        self.conn = None
+
+    def _pause(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    # -------------------------------------------------------------- lag
+
+    def _update_lag(self) -> None:
+        total = 0
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        positions = {tp.partition: tp.offset for tp in self.consumer.position(assignment)}
+        for tp in assignment:
+            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                continue
+            # The consumer's position has stepped over transaction markers, the stored
+            # one has not: the larger one is the truth once a batch has committed.
+            done = max(self.positions.get(tp.partition) or 0, positions.get(tp.partition, 0))
+            lag = max(0, high - done)
+            total += lag
+            self.metrics.lag_events.labels(str(tp.partition)).set(lag)
+        behind = total > 0 and self.newest_event_at is not None
+        self.metrics.lag_seconds.set(
+            (datetime.now(UTC) - self.newest_event_at).total_seconds()
+            if behind and self.newest_event_at is not None else 0.0)
+
+
+# ------------------------------------------------------------------ HTTP: /healthz, /metrics
+
+
+def serve_http(host: str, port: int, healthy: Callable[[], bool],
+               metrics: ProjectorMetrics) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path == "/healthz":
+                ok = healthy()
+                self._send(200 if ok else 503, b'{"status":"ok"}' if ok
+                           else b'{"status":"stalled"}', "application/json")
+            elif self.path == "/metrics":
+                self._send(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+            else:
+                self._send(404, b'{"detail":"Not Found"}', "application/json")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass  # health probes every few seconds would drown the log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def load_settings() -> ProjectorSettings:
+    try:
+        return ProjectorSettings()  # type: ignore[call-arg]  # the environment fills it in
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        sys.exit(f"projector: invalid settings: {problems}")
+
+
+def migrate(settings: ProjectorSettings, stopping: Callable[[], bool]) -> None:
+    """Apply the migrations, waiting with backoff until PostgreSQL answers."""
+    delay = 0.5
+    while True:
+        try:
+            migrations.apply(settings.database_url)
+            with psycopg.connect(settings.database_url, autocommit=True) as conn:
+                store.ensure_generation(conn, settings.projection)
+            return
+        except psycopg.OperationalError as exc:
+            if stopping():
+                raise SystemExit(0) from exc
+            log.warning("PostgreSQL unavailable at start; retrying",
+                        extra={"error": str(exc).strip()[:200], "retry_in_s": delay})
+            time.sleep(delay)
+            delay = min(delay * 2, settings.projector_max_backoff_seconds)
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_level, "projector")
+    metrics = ProjectorMetrics()
+    kafka_log = logging.getLogger("projections.projector.kafka")
+    projector = Projector(
+        settings, metrics,
+        Consumer(consumer_config(settings), logger=kafka_log),
+        Producer(deadletter.producer_config(settings.kafka_bootstrap_servers), logger=kafka_log),
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        projector.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = serve_http(settings.host, settings.projector_port, projector.healthy, metrics)
+    migrate(settings, projector.stopping)
+    log.info("projector started", extra={"port": settings.projector_port,
+                                         "projection": settings.projection})
+    try:
+        projector.run()
+    finally:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""The read model in PostgreSQL: views, consumed offsets, shadow copies and their swap.
+
+Tables (migrations 0001 and 0002):
+- `signup_decisions`: the decision per sign-up id.
+- `course_stats`: per course its title, lecturer, capacity and the aggregate of its
+  accepted sign-ups' birth dates (count = `enrolled`, sum of ordinals, min, max).
+- `global_stats`: the same aggregate over every course, in one row.
+- `projection_offsets`: per projection and topic-partition, the next offset to read.
+- `projection_generations`: bumped by every swap; see `apply` and `projections.replay`.
+
+Which index serves which query (there are no others: nothing filters on another
+column, and every extra index would slow the per-batch upserts):
+- `signup_decisions_pkey (signup_id)`: GET /signups/{id}, one probe; and the batch's
+  `INSERT ... ON CONFLICT DO NOTHING RETURNING`, which tells new decisions from repeats.
+- `course_stats_pkey (course_id)`: GET /courses/{id}/stats, one probe; and the batch's
+  upserts of courses and per-course deltas.
+- `global_stats_pkey (id)`: the single row of GET /stats and of the batch's update.
+- `projection_offsets_pkey (projection, topic, partition)`: positions read on partition
+  assignment and written by every batch.
+- `projection_generations_pkey (projection)`: the generation row locked by every batch.
+
+Every change is a delta: a batch never reads or recomputes over all enrollments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from projections.batch import Batch, Course, Decision, deltas, total
+from projections.stats import AgeAggregate
+
+VIEWS = ("signup_decisions", "course_stats", "global_stats")
+SHADOW_SUFFIX = "_shadow"
+_RETIRED_SUFFIX = "_retired"
+
+
+class Stale(Exception):
+    """The batch was read from positions that are no longer the stored ones."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where batches go: the live views, or the shadow copies a replay builds."""
+
+    projection: str  # its rows in projection_offsets
+    suffix: str
+    live: bool
+
+    def table(self, name: str) -> sql.Identifier:
+        return sql.Identifier(name + self.suffix)
+
+
+def live(projection: str) -> Target:
+    return Target(projection, "", True)
+
+
+def shadow(projection: str) -> Target:
+    return Target(f"{projection}{SHADOW_SUFFIX}", SHADOW_SUFFIX, False)
+
+
+@dataclass(frozen=True)
+class Applied:
+    new_courses: int
+    new_decisions: int
+    repeated_decisions: int
+    new_enrollments: int
+
+
+# ------------------------------------------------------------------ positions and generations
+
+
+def ensure_generation(conn: psycopg.Connection, projection: str) -> None:
+    conn.execute(
+        "INSERT INTO projection_generations (projection) VALUES (%s) ON CONFLICT DO NOTHING",
+        (projection,),
+    )
+
+
+def read_generation(conn: psycopg.Connection, projection: str, lock: bool = False) -> int:
+    query = "SELECT generation FROM projection_generations WHERE projection = %s"
+    row = conn.execute(query + (" FOR UPDATE" if lock else ""), (projection,)).fetchone()
+    if row is None:
+        raise LookupError(f"no generation row for projection {projection!r}")
+    return int(row[0])
+
+
+def bump_generation(conn: psycopg.Connection, projection: str) -> int:
+    row = conn.execute(
+        "UPDATE projection_generations SET generation = generation + 1 WHERE projection = %s"
+        " RETURNING generation",
+        (projection,),
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"no generation row for projection {projection!r}")
+    return int(row[0])
+
+
+def read_positions(conn: psycopg.Connection, projection: str, topic: str) -> dict[int, int]:
+    rows = conn.execute(
+        "SELECT partition, next_offset FROM projection_offsets"
+        " WHERE projection = %s AND topic = %s",
+        (projection, topic),
+    )
+    return {int(p): int(o) for p, o in rows}
+
+
+def _store_positions(
+    conn: psycopg.Connection, projection: str, topic: str, positions: Mapping[int, int]
+) -> None:
+    if not positions:
+        return
+    parts = sorted(positions)
+    conn.execute(
+        "INSERT INTO projection_offsets (projection, topic, partition, next_offset)"
+        " SELECT %s, %s, p, o FROM unnest(%s::int[], %s::bigint[]) AS u(p, o)"
+        " ON CONFLICT (projection, topic, partition)"
+        " DO UPDATE SET next_offset = EXCLUDED.next_offset",
+        (projection, topic, parts, [positions[p] for p in parts]),
+    )
+
+
+# ------------------------------------------------------------------ one batch
+
+
+def apply(
+    conn: psycopg.Connection,
+    target: Target,
+    batch: Batch,
+    *,
+    topic: str,
+    expected: Mapping[int, int | None] | None,
+    generation: int | None,
+) -> Applied:
+    """Write a batch's changes and its offsets; the caller owns the transaction.
+
+    `expected` holds, per partition of the batch, the stored position the batch was
+    read from (None: nothing stored yet). If another writer moved a position (a replay
+    swapped tables in, or a second projector took over a partition), or `generation`
+    is no longer current, nothing is written and `Stale` is raised. A replay, the only
+    writer of its shadow copies, passes None for both.
+    """
+    # FOR UPDATE: a swap bumps this row first, so it waits for this transaction, and a
+    # batch that started after a swap sees the new generation here.
+    if generation is not None and read_generation(conn, target.projection, lock=True) != generation:
+        raise Stale("a replay swapped the views in since this batch was read")
+    if expected is not None:
+        stored = read_positions(conn, target.projection, topic)
+        moved = {p for p in batch.next_offsets if stored.get(p) != expected.get(p)}
+        if moved:
+            raise Stale(f"positions of partitions {sorted(moved)} moved since the batch was read")
+    new_courses = _insert_courses(conn, target, batch.courses)
+    new = _insert_decisions(conn, target, batch.decisions)
+    per_course = deltas(new)
+    _add_to_courses(conn, target, per_course)
+    everything = total(per_course.values())
+    _add_to_global(conn, target, new_courses, everything)
+    _store_positions(conn, target.projection, topic, batch.next_offsets)
+    return Applied(new_courses, len(new), len(batch.decisions) - len(new), everything.count)
+
+
+def _insert_courses(conn: psycopg.Connection, target: Target, courses: Iterable[Course]) -> int:
+    rows = sorted(courses, key=lambda c: c.course_id)
+    if not rows:
+        return 0
+    # A course row may exist without a title when a sign-up arrived first; the first
+    # CourseCreated fills it in, a repeated one (same course) changes nothing. RETURNING
+    # yields exactly the courses created now, so the global count stays exact.
+    cur = conn.execute(
+        sql.SQL(
+            "INSERT INTO {t} AS c (course_id, title, lecturer, capacity)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[])"
+            " ON CONFLICT (course_id) DO UPDATE SET title = EXCLUDED.title,"
+            " lecturer = EXCLUDED.lecturer, capacity = EXCLUDED.capacity, updated_at = now()"
+            " WHERE c.title IS NULL"
+            " RETURNING course_id"
+        ).format(t=target.table("course_stats")),
+        ([c.course_id for c in rows], [c.title for c in rows], [c.lecturer for c in rows],
+         [c.capacity for c in rows]),
+    )
+    return len(cur.fetchall())
+
+
+def _insert_decisions(
+    conn: psycopg.Connection, target: Target, decisions: Iterable[Decision]
+) -> list[Decision]:
+    rows = list(decisions)
+    if not rows:
+        return []
+    # The primary key on signup_id decides what is new: a decision already stored (the
+    # same event read again, or repeated in the log) returns nothing and adds nothing.
+    cur = conn.execute(
+        sql.SQL(
+            "INSERT INTO {t} (signup_id, course_id, status, reason, event_id, decided_at)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::timestamptz[])"
+            " ON CONFLICT (signup_id) DO NOTHING RETURNING signup_id"
+        ).format(t=target.table("signup_decisions")),
+        ([d.signup_id for d in rows], [d.course_id for d in rows], [d.status for d in rows],
+         [d.reason for d in rows], [d.event_id for d in rows], [d.decided_at for d in rows]),
+    )
+    new_ids = {r[0] for r in cur.fetchall()}
+    return [d for d in rows if d.signup_id in new_ids]
+
+
+def _add_to_courses(
+    conn: psycopg.Connection, target: Target, per_course: Mapping[str, AgeAggregate]
+) -> None:
+    if not per_course:
+        return
+    ids = sorted(per_course)  # one lock order for every writer
+    aggs = [per_course[c] for c in ids]
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {t} AS c (course_id, enrolled, dob_sum_days, dob_min, dob_max)"
+            " SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::date[], %s::date[])"
+            " ON CONFLICT (course_id) DO UPDATE SET"
+            " enrolled = c.enrolled + EXCLUDED.enrolled,"
+            " dob_sum_days = c.dob_sum_days + EXCLUDED.dob_sum_days,"
+            " dob_min = LEAST(c.dob_min, EXCLUDED.dob_min),"  # LEAST/GREATEST skip NULLs
+            " dob_max = GREATEST(c.dob_max, EXCLUDED.dob_max),"
+            " updated_at = now()"
+        ).format(t=target.table("course_stats")),
+        (ids, [a.count for a in aggs], [a.sum_days for a in aggs],
+         [a.min_dob for a in aggs], [a.max_dob for a in aggs]),
+    )
+
+
+def _add_to_global(
+    conn: psycopg.Connection, target: Target, new_courses: int, agg: AgeAggregate
+) -> None:
+    if new_courses == 0 and agg.count == 0:
+        return
+    conn.execute(
+        sql.SQL(
+            "UPDATE {t} SET courses = courses + %s, enrollments = enrollments + %s,"
+            " dob_sum_days = dob_sum_days + %s,"
+            " dob_min = LEAST(dob_min, %s::date), dob_max = GREATEST(dob_max, %s::date),"
+            " updated_at = now() WHERE id"
+        ).format(t=target.table("global_stats")),
+        (new_courses, agg.count, agg.sum_days, agg.min_dob, agg.max_dob),
+    )
+
+
+# ------------------------------------------------------------------ shadow copies and the swap
+
+
+def create_shadow(conn: psycopg.Connection, projection: str) -> Target:
+    """Empty copies of every view (same columns, constraints and indexes); drops old ones."""
+    target = shadow(projection)
+    for name in VIEWS:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {s}").format(s=target.table(name)))
+        conn.execute(sql.SQL("CREATE TABLE {s} (LIKE {t} INCLUDING ALL)").format(
+            s=target.table(name), t=sql.Identifier(name)))
+    conn.execute(sql.SQL("INSERT INTO {s} (id) VALUES (true)").format(
+        s=target.table("global_stats")))
+    conn.execute("DELETE FROM projection_offsets WHERE projection = %s", (target.projection,))
+    return target
+
+
+def drop_shadow(conn: psycopg.Connection, projection: str) -> None:
+    target = shadow(projection)
+    for name in VIEWS:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {s}").format(s=target.table(name)))
+    conn.execute("DELETE FROM projection_offsets WHERE projection = %s", (target.projection,))
+
+
+def swap(
+    conn: psycopg.Connection, projection: str, topic: str, positions: Mapping[int, int]
+) -> None:
+    """Put the shadow copies in place of the views, with `positions` as the live offsets.
+
+    Runs inside the caller's transaction, after `bump_generation`. Renaming takes an
+    ACCESS EXCLUSIVE lock, so a query API read waits for the commit (milliseconds) and
+    then reads the new table: PostgreSQL looks a name up again after waiting on a lock
+    on a relation that was renamed meanwhile, and re-plans prepared statements.
+    """
+    # A long read holding a view would make every query queue behind this lock: give up
+    # instead, and let the caller try again.
+    conn.execute("SET LOCAL lock_timeout = '5s'")
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+        sql.SQL(", ").join(sql.Identifier(name) for name in VIEWS)))
+    target = shadow(projection)
+    for name in VIEWS:
+        retired = sql.Identifier(name + _RETIRED_SUFFIX)
+        conn.execute(sql.SQL("ALTER TABLE {t} RENAME TO {r}").format(
+            t=sql.Identifier(name), r=retired))
+        conn.execute(sql.SQL("ALTER TABLE {s} RENAME TO {t}").format(
+            s=target.table(name), t=sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP TABLE {r}").format(r=retired))
+        _rename_indexes(conn, name)
+    conn.execute("DELETE FROM projection_offsets WHERE projection IN (%s, %s) AND topic = %s",
+                 (projection, target.projection, topic))
+    _store_positions(conn, projection, topic, positions)
+    conn.execute("UPDATE projection_generations SET swapped_at = now() WHERE projection = %s",
+                 (projection,))
+
+
+def _rename_indexes(conn: psycopg.Connection, table: str) -> None:
+    # CREATE TABLE ... LIKE named the copies' indexes after the shadow table; give them
+    # the original names back, so the next shadow copy gets the same names again.
+    prefix = table + SHADOW_SUFFIX
+    rows = conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+        " AND tablename = %s",
+        (table,),
+    ).fetchall()
+    for (index,) in rows:
+        if index.startswith(prefix):
+            conn.execute(sql.SQL("ALTER INDEX {i} RENAME TO {n}").format(
+                i=sql.Identifier(index), n=sql.Identifier(table + index[len(prefix):])))
+
+
+# ------------------------------------------------------------------ reads for the query API
+
+
+@dataclass(frozen=True)
+class DecisionView:
+    signup_id: str
+    course_id: str
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class CourseView:
+    course_id: str
+    title: str
+    lecturer: str
+    capacity: int
+    ages: AgeAggregate
+
+
+@dataclass(frozen=True)
+class GlobalView:
+    courses: int
+    ages: AgeAggregate
+
+
+async def fetch_decision(conn: psycopg.AsyncConnection, signup_id: str) -> DecisionView | None:
+    cur = await conn.execute(
+        "SELECT signup_id, course_id, status, reason FROM signup_decisions"
+        " WHERE signup_id = %s",
+        (signup_id,),
+    )
+    row = await cur.fetchone()
+    return None if row is None else DecisionView(*row)
+
+
+async def fetch_course(conn: psycopg.AsyncConnection, course_id: str) -> CourseView | None:
+    # A row without a title was made by a sign-up whose CourseCreated has not been read:
+    # the course is not known yet.
+    cur = await conn.execute(
+        "SELECT course_id, title, lecturer, capacity, enrolled, dob_sum_days, dob_min, dob_max"
+        " FROM course_stats WHERE course_id = %s AND title IS NOT NULL",
+        (course_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    cid, title, lecturer, capacity, enrolled, sum_days, dob_min, dob_max = row
+    return CourseView(cid, title, lecturer, capacity,
+                      AgeAggregate(enrolled, sum_days, dob_min, dob_max))
+
+
+async def fetch_global(conn: psycopg.AsyncConnection) -> GlobalView:
+    cur = await conn.execute(
+        "SELECT courses, enrollments, dob_sum_days, dob_min, dob_max FROM global_stats WHERE id"
+    )
+    row = await cur.fetchone()
+    if row is None:  # migration 0001 inserts it and nothing deletes it
+        return GlobalView(0, AgeAggregate())
+    courses, enrollments, sum_days, dob_min, dob_max = row
+    return GlobalView(courses, AgeAggregate(enrollments, sum_days, dob_min, dob_max))
