@@ -1,0 +1,1 @@
+"""The command API: validates HTTP commands and stores them durably in Kafka."""

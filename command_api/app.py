@@ -1,0 +1,82 @@
+"""The FastAPI application of the command API, built by `create_app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from command_api import routes
+from command_api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from command_api.observability import Metrics
+from command_api.publisher import KafkaPublisher, Publisher, PublishError
+from command_api.settings import Settings
+from schemas import topics
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, publisher: Publisher | None = None) -> FastAPI:
+    """The app; without `publisher` it publishes to the Kafka of `settings`."""
+    bus = publisher or KafkaPublisher(
+        settings.kafka_bootstrap_servers, settings.produce_timeout_seconds, topics.COMMANDS
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await bus.start()
+        try:
+            yield
+        finally:
+            await bus.stop()
+
+    app = FastAPI(title="Course sign-up command API", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.publisher = bus
+    app.state.metrics = metrics = Metrics()
+    app.include_router(routes.commands)
+    app.include_router(routes.ops)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(PublishError, _unavailable)
+    # The last one added runs first: every response, a 413 included, gets an id and a log line.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=app.router.routes)
+    return app
+
+
+async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": [_field_error(e) for e in exc.errors()]}, status_code=422)
+
+
+def _field_error(error: dict[str, Any]) -> dict[str, Any]:
+    loc = list(error["loc"])
+    # ("body", "email") names the field "email"; ("body", 17) is a JSON syntax error at
+    # character 17 of the body, so it names "body".
+    field = ".".join(map(str, loc[1:])) if len(loc) > 1 and isinstance(loc[1], str) else loc[0]
+    msg = error["msg"]
+    if error["type"] == "json_invalid" and "error" in error.get("ctx", {}):
+        msg = f"{msg}: {error['ctx']['error']}"
+    # The rejected input is left out: echoing it back would put personal data into
+    # whatever logs responses between here and the caller.
+    return {"loc": loc, "field": field, "msg": msg, "type": error["type"]}
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning(
+        "command not acknowledged by kafka",
+        extra={"correlation_id": request.state.correlation_id, "error": str(exc)},
+    )
+    return JSONResponse(
+        # A produce request that timed out may still have been written, so this is "not
+        # confirmed", not "not stored": a retry with the same Idempotency-Key is safe.
+        {"detail": "Kafka did not confirm the command in time; retry with the same "
+                   "Idempotency-Key after Retry-After seconds"},
+        status_code=503,
+        headers={"Retry-After": str(routes.RETRY_AFTER_SECONDS)},
+    )

@@ -1,0 +1,211 @@
+"""HTTP routes: validated requests become commands on the `course-commands` topic."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
+from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+
+from command_api.models import (
+    COURSE_ID_PATTERN,
+    CourseAccepted,
+    CreateCourseRequest,
+    FieldErrors,
+    Problem,
+    SignUpAccepted,
+    SignUpRequest,
+    Status,
+)
+from command_api.observability import Metrics
+from command_api.publisher import Publisher, PublishError
+from command_api.settings import Settings
+from schemas import codec, topics
+from schemas.messages import Command, CreateCourse, SignUp, signup_id_for
+
+RETRY_AFTER_SECONDS = 5
+
+
+# Dependencies are `async def` because FastAPI runs plain `def` ones in a thread pool,
+# a hop per dependency per request for what is an attribute lookup.
+
+
+async def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _publisher(request: Request) -> Publisher:
+    publisher: Publisher = request.app.state.publisher
+    return publisher
+
+
+async def _metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+async def _correlation_id(request: Request) -> str:
+    correlation_id: str = request.state.correlation_id  # set by RequestContextMiddleware
+    return correlation_id
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+_bearer = HTTPBearer(auto_error=False, description="The ADMIN_TOKEN of the deployment.")
+
+
+async def _require_admin(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    expected = settings.admin_token.get_secret_value().encode()
+    given = credentials.credentials.encode() if credentials is not None else b""
+    # Constant time, so response timing reveals nothing about the token's prefix.
+    if not hmac.compare_digest(given, expected):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or wrong admin token",
+            headers={"WWW-Authenticate": 'Bearer realm="command-api"'},
+        )
+
+
+Admin = Annotated[None, Depends(_require_admin)]
+PublisherDep = Annotated[Publisher, Depends(_publisher)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+CorrelationId = Annotated[str, Depends(_correlation_id)]
+CourseIdPath = Annotated[str, Path(pattern=COURSE_ID_PATTERN)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
+]
+
+
+Responses = dict[int | str, dict[str, Any]]
+
+
+def _error(status: int, description: str, model: type[BaseModel] = Problem) -> Responses:
+    return {status: {"description": description, "model": model}}
+
+
+_BAD_INPUT = {
+    **_error(413, "Body larger than MAX_BODY_BYTES.", FieldErrors),
+    **_error(422, "Invalid input; each offending field is named.", FieldErrors),
+}
+_UNAVAILABLE = _error(503, "Kafka did not acknowledge the command; retry after Retry-After.")
+
+
+async def _send(command: Command, publisher: Publisher, metrics: Metrics) -> None:
+    kind = type(command).__name__
+    try:
+        await publisher.publish(
+            topics.COMMANDS,
+            # Key = course id: every command of a course lands on one partition, in order.
+            key=command.course_id.encode(),
+            value=codec.encode(command),
+            headers=[
+                ("correlation_id", command.correlation_id.encode()),
+                ("command_type", kind.encode()),
+            ],
+        )
+    except PublishError:
+        metrics.publish_failures.inc()
+        raise
+    metrics.commands_published.labels(kind).inc()
+
+
+def _now() -> datetime:
+    # issued_at is an Avro timestamp-millis: keep only what survives the round trip.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+commands = APIRouter(tags=["commands"], responses={**_UNAVAILABLE, **_BAD_INPUT})
+
+
+@commands.post(
+    "/courses",
+    status_code=202,
+    response_model=CourseAccepted,
+    responses=_error(401, "Missing or wrong admin token."),
+)
+async def create_course(
+    _: Admin,
+    body: CreateCourseRequest,
+    publisher: PublisherDep,
+    metrics: MetricsDep,
+    correlation_id: CorrelationId,
+) -> CourseAccepted:
+    """Queue the creation of a course (admin only); 202 once Kafka holds the command."""
+    command = CreateCourse(
+        command_id=str(uuid.uuid4()),
+        course_id=body.course_id or str(uuid.uuid4()),
+        title=body.title,
+        lecturer=body.lecturer,
+        capacity=body.capacity,
+        issued_at=_now(),
+        correlation_id=correlation_id,
+    )
+    await _send(command, publisher, metrics)
+    return CourseAccepted(course_id=command.course_id, command_id=command.command_id)
+
+
+@commands.post("/courses/{course_id}/signups", status_code=202, response_model=SignUpAccepted)
+async def sign_up(
+    course_id: CourseIdPath,
+    body: SignUpRequest,
+    publisher: PublisherDep,
+    metrics: MetricsDep,
+    correlation_id: CorrelationId,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> SignUpAccepted:
+    """Queue a sign-up for a course; 202 once Kafka holds the command."""
+    signup_id = (
+        signup_id_for(course_id, idempotency_key) if idempotency_key else str(uuid.uuid4())
+    )
+    command = SignUp(
+        # A retry with the same Idempotency-Key is the very same command, so the
+        # processor can recognise it and decide it only once.
+        command_id=signup_id,
+        signup_id=signup_id,
+        course_id=course_id,
+        email=body.email,
+        name=body.name,
+        date_of_birth=body.date_of_birth,
+        issued_at=_now(),
+        correlation_id=correlation_id,
+    )
+    await _send(command, publisher, metrics)
+    response.headers["Location"] = f"/signups/{signup_id}"
+    return SignUpAccepted(signup_id=signup_id)
+
+
+ops = APIRouter(tags=["operations"])
+
+
+@ops.get("/healthz", response_model=Status)
+async def healthz() -> Status:
+    """The process is up and serving."""
+    return Status(status="ok")
+
+
+@ops.get("/readyz", response_model=Status, responses=_error(503, "Kafka is not reachable.", Status))
+async def readyz(publisher: PublisherDep, response: Response) -> Status:
+    """Kafka is reachable and the command topic exists."""
+    if await publisher.ready():
+        return Status(status="ready")
+    response.status_code = 503
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return Status(status="kafka unavailable")
+
+
+@ops.get("/metrics", response_class=PlainTextResponse)
+async def metrics(registry: MetricsDep) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

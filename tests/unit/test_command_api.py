@@ -1,0 +1,494 @@
+"""The command API's HTTP edge: validation, auth, idempotency, logs; Kafka is an in-memory fake."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from command_api.app import create_app
+from command_api.observability import JsonFormatter
+from command_api.publisher import Headers, PublishError
+from command_api.settings import Settings
+from schemas import codec, topics
+from schemas.messages import CreateCourse, SignUp, signup_id_for
+
+TOKEN = "unit-test-admin-token"
+MAX_BODY = 2048
+TODAY = datetime.now(UTC).date()
+
+
+@dataclass
+class Sent:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: dict[str, bytes]
+
+    @property
+    def command(self) -> Any:
+        return codec.decode(self.value)
+
+
+@dataclass
+class MemoryPublisher:
+    """Acknowledges every message at once, or refuses all of them while `down`."""
+
+    sent: list[Sent] = field(default_factory=list)
+    down: bool = False
+    running: bool = False
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
+        if self.down:
+            raise PublishError("broker unreachable")
+        self.sent.append(Sent(topic, key, value, dict(headers)))
+
+    async def ready(self) -> bool:
+        return not self.down
+
+
+@pytest.fixture
+def publisher() -> MemoryPublisher:
+    return MemoryPublisher()
+
+
+@pytest.fixture
+def client(publisher: MemoryPublisher) -> Iterator[TestClient]:
+    settings = Settings(
+        kafka_bootstrap_servers="unused:9092", admin_token=TOKEN, max_body_bytes=MAX_BODY
+    )
+    with TestClient(create_app(settings, publisher)) as test_client:
+        yield test_client
+
+
+def student(**changes: Any) -> dict[str, Any]:
+    return {"email": "ada@example.org", "name": "Ada Lovelace", "date_of_birth": "2001-12-10",
+            **changes}
+
+
+def course(**changes: Any) -> dict[str, Any]:
+    return {"course_id": "intro-python", "title": "Intro to Python", "lecturer": "G. van Rossum",
+            "capacity": 30, **changes}
+
+
+def admin(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def years_ago(years: int, days: int = 0) -> str:
+    return (TODAY.replace(year=TODAY.year - years, day=min(TODAY.day, 28)) - timedelta(days)
+            ).isoformat()
+
+
+def fields_named(response: Any) -> set[str]:
+    return {error["field"] for error in response.json()["detail"]}
+
+
+# ------------------------------------------------------------------ sign-ups
+
+
+def test_a_sign_up_is_published_as_a_command_keyed_by_its_course(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    response = client.post("/courses/intro-python/signups", json=student())
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "pending"
+    assert response.headers["Location"] == f"/signups/{body['signup_id']}"
+    [sent] = publisher.sent
+    assert (sent.topic, sent.key) == (topics.COMMANDS, b"intro-python")
+    command = sent.command
+    assert isinstance(command, SignUp)
+    assert command.signup_id == command.command_id == body["signup_id"]
+    assert (command.course_id, command.email, command.name, command.date_of_birth) == (
+        "intro-python", "ada@example.org", "Ada Lovelace", date(2001, 12, 10))
+    assert sent.headers["command_type"] == b"SignUp"
+
+
+def test_the_email_is_normalised_to_lower_case_and_the_name_stripped(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    given = student(email="  Ada.Lovelace@Example.ORG ", name="  Ada Lovelace\u00a0 ")
+
+    assert client.post("/courses/intro-python/signups", json=given).status_code == 202
+
+    command = publisher.sent[0].command
+    assert (command.email, command.name) == ("ada.lovelace@example.org", "Ada Lovelace")
+
+
+def test_the_same_idempotency_key_gives_the_same_signup_and_the_same_command(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    def sign_up(course_id: str, key: str) -> str:
+        response = client.post(f"/courses/{course_id}/signups", json=student(),
+                               headers={"Idempotency-Key": key})
+        assert response.status_code == 202
+        return str(response.json()["signup_id"])
+
+    first, again = sign_up("intro-python", "key-1"), sign_up("intro-python", "key-1")
+
+    assert first == again == signup_id_for("intro-python", "key-1")
+    assert publisher.sent[0].command.command_id == publisher.sent[1].command.command_id == first
+    assert sign_up("intro-python", "key-2") != first
+    assert sign_up("advanced-python", "key-1") != first
+
+
+def test_without_an_idempotency_key_every_request_is_a_new_signup(client: TestClient) -> None:
+    ids = {client.post("/courses/intro-python/signups", json=student()).json()["signup_id"]
+           for _ in range(3)}
+
+    assert len(ids) == 3
+    assert all(uuid.UUID(i).version == 4 for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (student(email="not-an-email"), "email"),
+        (student(email="ada@"), "email"),
+        (student(email="ada@localhost"), "email"),
+        (student(email=42), "email"),
+        (student(name=""), "name"),
+        (student(name="   "), "name"),
+        (student(name="Ada\r\nBcc: victim@example.org"), "name"),
+        (student(name="A" * 201), "name"),
+        (student(date_of_birth=(TODAY + timedelta(days=1)).isoformat()), "date_of_birth"),
+        (student(date_of_birth="2999-01-01"), "date_of_birth"),
+        (student(date_of_birth="1850-01-01"), "date_of_birth"),
+        (student(date_of_birth=years_ago(131)), "date_of_birth"),
+        (student(date_of_birth=years_ago(5)), "date_of_birth"),
+        (student(date_of_birth="2001-02-30"), "date_of_birth"),
+        (student(date_of_birth="10/12/2001"), "date_of_birth"),
+        (student(date_of_birth=1007942400), "date_of_birth"),
+        (student(seat="front row"), "seat"),
+        ({"email": "ada@example.org", "name": "Ada"}, "date_of_birth"),
+    ],
+)
+def test_bad_sign_up_input_is_rejected_naming_the_field_and_never_published(
+    client: TestClient, publisher: MemoryPublisher, body: dict[str, Any], field: str
+) -> None:
+    response = client.post("/courses/intro-python/signups", json=body)
+
+    assert response.status_code == 422
+    assert fields_named(response) == {field}
+    assert publisher.sent == []
+
+
+def test_every_offending_field_is_named_at_once(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    body = {"email": "nope", "name": "", "date_of_birth": "2999-01-01", "extra": 1}
+
+    response = client.post("/courses/intro-python/signups", json=body)
+
+    assert response.status_code == 422
+    assert fields_named(response) == {"email", "name", "date_of_birth", "extra"}
+    assert publisher.sent == []
+
+
+def test_malformed_json_is_rejected_naming_the_body(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    response = client.post("/courses/intro-python/signups", content=b'{"email": "ada@',
+                           headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["field"], error["type"]) == ("body", "json_invalid")
+    assert publisher.sent == []
+
+
+@pytest.mark.parametrize("content", [b"[]", b'"ada@example.org"', b"null"])
+def test_a_body_that_is_not_an_object_is_rejected(
+    client: TestClient, publisher: MemoryPublisher, content: bytes
+) -> None:
+    response = client.post("/courses/intro-python/signups", content=content,
+                           headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 422
+    assert fields_named(response) == {"body"}
+    assert publisher.sent == []
+
+
+def test_the_rejected_input_is_not_echoed_back(client: TestClient) -> None:
+    response = client.post("/courses/intro-python/signups", json=student(email="Secret@@x"))
+
+    assert response.status_code == 422
+    assert "Secret" not in response.text
+
+
+@pytest.mark.parametrize("course_id", ["Intro-Python", "intro_python", "x" * 65, "caf%C3%A9"])
+def test_a_malformed_course_id_in_the_path_is_rejected(
+    client: TestClient, publisher: MemoryPublisher, course_id: str
+) -> None:
+    response = client.post(f"/courses/{course_id}/signups", json=student())
+
+    assert response.status_code == 422
+    assert fields_named(response) == {"course_id"}
+    assert publisher.sent == []
+
+
+@pytest.mark.parametrize("key", ["k" * 256, "with space", "naïve"])
+def test_a_malformed_idempotency_key_is_rejected(
+    client: TestClient, publisher: MemoryPublisher, key: str
+) -> None:
+    response = client.post("/courses/intro-python/signups", json=student(),
+                           headers={"Idempotency-Key": key.encode()})
+
+    assert response.status_code == 422
+    assert fields_named(response) == {"Idempotency-Key"}
+    assert publisher.sent == []
+
+
+# ------------------------------------------------------------------ body size
+
+
+def test_a_body_over_the_limit_is_rejected_by_its_content_length(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    response = client.post("/courses/intro-python/signups",
+                           json=student(name="A" * MAX_BODY))
+
+    assert response.status_code == 413
+    assert fields_named(response) == {"body"}
+    assert publisher.sent == []
+
+
+def test_a_streamed_body_over_the_limit_is_rejected_by_its_actual_size(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        yield b'{"email": "ada@example.org", "name": "'
+        for _ in range(MAX_BODY // 512 + 1):
+            yield b"A" * 512
+        yield b'", "date_of_birth": "2001-12-10"}'
+
+    response = client.post("/courses/intro-python/signups", content=chunks(),
+                           headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 413
+    assert publisher.sent == []
+
+
+def test_a_streamed_body_under_the_limit_is_accepted(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    raw = json.dumps(student()).encode()
+
+    response = client.post("/courses/intro-python/signups", content=iter([raw[:10], raw[10:]]),
+                           headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 202
+    assert len(publisher.sent) == 1
+
+
+# ------------------------------------------------------------------ courses and auth
+
+
+def test_an_admin_creates_a_course(client: TestClient, publisher: MemoryPublisher) -> None:
+    response = client.post("/courses", json=course(), headers=admin())
+
+    assert response.status_code == 202
+    body = response.json()
+    [sent] = publisher.sent
+    command = sent.command
+    assert isinstance(command, CreateCourse)
+    assert body == {"course_id": "intro-python", "command_id": command.command_id}
+    assert (command.title, command.lecturer, command.capacity) == (
+        "Intro to Python", "G. van Rossum", 30)
+    assert (sent.key, sent.headers["command_type"]) == (b"intro-python", b"CreateCourse")
+
+
+def test_a_course_without_an_id_gets_a_uuid(client: TestClient, publisher: MemoryPublisher) -> None:
+    body = course()
+    del body["course_id"]
+
+    response = client.post("/courses", json=body, headers=admin())
+
+    assert response.status_code == 202
+    course_id = response.json()["course_id"]
+    assert str(uuid.UUID(course_id)) == course_id
+    assert publisher.sent[0].key == course_id.encode()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, admin("wrong-token"), admin(TOKEN + "x"), admin(""), {"Authorization": TOKEN},
+     {"Authorization": f"Basic {TOKEN}"}],
+)
+def test_creating_a_course_needs_the_admin_token(
+    client: TestClient, publisher: MemoryPublisher, headers: dict[str, str]
+) -> None:
+    response = client.post("/courses", json=course(), headers=headers)
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert publisher.sent == []
+
+
+def test_the_token_is_checked_before_the_body(client: TestClient) -> None:
+    response = client.post("/courses", json=course(capacity=0))
+
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (course(capacity=0), "capacity"),
+        (course(capacity=100_001), "capacity"),
+        (course(capacity="30"), "capacity"),
+        (course(capacity=30.5), "capacity"),
+        (course(capacity=True), "capacity"),
+        (course(course_id="Intro Python"), "course_id"),
+        (course(course_id="x" * 65), "course_id"),
+        (course(title=""), "title"),
+        (course(lecturer="  "), "lecturer"),
+        (course(room="B1"), "room"),
+        ({"course_id": "intro-python", "title": "T", "capacity": 3}, "lecturer"),
+    ],
+)
+def test_bad_course_input_is_rejected_naming_the_field(
+    client: TestClient, publisher: MemoryPublisher, body: dict[str, Any], field: str
+) -> None:
+    response = client.post("/courses", json=body, headers=admin())
+
+    assert response.status_code == 422
+    assert fields_named(response) == {field}
+    assert publisher.sent == []
+
+
+# ------------------------------------------------------------------ Kafka down
+
+
+def test_an_unacknowledged_command_is_a_503_with_retry_after(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    publisher.down = True
+
+    signup = client.post("/courses/intro-python/signups", json=student())
+    created = client.post("/courses", json=course(), headers=admin())
+
+    for response in (signup, created):
+        assert response.status_code == 503
+        assert int(response.headers["Retry-After"]) > 0
+    assert "command_api_publish_failures_total 2.0" in client.get("/metrics").text
+
+
+def test_health_and_readiness(client: TestClient, publisher: MemoryPublisher) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+    publisher.down = True
+
+    assert client.get("/healthz").status_code == 200
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert "Retry-After" in not_ready.headers
+
+
+def test_the_lifespan_starts_and_stops_the_publisher(publisher: MemoryPublisher) -> None:
+    app = create_app(Settings(kafka_bootstrap_servers="unused:9092", admin_token=TOKEN),
+                     publisher)
+
+    with TestClient(app):
+        assert publisher.running
+    assert not publisher.running
+
+
+# ------------------------------------------------------------------ observability
+
+
+def test_metrics_count_requests_by_route_template_and_commands_by_kind(
+    client: TestClient,
+) -> None:
+    client.post("/courses/intro-python/signups", json=student())
+    client.post("/courses/other/signups", json=student(name=""))
+    client.post("/courses", json=course(), headers=admin())
+
+    text = client.get("/metrics").text
+
+    assert ('command_api_requests_total{method="POST",route="/courses/{course_id}/signups",'
+            'status="202"} 1.0') in text
+    assert 'route="/courses/{course_id}/signups",status="422"} 1.0' in text
+    assert 'command_api_commands_published_total{kind="SignUp"} 1.0' in text
+    assert 'command_api_commands_published_total{kind="CreateCourse"} 1.0' in text
+    assert "command_api_request_duration_seconds_bucket" in text
+
+
+def test_the_correlation_id_is_taken_from_the_request_and_travels_with_the_command(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    response = client.post("/courses/intro-python/signups", json=student(),
+                           headers={"X-Correlation-Id": "req-42.a:b"})
+
+    assert response.headers["X-Correlation-Id"] == "req-42.a:b"
+    assert publisher.sent[0].command.correlation_id == "req-42.a:b"
+    assert publisher.sent[0].headers["correlation_id"] == b"req-42.a:b"
+
+
+@pytest.mark.parametrize("given", [None, "x" * 129, "bad id", "a\"b"])
+def test_a_missing_or_malformed_correlation_id_is_replaced_by_a_fresh_one(
+    client: TestClient, publisher: MemoryPublisher, given: str | None
+) -> None:
+    headers = {} if given is None else {"X-Correlation-Id": given}
+
+    response = client.post("/courses/intro-python/signups", json=student(), headers=headers)
+
+    correlation_id = response.headers["X-Correlation-Id"]
+    assert correlation_id != given
+    assert publisher.sent[0].command.correlation_id == correlation_id == str(
+        uuid.UUID(correlation_id))
+
+
+def test_no_personal_data_reaches_any_log_record(
+    client: TestClient, publisher: MemoryPublisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    email, name, born = "Grace.Hopper@Navy.example.org", "Grace Brewster Hopper", "1936-12-09"
+    caplog.set_level(logging.DEBUG)
+
+    client.post("/courses/c1/signups", json=student(email=email, name=name, date_of_birth=born))
+    client.post("/courses/c1/signups",
+                json=student(email=email, name=name, date_of_birth=born, x=1))
+    client.post("/courses/c1/signups", json=student(email="Grace@", name=name, date_of_birth=born))
+    client.post(f"/courses/{email}/signups", json=student(email=email))
+    publisher.down = True
+    client.post("/courses/c1/signups", json=student(email=email, name=name, date_of_birth=born))
+
+    # httpx logs the test's own requests, URL included: that is the client, not the server.
+    server_records = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
+    assert len(server_records) >= 5
+    formatter = JsonFormatter()
+    for record in server_records:
+        line = formatter.format(record).lower()
+        for secret in (email, "grace@", "navy.example", name, "hopper", born, "1936"):
+            assert secret.lower() not in line, record
+
+
+def test_one_access_log_line_per_request_with_id_route_status_and_latency(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="command_api.access")
+
+    response = client.post("/courses/intro-python/signups", json=student())
+
+    [record] = [r for r in caplog.records if r.name == "command_api.access"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["correlation_id"] == response.headers["X-Correlation-Id"]
+    assert (line["route"], line["method"], line["status"]) == (
+        "/courses/{course_id}/signups", "POST", 202)
+    assert line["latency_ms"] >= 0
