@@ -177,6 +177,9 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
         # Autocommit: each read is one statement, and no connection sits idle in a
         # transaction holding a lock that a replay's swap would have to wait for.
         kwargs={"autocommit": True},
+        # One empty round trip per checkout: after a database restart a pooled connection
+        # is found dead here and replaced, instead of failing a request.
+        check=AsyncConnectionPool.check_connection,
         open=False,
         name="query-api",
     )

@@ -62,7 +62,10 @@ _STALL_SECONDS = 120.0
 
 
 def consumer_config(settings: ProjectorSettings) -> dict[str, object]:
+    static = ({"group.instance.id": settings.projector_instance_id}
+              if settings.projector_instance_id else {})
     return {
+        **static,
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "group.id": settings.projector_group_id,
         "isolation.level": "read_committed",  # never project an aborted transaction
@@ -138,6 +141,8 @@ class Projector:
         for msg in messages:
             err = msg.error()
             if err is not None:
+                if err.fatal():  # e.g. fenced by a newer instance with the same instance id
+                    raise KafkaException(err)
                 log.warning("consumer error", extra={"error": str(err)})
                 continue
             partition, offset = msg.partition(), msg.offset()

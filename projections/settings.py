@@ -36,6 +36,10 @@ class ProjectorSettings(_Common):
     projector_port: int = Field(default=6067, ge=1, le=65535)
     # Only for partition assignment: positions live in PostgreSQL, never in Kafka.
     projector_group_id: str = "projector"
+    # Static group membership: a restarted projector (after kill -9, say) gets its
+    # partitions back at once instead of after the dead member's session timeout. Each
+    # instance of a scaled-out projector needs its own id; empty turns it off.
+    projector_instance_id: str = "projector-0"
     projector_batch_size: int = Field(default=2000, ge=1, le=100_000)
     projector_batch_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
     # Longest pause between attempts to reach PostgreSQL while it is away.

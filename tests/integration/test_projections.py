@@ -1,0 +1,478 @@
+"""The projector, the query API and replay against a real broker and database.
+
+Synthetic events go to `course-events` with random course ids; other tests share the
+topic and the database, so assertions look only at this module's courses and sign-ups,
+and whole-table checks compare the live views with a replay of the same log.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from projections.stats import AgeAggregate, age_stats, fold
+from schemas import codec, topics
+from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
+from stack import postgres
+from stack.config import ROOT
+from stack.procs import free_port
+from tests.conftest import Infra
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 11, 1, 9, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except (psycopg.OperationalError, httpx.HTTPError):
+            pass  # not there yet
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def db() -> psycopg.Connection:
+    return psycopg.connect(os.environ["DATABASE_URL"], autocommit=True, connect_timeout=3)
+
+
+class Service:
+    """A module of ours run as a subprocess, as `make up` runs it."""
+
+    def __init__(self, module: str, env: dict[str, str], log: Path) -> None:
+        self.module, self.env, self.log = module, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module], cwd=ROOT, stdout=out, stderr=out,
+                env={**os.environ, **self.env})
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def created(course_id: str, capacity: int = 10_000) -> CourseCreated:
+    return CourseCreated(str(uuid.uuid4()), "CourseCreated", NOW, course_id, str(uuid.uuid4()),
+                         str(uuid.uuid4()), f"Course {course_id[-4:]}", "Grace Hopper", capacity)
+
+
+def accepted(course_id: str, dob: date) -> StudentSignedUp:
+    return StudentSignedUp(str(uuid.uuid4()), "StudentSignedUp", NOW, course_id,
+                           str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()),
+                           "someone@example.org", "Some One", dob, 1, 10_000)
+
+
+def rejected(course_id: str, reason: str = "course_full") -> SignUpRejected:
+    return SignUpRejected(str(uuid.uuid4()), "SignUpRejected", NOW, course_id, str(uuid.uuid4()),
+                          str(uuid.uuid4()), str(uuid.uuid4()), "other@example.org", "Other",
+                          reason)
+
+
+def new_course_id() -> str:
+    return f"proj-{uuid.uuid4().hex[:12]}"
+
+
+def random_load(rng: random.Random, courses: int, decisions: int, repeats: int) -> list[Event]:
+    """Courses, then decisions (4 in 5 accepted), with some decisions repeated later."""
+    ids = [new_course_id() for _ in range(courses)]
+    events: list[Event] = [created(c) for c in ids]
+    for _ in range(decisions):
+        course = rng.choice(ids)
+        dob = date(1950, 1, 1) + timedelta(days=rng.randint(0, 22_000))
+        events.append(accepted(course, dob) if rng.random() < 0.8 else rejected(course))
+    # A processor that crashed after writing a decision writes it again, same event id.
+    for event in rng.sample(events[courses:], repeats):
+        events.insert(rng.randint(events.index(event) + 1, len(events)), event)
+    return events
+
+
+@dataclass
+class Log:
+    """What this module wrote, and the last offset it got per partition."""
+
+    producer: Producer
+    events: list[Event] = field(default_factory=list)
+    last: dict[int, int] = field(default_factory=dict)
+
+    def write(self, events: list[Event]) -> None:
+        for event in events:
+            self._produce(event.course_id.encode(), codec.encode(event))
+        self.events.extend(events)
+        self.flush()
+
+    def write_raw(self, key: bytes, value: bytes) -> tuple[int, int]:
+        spot: list[tuple[int, int]] = []
+        self._produce(key, value, spot)
+        self.flush()
+        return spot[0]
+
+    def _produce(self, key: bytes, value: bytes, spot: list[tuple[int, int]] | None = None,
+                 ) -> None:
+        def delivered(err: Any, msg: Any) -> None:
+            assert err is None, err
+            p, o = msg.partition(), msg.offset()
+            self.last[p] = max(self.last.get(p, -1), o)
+            if spot is not None:
+                spot.append((p, o))
+
+        self.producer.produce(topics.EVENTS, key=key, value=value, on_delivery=delivered)
+
+    def flush(self) -> None:
+        assert self.producer.flush(30) == 0
+
+
+def stored_positions() -> dict[int, int]:
+    with db() as conn:
+        rows = conn.execute("SELECT partition, next_offset FROM projection_offsets"
+                            " WHERE projection = 'views' AND topic = %s", (topics.EVENTS,))
+        return dict(rows.fetchall())
+
+
+def projected(log: Log) -> bool:
+    """Every record this module wrote is behind the live projector's stored positions."""
+    stored = stored_positions()
+    return all(stored.get(p, 0) > last for p, last in log.last.items())
+
+
+def wait_projected(log: Log, timeout: float = 60) -> None:
+    wait_for(lambda: projected(log), timeout, "the projector to catch up")
+
+
+def expected_decisions(events: list[Event]) -> dict[str, tuple[str, str | None]]:
+    out: dict[str, tuple[str, str | None]] = {}
+    for e in events:
+        if isinstance(e, StudentSignedUp):
+            out.setdefault(e.signup_id, ("accepted", None))
+        elif isinstance(e, SignUpRejected):
+            out.setdefault(e.signup_id, ("rejected", e.reason))
+    return out
+
+
+def assert_views_equal_the_events(events: list[Event]) -> None:
+    """Per course and per sign-up, the live views hold exactly what the events say."""
+    courses = sorted({e.course_id for e in events})
+    aggregates = fold(events)
+    decisions = expected_decisions(events)
+    with db() as conn:
+        rows = conn.execute(
+            "SELECT course_id, enrolled, dob_sum_days, dob_min, dob_max FROM course_stats"
+            " WHERE course_id = ANY(%s)", (courses,)).fetchall()
+        stored = conn.execute(
+            "SELECT signup_id, status, reason FROM signup_decisions WHERE course_id = ANY(%s)",
+            (courses,)).fetchall()
+    live = {c: AgeAggregate(n, s, lo, hi) for c, n, s, lo, hi in rows}
+    assert live == {c: aggregates.get(c, AgeAggregate()) for c in courses}
+    assert {s: (st, r) for s, st, r in stored} == decisions
+
+
+_COMPARE = {
+    "signup_decisions": "signup_id, course_id, status, reason, event_id, decided_at",
+    "course_stats": "course_id, title, lecturer, capacity, enrolled, dob_sum_days, dob_min,"
+                    " dob_max",
+    "global_stats": "courses, enrollments, dob_sum_days, dob_min, dob_max",
+}
+
+
+def assert_live_equals_a_replay() -> None:
+    """A full replay of the log into shadow tables holds the same rows as the live views."""
+    done = subprocess.run([sys.executable, "-m", "projections.replay", "--no-swap", "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with db() as conn:
+        for table, columns in _COMPARE.items():
+            differ = conn.execute(
+                f"SELECT count(*) FROM ((SELECT {columns} FROM {table}"
+                f" EXCEPT ALL SELECT {columns} FROM {table}_shadow) UNION ALL"
+                f" (SELECT {columns} FROM {table}_shadow"
+                f" EXCEPT ALL SELECT {columns} FROM {table})) AS d").fetchone()
+            assert differ == (0,), f"{table} differs from its replay"
+        live, shadow = (conn.execute(
+            "SELECT partition, next_offset FROM projection_offsets WHERE projection = %s"
+            " ORDER BY 1", (name,)).fetchall() for name in ("views", "views_shadow"))
+        assert live == shadow
+        for table in _COMPARE:
+            conn.execute(f"DROP TABLE {table}_shadow")
+
+
+def generation() -> int:
+    with db() as conn:
+        row = conn.execute("SELECT generation FROM projection_generations"
+                           " WHERE projection = 'views'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("projections")
+
+
+@pytest.fixture(scope="module")
+def projector(infra: Infra, run_dir: Path) -> Iterator[Service]:
+    port = free_port()
+    service = Service("projections.projector", {"PROJECTOR_PORT": str(port),
+                                                "PROJECTOR_BATCH_SIZE": "100"},
+                      run_dir / "projector.log")
+    service.start()
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 60,
+             "the projector's /healthz")
+    service.env["URL"] = f"http://127.0.0.1:{port}"
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def query_api(infra: Infra, run_dir: Path) -> Iterator[str]:
+    port = free_port()
+    service = Service("projections.api", {"QUERY_API_PORT": str(port)}, run_dir / "api.log")
+    service.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 60, "the query API")
+    yield url
+    service.stop()
+
+
+@pytest.fixture
+def log(infra: Infra) -> Log:
+    return Log(Producer({"bootstrap.servers": infra.kafka_bootstrap, "acks": "all",
+                         "linger.ms": 5}))
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
+    projector: Service, log: Log, query_api: str
+) -> None:
+    rng = random.Random(4)
+    events = random_load(rng, courses=25, decisions=4000, repeats=400)
+    bursts = [events[i:i + 1200] for i in range(0, len(events), 1200)]
+    killed_mid_burst = 0
+
+    for burst in bursts:
+        wait_projected(log)  # the restarted projector is at work again
+        before = stored_positions()
+        log.write(burst)
+        # Kill it once it has committed part of the burst, inside its next batches.
+        wait_for(lambda b=before: stored_positions() != b, 30, "progress", every=0.005)
+        time.sleep(rng.uniform(0.0, 0.02))
+        projector.kill()
+        killed_mid_burst += not projected(log)
+        projector.start()
+
+    assert killed_mid_burst >= 2, "the kills all came after the work; nothing was tested"
+    wait_projected(log)
+    assert_views_equal_the_events(log.events)
+    assert_live_equals_a_replay()
+    # And the API says what the events say.
+    as_of = date(2026, 6, 30)
+    for course, agg in list(fold(log.events).items())[:5]:
+        body = httpx.get(f"{query_api}/courses/{course}/stats",
+                         params={"as_of": as_of.isoformat()}).json()
+        stats = age_stats(agg, as_of)
+        assert (body["enrolled"], body["min_age"], body["max_age"], body["average_age"]) == (
+            agg.count, stats.min_age, stats.max_age, stats.average_age)
+
+
+def test_postgres_restarted_under_load_loses_nothing(
+    infra: Infra, projector: Service, log: Log, query_api: str
+) -> None:
+    if infra.config is None:
+        pytest.skip("outside servers: the test cannot restart PostgreSQL")
+    events = random_load(random.Random(5), courses=10, decisions=3000, repeats=200)
+    chunks = [events[i:i + 100] for i in range(0, len(events), 100)]
+    writer = threading.Thread(target=lambda: [(log.write(c), time.sleep(0.05)) for c in chunks])
+    writer.start()
+    time.sleep(0.3)
+    postgres.stop_server(infra.config)
+    time.sleep(2)  # down for a while, with the load still coming in
+    postgres.start(infra.config)
+    writer.join(60)
+
+    wait_projected(log, timeout=90)
+    assert projector.alive()
+    assert_views_equal_the_events(log.events)
+    wait_for(lambda: httpx.get(query_api + "/readyz").status_code == 200, 30, "readiness")
+    some_course = events[0].course_id
+    assert httpx.get(f"{query_api}/courses/{some_course}/stats").status_code == 200
+
+
+def test_an_undecodable_event_goes_to_the_dlq_and_later_ones_are_projected(
+    infra: Infra, projector: Service, log: Log
+) -> None:
+    course = new_course_id()
+    partition, offset = log.write_raw(course.encode(), b"\xc3\x01 certainly not avro")
+    log.write([created(course), accepted(course, date(2001, 2, 3))])
+
+    wait_projected(log)
+    assert_views_equal_the_events(log.events)
+    consumer = Consumer({"bootstrap.servers": infra.kafka_bootstrap, "group.id": "t",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topics.EVENTS_DLQ, p, OFFSET_BEGINNING)
+                     for p in consumer.list_topics(topics.EVENTS_DLQ, timeout=10)
+                     .topics[topics.EVENTS_DLQ].partitions])
+    found: dict[str, bytes] = {}
+
+    def dead_letter_found() -> bool:
+        for msg in consumer.consume(500, 0.2):
+            headers = dict(msg.headers() or []) if msg.error() is None else {}
+            if (headers.get("dlq.source.partition"), headers.get("dlq.source.offset")) == (
+                    str(partition).encode(), str(offset).encode()):
+                found.update(headers)
+        return bool(found)
+
+    try:
+        wait_for(dead_letter_found, 30, "the dead letter")
+    finally:
+        consumer.close()
+    assert found["dlq.source.topic"] == topics.EVENTS.encode()
+    assert found["dlq.reason"]
+    datetime.fromisoformat(found["dlq.failed_at"].decode())
+    metrics = httpx.get(projector.env["URL"] + "/metrics").text
+    for name in ("projector_events_total", "projector_batches_total", "projector_lag_events",
+                 "projector_lag_seconds", "projector_dlq_total"):
+        assert name in metrics
+
+
+def test_replay_swaps_in_while_clients_read_without_an_error_or_an_empty_answer(
+    projector: Service, log: Log, query_api: str
+) -> None:
+    course = new_course_id()
+    ours = [created(course)] + [accepted(course, date(1990, 1, 1) + timedelta(days=i))
+                                for i in range(50)] + [rejected(course)]
+    log.write(ours)
+    wait_projected(log)
+    signups = [e.signup_id for e in ours if isinstance(e, StudentSignedUp | SignUpRejected)]
+    before = generation()
+    problems: list[str] = []
+    answered = 0
+    stop = threading.Event()
+
+    def hammer() -> None:
+        nonlocal answered
+        with httpx.Client(base_url=query_api, timeout=10) as client:
+            while not stop.is_set():
+                for path, good in (
+                    (f"/signups/{signups[answered % len(signups)]}",
+                     lambda b: b["status"] in ("accepted", "rejected")),
+                    (f"/courses/{course}/stats", lambda b: b["enrolled"] == 50),
+                    ("/stats", lambda b: b["enrollments"] >= 50 and b["courses"] >= 1),
+                ):
+                    response = client.get(path)
+                    if response.status_code != 200 or not good(response.json()):
+                        problems.append(f"{path}: {response.status_code} {response.text}")
+                    answered += 1
+
+    readers = [threading.Thread(target=hammer) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    # The projector keeps projecting new events while the replay runs and swaps.
+    other = new_course_id()
+    trickle = [created(other)] + [accepted(other, date(2000, 1, 1)) for _ in range(200)]
+    writer = threading.Thread(target=lambda: [(log.write(trickle[i:i + 20]), time.sleep(0.05))
+                                              for i in range(0, len(trickle), 20)])
+    writer.start()
+    done = subprocess.run([sys.executable, "-m", "projections.replay", "--quiet"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    writer.join(60)
+    wait_projected(log)
+    seen = answered
+    wait_for(lambda: answered > seen + 30, 10, "reads after the swap")
+    stop.set()
+    for reader in readers:
+        reader.join(10)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert generation() == before + 1
+    assert problems == []
+    assert answered > 100
+    # After the swap the live projector went on from the replay's positions.
+    assert_views_equal_the_events(log.events)
+    assert_live_equals_a_replay()
+
+
+def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
+                                                    projector: Service) -> None:
+    empty, leap = new_course_id(), new_course_id()
+    born_on_leap_day = accepted(leap, date(2000, 2, 29))
+    older = accepted(leap, date(1990, 6, 15))
+    turned_away = rejected(leap, "already_enrolled")
+    log.write([created(empty, capacity=12), created(leap), born_on_leap_day, older, turned_away])
+    wait_projected(log)
+
+    def get(path: str, **params: str) -> httpx.Response:
+        return httpx.get(query_api + path, params=params)
+
+    body = get(f"/courses/{empty}/stats").json()
+    assert body == {"course_id": empty, "title": f"Course {empty[-4:]}",
+                    "lecturer": "Grace Hopper", "capacity": 12, "enrolled": 0, "min_age": None,
+                    "max_age": None, "average_age": None,
+                    "as_of": datetime.now(UTC).date().isoformat()}
+
+    for as_of, youngest in (("2024-02-28", 23), ("2024-02-29", 24), ("2023-02-28", 22),
+                            ("2023-03-01", 23)):
+        body = get(f"/courses/{leap}/stats", as_of=as_of).json()
+        agg = AgeAggregate().add(born_on_leap_day.date_of_birth).add(older.date_of_birth)
+        expected = age_stats(agg, date.fromisoformat(as_of))
+        assert (body["enrolled"], body["min_age"], body["max_age"], body["average_age"],
+                body["as_of"]) == (2, youngest, expected.max_age, expected.average_age, as_of)
+
+    assert get(f"/signups/{born_on_leap_day.signup_id}").json() == {
+        "signup_id": born_on_leap_day.signup_id, "course_id": leap, "status": "accepted",
+        "reason": None}
+    assert get(f"/signups/{turned_away.signup_id}").json()["reason"] == "already_enrolled"
+    assert get(f"/signups/{uuid.uuid4()}").status_code == 404
+    assert get(f"/courses/{new_course_id()}/stats").status_code == 404
+    for bad in ("2024-02-30", "2024-2-1", "yesterday", "2024-02-29T00:00:00"):
+        for path in (f"/courses/{leap}/stats", "/stats"):
+            response = get(path, as_of=bad)
+            assert response.status_code == 422, (path, bad)
+            assert response.json()["detail"][0]["loc"] == ["query", "as_of"]
+    overall = get("/stats", as_of="2024-02-29").json()
+    assert overall["courses"] >= 2 and overall["enrollments"] >= 2
+    assert overall["as_of"] == "2024-02-29"
+    assert set(overall) == {"courses", "enrollments", "min_age", "max_age", "average_age",
+                            "as_of"}
+    assert get("/healthz").status_code == 200
+    assert "query_api_requests_total" in get("/metrics").text
