@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -52,7 +53,8 @@ def dead_letter_headers(record: Record, reason: str, failed_at: datetime,
 class DeadLetters:
     """Writes to course-notifications.dlq and waits for the broker's acknowledgement."""
 
-    def __init__(self, bootstrap_servers: str, timeout: float = 15.0) -> None:
+    def __init__(self, bootstrap_servers: str, timeout: float = 15.0,
+                 logger: logging.Logger | None = None) -> None:
         self._timeout = timeout
         self._producer = Producer({
             "bootstrap.servers": bootstrap_servers,
@@ -60,7 +62,7 @@ class DeadLetters:
             "enable.idempotence": True,
             # Never keep a dead letter queued behind a send that already gave up.
             "message.timeout.ms": int(timeout * 1000),
-        })
+        }, logger=logger or logging.getLogger("rdkafka"))
 
     def send(self, record: Record, headers: Headers) -> None:
         outcome: list[KafkaError | None] = []
