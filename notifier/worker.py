@@ -47,6 +47,9 @@ MAX_POLL_WAIT_SECONDS = 0.5
 
 TopicKey = tuple[str, int]
 
+# Parked with this due time, a job is the first one tried once the gate opens again.
+FIRST_WHEN_OPEN = float("-inf")
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -181,7 +184,8 @@ class Worker:
         if self.gate.is_open(now):
             self.attempt(job)
         else:
-            self._park(job, self.gate.open_at)
+            # Fetched before the pause took hold: behind the job that closed the gate.
+            self._park(job, now)
 
     # ------------------------------------------------------------------ one job
 
@@ -239,7 +243,9 @@ class Worker:
             **job.context(), "reason": reason, "smtp_code": code,
             "failures_in_row": self.gate.failures,
             "retry_in": round(open_at - self.clock(), 3)})
-        self._park(job, open_at)
+        # Whatever else became due meanwhile, this (older) job goes first, so an outage
+        # never reorders the log: a CourseCreated stays ahead of its decisions.
+        self._park(job, FIRST_WHEN_OPEN)
 
     def _park(self, job: Job, due: float) -> None:
         self.parked.push(due, job)

@@ -75,10 +75,13 @@ class FakeConsumer:
     clock: Clock
     queue: list[FakeMessage] = field(default_factory=list)
     paused: bool = False
+    leaks: int = 0  # messages still delivered after pause(), as a prefetch may do
     commits: list[dict[int, int]] = field(default_factory=list)
 
     def poll(self, timeout: float) -> FakeMessage | None:
-        if self.queue and not self.paused:
+        if self.queue and (not self.paused or self.leaks > 0):
+            if self.paused:
+                self.leaks -= 1
             return self.queue.pop(0)
         self.clock.now += timeout  # nothing to read: time passes
         return None
@@ -166,6 +169,15 @@ def test_a_server_outage_pauses_everything_and_resumes_with_the_oldest() -> None
     assert not consumer.paused and worker.gate.failures == 0
     worker.commit(asynchronous=True)
     assert committed(consumer) == 3
+
+
+def test_an_outage_never_lets_a_later_record_overtake_the_one_that_met_it() -> None:
+    worker, consumer, handler, clock = make_worker({"a": [DOWN, DOWN]}, ["a", "b", "c"])
+    consumer.leaks = 1  # b arrives although the consumer is paused
+    run_for(worker, clock, 0.6)
+    assert handler.attempts == ["a"]
+    run_for(worker, clock, 10.0)
+    assert handler.attempts == ["a", "a", "a", "b", "c"]
 
 
 def test_a_permanent_failure_is_dead_lettered_after_the_set_attempts() -> None:
