@@ -127,13 +127,13 @@ def decision_of(event: StudentSignedUp | SignUpRejected) -> Decision:
 
 def deltas(new_decisions: Iterable[Decision]) -> dict[str, AgeAggregate]:
     """Per course, the birth-date aggregate of the newly accepted sign-ups."""
-    out: dict[str, AgeAggregate] = {}
+    births: dict[str, list[date]] = {}
     for decision in new_decisions:
         if decision.status == ACCEPTED and decision.date_of_birth is not None:
-            out[decision.course_id] = out.get(decision.course_id, AgeAggregate()).add(
-                decision.date_of_birth
-            )
-    return out
+            births.setdefault(decision.course_id, []).append(decision.date_of_birth)
+    # The same numbers as folding AgeAggregate.add over them, without an object per sign-up.
+    return {course: AgeAggregate(len(dobs), sum(d.toordinal() for d in dobs), min(dobs), max(dobs))
+            for course, dobs in births.items()}
 
 
 def total(per_course: Iterable[AgeAggregate]) -> AgeAggregate:

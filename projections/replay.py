@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -55,7 +57,7 @@ from tqdm import tqdm
 
 import migrations
 from projections import deadletter, store
-from projections.batch import Failure, Record, build
+from projections.batch import Batch, Failure, Record, build
 from projections.observability import configure_logging
 from projections.settings import ReplaySettings
 from schemas import topics
@@ -178,14 +180,15 @@ class Replay:
         """Apply every record below `targets` to the shadow copies."""
         self._place(targets)
         last_progress = time.monotonic()
-        while any(self.stored[p] < targets[p] for p in self.partitions):
-            now = time.monotonic()
-            if deadline is not None and now > deadline:
-                raise TimeoutError("catching up under the swap lock took too long")
-            if now - last_progress > _STALL_SECONDS:
-                raise ReplayError(f"no progress for {_STALL_SECONDS:.0f}s at {self.stored}")
-            if self._step(targets):
-                last_progress = now
+        with _Writer(self.conn, self.target) as writer:
+            while any(self.stored[p] < targets[p] for p in self.partitions):
+                now = time.monotonic()
+                if deadline is not None and now > deadline:
+                    raise TimeoutError("catching up under the swap lock took too long")
+                if now - last_progress > _STALL_SECONDS:
+                    raise ReplayError(f"no progress for {_STALL_SECONDS:.0f}s at {self.stored}")
+                if self._step(targets, writer):
+                    last_progress = now
 
     def _place(self, targets: Mapping[int, int]) -> None:
         # Each round may have read past its targets: go back to what the shadow holds, and
@@ -201,7 +204,7 @@ class Replay:
         if todo:
             self.consumer.resume(todo)
 
-    def _step(self, targets: Mapping[int, int]) -> bool:
+    def _step(self, targets: Mapping[int, int], writer: _Writer) -> bool:
         messages = self.consumer.consume(self._batch_size, 1.0)
         records = []
         for msg in messages:
@@ -227,14 +230,56 @@ class Replay:
             return False
         batch = replace(build(records), next_offsets=advanced)
         self.failures.extend(batch.failures)
-        with self.conn.transaction():
-            store.apply(self.conn, self.target, batch, topic=topics.EVENTS,
-                        expected=None, generation=None)
+        writer.put(batch)
+        # `stored` runs ahead of the commits by at most two batches; leaving `catch_up`
+        # waits for them, and a failed write fails the replay (or rolls the swap back).
         moved = sum(advanced[p] - self.stored[p] for p in advanced)
         self.stored.update(advanced)
         self.read += moved
         self.bar.update(moved)
         return True
+
+
+class _Writer:
+    """Writes shadow batches on a thread of its own, one transaction (or savepoint) each.
+
+    PostgreSQL applies batch n while this thread reads and decodes batch n+1: two cores
+    busy instead of one. The connection is used by the writer alone until `__exit__`,
+    which waits for every batch handed over and re-raises a write's failure.
+    """
+
+    def __init__(self, conn: psycopg.Connection, target: store.Target) -> None:
+        self.conn = conn
+        self.target = target
+        self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="shadow-writer", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+    def put(self, batch: Batch) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(batch)
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain, so that `put` never blocks on a dead writer
+            try:
+                with self.conn.transaction():
+                    store.apply(self.conn, self.target, batch, topic=topics.EVENTS,
+                                expected=None, generation=None)
+            except BaseException as exc:  # handed to the reading thread
+                self.error = exc
 
 
 def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True) -> Result:

@@ -116,7 +116,7 @@ def _store_positions(
     parts = sorted(positions)
     conn.execute(
         "INSERT INTO projection_offsets (projection, topic, partition, next_offset)"
-        " SELECT %s, %s, p, o FROM unnest(%s::int[], %s::bigint[]) AS u(p, o)"
+        " SELECT %s, %s, p, o FROM unnest(%b::int[], %b::bigint[]) AS u(p, o)"
         " ON CONFLICT (projection, topic, partition)"
         " DO UPDATE SET next_offset = EXCLUDED.next_offset",
         (projection, topic, parts, [positions[p] for p in parts]),
@@ -172,7 +172,7 @@ def _insert_courses(conn: psycopg.Connection, target: Target, courses: Iterable[
     cur = conn.execute(
         sql.SQL(
             "INSERT INTO {t} AS c (course_id, title, lecturer, capacity)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[])"
+            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[])"
             " ON CONFLICT (course_id) DO UPDATE SET title = EXCLUDED.title,"
             " lecturer = EXCLUDED.lecturer, capacity = EXCLUDED.capacity, updated_at = now()"
             " WHERE c.title IS NULL"
@@ -195,8 +195,8 @@ def _insert_decisions(
     cur = conn.execute(
         sql.SQL(
             "INSERT INTO {t} (signup_id, course_id, status, reason, event_id, decided_at)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::timestamptz[])"
+            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+            " %b::text[], %b::timestamptz[])"
             " ON CONFLICT (signup_id) DO NOTHING RETURNING signup_id"
         ).format(t=target.table("signup_decisions")),
         ([d.signup_id for d in rows], [d.course_id for d in rows], [d.status for d in rows],
@@ -216,7 +216,7 @@ def _add_to_courses(
     conn.execute(
         sql.SQL(
             "INSERT INTO {t} AS c (course_id, enrolled, dob_sum_days, dob_min, dob_max)"
-            " SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::date[], %s::date[])"
+            " SELECT * FROM unnest(%b::text[], %b::int[], %b::bigint[], %b::date[], %b::date[])"
             " ON CONFLICT (course_id) DO UPDATE SET"
             " enrolled = c.enrolled + EXCLUDED.enrolled,"
             " dob_sum_days = c.dob_sum_days + EXCLUDED.dob_sum_days,"
