@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
     mail_from: str = "Course Sign-up <no-reply@courses.example.org>"
 
-    notifier_host: str = "127.0.0.1"
+    # HOST is what every service of the docker-compose file reads (0.0.0.0 there).
+    notifier_host: str = Field(default="127.0.0.1",
+                               validation_alias=AliasChoices("NOTIFIER_HOST", "HOST"))
     notifier_port: int = Field(default=6068, ge=1, le=65535)
     notifier_group_id: str = Field(default="notifier", min_length=1)
     # Static group membership: a restarted instance with the same id gets its partitions

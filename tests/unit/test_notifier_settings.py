@@ -16,7 +16,7 @@ REQUIRED = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "SMTP_USERNAME", "SMTP_PASSWORD",
                  "MAIL_FROM", "NOTIFIER_PORT", "NOTIFIER_GROUP_ID", "NOTIFIER_INSTANCE_ID",
-                 "LOG_LEVEL"):
+                 "LOG_LEVEL", "HOST", "NOTIFIER_HOST"):
         monkeypatch.delenv(name, raising=False)
     for name, value in REQUIRED.items():
         monkeypatch.setenv(name, value)
@@ -36,6 +36,16 @@ def test_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()  # type: ignore[call-arg]
     assert s.smtp_security == "starttls" and s.log_level == "DEBUG"
     assert "s3cret" not in repr(s)
+
+
+def test_the_http_interface_follows_host_as_in_docker_compose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().notifier_host == "127.0.0.1"  # type: ignore[call-arg]
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    assert Settings().notifier_host == "0.0.0.0"  # type: ignore[call-arg]
+    monkeypatch.setenv("NOTIFIER_HOST", "127.0.0.2")
+    assert Settings().notifier_host == "127.0.0.2"  # type: ignore[call-arg]
 
 
 def test_an_unknown_security_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
