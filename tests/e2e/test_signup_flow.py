@@ -66,7 +66,7 @@ def test_a_signup_is_decided_projected_and_mailed(full_stack: RunningStack) -> N
         (1, 1, 26, 26)
 
     mails = eventually(lambda: _mails_for(full_stack, accepted_id) or None, 60, "the e-mail")
-    assert len(mails) == 1 and mails[0]["To"] == bodies[0]["email"]
+    assert len(mails) == 1 and mails[0]["To"].addresses[0].addr_spec == bodies[0]["email"]
     assert "Stream Processing" in mails[0]["Subject"]
     refusal = eventually(lambda: _mails_for(full_stack, rejected_id) or None, 60, "the refusal")
     assert len(refusal) == 1
