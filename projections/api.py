@@ -77,7 +77,7 @@ async def _connection(request: Request) -> AsyncIterator[psycopg.AsyncConnection
         yield conn
 
 
-def _as_of(
+async def _as_of(  # async: FastAPI runs a plain def dependency on a worker thread
     as_of: Annotated[str | None, Query(description="YYYY-MM-DD; default today (UTC)")] = None,
 ) -> date:
     if as_of is None:

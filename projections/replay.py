@@ -1,6 +1,7 @@
 """Rebuild every view from the first event: `python -m projections.replay` (`make replay`).
 
-Settings: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (see `projections/settings.py`).
+Settings: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (see `projections/settings.py`); when
+they are not set, the native stack's addresses (KAFKA_PORT, PG_PORT as `make up` reads them).
 `--no-swap` builds the shadow copies and leaves them beside the views (for checks);
 `--quiet` hides the progress bar. It works on a running stack: the query API and the
 projector keep running throughout.
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import queue
 import sys
 import threading
@@ -51,7 +53,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import psycopg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from psycopg import sql
 from pydantic import ValidationError
 from tqdm import tqdm
 
@@ -119,6 +122,9 @@ class Replay:
                               for p in self.partitions])
         self.bar.reset(total=sum(ends[p] - self.stored[p] for p in self.partitions))
         self.catch_up(ends, deadline=None)
+        # Fresh tables have no planner statistics; give them some before they go live.
+        self.conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
+            self.target.table(name) for name in store.VIEWS)))
 
     def follow_live(self) -> None:
         """Close in on the live positions without holding anything back."""
@@ -321,6 +327,19 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True) 
         producer.flush(10)
 
 
+def _local_stack_defaults() -> dict[str, str]:
+    """`make replay` runs outside the services' environment: fill in the native stack's
+    addresses (from KAFKA_PORT, PG_PORT, as `make up` reads them) for what is not set."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("DATABASE_URL"):
+        return {}
+    from stack.config import StackConfig
+
+    config = StackConfig.from_env(os.environ)
+    defaults = {"kafka_bootstrap_servers": config.kafka_bootstrap,
+                "database_url": config.database_url}
+    return {key: value for key, value in defaults.items() if not os.environ.get(key.upper())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m projections.replay", description=(
         "Rebuild every view from the first event of course-events and swap it in."))
@@ -329,7 +348,7 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args()
     try:
-        settings = ReplaySettings()  # type: ignore[call-arg]  # the environment fills it in
+        settings = ReplaySettings(**_local_stack_defaults())  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
                              for e in exc.errors())
@@ -337,8 +356,10 @@ def main() -> None:
     configure_logging(settings.log_level, "replay")
     try:
         result = rebuild(settings, swap=not args.no_swap, progress=not args.quiet)
-    except ReplayError as exc:
-        sys.exit(f"replay: {exc}")
+    except (ReplayError, psycopg.Error, KafkaException) as exc:
+        # Nothing live was touched: a failed replay leaves only shadow copies, which the
+        # next replay drops.
+        sys.exit(f"replay failed, the live views are unchanged: {exc}")
     where = (f"swapped in as generation {result.generation}" if result.swapped
              else "left in the *_shadow tables")
     print(f"replayed {result.events} offsets in {result.seconds:.1f}s "
