@@ -12,7 +12,9 @@ How it stays exact:
   leaves nothing, a crash after it leaves both, so no event counts twice or never.
 - A decision read twice (a redelivery, or a decision the processor repeated in the log
   after a crash, same event_id) is kept out by the primary key on signup_id, and only
-  new decisions add to the aggregates.
+  new decisions add to the aggregates; a course counts once, when its row gets a title.
+  So applying an event twice changes nothing: the stored positions are what guarantees
+  that none is skipped.
 - Each batch transaction first locks this projection's generation row and checks the
   stored positions it was read from. A replay that swapped tables in bumps the
   generation (and may move positions), so the batch rolls back and the consumer seeks

@@ -62,8 +62,8 @@ def db() -> psycopg.Connection:
 class Service:
     """A module of ours run as a subprocess, as `make up` runs it."""
 
-    def __init__(self, module: str, env: dict[str, str], log: Path) -> None:
-        self.module, self.env, self.log = module, env, log
+    def __init__(self, module: str, env: dict[str, str], log: Path, url: str) -> None:
+        self.module, self.env, self.log, self.url = module, env, log, url
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -232,6 +232,14 @@ def assert_live_equals_a_replay() -> None:
             conn.execute(f"DROP TABLE {table}_shadow")
 
 
+def metric(service: Service, sample: str) -> float:
+    """One sample of the projector's /metrics, e.g. 'projector_resyncs_total{reason="stale"}'."""
+    for line in httpx.get(service.url + "/metrics").text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def generation() -> int:
     with db() as conn:
         row = conn.execute("SELECT generation FROM projection_generations"
@@ -253,11 +261,10 @@ def projector(infra: Infra, run_dir: Path) -> Iterator[Service]:
     port = free_port()
     service = Service("projections.projector", {"PROJECTOR_PORT": str(port),
                                                 "PROJECTOR_BATCH_SIZE": "100"},
-                      run_dir / "projector.log")
+                      run_dir / "projector.log", f"http://127.0.0.1:{port}")
     service.start()
-    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 60,
+    wait_for(lambda: httpx.get(service.url + "/healthz").status_code == 200, 60,
              "the projector's /healthz")
-    service.env["URL"] = f"http://127.0.0.1:{port}"
     yield service
     service.stop()
 
@@ -265,9 +272,9 @@ def projector(infra: Infra, run_dir: Path) -> Iterator[Service]:
 @pytest.fixture(scope="module")
 def query_api(infra: Infra, run_dir: Path) -> Iterator[str]:
     port = free_port()
-    service = Service("projections.api", {"QUERY_API_PORT": str(port)}, run_dir / "api.log")
-    service.start()
     url = f"http://127.0.0.1:{port}"
+    service = Service("projections.api", {"QUERY_API_PORT": str(port)}, run_dir / "api.log", url)
+    service.start()
     wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 60, "the query API")
     yield url
     service.stop()
@@ -322,6 +329,9 @@ def test_postgres_restarted_under_load_loses_nothing(
         pytest.skip("outside servers: the test cannot restart PostgreSQL")
     events = random_load(random.Random(5), courses=10, decisions=3000, repeats=200)
     chunks = [events[i:i + 100] for i in range(0, len(events), 100)]
+    wait_for(lambda: httpx.get(projector.url + "/healthz").status_code == 200, 30,
+             "the projector")
+    outages_seen = metric(projector, 'projector_resyncs_total{reason="database"}')
     writer = threading.Thread(target=lambda: [(log.write(c), time.sleep(0.05)) for c in chunks])
     writer.start()
     time.sleep(0.3)
@@ -332,6 +342,7 @@ def test_postgres_restarted_under_load_loses_nothing(
 
     wait_projected(log, timeout=90)
     assert projector.alive()
+    assert metric(projector, 'projector_resyncs_total{reason="database"}') > outages_seen
     assert_views_equal_the_events(log.events)
     wait_for(lambda: httpx.get(query_api + "/readyz").status_code == 200, 30, "readiness")
     some_course = events[0].course_id
@@ -369,7 +380,7 @@ def test_an_undecodable_event_goes_to_the_dlq_and_later_ones_are_projected(
     assert found["dlq.source.topic"] == topics.EVENTS.encode()
     assert found["dlq.reason"]
     datetime.fromisoformat(found["dlq.failed_at"].decode())
-    metrics = httpx.get(projector.env["URL"] + "/metrics").text
+    metrics = httpx.get(projector.url + "/metrics").text
     for name in ("projector_events_total", "projector_batches_total", "projector_lag_events",
                  "projector_lag_seconds", "projector_dlq_total"):
         assert name in metrics
@@ -407,15 +418,26 @@ def test_replay_swaps_in_while_clients_read_without_an_error_or_an_empty_answer(
     readers = [threading.Thread(target=hammer) for _ in range(2)]
     for reader in readers:
         reader.start()
-    # The projector keeps projecting new events while the replay runs and swaps.
+    # The projector keeps projecting new events before, during and after the swap.
     other = new_course_id()
-    trickle = [created(other)] + [accepted(other, date(2000, 1, 1)) for _ in range(200)]
-    writer = threading.Thread(target=lambda: [(log.write(trickle[i:i + 20]), time.sleep(0.05))
-                                              for i in range(0, len(trickle), 20)])
+    log.write([created(other)])
+    replayed = threading.Event()
+    stale_before = metric(projector, 'projector_resyncs_total{reason="stale"}')
+
+    def trickle() -> None:
+        while not replayed.is_set():
+            log.write([accepted(other, date(2000, 1, 1)) for _ in range(10)])
+            time.sleep(0.05)
+        log.write([accepted(other, date(2000, 1, 1)) for _ in range(10)])
+
+    writer = threading.Thread(target=trickle)
     writer.start()
-    done = subprocess.run([sys.executable, "-m", "projections.replay", "--quiet"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    writer.join(60)
+    try:
+        done = subprocess.run([sys.executable, "-m", "projections.replay", "--quiet"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        replayed.set()
+        writer.join(60)
     wait_projected(log)
     seen = answered
     wait_for(lambda: answered > seen + 30, 10, "reads after the swap")
@@ -427,7 +449,8 @@ def test_replay_swaps_in_while_clients_read_without_an_error_or_an_empty_answer(
     assert generation() == before + 1
     assert problems == []
     assert answered > 100
-    # After the swap the live projector went on from the replay's positions.
+    # After the swap the live projector noticed it and went on from the replay's positions.
+    assert metric(projector, 'projector_resyncs_total{reason="stale"}') > stale_before
     assert_views_equal_the_events(log.events)
     assert_live_equals_a_replay()
 
