@@ -98,6 +98,7 @@ class Projector:
         self.positions: dict[int, int | None] = {}
         self.generation: int | None = None
         self.resync_needed = False
+        self.failures = 0  # batches failed in a row on PostgreSQL
         self.heartbeat = time.monotonic()
         self.newest_event_at: datetime | None = None
         self._stopping = threading.Event()
@@ -131,7 +132,9 @@ class Projector:
                     self._project(records)
                 self._update_lag()
         finally:
-            self.consumer.close()  # leaves the group now, not after the session timeout
+            # A static member does not leave the group on close: a restart within the
+            # session timeout gets the same partitions back without a rebalance.
+            self.consumer.close()
             self.producer.flush(10)
             if self.conn is not None:
                 self.conn.close()
@@ -176,11 +179,15 @@ class Projector:
         except psycopg.Error as exc:
             # Whether the commit happened is unknown when the connection died during it:
             # the positions in PostgreSQL will say, once it answers again.
-            log.warning("batch not committed: PostgreSQL failed", extra={"error": repr(exc)})
+            self.failures += 1
+            delay = min(0.1 * 2 ** self.failures, self.settings.projector_max_backoff_seconds)
+            log.warning("batch not committed: PostgreSQL failed",
+                        extra={"error": repr(exc), "retry_in_s": round(delay, 2)})
             self.metrics.db_failures.inc()
             self.metrics.resyncs.labels("database").inc()
             self._drop_connection()
             self.resync_needed = True
+            self._pause(delay)  # whatever failed, do not hammer the database with it
             return
         except (deadletter.DeadLetterError, KafkaException) as exc:
             log.warning("batch not committed: dead-letter topic failed",
@@ -189,6 +196,7 @@ class Projector:
             self.resync_needed = True
             self._pause(1.0)
             return
+        self.failures = 0
         self.positions.update(batch.next_offsets)
         self.newest_event_at = batch.newest_event_at or self.newest_event_at
         self.metrics.batches.inc()
