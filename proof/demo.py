@@ -21,11 +21,14 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import httpx
+import aiohttp
 from tqdm import tqdm
 
-from proof.load import Outcome, bounded, sign_up, students, wait_decided
+from proof.load import Outcome, bounded, session, sign_up, students, wait_decided
 from stack.config import StackConfig
+
+# On a terminal the bar redraws in place; in a log (CI) it prints a line every few seconds.
+BAR = {"mininterval": 0.2 if sys.stderr.isatty() else 5.0}
 
 COURSES = [  # (slug, title, lecturer, capacity)
     ("intro-python", "Introduction to Python", "Dr. Ada Lovelace", 40),
@@ -37,14 +40,15 @@ COURSES = [  # (slug, title, lecturer, capacity)
 ]
 
 
-async def create_courses(client: httpx.AsyncClient, token: str, run: str) -> dict[str, dict]:
+async def create_courses(client: aiohttp.ClientSession, token: str,
+                         run: str) -> dict[str, dict]:
     created = {}
     for slug, title, lecturer, capacity in COURSES:
         course_id = f"{slug}-{run}"
-        response = await client.post("/courses", headers={"Authorization": f"Bearer {token}"},
-                                      json={"course_id": course_id, "title": title,
-                                            "lecturer": lecturer, "capacity": capacity})
-        response.raise_for_status()
+        async with client.post("/courses", headers={"Authorization": f"Bearer {token}"},
+                               json={"course_id": course_id, "title": title,
+                                     "lecturer": lecturer, "capacity": capacity}) as response:
+            response.raise_for_status()
         created[course_id] = {"title": title, "capacity": capacity}
     return created
 
@@ -102,16 +106,15 @@ async def main() -> int:
     concurrency = int(os.environ.get("DEMO_CONCURRENCY", "64"))
     run = uuid.uuid4().hex[:6]
     rng = random.Random(run)
-    command = httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.command_api_port}",
-                                timeout=30, limits=httpx.Limits(max_connections=concurrency))
-    query = httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.query_api_port}", timeout=30)
+    command = session(f"http://127.0.0.1:{config.command_api_port}", concurrency)
+    query = session(f"http://127.0.0.1:{config.query_api_port}", 32)
     async with command, query:
         courses = await create_courses(command, config.admin_token(), run)
         requests = plan(list(courses), total, rng, run)
         print(f"\nDemo run {run}: {len(courses)} courses, {len(requests)} sign-up requests "
               f"({concurrency} concurrent)")
         began = time.monotonic()
-        with tqdm(total=len(requests), unit="req", desc="signing up") as bar:
+        with tqdm(total=len(requests), unit="req", desc="signing up", **BAR) as bar:
             outcomes = await bounded(
                 [lambda r=r: sign_up(command, r[0], r[1], r[2], r[3]) for r in requests],
                 concurrency, lambda _: bar.update(1))
@@ -122,7 +125,7 @@ async def main() -> int:
         print(f"  HTTP answers: {dict(statuses)} in {sent:.1f}s "
               f"({len(requests) / sent:.0f} req/s); {len(unique)} distinct sign-ups")
 
-        with tqdm(total=len(unique), unit="signup", desc="decided+projected") as bar:
+        with tqdm(total=len(unique), unit="signup", desc="decided+projected", **BAR) as bar:
             decisions = await wait_decided(query, list(unique), 300, bar.update)
         mails = await wait_mails(config.mail_dir, unique, 300)
         report(courses, decisions, unique, mails, outcomes)
@@ -140,16 +143,22 @@ def report(courses: dict[str, dict], decisions: dict[str, dict], unique: set[str
     print(f"E-mails sent: {mails} (one per decision expected: {len(unique)})")
 
 
-async def print_stats(query: httpx.AsyncClient, courses: dict[str, dict]) -> None:
+async def get_json(client: aiohttp.ClientSession, path: str) -> dict:
+    async with client.get(path) as response:
+        response.raise_for_status()
+        return dict(await response.json())
+
+
+async def print_stats(query: aiohttp.ClientSession, courses: dict[str, dict]) -> None:
     rows = []
     for course_id in courses:
-        s = (await query.get(f"/courses/{course_id}/stats")).json()
+        s = await get_json(query, f"/courses/{course_id}/stats")
         rows.append([course_id, s["title"], s["lecturer"], s["capacity"], s["enrolled"],
                      s["min_age"], s["max_age"], s["average_age"]])
     print("\nPer course:")
     print(table(rows, ["course", "title", "lecturer", "capacity", "enrolled", "min age",
                        "max age", "avg age"]))
-    g = (await query.get("/stats")).json()
+    g = await get_json(query, "/stats")
     print(f"\nAll courses ({g['courses']} courses, {g['enrollments']} enrollments, as of "
           f"{g['as_of']}): min age {g['min_age']}, max age {g['max_age']}, "
           f"average age {g['average_age']}")

@@ -141,7 +141,10 @@ def start(config: StackConfig) -> bool:
 def _metadata_ok(config: StackConfig) -> bool:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": config.kafka_bootstrap, "log_level": 3})
+    if not port_open(config.kafka_port):
+        return False
+    # log_level 0: a refused connection while the broker boots is expected, not news.
+    admin = AdminClient({"bootstrap.servers": config.kafka_bootstrap, "log_level": 0})
     return len(admin.list_topics(timeout=2).brokers) > 0
 
 

@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 
-from proof.load import bounded, sign_up, students
+from proof.load import bounded, session, sign_up, students
 from tests.e2e.conftest import RunningStack, eventually
 
 
@@ -30,8 +30,7 @@ def test_2000_concurrent_signups_from_1500_students_fill_50_seats(
     rng.shuffle(requests)
 
     async def fire() -> list:
-        async with httpx.AsyncClient(base_url=full_stack.command_url, timeout=60,
-                                     limits=httpx.Limits(max_connections=100)) as client:
+        async with session(full_stack.command_url, 100) as client:
             return await bounded(
                 [lambda s=s, e=e: sign_up(client, course_id, s, email=e) for s, e in requests],
                 100, lambda _: None)
