@@ -123,6 +123,7 @@ class RequestContextMiddleware:
                     "route": route,
                     "status": status,
                     "latency_ms": round(elapsed * 1000, 2),
+                    **scope["state"].get("log_ids", {}),
                 },
             )
 

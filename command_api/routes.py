@@ -135,6 +135,7 @@ commands = APIRouter(tags=["commands"], responses={**_UNAVAILABLE, **_BAD_INPUT}
     responses=_error(401, "Missing or wrong admin token."),
 )
 async def create_course(
+    request: Request,
     _: Admin,
     body: CreateCourseRequest,
     publisher: PublisherDep,
@@ -152,11 +153,13 @@ async def create_course(
         correlation_id=correlation_id,
     )
     await _send(command, publisher, metrics)
+    request.state.log_ids = {"course_id": command.course_id, "command_id": command.command_id}
     return CourseAccepted(course_id=command.course_id, command_id=command.command_id)
 
 
 @commands.post("/courses/{course_id}/signups", status_code=202, response_model=SignUpAccepted)
 async def sign_up(
+    request: Request,
     course_id: CourseIdPath,
     body: SignUpRequest,
     publisher: PublisherDep,
@@ -182,6 +185,8 @@ async def sign_up(
         correlation_id=correlation_id,
     )
     await _send(command, publisher, metrics)
+    # Ids only: the access log line lets one grep go from a sign-up id to its correlation id.
+    request.state.log_ids = {"course_id": course_id, "signup_id": signup_id}
     response.headers["Location"] = f"/signups/{signup_id}"
     return SignUpAccepted(signup_id=signup_id)
 

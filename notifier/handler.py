@@ -59,6 +59,7 @@ class Job:
             "correlation_id": self.correlation_id,
             "event_id": self.event_id,
             "event_type": type(self.message).__name__ if self.message else None,
+            "signup_id": getattr(self.message, "signup_id", None),
             "partition": self.record.partition,
             "offset": self.record.offset,
         }

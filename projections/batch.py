@@ -58,6 +58,7 @@ class Decision:
     event_id: str
     decided_at: datetime
     date_of_birth: date | None  # accepted sign-ups only
+    correlation_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,9 @@ def course_of(event: CourseCreated) -> Course:
 def decision_of(event: StudentSignedUp | SignUpRejected) -> Decision:
     if isinstance(event, StudentSignedUp):
         return Decision(event.signup_id, event.course_id, ACCEPTED, None, event.event_id,
-                        event.occurred_at, event.date_of_birth)
+                        event.occurred_at, event.date_of_birth, event.correlation_id)
     return Decision(event.signup_id, event.course_id, REJECTED, event.reason, event.event_id,
-                    event.occurred_at, None)
+                    event.occurred_at, None, event.correlation_id)
 
 
 def deltas(new_decisions: Iterable[Decision]) -> dict[str, AgeAggregate]:

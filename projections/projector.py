@@ -203,6 +203,14 @@ class Projector:
         self.metrics.repeated.inc(applied.repeated_decisions)
         for event_type, n in batch.event_counts.items():
             self.metrics.events.labels(event_type).inc(n)
+        if log.isEnabledFor(logging.INFO):
+            for decision in batch.decisions:
+                # One line per decision, ids only, so one grep by correlation id follows a
+                # sign-up from the HTTP request to the view.
+                log.info("projected", extra={
+                    "correlation_id": decision.correlation_id, "event_id": decision.event_id,
+                    "signup_id": decision.signup_id, "course_id": decision.course_id,
+                    "status": decision.status})
 
     # -------------------------------------------------------------- positions
 

@@ -91,3 +91,30 @@ def test_every_component_reports_health_and_metrics(full_stack: RunningStack) ->
         assert metrics.status_code == 200 and "# TYPE" in metrics.text
     for port in (config.command_api_port, config.query_api_port):
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
+
+
+def test_one_grep_follows_a_signup_and_logs_hold_no_personal_data(
+    full_stack: RunningStack,
+) -> None:
+    course_id = _create_course(full_stack, capacity=5)
+    correlation_id = f"trace-{uuid.uuid4().hex}"
+    address = f"private.{uuid.uuid4().hex[:8]}@example.org"
+    response = httpx.post(
+        f"{full_stack.command_url}/courses/{course_id}/signups",
+        json={"email": address, "name": "Secret Name", "date_of_birth": "1987-06-05"},
+        headers={"X-Correlation-Id": correlation_id}, timeout=30)
+    assert response.headers["X-Correlation-Id"] == correlation_id
+    signup_id = response.json()["signup_id"]
+    eventually(lambda: _mails_for(full_stack, signup_id) or None, 60, "the e-mail")
+
+    def components_seen() -> set[str] | None:
+        seen = {path.stem for path in (full_stack.config.run_dir / "logs").glob("*.log")
+                if correlation_id in path.read_text(errors="replace")}
+        wanted = {"command-api", "processor", "projector", "notifier"}
+        return seen if wanted <= seen else None
+
+    assert eventually(components_seen, 30, "the correlation id in every component's log")
+    for path in (full_stack.config.run_dir / "logs").glob("*.log"):
+        text = path.read_text(errors="replace")
+        assert address not in text and "Secret Name" not in text and "1987-06-05" not in text, \
+            f"personal data in {path.name}"
