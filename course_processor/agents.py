@@ -1,0 +1,90 @@
+"""The agent: each command on course-commands becomes exactly one event on course-events.
+
+Per command: read it, decide it against the tables (decider.py, domain.py), send the
+event. In exactly_once the table changes, the event and the command's offset are
+one Kafka transaction (transactions.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+
+import faust
+from faust.types import Message
+
+from course_processor.app import Processor
+from course_processor.decider import Decider, utc_now
+from course_processor.records import (
+    Continuity,
+    Unprocessable,
+    dlq_headers,
+    event_headers,
+    outcome,
+    read_command,
+)
+from course_processor.transactions import fail_stop
+
+log = logging.getLogger("course_processor")
+
+
+def register(p: Processor) -> None:
+    handler = CommandHandler(p)
+
+    # concurrency=1: one command at a time, so a course's commands are decided in
+    # partition order, which is the order the command API wrote them.
+    @p.app.agent(p.commands, name="course_processor.decide", concurrency=1)
+    async def decide(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            try:
+                await handler.handle(event.message)
+            except Exception as exc:
+                # Not acked, not committed: a restart decides this command again.
+                fail_stop("a command could not be processed", exc)
+
+
+class CommandHandler:
+    def __init__(self, p: Processor) -> None:
+        self.p = p
+        self.metrics = p.metrics
+        # The tables are co-partitioned with course-commands: the worker that owns a
+        # course's partition is the only reader and writer of that course's entries.
+        self.decider = Decider(p.courses, p.seats, p.decisions)
+        self.continuity = Continuity()
+
+    async def handle(self, message: Message) -> None:
+        started = perf_counter()
+        if self.continuity.skipped(self.p.app.consumer_generation_id, message.partition,
+                                   message.offset):
+            fail_stop(f"the consumer skipped records before offset {message.offset} "
+                      f"of partition {message.partition}")
+        try:
+            cmd = read_command(message.key, message.value)
+        except Unprocessable as exc:
+            await self.dead_letter(message, exc)
+            return
+        value, event = self.decider.decide(cmd)
+        headers = event_headers(event, self.p.processor_id)
+        await self.p.events.send(key=message.key, value=value, headers=headers)
+        decided, reason = outcome(event)
+        self.metrics.commands.labels(type(cmd).__name__).inc()
+        self.metrics.decisions.labels(decided, reason).inc()
+        self.metrics.processing.observe(perf_counter() - started)
+        log.info("decided", extra={
+            "correlation_id": event.correlation_id, "command_id": cmd.command_id,
+            "signup_id": getattr(cmd, "signup_id", None), "course_id": cmd.course_id,
+            "event_id": event.event_id, "event_type": event.event_type,
+            "outcome": decided, "reason": reason or None,
+            "partition": message.partition, "offset": message.offset,
+        })
+
+    async def dead_letter(self, message: Message, exc: Unprocessable) -> None:
+        headers = dlq_headers(str(exc), message.topic, message.partition, message.offset,
+                              utc_now())
+        await self.p.dead_letters.send(key=message.key, value=message.value, headers=headers)
+        self.metrics.commands.labels("unprocessable").inc()
+        self.metrics.dlq.labels(exc.reason).inc()
+        log.warning("dead-lettered", extra={
+            "reason": exc.reason, "topic": message.topic,
+            "partition": message.partition, "offset": message.offset,
+        })

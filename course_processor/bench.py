@@ -1,0 +1,338 @@
+"""Throughput of one processor worker next to plain confluent-kafka loops, on one broker.
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python -m course_processor.bench \
+        [--signups 50000] [--courses 100] [--out $RUN_DIR/bench/processor.json]
+
+Fills a private command topic once (CreateCourse for every course, then the
+sign-ups), then drains that same input with, in turn:
+
+* the processor (`python -m course_processor`) in exactly_once and in at_least_once;
+* a plain consume-decide-produce loop with confluent-kafka, the same decider on
+  dicts, offsets committed every 0.1 s (at-least-once, no state kept in Kafka);
+* the same loop with Kafka transactions (the events and offsets committed together
+  every 0.1 s; still no state kept in Kafka).
+
+Throughput counts commands per second between the first and the last event record
+(record timestamps), so start-up is left out; `wall_s` includes it. Decision latency
+(command produced -> event visible to a read_committed reader) is measured for the
+processor at a trickle of 100 commands/s. All topics are private to the run and
+deleted at the end. Not run by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from course_processor.decider import Decider
+from course_processor.records import Unprocessable, event_headers, read_command
+from schemas.codec import encode
+from schemas.messages import CreateCourse, SignUp
+from schemas.topics import dlq_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Run:
+    def __init__(self, servers: str, partitions: int) -> None:
+        self.servers = servers
+        self.partitions = partitions
+        self.id = f"bench-{uuid.uuid4().hex[:8]}"
+        self.commands = f"{self.id}-commands"
+        self.admin = AdminClient({"bootstrap.servers": servers})
+        self.created: list[str] = []
+
+    def topic(self, name: str, partitions: int | None = None) -> str:
+        futures = self.admin.create_topics([NewTopic(name, partitions or self.partitions, 1)])
+        futures[name].result()
+        self.created.append(name)
+        return name
+
+    def cleanup(self) -> None:
+        mine = [t for t in self.admin.list_topics(timeout=10).topics if t.startswith(self.id)]
+        if mine:
+            for future in self.admin.delete_topics(mine).values():
+                future.exception()
+
+    def producer(self, **extra: Any) -> Producer:
+        return Producer({"bootstrap.servers": self.servers, "partitioner": "murmur2_random",
+                         "linger.ms": 5, "acks": "all", "enable.idempotence": True, **extra})
+
+
+def fill(run: Run, courses: int, signups: int, seed: int = 7) -> int:
+    """Produce the input once; the number of commands."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    ids = [f"course-{i:03d}" for i in range(courses)]
+    producer = run.producer()
+    for course_id in ids:
+        cmd = CreateCourse(str(uuid.uuid4()), course_id, "Bench", "Ada", 300, now, "bench")
+        producer.produce(run.commands, key=course_id.encode(), value=encode(cmd))
+    for i in range(signups):
+        course_id = rng.choice(ids)
+        student = rng.randrange(signups // courses * 2)  # about half are repeats
+        signup = SignUp(str(uuid.uuid4()), str(uuid.uuid4()), course_id,
+                        f"student{student}@example.org", "Student", date(2000, 1, 1), now,
+                        str(uuid.uuid4()))
+        producer.produce(run.commands, key=course_id.encode(), value=encode(signup))
+        if i % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    return courses + signups
+
+
+def count_events(servers: str, topic: str, expected: int, timeout: float,
+                 alive: Callable[[], bool] = lambda: True) -> tuple[int, int, int]:
+    """Wait until `expected` event records are committed; (count, first_ts_ms, last_ts_ms)."""
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
+                         "isolation.level": "read_committed", "enable.auto.commit": False})
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+    count, first, last = 0, sys.maxsize, 0
+    deadline = time.monotonic() + timeout
+    while count < expected and time.monotonic() < deadline and alive():
+        for msg in consumer.consume(10_000, timeout=0.5):
+            if msg.error() is None:
+                count += 1
+                ts = msg.timestamp()[1]
+                first, last = min(first, ts), max(last, ts)
+    consumer.close()
+    if count < expected:
+        raise RuntimeError(f"{topic}: {count} of {expected} events after {timeout:.0f}s")
+    return count, first, last
+
+
+def result(name: str, n: int, first_ms: int, last_ms: int, wall: float) -> dict[str, Any]:
+    span = max((last_ms - first_ms) / 1000, 1e-3)
+    return {"name": name, "commands": n, "span_s": round(span, 2),
+            "commands_per_s": round(n / span), "wall_s": round(wall, 1)}
+
+
+def processor_env(run: Run, app_id: str, events: str, guarantee: str,
+                  **extra: str) -> dict[str, str]:
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": run.servers,
+            "PROCESSOR_APP_ID": app_id, "PROCESSOR_COMMANDS_TOPIC": run.commands,
+            "PROCESSOR_EVENTS_TOPIC": events, "PROCESSING_GUARANTEE": guarantee,
+            "PROCESSOR_PORT": str(free_port()), "PARTITIONS": str(run.partitions),
+            "PROCESSOR_DATA_DIR": f"/tmp/{app_id}", "LOG_LEVEL": "WARNING", **extra}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_processor(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "course_processor"], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def bench_processor(run: Run, n: int, guarantee: str, logs: Path,
+                    commit_interval: float = 0.1, label: str = "") -> dict[str, Any]:
+    app_id = f"{run.id}-{guarantee}-{int(commit_interval * 1000)}ms{label}"
+    events = run.topic(f"{app_id}-events")
+    started = time.monotonic()
+    env = processor_env(run, app_id, events, guarantee,
+                        PROCESSOR_COMMIT_INTERVAL=str(commit_interval))
+    proc = start_processor(env, logs / f"{app_id}.log")
+    try:
+        count, first, last = count_events(run.servers, events, n, timeout=600,
+                                          alive=lambda: proc.poll() is None)
+    finally:
+        stop(proc)
+    return result(f"processor {guarantee} commit_interval={commit_interval}s", count, first,
+                  last, time.monotonic() - started)
+
+
+def bench_loop(run: Run, n: int, transactional: bool) -> dict[str, Any]:
+    """The baseline: consume, decide on dicts, produce; commit every 0.1 s."""
+    name = "transactional" if transactional else "plain"
+    events = run.topic(f"{run.id}-events-loop-{name}")
+    group = f"{run.id}-loop-{name}"
+    consumer = Consumer({"bootstrap.servers": run.servers, "group.id": group,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    extra = {"transactional.id": group} if transactional else {}
+    producer = run.producer(**extra)
+    if transactional:
+        producer.init_transactions()
+        producer.begin_transaction()
+    decider = Decider({}, {}, {})
+    consumer.subscribe([run.commands])
+    started = time.monotonic()
+    consumed, last_commit = 0, time.monotonic()
+
+    def commit() -> None:
+        if transactional:
+            producer.send_offsets_to_transaction(consumer.position(consumer.assignment()),
+                                                 consumer.consumer_group_metadata())
+            producer.commit_transaction()
+            producer.begin_transaction()
+        else:
+            producer.flush()
+            with contextlib.suppress(KafkaException):  # nothing consumed since the last one
+                consumer.commit(asynchronous=False)
+
+    while consumed < n:
+        for msg in consumer.consume(500, timeout=0.5):
+            if msg.error() is not None:
+                continue
+            consumed += 1
+            try:
+                cmd = read_command(msg.key(), msg.value())
+            except Unprocessable:
+                continue
+            value, event = decider.decide(cmd)
+            headers: list[tuple[str, str | bytes | None]] = [
+                *event_headers(event, "baseline")]
+            producer.produce(events, key=msg.key(), value=value, headers=headers)
+        producer.poll(0)
+        if time.monotonic() - last_commit >= 0.1:
+            commit()
+            last_commit = time.monotonic()
+    commit()
+    consumer.close()
+    count, first, last = count_events(run.servers, events, n, timeout=120)
+    return result(f"confluent-kafka loop {name}", count, first, last,
+                  time.monotonic() - started)
+
+
+def bench_latency(run: Run, logs: Path, commit_interval: float,
+                  rate: float = 100, seconds: float = 5) -> dict[str, Any]:
+    """Produce to visible (read_committed) time of a decision, at a trickle."""
+    commands = f"{run.id}-latency-{commit_interval}"
+    run.topic(commands)
+    events = run.topic(f"{commands}-events")
+    run.topic(dlq_of(commands))
+    app_id = f"{commands.replace('.', '_')}-app"
+    env = processor_env(run, app_id, events, "exactly_once",
+                        PROCESSOR_COMMANDS_TOPIC=commands,
+                        PROCESSOR_COMMIT_INTERVAL=str(commit_interval))
+    proc = start_processor(env, logs / f"{app_id}.log")
+    try:
+        wait(lambda: _deciding(env["PROCESSOR_PORT"], run.partitions), 90)
+        producer = run.producer()
+        consumer = Consumer({"bootstrap.servers": run.servers, "group.id": str(uuid.uuid4()),
+                             "isolation.level": "read_committed", "auto.offset.reset": "latest",
+                             "enable.auto.commit": False})
+        consumer.assign([TopicPartition(events, p, 0) for p in range(run.partitions)])
+        now = datetime.now(UTC)
+        course = CreateCourse(str(uuid.uuid4()), "latency", "L", "Ada", 10**6, now, "x")
+        producer.produce(commands, key=b"latency", value=encode(course))
+        sent: dict[str, float] = {}
+        latencies: list[float] = []
+        for i in range(int(rate * seconds)):
+            signup = SignUp(str(uuid.uuid4()), str(uuid.uuid4()), "latency",
+                            f"s{i}@example.org", "S", date(2000, 1, 1), now, str(i))
+            sent[signup.correlation_id] = time.monotonic()
+            producer.produce(commands, key=b"latency", value=encode(signup))
+            producer.poll(0)
+            latencies += _seen(consumer, sent)
+            time.sleep(1 / rate)
+        producer.flush(10)
+        deadline = time.monotonic() + 30
+        while len(latencies) < len(sent) and time.monotonic() < deadline:
+            latencies += _seen(consumer, sent)
+        consumer.close()
+    finally:
+        stop(proc)
+    latencies.sort()
+    return {"name": f"latency exactly_once commit_interval={commit_interval}s",
+            "decisions": len(latencies),
+            "p50_ms": round(1000 * statistics.median(latencies)),
+            "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))])}
+
+
+def _seen(consumer: Consumer, sent: dict[str, float]) -> list[float]:
+    now, out = time.monotonic(), []
+    for msg in consumer.consume(1000, timeout=0.01):
+        if msg.error() is None:
+            correlation = dict(msg.headers() or []).get("correlation_id")
+            if isinstance(correlation, bytes) and correlation.decode() in sent:
+                out.append(now - sent.pop(correlation.decode()))
+    return out
+
+
+def _deciding(port: str, partitions: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            h = json.load(r)
+    except OSError:
+        return False
+    return len(h["assigned"]) == partitions and not (h["rebalancing"] or h["recovering"])
+
+
+def wait(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--signups", type=int, default=50_000)
+    parser.add_argument("--courses", type=int, default=100)
+    run_dir = Path(os.environ.get("RUN_DIR") or ROOT / ".run")
+    parser.add_argument("--out", type=Path, default=run_dir / "bench" / "processor.json")
+    args = parser.parse_args()
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not servers:
+        sys.exit("KAFKA_BOOTSTRAP_SERVERS is not set")
+    run = Run(servers, int(os.environ.get("PARTITIONS") or 4))
+    logs = args.out.parent
+    logs.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    try:
+        run.topic(run.commands)
+        run.topic(dlq_of(run.commands))
+        n = fill(run, args.courses, args.signups)
+        print(f"filled {run.commands} with {n} commands", flush=True)
+        for step in (lambda: bench_processor(run, n, "exactly_once", logs),
+                     lambda: bench_processor(run, n, "at_least_once", logs),
+                     lambda: bench_loop(run, n, transactional=False),
+                     lambda: bench_loop(run, n, transactional=True),
+                     lambda: bench_latency(run, logs, 0.1),
+                     lambda: bench_latency(run, logs, 2.8)):
+            results.append(step())
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        run.cleanup()
+    report = {"at": datetime.now(UTC).isoformat(), "broker": servers,
+              "partitions": run.partitions, "cpus": os.cpu_count(), "results": results}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Faust's exactly_once, repaired where it leaks, and a fail-stop for what cannot be repaired.
+
+In exactly_once Faust keeps one transactional producer per input partition
+(transactional.id "<app id>-<topic group>-<partition>") and commits the consumed
+offsets in that producer's transaction. A new owner of the partition initialises the
+same transactional.id: the broker bumps the producer epoch, aborts the old owner's
+open transaction and rejects everything the old owner sends afterwards. That is
+what fences a worker that was paused past its session timeout.
+
+Two leaks in faust-streaming 0.15 break the atomicity, and this module closes them:
+
+* faust-streaming#177: `topic.send()` picks the transactional producer by the
+  *destination* partition, looked up in the consumer's metadata. A topic the app
+  only writes to (course-events, the DLQ) is not in that metadata, so the record
+  silently goes out through the plain, non-transactional producer: a read_committed
+  reader sees it even when the transaction that consumed its command aborts.
+  `SourcePartitionTransactionManager.send` writes every record sent while
+  processing an event in the transaction of that event's *source* partition.
+* Table changes are buffered (`send_soon`) and the buffer's flush gives up after
+  0.1 s without a delivery, and does not count the record it is handing over.
+  The exactly_once commit does not even call it. A commit can therefore carry the
+  offset of a command whose table change lands in the next transaction, or never.
+  `DurableProducer.flush` waits for every buffered record handed in before it was
+  called, and the commit calls it before sending the offsets.
+
+Anything else that goes wrong while writing (a fenced producer, a failed delivery)
+ends the process at once (`fail_stop`): nothing is committed, and a restart, or the
+worker that took over, redoes the uncommitted work from the last commit, which is
+the path the kill -9 tests prove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Mapping, MutableMapping
+from typing import NoReturn, cast
+
+from faust.streams import current_event
+from faust.transport.consumer import TransactionManager
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, RecordMetadata
+from faust.types.core import HeadersArg
+from faust.types.tuples import FutureMessage
+
+log = logging.getLogger(__name__)
+
+FAIL_STOP_EXIT_CODE = 70
+
+
+def fail_stop(reason: str, exc: BaseException | None = None) -> NoReturn:
+    """Log and end the process now, without committing anything (same as kill -9)."""
+    log.critical("fail-stop: %s", reason, exc_info=exc)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(FAIL_STOP_EXIT_CODE)
+
+
+class DurableProducer(faust_aiokafka.Producer):
+    """A producer whose flush() really waits for the buffered table changes."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._unsent: set[FutureMessage] = set()
+        self._failure: BaseException | None = None
+
+    def send_soon(self, fut: FutureMessage) -> None:
+        self._unsent.add(fut)
+        fut.add_done_callback(self._on_sent)
+        super().send_soon(fut)
+
+    def _on_sent(self, fut: asyncio.Future) -> None:
+        self._unsent.discard(fut)  # type: ignore[arg-type]
+        if not fut.cancelled() and fut.exception() is not None and self._failure is None:
+            self._failure = fut.exception()
+
+    async def flush(self) -> None:
+        # Only what was handed in so far: later records belong to commands whose
+        # offsets are not in the commit that is waiting for this flush.
+        pending = list(self._unsent)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._failure is not None:
+            fail_stop("a table change could not be written", self._failure)
+        await super().flush()
+
+
+class SourcePartitionTransactionManager(TransactionManager):
+    """Faust's transaction manager with the record routing and commit fixed (see above)."""
+
+    def transactional_id(self, tp: TP) -> str:
+        # The same format Faust uses for the producers it starts and commits.
+        group = self.app.assignor.group_for_topic(tp.topic)
+        return f"{self.app.conf.id}-{group}-{tp.partition}"
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: HeadersArg | None,
+        *,
+        transactional_id: str | None = None,
+    ) -> Awaitable[RecordMetadata]:
+        event = current_event()
+        if event is None:
+            # Table changes, sent from the producer buffer: Faust sends them to the
+            # changelog partition equal to the source partition, which is right.
+            return await super().send(topic, key, value, partition, timestamp, headers)
+        return await self.producer.send(
+            topic, key, value, partition, timestamp, headers,
+            transactional_id=self.transactional_id(event.message.tp),
+        )
+
+    async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        await self.producer.flush()
+        by_transactional_id: MutableMapping[str, dict[TP, int]] = {}
+        for tp, offset in offsets.items():
+            by_transactional_id.setdefault(self.transactional_id(tp), {})[tp] = offset
+        if not by_transactional_id:
+            return True
+        log.debug("commit %s", {tp.partition: o for tp, o in offsets.items()})
+        try:
+            await self.producer.commit_transactions(
+                by_transactional_id, self.app.conf.id,
+                start_new_transaction=start_new_transaction,
+            )
+        except Exception as exc:
+            # Fenced (another worker owns the partition now) or the broker refused:
+            # the transaction aborts, so this worker's uncommitted work never shows.
+            fail_stop("transaction commit failed", exc)
+        return True
+
+
+class StableOffsetConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        # Faust asks aiokafka for the last stable offset it saw in a fetch response,
+        # which is None for a changelog partition this worker was just given: faust
+        # takes None for an empty changelog and restores nothing (a course "not
+        # found" right after a failover). A ListOffsets request made with
+        # isolation.level=read_committed answers the last stable offset outright.
+        consumer = self._ensure_consumer()
+        return cast(Mapping[TP, int], await consumer.end_offsets(list(partitions)))
+
+
+class StableOffsetConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return StableOffsetConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class FencedTransport(faust_aiokafka.Transport):
+    Consumer = StableOffsetConsumer
+    Producer = DurableProducer
+    TransactionManager = SourcePartitionTransactionManager

@@ -1,0 +1,527 @@
+"""The course processor against a real broker: kill -9, two workers, SIGSTOP and the DLQ.
+
+Each test runs `python -m course_processor` subprocesses in a consumer group of its
+own (a fresh PROCESSOR_APP_ID whose offsets start at the present end of
+course-commands), produces commands straight to Kafka with confluent-kafka, hurts
+the workers, and then audits the whole course-events log read with
+isolation.level=read_committed:
+
+* every sign-up produced has a decision, and all records of one sign-up carry one
+  decision (the same event_id, type, reason and seat number);
+* per course, accepted <= capacity and accepted == min(capacity, distinct students);
+* per course, decisions appear in the order of their commands, seats counting 1, 2, ...
+
+The broker comes from KAFKA_BOOTSTRAP_SERVERS (set by tests/integration/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas import topics
+from schemas.codec import decode, encode
+from schemas.messages import CreateCourse, SignUp, SignUpRejected, StudentSignedUp
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+ROOT = Path(__file__).resolve().parents[2]
+SESSION_TIMEOUT = 6.0  # the broker's minimum: a dead or paused worker loses its partitions fast
+
+
+def bootstrap() -> str:
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not servers:
+        pytest.fail("KAFKA_BOOTSTRAP_SERVERS is not set: these tests need a real Kafka broker")
+    return servers
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------- the broker
+
+
+def ensure_topics(servers: str) -> int:
+    """The project's topics exist (created as stack/kafka.py does); their partition count."""
+    from stack.kafka import topic_configs
+
+    admin = AdminClient({"bootstrap.servers": servers})
+    existing = admin.list_topics(timeout=10).topics
+    wanted = [NewTopic(name, int(os.environ.get("PARTITIONS") or 4), 1, config=cfg)
+              for name, cfg in topic_configs().items() if name not in existing]
+    for future in admin.create_topics(wanted).values() if wanted else ():
+        try:
+            future.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return len(admin.list_topics(topics.COMMANDS, timeout=10).topics[topics.COMMANDS].partitions)
+
+
+def start_group_at_end(servers: str, group: str) -> None:
+    """Commit the group's offsets at the present end, so it sees only this test's commands."""
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": group,
+                         "enable.auto.commit": False})
+    meta = consumer.list_topics(topics.COMMANDS, timeout=10).topics[topics.COMMANDS]
+    partitions = meta.partitions
+    ends = [TopicPartition(topics.COMMANDS, p,
+                           consumer.get_watermark_offsets(TopicPartition(topics.COMMANDS, p),
+                                                          timeout=10)[1])
+            for p in partitions]
+    consumer.commit(offsets=ends, asynchronous=False)
+    consumer.close()
+
+
+def delete_topics_of(servers: str, app_id: str) -> None:
+    admin = AdminClient({"bootstrap.servers": servers})
+    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{app_id}-")]
+    if mine:
+        for future in admin.delete_topics(mine).values():
+            future.exception()
+    admin.delete_consumer_groups([app_id])
+
+
+# ---------------------------------------------------------------- workers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Worker:
+    """One `python -m course_processor` process."""
+
+    def __init__(self, app_id: str, name: str, log_dir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.log_path = log_dir / f"{name}.log"
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap(),
+            "PROCESSOR_APP_ID": app_id,
+            "PROCESSOR_PORT": str(self.port),
+            "PROCESSOR_DATA_DIR": str(log_dir / name),
+            "PROCESSOR_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
+            "LOG_LEVEL": os.environ.get("TEST_PROCESSOR_LOG_LEVEL", "INFO"),
+        }
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "course_processor"], cwd=ROOT, env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                return json.load(r)
+        except OSError:
+            return None
+
+    def deciding(self) -> list[int]:
+        """The partitions this worker decides now (none while rebalancing or recovering)."""
+        h = self.health()
+        if not h or h["rebalancing"] or h["recovering"]:
+            return []
+        return list(h["assigned"])
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+            return r.read().decode()
+
+
+@dataclass
+class Cluster:
+    servers: str
+    partitions: int
+    log_dir: Path
+    app_id: str = field(default_factory=lambda: f"test-processor-{uuid.uuid4().hex[:10]}")
+    workers: list[Worker] = field(default_factory=list)
+
+    def start(self, name: str) -> Worker:
+        worker = Worker(self.app_id, name, self.log_dir)
+        self.workers.append(worker)
+        return worker
+
+    def wait_sharing(self, *workers: Worker, timeout: float = 60) -> None:
+        """Wait until exactly these workers decide, together, every partition once."""
+        def shared() -> bool:
+            owned = [p for w in workers for p in w.deciding()]
+            return sorted(owned) == list(range(self.partitions)) and all(
+                w.deciding() for w in workers)
+        wait_for(shared, timeout, f"{[w.name for w in workers]} to share the partitions")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.name}\n{w.log_path.read_text()[-4000:]}" for w in self.workers)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    servers = bootstrap()
+    c = Cluster(servers, ensure_topics(servers), tmp_path)
+    start_group_at_end(servers, c.app_id)
+    yield c
+    for worker in c.workers:
+        worker.stop()
+    delete_topics_of(servers, c.app_id)
+
+
+# ---------------------------------------------------------------- workload
+
+
+@dataclass
+class Workload:
+    """Courses with small capacities and sign-ups: repeated students in other letter case,
+    repeated sign-up ids (a retried request), some courses overfilled, one underfilled."""
+
+    rng: random.Random
+    capacity: dict[str, int] = field(default_factory=dict)
+    students: dict[str, list[str]] = field(default_factory=dict)
+    commands: list[tuple[str, bytes]] = field(default_factory=list)
+    order: dict[str, int] = field(default_factory=dict)  # command_id -> position
+    signups: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (course, student)
+    _sent: list[SignUp] = field(default_factory=list)
+
+    def course(self, capacity: int, students: int) -> str:
+        course_id = f"t-{uuid.uuid4().hex[:12]}"
+        self.capacity[course_id] = capacity
+        self.students[course_id] = [f"student{i}.{uuid.uuid4().hex[:6]}@example.org"
+                                    for i in range(students)]
+        self._add(course_id, CreateCourse(str(uuid.uuid4()), course_id, "Crash course",
+                                          "Ada Lovelace", capacity, _now(), str(uuid.uuid4())))
+        return course_id
+
+    def signup(self, course_id: str) -> None:
+        if self._sent and self.rng.random() < 0.1:
+            again = self.rng.choice(self._sent)  # the same sign-up, retried: a new command
+            if again.course_id == course_id:
+                self._add(course_id, SignUp(str(uuid.uuid4()), again.signup_id, course_id,
+                                            again.email, again.name, again.date_of_birth,
+                                            _now(), str(uuid.uuid4())))
+                return
+        student = self.rng.choice(self.students[course_id])
+        email = "".join(c.upper() if self.rng.random() < 0.3 else c for c in student)
+        cmd = SignUp(str(uuid.uuid4()), str(uuid.uuid4()), course_id, email, "Student",
+                     date(2000, 1, 1), _now(), str(uuid.uuid4()))
+        self._sent.append(cmd)
+        self.signups[cmd.signup_id] = (course_id, student)
+        self._add(course_id, cmd)
+
+    def _add(self, course_id: str, cmd: CreateCourse | SignUp) -> None:
+        self.order[cmd.command_id] = len(self.order)
+        self.commands.append((course_id, encode(cmd)))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_workload(courses: int, signups: int, seed: int) -> tuple[Workload, list[str]]:
+    w = Workload(random.Random(seed))
+    ids = [w.course(capacity=5 + 5 * (i % 3), students=12 + 8 * (i % 3)) for i in range(courses)]
+    ids.append(w.course(capacity=30, students=10))  # more seats than students
+    for _ in range(signups):
+        w.signup(w.rng.choice(ids))
+    return w, ids
+
+
+class CommandProducer:
+    def __init__(self, servers: str) -> None:
+        # murmur2: the same partition for a key as the Java client and faust would pick.
+        self.producer = Producer({"bootstrap.servers": servers, "acks": "all",
+                                  "enable.idempotence": True, "linger.ms": 5,
+                                  "partitioner": "murmur2_random"})
+        self.delivered: list[tuple[int, int]] = []
+
+    def send(self, course_id: str, value: bytes) -> None:
+        def on_delivery(err: KafkaError | None, msg: object) -> None:
+            assert err is None, err
+            self.delivered.append((msg.partition(), msg.offset()))  # type: ignore[attr-defined]
+
+        self.producer.produce(topics.COMMANDS, key=course_id.encode(), value=value,
+                              on_delivery=on_delivery)
+        self.producer.poll(0)
+
+    def send_all(self, commands: list[tuple[str, bytes]]) -> None:
+        for course_id, value in commands:
+            self.send(course_id, value)
+        assert self.producer.flush(30) == 0
+
+
+# ---------------------------------------------------------------- the event log
+
+
+@dataclass
+class Decided:
+    offset: tuple[int, int]
+    value: bytes
+    headers: dict[str, bytes]
+    timestamp_ms: int
+
+
+class EventLog:
+    """course-events as a read_committed reader sees it, from the first record on."""
+
+    def __init__(self, servers: str, courses: list[str]) -> None:
+        self.courses = {c.encode() for c in courses}
+        self.consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
+                                  "isolation.level": "read_committed",
+                                  "enable.auto.commit": False})
+        meta = self.consumer.list_topics(topics.EVENTS, timeout=10).topics[topics.EVENTS]
+        self.consumer.assign([TopicPartition(topics.EVENTS, p, 0) for p in meta.partitions])
+        self.records: dict[bytes, list[Decided]] = defaultdict(list)  # course -> in log order
+        self.decided: set[str] = set()
+
+    def read(self, seconds: float = 0.5) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for msg in self.consumer.consume(1000, timeout=0.1):
+                if msg.error() is None and msg.key() in self.courses:
+                    self.records[msg.key()].append(Decided(
+                        (msg.partition(), msg.offset()), msg.value(),
+                        dict(msg.headers() or []), msg.timestamp()[1]))
+                    self.decided.add(getattr(decode(msg.value()), "signup_id", ""))
+
+    def wait_partly_decided(self, wave: list[tuple[str, bytes]], fraction: float,
+                            timeout: float) -> None:
+        """Wait until `fraction` of the wave's sign-ups are decided, but not all of them."""
+        ids = {getattr(decode(v), "signup_id", "") for _, v in wave} - {""}
+
+        def enough() -> bool:
+            self.read(0.05)
+            return len(ids & self.decided) >= fraction * len(ids)
+        wait_for(enough, timeout, f"{fraction:.0%} of a wave decided")
+
+    def wait_all_decided(self, signups: set[str], timeout: float) -> None:
+        def done() -> bool:
+            self.read()
+            return signups <= self.decided
+        wait_for(done, timeout, f"decisions for {len(signups)} sign-ups")
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def audit(log: EventLog, w: Workload) -> dict[str, int]:
+    log.read(1.0)
+    decisions: dict[str, set[tuple]] = defaultdict(set)
+    totals = {"records": 0, "repeats": 0}
+    for course_id, records in ((c.decode(), rs) for c, rs in log.records.items()):
+        seen: set[str] = set()
+        accepted: list[int] = []
+        last_position = -1
+        for record in records:
+            event = decode(record.value)
+            totals["records"] += 1
+            assert record.headers["event_id"].decode() == event.event_id
+            assert record.headers["event_type"].decode() == event.event_type
+            if isinstance(event, StudentSignedUp | SignUpRejected):
+                decisions[event.signup_id].add((
+                    event.event_id, event.event_type, getattr(event, "reason", None),
+                    getattr(event, "seats_taken", None)))
+            if event.event_id in seen:
+                totals["repeats"] += 1
+                continue
+            seen.add(event.event_id)
+            # Per course, first records come in the order their commands were produced.
+            position = w.order[event.causation_id]
+            assert position > last_position, f"{course_id}: decisions out of command order"
+            last_position = position
+            if isinstance(event, StudentSignedUp):
+                accepted.append(event.seats_taken)
+        capacity = w.capacity[course_id]
+        students = {s for c, s in w.signups.values() if c == course_id}
+        assert accepted == list(range(1, len(accepted) + 1)), f"{course_id}: seats {accepted}"
+        assert len(accepted) <= capacity
+        assert len(accepted) == min(capacity, len(students)), (course_id, capacity, len(students))
+    assert set(w.signups) <= set(decisions), "some sign-ups have no decision"
+    conflicting = {s: d for s, d in decisions.items() if len(d) != 1}
+    assert not conflicting, f"sign-ups with more than one decision: {conflicting}"
+    return {**totals, "signups": len(w.signups), "courses": len(log.records)}
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_kill_9_three_times_during_a_burst(cluster: Cluster) -> None:
+    w, courses = make_workload(courses=5, signups=2000, seed=1)
+    producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, courses)
+    worker = cluster.start("solo-1")
+    try:
+        for i, wave in enumerate(_waves(w.commands, 4)):
+            cluster.wait_sharing(worker, timeout=SESSION_TIMEOUT * 6)
+            producer.send_all(wave)
+            if i < 3:
+                log.wait_partly_decided(wave, random.uniform(0.1, 0.6), timeout=60)
+                worker.kill()  # in the middle of the wave
+                worker = cluster.start(f"solo-{i + 2}")
+        log.wait_all_decided(set(w.signups), timeout=90)
+        report = audit(log, w)
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        log.close()
+    print("audit", report)
+
+
+def test_two_workers_one_killed(cluster: Cluster) -> None:
+    w, courses = make_workload(courses=6, signups=1500, seed=2)
+    producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, courses)
+    a, b = cluster.start("a"), cluster.start("b")
+    waves = _waves(w.commands, 3)
+    try:
+        cluster.wait_sharing(a, b)
+        producer.send_all(waves[0])
+        log.wait_partly_decided(waves[0], random.uniform(0.1, 0.6), timeout=60)
+        a.kill()
+        producer.send_all(waves[1])
+        cluster.wait_sharing(b, timeout=SESSION_TIMEOUT * 6)
+        a2 = cluster.start("a-restarted")  # partitions move back while b is deciding
+        producer.send_all(waves[2])
+        cluster.wait_sharing(a2, b)
+        log.wait_all_decided(set(w.signups), timeout=90)
+        report = audit(log, w)
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        log.close()
+    print("audit", report)
+
+
+def test_paused_worker_is_fenced(cluster: Cluster) -> None:
+    w, courses = make_workload(courses=6, signups=1500, seed=3)
+    producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, courses)
+    a, b = cluster.start("a"), cluster.start("b")
+    cluster.wait_sharing(a, b)
+    a_id = a.health()["processor_id"]  # type: ignore[index]
+
+    sent = threading.Event()
+    commands = list(w.commands)
+    producer.send_all(commands[: len(courses)])
+
+    def trickle() -> None:  # a steady stream of sign-ups through the pause and after
+        for course_id, value in commands[len(courses):]:
+            producer.send(course_id, value)
+            time.sleep(0.01)
+        producer.producer.flush(30)
+        sent.set()
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    time.sleep(1.0)
+    a.signal(signal.SIGSTOP)
+    try:
+        # b takes a's partitions once a misses its session timeout, and goes on deciding.
+        cluster.wait_sharing(b, timeout=SESSION_TIMEOUT * 6)
+        resumed_at_ms = int(time.time() * 1000)
+        a.signal(signal.SIGCONT)
+        wait_for(sent.is_set, 60, "the sign-ups to be produced")
+        log.wait_all_decided(set(w.signups), timeout=90)
+        report = audit(log, w)
+        late = [r for rs in log.records.values() for r in rs
+                if r.headers.get("processor_id") == a_id.encode()
+                and r.timestamp_ms >= resumed_at_ms]
+        assert not late, f"the paused worker wrote {len(late)} committed records after resuming"
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        log.close()
+    print("audit", report, "paused worker exit code:", a.proc.poll())
+
+
+def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> None:
+    w, courses = make_workload(courses=1, signups=20, seed=4)
+    course = courses[0]
+    producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, courses)
+    dlq = Consumer({"bootstrap.servers": cluster.servers, "group.id": str(uuid.uuid4()),
+                    "isolation.level": "read_committed", "enable.auto.commit": False})
+    ends = {p: dlq.get_watermark_offsets(TopicPartition(topics.COMMANDS_DLQ, p), timeout=10)[1]
+            for p in dlq.list_topics(topics.COMMANDS_DLQ, timeout=10)
+            .topics[topics.COMMANDS_DLQ].partitions}
+    dlq.assign([TopicPartition(topics.COMMANDS_DLQ, p, o) for p, o in ends.items()])
+    worker = cluster.start("solo")
+    garbage = b"\x00not avro at all " + uuid.uuid4().bytes
+    empty_name = SignUp(str(uuid.uuid4()), str(uuid.uuid4()), course, "x@example.org", " ",
+                        date(2000, 1, 1), _now(), str(uuid.uuid4()))
+    producer.send_all([(course, garbage), (course, encode(empty_name))])
+    bad = list(producer.delivered)
+    producer.send_all(w.commands)
+
+    dead: list = []
+
+    def dead_lettered() -> bool:
+        dead.extend(m for m in dlq.consume(100, timeout=0.2)
+                    if m.error() is None and m.key() == course.encode())
+        return len(dead) >= 2
+
+    try:
+        wait_for(dead_lettered, 60, "two dead letters")
+        log.wait_all_decided(set(w.signups), timeout=60)
+        audit(log, w)
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        log.close()
+        dlq.close()
+    assert [m.value() for m in dead] == [garbage, encode(empty_name)]
+    for msg, (partition, offset) in zip(dead, bad, strict=True):
+        headers = {k: v.decode() for k, v in msg.headers()}
+        assert headers["dlq.source.topic"] == topics.COMMANDS
+        assert (int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"])) == (
+            partition, offset)
+        assert datetime.fromisoformat(headers["dlq.failed_at"]).utcoffset().total_seconds() == 0
+    reasons = [dict(m.headers())["dlq.reason"].decode() for m in dead]
+    assert reasons[0].startswith("undecodable") and reasons[1].startswith("invalid: name")
+    metrics = worker.metrics()
+    assert 'processor_dlq_total{reason="undecodable"} 1.0' in metrics
+    assert 'processor_dlq_total{reason="invalid"} 1.0' in metrics
+
+
+def _waves(commands: list, n: int) -> list[list]:
+    size = -(-len(commands) // n)
+    return [commands[i * size:(i + 1) * size] for i in range(n)]
