@@ -260,14 +260,14 @@ def bench_latency(run: Run, logs: Path, commit_interval: float,
             time.sleep(1 / rate)
         producer.flush(10)
         deadline = time.monotonic() + 30
-        while len(latencies) < len(sent) and time.monotonic() < deadline:
+        while sent and time.monotonic() < deadline:  # seen ones leave `sent`
             latencies += _seen(consumer, sent)
         consumer.close()
     finally:
         stop(proc)
     latencies.sort()
     return {"name": f"latency exactly_once commit_interval={commit_interval}s",
-            "decisions": len(latencies),
+            "decisions": len(latencies), "unseen": len(sent),
             "p50_ms": round(1000 * statistics.median(latencies)),
             "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))])}
 

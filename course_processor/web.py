@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -19,7 +20,10 @@ def add_routes(p: Processor) -> None:
     @p.app.page("/healthz", name="processor_healthz")
     async def healthz(self: View, request: Request) -> Response:
         # 200 while the process runs; the rest says whether it is deciding right now.
-        assignment = p.app.consumer.assignment()
+        try:
+            assignment = p.app.consumer.assignment()
+        except ConsumerNotStarted:
+            assignment = set()
         return self.json({
             "status": "ok",
             "processor_id": p.processor_id,

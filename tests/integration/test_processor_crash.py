@@ -456,6 +456,13 @@ def test_paused_worker_is_fenced(cluster: Cluster) -> None:
     try:
         # b takes a's partitions once a misses its session timeout, and goes on deciding.
         cluster.wait_sharing(b, timeout=SESSION_TIMEOUT * 6)
+        log.read(0.1)
+        before = len(log.decided)
+
+        def b_decides() -> bool:
+            log.read(0.1)
+            return len(log.decided) >= before + 100
+        wait_for(b_decides, 30, "the remaining worker to go on deciding")
         resumed_at_ms = int(time.time() * 1000)
         a.signal(signal.SIGCONT)
         wait_for(sent.is_set, 60, "the sign-ups to be produced")
