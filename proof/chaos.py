@@ -1,0 +1,830 @@
+"""Fault injection under load, one scenario at a time, each followed by the invariant audit.
+
+Run: python -m proof.chaos [--short] [--scenario NAME ...] [--use-running] [--keep]
+                           [--results PATH] [--list]          (`make chaos`)
+
+Without --use-running it starts a stack of its own (`python -m stack up`) on free ports in
+a temporary directory and stops it at the end; with it, it uses the stack that the
+environment describes (RUN_DIR, KAFKA_PORT, ... as `make up` reads them). Every restart
+is what an operator would type: `python -m stack up`, which starts whatever is not
+running. `--short` is the reduced run that `make test` uses (tests/e2e/test_chaos.py).
+
+Scenarios (`--list`), each on courses of its own with random ids:
+  kill-processor     SIGKILL of the course processor three times under load
+  kill-projector     SIGKILL of the projector
+  kill-notifier      SIGKILL of the notifier (at most one duplicate e-mail per kill)
+  kill-command-api   SIGKILL of the command API with a burst of requests in flight; the
+                     client retries the same Idempotency-Key until it gets a 202
+  kill-kafka         SIGKILL of the broker, restarted after a while: the command API answers
+                     503 meanwhile, never a 202 and never a hang, and recovers by itself
+  restart-postgres   PostgreSQL stopped (fast shutdown) and started again
+  restart-smtp       the SMTP sink stopped and started again
+  pause-processor    two processors; one SIGSTOPped past its session timeout, then SIGCONTed
+  scale-processors   1 -> 2 -> 1 processors
+
+Load: sign-ups at a steady rate with at most N in flight, from a pool of students, some
+retried by the same student in other letter case, some re-sent with the same
+Idempotency-Key after their 202. A request that fails (no answer, 5xx) is retried with
+the same Idempotency-Key (backoff 0.2 s doubling to 1 s, faster than Retry-After so that
+recovery is measured to the second) until it gets a 202, for at most a few minutes.
+
+After the load the suite waits, bounded, until every 202 sign-up is decided and projected,
+the projector has read the whole log and every decision has its e-mail; then it audits
+(proof/audit.py): every 202 sign-up has exactly one distinct decision in course-events
+(read_committed, from offset 0); no course over capacity, one seat per student, accepted
+== min(capacity, students); the live views equal both the views recomputed from the log
+and a full replay into shadow tables (not swapped in); one e-mail per decision, at most one
+extra per notifier kill. Scenario checks come on top (503s while the broker is away,
+nothing written by a fenced processor after it resumed, ...).
+
+Table columns: sign-ups = distinct sign-ups that got a 202; dups seen = decision records
+in the log repeating an event_id, of which reprocessed = a command decided more than once
+(after a crash or a rebalance; the rest answer a SignUp the client sent again with the
+same key); recover = from the fault's end (restart typed, dependency back, SIGCONT, scale
+step typed) to the first new output of what the fault hit (a decision record, a 202, a
+projector batch, an e-mail, a finished rebalance), worst fault of the scenario; stall =
+the longest gap between two decisions in one partition while the load ran; caught up =
+from the last fault's end until everything was decided, projected and e-mailed.
+
+Results go to $RUN_DIR/chaos/results.json (--results); when a scenario fails, its records
+of course-events go beside them (evidence-<scenario>-<time>.jsonl), and so do the logs of
+a stack the suite started. The process exits 1 if any audit failed.
+
+The stack handling is in proof/chaos_stack.py, the client in proof/chaos_load.py, the
+audit in proof/audit.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+
+from proof import audit
+from proof.chaos_load import CourseSpec, Load, Plan, create_courses, now
+from proof.chaos_stack import UP_TIMEOUT, ChaosError, Stack, stack_env, temporary_config
+from proof.demo import table
+from schemas import topics
+from schemas.messages import SignUp, SignUpRejected, StudentSignedUp
+from stack.config import StackConfig
+from stack.procs import pid_alive, port_open
+from stack.services import services
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    rate: float  # sign-up requests started per second
+    concurrency: int  # requests in flight at most (a burst comes on top)
+    warmup: float  # seconds of load before the first fault
+    between: float  # seconds of load between two faults
+    tail: float  # seconds of load after the last fault
+    down: float  # a killed process stays down this long before the operator restarts it
+    outage: float  # a stopped dependency stays away this long
+    burst: int  # requests fired at once just before the command API is killed
+    api_kills: int
+    give_up: float  # a request is retried with its Idempotency-Key for this long
+    settle: float  # bound on waiting for decisions, projection and e-mails after the load
+    past_timeout: float  # a paused processor stays stopped this long past its session timeout
+    rejoin: bool  # restart the fenced processor and wait until it shares the partitions again
+
+
+FULL = Profile("full", rate=30, concurrency=24, warmup=6, between=10, tail=6, down=3,
+               outage=15, burst=150, api_kills=2, give_up=240, settle=240, past_timeout=5,
+               rejoin=True)
+SHORT = Profile("short", rate=12, concurrency=16, warmup=3, between=3, tail=3, down=1,
+                outage=6, burst=60, api_kills=1, give_up=180, settle=150, past_timeout=3,
+                rejoin=False)
+
+
+# ------------------------------------------------------------------ faults and checks
+
+
+@dataclass
+class Fault:
+    name: str
+    probes: tuple[str, ...]  # what must resume: decide, accept, project, mail, rebalance
+    started: float
+    ended: float | None = None
+    recovered: dict[str, float | None] = field(default_factory=dict)  # probe -> seconds
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def recovered_s(self) -> float | None:
+        values = [self.recovered.get(p) for p in self.probes]
+        return None if any(v is None for v in values) else max(v for v in values if v is not None)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class Evidence:
+    """What the audit read after the load: for the scenarios' own checks."""
+
+    log: audit.LogSnapshot
+    decisions: list[audit.Logged]  # decision records of the scenario's courses, log order
+    commands: Counter[str]  # SignUp commands in course-commands per sign-up id
+    accepted: dict[str, str]
+
+
+class Run:
+    """One scenario: its courses, load, faults, checks and notes."""
+
+    def __init__(self, name: str, stack: Stack, profile: Profile,
+                 client: aiohttp.ClientSession, query: aiohttp.ClientSession,
+                 mails: audit.MailIndex) -> None:
+        self.name, self.stack, self.profile = name, stack, profile
+        self.client, self.query, self.mails = client, query, mails
+        self.rng = random.Random()
+        tag = uuid.uuid4().hex[:8]
+        self.courses = [CourseSpec(f"{name}-{slug}-{tag}", capacity, weight)
+                        for slug, capacity, weight in
+                        (("tiny", 5, 3), ("small", 25, 3), ("medium", 150, 2),
+                         ("large", 100_000, 2))]
+        self.load = Load(client, Plan(self.courses, self.rng, tag), profile.rate,
+                         profile.concurrency, profile.give_up)
+        self.faults: list[Fault] = []
+        self.checks: list[Check] = []
+        self.notes: list[str] = []
+        self.post_checks: list[Callable[[Evidence], Check]] = []
+        self.watchers: list[asyncio.Task[None]] = []
+        self.notifier_kills = 0
+        self.began = time.monotonic()
+
+    def say(self, message: str) -> None:
+        print(f"  [{time.monotonic() - self.began:6.1f}s] {message}", flush=True)
+
+    async def load_for(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)  # the load runs meanwhile
+
+    def fault(self, name: str, *probes: str) -> Fault:
+        fault = Fault(name, probes, now())
+        self.faults.append(fault)
+        self.say(name)
+        return fault
+
+    async def restart(self, fault: Fault, processors: int = 1) -> None:
+        """The operator's fix: `python -m stack up`; the fault ends when it is typed."""
+        fault.ended = now()
+        took = await self.stack.up(processors)
+        self.say(f"`python -m stack up` returned after {took:.1f}s")
+
+    async def kill(self, name: str, *probes: str, label: str = "") -> Fault:
+        """SIGKILL a component, leave it down a moment, restart it with `stack up`."""
+        fault = self.fault(f"SIGKILL {name}{label}", *probes)
+        pid = self.stack.signal(name, signal.SIGKILL)
+        await self.until(lambda: not pid_alive(pid), 10, f"{name} (pid {pid}) to die")
+        baselines = {p: await self.probe_value(p) for p in probes}
+        await asyncio.sleep(self.profile.down)
+        await self.restart(fault)
+        self.watch(fault, baselines)
+        return fault
+
+    async def probe_value(self, probe: str) -> int | None:
+        """A counter that grows with the output of the component a probe watches."""
+        if probe == "mail":
+            return await asyncio.to_thread(self.mails.count)
+        if probe == "project":
+            return await asyncio.to_thread(self._projected)
+        return None
+
+    def _projected(self) -> int | None:
+        try:
+            with psycopg.connect(self.stack.config.database_url, connect_timeout=2) as conn:
+                return sum(audit.projection_positions(conn).values())
+        except psycopg.Error:
+            return None
+
+    def watch(self, fault: Fault, baselines: dict[str, int | None]) -> None:
+        """Measure, live, when the projector or the notifier produces again."""
+        for probe in fault.probes:
+            if probe in ("mail", "project"):
+                self.watchers.append(asyncio.create_task(
+                    self._watch(fault, probe, baselines.get(probe))))
+
+    async def _watch(self, fault: Fault, probe: str, baseline: int | None) -> None:
+        assert fault.ended is not None
+        deadline = time.monotonic() + self.profile.settle
+        while time.monotonic() < deadline:
+            value = await self.probe_value(probe)
+            if value is not None and baseline is None:
+                baseline = value  # unknown before (database away): progress from here on
+            elif value is not None and baseline is not None and value > baseline:
+                fault.recovered[probe] = now() - fault.ended
+                return
+            await asyncio.sleep(0.2)
+        fault.recovered[probe] = None
+
+    async def until(self, condition: Callable[[], bool], timeout: float, what: str) -> float:
+        began = time.monotonic()
+        while not condition():
+            if time.monotonic() - began > timeout:
+                raise ChaosError(f"timed out after {timeout:.0f}s waiting for {what}")
+            await asyncio.sleep(0.1)
+        return time.monotonic() - began
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+async def kill_processor(run: Run) -> None:
+    p = run.profile
+    await run.load_for(p.warmup)
+    for i in range(3):
+        await asyncio.sleep(run.rng.uniform(0, 1.5))  # a random moment of the stream
+        await run.kill("processor", "decide", label=f" ({i + 1}/3)")
+        took = await run.stack.wait_processors(["processor"], 120)
+        run.say(f"processor owns every partition again after {took:.1f}s")
+        await run.load_for(p.between if i < 2 else p.tail)
+
+
+async def kill_projector(run: Run) -> None:
+    await run.load_for(run.profile.warmup)
+    await run.kill("projector", "project")
+    await run.load_for(run.profile.tail)
+
+
+async def kill_notifier(run: Run) -> None:
+    await run.load_for(run.profile.warmup)
+    run.notifier_kills += 1
+    await run.kill("notifier", "mail")
+    await run.load_for(run.profile.tail)
+
+
+async def kill_command_api(run: Run) -> None:
+    p = run.profile
+    await run.load_for(p.warmup)
+    for i in range(p.api_kills):
+        await run.load.burst(p.burst)
+        # A few ms in: some commands are produced and acknowledged by Kafka, their HTTP
+        # answers not yet written.
+        await asyncio.sleep(run.rng.uniform(0.005, 0.03))
+        await run.kill("command-api", "accept", label=f" ({i + 1}/{p.api_kills})")
+        await run.load_for(p.between if i + 1 < p.api_kills else p.tail)
+    run.post_checks.append(lambda ev: lost_answers(run, ev))
+
+
+def lost_answers(run: Run, ev: Evidence) -> Check:
+    """Commands that reached Kafka although their client saw the connection die: the
+    retry with the same key was answered with the same sign-up and decided once."""
+    failed_first = {r.signup_id: r.resent for r in run.load.requests
+                    if r.signup_id and r.attempts and r.attempts[0].status == 0}
+    # Commands sent with a 202 answered: one, plus one if the client re-sent the key after.
+    lost = [s for s, resent in failed_first.items() if ev.commands[s] >= 2 + resent]
+    run.notes.append(f"{len(failed_first)} requests lost their connection to the killed "
+                     f"command API; {len(lost)} of them had reached Kafka before (their answer "
+                     f"was lost after the produce), each retried to the same sign-up id")
+    decisions: dict[str, set[str]] = {}
+    for d in ev.decisions:
+        if isinstance(d.message, StudentSignedUp | SignUpRejected):
+            decisions.setdefault(d.message.signup_id, set()).add(d.message.event_id)
+    decided_once = all(len(decisions.get(s, ())) == 1 for s in lost)
+    return Check("a command produced twice (answer lost, key retried) is one sign-up",
+                 decided_once, f"{len(lost)} such sign-ups")
+
+
+async def kill_kafka(run: Run) -> None:
+    p, stack = run.profile, run.stack
+    await run.load_for(p.warmup)
+    api_pid = stack.pid("command-api")
+    fault = run.fault("SIGKILL kafka", "accept", "decide")
+    stack.signal("kafka", signal.SIGKILL)
+    await asyncio.sleep(p.outage)
+    dead = [s.name for s in services(stack.config) if not stack.alive(s.name)]
+    if dead:
+        fault.notes.append(f"died while the broker was away: {dead}")
+        run.say(f"died while the broker was away: {dead}")
+    back = asyncio.create_task(listening(stack.config.kafka_port, UP_TIMEOUT))
+    await run.restart(fault)
+    back_at = await back
+    run.say(f"the broker listens again {back_at - (fault.ended or back_at):.1f}s after the "
+            f"restart")
+    await run.load_for(p.tail)
+    dead = [s.name for s in services(stack.config) if not stack.alive(s.name)]
+    if dead:
+        fault.notes.append(f"died after the broker came back: {dead}; restarted with stack up")
+        run.say(f"died after the broker came back: {dead}; restarting with `python -m stack up`")
+        await stack.up()
+    run.checks.append(Check("the command API recovered by itself (same process)",
+                            api_pid is not None and stack.pid("command-api") == api_pid,
+                            f"pid {api_pid} -> {stack.pid('command-api')}"))
+    run.post_checks.append(lambda ev: broker_outage_answers(run, fault, back_at))
+
+
+async def listening(port: int, timeout: float) -> float:
+    """When the port accepts connections again (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(port_open, port):
+            return now()
+        await asyncio.sleep(0.1)
+    raise ChaosError(f"port {port} did not open within {timeout:.0f}s")
+
+
+def broker_outage_answers(run: Run, fault: Fault, back_at: float) -> Check:
+    """While the broker is away: 503 with Retry-After, never a 202, never a hang."""
+    grace = 1.0  # requests acknowledged just before the kill may still be answered
+    away = [a for a in run.load.attempts() if fault.started + grace <= a.started < back_at]
+    answered_away = [a for a in away if a.finished <= back_at]
+    statuses = Counter(a.status for a in answered_away)
+    slowest = max((a.finished - a.started for a in away), default=0.0)
+    unavailable = [a for a in answered_away if a.status == 503]
+    ok = (statuses[202] == 0 and bool(unavailable)
+          and all(a.retry_after for a in unavailable) and slowest <= 5.0 + 3.0)
+    return Check("broker away: 503 with Retry-After, no 202, no hang", ok,
+                 f"answers while away {dict(statuses)}, all 503s with Retry-After: "
+                 f"{all(a.retry_after for a in unavailable)}, slowest request {slowest:.1f}s")
+
+
+async def restart_postgres(run: Run) -> None:
+    p = run.profile
+    await run.load_for(p.warmup)
+    baselines = {probe: await run.probe_value(probe) for probe in ("project", "mail")}
+    fault = run.fault("PostgreSQL stopped", "project", "mail")
+    await run.stack.stop("postgres")
+    await asyncio.sleep(min(2.0, p.outage / 2))
+    status, seconds = await probe_query_api(run.query, "/readyz")
+    run.checks.append(Check("query API /readyz answers 503 while PostgreSQL is away",
+                            status == 503, f"HTTP {status} in {seconds:.1f}s"))
+    status, seconds = await probe_query_api(run.query, "/stats")
+    run.notes.append(f"GET /stats while PostgreSQL was away: HTTP {status} in {seconds:.1f}s")
+    await asyncio.sleep(max(0.0, p.outage - min(2.0, p.outage / 2)))
+    await run.restart(fault)
+    run.watch(fault, baselines)
+    await run.load_for(p.tail)
+
+
+async def probe_query_api(query: aiohttp.ClientSession, path: str) -> tuple[int, float]:
+    began = time.monotonic()
+    try:
+        async with query.get(path, timeout=aiohttp.ClientTimeout(total=15)) as response:
+            await response.read()
+            return response.status, time.monotonic() - began
+    except (aiohttp.ClientError, TimeoutError):
+        return 0, time.monotonic() - began
+
+
+async def restart_smtp(run: Run) -> None:
+    p = run.profile
+    await run.load_for(p.warmup)
+    fault = run.fault("SMTP sink stopped", "mail")
+    await run.stack.stop("smtp")
+    baselines = {"mail": await run.probe_value("mail")}
+    await asyncio.sleep(p.outage)
+    await run.restart(fault)
+    run.watch(fault, baselines)
+    await run.load_for(p.tail)
+
+
+def session_timeout(env: dict[str, str]) -> float:
+    from course_processor.settings import Settings
+
+    return float(env.get("PROCESSOR_SESSION_TIMEOUT") or Settings.session_timeout)
+
+
+async def pause_processor(run: Run) -> None:
+    p, stack = run.profile, run.stack
+    took = await stack.up(processors=2)
+    run.say(f"processor-2 started in {took:.1f}s")
+    took = await stack.wait_processors(["processor", "processor-2"], 120)
+    run.say(f"two processors share the partitions after {took:.1f}s")
+    victim = await stack.processor_health("processor-2")
+    assert victim is not None
+    await run.load_for(p.warmup)
+    timeout = session_timeout(stack.env)
+    pause = timeout + p.past_timeout
+    fault = run.fault(f"SIGSTOP processor-2 for {pause:.0f}s (session timeout {timeout:.0f}s)",
+                      "decide")
+    pid = stack.signal("processor-2", signal.SIGSTOP)
+    takeover = asyncio.create_task(stack.wait_processors(["processor"], pause + 90))
+    try:
+        await asyncio.sleep(pause)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    fault.ended = now()
+    run.say("SIGCONT processor-2")
+    took = await takeover  # counted from the SIGSTOP
+    fault.notes.append(f"processor owned every partition (took over {victim['assigned']}) "
+                       f"{took:.1f}s after SIGSTOP")
+    run.say(fault.notes[-1])
+    await run.load_for(p.tail)
+    exited = not pid_alive(pid)
+    fault.notes.append("the resumed worker " + ("exited (fenced, fail-stop)" if exited
+                                                else "kept running"))
+    run.say(fault.notes[-1])
+    if exited and p.rejoin:
+        took = await stack.up(processors=2)
+        run.say(f"processor-2 restarted with `PROCESSORS=2 python -m stack up` in {took:.1f}s")
+    if p.rejoin:
+        took = await stack.wait_processors(["processor", "processor-2"], 120)
+        run.say(f"two processors share the partitions again after {took:.1f}s")
+    run.post_checks.append(lambda ev: fenced(victim["processor_id"], fault, exited, ev))
+
+
+def fenced(victim: str, fault: Fault, exited: bool, ev: Evidence) -> Check:
+    """A worker paused past its session timeout writes nothing committed once resumed,
+    unless it rejoined the group and was given partitions again."""
+    assert fault.ended is not None
+    late = [r for r in ev.log.records if r.header("processor_id") == victim
+            and r.timestamp_ms >= fault.ended * 1000]
+    detail = f"{len(late)} committed records by {victim} after SIGCONT"
+    return Check("the paused worker is fenced", not late or not exited,
+                 detail + ("" if exited else " (it kept running and rejoined)"))
+
+
+async def scale_processors(run: Run) -> None:
+    p, stack = run.profile, run.stack
+    await run.load_for(p.warmup)
+    up = run.fault("scale 1 -> 2 processors", "rebalance")
+    up.ended = now()
+    await stack.up(processors=2)
+    await stack.wait_processors(["processor", "processor-2"], 120)
+    up.recovered["rebalance"] = now() - up.ended
+    run.say(f"two processors share the partitions {up.recovered['rebalance']:.1f}s later")
+    await run.load_for(p.between)
+    down = run.fault("scale 2 -> 1 processors (SIGTERM processor-2)", "rebalance")
+    down.ended = now()
+    await stack.stop("processor-2")
+    await stack.wait_processors(["processor"], 120)
+    down.recovered["rebalance"] = now() - down.ended
+    run.say(f"processor owns every partition {down.recovered['rebalance']:.1f}s later")
+    await run.load_for(p.tail)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    inject: Callable[[Run], Awaitable[None]]
+
+
+SCENARIOS = {s.name: s for s in [
+    Scenario("kill-processor", "SIGKILL processor x3", kill_processor),
+    Scenario("kill-projector", "SIGKILL projector", kill_projector),
+    Scenario("kill-notifier", "SIGKILL notifier", kill_notifier),
+    Scenario("kill-command-api", "SIGKILL command API, requests in flight", kill_command_api),
+    Scenario("kill-kafka", "SIGKILL broker, restart", kill_kafka),
+    Scenario("restart-postgres", "PostgreSQL stopped, started", restart_postgres),
+    Scenario("restart-smtp", "SMTP sink stopped, started", restart_smtp),
+    Scenario("pause-processor", "2 processors, SIGSTOP one past session timeout",
+             pause_processor),
+    Scenario("scale-processors", "processors 1 -> 2 -> 1", scale_processors),
+]}
+
+
+# ------------------------------------------------------------------ settle and audit
+
+
+@dataclass
+class Result:
+    scenario: str
+    title: str
+    ok: bool
+    signups: int = 0
+    requests: int = 0
+    attempts: int = 0
+    duplicates: int = 0  # decision records repeating an event_id
+    repeated_commands: int = 0  # of those: answers to a SignUp sent again (same key)
+    reprocessed: int = 0  # of those: a command decided again (after a crash or rebalance)
+    recover_s: float | None = None
+    stall_s: float | None = None
+    caught_up_s: float | None = None
+    duration_s: float = 0.0
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+async def settle(run: Run) -> tuple[audit.LogSnapshot, float | None]:
+    """Wait, bounded, until every 202 sign-up is decided and projected, the projector has
+    read the whole log and every decision of these courses has its e-mail; returns the log
+    and when all that held (None: not within the bound)."""
+    deadline = time.monotonic() + run.profile.settle
+    accepted = sorted(run.load.accepted())
+    url = run.stack.config.database_url
+
+    def projected() -> bool:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            row = conn.execute("SELECT count(*) FROM signup_decisions WHERE signup_id = ANY(%s)",
+                               (accepted,)).fetchone()
+            return row is not None and row[0] == len(accepted)
+
+    done = await poll(projected, deadline)
+    log = await asyncio.to_thread(audit.read_log, run.stack.config.kafka_bootstrap)
+    scope = {c.course_id for c in run.courses}
+    mailed_for = {r.message.event_id for r in log.records
+                  if isinstance(r.message, StudentSignedUp | SignUpRejected)
+                  and r.message.course_id in scope}
+
+    def caught_up() -> bool:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            positions = audit.projection_positions(conn)
+        if any(positions.get(p, 0) < end for p, end in log.data_ends.items()):
+            return False
+        return mailed_for <= {m.event_id for m in run.mails.refresh()}
+
+    done = await poll(caught_up, deadline) and done
+    return log, now() if done else None
+
+
+async def poll(condition: Callable[[], bool], deadline: float) -> bool:
+    """Call condition (blocking, in a thread) until it holds or the deadline passes."""
+    while time.monotonic() < deadline:
+        try:
+            if await asyncio.to_thread(condition):
+                return True
+        except psycopg.Error:
+            pass  # not reachable yet: keep waiting
+        await asyncio.sleep(0.5)
+    return False
+
+
+def examine(run: Run, log: audit.LogSnapshot) -> tuple[list[Check], Evidence, int]:
+    """The audit proper; returns its checks, the evidence and the duplicates seen."""
+    config = run.stack.config
+    scope = [c.course_id for c in run.courses]
+    accepted = run.load.accepted()
+    events = log.events()
+    checks = []
+    decisions = audit.audit_decisions(events, accepted, scope)
+    checks.append(Check("every 202 has exactly one decision; no course over capacity; one "
+                        "seat per student; accepted = min(capacity, students)", decisions.ok,
+                        "; ".join(decisions.violations) or
+                        f"{decisions.decided}/{decisions.signups} decided, "
+                        f"{decisions.decisions} decisions, {decisions.duplicates} repeats"))
+    checks.append(Check("every record of the event log decodes", not log.undecodable,
+                        "; ".join(log.undecodable[:5])))
+    expected = audit.expected_views(events, scope)
+    with psycopg.connect(config.database_url, autocommit=True) as conn:
+        live = audit.read_views(conn, scope)
+    replayed = audit.replay_views(config.kafka_bootstrap, config.database_url, scope)
+    problems = (audit.compare_views(expected, live, "live vs log")
+                + audit.compare_views(expected, replayed, "replay vs log"))
+    checks.append(Check("views equal the log and a full replay", not problems,
+                        "; ".join(problems) or f"{len(expected.decisions)} decisions, "
+                        f"{len(expected.courses)} courses, global row equal"))
+    mail_audit = audit.audit_mails({d.event_id: d.signup_id for d in expected.decisions.values()},
+                                   run.mails.refresh(), run.notifier_kills)
+    checks.append(Check(f"one e-mail per decision (at most {run.notifier_kills} extra)",
+                        mail_audit.ok, "; ".join(mail_audit.violations) or
+                        f"{mail_audit.mailed} decisions mailed, {mail_audit.extra} extra"))
+    abandoned = [r.key for r in run.load.requests if r.signup_id is None]
+    unexpected = [f"{r.key}: {u}" for r in run.load.requests for u in r.unexpected]
+    checks.append(Check("every request got its 202 (retried with its Idempotency-Key)",
+                        not abandoned and not unexpected,
+                        f"{len(abandoned)} gave up; unexpected: {unexpected[:5]}"))
+    in_scope = set(scope)
+    commands = audit.read_log(config.kafka_bootstrap, topics.COMMANDS,
+                              keys=[c.encode() for c in scope])
+    evidence = Evidence(log, [r for r in log.records
+                              if isinstance(r.message, StudentSignedUp | SignUpRejected)
+                              and r.message.course_id in in_scope],
+                        Counter(r.message.signup_id for r in commands.records
+                                if isinstance(r.message, SignUp)), accepted)
+    return checks, evidence, decisions.duplicates
+
+
+def timings(run: Run, ev: Evidence) -> tuple[float | None, float | None]:
+    """Fill in the post-hoc recoveries (decide, accept); return (worst recovery, stall)."""
+    decided = sorted(r.timestamp_ms / 1000 for r in ev.decisions)
+    answered = sorted(a.finished for a in run.load.attempts() if a.status == 202)
+    for fault in run.faults:
+        for probe, times in (("decide", decided), ("accept", answered)):
+            if probe in fault.probes and fault.ended is not None:
+                i = bisect_left(times, fault.ended)
+                fault.recovered[probe] = times[i] - fault.ended if i < len(times) else None
+    by_partition: dict[int, list[float]] = {}
+    for r in ev.decisions:
+        at = r.timestamp_ms / 1000
+        if run.load.started_at <= at <= run.load.stopped_at:
+            by_partition.setdefault(r.partition, []).append(at)
+    gaps = [b - a for times in by_partition.values()
+            for a, b in zip(sorted(times), sorted(times)[1:], strict=False)]
+    recoveries = [f.recovered_s for f in run.faults]
+    worst = None if any(r is None for r in recoveries) else max(
+        (r for r in recoveries if r is not None), default=None)
+    return worst, max(gaps, default=None)
+
+
+async def run_scenario(scenario: Scenario, stack: Stack, profile: Profile,
+                       client: aiohttp.ClientSession, query: aiohttp.ClientSession,
+                       mails: audit.MailIndex, evidence_dir: Path) -> Result:
+    print(f"\n== {scenario.name}: {scenario.title}", flush=True)
+    run = Run(scenario.name, stack, profile, client, query, mails)
+    result = Result(scenario.name, scenario.title, ok=False)
+    try:
+        await baseline(run)
+        await create_courses(client, query, stack.config.admin_token(), run.courses)
+        run.say(f"courses {[c.course_id for c in run.courses]} created; load "
+                f"{profile.rate:g} sign-ups/s, at most {profile.concurrency} in flight")
+        run.load.start()
+        try:
+            await scenario.inject(run)
+        finally:
+            await run.load.stop()
+        run.say(f"load stopped: {len(run.load.requests)} requests, "
+                f"{len(run.load.accepted())} sign-ups got a 202")
+        log, caught_up_at = await settle(run)
+        for watcher in run.watchers:
+            await watcher  # each bounded by profile.settle
+        run.say(("caught up" if caught_up_at else "NOT caught up within the bound")
+                + f"; read {len(log.records)} records of {topics.EVENTS} in "
+                f"{log.seconds:.1f}s; auditing")
+        checks, evidence, result.duplicates = await asyncio.to_thread(examine, run, log)
+        checks += run.checks + [check(evidence) for check in run.post_checks]
+        result.repeated_commands, result.reprocessed = audit.repeats(
+            (d.message.signup_id for d in evidence.decisions
+             if isinstance(d.message, StudentSignedUp | SignUpRejected)),
+            evidence.commands.elements())
+        run.notes.append(f"{result.duplicates} repeated decision records: "
+                         f"{result.repeated_commands} answer a SignUp sent again with its key, "
+                         f"{result.reprocessed} come from a command decided again")
+        result.recover_s, result.stall_s = timings(run, evidence)
+        unrecovered = [f.name for f in run.faults if f.recovered_s is None]
+        checks.append(Check("output resumed after every fault", not unrecovered,
+                            f"no recovery seen after {unrecovered}" if unrecovered else ""))
+        checks.append(Check(f"decided, projected and e-mailed within {profile.settle:.0f}s "
+                            "after the load", caught_up_at is not None))
+        last_end = max((f.ended for f in run.faults if f.ended is not None), default=None)
+        if caught_up_at is not None and last_end is not None:
+            result.caught_up_s = caught_up_at - last_end
+        result.ok = all(c.ok for c in checks)
+        result.checks = [asdict(c) for c in checks]
+        if not result.ok:
+            kept = dump_evidence(evidence_dir, run, log)
+            run.notes.append(f"the scenario's records of {topics.EVENTS} are in {kept}")
+    except Exception as exc:  # noqa: BLE001 - a broken scenario is reported, the next one runs
+        result.error = f"{type(exc).__name__}: {exc}"
+        run.say(f"scenario failed to run: {result.error}")
+    finally:
+        for watcher in run.watchers:
+            watcher.cancel()
+    result.signups = len(run.load.accepted())
+    result.requests = len(run.load.requests)
+    result.attempts = len(run.load.attempts())
+    result.faults = [{**asdict(f), "recovered_s": f.recovered_s} for f in run.faults]
+    result.notes = run.notes + [f"{f.name}: {n}" for f in run.faults for n in f.notes]
+    result.notes.append(f"{run.load.resent} requests re-sent with the same key after a 202")
+    result.duration_s = time.monotonic() - run.began
+    report(result)
+    return result
+
+
+def dump_evidence(evidence_dir: Path, run: Run, log: audit.LogSnapshot) -> Path:
+    """Every record of the scenario's courses, in log order, one JSON object per line."""
+    scope = {c.course_id for c in run.courses}
+    evidence_dir.mkdir(parents=True, exist_ok=True)
+    path = evidence_dir / f"evidence-{run.name}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+    with path.open("w") as out:
+        for r in sorted(log.records, key=lambda r: (r.partition, r.offset)):
+            if getattr(r.message, "course_id", None) in scope:
+                out.write(json.dumps({
+                    "partition": r.partition, "offset": r.offset, "timestamp_ms": r.timestamp_ms,
+                    "processor_id": r.header("processor_id"), **asdict(r.message),
+                }, default=str) + "\n")
+    return path
+
+
+async def baseline(run: Run) -> None:
+    """Every component running, one processor owning every partition."""
+    stack = run.stack
+    dead = [n for n in ("kafka", "postgres", "smtp", *(s.name for s in services(stack.config)))
+            if not stack.alive(n)]
+    if dead:
+        run.notes.append(f"found not running before the scenario: {dead}")
+    if stack.alive("processor-2"):
+        await stack.stop("processor-2")
+    await stack.up(processors=1)
+    await stack.wait_processors(["processor"], 120)
+
+
+def report(result: Result) -> None:
+    for check in result.checks:
+        mark = "ok  " if check["ok"] else "FAIL"
+        print(f"  {mark} {check['name']}" + (f": {check['detail']}" if check["detail"] else ""))
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(f"  => {'PASS' if result.ok else 'FAIL'} in {result.duration_s:.0f}s", flush=True)
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def summary(results: list[Result]) -> str:
+    rows: list[list[object]] = [
+        [r.scenario, r.signups, r.duplicates, r.reprocessed, seconds(r.recover_s),
+         seconds(r.stall_s), seconds(r.caught_up_s), "PASS" if r.ok else "FAIL"]
+        for r in results]
+    return table(rows, ["scenario", "sign-ups (202)", "dups seen", "of which reprocessed",
+                        "recover s", "stall s", "caught up s", "verdict"])
+
+
+# ------------------------------------------------------------------ entry point
+
+
+async def suite(stack: Stack, profile: Profile, names: list[str],
+                evidence_dir: Path) -> list[Result]:
+    if stack.owned:
+        print(f"starting a stack of its own under {stack.config.run_dir}", flush=True)
+    took = await stack.up()
+    print(f"stack up in {took:.1f}s", flush=True)
+    mails = audit.MailIndex(stack.config.mail_dir)
+    connections = profile.concurrency + profile.burst + 8
+    client = aiohttp.ClientSession(stack.command_url, timeout=aiohttp.ClientTimeout(total=30),
+                                   connector=aiohttp.TCPConnector(limit=connections))
+    query = aiohttp.ClientSession(stack.query_url, timeout=aiohttp.ClientTimeout(total=30))
+    results = []
+    async with client, query:
+        for name in names:
+            results.append(await run_scenario(SCENARIOS[name], stack, profile, client,
+                                              query, mails, evidence_dir))
+    return results
+
+
+def write_results(path: Path, profile: Profile, results: list[Result], began: float,
+                  stack: Stack) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "profile": asdict(profile),
+        "started_at": began,
+        "duration_s": time.time() - began,
+        "stack": {"run_dir": str(stack.config.run_dir), "owned": stack.owned,
+                  "partitions": stack.config.partitions},
+        "ok": bool(results) and all(r.ok for r in results),
+        "table": summary(results),
+        "scenarios": [asdict(r) for r in results],
+    }, indent=2, default=str) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m proof.chaos",
+                                     description="load with injected faults, audited")
+    parser.add_argument("--short", action="store_true", help="the reduced run for CI")
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS),
+                        help="run only this scenario (repeatable)")
+    parser.add_argument("--use-running", action="store_true",
+                        help="use the stack the environment describes instead of starting one")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary stack's files")
+    parser.add_argument("--results", type=Path, help="default: $RUN_DIR/chaos/results.json")
+    parser.add_argument("--list", action="store_true", help="list the scenarios")
+    args = parser.parse_args(argv)
+    if args.list:
+        for s in SCENARIOS.values():
+            print(f"{s.name:<18} {s.title}")
+        return 0
+    profile = SHORT if args.short else FULL
+    out_dir = StackConfig.from_env(os.environ).run_dir / "chaos"
+    results_path = args.results or out_dir / "results.json"
+    began = time.time()
+    if args.use_running:
+        config = StackConfig.from_env(os.environ)
+        stack = Stack(config, stack_env(config), owned=False)
+    else:
+        config = temporary_config(Path(tempfile.mkdtemp(prefix="course-signup-chaos-")))
+        stack = Stack(config, stack_env(config), owned=True)
+    results: list[Result] = []
+    try:
+        results = asyncio.run(suite(stack, profile, args.scenario or list(SCENARIOS),
+                                    results_path.parent))
+    finally:
+        failed = not results or not all(r.ok for r in results)
+        if failed and stack.owned:
+            kept = results_path.parent / f"logs-{time.strftime('%Y%m%dT%H%M%S')}"
+            shutil.copytree(stack.logs_dir(), kept, dirs_exist_ok=True)
+            print(f"\nlogs of the failed run copied to {kept}")
+        if stack.owned:
+            stack.down()
+            if not args.keep:
+                shutil.rmtree(stack.config.run_dir, ignore_errors=True)
+        write_results(results_path, profile, results, began, stack)
+    print(f"\nChaos ({profile.name}) in {time.time() - began:.0f}s; results in {results_path}\n")
+    print(summary(results))
+    return 0 if results and all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The native stack as the chaos suite drives it: its own on free ports in a temporary
+directory, or the running one; restarts with `python -m stack up`, as an operator would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from stack import postgres
+from stack.config import ROOT, StackConfig
+from stack.procs import free_port, pid_alive, read_pid
+from stack.procs import stop as stop_component
+from stack.services import services
+
+UP_TIMEOUT = 300.0
+SERVICE_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SMTP_HOST", "STACK_ONLY")
+
+
+class ChaosError(RuntimeError):
+    """The suite could not carry a scenario out (not an audit failure)."""
+
+
+def stack_env(config: StackConfig) -> dict[str, str]:
+    """The environment `python -m stack` needs to address this stack."""
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    env.update({
+        "RUN_DIR": str(config.run_dir), "KAFKA_PORT": str(config.kafka_port),
+        "KAFKA_CONTROLLER_PORT": str(config.kafka_controller_port),
+        "PG_PORT": str(config.pg_port), "SMTP_PORT": str(config.smtp_port),
+        "COMMAND_API_PORT": str(config.command_api_port),
+        "QUERY_API_PORT": str(config.query_api_port),
+        "PROCESSOR_PORT": str(config.processor_port),
+        "PROJECTOR_PORT": str(config.projector_port),
+        "NOTIFIER_PORT": str(config.notifier_port),
+        "ADMIN_TOKEN": config.admin_token(), "PARTITIONS": str(config.partitions),
+        "KAFKA_VERSION": config.kafka_version, "KAFKA_HEAP": config.kafka_heap,
+    })
+    return env
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def temporary_config(run_dir: Path) -> StackConfig:
+    """Free ports for everything; processor-2 listens on PROCESSOR_PORT + 11, so that one
+    must be free as well."""
+    taken: set[int] = set()
+
+    def port(neighbour: int = 0) -> int:
+        for _ in range(200):
+            p = free_port()
+            if p not in taken and (not neighbour or (p + neighbour not in taken
+                                                     and _port_free(p + neighbour))):
+                taken.update({p, p + neighbour})
+                return p
+        raise ChaosError("no free ports")
+
+    return replace(
+        StackConfig.from_env(os.environ), run_dir=run_dir, kafka_port=port(),
+        kafka_controller_port=port(), pg_port=port(), smtp_port=port(),
+        command_api_port=port(), query_api_port=port(), processor_port=port(neighbour=11),
+        projector_port=port(), notifier_port=port(), processors=1,
+        admin_token_override=f"chaos-{secrets.token_urlsafe(16)}",
+    )
+
+
+@dataclass
+class Stack:
+    config: StackConfig
+    env: dict[str, str]
+    owned: bool  # started by the suite in a temporary directory
+
+    @property
+    def command_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.command_api_port}"
+
+    @property
+    def query_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.query_api_port}"
+
+    def processor_url(self, name: str) -> str:
+        two = replace(self.config, processors=2)
+        return next(s.url for s in services(two) if s.name == name)
+
+    async def up(self, processors: int = 1) -> float:
+        """`python -m stack up`: start whatever is not running; seconds it took."""
+        began = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "stack", "up", cwd=ROOT,
+            env={**self.env, "PROCESSORS": str(processors)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), UP_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ChaosError(f"`python -m stack up` took longer than {UP_TIMEOUT:.0f}s") from None
+        if proc.returncode:
+            raise ChaosError(f"`python -m stack up` failed:\n{out.decode(errors='replace')}")
+        return time.monotonic() - began
+
+    def down(self) -> str:
+        done = subprocess.run([sys.executable, "-m", "stack", "down"], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=180)
+        return done.stdout + done.stderr
+
+    def pid(self, name: str) -> int | None:
+        pid = read_pid(self.config, name)
+        return pid if pid is not None and pid_alive(pid) else None
+
+    def alive(self, name: str) -> bool:
+        return self.pid(name) is not None
+
+    def signal(self, name: str, sig: signal.Signals) -> int:
+        pid = self.pid(name)
+        if pid is None:
+            raise ChaosError(f"{name} is not running, so it cannot get {sig.name}")
+        os.kill(pid, sig)
+        return pid
+
+    async def stop(self, name: str) -> None:
+        """Stop one component gracefully, as `python -m stack down` would."""
+        if name == postgres.NAME:
+            await asyncio.to_thread(postgres.stop_server, self.config)
+        else:
+            await asyncio.to_thread(stop_component, self.config, name)
+
+    async def processor_health(self, name: str) -> dict[str, Any] | None:
+        def get() -> dict[str, Any] | None:
+            try:
+                with urllib.request.urlopen(  # noqa: S310 - loopback only
+                        self.processor_url(name) + "/healthz", timeout=1) as response:
+                    return dict(json.load(response))
+            except (OSError, ValueError):
+                return None
+        return await asyncio.to_thread(get)
+
+    async def wait_processors(self, names: Iterable[str], timeout: float) -> float:
+        """Wait until exactly these processors decide every partition, none rebalancing."""
+        names = list(names)
+        began = time.monotonic()
+        everything = list(range(self.config.partitions))
+        while time.monotonic() - began < timeout:
+            health = [await self.processor_health(n) for n in names]
+            if all(h and h["assigned"] and not h["rebalancing"] and not h["recovering"]
+                   for h in health):
+                owned = sorted(p for h in health if h for p in h["assigned"])
+                if owned == everything:
+                    return time.monotonic() - began
+            await asyncio.sleep(0.25)
+        raise ChaosError(f"{names} did not share the {len(everything)} partitions within "
+                         f"{timeout:.0f}s: {[await self.processor_health(n) for n in names]}")
+
+    def logs_dir(self) -> Path:
+        return self.config.logs
+
