@@ -88,6 +88,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "producer_linger": 0.005,
         "consumer_auto_offset_reset": "earliest",
         "web_port": settings.port,
+        "web_bind": settings.host,
         "TableManager": SeekFirstTableManager,
         "autodiscover": False,
     }

@@ -22,6 +22,8 @@ class Settings:
     kafka_bootstrap_servers: str
     partitions: int = 4
     port: int = 6066
+    # Loopback unless told otherwise (docker compose sets HOST=0.0.0.0).
+    host: str = "127.0.0.1"
     # exactly_once: Kafka transactions make table changes, decision events and the
     # consumed offsets one atomic write, and fence a paused worker (see transactions.py).
     processing_guarantee: str = "exactly_once"
@@ -59,6 +61,7 @@ class Settings:
             kafka_bootstrap_servers=bootstrap,
             partitions=_number(env, "PARTITIONS", cls.partitions, int),
             port=_number(env, "PROCESSOR_PORT", cls.port, int),
+            host=env.get("PROCESSOR_HOST") or env.get("HOST") or cls.host,
             processing_guarantee=guarantee,
             store=env.get("PROCESSOR_STORE") or cls.store,
             data_dir=Path(env.get("PROCESSOR_DATA_DIR") or cls.data_dir),
