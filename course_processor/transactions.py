@@ -35,9 +35,12 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Mapping, MutableMapping
 from typing import NoReturn, cast
 
+from confluent_kafka import Consumer as ConfluentConsumer
+from confluent_kafka import TopicPartition as ConfluentTopicPartition
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -48,6 +51,7 @@ from faust.types.tuples import FutureMessage
 log = logging.getLogger(__name__)
 
 FAIL_STOP_EXIT_CODE = 70
+PENDING_TRANSACTIONS_TIMEOUT = 60.0
 
 
 def fail_stop(reason: str, exc: BaseException | None = None) -> NoReturn:
@@ -117,6 +121,18 @@ class SourcePartitionTransactionManager(TransactionManager):
             transactional_id=self.transactional_id(event.message.tp),
         )
 
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP]
+    ) -> None:
+        # Faust stops the producers of revoked partitions only; a kept partition's
+        # producer stays in its open transaction, which holds writes of commands
+        # whose offsets are not committed. Restarting every producer makes the new
+        # one's init abort that transaction, so a rebalance, like a crash, leaves
+        # exactly the committed state, which the tables are then restored from.
+        producers = cast(faust_aiokafka.Producer, self.producer)._transaction_producers
+        await self._stop_transactions(sorted(producers))
+        await super().on_rebalance(assigned, revoked, newly_assigned)
+
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         await self.producer.flush()
         by_transactional_id: MutableMapping[str, dict[TP, int]] = {}
@@ -144,8 +160,42 @@ class StableOffsetConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # takes None for an empty changelog and restores nothing (a course "not
         # found" right after a failover). A ListOffsets request made with
         # isolation.level=read_committed answers the last stable offset outright.
+        #
+        # The last stable offset stops short of a transaction whose commit markers
+        # are still being written (EndTxn returns before the markers land), so a
+        # restore cut there can hold one table's share of a command and miss
+        # another's. The previous owner's transactions are settled by now (faust
+        # initialised this worker's transactional producers, fencing it, before the
+        # restore), so wait until nothing is pending: stable offset == high watermark.
         consumer = self._ensure_consumer()
-        return cast(Mapping[TP, int], await consumer.end_offsets(list(partitions)))
+        deadline = time.monotonic() + PENDING_TRANSACTIONS_TIMEOUT
+        while True:
+            stable = cast(Mapping[TP, int], await consumer.end_offsets(list(partitions)))
+            high = await asyncio.get_running_loop().run_in_executor(
+                None, self._high_watermarks, list(partitions))
+            pending = [tp for tp in partitions if stable[tp] < high[tp]]
+            if not pending:
+                return stable
+            if time.monotonic() > deadline:
+                fail_stop(f"transactions still pending on {pending} after "
+                          f"{PENDING_TRANSACTIONS_TIMEOUT:.0f}s; cannot restore a consistent state")
+            await asyncio.sleep(0.05)
+
+    def _high_watermarks(self, partitions: list[TP]) -> dict[TP, int]:
+        if self._watermarks is None:
+            hosts = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
+            self._watermarks = ConfluentConsumer({
+                "bootstrap.servers": hosts, "group.id": "course-processor-watermarks",
+                "enable.auto.commit": False, "isolation.level": "read_uncommitted",
+            })
+        result = {}
+        for tp in partitions:
+            _, high = self._watermarks.get_watermark_offsets(
+                ConfluentTopicPartition(tp.topic, tp.partition), timeout=10, cached=False)
+            result[tp] = high
+        return result
+
+    _watermarks: ConfluentConsumer | None = None
 
 
 class StableOffsetConsumer(faust_aiokafka.Consumer):
