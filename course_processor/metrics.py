@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -24,6 +24,12 @@ class Metrics:
         self.processing = Histogram(
             "processor_processing_seconds", "Time to decide one command and queue its event.",
             buckets=LATENCY_BUCKETS, registry=r,
+        )
+
+        self.lag = Gauge(
+            "processor_consumer_lag",
+            "Commands in course-commands not yet read by this worker, per owned partition.",
+            ["partition"], registry=r,
         )
 
     def exposition(self) -> bytes:

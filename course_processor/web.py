@@ -15,6 +15,7 @@ CONTENT_TYPE_PLAIN = CONTENT_TYPE_LATEST.split("; charset")[0]
 def add_routes(p: Processor) -> None:
     @p.app.page("/metrics", name="processor_metrics")
     async def metrics(self: View, request: Request) -> Response:
+        update_lag(p)
         return self.bytes(p.metrics.exposition(), content_type=CONTENT_TYPE_PLAIN)
 
     @p.app.page("/healthz", name="processor_healthz")
@@ -32,3 +33,23 @@ def add_routes(p: Processor) -> None:
             "rebalancing": bool(p.app.rebalancing),
             "recovering": bool(p.app.in_recovery),
         })
+
+
+def update_lag(p: Processor) -> None:
+    """Lag per owned command partition, computed when scraped: high watermark minus
+    the next offset this worker will read (faust's own bookkeeping, no broker call)."""
+    try:
+        consumer = p.app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic == p.commands.get_topic_name()]
+    except ConsumerNotStarted:
+        return
+    p.metrics.lag.clear()
+    for tp in owned:
+        high = consumer.highwater(tp)
+        # Faust keeps no public accessor for its read and committed positions.
+        read = getattr(consumer, "_read_offset", {}).get(tp)
+        committed = getattr(consumer, "_committed_offset", {}).get(tp)
+        if high is None:
+            continue
+        next_offset = read + 1 if read is not None else committed or 0
+        p.metrics.lag.labels(str(tp.partition)).set(max(high - next_offset, 0))

@@ -91,6 +91,9 @@ def test_every_component_reports_health_and_metrics(full_stack: RunningStack) ->
         assert metrics.status_code == 200 and "# TYPE" in metrics.text
     for port in (config.command_api_port, config.query_api_port):
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
+    processor = httpx.get(f"http://127.0.0.1:{config.processor_port}/metrics", timeout=10).text
+    assert 'processor_consumer_lag{partition="' in processor
+    assert "processor_decisions_total" in processor
 
 
 def test_one_grep_follows_a_signup_and_logs_hold_no_personal_data(
