@@ -1,0 +1,265 @@
+"""The stack under benchmark and what the bench reads from it: processes, memory, the
+database, the processor's health, and the pinned load generator.
+
+The stack is the one `make up` starts (`python -m stack up`), on free ports in a
+temporary directory, as the end-to-end tests start theirs: synthetic history never
+lands in the real event log under $RUN_DIR, which is kept forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from stack.config import ROOT, StackConfig
+from stack.procs import free_port, read_pid, stop
+
+# The notifier (and its SMTP sink) is left out: it is not on the path from a 202 to a
+# projected decision, and a million seeded decisions would become a million e-mails.
+COMPONENTS = "kafka,postgres,processor,projector,command-api,query-api"
+GENERATOR_CPU = "1"  # the core the load generator is pinned to
+
+
+@dataclass(frozen=True)
+class BenchStack:
+    config: StackConfig
+    env: dict[str, str]
+
+    @property
+    def bootstrap(self) -> str:
+        return self.config.kafka_bootstrap
+
+    @property
+    def database_url(self) -> str:
+        return self.config.database_url
+
+    @property
+    def command_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.command_api_port}"
+
+    @property
+    def query_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.query_api_port}"
+
+    def cli(self, command: str, only: str | None = None) -> None:
+        env = {**self.env, **({"STACK_ONLY": only} if only else {})}
+        done = subprocess.run([sys.executable, "-m", "stack", command], env=env, cwd=ROOT,
+                              text=True, capture_output=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"stack {command} failed:\n{done.stdout}\n{done.stderr}")
+
+    def pid(self, name: str) -> int:
+        pid = read_pid(self.config, name)
+        if pid is None:
+            raise RuntimeError(f"{name} is not running")
+        return pid
+
+
+def bench_config(run_dir: Path) -> StackConfig:
+    return replace(
+        StackConfig.from_env({}), run_dir=run_dir,
+        cache_dir=StackConfig.from_env(os.environ).cache_dir,
+        kafka_port=free_port(), kafka_controller_port=free_port(), pg_port=free_port(),
+        smtp_port=free_port(), command_api_port=free_port(), query_api_port=free_port(),
+        processor_port=free_port(), projector_port=free_port(), notifier_port=free_port(),
+        partitions=4, admin_token_override="bench-admin-token",
+    )
+
+
+def stack_env(config: StackConfig) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SMTP_HOST", "SMTP_PORT")}
+    env.update({
+        "RUN_DIR": str(config.run_dir), "KAFKA_PORT": str(config.kafka_port),
+        "KAFKA_CONTROLLER_PORT": str(config.kafka_controller_port),
+        "PG_PORT": str(config.pg_port), "SMTP_PORT": str(config.smtp_port),
+        "COMMAND_API_PORT": str(config.command_api_port),
+        "QUERY_API_PORT": str(config.query_api_port),
+        "PROCESSOR_PORT": str(config.processor_port),
+        "PROJECTOR_PORT": str(config.projector_port),
+        "NOTIFIER_PORT": str(config.notifier_port),
+        "ADMIN_TOKEN": config.admin_token(), "PARTITIONS": str(config.partitions),
+        # One line per decision would be a million lines of log: warnings only.
+        "LOG_LEVEL": "WARNING",
+    })
+    return env
+
+
+@contextlib.contextmanager
+def running_stack() -> Iterator[BenchStack]:
+    run_dir = Path(tempfile.mkdtemp(prefix="course-signup-bench-"))
+    config = bench_config(run_dir)
+    stack = BenchStack(config, stack_env(config))
+    try:
+        stack.cli("up", only=COMPONENTS)
+        yield stack
+    finally:
+        with contextlib.suppress(Exception):
+            stack.cli("down")
+        if os.environ.get("KEEP_BENCH_RUN_DIR") is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ components
+
+
+def stop_component(stack: BenchStack, name: str) -> None:
+    stop(stack.config, name, timeout=30)
+
+
+def start_component(stack: BenchStack, name: str) -> None:
+    """Start a stopped service the way `make up` restarts one after a crash."""
+    stack.cli("up", only=name)
+
+
+def processor_health(stack: BenchStack) -> dict[str, Any] | None:
+    try:
+        return get_json(f"http://127.0.0.1:{stack.config.processor_port}/healthz")
+    except (OSError, ValueError):
+        return None
+
+
+def wait_processor_ready(stack: BenchStack, timeout: float) -> float:
+    """Seconds until the processor owns every partition and has restored its tables."""
+    began = time.monotonic()
+    deadline = began + timeout
+    while time.monotonic() < deadline:
+        health = processor_health(stack)
+        if (health and len(health["assigned"]) == stack.config.partitions
+                and not health["recovering"] and not health["rebalancing"]):
+            return time.monotonic() - began
+        time.sleep(0.5)
+    raise TimeoutError(f"processor not ready within {timeout:.0f}s")
+
+
+def restart_processor(stack: BenchStack, timeout: float) -> dict[str, float]:
+    stop_component(stack, "processor")
+    began = time.monotonic()
+    start_component(stack, "processor")
+    wait_processor_ready(stack, timeout)
+    return {"restart_to_ready_s": round(time.monotonic() - began, 1)}
+
+
+def processor_commands(stack: BenchStack) -> float:
+    """The processor's own count of commands handled since it started (its /metrics)."""
+    url = f"http://127.0.0.1:{stack.config.processor_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("processor_commands_total{"))
+
+
+# ------------------------------------------------------------------ measurements
+
+
+def memory(pid: int) -> dict[str, float]:
+    """Resident memory now and at its peak (VmRSS, VmHWM), in MB, from /proc."""
+    fields: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def scalar(database_url: str, sql: str) -> Any:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(sql).fetchone()
+    return row[0] if row else None
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+        return dict(json.loads(response.read()))
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ load generator
+
+
+def spawn_generator(url: str, out: Path, **kwargs: Any) -> subprocess.Popen[str]:
+    """Start `proof.bench_load` pinned to one core, with its options (--name value);
+    read what it measured with finish()."""
+    argv = [sys.executable, "-m", "proof.bench_load", "--url", url, "--out", str(out)]
+    for key, value in kwargs.items():
+        argv += [f"--{key}", str(value)]
+    if shutil.which("taskset"):
+        argv = ["taskset", "-c", GENERATOR_CPU, *argv]
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def generate(url: str, out: Path, timeout: float, **options: Any) -> dict[str, Any]:
+    """Run the generator to its end and return what it measured."""
+    return finish(spawn_generator(url, out, **options), out, timeout)
+
+
+def finish(proc: subprocess.Popen[str], out: Path, timeout: float) -> dict[str, Any]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{err[-3000:]}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    result["pinned_to_cpu"] = GENERATOR_CPU if shutil.which("taskset") else None
+    return result
+
+
+@contextlib.contextmanager
+def baseline_app(log: Path) -> Iterator[str]:
+    """The trivial FastAPI app (proof.bench_baseline_app) on a free port, for one figure."""
+    port = free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "proof.bench_baseline_app"], cwd=ROOT,
+                                env={**os.environ, "BASELINE_PORT": str(port)},
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not http_ok(url + "/healthz"):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"baseline app did not start; see {log}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
