@@ -26,7 +26,6 @@ from stack.procs import stop as stop_component
 from stack.services import services
 
 UP_TIMEOUT = 300.0
-SERVICE_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SMTP_HOST", "STACK_ONLY")
 
 
 class ChaosError(RuntimeError):
@@ -35,20 +34,7 @@ class ChaosError(RuntimeError):
 
 def stack_env(config: StackConfig) -> dict[str, str]:
     """The environment `python -m stack` needs to address this stack."""
-    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
-    env.update({
-        "RUN_DIR": str(config.run_dir), "KAFKA_PORT": str(config.kafka_port),
-        "KAFKA_CONTROLLER_PORT": str(config.kafka_controller_port),
-        "PG_PORT": str(config.pg_port), "SMTP_PORT": str(config.smtp_port),
-        "COMMAND_API_PORT": str(config.command_api_port),
-        "QUERY_API_PORT": str(config.query_api_port),
-        "PROCESSOR_PORT": str(config.processor_port),
-        "PROJECTOR_PORT": str(config.projector_port),
-        "NOTIFIER_PORT": str(config.notifier_port),
-        "ADMIN_TOKEN": config.admin_token(), "PARTITIONS": str(config.partitions),
-        "KAFKA_VERSION": config.kafka_version, "KAFKA_HEAP": config.kafka_heap,
-    })
-    return env
+    return config.stack_env()
 
 
 def _port_free(port: int) -> bool:

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Not passed on to a stack of ours: servers set for tests or operators elsewhere, and a
+# subset selection meant for another `python -m stack up`.
+NOT_INHERITED = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SMTP_HOST", "SMTP_PORT",
+                 "STACK_ONLY")
 
 
 def _cache_home(env: Mapping[str, str]) -> Path:
@@ -95,6 +99,25 @@ class StackConfig:
             path.write_text(secrets.token_urlsafe(32) + "\n")
             path.chmod(0o600)
         return path.read_text().strip()
+
+    def stack_env(self, base: Mapping[str, str] = os.environ) -> dict[str, str]:
+        """The environment under which `python -m stack` addresses this very stack:
+        `base` without the variables that would point services elsewhere, plus the
+        overrides that from_env() reads back."""
+        env = {k: v for k, v in base.items() if k not in NOT_INHERITED}
+        env.update({
+            "RUN_DIR": str(self.run_dir), "KAFKA_PORT": str(self.kafka_port),
+            "KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
+            "PG_PORT": str(self.pg_port), "SMTP_PORT": str(self.smtp_port),
+            "COMMAND_API_PORT": str(self.command_api_port),
+            "QUERY_API_PORT": str(self.query_api_port),
+            "PROCESSOR_PORT": str(self.processor_port),
+            "PROJECTOR_PORT": str(self.projector_port),
+            "NOTIFIER_PORT": str(self.notifier_port),
+            "ADMIN_TOKEN": self.admin_token(), "PARTITIONS": str(self.partitions),
+            "KAFKA_VERSION": self.kafka_version, "KAFKA_HEAP": self.kafka_heap,
+        })
+        return env
 
     def service_env(self) -> dict[str, str]:
         """The 12-factor settings every service reads; the same names work under compose."""

@@ -22,22 +22,8 @@ def _stack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def _env(run_dir: Path) -> dict[str, str]:
-    config = stack_config_for_tests(run_dir)
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
-    env.update({
-        "RUN_DIR": str(run_dir), "KAFKA_PORT": str(config.kafka_port),
-        "KAFKA_CONTROLLER_PORT": str(config.kafka_controller_port),
-        "PG_PORT": str(config.pg_port), "SMTP_PORT": str(config.smtp_port),
-        "COMMAND_API_PORT": str(config.command_api_port),
-        "QUERY_API_PORT": str(config.query_api_port),
-        "PROCESSOR_PORT": str(config.processor_port),
-        "PROJECTOR_PORT": str(config.projector_port),
-        "NOTIFIER_PORT": str(config.notifier_port),
-        # Only the infrastructure: the services have their own end-to-end tests.
-        "STACK_ONLY": ",".join(INFRA),
-    })
-    return env
+    # Only the infrastructure: the services have their own end-to-end tests.
+    return {**stack_config_for_tests(run_dir).stack_env(), "STACK_ONLY": ",".join(INFRA)}
 
 
 def _pids(run_dir: Path) -> dict[str, int]:
