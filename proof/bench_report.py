@@ -80,7 +80,11 @@ def plot(timeline: dict[str, Any], path: Path) -> None:
 
 def render(directory: Path) -> None:
     summary = json.loads((directory / "summary.json").read_text())
-    (directory / "README.md").write_text(markdown(summary))
+    text = markdown(summary)
+    if (directory / "limits.md").exists():  # the hand-written analysis, in docs/bench/
+        text += ("\nWhat limits the figures below their goals, with py-spy profiles: "
+                 "[limits.md](limits.md).\n")
+    (directory / "README.md").write_text(text)
     saturation = directory / "fig1_saturation.json"
     if saturation.exists():
         timeline = json.loads(saturation.read_text()).get("timeline")
