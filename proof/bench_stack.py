@@ -80,22 +80,8 @@ def bench_config(run_dir: Path) -> StackConfig:
 
 
 def stack_env(config: StackConfig) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SMTP_HOST", "SMTP_PORT")}
-    env.update({
-        "RUN_DIR": str(config.run_dir), "KAFKA_PORT": str(config.kafka_port),
-        "KAFKA_CONTROLLER_PORT": str(config.kafka_controller_port),
-        "PG_PORT": str(config.pg_port), "SMTP_PORT": str(config.smtp_port),
-        "COMMAND_API_PORT": str(config.command_api_port),
-        "QUERY_API_PORT": str(config.query_api_port),
-        "PROCESSOR_PORT": str(config.processor_port),
-        "PROJECTOR_PORT": str(config.projector_port),
-        "NOTIFIER_PORT": str(config.notifier_port),
-        "ADMIN_TOKEN": config.admin_token(), "PARTITIONS": str(config.partitions),
-        # One line per decision would be a million lines of log: warnings only.
-        "LOG_LEVEL": "WARNING",
-    })
-    return env
+    # One line per decision would be a million lines of log: warnings only.
+    return {**config.stack_env(), "LOG_LEVEL": "WARNING"}
 
 
 @contextlib.contextmanager
