@@ -19,12 +19,13 @@ import sys
 import time
 import uuid
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 from tqdm import tqdm
 
-from proof.load import Outcome, bounded, session, sign_up, students, wait_decided
+from proof.load import Outcome, Student, bounded, session, sign_up, students, wait_decided
 from stack.config import StackConfig
 
 # On a terminal the bar redraws in place; in a log (CI) it prints a line every few seconds.
@@ -53,12 +54,15 @@ async def create_courses(client: aiohttp.ClientSession, token: str,
     return created
 
 
-def plan(course_ids: list[str], total: int, rng: random.Random, run: str) -> list[tuple]:
+Request = tuple[str, Student, str | None, str | None]  # course, student, key, e-mail override
+
+
+def plan(course_ids: list[str], total: int, rng: random.Random, run: str) -> list[Request]:
     """(course, student, idempotency key, e-mail override) per request: popular courses
     overfill, some students retry with the same key, some sign up twice in other case."""
     pool = students(max(total // 2, 10), rng, run)
     weights = [4, 3, 3, 2, 2, 1][: len(course_ids)]
-    requests = []
+    requests: list[Request] = []
     for i in range(total):
         course = rng.choices(course_ids, weights)[0]
         student = rng.choice(pool)
@@ -116,7 +120,7 @@ async def main() -> int:
         began = time.monotonic()
         with tqdm(total=len(requests), unit="req", desc="signing up", **BAR) as bar:
             outcomes = await bounded(
-                [lambda r=r: sign_up(command, r[0], r[1], r[2], r[3]) for r in requests],
+                [partial(sign_up, command, *r) for r in requests],
                 concurrency, lambda _: bar.update(1))
         sent = time.monotonic() - began
         signup_ids = [o.signup_id for o in outcomes if o.signup_id]

@@ -109,7 +109,7 @@ def format_storage(config: StackConfig) -> Path:
     cluster_id = _kraft_cluster_id()
     result = subprocess.run(
         java_command(config, "kafka.tools.StorageTool", "format", "--standalone",
-                     "-t", cluster_id, "-c", str(props)),
+                     f"--cluster-id={cluster_id}", "-c", str(props)),
         capture_output=True, text=True,
     )
     if result.returncode != 0:
@@ -122,6 +122,8 @@ def format_storage(config: StackConfig) -> Path:
 def _kraft_cluster_id() -> str:
     import base64
 
+    # URL-safe base64 of a UUID, as Kafka's own random-uuid; about one in 64 starts
+    # with "-", which is why it is passed as --cluster-id=<id>, never as a separate word.
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
