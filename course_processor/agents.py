@@ -54,8 +54,8 @@ class CommandHandler:
 
     async def handle(self, message: Message) -> None:
         started = perf_counter()
-        if self.continuity.skipped(self.p.app.consumer_generation_id, message.partition,
-                                   message.offset):
+        generation = self.p.app.consumer_generation_id
+        if self.continuity.skipped(generation, message.partition, message.offset):
             fail_stop(f"the consumer skipped records before offset {message.offset} "
                       f"of partition {message.partition}")
         try:
@@ -64,7 +64,7 @@ class CommandHandler:
             await self.dead_letter(message, exc)
             return
         value, event = self.decider.decide(cmd)
-        headers = event_headers(event, self.p.processor_id)
+        headers = event_headers(event, self.p.processor_id, generation)
         await self.p.events.send(key=message.key, value=value, headers=headers)
         decided, reason = outcome(event)
         self.metrics.commands.labels(type(cmd).__name__).inc()
@@ -76,6 +76,7 @@ class CommandHandler:
             "event_id": event.event_id, "event_type": event.event_type,
             "outcome": decided, "reason": reason or None,
             "partition": message.partition, "offset": message.offset,
+            "generation": generation,
         })
 
     async def dead_letter(self, message: Message, exc: Unprocessable) -> None:

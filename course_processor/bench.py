@@ -213,7 +213,7 @@ def bench_loop(run: Run, n: int, transactional: bool) -> dict[str, Any]:
                 continue
             value, event = decider.decide(cmd)
             headers: list[tuple[str, str | bytes | None]] = [
-                *event_headers(event, "baseline")]
+                *event_headers(event, "baseline", 0)]
             producer.produce(events, key=msg.key(), value=value, headers=headers)
         producer.poll(0)
         if time.monotonic() - last_commit >= 0.1:

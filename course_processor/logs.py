@@ -18,6 +18,7 @@ from typing import Any
 FIELDS = (
     "correlation_id", "command_id", "signup_id", "course_id", "event_id", "event_type",
     "outcome", "reason", "kind", "topic", "partition", "offset", "problems", "app_id",
+    "generation",
 )
 LIBRARIES = ("faust", "aiokafka", "mode", "kafka")
 BYTES_LITERAL = re.compile(r"(?<!\w)b'(?:[^'\\]|\\.)*'" "|" r'(?<!\w)b"(?:[^"\\]|\\.)*"')

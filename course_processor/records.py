@@ -25,13 +25,19 @@ from schemas.messages import (
 Headers = list[tuple[str, bytes]]
 
 
-def event_headers(event: Event, processor_id: str) -> Headers:
-    """Headers of an event record: readers can route and trace without decoding Avro."""
+def event_headers(event: Event, processor_id: str, generation: int) -> Headers:
+    """Headers of an event record: readers can route and trace without decoding Avro.
+
+    `generation` is the consumer group generation the writer decided in: a record
+    from a worker that kept deciding after losing its partitions would carry an old
+    one (and is fenced; the header lets a test or an operator check that).
+    """
     return [
         ("correlation_id", event.correlation_id.encode()),
         ("event_type", event.event_type.encode()),
         ("event_id", event.event_id.encode()),
         ("processor_id", processor_id.encode()),
+        ("generation", str(generation).encode()),
     ]
 
 

@@ -28,6 +28,7 @@ def add_routes(p: Processor) -> None:
         return self.json({
             "status": "ok",
             "processor_id": p.processor_id,
+            "generation": p.app.consumer_generation_id,
             "assigned": sorted(tp.partition for tp in assignment
                                if tp.topic == p.settings.commands_topic),
             "rebalancing": bool(p.app.rebalancing),

@@ -391,6 +391,30 @@ class Logged:
         return None
 
 
+def generation_regressions(records: Iterable[Logged]) -> list[str]:
+    """Places where a partition's committed records go back to an older consumer
+    generation (the processor's `generation` header), in log order.
+
+    The owner of a partition in generation g+1 has fenced the owner in g, so a record
+    of generation g after one of g+1 is a write that a zombie got committed. Records
+    without the header (written before it existed) are not judged.
+    """
+    newest: dict[int, tuple[int, int]] = {}  # partition -> (generation, offset)
+    found = []
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        header = record.header("generation")
+        if header is None:
+            continue
+        generation = int(header)
+        seen = newest.get(record.partition)
+        if seen is not None and generation < seen[0]:
+            found.append(f"partition {record.partition} offset {record.offset}: generation "
+                         f"{generation} after {seen[0]} at offset {seen[1]}")
+        else:
+            newest[record.partition] = (generation, record.offset)
+    return found
+
+
 @dataclass(frozen=True)
 class LogSnapshot:
     topic: str

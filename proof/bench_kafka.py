@@ -351,7 +351,7 @@ def grow_history(bootstrap: str, history: History, count: int, rng: random.Rando
         assert isinstance(cmd, SignUp)
         part = history.partition_of[cmd.course_id]
         send(topics.EVENTS, cmd.course_id.encode(), value,
-             headers=event_headers(event, "bench-history"))
+             headers=event_headers(event, "bench-history", 0))
         send(changelog("decisions"), json.dumps(cmd.signup_id).encode(), value, partition=part)
         if isinstance(event, StudentSignedUp):
             key = enrollment_key(cmd.course_id, cmd.email)

@@ -410,11 +410,11 @@ async def pause_processor(run: Run) -> None:
     run.say(f"processor-2 started in {took:.1f}s")
     took = await stack.wait_processors(["processor", "processor-2"], 120)
     run.say(f"two processors share the partitions after {took:.1f}s")
-    victim = await stack.processor_health("processor-2")
-    assert victim is not None
     await run.load_for(p.warmup)
     timeout = session_timeout(stack.env)
     pause = timeout + p.past_timeout
+    victim = await stack.processor_health("processor-2")  # its generation right now
+    assert victim is not None
     fault = run.fault(f"SIGSTOP processor-2 for {pause:.0f}s (session timeout {timeout:.0f}s)",
                       "decide")
     pid = stack.signal("processor-2", signal.SIGSTOP)
@@ -440,18 +440,29 @@ async def pause_processor(run: Run) -> None:
     if p.rejoin:
         took = await stack.wait_processors(["processor", "processor-2"], 120)
         run.say(f"two processors share the partitions again after {took:.1f}s")
-    run.post_checks.append(lambda ev: fenced(victim["processor_id"], fault, exited, ev))
+    run.post_checks.append(lambda ev: fenced(victim, fault, exited, ev))
 
 
-def fenced(victim: str, fault: Fault, exited: bool, ev: Evidence) -> Check:
-    """A worker paused past its session timeout writes nothing committed once resumed,
-    unless it rejoined the group and was given partitions again."""
+def fenced(victim: dict, fault: Fault, exited: bool, ev: Evidence) -> Check:
+    """A worker paused past its session timeout gets nothing it decides in its old
+    consumer generation committed once resumed. It may rejoin the group and decide
+    again in a newer generation; along every partition the committed generations
+    never go back."""
     assert fault.ended is not None
-    late = [r for r in ev.log.records if r.header("processor_id") == victim
+    name, paused_in = victim["processor_id"], int(victim["generation"])
+    late = [r for r in ev.log.records if r.header("processor_id") == name
+            and int(r.header("generation") or paused_in) <= paused_in
             and r.timestamp_ms >= fault.ended * 1000]
-    detail = f"{len(late)} committed records by {victim} after SIGCONT"
-    return Check("the paused worker is fenced", not late or not exited,
-                 detail + ("" if exited else " (it kept running and rejoined)"))
+    rejoined = sum(1 for r in ev.log.records if r.header("processor_id") == name
+                   and int(r.header("generation") or 0) > paused_in)
+    regressions = audit.generation_regressions(ev.log.records)
+    detail = (f"{len(late)} committed records by {name} in generation <= {paused_in} "
+              f"after SIGCONT; {rejoined} in a newer generation; "
+              f"{len(regressions)} generation regressions")
+    if regressions:
+        detail += f" (first: {regressions[0]})"
+    return Check("the paused worker is fenced", not late and not regressions,
+                 detail + (" (it exited)" if exited else " (it kept running and rejoined)"))
 
 
 async def scale_processors(run: Run) -> None:

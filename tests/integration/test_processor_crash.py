@@ -136,6 +136,21 @@ class Worker:
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
+    def decided_since(self, since_ms: int, max_generation: int) -> int:
+        """How many "decided" lines this worker logged at or after `since_ms` (epoch ms)
+        in a consumer generation up to `max_generation`."""
+        count = 0
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if (isinstance(entry, dict) and entry.get("message") == "decided"
+                    and entry.get("generation", max_generation + 1) <= max_generation
+                    and datetime.fromisoformat(entry["ts"]).timestamp() * 1000 >= since_ms):
+                count += 1
+        return count
+
     def health(self) -> dict | None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
@@ -301,12 +316,14 @@ class Decided:
 
 
 class EventLog:
-    """course-events as a read_committed reader sees it, from the first record on."""
+    """course-events as a read_committed reader sees it, from the first record on
+    (or, with isolation="read_uncommitted", everything written, aborted or not)."""
 
-    def __init__(self, servers: str, courses: list[str]) -> None:
+    def __init__(self, servers: str, courses: list[str],
+                 isolation: str = "read_committed") -> None:
         self.courses = {c.encode() for c in courses}
         self.consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
-                                  "isolation.level": "read_committed",
+                                  "isolation.level": isolation,
                                   "enable.auto.commit": False})
         meta = self.consumer.list_topics(topics.EVENTS, timeout=10).topics[topics.EVENTS]
         self.consumer.assign([TopicPartition(topics.EVENTS, p, 0) for p in meta.partitions])
@@ -326,7 +343,7 @@ class EventLog:
     def wait_partly_decided(self, wave: list[tuple[str, bytes]], fraction: float,
                             timeout: float) -> None:
         """Wait until `fraction` of the wave's sign-ups are decided, but not all of them."""
-        ids = {getattr(decode(v), "signup_id", "") for _, v in wave} - {""}
+        ids = signups_in(wave)
 
         def enough() -> bool:
             self.read(0.05)
@@ -431,12 +448,30 @@ def test_two_workers_one_killed(cluster: Cluster) -> None:
     print("audit", report)
 
 
+def assert_fenced(log: EventLog, worker_id: str, paused_generation: int,
+                  resumed_at_ms: int) -> None:
+    """Nothing the paused worker decided in its old generation after resuming is
+    committed, and along each partition the committed generations never go back (the
+    owner of an older generation cannot commit once a newer owner has fenced it)."""
+    late = [r for rs in log.records.values() for r in rs
+            if r.headers.get("processor_id") == worker_id.encode()
+            and int(r.headers["generation"]) <= paused_generation
+            and r.timestamp_ms >= resumed_at_ms]
+    assert not late, f"the paused worker got {len(late)} old-generation records committed"
+    by_partition: dict[int, list[Decided]] = defaultdict(list)
+    for rs in log.records.values():
+        for r in rs:
+            by_partition[r.offset[0]].append(r)
+    for partition, rs in by_partition.items():
+        generations = [int(r.headers["generation"]) for r in sorted(rs, key=lambda r: r.offset)]
+        assert generations == sorted(generations), f"partition {partition}: {generations}"
+
+
 def test_paused_worker_is_fenced(cluster: Cluster) -> None:
     w, courses = make_workload(courses=6, signups=1500, seed=3)
     producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, courses)
     a, b = cluster.start("a"), cluster.start("b")
     cluster.wait_sharing(a, b)
-    a_id = a.health()["processor_id"]  # type: ignore[index]
 
     sent = threading.Event()
     commands = list(w.commands)
@@ -452,6 +487,8 @@ def test_paused_worker_is_fenced(cluster: Cluster) -> None:
     feeder = threading.Thread(target=trickle, daemon=True)
     feeder.start()
     time.sleep(1.0)
+    health = a.health()
+    a_id, paused_generation = health["processor_id"], health["generation"]  # type: ignore[index]
     a.signal(signal.SIGSTOP)
     try:
         # b takes a's partitions once a misses its session timeout, and goes on deciding.
@@ -464,20 +501,58 @@ def test_paused_worker_is_fenced(cluster: Cluster) -> None:
             return len(log.decided) >= before + 100
         wait_for(b_decides, 30, "the remaining worker to go on deciding")
         resumed_at_ms = int(time.time() * 1000)
+        # On SIGCONT a goes on with the commands it had fetched, in its old generation,
+        # until it learns of the rebalance; it may then rejoin and own partitions
+        # again, legitimately, in a newer generation.
         a.signal(signal.SIGCONT)
         wait_for(sent.is_set, 60, "the sign-ups to be produced")
         log.wait_all_decided(set(w.signups), timeout=90)
         report = audit(log, w)
-        late = [r for rs in log.records.values() for r in rs
-                if r.headers.get("processor_id") == a_id.encode()
-                and r.timestamp_ms >= resumed_at_ms]
-        assert not late, f"the paused worker wrote {len(late)} committed records after resuming"
+        assert_fenced(log, a_id, paused_generation, resumed_at_ms)
     except AssertionError:
         print(cluster.logs())
         raise
     finally:
         log.close()
-    print("audit", report, "paused worker exit code:", a.proc.poll())
+    # Fenced writes never reach the log (the broker refuses them), so the attempts are
+    # counted from the paused worker's own log: how much the fencing had to stop.
+    attempts = a.decided_since(resumed_at_ms, max_generation=paused_generation)
+    print("audit", report, "decisions the paused worker attempted in its old generation:",
+          attempts, "fenced:", "ProducerFenced" in a.log_path.read_text(errors="replace"),
+          "exit code:", a.proc.poll())
+
+
+def test_paused_idle_worker_rejoins_in_a_new_generation(cluster: Cluster) -> None:
+    """The other way back from a pause: with nothing in flight, the resumed worker hears
+    of the rebalance before it writes, rejoins, and decides again, from the committed
+    state only."""
+    w, courses = make_workload(courses=8, signups=600, seed=5)
+    producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, courses)
+    a, b = cluster.start("a"), cluster.start("b")
+    cluster.wait_sharing(a, b)
+    first, rest = _waves(w.commands, 2)
+    try:
+        producer.send_all(first)
+        log.wait_all_decided(signups_in(first), timeout=60)
+        health = a.health()
+        a_id, paused_generation = health["processor_id"], health["generation"]  # type: ignore[index]
+        a.signal(signal.SIGSTOP)
+        cluster.wait_sharing(b, timeout=SESSION_TIMEOUT * 6)
+        resumed_at_ms = int(time.time() * 1000)
+        a.signal(signal.SIGCONT)
+        cluster.wait_sharing(a, b, timeout=60)
+        assert a.health()["generation"] > paused_generation  # type: ignore[index]
+        producer.send_all(rest)
+        log.wait_all_decided(set(w.signups), timeout=60)
+        report = audit(log, w)
+        assert_fenced(log, a_id, paused_generation, resumed_at_ms)
+        assert a.proc.poll() is None, "the resumed worker ended"
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        log.close()
+    print("audit", report)
 
 
 def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> None:
@@ -527,6 +602,10 @@ def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> Non
     metrics = worker.metrics()
     assert 'processor_dlq_total{reason="undecodable"} 1.0' in metrics
     assert 'processor_dlq_total{reason="invalid"} 1.0' in metrics
+
+
+def signups_in(commands: list[tuple[str, bytes]]) -> set[str]:
+    return {getattr(decode(v), "signup_id", "") for _, v in commands} - {""}
 
 
 def _waves(commands: list, n: int) -> list[list]:

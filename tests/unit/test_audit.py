@@ -9,11 +9,13 @@ from datetime import UTC, date, datetime
 
 from proof.audit import (
     CourseRow,
+    Logged,
     Mail,
     audit_decisions,
     audit_mails,
     compare_views,
     expected_views,
+    generation_regressions,
     repeats,
 )
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
@@ -177,3 +179,17 @@ def test_a_missing_or_wrong_mail_is_caught() -> None:
     assert audit.mailed == 1
     assert any("have no e-mail: e2" in v for v in audit.violations)
     assert any("not their decision" in v for v in audit.violations)
+
+
+def logged(partition: int, offset: int, generation: int | None) -> Logged:
+    headers = () if generation is None else (("generation", str(generation).encode()),)
+    return Logged(partition, offset, 0, headers, course("c", 1))
+
+
+def test_generations_may_only_grow_along_a_partition() -> None:
+    clean = [logged(0, 0, 1), logged(0, 1, 1), logged(0, 2, 3), logged(1, 0, 4),
+             logged(1, 1, None), logged(1, 2, 4)]
+    assert generation_regressions(clean) == []
+    zombie = [logged(0, 0, 1), logged(0, 1, 3), logged(0, 2, 1), logged(1, 0, 1)]
+    assert generation_regressions(list(reversed(zombie))) == [
+        "partition 0 offset 2: generation 1 after 3 at offset 1"]

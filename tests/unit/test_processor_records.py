@@ -103,9 +103,10 @@ def test_an_unprocessable_record_never_carries_personal_data_in_its_reason() -> 
 def test_event_headers_name_the_event_and_its_request() -> None:
     event = SignUpRejected(**metadata("SignUpRejected"), signup_id="s", email="a@b.c",  # type: ignore[arg-type]
                            name="A", reason="course_full")
-    headers = dict(event_headers(event, "host:42"))
+    headers = dict(event_headers(event, "host:42", 7))
     assert headers == {"correlation_id": b"corr-1", "event_type": b"SignUpRejected",
-                       "event_id": event.event_id.encode(), "processor_id": b"host:42"}
+                       "event_id": event.event_id.encode(), "processor_id": b"host:42",
+                       "generation": b"7"}
     assert b"a@b.c" not in b"".join(headers.values())
 
 
