@@ -12,15 +12,16 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import get_args
+from typing import Any, NamedTuple, get_args
 
 from projections.stats import AgeAggregate
-from schemas.codec import DecodeError, decode
-from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
+from schemas.codec import DecodeError, decode_fields
+from schemas.messages import Event, SignUpRejected, StudentSignedUp
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
-_EVENT_TYPES = get_args(Event)
+_EVENT_NAMES = frozenset(cls.__name__ for cls in get_args(Event))
+_DECISION_TYPES = frozenset((StudentSignedUp.__name__, SignUpRejected.__name__))
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +42,14 @@ class Failure:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Course:
+class Course(NamedTuple):  # immutable like a frozen dataclass, built three times faster
     course_id: str
     title: str
     lecturer: str
     capacity: int
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):  # one per decision read: a million in a replay
     signup_id: str
     course_id: str
     status: str
@@ -85,45 +84,50 @@ def build(records: Sequence[Record]) -> Batch:
         next_offsets[record.partition] = max(
             next_offsets.get(record.partition, 0), record.offset + 1
         )
-        event = read(record)
-        if isinstance(event, Failure):
-            failures.append(event)
+        read = read_fields(record)
+        if isinstance(read, Failure):
+            failures.append(read)
             continue
-        counts[event.event_type] += 1
-        newest = event.occurred_at if newest is None else max(newest, event.occurred_at)
-        if isinstance(event, CourseCreated):
-            courses.setdefault(event.course_id, course_of(event))
-        elif isinstance(event, StudentSignedUp | SignUpRejected):
+        name, event = read
+        counts[event["event_type"]] += 1
+        occurred_at = event["occurred_at"]
+        newest = occurred_at if newest is None else max(newest, occurred_at)
+        if name == "CourseCreated":
+            if event["course_id"] not in courses:
+                courses[event["course_id"]] = course_of(event)
+        elif name in _DECISION_TYPES and event["signup_id"] not in decisions:
             # A decision repeated after a processor crash has the same sign-up id (and
             # event id): the first one stands, in the batch as in the database.
-            decisions.setdefault(event.signup_id, decision_of(event))
+            decisions[event["signup_id"]] = decision_of(name, event)
     return Batch(tuple(courses.values()), tuple(decisions.values()), tuple(failures),
                  dict(counts), next_offsets, newest)
 
 
-def read(record: Record) -> Event | Failure:
-    """The event in a record, or why there is none."""
+def read_fields(record: Record) -> tuple[str, dict[str, Any]] | Failure:
+    """The event type and fields in a record (as `schemas.codec.decode_fields`), or why
+    there are none. The fields, not the dataclass: a replay reads millions of them."""
     if record.value is None:
         return Failure(record, "empty record (tombstone)")
     try:
-        message = decode(record.value)
+        name, fields = decode_fields(record.value)
     except DecodeError as exc:
         return Failure(record, str(exc))
-    if not isinstance(message, _EVENT_TYPES):  # a command written to the wrong topic
-        return Failure(record, f"{type(message).__name__} is not an event")
-    return message
+    if name not in _EVENT_NAMES:  # a command written to the wrong topic
+        return Failure(record, f"{name} is not an event")
+    return name, fields
 
 
-def course_of(event: CourseCreated) -> Course:
-    return Course(event.course_id, event.title, event.lecturer, event.capacity)
+def course_of(event: dict[str, Any]) -> Course:
+    return Course(event["course_id"], event["title"], event["lecturer"], event["capacity"])
 
 
-def decision_of(event: StudentSignedUp | SignUpRejected) -> Decision:
-    if isinstance(event, StudentSignedUp):
-        return Decision(event.signup_id, event.course_id, ACCEPTED, None, event.event_id,
-                        event.occurred_at, event.date_of_birth, event.correlation_id)
-    return Decision(event.signup_id, event.course_id, REJECTED, event.reason, event.event_id,
-                    event.occurred_at, None, event.correlation_id)
+def decision_of(name: str, event: dict[str, Any]) -> Decision:
+    if name == "StudentSignedUp":
+        return Decision(event["signup_id"], event["course_id"], ACCEPTED, None,
+                        event["event_id"], event["occurred_at"], event["date_of_birth"],
+                        event["correlation_id"])
+    return Decision(event["signup_id"], event["course_id"], REJECTED, event["reason"],
+                    event["event_id"], event["occurred_at"], None, event["correlation_id"])
 
 
 def deltas(new_decisions: Iterable[Decision]) -> dict[str, AgeAggregate]:

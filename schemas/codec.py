@@ -199,6 +199,14 @@ def _require_aware(name: str, value: datetime) -> None:
 
 def decode(data: bytes) -> Message:
     """The message in `data`, written with any kept version, as the latest dataclass."""
+    name, record = decode_fields(data)
+    return _CLASSES[name](**record)
+
+
+def decode_fields(data: bytes) -> tuple[str, dict[str, Any]]:
+    """The record name and the fields of the message in `data`, resolved into the latest
+    schema of that name, without building its dataclass (for readers that need a few
+    fields of many records: the dataclass costs a quarter of the decoding)."""
     reader = _reader_for(data)
     body = BytesIO(data)
     body.seek(HEADER_SIZE)
@@ -210,7 +218,7 @@ def decode(data: bytes) -> Message:
         raise DecodeError(f"unreadable {reader.name} body: {exc!r}") from exc
     if body.tell() != len(data):
         raise DecodeError(f"{len(data) - body.tell()} trailing bytes after a {reader.name} body")
-    return reader.cls(**record)
+    return reader.name, record
 
 
 def message_type(data: bytes) -> str:

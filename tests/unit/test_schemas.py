@@ -251,6 +251,17 @@ def test_example_written_with_its_own_version_decodes(version: tuple[str, int, S
     assert codec.decode(data) == example_message(name, number, schema)
 
 
+@pytest.mark.parametrize("version", VERSIONS, ids=_version_id)
+def test_fields_of_any_version_are_those_of_the_latest_dataclass(
+    version: tuple[str, int, Schema]
+) -> None:
+    name, number, schema = version
+    data = single_object(schema, example_record(name, number, schema))
+    decoded_name, fields = codec.decode_fields(data)
+    assert decoded_name == name
+    assert fields == dataclasses.asdict(codec.decode(data))
+
+
 def test_v1_student_signed_up_decodes_with_capacity_none() -> None:
     (v1,) = [s for n, v, s in VERSIONS if (n, v) == ("StudentSignedUp", 1)]
     record = example_record("StudentSignedUp", 1, v1)
