@@ -6,7 +6,8 @@ Environment: KAFKA_BOOTSTRAP_SERVERS (required), PARTITIONS (4), PROCESSOR_PORT 
 serves GET /metrics and GET /healthz), PROCESSING_GUARANTEE (exactly_once),
 PROCESSOR_STORE (memory://), PROCESSOR_DATA_DIR, LOG_LEVEL (INFO), PROCESSOR_APP_ID
 (course-processor: also the consumer group and the transactional.id prefix),
-PROCESSOR_SESSION_TIMEOUT (10 s), PROCESSOR_COMMIT_INTERVAL (0.1 s). Start more
+PROCESSOR_SESSION_TIMEOUT (10 s), PROCESSOR_COMMIT_INTERVAL (0.1 s),
+PROCESSOR_LINGER (0.02 s). Start more
 workers with the same PROCESSOR_APP_ID (and another PROCESSOR_PORT) to share the
 partitions.
 """

@@ -84,8 +84,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_heartbeat_interval": min(3.0, settings.session_timeout / 3),
         "broker_commit_interval": settings.commit_interval,
         "producer_acks": -1,
-        # Batch records for a few ms: without it every record is its own produce request.
-        "producer_linger": 0.005,
+        # Batch records for a while: without it every record is its own produce request.
+        "producer_linger": settings.linger,
         "consumer_auto_offset_reset": "earliest",
         "web_port": settings.port,
         "web_bind": settings.host,

@@ -36,6 +36,11 @@ class Settings:
     # In exactly_once a decision becomes visible to read_committed readers at the
     # next commit, so the interval is the floor of the decision latency.
     commit_interval: float = 0.1
+    # How long the producer gathers records into one produce request. Every command
+    # writes four records (the event and three table changes); at 5 ms a drain made
+    # 730 commands/s, at 20 ms 1,060 (+45%), for about 10 ms more decision latency
+    # at a trickle. Keep it well under the commit interval: the commit waits for it.
+    linger: float = 0.02
     commands_topic: str = topics.COMMANDS
     events_topic: str = topics.EVENTS
 
@@ -69,6 +74,7 @@ class Settings:
             app_id=env.get("PROCESSOR_APP_ID") or cls.app_id,
             session_timeout=_number(env, "PROCESSOR_SESSION_TIMEOUT", cls.session_timeout, float),
             commit_interval=_number(env, "PROCESSOR_COMMIT_INTERVAL", cls.commit_interval, float),
+            linger=_number(env, "PROCESSOR_LINGER", cls.linger, float),
             commands_topic=env.get("PROCESSOR_COMMANDS_TOPIC") or cls.commands_topic,
             events_topic=env.get("PROCESSOR_EVENTS_TOPIC") or cls.events_topic,
         )
