@@ -4,6 +4,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOST=0.0.0.0
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY schemas schemas
+COPY service_kit service_kit
 COPY migrations migrations
 COPY command_api command_api
 COPY course_processor course_processor

@@ -13,8 +13,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from command_api.app import create_app
-from command_api.observability import configure_logging
 from command_api.settings import Settings
+from service_kit.logs import configure_logging
 
 # Graceful shutdown waits this long beyond the produce timeout for in-flight requests.
 _SHUTDOWN_GRACE_SECONDS = 2
@@ -28,7 +28,7 @@ def main() -> None:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
                              for e in exc.errors())
         sys.exit(f"command_api: invalid settings: {problems}")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, "command-api")
     uvicorn.run(
         create_app(settings),
         host=settings.host,

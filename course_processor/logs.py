@@ -1,4 +1,5 @@
-"""JSON log lines, one per record; only allow-listed fields ever leave the process.
+"""JSON log lines (`service_kit.logs`), one per record; only allow-listed fields ever
+leave the process.
 
 A record's extra fields are copied only if named in FIELDS, so an e-mail address,
 a name or a birth date cannot reach a log line by accident. Record values hold
@@ -9,11 +10,11 @@ literal in a message or traceback is therefore replaced by its length.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from datetime import UTC, datetime
 from typing import Any
+
+from service_kit.logs import JsonFormatter
 
 FIELDS = (
     "correlation_id", "command_id", "signup_id", "course_id", "event_id", "event_type",
@@ -29,21 +30,9 @@ def redact(text: str) -> str:
     return BYTES_LITERAL.sub(lambda m: f"b<{len(m.group())} chars redacted>", text)
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": redact(record.getMessage()),
-        }
-        for name in FIELDS:
-            value = record.__dict__.get(name)
-            if value is not None:
-                line[name] = value
-        if record.exc_info:
-            line["exception"] = redact(self.formatException(record.exc_info))
-        return json.dumps(line, default=str)
+def formatter() -> JsonFormatter:
+    """The processor's log line: allow-listed fields, bytes literals redacted."""
+    return JsonFormatter("processor", allow=FIELDS, scrub=redact)
 
 
 def logging_config(level: str) -> dict[str, Any]:
@@ -52,7 +41,7 @@ def logging_config(level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JsonFormatter}},
+        "formatters": {"json": {"()": formatter}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                                 "stream": "ext://sys.stderr"}},
         "root": {"level": level, "handlers": ["stderr"]},

@@ -26,11 +26,12 @@ import migrations
 from notifier.deadletter import DeadLetters
 from notifier.handler import Handler
 from notifier.mailer import Mailer
-from notifier.observability import Metrics, configure_logging, serve_http
+from notifier.observability import Metrics, serve_http
 from notifier.retry import Backoff
 from notifier.settings import Settings
 from notifier.store import Store
 from notifier.worker import Policy, Worker, consumer_config
+from service_kit.logs import configure_logging
 
 log = logging.getLogger("notifier")
 
@@ -80,7 +81,7 @@ def run(settings: Settings, metrics: Metrics, stop: threading.Event) -> None:
 
 def main() -> None:
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, "notifier")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -29,9 +29,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, ValidationError
 
 from projections import store
-from projections.observability import ApiMetrics, RequestContextMiddleware, configure_logging
+from projections.observability import ApiMetrics, RequestContextMiddleware
 from projections.settings import QueryApiSettings
 from projections.stats import age_stats
+from service_kit.logs import configure_logging
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 RETRY_AFTER_SECONDS = "2"

@@ -53,9 +53,10 @@ from pydantic import ValidationError
 import migrations
 from projections import deadletter, store
 from projections.batch import Record, build
-from projections.observability import ProjectorMetrics, configure_logging
+from projections.observability import ProjectorMetrics
 from projections.settings import ProjectorSettings
 from schemas import topics
+from service_kit.logs import configure_logging
 
 log = logging.getLogger("projections.projector")
 

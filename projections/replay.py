@@ -61,9 +61,9 @@ from tqdm import tqdm
 import migrations
 from projections import deadletter, store
 from projections.batch import Batch, Failure, Record, build
-from projections.observability import configure_logging
 from projections.settings import ReplaySettings
 from schemas import topics
+from service_kit.logs import configure_logging
 
 log = logging.getLogger("projections.replay")
 

@@ -145,7 +145,7 @@ class Worker:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if (isinstance(entry, dict) and entry.get("message") == "decided"
+            if (isinstance(entry, dict) and entry.get("msg") == "decided"
                     and entry.get("generation", max_generation + 1) <= max_generation
                     and datetime.fromisoformat(entry["ts"]).timestamp() * 1000 >= since_ms):
                 count += 1

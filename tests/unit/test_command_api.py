@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from command_api.app import create_app
-from command_api.observability import JsonFormatter
 from command_api.publisher import Headers, PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
 from schemas.messages import CreateCourse, SignUp, signup_id_for
+from service_kit.logs import JsonFormatter
 
 TOKEN = "unit-test-admin-token"
 MAX_BODY = 2048
@@ -472,7 +472,7 @@ def test_no_personal_data_reaches_any_log_record(
     # httpx logs the test's own requests, URL included: that is the client, not the server.
     server_records = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
     assert len(server_records) >= 5
-    formatter = JsonFormatter()
+    formatter = JsonFormatter("command-api")
     for record in server_records:
         line = formatter.format(record).lower()
         for secret in (email, "grace@", "navy.example", name, "hopper", born, "1936"):
@@ -487,7 +487,7 @@ def test_one_access_log_line_per_request_with_id_route_status_and_latency(
     response = client.post("/courses/intro-python/signups", json=student())
 
     [record] = [r for r in caplog.records if r.name == "command_api.access"]
-    line = json.loads(JsonFormatter().format(record))
+    line = json.loads(JsonFormatter("command-api").format(record))
     assert line["correlation_id"] == response.headers["X-Correlation-Id"]
     assert (line["route"], line["method"], line["status"]) == (
         "/courses/{course_id}/signups", "POST", 202)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from course_processor.app import create_app
-from course_processor.logs import JsonFormatter, logging_config
+from course_processor.logs import formatter, logging_config
 from course_processor.metrics import Metrics
 from course_processor.settings import Settings, SettingsError
 
@@ -65,10 +65,10 @@ def test_a_log_line_is_one_json_object_with_allow_listed_fields_only() -> None:
     record.__dict__.update(correlation_id="c-1", outcome="accepted",
                            email="ann@example.org", student="Ann Smith",
                            date_of_birth="2000-01-01")
-    line = JsonFormatter().format(record)
+    line = formatter().format(record)
     assert "\n" not in line
     parsed = json.loads(line)
-    assert parsed["message"] == "decided"
+    assert parsed["msg"] == "decided"
     assert (parsed["correlation_id"], parsed["outcome"]) == ("c-1", "accepted")
     for personal in ("ann@example.org", "Ann Smith", "2000-01-01"):
         assert personal not in line
@@ -80,9 +80,9 @@ def test_record_values_printed_by_libraries_are_redacted() -> None:
     record = logging.LogRecord("faust.topics", logging.WARNING, __file__, 1,
                                "_on_published error message %r", (dict(key=b"c1", value=value),),
                                None)
-    line = JsonFormatter().format(record)
+    line = formatter().format(record)
     assert "ann@example.org" not in line and "c1" not in line
-    assert "redacted" in json.loads(line)["message"]
+    assert "redacted" in json.loads(line)["msg"]
 
 
 def test_libraries_never_log_below_info() -> None:
