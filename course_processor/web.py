@@ -18,6 +18,12 @@ def add_routes(p: Processor) -> None:
         update_lag(p)
         return self.bytes(p.metrics.exposition(), content_type=CONTENT_TYPE_PLAIN)
 
+    @p.app.page("/readyz", name="processor_readyz")
+    async def readyz(self: View, request: Request) -> Response:
+        ready, why = readiness(p)
+        body = {"status": "ready"} if ready else {"status": "unavailable", "reason": why}
+        return self.json(body, status=200 if ready else 503)
+
     @p.app.page("/healthz", name="processor_healthz")
     async def healthz(self: View, request: Request) -> Response:
         # 200 while the process runs; the rest says whether it is deciding right now.
@@ -34,6 +40,19 @@ def add_routes(p: Processor) -> None:
             "rebalancing": bool(p.app.rebalancing),
             "recovering": bool(p.app.in_recovery),
         })
+
+
+def readiness(p: Processor) -> tuple[bool, str]:
+    """(ready, why not): a member of the group, not rebalancing, tables restored."""
+    try:
+        p.app.consumer.assignment()
+    except ConsumerNotStarted:
+        return False, "the consumer has not started"
+    if p.app.rebalancing:
+        return False, "rebalancing"
+    if p.app.in_recovery:
+        return False, "restoring the tables"
+    return True, ""
 
 
 def update_lag(p: Processor) -> None:

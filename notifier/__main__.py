@@ -57,6 +57,7 @@ def migrate(settings: Settings, metrics: Metrics, stop: threading.Event) -> bool
             return True
         except Exception as exc:  # noqa: BLE001 - any failure here means "not yet"
             attempt += 1
+            metrics.unready = "database unavailable"
             delay = backoff.delay(attempt, random.random)
             log.warning("database unavailable", extra={"error": type(exc).__name__,
                                                        "retry_in": round(delay, 3)})

@@ -1,4 +1,4 @@
-"""Prometheus metrics, JSON log lines and the small HTTP server for /healthz and /metrics."""
+"""Prometheus metrics and the small HTTP server for /healthz, /readyz and /metrics."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ class Metrics:
             "notifier_emails_parked", "Decisions waiting for a retry.", registry=self.registry,
         )
         self.heartbeat = time.monotonic()
+        # Why the notifier cannot send right now (None: it can); see readiness().
+        self.unready: str | None = "starting"
 
     def beat(self) -> None:
         self.heartbeat = time.monotonic()
@@ -58,12 +60,18 @@ class Metrics:
     def alive(self) -> bool:
         return time.monotonic() - self.heartbeat < STUCK_AFTER_SECONDS
 
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not): the loop runs and nothing it needs is known to be down."""
+        if not self.alive():
+            return False, "stuck"
+        return self.unready is None, self.unready or ""
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 def serve_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
-    """Answer GET /healthz and GET /metrics from a daemon thread."""
+    """Answer GET /healthz, /readyz and /metrics from a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server hook name
@@ -74,6 +82,11 @@ def serve_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
                 ok = metrics.alive()
                 body = json.dumps({"status": "ok" if ok else "stuck"}).encode()
                 self._answer(200 if ok else 503, "application/json", body)
+            elif path == "/readyz":
+                ready, why = metrics.readiness()
+                body = json.dumps({"status": "ready"} if ready
+                                  else {"status": "unavailable", "reason": why}).encode()
+                self._answer(200 if ready else 503, "application/json", body)
             else:
                 self._answer(404, "application/json", b'{"detail":"Not Found"}')
 

@@ -109,6 +109,7 @@ class Worker:
         self.committed: dict[TopicKey, int] = {}
         self.in_flight: dict[str, Job] = {}  # parked decisions by event id
         self.paused = False
+        self._outage = "a dependency is unavailable"
         self._last_commit = 0.0
         self._last_lag = 0.0
 
@@ -126,6 +127,7 @@ class Worker:
     def step(self) -> None:
         self.metrics.beat()
         now = self.clock()
+        self.metrics.unready = None if self.gate.is_open(now) else self._outage
         job = self.parked.pop_due(now) if self.gate.is_open(now) else None
         if job is not None:
             self.attempt(job)
@@ -238,6 +240,7 @@ class Worker:
 
     def _infra_down(self, job: Job, reason: str, code: int | None = None) -> None:
         open_at = self.gate.fail(self.clock())
+        self._outage = self.metrics.unready = f"dependency unavailable: {reason}"
         self.metrics.retried.inc()
         log.warning("dependency unavailable, pausing", extra={
             **job.context(), "reason": reason, "smtp_code": code,

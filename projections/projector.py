@@ -2,7 +2,7 @@
 
 Reads `course-events` (read_committed, no Kafka offset commits) and keeps the views of
 `projections.store` in PostgreSQL. Settings (see `projections/settings.py`):
-KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are required; GET /healthz and /metrics are
+KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are required; GET /healthz, /readyz and /metrics are
 served on HOST:PROJECTOR_PORT (default 127.0.0.1:6067). Logs go to stderr as JSON lines.
 
 How it stays exact:
@@ -29,6 +29,7 @@ How it stays exact:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -102,6 +103,8 @@ class Projector:
         self.failures = 0  # batches failed in a row on PostgreSQL
         self.heartbeat = time.monotonic()
         self.newest_event_at: datetime | None = None
+        self.joined = False  # given partitions (or none) by the group at least once
+        self.database_down = False
         self._stopping = threading.Event()
 
     # -------------------------------------------------------------- lifecycle
@@ -114,6 +117,16 @@ class Projector:
 
     def healthy(self) -> bool:
         return time.monotonic() - self.heartbeat < _STALL_SECONDS
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not): projecting, or able to as soon as events come."""
+        if not self.healthy():
+            return False, "stalled"
+        if self.database_down:
+            return False, "PostgreSQL unavailable"
+        if not self.joined:
+            return False, "not in the consumer group yet"
+        return True, ""
 
     def run(self) -> None:
         self.consumer.subscribe([topics.EVENTS], on_assign=self._on_assign,
@@ -181,6 +194,7 @@ class Projector:
             # Whether the commit happened is unknown when the connection died during it:
             # the positions in PostgreSQL will say, once it answers again.
             self.failures += 1
+            self.database_down = True
             delay = min(0.1 * 2 ** self.failures, self.settings.projector_max_backoff_seconds)
             log.warning("batch not committed: PostgreSQL failed",
                         extra={"error": repr(exc), "retry_in_s": round(delay, 2)})
@@ -223,6 +237,7 @@ class Projector:
         self.positions = {tp.partition: stored.get(tp.partition) for tp in partitions}
         self.generation = generation
         self.resync_needed = False
+        self.joined = True
         log.info("partitions assigned", extra={
             "partitions": sorted(self.positions), "generation": generation})
 
@@ -266,8 +281,10 @@ class Projector:
                     # batch see a newer generation and seek once more, never the reverse.
                     generation = store.read_generation(conn, self.settings.projection)
                     stored = store.read_positions(conn, self.settings.projection, topics.EVENTS)
+                self.database_down = False
                 return generation, stored
             except psycopg.OperationalError as exc:
+                self.database_down = True
                 self._drop_connection()
                 if self._stopping.is_set():
                     raise SystemExit(0) from exc
@@ -319,6 +336,7 @@ class Projector:
 
 
 def serve_http(host: str, port: int, healthy: Callable[[], bool],
+               ready: Callable[[], tuple[bool, str]],
                metrics: ProjectorMetrics) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -326,6 +344,12 @@ def serve_http(host: str, port: int, healthy: Callable[[], bool],
                 ok = healthy()
                 self._send(200 if ok else 503, b'{"status":"ok"}' if ok
                            else b'{"status":"stalled"}', "application/json")
+            elif self.path == "/readyz":
+                is_ready, why = ready()
+                body = {"status": "ready"} if is_ready else {"status": "unavailable",
+                                                             "reason": why}
+                self._send(200 if is_ready else 503, json.dumps(body).encode(),
+                           "application/json")
             elif self.path == "/metrics":
                 self._send(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
             else:
@@ -393,7 +417,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = serve_http(settings.host, settings.projector_port, projector.healthy, metrics)
+    server = serve_http(settings.host, settings.projector_port, projector.healthy,
+                        projector.readiness, metrics)
     migrate(settings, projector.stopping)
     log.info("projector started", extra={"port": settings.projector_port,
                                          "projection": settings.projection})

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -219,6 +221,13 @@ class Notifier:
         except OSError:
             return False
 
+    def readyz(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
             return str(r.read().decode())
@@ -333,9 +342,12 @@ def test_an_smtp_outage_delays_e_mails_and_loses_none(
         wait_for(lambda: notifier.metric("notifier_emails_retried_total") >= 2, 30,
                  "the notifier to retry against the stopped sink")
         assert mailbox.counts(course.event_ids).total() == 0
+        wait_for(lambda: notifier.readyz()[0] == 503, 10, "/readyz to say 503 in the outage")
+        assert notifier.readyz()[1]["reason"].startswith("dependency unavailable")
     finally:
         smtp.start(infra.config)
     wait_for(lambda: mailbox.has_all(course.event_ids), 30, "every e-mail after the outage")
+    assert notifier.readyz() == (200, {"status": "ready"})
     marker = course.decide()
     log.flush()
     wait_for(lambda: mailbox.has_all([marker.event_id]), 30, "the marker e-mail")

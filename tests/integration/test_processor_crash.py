@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import defaultdict
@@ -150,6 +151,13 @@ class Worker:
                     and datetime.fromisoformat(entry["ts"]).timestamp() * 1000 >= since_ms):
                 count += 1
         return count
+
+    def ready(self) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as err:
+            return int(err.code)
 
     def health(self) -> dict | None:
         try:
@@ -542,6 +550,7 @@ def test_paused_idle_worker_rejoins_in_a_new_generation(cluster: Cluster) -> Non
         a.signal(signal.SIGCONT)
         cluster.wait_sharing(a, b, timeout=60)
         assert a.health()["generation"] > paused_generation  # type: ignore[index]
+        assert (a.ready(), b.ready()) == (200, 200)
         producer.send_all(rest)
         log.wait_all_decided(set(w.signups), timeout=60)
         report = audit(log, w)

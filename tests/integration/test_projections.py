@@ -323,6 +323,11 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
             agg.count, stats.min_age, stats.max_age, stats.average_age)
 
 
+def readyz(service: Service) -> tuple[int, str]:
+    answer = httpx.get(service.url + "/readyz")
+    return answer.status_code, answer.json().get("reason", "")
+
+
 def test_postgres_restarted_under_load_loses_nothing(
     infra: Infra, projector: Service, log: Log, query_api: str
 ) -> None:
@@ -339,16 +344,20 @@ def test_postgres_restarted_under_load_loses_nothing(
              30, "the course in the query API")
     with httpx.Client() as client, ThreadPoolExecutor(8) as pool:  # several pooled connections
         list(pool.map(lambda _: client.get(f"{query_api}/stats").status_code, range(64)))
+    held = chunks.pop()  # written while PostgreSQL is down, whatever the writer's pace
     writer = threading.Thread(target=lambda: [(log.write(c), time.sleep(0.05)) for c in chunks])
     writer.start()
     time.sleep(0.3)
     postgres.stop_server(infra.config)
-    time.sleep(2)  # down for a while, with the load still coming in
+    log.write(held)
+    wait_for(lambda: readyz(projector) == (503, "PostgreSQL unavailable"), 20,
+             "the projector's /readyz to say 503 in the outage")
     postgres.start(infra.config)
     writer.join(60)
 
     wait_projected(log, timeout=90)
     assert projector.alive()
+    assert readyz(projector) == (200, "")
     assert metric(projector, 'projector_resyncs_total{reason="database"}') > outages_seen
     assert_views_equal_the_events(log.events)
     # The query API's pooled connections died with the server. Not one request fails for

@@ -164,9 +164,12 @@ def test_a_server_outage_pauses_everything_and_resumes_with_the_oldest() -> None
     worker, consumer, handler, clock = make_worker({"a": [DOWN, DOWN, DOWN]}, ["a", "b", "c"])
     run_for(worker, clock, 0.1)
     assert handler.attempts == ["a"] and consumer.paused
+    ready, why = worker.metrics.readiness()
+    assert not ready and why.startswith("dependency unavailable")
     run_for(worker, clock, 1.0 + 2.0 + 4.0 + 0.5)
     assert handler.attempts == ["a", "a", "a", "a", "b", "c"]
     assert not consumer.paused and worker.gate.failures == 0
+    assert worker.metrics.readiness() == (True, "")
     worker.commit(asynchronous=True)
     assert committed(consumer) == 3
 
