@@ -175,27 +175,104 @@ class StableOffsetConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 None, self._high_watermarks, list(partitions))
             pending = [tp for tp in partitions if stable[tp] < high[tp]]
             if not pending:
-                return stable
+                return await asyncio.get_running_loop().run_in_executor(
+                    None, self._after_last_records, dict(stable))
             if time.monotonic() > deadline:
                 fail_stop(f"transactions still pending on {pending} after "
                           f"{PENDING_TRANSACTIONS_TIMEOUT:.0f}s; cannot restore a consistent state")
             await asyncio.sleep(0.05)
 
     def _high_watermarks(self, partitions: list[TP]) -> dict[TP, int]:
-        if self._watermarks is None:
-            hosts = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
-            self._watermarks = ConfluentConsumer({
-                "bootstrap.servers": hosts, "group.id": "course-processor-watermarks",
-                "enable.auto.commit": False, "isolation.level": "read_uncommitted",
-            })
+        watermarks = self._watermark_consumer()
         result = {}
         for tp in partitions:
-            _, high = self._watermarks.get_watermark_offsets(
+            _, high = watermarks.get_watermark_offsets(
                 ConfluentTopicPartition(tp.topic, tp.partition), timeout=10, cached=False)
             result[tp] = high
         return result
 
+    def _after_last_records(self, ends: dict[TP, int]) -> dict[TP, int]:
+        """Per partition, the offset after its last committed record, below `ends`.
+
+        Faust waits until it has read the offset before the end it was given. In a
+        transactional changelog that offset is a commit marker, which no consumer ever
+        sees, so faust would only notice the end after two 5 s read timeouts (its
+        aborted-transaction check): every restore, at every start and rebalance, took
+        10 s longer than its data. This reads the tail of each partition, committed
+        records only, to give faust the end of its data instead. With no committed
+        record at all, the partition's first offset: there is nothing to restore.
+        """
+        result: dict[TP, int] = {}
+        todo: dict[TP, int] = {}
+        for tp, end in ends.items():
+            (todo if end > 0 else result)[tp] = end
+        window = 64
+        deadline = time.monotonic() + PENDING_TRANSACTIONS_TIMEOUT
+        while todo:
+            lows = {tp: self._low_watermark(tp) for tp in todo}
+            starts = {tp: max(lows[tp], end - window) for tp, end in todo.items()}
+            last = self._read_tails(starts, todo, deadline)
+            for tp in list(todo):
+                if tp in last:
+                    result[tp] = last[tp] + 1
+                elif starts[tp] <= lows[tp]:
+                    result[tp] = lows[tp]
+                else:
+                    continue
+                del todo[tp]
+            window *= 8
+        return result
+
+    def _read_tails(self, starts: Mapping[TP, int], ends: Mapping[TP, int],
+                    deadline: float) -> dict[TP, int]:
+        """The offset of the last committed record of each partition in [start, end)."""
+        if self._tails is None:
+            self._tails = ConfluentConsumer({
+                "bootstrap.servers": self._hosts(), "group.id": "course-processor-tails",
+                "enable.auto.commit": False, "isolation.level": "read_committed",
+                "enable.partition.eof": False,
+            })
+        tails = self._tails
+        tps = [ConfluentTopicPartition(tp.topic, tp.partition, starts[tp]) for tp in starts]
+        by_key = {(tp.topic, tp.partition): tp for tp in starts}
+        tails.assign(tps)
+        last: dict[TP, int] = {}
+        try:
+            while True:
+                for msg in tails.consume(1000, 0.2):
+                    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                    if msg.error() is None and topic and partition is not None \
+                            and offset is not None:
+                        tp = by_key[(topic, partition)]
+                        if offset < ends[tp]:
+                            last[tp] = max(last.get(tp, -1), offset)
+                positions = tails.position(tps)
+                if all(pos.offset >= ends[by_key[(pos.topic, pos.partition)]]
+                       for pos in positions):
+                    return last
+                if time.monotonic() > deadline:
+                    fail_stop(f"could not read the changelog tails up to {dict(ends)}")
+        finally:
+            tails.unassign()
+
+    def _low_watermark(self, tp: TP) -> int:
+        low, _ = self._watermark_consumer().get_watermark_offsets(
+            ConfluentTopicPartition(tp.topic, tp.partition), timeout=10, cached=False)
+        return int(low)
+
+    def _hosts(self) -> str:
+        return ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
+
+    def _watermark_consumer(self) -> ConfluentConsumer:
+        if self._watermarks is None:
+            self._watermarks = ConfluentConsumer({
+                "bootstrap.servers": self._hosts(), "group.id": "course-processor-watermarks",
+                "enable.auto.commit": False, "isolation.level": "read_uncommitted",
+            })
+        return self._watermarks
+
     _watermarks: ConfluentConsumer | None = None
+    _tails: ConfluentConsumer | None = None
 
 
 class StableOffsetConsumer(faust_aiokafka.Consumer):

@@ -48,6 +48,8 @@ def readiness(p: Processor) -> tuple[bool, str]:
         p.app.consumer.assignment()
     except ConsumerNotStarted:
         return False, "the consumer has not started"
+    if not p.app.consumer_generation_id:
+        return False, "not in the consumer group yet"
     if p.app.rebalancing:
         return False, "rebalancing"
     if p.app.in_recovery:
