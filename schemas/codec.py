@@ -74,7 +74,6 @@ class _Reader:
     writer: Schema
     # None when the writer is the latest version: no resolution needed.
     reader: Schema | None
-    cls: type[Message]
 
 
 def schema_fingerprint(schema: Schema) -> bytes:
@@ -146,15 +145,12 @@ def _writers(latest: dict[str, _Version], classes: dict[str, type[Message]]) -> 
     }
 
 
-def _readers(
-    versions: list[_Version], latest: dict[str, _Version], classes: dict[str, type[Message]]
-) -> dict[bytes, _Reader]:
+def _readers(versions: list[_Version], latest: dict[str, _Version]) -> dict[bytes, _Reader]:
     return {
         v.fingerprint: _Reader(
             name=v.name,
             writer=v.parsed,
             reader=None if v is latest[v.name] else latest[v.name].parsed,
-            cls=classes[v.name],
         )
         for v in versions
     }
@@ -173,7 +169,7 @@ _LATEST = _latest(_VERSIONS)
 _CLASSES = _message_classes()
 _check_coverage(_LATEST, _CLASSES)
 _WRITERS = _writers(_LATEST, _CLASSES)
-_READERS = _readers(_VERSIONS, _LATEST, _CLASSES)
+_READERS = _readers(_VERSIONS, _LATEST)
 
 
 def encode(message: Message) -> bytes:
