@@ -256,7 +256,7 @@ def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
     print(json.dumps(results["projector_live"]), flush=True)
 
     processes.append(spawn("projections.api", env, config.run_dir / "api.log"))
-    url = f"http://127.0.0.1:{config.query_api_port}"
+    url = config.query_url
     try:
         wait_for(lambda: http_ok(url + "/readyz"), 60, "the query API")
         sequential(url, paths(work, 300))  # warm-up: connections, prepared statements

@@ -230,7 +230,7 @@ class Bench:
 
     async def _create_live(self) -> None:
         headers = {"Authorization": f"Bearer {self.stack.config.admin_token()}"}
-        async with aiohttp.ClientSession(self.stack.command_url) as client:
+        async with aiohttp.ClientSession(self.stack.config.command_url) as client:
             for course in self.live:
                 async with client.post("/courses", headers=headers, json={
                         "course_id": course, "title": f"Live {course}", "lecturer": "Dr. Load",
@@ -263,7 +263,7 @@ class Bench:
         """A fixed number of sign-ups at saturation: first request sent to last decision
         projected."""
         before = self.projected()
-        result = self.generate(self.stack.command_url, f"burst-{before}", 300,
+        result = self.generate(self.stack.config.command_url, f"burst-{before}", 300,
                                signups=",".join(self.live), tag=self.tag(),
                                concurrency=CONCURRENCY, seconds=240, max=self.sizes.burst)
         accepted = ok_rows(result, 202)
@@ -291,7 +291,7 @@ class Bench:
 
         log("figure 1: closed-loop probe of the command API")
         counted0 = bs.processor_commands(self.stack)
-        probe = self.generate(self.stack.command_url, "fig1-probe", sizes.probe_s + 60,
+        probe = self.generate(self.stack.config.command_url, "fig1-probe", sizes.probe_s + 60,
                               signups=",".join(self.live), tag=self.tag(),
                               concurrency=CONCURRENCY, seconds=sizes.probe_s)
         decided = bs.processor_commands(self.stack) - counted0
@@ -314,7 +314,7 @@ class Bench:
                                        "concurrency": CONCURRENCY, "seconds": sizes.hold_s}
             if rate is not None:
                 options["rate"] = rate
-            hold = self.generate(self.stack.command_url, "fig1-hold", sizes.hold_s + 90,
+            hold = self.generate(self.stack.config.command_url, "fig1-hold", sizes.hold_s + 90,
                                  **options)
             accepted = ok_rows(hold, 202)
             self.expected += len(accepted)
@@ -422,7 +422,7 @@ class Bench:
         log(f"figure 2: decision latency, open loop at {rate}/s for {seconds:.0f}s")
         cpu0 = {n: bs.process_cpu(self.stack.pid(n)) for n in ("processor", "command-api")}
         with Monitor(self.stack, sample=False) as monitor:
-            result = self.generate(self.stack.command_url, "fig2-latency", seconds + 90,
+            result = self.generate(self.stack.config.command_url, "fig2-latency", seconds + 90,
                                    signups=",".join(self.live), tag=self.tag(), rate=rate,
                                    seconds=seconds)
             accepted = ok_rows(result, 202)
@@ -542,7 +542,7 @@ class Bench:
         with bs.baseline_app(self.work / "baseline-app.log") as url:
             for n in range(2):
                 runs["query"].append(self.generate(
-                    self.stack.query_url, f"fig5-query-{n}", seconds + 60, paths=mixed,
+                    self.stack.config.query_url, f"fig5-query-{n}", seconds + 60, paths=mixed,
                     concurrency=QUERY_CONCURRENCY, seconds=seconds / 2))
                 runs["baseline"].append(self.generate(
                     url, f"fig5-baseline-{n}", seconds + 60, paths=trivial,

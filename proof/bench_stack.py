@@ -46,14 +46,6 @@ class BenchStack:
     def database_url(self) -> str:
         return self.config.database_url
 
-    @property
-    def command_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.command_api_port}"
-
-    @property
-    def query_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.query_api_port}"
-
     def cli(self, command: str, only: str | None = None) -> None:
         env = {**self.env, **({"STACK_ONLY": only} if only else {})}
         done = subprocess.run([sys.executable, "-m", "stack", command], env=env, cwd=ROOT,

@@ -765,9 +765,10 @@ async def suite(stack: Stack, profile: Profile, names: list[str],
     print(f"stack up in {took:.1f}s", flush=True)
     mails = audit.MailIndex(stack.config.mail_dir)
     connections = profile.concurrency + profile.burst + 8
-    client = aiohttp.ClientSession(stack.command_url, timeout=aiohttp.ClientTimeout(total=30),
+    client = aiohttp.ClientSession(stack.config.command_url,
+                                   timeout=aiohttp.ClientTimeout(total=30),
                                    connector=aiohttp.TCPConnector(limit=connections))
-    query = aiohttp.ClientSession(stack.query_url, timeout=aiohttp.ClientTimeout(total=30))
+    query = aiohttp.ClientSession(stack.config.query_url, timeout=aiohttp.ClientTimeout(total=30))
     results = []
     async with client, query:
         for name in names:

@@ -75,14 +75,6 @@ class Stack:
     env: dict[str, str]
     owned: bool  # started by the suite in a temporary directory
 
-    @property
-    def command_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.command_api_port}"
-
-    @property
-    def query_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.query_api_port}"
-
     def processor_url(self, name: str) -> str:
         two = replace(self.config, processors=2)
         return next(s.url for s in services(two) if s.name == name)

@@ -110,8 +110,8 @@ async def main() -> int:
     concurrency = int(os.environ.get("DEMO_CONCURRENCY", "64"))
     run = uuid.uuid4().hex[:6]
     rng = random.Random(run)
-    command = session(f"http://127.0.0.1:{config.command_api_port}", concurrency)
-    query = session(f"http://127.0.0.1:{config.query_api_port}", 32)
+    command = session(config.command_url, concurrency)
+    query = session(config.query_url, 32)
     async with command, query:
         courses = await create_courses(command, config.admin_token(), run)
         requests = plan(list(courses), total, rng, run)
@@ -169,9 +169,9 @@ async def print_stats(query: aiohttp.ClientSession, courses: dict[str, dict]) ->
 
 
 def urls(config: StackConfig) -> str:
-    return (f"\nExplore:\n  command API  http://127.0.0.1:{config.command_api_port}/docs\n"
-            f"  query API    http://127.0.0.1:{config.query_api_port}/docs\n"
-            f"  stats        http://127.0.0.1:{config.query_api_port}/stats\n"
+    return (f"\nExplore:\n  command API  {config.command_url}/docs\n"
+            f"  query API    {config.query_url}/docs\n"
+            f"  stats        {config.query_url}/stats\n"
             f"  e-mails      {config.mail_dir}\n")
 
 

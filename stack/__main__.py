@@ -63,8 +63,7 @@ def summary(config: StackConfig) -> str:
     for service in services(config):
         if service.built():
             lines.append(f"{service.name:<17} {service.url}  (metrics: {service.url}/metrics)")
-    lines.append(f"OpenAPI           http://127.0.0.1:{config.command_api_port}/docs  "
-                 f"http://127.0.0.1:{config.query_api_port}/docs")
+    lines.append(f"OpenAPI           {config.command_url}/docs  {config.query_url}/docs")
     lines.append(f"Admin token       {config.admin_token()}")
     return "\n".join(lines)
 

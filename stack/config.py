@@ -86,6 +86,14 @@ class StackConfig:
         return f"postgresql://postgres@127.0.0.1:{self.pg_port}/coursesignup"
 
     @property
+    def command_url(self) -> str:
+        return f"http://127.0.0.1:{self.command_api_port}"
+
+    @property
+    def query_url(self) -> str:
+        return f"http://127.0.0.1:{self.query_api_port}"
+
+    @property
     def python(self) -> str:
         return sys.executable
 

@@ -30,14 +30,6 @@ class RunningStack:
     config: StackConfig
     env: dict[str, str]
 
-    @property
-    def command_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.command_api_port}"
-
-    @property
-    def query_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.query_api_port}"
-
     def cli(self, command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "stack", command], env=self.env,
                               text=True, capture_output=True, timeout=300)

@@ -16,7 +16,7 @@ def test_2000_concurrent_signups_from_1500_students_fill_50_seats(
     full_stack: RunningStack,
 ) -> None:
     course_id = f"crowded-{uuid.uuid4().hex[:10]}"
-    created = httpx.post(f"{full_stack.command_url}/courses",
+    created = httpx.post(f"{full_stack.config.command_url}/courses",
                          headers={"Authorization": f"Bearer {full_stack.config.admin_token()}"},
                          json={"course_id": course_id, "title": "Popular", "lecturer": "Dr. P",
                                "capacity": 50}, timeout=30)
@@ -30,7 +30,7 @@ def test_2000_concurrent_signups_from_1500_students_fill_50_seats(
     rng.shuffle(requests)
 
     async def fire() -> list:
-        async with session(full_stack.command_url, 100) as client:
+        async with session(full_stack.config.command_url, 100) as client:
             return await bounded(
                 [lambda s=s, e=e: sign_up(client, course_id, s, email=e) for s, e in requests],
                 100, lambda _: None)
@@ -41,7 +41,7 @@ def test_2000_concurrent_signups_from_1500_students_fill_50_seats(
     assert len(signup_ids) == 2000
 
     def all_decided() -> dict | None:
-        stats = httpx.get(f"{full_stack.query_url}/courses/{course_id}/stats", timeout=10)
+        stats = httpx.get(f"{full_stack.config.query_url}/courses/{course_id}/stats", timeout=10)
         if stats.status_code != 200 or stats.json()["enrolled"] < 50:
             return None
         return stats.json()
@@ -51,7 +51,7 @@ def test_2000_concurrent_signups_from_1500_students_fill_50_seats(
 
     def decisions() -> list[dict] | None:
         found = []
-        with httpx.Client(base_url=full_stack.query_url, timeout=10) as client:
+        with httpx.Client(base_url=full_stack.config.query_url, timeout=10) as client:
             for signup_id in signup_ids:
                 response = client.get(f"/signups/{signup_id}")
                 if response.status_code != 200:

@@ -14,7 +14,7 @@ from tests.e2e.conftest import RunningStack, eventually
 
 def _create_course(stack: RunningStack, capacity: int) -> str:
     course_id = f"e2e-{uuid.uuid4().hex[:10]}"
-    response = httpx.post(f"{stack.command_url}/courses",
+    response = httpx.post(f"{stack.config.command_url}/courses",
                           headers={"Authorization": f"Bearer {stack.config.admin_token()}"},
                           json={"course_id": course_id, "title": "Stream Processing",
                                 "lecturer": "Dr. Kreps", "capacity": capacity}, timeout=30)
@@ -23,7 +23,7 @@ def _create_course(stack: RunningStack, capacity: int) -> str:
 
 
 def _decision(stack: RunningStack, signup_id: str) -> dict | None:
-    response = httpx.get(f"{stack.query_url}/signups/{signup_id}", timeout=10)
+    response = httpx.get(f"{stack.config.query_url}/signups/{signup_id}", timeout=10)
     return response.json() if response.status_code == 200 else None
 
 
@@ -45,8 +45,8 @@ def test_a_signup_is_decided_projected_and_mailed(full_stack: RunningStack) -> N
         {"email": f"li.{uuid.uuid4().hex[:6]}@example.org", "name": "李小龙",
          "date_of_birth": "1990-01-01"},
     ]
-    first = httpx.post(f"{full_stack.command_url}/courses/{course_id}/signups", json=bodies[0],
-                       timeout=30)
+    first = httpx.post(f"{full_stack.config.command_url}/courses/{course_id}/signups",
+                       json=bodies[0], timeout=30)
     assert first.status_code == 202, first.text
     accepted_id = first.json()["signup_id"]
     assert first.headers["Location"] == f"/signups/{accepted_id}"
@@ -54,13 +54,13 @@ def test_a_signup_is_decided_projected_and_mailed(full_stack: RunningStack) -> N
     assert decided == {"signup_id": accepted_id, "course_id": course_id, "status": "accepted",
                        "reason": None}
 
-    second = httpx.post(f"{full_stack.command_url}/courses/{course_id}/signups",
+    second = httpx.post(f"{full_stack.config.command_url}/courses/{course_id}/signups",
                         json=bodies[1], timeout=30)
     rejected_id = second.json()["signup_id"]
     rejected = eventually(lambda: _decision(full_stack, rejected_id), 60, "the second decision")
     assert (rejected["status"], rejected["reason"]) == ("rejected", "course_full")
 
-    stats = httpx.get(f"{full_stack.query_url}/courses/{course_id}/stats",
+    stats = httpx.get(f"{full_stack.config.query_url}/courses/{course_id}/stats",
                       params={"as_of": "2026-05-17"}, timeout=10).json()
     assert (stats["enrolled"], stats["capacity"], stats["min_age"], stats["max_age"]) == \
         (1, 1, 26, 26)
@@ -73,9 +73,10 @@ def test_a_signup_is_decided_projected_and_mailed(full_stack: RunningStack) -> N
 
 
 def test_unknown_course_is_rejected_with_its_reason(full_stack: RunningStack) -> None:
-    response = httpx.post(f"{full_stack.command_url}/courses/no-such-course-{uuid.uuid4().hex[:6]}"
-                          "/signups", json={"email": "ann@example.org", "name": "Ann",
-                                            "date_of_birth": "2001-02-03"}, timeout=30)
+    course_id = f"no-such-course-{uuid.uuid4().hex[:6]}"
+    response = httpx.post(f"{full_stack.config.command_url}/courses/{course_id}/signups",
+                          json={"email": "ann@example.org", "name": "Ann",
+                                "date_of_birth": "2001-02-03"}, timeout=30)
     assert response.status_code == 202
     signup_id = response.json()["signup_id"]
     decided = eventually(lambda: _decision(full_stack, signup_id), 60, "the decision")
@@ -103,7 +104,7 @@ def test_one_grep_follows_a_signup_and_logs_hold_no_personal_data(
     correlation_id = f"trace-{uuid.uuid4().hex}"
     address = f"private.{uuid.uuid4().hex[:8]}@example.org"
     response = httpx.post(
-        f"{full_stack.command_url}/courses/{course_id}/signups",
+        f"{full_stack.config.command_url}/courses/{course_id}/signups",
         json={"email": address, "name": "Secret Name", "date_of_birth": "1987-06-05"},
         headers={"X-Correlation-Id": correlation_id}, timeout=30)
     assert response.headers["X-Correlation-Id"] == correlation_id
