@@ -171,27 +171,27 @@ class StableOffsetConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         deadline = time.monotonic() + PENDING_TRANSACTIONS_TIMEOUT
         while True:
             stable = cast(Mapping[TP, int], await consumer.end_offsets(list(partitions)))
-            high = await asyncio.get_running_loop().run_in_executor(
-                None, self._high_watermarks, list(partitions))
-            pending = [tp for tp in partitions if stable[tp] < high[tp]]
+            watermarks = await asyncio.get_running_loop().run_in_executor(
+                None, self._watermark_offsets, list(partitions))
+            pending = [tp for tp in partitions if stable[tp] < watermarks[tp][1]]
             if not pending:
+                lows = {tp: low for tp, (low, _) in watermarks.items()}
                 return await asyncio.get_running_loop().run_in_executor(
-                    None, self._after_last_records, dict(stable))
+                    None, self._after_last_records, dict(stable), lows)
             if time.monotonic() > deadline:
                 fail_stop(f"transactions still pending on {pending} after "
                           f"{PENDING_TRANSACTIONS_TIMEOUT:.0f}s; cannot restore a consistent state")
             await asyncio.sleep(0.05)
 
-    def _high_watermarks(self, partitions: list[TP]) -> dict[TP, int]:
-        watermarks = self._watermark_consumer()
-        result = {}
-        for tp in partitions:
-            _, high = watermarks.get_watermark_offsets(
-                ConfluentTopicPartition(tp.topic, tp.partition), timeout=10, cached=False)
-            result[tp] = high
-        return result
+    def _watermark_offsets(self, partitions: list[TP]) -> dict[TP, tuple[int, int]]:
+        """(low, high) watermark of each partition, read_uncommitted, asked of the broker."""
+        consumer = self._watermark_consumer()
+        return {tp: cast(tuple[int, int], consumer.get_watermark_offsets(
+                    ConfluentTopicPartition(tp.topic, tp.partition), timeout=10, cached=False))
+                for tp in partitions}
 
-    def _after_last_records(self, ends: dict[TP, int]) -> dict[TP, int]:
+    def _after_last_records(self, ends: dict[TP, int], lows: Mapping[TP, int]
+                            ) -> dict[TP, int]:
         """Per partition, the offset after its last committed record, below `ends`.
 
         Faust waits until it has read the offset before the end it was given. In a
@@ -209,7 +209,6 @@ class StableOffsetConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         window = 64
         deadline = time.monotonic() + PENDING_TRANSACTIONS_TIMEOUT
         while todo:
-            lows = {tp: self._low_watermark(tp) for tp in todo}
             starts = {tp: max(lows[tp], end - window) for tp, end in todo.items()}
             last = self._read_tails(starts, todo, deadline)
             for tp in list(todo):
@@ -254,11 +253,6 @@ class StableOffsetConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                     fail_stop(f"could not read the changelog tails up to {dict(ends)}")
         finally:
             tails.unassign()
-
-    def _low_watermark(self, tp: TP) -> int:
-        low, _ = self._watermark_consumer().get_watermark_offsets(
-            ConfluentTopicPartition(tp.topic, tp.partition), timeout=10, cached=False)
-        return int(low)
 
     def _hosts(self) -> str:
         return ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
