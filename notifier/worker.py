@@ -127,8 +127,9 @@ class Worker:
     def step(self) -> None:
         self.metrics.beat()
         now = self.clock()
-        self.metrics.unready = None if self.gate.is_open(now) else self._outage
-        job = self.parked.pop_due(now) if self.gate.is_open(now) else None
+        can_send = self.gate.is_open(now)
+        self.metrics.unready = None if can_send else self._outage
+        job = self.parked.pop_due(now) if can_send else None
         if job is not None:
             self.attempt(job)
         else:

@@ -70,7 +70,7 @@ class GlobalStatsOut(BaseModel):
     as_of: date
 
 
-# ------------------------------------------------------------------ dependencies
+# ------------------------------------------------------------------ database and as_of
 
 
 class Database:
