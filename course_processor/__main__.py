@@ -1,20 +1,19 @@
 """Run one course-processor worker.
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python -m course_processor
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 PSEUDONYM_SECRET=... .venv/bin/python -m course_processor
 
-Environment: KAFKA_BOOTSTRAP_SERVERS (required), PARTITIONS (4), PROCESSOR_PORT (6066,
-serves GET /metrics and GET /healthz), PROCESSING_GUARANTEE (exactly_once),
-PROCESSOR_STORE (memory://), PROCESSOR_DATA_DIR, LOG_LEVEL (INFO), PROCESSOR_APP_ID
-(course-processor: also the consumer group and the transactional.id prefix),
-PROCESSOR_SESSION_TIMEOUT (10 s), PROCESSOR_COMMIT_INTERVAL (0.1 s),
-PROCESSOR_LINGER (0.02 s). Start more
-workers with the same PROCESSOR_APP_ID (and another PROCESSOR_PORT) to share the
-partitions.
+Environment: KAFKA_BOOTSTRAP_SERVERS and PSEUDONYM_SECRET (the key of the seat keys'
+HMAC, the same for every worker) are required; PARTITIONS (4), PROCESSOR_PORT (6066,
+serves GET /metrics, /healthz and /readyz), PROCESSOR_DATA_DIR (the local state: one
+RocksDB per owned partition), LOG_LEVEL (INFO), PROCESSOR_APP_ID (course-processor:
+also the consumer group and the transactional.id prefix), PROCESSOR_SESSION_TIMEOUT
+(10 s), PROCESSOR_COMMIT_INTERVAL (0.1 s), PROCESSOR_LINGER (0.02 s),
+PROCESSOR_BUILD_FROM_EVENTS (true). Start more workers with the same PROCESSOR_APP_ID
+(and another PROCESSOR_PORT and PROCESSOR_DATA_DIR) to share the partitions.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging.config
 import os
 import sys
@@ -22,22 +21,20 @@ import sys
 from faust import Worker
 
 from course_processor.admin import check_topics, ensure_changelogs
-from course_processor.app import create_app
+from course_processor.bootstrap import bootstrap
 from course_processor.logs import logging_config
 from course_processor.settings import Settings, SettingsError
-from course_processor.web import add_routes
 
 
 def main() -> None:
     try:
         settings = Settings.from_env(os.environ)
         logging.config.dictConfig(logging_config(settings.log_level))
-        settings = dataclasses.replace(settings, partitions=check_topics(settings))
-        processor = create_app(settings)
-        ensure_changelogs(settings, processor.changelog_topics())
+        settings = settings.model_copy(update={"partitions": check_topics(settings)})
+        processor = bootstrap(settings)
+        ensure_changelogs(settings, list(processor.changelog_topics().values()))
     except SettingsError as exc:
         sys.exit(f"course_processor: {exc}")
-    add_routes(processor)
     worker = Worker(
         processor.app,
         loglevel=settings.log_level,

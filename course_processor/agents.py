@@ -1,29 +1,29 @@
-"""The agent: each command on course-commands becomes exactly one event on course-events.
+"""The agent: each command on course-commands becomes at most one event on course-events.
 
 Per command: read it, decide it against the tables (decider.py, domain.py), send the
-event. In exactly_once the table changes, the event and the command's offset are
-one Kafka transaction (transactions.py).
+event. The table changes, the event and the command's offset are one Kafka
+transaction (transactions.py). A command already decided (a repeated request) is
+acknowledged and writes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from time import perf_counter
 
 import faust
 from faust.types import Message
 
 from course_processor.app import Processor
+from course_processor.commands import Unprocessable, read_command
+from course_processor.continuity import Continuity
+from course_processor.deadletter import dlq_headers
 from course_processor.decider import Decider, utc_now
-from course_processor.records import (
-    Continuity,
-    Unprocessable,
-    dlq_headers,
-    event_headers,
-    outcome,
-    read_command,
-)
-from course_processor.transactions import fail_stop
+from course_processor.failstop import fail_stop
+from course_processor.tables import StagedStore
+from course_processor.wire import event_headers, outcome
+from schemas.codec import encode
 
 log = logging.getLogger("course_processor")
 
@@ -37,10 +37,22 @@ def register(p: Processor) -> None:
     async def decide(stream: faust.StreamT) -> None:
         async for event in stream.events():
             try:
-                await handler.handle(event.message)
+                # The lock keeps a commit out while a command is half decided. Without
+                # it a commit could carry this command's table changes but not its
+                # event (they are sent one after the other); a crash then would leave
+                # the restored tables saying "decided" for a sign-up whose decision
+                # never reached the log, and the redo would write nothing.
+                async with p.app.decision_lock:
+                    await handler.handle(event.message)
             except Exception as exc:
                 # Not acked, not committed: a restart decides this command again.
                 fail_stop("a command could not be processed", exc)
+
+
+def _oldest(table: faust.types.TableT) -> Callable[[int], list[str]]:
+    store = table.data
+    assert isinstance(store, StagedStore)
+    return lambda limit: [store._decode_key(k) for k in store.oldest_keys(limit)]  # noqa: SLF001
 
 
 class CommandHandler:
@@ -49,7 +61,8 @@ class CommandHandler:
         self.metrics = p.metrics
         # The tables are co-partitioned with course-commands: the worker that owns a
         # course's partition is the only reader and writer of that course's entries.
-        self.decider = Decider(p.courses, p.seats, p.decisions)
+        self.decider = Decider(p.courses, p.seats, p.decided, p.settings.secret,
+                               oldest=_oldest(p.decided))
         self.continuity = Continuity()
 
     async def handle(self, message: Message) -> None:
@@ -63,21 +76,24 @@ class CommandHandler:
         except Unprocessable as exc:
             await self.dead_letter(message, exc)
             return
-        value, event = self.decider.decide(cmd)
-        headers = event_headers(event, self.p.processor_id, generation)
-        await self.p.events.send(key=message.key, value=value, headers=headers)
-        decided, reason = outcome(event)
+        event = self.decider.decide(cmd)
         self.metrics.commands.labels(type(cmd).__name__).inc()
+        fields = {"correlation_id": cmd.correlation_id, "command_id": cmd.command_id,
+                  "signup_id": getattr(cmd, "signup_id", None), "course_id": cmd.course_id,
+                  "partition": message.partition, "offset": message.offset,
+                  "generation": generation}
+        if event is None:
+            self.metrics.repeats.inc()
+            log.info("already decided", extra=fields)
+            return
+        headers = event_headers(event, self.p.processor_id, generation)
+        await self.p.events.send(key=message.key, value=encode(event), headers=headers)
+        decided, reason = outcome(event)
         self.metrics.decisions.labels(decided, reason).inc()
         self.metrics.processing.observe(perf_counter() - started)
-        log.info("decided", extra={
-            "correlation_id": event.correlation_id, "command_id": cmd.command_id,
-            "signup_id": getattr(cmd, "signup_id", None), "course_id": cmd.course_id,
-            "event_id": event.event_id, "event_type": event.event_type,
-            "outcome": decided, "reason": reason or None,
-            "partition": message.partition, "offset": message.offset,
-            "generation": generation,
-        })
+        log.info("decided", extra={**fields, "event_id": event.event_id,
+                                   "event_type": event.event_type, "outcome": decided,
+                                   "reason": reason or None})
 
     async def dead_letter(self, message: Message, exc: Unprocessable) -> None:
         headers = dlq_headers(str(exc), message.topic, message.partition, message.offset,

@@ -1,9 +1,15 @@
-"""The faust app of the course processor: topics, tables and agent, built by create_app()."""
+"""The faust app of the course processor: topics and tables, built by create_app().
+
+The agent that decides is added by agents.register(); bootstrap.py puts the two
+together.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,13 +18,30 @@ from faust.transport.base import Transport
 from faust.types import TableT
 
 from course_processor.metrics import Metrics
-from course_processor.recovery import SeekFirstTableManager
+from course_processor.recovery import LocalStateTableManager
 from course_processor.settings import Settings
+from course_processor.state import LocalState
+from course_processor.tables import StagedTable
 from course_processor.transactions import FencedTransport
+
+# Table names; each one's changelog topic is "<app id>-<name>-changelog". They are
+# not the names of the in-memory tables of earlier versions (`seats`, `decisions`),
+# whose changelogs held personal data: those are left alone (see migrate.py).
+COURSES, SEATS, DECIDED = "courses", "seat_holders", "decided_signups"
+TABLES = (COURSES, SEATS, DECIDED)
 
 
 class ProcessorApp(faust.App):
-    """A faust.App whose Kafka transport keeps every write in the transaction (transactions.py)."""
+    """A faust.App whose tables live in a LocalState and whose writes stay in the
+    transaction of their command (transactions.py)."""
+
+    local_state: LocalState
+    # Held while a command is decided and while a commit runs, so a commit never
+    # carries part of a command's records (see agents.py).
+    decision_lock: asyncio.Lock
+    # Brings the owned partitions' local state up to date on assignment (bootstrap.py).
+    restorer: Callable[[set[int]], None]
+    commands_topic: str
 
     def _new_transport(self) -> Transport:
         return FencedTransport(self.conf.broker_consumer, self)
@@ -29,56 +52,58 @@ class ProcessorApp(faust.App):
 
 @dataclass(frozen=True)
 class Processor:
-    app: faust.App
+    app: ProcessorApp
     settings: Settings
     metrics: Metrics
     commands: faust.TopicT
     events: faust.TopicT
     dead_letters: faust.TopicT
-    # All three are co-partitioned with course-commands (key = course id, or a key
-    # that starts with it), so the worker owning a course's partition is the only
-    # reader and writer of that course's entries.
-    courses: TableT   # course_id -> Course as a dict
-    seats: TableT     # enrollment_key(course_id, email) -> signup_id holding the seat
-    decisions: TableT  # signup_id -> Avro bytes of the decision event, re-sent on repeats
+    # All three are co-partitioned with course-commands: every change is written in
+    # the partition of the command being decided, so the worker owning a course's
+    # partition is the only reader and writer of that course's entries.
+    courses: TableT
+    seats: TableT
+    decided: TableT
     # Names this worker process in the "processor_id" header of what it writes.
     processor_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
-    def changelog_topics(self) -> list[str]:
-        return [t.changelog_topic.get_topic_name() for t in (self.courses, self.seats,
-                                                              self.decisions)]
+    @property
+    def tables(self) -> dict[str, TableT]:
+        return {COURSES: self.courses, SEATS: self.seats, DECIDED: self.decided}
+
+    def changelog_topics(self) -> dict[str, str]:
+        """Table name -> its changelog topic."""
+        return {name: t.changelog_topic.get_topic_name() for name, t in self.tables.items()}
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Processor:
-    """Build the app, its topics, tables and agent; nothing connects before the worker starts."""
+    """Build the app, its topics and tables; nothing connects before the worker starts."""
     app = ProcessorApp(settings.app_id, **faust_settings(settings))
-    processor = Processor(
+    app.local_state = LocalState(settings.data_dir, TABLES)
+    app.decision_lock = asyncio.Lock()
+    return Processor(
         app=app,
         settings=settings,
         metrics=metrics or Metrics(),
         commands=_raw_topic(app, settings.commands_topic),
         events=_raw_topic(app, settings.events_topic),
         dead_letters=_raw_topic(app, settings.dlq_topic),
-        courses=_table(app, settings, "courses"),
-        seats=_table(app, settings, "seats"),
-        decisions=_table(app, settings, "decisions", value_type=bytes),
+        courses=_table(app, settings, COURSES),
+        seats=_table(app, settings, SEATS, value_type=str),
+        decided=_table(app, settings, DECIDED, value_type=str),
     )
-    # Imported here: agents.py needs the tables above to exist.
-    from course_processor.agents import register
-
-    register(processor)
-    return processor
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
     return {
         "broker": settings.broker_url,
-        "store": settings.store,
         "datadir": str(settings.data_dir),
-        "processing_guarantee": settings.processing_guarantee,
+        # Kafka transactions make table changes, decision events and the consumed
+        # offsets one atomic write, and fence a paused worker (see transactions.py).
+        "processing_guarantee": "exactly_once",
         "topic_partitions": settings.partitions,
-        # A standby copy buys nothing with the in-memory store: a new owner
-        # replays the changelog from its start either way.
+        # A standby would write a partition's tables into the same directory as the
+        # worker's own, which this version does not separate (see README, Scaling).
         "table_standby_replicas": 0,
         "broker_session_timeout": settings.session_timeout,
         "broker_heartbeat_interval": min(3.0, settings.session_timeout / 3),
@@ -89,7 +114,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "consumer_auto_offset_reset": "earliest",
         "web_port": settings.port,
         "web_bind": settings.host,
-        "TableManager": SeekFirstTableManager,
+        "Table": StagedTable,
+        "TableManager": LocalStateTableManager,
         "autodiscover": False,
     }
 
@@ -102,6 +128,6 @@ def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
 def _table(
     app: faust.App, settings: Settings, name: str, value_type: type | None = None
 ) -> TableT:
-    # Faust picks the changelog serializer from the types: raw for bytes, else JSON.
+    # JSON keys and values: the changelog topics stay readable with any Kafka tool.
     return app.Table(name, default=None, partitions=settings.partitions,
                      key_type=str, value_type=value_type)

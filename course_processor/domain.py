@@ -33,14 +33,6 @@ class Course:
     seats_taken: int = 0
 
 
-def enrollment_key(course_id: str, email: str) -> str:
-    """The key of one student's seat in one course.
-
-    Unambiguous because a course id (validated on creation) never contains "/".
-    """
-    return f"{course_id}/{email.strip().casefold()}"
-
-
 def validate(cmd: Command) -> list[str]:
     """Problems that make a command impossible to decide; empty when it is fine."""
     if isinstance(cmd, CreateCourse):
@@ -75,8 +67,11 @@ def _missing(value: str, field: str) -> list[str]:
 
 def decide_create(
     course: Course | None, cmd: CreateCourse, now: datetime
-) -> CourseCreated | CourseCreationRejected:
-    if course is None or _same_details(course, cmd):
+) -> CourseCreated | CourseCreationRejected | None:
+    """The event of a course creation; None for a repeat of the creation that made it."""
+    if course is not None and _same_details(course, cmd):
+        return None
+    if course is None:
         return CourseCreated(
             **_metadata(cmd, "CourseCreated", now),
             title=cmd.title,
@@ -98,19 +93,20 @@ def _same_details(course: Course, cmd: CreateCourse) -> bool:
 
 def decide_signup(
     course: Course | None,
-    prior: Decision | None,
     seat_holder: str | None,
     cmd: SignUp,
     now: datetime,
-) -> Decision:
-    if prior is not None:
-        return prior
+) -> Decision | None:
+    """The decision on a sign-up not decided before; None if this sign-up holds the seat.
+
+    `seat_holder` is the sign-up id holding the student's seat in this course. When it
+    is this very sign-up, the sign-up was accepted before (its memory of the decision
+    may have expired): a repeat, which takes no second seat and writes nothing.
+    """
     if course is None:
         return _reject(cmd, "course_not_found", now)
     if seat_holder == cmd.signup_id:
-        # The seat was stored but the decision was not (a crash between table
-        # writes): accept again without taking a second seat.
-        return _accept(course, cmd, now, seats_taken=course.seats_taken)
+        return None
     if seat_holder is not None:
         return _reject(cmd, "already_enrolled", now)
     if course.seats_taken >= course.capacity:

@@ -21,6 +21,14 @@ class Metrics:
             "processor_dlq", "Commands sent to the dead-letter topic, by reason.",
             ["reason"], registry=r,
         )
+        self.repeats = Counter(
+            "processor_repeats", "Commands already decided (repeated requests): nothing written.",
+            registry=r,
+        )
+        self.restored = Counter(
+            "processor_restored_records",
+            "Changelog records read into the local state on assignments.", registry=r,
+        )
         self.processing = Histogram(
             "processor_processing_seconds", "Time to decide one command and queue its event.",
             buckets=LATENCY_BUCKETS, registry=r,

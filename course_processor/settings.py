@@ -3,46 +3,69 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import topics
-
-N = TypeVar("N", int, float)
-GUARANTEES = ("exactly_once", "at_least_once")
 
 
 class SettingsError(ValueError):
     """The environment does not describe a runnable processor."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    kafka_bootstrap_servers: str
-    partitions: int = 4
-    port: int = 6066
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _env(name: str, *more: str) -> AliasChoices:
+    return AliasChoices(name, *more)
+
+
+class Settings(BaseSettings):
+    """Every knob of the processor; the alias of each field is its environment variable."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, frozen=True, populate_by_name=True)
+
+    kafka_bootstrap_servers: str = Field(min_length=1,
+                                         validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"))
+    # The key of the seat keys' HMAC (schemas.pseudonyms). Every worker of the group
+    # needs the same one; `make up` generates it once into $RUN_DIR/pseudonym-secret.
+    pseudonym_secret: SecretStr = Field(validation_alias=_env("PSEUDONYM_SECRET"))
+    partitions: int = Field(default=4, gt=0, validation_alias=_env("PARTITIONS"))
+    port: int = Field(default=6066, ge=1, le=65535, validation_alias=_env("PROCESSOR_PORT"))
     # Loopback unless told otherwise (docker compose sets HOST=0.0.0.0).
-    host: str = "127.0.0.1"
-    # exactly_once: Kafka transactions make table changes, decision events and the
-    # consumed offsets one atomic write, and fence a paused worker (see transactions.py).
-    processing_guarantee: str = "exactly_once"
-    store: str = "memory://"
-    data_dir: Path = Path(".run/processor")
-    log_level: str = "INFO"
-    app_id: str = "course-processor"
+    host: str = Field(default="127.0.0.1", validation_alias=_env("PROCESSOR_HOST", "HOST"))
+    # One RocksDB per owned partition lives here (state.py); it survives restarts.
+    data_dir: Path = Field(default=Path(".run/processor"),
+                           validation_alias=_env("PROCESSOR_DATA_DIR"))
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+    ] = Field(default="INFO", validation_alias=_env("LOG_LEVEL"))
+    app_id: str = Field(default="course-processor", min_length=1,
+                        validation_alias=_env("PROCESSOR_APP_ID"))
     # A dead worker's partitions move after this long; it also bounds a paused one.
-    session_timeout: float = 10.0
-    # In exactly_once a decision becomes visible to read_committed readers at the
-    # next commit, so the interval is the floor of the decision latency.
-    commit_interval: float = 0.1
+    session_timeout: float = Field(default=10.0, gt=0,
+                                   validation_alias=_env("PROCESSOR_SESSION_TIMEOUT"))
+    # A decision becomes visible to read_committed readers at the next commit, so the
+    # interval is the floor of the decision latency.
+    commit_interval: float = Field(default=0.1, gt=0,
+                                   validation_alias=_env("PROCESSOR_COMMIT_INTERVAL"))
     # How long the producer gathers records into one produce request. Every command
     # writes four records (the event and three table changes); at 5 ms a drain made
     # 730 commands/s, at 20 ms 1,060 (+45%), for about 10 ms more decision latency
     # at a trickle. Keep it well under the commit interval: the commit waits for it.
-    linger: float = 0.02
-    commands_topic: str = topics.COMMANDS
-    events_topic: str = topics.EVENTS
+    linger: float = Field(default=0.02, gt=0, validation_alias=_env("PROCESSOR_LINGER"))
+    # Build the tables from course-events when their changelogs were never written
+    # (an upgrade from the in-memory tables, or a new app id on an old log).
+    build_from_events: bool = Field(default=True,
+                                    validation_alias=_env("PROCESSOR_BUILD_FROM_EVENTS"))
+    commands_topic: str = Field(default=topics.COMMANDS,
+                                validation_alias=_env("PROCESSOR_COMMANDS_TOPIC"))
+    events_topic: str = Field(default=topics.EVENTS,
+                              validation_alias=_env("PROCESSOR_EVENTS_TOPIC"))
 
     @property
     def dlq_topic(self) -> str:
@@ -54,40 +77,28 @@ class Settings:
         hosts = [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
         return ";".join(f"kafka://{h}" for h in hosts)
 
+    @property
+    def secret(self) -> bytes:
+        return self.pseudonym_secret.get_secret_value().encode()
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-        if not bootstrap:
-            raise SettingsError("KAFKA_BOOTSTRAP_SERVERS is not set (e.g. 127.0.0.1:9092)")
-        guarantee = env.get("PROCESSING_GUARANTEE", cls.processing_guarantee)
-        if guarantee not in GUARANTEES:
-            raise SettingsError(f"PROCESSING_GUARANTEE must be one of {GUARANTEES}")
-        return cls(
-            kafka_bootstrap_servers=bootstrap,
-            partitions=_number(env, "PARTITIONS", cls.partitions, int),
-            port=_number(env, "PROCESSOR_PORT", cls.port, int),
-            host=env.get("PROCESSOR_HOST") or env.get("HOST") or cls.host,
-            processing_guarantee=guarantee,
-            store=env.get("PROCESSOR_STORE") or cls.store,
-            data_dir=Path(env.get("PROCESSOR_DATA_DIR") or cls.data_dir),
-            log_level=(env.get("LOG_LEVEL") or cls.log_level).upper(),
-            app_id=env.get("PROCESSOR_APP_ID") or cls.app_id,
-            session_timeout=_number(env, "PROCESSOR_SESSION_TIMEOUT", cls.session_timeout, float),
-            commit_interval=_number(env, "PROCESSOR_COMMIT_INTERVAL", cls.commit_interval, float),
-            linger=_number(env, "PROCESSOR_LINGER", cls.linger, float),
-            commands_topic=env.get("PROCESSOR_COMMANDS_TOPIC") or cls.commands_topic,
-            events_topic=env.get("PROCESSOR_EVENTS_TOPIC") or cls.events_topic,
-        )
+        """The settings in `env` (only there: not the process environment)."""
+        known = {alias.upper() for f in cls.model_fields.values()
+                 for alias in getattr(f.validation_alias, "choices", ())}
+        given = {k: v for k, v in env.items() if k.upper() in known and v != ""}
+        try:
+            return cls.model_validate(given)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
 
 
-def _number(env: Mapping[str, str], name: str, default: N, kind: type[N]) -> N:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {raw!r}")
-    return value
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        info = Settings.model_fields.get(field)
+        choices = getattr(info.validation_alias, "choices", ()) if info else ()
+        name = str(choices[0]) if choices else field.upper()
+        problems.append(f"{name}: {error['msg']}")
+    return "; ".join(problems)

@@ -27,20 +27,20 @@ Anything else that goes wrong while writing (a fenced producer, a failed deliver
 ends the process at once (`fail_stop`): nothing is committed, and a restart, or the
 worker that took over, redoes the uncommitted work from the last commit, which is
 the path the kill -9 tests prove.
+
+The local state (state.py) follows the transactions: the offset of every changelog
+record delivered is noted, a commit moves the committed partitions' staged writes to
+disk with those offsets, and a rebalance, which aborts every open transaction, drops
+what they staged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
-import time
 from collections.abc import Awaitable, Mapping, MutableMapping
-from typing import NoReturn, cast
+from typing import TYPE_CHECKING, cast
 
-from confluent_kafka import Consumer as ConfluentConsumer
-from confluent_kafka import TopicPartition as ConfluentTopicPartition
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -48,19 +48,12 @@ from faust.types import TP, RecordMetadata
 from faust.types.core import HeadersArg
 from faust.types.tuples import FutureMessage
 
+from course_processor.failstop import fail_stop
+
+if TYPE_CHECKING:
+    from course_processor.app import ProcessorApp
+
 log = logging.getLogger(__name__)
-
-FAIL_STOP_EXIT_CODE = 70
-PENDING_TRANSACTIONS_TIMEOUT = 60.0
-
-
-def fail_stop(reason: str, exc: BaseException | None = None) -> NoReturn:
-    """Log and end the process now, without committing anything (same as kill -9)."""
-    log.critical("fail-stop: %s", reason, exc_info=exc)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stderr.flush()
-    os._exit(FAIL_STOP_EXIT_CODE)
 
 
 class DurableProducer(faust_aiokafka.Producer):
@@ -78,8 +71,19 @@ class DurableProducer(faust_aiokafka.Producer):
 
     def _on_sent(self, fut: asyncio.Future) -> None:
         self._unsent.discard(fut)  # type: ignore[arg-type]
-        if not fut.cancelled() and fut.exception() is not None and self._failure is None:
-            self._failure = fut.exception()
+        if fut.cancelled():
+            return
+        if fut.exception() is not None:
+            if self._failure is None:
+                self._failure = fut.exception()
+            return
+        # Only table changes go through send_soon: note where each landed, so the
+        # commit stores the offset with the data (state.py).
+        metadata = cast(RecordMetadata, fut.result())
+        app = cast("ProcessorApp", self.app)
+        table = app.tables._changelogs.get(metadata.topic)  # type: ignore[attr-defined]  # noqa: SLF001
+        if table is not None:
+            app.local_state.written(table.name, metadata.partition, metadata.offset)
 
     async def flush(self) -> None:
         # Only what was handed in so far: later records belong to commands whose
@@ -131,150 +135,36 @@ class SourcePartitionTransactionManager(TransactionManager):
         # exactly the committed state, which the tables are then restored from.
         producers = cast(faust_aiokafka.Producer, self.producer)._transaction_producers
         await self._stop_transactions(sorted(producers))
+        # Those transactions are aborted now: so is everything they staged.
+        cast("ProcessorApp", self.app).local_state.drop_staged()
         await super().on_rebalance(assigned, revoked, newly_assigned)
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        await self.producer.flush()
-        by_transactional_id: MutableMapping[str, dict[TP, int]] = {}
-        for tp, offset in offsets.items():
-            by_transactional_id.setdefault(self.transactional_id(tp), {})[tp] = offset
-        if not by_transactional_id:
-            return True
-        log.debug("commit %s", {tp.partition: o for tp, o in offsets.items()})
-        try:
-            await self.producer.commit_transactions(
-                by_transactional_id, self.app.conf.id,
-                start_new_transaction=start_new_transaction,
-            )
-        except Exception as exc:
-            # Fenced (another worker owns the partition now) or the broker refused:
-            # the transaction aborts, so this worker's uncommitted work never shows.
-            fail_stop("transaction commit failed", exc)
+        app = cast("ProcessorApp", self.app)
+        # Not while a command is half decided: its records would be split between
+        # this transaction and the next (see agents.py).
+        async with app.decision_lock:
+            await self.producer.flush()
+            by_transactional_id: MutableMapping[str, dict[TP, int]] = {}
+            for tp, offset in offsets.items():
+                by_transactional_id.setdefault(self.transactional_id(tp), {})[tp] = offset
+            if not by_transactional_id:
+                return True
+            log.debug("commit %s", {tp.partition: o for tp, o in offsets.items()})
+            try:
+                await self.producer.commit_transactions(
+                    by_transactional_id, self.app.conf.id,
+                    start_new_transaction=start_new_transaction,
+                )
+            except Exception as exc:
+                # Fenced (another worker owns the partition now) or the broker refused:
+                # the transaction aborts, so this worker's uncommitted work never shows.
+                fail_stop("transaction commit failed", exc)
+            # Committed in Kafka: now, and only now, the same changes go to disk.
+            app.local_state.commit({tp.partition for tp in offsets})
         return True
 
 
-class StableOffsetConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
-        # Faust asks aiokafka for the last stable offset it saw in a fetch response,
-        # which is None for a changelog partition this worker was just given: faust
-        # takes None for an empty changelog and restores nothing (a course "not
-        # found" right after a failover). A ListOffsets request made with
-        # isolation.level=read_committed answers the last stable offset outright.
-        #
-        # The last stable offset stops short of a transaction whose commit markers
-        # are still being written (EndTxn returns before the markers land), so a
-        # restore cut there can hold one table's share of a command and miss
-        # another's. The previous owner's transactions are settled by now (faust
-        # initialised this worker's transactional producers, fencing it, before the
-        # restore), so wait until nothing is pending: stable offset == high watermark.
-        consumer = self._ensure_consumer()
-        deadline = time.monotonic() + PENDING_TRANSACTIONS_TIMEOUT
-        while True:
-            stable = cast(Mapping[TP, int], await consumer.end_offsets(list(partitions)))
-            watermarks = await asyncio.get_running_loop().run_in_executor(
-                None, self._watermark_offsets, list(partitions))
-            pending = [tp for tp in partitions if stable[tp] < watermarks[tp][1]]
-            if not pending:
-                lows = {tp: low for tp, (low, _) in watermarks.items()}
-                return await asyncio.get_running_loop().run_in_executor(
-                    None, self._after_last_records, dict(stable), lows)
-            if time.monotonic() > deadline:
-                fail_stop(f"transactions still pending on {pending} after "
-                          f"{PENDING_TRANSACTIONS_TIMEOUT:.0f}s; cannot restore a consistent state")
-            await asyncio.sleep(0.05)
-
-    def _watermark_offsets(self, partitions: list[TP]) -> dict[TP, tuple[int, int]]:
-        """(low, high) watermark of each partition, read_uncommitted, asked of the broker."""
-        consumer = self._watermark_consumer()
-        return {tp: cast(tuple[int, int], consumer.get_watermark_offsets(
-                    ConfluentTopicPartition(tp.topic, tp.partition), timeout=10, cached=False))
-                for tp in partitions}
-
-    def _after_last_records(self, ends: dict[TP, int], lows: Mapping[TP, int]
-                            ) -> dict[TP, int]:
-        """Per partition, the offset after its last committed record, below `ends`.
-
-        Faust waits until it has read the offset before the end it was given. In a
-        transactional changelog that offset is a commit marker, which no consumer ever
-        sees, so faust would only notice the end after two 5 s read timeouts (its
-        aborted-transaction check): every restore, at every start and rebalance, took
-        10 s longer than its data. This reads the tail of each partition, committed
-        records only, to give faust the end of its data instead. With no committed
-        record at all, the partition's first offset: there is nothing to restore.
-        """
-        result: dict[TP, int] = {}
-        todo: dict[TP, int] = {}
-        for tp, end in ends.items():
-            (todo if end > 0 else result)[tp] = end
-        window = 64
-        deadline = time.monotonic() + PENDING_TRANSACTIONS_TIMEOUT
-        while todo:
-            starts = {tp: max(lows[tp], end - window) for tp, end in todo.items()}
-            last = self._read_tails(starts, todo, deadline)
-            for tp in list(todo):
-                if tp in last:
-                    result[tp] = last[tp] + 1
-                elif starts[tp] <= lows[tp]:
-                    result[tp] = lows[tp]
-                else:
-                    continue
-                del todo[tp]
-            window *= 8
-        return result
-
-    def _read_tails(self, starts: Mapping[TP, int], ends: Mapping[TP, int],
-                    deadline: float) -> dict[TP, int]:
-        """The offset of the last committed record of each partition in [start, end)."""
-        if self._tails is None:
-            self._tails = ConfluentConsumer({
-                "bootstrap.servers": self._hosts(), "group.id": "course-processor-tails",
-                "enable.auto.commit": False, "isolation.level": "read_committed",
-                "enable.partition.eof": False,
-            })
-        tails = self._tails
-        tps = [ConfluentTopicPartition(tp.topic, tp.partition, starts[tp]) for tp in starts]
-        by_key = {(tp.topic, tp.partition): tp for tp in starts}
-        tails.assign(tps)
-        last: dict[TP, int] = {}
-        try:
-            while True:
-                for msg in tails.consume(1000, 0.2):
-                    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-                    if msg.error() is None and topic and partition is not None \
-                            and offset is not None:
-                        tp = by_key[(topic, partition)]
-                        if offset < ends[tp]:
-                            last[tp] = max(last.get(tp, -1), offset)
-                positions = tails.position(tps)
-                if all(pos.offset >= ends[by_key[(pos.topic, pos.partition)]]
-                       for pos in positions):
-                    return last
-                if time.monotonic() > deadline:
-                    fail_stop(f"could not read the changelog tails up to {dict(ends)}")
-        finally:
-            tails.unassign()
-
-    def _hosts(self) -> str:
-        return ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
-
-    def _watermark_consumer(self) -> ConfluentConsumer:
-        if self._watermarks is None:
-            self._watermarks = ConfluentConsumer({
-                "bootstrap.servers": self._hosts(), "group.id": "course-processor-watermarks",
-                "enable.auto.commit": False, "isolation.level": "read_uncommitted",
-            })
-        return self._watermarks
-
-    _watermarks: ConfluentConsumer | None = None
-    _tails: ConfluentConsumer | None = None
-
-
-class StableOffsetConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return StableOffsetConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
 class FencedTransport(faust_aiokafka.Transport):
-    Consumer = StableOffsetConsumer
     Producer = DurableProducer
     TransactionManager = SourcePartitionTransactionManager

@@ -13,7 +13,7 @@ measures each figure next to its baseline, back to back, in the same run:
    read_committed consumer of course-events, at half the saturation rate, open loop,
    vs a plain confluent-kafka produce-to-consume round trip at the same rate;
 3. one processor draining a pre-filled command topic vs a plain consume-decide-produce
-   loop (both from `course_processor.bench`, on private topics of the same broker);
+   loop (both from `proof.bench_processor`, on private topics of the same broker);
 4. replay of the whole event log (`projections.replay.rebuild`) vs the plain
    consume-and-decode loop of `projections.bench`;
 5. query API req/s and p99 with a million sign-ups projected vs a trivial FastAPI GET;
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import random
@@ -462,18 +461,12 @@ class Bench:
     # -------------------------------------------------------------- figure 3
 
     def fig3_drain(self) -> None:
-        try:
-            # Imported by name: that module is the processor's, and optional here.
-            processor_bench = importlib.import_module("course_processor.bench")
-        except ImportError:
-            self.row("3. one processor draining course-commands", None, "commands/s", None,
-                     ">= 0.25x", None, "not measured: course_processor/bench.py is missing")
-            return
+        from proof import bench_processor as processor_bench
         from schemas.topics import dlq_of
 
         n = self.sizes.drain
         log(f"figure 3: processor drain vs plain loop, {n:,} sign-ups on private topics "
-            "(course_processor.bench)")
+            "(proof.bench_processor)")
         run = processor_bench.Run(self.stack.bootstrap, self.stack.config.partitions)
         logs = self.work / "processor-bench"
         logs.mkdir(exist_ok=True)

@@ -39,6 +39,7 @@ class StackConfig:
     kafka_heap: str
     processors: int
     admin_token_override: str | None = None
+    pseudonym_secret_override: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> StackConfig:
@@ -63,6 +64,7 @@ class StackConfig:
             kafka_heap=env.get("KAFKA_HEAP") or "768m",
             processors=int(env.get("PROCESSORS") or 1),
             admin_token_override=env.get("ADMIN_TOKEN") or None,
+            pseudonym_secret_override=env.get("PSEUDONYM_SECRET") or None,
         )
 
     @property
@@ -99,9 +101,15 @@ class StackConfig:
 
     def admin_token(self) -> str:
         """The token from ADMIN_TOKEN, else one generated once into $RUN_DIR/admin-token."""
-        if self.admin_token_override:
-            return self.admin_token_override
-        path = self.run_dir / "admin-token"
+        return self.admin_token_override or self._secret("admin-token")
+
+    def pseudonym_secret(self) -> str:
+        """The key of the seat keys' HMAC: PSEUDONYM_SECRET, else generated once into
+        $RUN_DIR/pseudonym-secret. Changing it makes every stored seat key unfindable."""
+        return self.pseudonym_secret_override or self._secret("pseudonym-secret")
+
+    def _secret(self, name: str) -> str:
+        path = self.run_dir / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_urlsafe(32) + "\n")
@@ -123,6 +131,7 @@ class StackConfig:
             "PROJECTOR_PORT": str(self.projector_port),
             "NOTIFIER_PORT": str(self.notifier_port),
             "ADMIN_TOKEN": self.admin_token(), "PARTITIONS": str(self.partitions),
+            "PSEUDONYM_SECRET": self.pseudonym_secret(),
             "KAFKA_VERSION": self.kafka_version, "KAFKA_HEAP": self.kafka_heap,
         })
         return env
@@ -137,6 +146,7 @@ class StackConfig:
             "SMTP_SECURITY": "none",
             "PARTITIONS": str(self.partitions),
             "ADMIN_TOKEN": self.admin_token(),
+            "PSEUDONYM_SECRET": self.pseudonym_secret(),
             "COMMAND_API_PORT": str(self.command_api_port),
             "QUERY_API_PORT": str(self.query_api_port),
             "PROCESSOR_PORT": str(self.processor_port),

@@ -1,16 +1,18 @@
-"""The decider against plain dicts: processing a command again gives the same record."""
+"""The decider against plain dicts: what the tables hold, repeats, and the bounded memory."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 from course_processor.decider import Decider
-from schemas.codec import decode
+from course_processor.values import MEMORY_DAYS, MIGRATED_KEY, Outcome
 from schemas.messages import CreateCourse, SignUp, SignUpRejected, StudentSignedUp
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SECRET = b"unit-test-secret"
 
 
 class Clock:
@@ -22,43 +24,55 @@ class Clock:
         return self.t
 
 
-def decider() -> Decider:
-    return Decider({}, {}, {}, now=Clock())
+def decider(clock: Clock | None = None) -> Decider:
+    return Decider({}, {}, {}, SECRET, now=clock or Clock())
 
 
 def create(capacity: int = 2) -> CreateCourse:
     return CreateCourse(str(uuid.uuid4()), "intro", "Intro", "Ada", capacity, T0, "corr")
 
 
-def signup(email: str) -> SignUp:
-    return SignUp(str(uuid.uuid4()), str(uuid.uuid4()), "intro", email, "Ann",
+def signup(email: str, name: str = "Ann Example") -> SignUp:
+    return SignUp(str(uuid.uuid4()), str(uuid.uuid4()), "intro", email, name,
                   date(2000, 1, 1), T0, str(uuid.uuid4()))
 
 
-def test_the_same_command_twice_gives_the_very_same_record() -> None:
+def test_a_repeated_command_writes_nothing() -> None:
     d = decider()
     d.decide(create())
     cmd = signup("ann@example.org")
-    first, again = d.decide(cmd), d.decide(cmd)
-    assert first[0] == again[0]  # same bytes, occurred_at included
-    assert isinstance(first[1], StudentSignedUp) and first[1].seats_taken == 1
+    first = d.decide(cmd)
+    tables_after_first = json.dumps([d.courses, d.seats, d.decided], sort_keys=True)
+
+    assert isinstance(first, StudentSignedUp) and first.seats_taken == 1
+    assert d.decide(cmd) is None
+    assert d.decide(replace(cmd, command_id=str(uuid.uuid4()))) is None
+    assert json.dumps([d.courses, d.seats, d.decided], sort_keys=True) == tables_after_first
 
 
-def test_a_retried_sign_up_gets_its_first_decision_back() -> None:
+def test_a_repeated_create_writes_nothing() -> None:
     d = decider()
-    d.decide(create(capacity=1))
+    cmd = create()
+    assert d.decide(cmd) is not None
+    assert d.decide(replace(cmd, command_id=str(uuid.uuid4()))) is None
+
+
+def test_a_repeated_rejection_stays_a_rejection_after_the_course_is_created() -> None:
+    d = decider()
     cmd = signup("ann@example.org")
-    value, event = d.decide(cmd)
-    d.decide(signup("bob@example.org"))  # the course is full now
-    retried = replace(cmd, command_id=str(uuid.uuid4()))
-    assert d.decide(retried) == (value, event)
+    first = d.decide(cmd)
+    d.decide(create())
+
+    assert isinstance(first, SignUpRejected) and first.reason == "course_not_found"
+    assert d.decide(replace(cmd, command_id=str(uuid.uuid4()))) is None
+    assert d.courses["intro"]["seats_taken"] == 0
 
 
 def test_a_student_holds_one_seat_whatever_the_letter_case() -> None:
     d = decider()
     d.decide(create(capacity=5))
     d.decide(signup("Ann@Example.org"))
-    _, event = d.decide(signup("  ann@EXAMPLE.ORG"))
+    event = d.decide(signup("  ann@EXAMPLE.ORG"))
     assert isinstance(event, SignUpRejected) and event.reason == "already_enrolled"
     assert len(d.seats) == 1
 
@@ -66,18 +80,67 @@ def test_a_student_holds_one_seat_whatever_the_letter_case() -> None:
 def test_seats_never_exceed_capacity_and_each_student_is_one_entry() -> None:
     d = decider()
     d.decide(create(capacity=3))
-    events = [d.decide(signup(f"s{i}@example.org"))[1] for i in range(10)]
+    events = [d.decide(signup(f"s{i}@example.org")) for i in range(10)]
     accepted = [e for e in events if isinstance(e, StudentSignedUp)]
     assert [e.seats_taken for e in accepted] == [1, 2, 3]
     assert {e.reason for e in events if isinstance(e, SignUpRejected)} == {"course_full"}
     assert d.courses["intro"]["seats_taken"] == 3
-    assert len(d.decisions) == 10
+    assert len(d.seats) == 3 and len(d.decided) == 10
 
 
-def test_the_stored_decision_is_the_record_sent() -> None:
+def test_the_tables_hold_no_personal_data_and_compact_outcomes() -> None:
     d = decider()
-    d.decide(create())
-    cmd = signup("ann@example.org")
-    value, event = d.decide(cmd)
-    assert d.decisions[cmd.signup_id] == value
-    assert decode(value) == event
+    d.decide(create(capacity=1))
+    d.decide(signup("Ann.Person@example.org", name="Ann Person"))
+    d.decide(signup("bob.other@example.org", name="Bob Other"))
+    dumped = json.dumps([d.courses, d.seats, d.decided]).casefold()
+
+    for secret in ("ann.person", "bob.other", "example.org", "ann person", "bob other",
+                   "2000-01-01"):
+        assert secret not in dumped
+    outcomes = sorted((Outcome.decode(v) for v in d.decided.values()), key=lambda o: o.status)
+    assert [o.status for o in outcomes] == ["accepted", "rejected"]
+    assert {o.detail for o in outcomes} == {"1", "course_full"}
+
+
+def test_decisions_are_forgotten_after_the_window_but_seats_never() -> None:
+    clock = Clock()
+    d = decider(clock)
+    d.decide(create(capacity=100))
+    old = signup("old@example.org")
+    rejected = signup("bad@example.org")
+    d.decide(old)
+    d.decide(replace(rejected, course_id="nope"))
+    clock.t += timedelta(days=MEMORY_DAYS + 2)
+    for i in range(5):  # each new decision forgets up to two expired ones
+        d.decide(signup(f"new{i}@example.org"))
+
+    assert len(d.decided) == 5
+    assert all(not k.startswith(old.issued_at.date().isoformat()) for k in d.decided)
+    assert len(d.seats) == 6
+    # The accepted sign-up is still recognised by its seat: no second decision.
+    assert d.decide(replace(old, command_id=str(uuid.uuid4()))) is None
+
+
+def test_the_memory_stays_as_large_as_the_window_under_steady_load() -> None:
+    clock = Clock()
+    d = decider(clock)
+    d.decide(create(capacity=10**6))
+    per_day = 20
+    for _day in range(3 * MEMORY_DAYS):
+        for i in range(per_day):
+            d.decide(signup(f"s{uuid.uuid4()}-{i}@example.org"))
+        clock.t += timedelta(days=1)
+    assert len(d.decided) <= (MEMORY_DAYS + 1) * per_day
+    assert len(d.seats) == 3 * MEMORY_DAYS * per_day
+
+
+def test_the_migration_mark_is_never_forgotten() -> None:
+    clock = Clock()
+    d = decider(clock)
+    d.decided[MIGRATED_KEY] = "built from course-events"
+    d.decide(create(capacity=10))
+    clock.t += timedelta(days=100)
+    for i in range(5):
+        d.decide(signup(f"s{i}@example.org"))
+    assert MIGRATED_KEY in d.decided

@@ -8,16 +8,11 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 
 from course_processor.domain import Course
-from course_processor.records import (
-    Continuity,
-    Unprocessable,
-    course_from_value,
-    course_to_value,
-    dlq_headers,
-    event_headers,
-    outcome,
-    read_command,
-)
+from course_processor.commands import Unprocessable, read_command
+from course_processor.continuity import Continuity
+from course_processor.deadletter import dlq_headers
+from course_processor.values import Outcome, course_from_value, course_to_value, outcome_of
+from course_processor.wire import event_headers, outcome
 from schemas.codec import encode
 from schemas.messages import (
     CourseCreated,
@@ -175,3 +170,16 @@ def test_continuity_starts_afresh_after_a_rebalance() -> None:
     c = Continuity()
     assert not c.skipped(1, 0, 10)
     assert not c.skipped(2, 0, 40)  # a new generation may start anywhere
+
+
+def test_an_outcome_round_trips_through_its_compact_value() -> None:
+    accepted = StudentSignedUp(**metadata("StudentSignedUp"), signup_id="s", email="a@b.c",  # type: ignore[arg-type]
+                               name="Ann", date_of_birth=date(2000, 1, 1), seats_taken=17)
+    rejected = SignUpRejected(**metadata("SignUpRejected"), signup_id="s", email="a@b.c",  # type: ignore[arg-type]
+                              name="Ann", reason="course_full")
+    for event, value in ((accepted, "accepted 17"), (rejected, "rejected course_full")):
+        found = outcome_of(event)
+        assert found is not None and found.encode() == value
+        assert Outcome.decode(value) == found
+    with pytest.raises(ValueError):
+        Outcome.decode("maybe 3")

@@ -14,49 +14,54 @@ from course_processor.metrics import Metrics
 from course_processor.settings import Settings, SettingsError
 
 
-def test_settings_need_a_broker() -> None:
-    with pytest.raises(SettingsError, match="KAFKA_BOOTSTRAP_SERVERS"):
-        Settings.from_env({})
+REQUIRED = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "PSEUDONYM_SECRET": "s3cret"}
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_settings_need_a_broker_and_a_secret(missing: str) -> None:
+    with pytest.raises(SettingsError, match=missing):
+        Settings.from_env({k: v for k, v in REQUIRED.items() if k != missing})
 
 
 def test_settings_defaults() -> None:
-    s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"})
-    assert (s.partitions, s.port, s.processing_guarantee, s.store) == (
-        4, 6066, "exactly_once", "memory://")
+    s = Settings.from_env(REQUIRED)
+    assert (s.partitions, s.port, s.data_dir, s.build_from_events) == (
+        4, 6066, Path(".run/processor"), True)
     assert s.dlq_topic == "course-commands.dlq"
     assert s.broker_url == "kafka://127.0.0.1:9092"
+    assert s.secret == b"s3cret" and "s3cret" not in repr(s)
 
 
 def test_settings_from_the_environment() -> None:
     s = Settings.from_env({
-        "KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2", "PARTITIONS": "8", "PROCESSOR_PORT": "7000",
-        "PROCESSING_GUARANTEE": "at_least_once", "PROCESSOR_DATA_DIR": "/tmp/x",
+        **REQUIRED, "KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2", "PARTITIONS": "8",
+        "PROCESSOR_PORT": "7000", "PROCESSOR_DATA_DIR": "/tmp/x",
         "LOG_LEVEL": "debug", "PROCESSOR_APP_ID": "p2", "PROCESSOR_SESSION_TIMEOUT": "6",
-        "PROCESSOR_COMMIT_INTERVAL": "0.5",
+        "PROCESSOR_COMMIT_INTERVAL": "0.5", "PROCESSOR_BUILD_FROM_EVENTS": "false",
     })
     assert s.broker_url == "kafka://a:1;kafka://b:2"
-    assert (s.partitions, s.port, s.processing_guarantee, s.data_dir, s.log_level) == (
-        8, 7000, "at_least_once", Path("/tmp/x"), "DEBUG")
+    assert (s.partitions, s.port, s.data_dir, s.log_level) == (8, 7000, Path("/tmp/x"), "DEBUG")
     assert (s.app_id, s.session_timeout, s.commit_interval) == ("p2", 6.0, 0.5)
+    assert s.build_from_events is False
 
 
 @pytest.mark.parametrize(("name", "value"), [
-    ("PARTITIONS", "four"), ("PROCESSOR_PORT", "-1"), ("PROCESSING_GUARANTEE", "maybe"),
+    ("PARTITIONS", "four"), ("PROCESSOR_PORT", "-1"), ("LOG_LEVEL", "loud"),
+    ("PROCESSOR_SESSION_TIMEOUT", "0"),
 ])
 def test_settings_refuse_nonsense(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
-        Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:1", name: value})
+        Settings.from_env({**REQUIRED, name: value})
 
 
 def test_tables_write_their_changelogs_with_the_right_serializers() -> None:
-    # A bytes value written as JSON fails to restore ("utf-8 codec can't decode")
-    # and faust drops it with a warning: the decisions would vanish on failover.
-    p = create_app(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}))
+    p = create_app(Settings.from_env({**REQUIRED, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}))
     serializers = {t.name: (t.changelog_topic.key_serializer, t.changelog_topic.value_serializer)
-                   for t in (p.courses, p.seats, p.decisions)}
-    assert serializers == {"courses": ("json", "json"), "seats": ("json", "json"),
-                           "decisions": ("json", "raw")}
-    assert all(t.partitions == 4 for t in (p.courses, p.seats, p.decisions))
+                   for t in p.tables.values()}
+    assert serializers == {"courses": ("json", "json"), "seat_holders": ("json", "json"),
+                           "decided_signups": ("json", "json")}
+    assert all(t.partitions == 4 for t in p.tables.values())
+    assert p.changelog_topics()["seat_holders"] == "course-processor-seat_holders-changelog"
 
 
 def test_a_log_line_is_one_json_object_with_allow_listed_fields_only() -> None:

@@ -1,0 +1,248 @@
+"""The processor's tables on local disk, holding exactly the committed state.
+
+One RocksDB per partition of course-commands under PROCESSOR_DATA_DIR, with a column
+family per table and one more for the changelog offsets the data reflects.
+
+Why writes are staged. In exactly_once a command's table changes, its event and its
+offset are one Kafka transaction. faust's own RocksDB store writes every put to disk
+at once, outside that transaction, and nothing takes it back when the transaction
+aborts (robinhood/faust#340): a worker killed, fenced or rebalanced mid-transaction
+would keep, on disk, seats that the log never granted. So, as Quix Streams'
+checkpoints and Kafka Streams' KIP-892 do:
+
+1. A table write of a transaction is staged in memory, per partition; reads see the
+   staged value first, then the disk.
+2. Once Kafka has committed the partition's transaction, its staged writes go to disk
+   together with the offsets of the changelog records that carried them, in one
+   atomic WriteBatch (`commit`).
+3. When the transaction aborts (a rebalance restarts the producers; any write or
+   commit failure ends the process) the staged writes are dropped (`drop_staged`).
+
+So what is on disk is always a prefix of the committed changelog, and the stored
+offset says where that prefix ends: on start and on rebalance a partition reads only
+the changelog records after it (restore.py). A crash between the Kafka commit and the
+WriteBatch leaves the disk one transaction behind the changelog, which the restore
+then reads; nothing on disk is ever ahead of the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+
+log = logging.getLogger(__name__)
+
+OFFSETS = "_changelog_offsets"
+# Key -> value, or None for a deletion; per table.
+Changes = dict[str, dict[bytes, bytes | None]]
+
+# Shared by every partition's databases, so memory stays bounded however many
+# partitions a worker owns: the block cache holds what reads touch, the memtables
+# what was written since the last flush to an SST file.
+_BLOCK_CACHE_BYTES = 32 << 20
+_WRITE_BUFFER_BYTES = 4 << 20
+
+
+def _options(cache: Cache) -> Options:
+    table = BlockBasedOptions()
+    table.set_block_cache(cache)
+    table.set_bloom_filter(10, False)
+    table.set_cache_index_and_filter_blocks(True)
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    opts.set_block_based_table_factory(table)
+    opts.set_write_buffer_size(_WRITE_BUFFER_BYTES)
+    opts.set_max_write_buffer_number(2)
+    opts.set_max_open_files(64)
+    return opts
+
+
+class PartitionDB:
+    """One partition's RocksDB: a column family per table, plus the changelog offsets."""
+
+    def __init__(self, path: Path, tables: Sequence[str], cache: Cache) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        families = {name: _options(cache) for name in (*tables, OFFSETS)}
+        self.path = path
+        self.db = Rdict(str(path), _options(cache), column_families=families,
+                        access_type=AccessType.read_write())
+        self.families = {name: self.db.get_column_family(name) for name in families}
+        self.handles = {name: self.db.get_column_family_handle(name) for name in families}
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        value = self.families[table].get(key)
+        return None if value is None else bytes(value)
+
+    def offset(self, table: str) -> int | None:
+        raw = self.families[OFFSETS].get(table.encode())
+        return None if raw is None else int(raw)
+
+    def write(self, changes: Changes, offsets: Mapping[str, int]) -> None:
+        """All changes and offsets at once: RocksDB applies a WriteBatch atomically."""
+        batch = WriteBatch(raw_mode=True)
+        for table, entries in changes.items():
+            handle = self.handles[table]
+            for key, value in entries.items():
+                if value is None:
+                    batch.delete(key, handle)
+                else:
+                    batch.put(key, value, handle)
+        for table, offset in offsets.items():
+            batch.put(table.encode(), str(offset).encode(), self.handles[OFFSETS])
+        self.db.write(batch)
+
+    def keys_from(self, table: str, start: bytes) -> Iterator[bytes]:
+        it = self.families[table].iter()
+        it.seek(start)
+        while it.valid():
+            yield bytes(it.key())
+            it.next()
+
+    def items(self, table: str) -> Iterator[tuple[bytes, bytes]]:
+        it = self.families[table].iter()
+        it.seek_to_first()
+        while it.valid():
+            yield bytes(it.key()), bytes(it.value())
+            it.next()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class LocalState:
+    """Every table of the partitions this worker owns: staged writes over committed disk."""
+
+    def __init__(self, directory: Path, tables: Sequence[str]) -> None:
+        self.directory = directory
+        self.tables = tuple(tables)
+        self._cache = Cache(_BLOCK_CACHE_BYTES)
+        self._dbs: dict[int, PartitionDB] = {}
+        self._staged: dict[int, Changes] = {}
+        # (table, partition) -> offset of the last changelog record delivered for a
+        # transaction that has not been committed yet.
+        self._written: dict[tuple[str, int], int] = {}
+        # Per partition and table: no live key sorts before this one (see oldest_keys).
+        self._floors: dict[tuple[int, str], bytes] = {}
+
+    # -------------------------------------------------------------- partitions
+
+    @property
+    def partitions(self) -> set[int]:
+        return set(self._dbs)
+
+    def path_of(self, partition: int) -> Path:
+        return self.directory / f"partition-{partition}"
+
+    def open(self, partition: int) -> PartitionDB:
+        db = self._dbs.get(partition)
+        if db is None:
+            db = self._dbs[partition] = PartitionDB(self.path_of(partition), self.tables,
+                                                    self._cache)
+        return db
+
+    def retain(self, partitions: Iterable[int]) -> None:
+        """Close the databases of partitions not in `partitions` (their files stay)."""
+        keep = set(partitions)
+        for partition in sorted(set(self._dbs) - keep):
+            self._dbs.pop(partition).close()
+            self._staged.pop(partition, None)
+
+    def wipe(self, partition: int) -> None:
+        """Delete a partition's files: the next open starts empty (a full restore)."""
+        db = self._dbs.pop(partition, None)
+        if db is not None:
+            db.close()
+        self._staged.pop(partition, None)
+        shutil.rmtree(self.path_of(partition), ignore_errors=True)
+
+    def close(self) -> None:
+        self.retain(())
+
+    # -------------------------------------------------------------- reads
+
+    def get(self, partition: int, table: str, key: bytes) -> bytes | None:
+        staged = self._staged.get(partition)
+        if staged is not None:
+            entries = staged.get(table)
+            if entries is not None and key in entries:
+                return entries[key]
+        db = self._dbs.get(partition)
+        if db is None:
+            raise KeyError(f"partition {partition} is not open: not owned by this worker")
+        return db.get(table, key)
+
+    def find(self, table: str, key: bytes) -> bytes | None:
+        """A key's value in whichever owned partition holds it (reads outside a command)."""
+        for partition in sorted(self._dbs):
+            value = self.get(partition, table, key)
+            if value is not None:
+                return value
+        return None
+
+    def oldest_keys(self, partition: int, table: str, limit: int) -> list[bytes]:
+        """The first `limit` live keys of a table partition, in key order.
+
+        Expiry deletes from the start of the table; remembering where the first live
+        key is saves walking over the deletions again (RocksDB keeps them as
+        tombstones until compaction).
+        """
+        staged = self._staged.get(partition, {}).get(table, {})
+        floor = self._floors.get((partition, table), b"")
+        found: list[bytes] = []
+        for key in self.open(partition).keys_from(table, floor):
+            if key in staged and staged[key] is None:
+                continue
+            found.append(key)
+            if len(found) >= limit:
+                break
+        if found:
+            self._floors[(partition, table)] = found[0]
+        return found
+
+    def persisted_offset(self, table: str, partition: int) -> int | None:
+        return self.open(partition).offset(table)
+
+    def items(self, partition: int, table: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every committed entry of one table partition (tests and tools)."""
+        return self.open(partition).items(table)
+
+    # -------------------------------------------------------------- writes
+
+    def stage(self, partition: int, table: str, key: bytes, value: bytes | None) -> None:
+        if partition not in self._dbs:
+            raise KeyError(f"partition {partition} is not open: not owned by this worker")
+        self._staged.setdefault(partition, {}).setdefault(table, {})[key] = value
+
+    def written(self, table: str, partition: int, offset: int) -> None:
+        """A changelog record of the open transaction reached the broker at `offset`."""
+        key = (table, partition)
+        if offset > self._written.get(key, -1):
+            self._written[key] = offset
+
+    def commit(self, partitions: Iterable[int]) -> None:
+        """Kafka committed these partitions' transactions: their staged writes go to disk."""
+        for partition in partitions:
+            changes = self._staged.pop(partition, {})
+            offsets = {table: self._written.pop((table, partition))
+                       for table in self.tables if (table, partition) in self._written}
+            if (changes or offsets) and partition in self._dbs:
+                self._dbs[partition].write(changes, offsets)
+
+    def drop_staged(self) -> None:
+        """Every open transaction aborted: forget what they staged."""
+        self._staged.clear()
+        self._written.clear()
+        self._floors.clear()
+
+    def staged_count(self) -> int:
+        return sum(len(e) for changes in self._staged.values() for e in changes.values())
+
+    def load(self, partition: int, table: str,
+             records: Iterable[tuple[bytes, bytes | None]], last_offset: int) -> None:
+        """Committed changelog records, straight to disk with the offset of the last one."""
+        self.open(partition).write({table: dict(records)}, {table: last_offset})

@@ -1,0 +1,130 @@
+"""faust tables whose store is the processor's LocalState (state.py).
+
+A faust table writes a changelog record for every change, in the partition of the
+command being processed (the tables are co-partitioned with course-commands), and
+hands the change to its store. `StagedStore` stages it in that same partition of the
+LocalState; the transaction manager (transactions.py) moves it to disk once Kafka has
+committed the partition's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import faust
+from faust.stores.base import SerializedStore
+from faust.streams import current_event
+from faust.types import TP, EventT, StoreT
+
+from course_processor.state import LocalState
+
+
+def _partition() -> int | None:
+    event = current_event()
+    return None if event is None else event.message.partition
+
+
+class StagedStore(SerializedStore):
+    """A faust store over one table of the LocalState; writes only inside a command."""
+
+    @property
+    def local(self) -> LocalState:
+        local: LocalState = self.app.local_state  # type: ignore[attr-defined]
+        return local
+
+    def _get(self, key: bytes) -> bytes | None:
+        partition = _partition()
+        if partition is None:
+            return self.local.find(self.table_name, key)
+        return self.local.get(partition, self.table_name, key)
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        self.local.stage(self._writing_partition(), self.table_name, key, value)
+
+    def _del(self, key: bytes) -> None:
+        self.local.stage(self._writing_partition(), self.table_name, key, None)
+
+    def _writing_partition(self) -> int:
+        partition = _partition()
+        if partition is None:
+            # faust would refuse too (no partition for the changelog record): a write
+            # outside a command belongs to no transaction.
+            raise RuntimeError(f"table {self.table_name} written outside of a command")
+        return partition
+
+    def oldest_keys(self, limit: int) -> list[bytes]:
+        """The first live keys of this table in the current command's partition."""
+        return self.local.oldest_keys(self._writing_partition(), self.table_name, limit)
+
+    def _contains(self, key: bytes) -> bool:
+        return self._get(key) is not None
+
+    def _iteritems(self) -> Iterator[tuple[bytes, bytes]]:
+        for partition in sorted(self.local.partitions):
+            yield from self.local.items(partition, self.table_name)
+
+    def _iterkeys(self) -> Iterator[bytes]:
+        for key, _ in self._iteritems():
+            yield key
+
+    def _itervalues(self) -> Iterator[bytes | None]:
+        for _, value in self._iteritems():
+            yield value
+
+    def _size(self) -> int:
+        return sum(1 for _ in self._iteritems())
+
+    def _clear(self) -> None:
+        raise NotImplementedError("the local state is never cleared in place: wipe a partition")
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        return self.local.persisted_offset(self.table_name, tp.partition)
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        # Offsets are stored only together with the data they describe (state.py).
+        pass
+
+    def apply_changelog_batch(
+        self,
+        batch: Iterable[EventT],
+        to_key: Callable[[Any], Any],
+        to_value: Callable[[Any], Any],
+    ) -> None:
+        """faust's own restore path: committed changelog records, straight to disk.
+
+        restore.py normally leaves nothing for faust to read; should faust read some
+        records anyway, they come from a read_committed consumer, so they are
+        committed and may go to disk at once.
+        """
+        by_partition: dict[int, list[tuple[bytes, bytes | None, int]]] = {}
+        for event in batch:
+            message = event.message
+            if message.key is None:
+                raise TypeError(f"changelog record without a key at offset {message.offset}")
+            by_partition.setdefault(message.partition, []).append(
+                (message.key, message.value, message.offset))
+        for partition, records in by_partition.items():
+            self.local.load(partition, self.table_name,
+                            ((k, v) for k, v, _ in records), max(o for *_, o in records))
+
+    def reset_state(self) -> None:
+        pass
+
+    async def backup_partition(self, tp: TP | int, flush: bool = True, purge: bool = False,
+                               keep: int = 1) -> None:
+        raise NotImplementedError("no backups: the changelog is the backup")
+
+    def restore_backup(self, tp: TP | int, latest: bool = True, backup_id: int = 0) -> None:
+        raise NotImplementedError("no backups: the changelog is the backup")
+
+
+class StagedTable(faust.Table):
+    """A faust.Table kept in the LocalState (set as the app's `Table` class)."""
+
+    def _new_store(self) -> StoreT:
+        return StagedStore(
+            "staged://", self.app, self, table_name=self.name, key_type=self.key_type,
+            key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+            value_type=self.value_type, loop=self.loop, options=self.options,
+        )

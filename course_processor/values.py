@@ -1,0 +1,79 @@
+"""What the processor keeps per key in its tables: pure functions, no I/O.
+
+Only what deciding needs, and no personal data:
+
+* `courses`: course id -> the course and the seats taken (JSON, readable with any
+  Kafka tool).
+* `seat_holders`: seat key (a keyed hash of course id and e-mail,
+  `schemas.pseudonyms.seat_key`) -> the sign-up id holding that seat. Never forgotten:
+  it is what keeps one student to one seat.
+* `decided_signups`: "<day>/<sign-up id>" -> the compact outcome of that sign-up
+  ("accepted 17", "rejected course_full"). It makes a repeated request write nothing
+  and never change its answer. The day in front of the key (the day of the decision)
+  orders the table by age, so the entries older than `MEMORY_DAYS` are found from
+  the start of the table and forgotten, and the table stays as large as a week of
+  sign-ups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import date, timedelta
+from typing import Any, Literal
+
+from course_processor.domain import Course
+from schemas.messages import Event, SignUpRejected, StudentSignedUp
+
+# The contract promises the same answer to a repeated request for 7 days; one day
+# more covers a decision made just before midnight.
+MEMORY_DAYS = 7
+# Sorts after every "<day>/..." key, so expiry, which walks the table from its
+# start, never reaches it: it records that the table was built from course-events.
+MIGRATED_KEY = "~migrated-from-course-events"
+
+
+def course_to_value(course: Course) -> dict[str, Any]:
+    return asdict(course)
+
+
+def course_from_value(value: dict[str, Any] | None) -> Course | None:
+    return None if value is None else Course(**value)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Literal["accepted", "rejected"]
+    detail: str  # the seat number when accepted, the reason when rejected
+
+    def encode(self) -> str:
+        return f"{self.status} {self.detail}"
+
+    @classmethod
+    def decode(cls, value: str) -> Outcome:
+        status, _, detail = value.partition(" ")
+        if status not in ("accepted", "rejected") or not detail:
+            raise ValueError(f"not an outcome: {value!r}")
+        return cls(status, detail)  # type: ignore[arg-type]
+
+
+def outcome_of(event: Event) -> Outcome | None:
+    """The compact outcome of a sign-up decision; None for course events."""
+    if isinstance(event, StudentSignedUp):
+        return Outcome("accepted", str(event.seats_taken))
+    if isinstance(event, SignUpRejected):
+        return Outcome("rejected", event.reason)
+    return None
+
+
+def memory_key(day: date, signup_id: str) -> str:
+    return f"{day.isoformat()}/{signup_id}"
+
+
+def remembered_keys(today: date, signup_id: str) -> list[str]:
+    """Where a decision of the last MEMORY_DAYS days about `signup_id` would be."""
+    return [memory_key(today - timedelta(days=n), signup_id) for n in range(MEMORY_DAYS + 1)]
+
+
+def expired(key: str, today: date) -> bool:
+    """True for a memory entry from before the window; never for the migration mark."""
+    return key < (today - timedelta(days=MEMORY_DAYS)).isoformat()

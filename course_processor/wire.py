@@ -1,0 +1,38 @@
+"""The headers of the processor's event records, and the labels of a decision: pure.
+
+Kafka headers are (name, bytes) pairs; readers can route and trace a record without
+decoding its Avro value.
+"""
+
+from __future__ import annotations
+
+from schemas.messages import CourseCreationRejected, Event, SignUpRejected, StudentSignedUp
+
+Headers = list[tuple[str, bytes]]
+
+
+def event_headers(event: Event, processor_id: str, generation: int) -> Headers:
+    """Headers of an event record: readers can route and trace without decoding Avro.
+
+    `generation` is the consumer group generation the writer decided in: a record
+    from a worker that kept deciding after losing its partitions would carry an old
+    one (and is fenced; the header lets a test or an operator check that).
+    """
+    return [
+        ("correlation_id", event.correlation_id.encode()),
+        ("event_type", event.event_type.encode()),
+        ("event_id", event.event_id.encode()),
+        ("processor_id", processor_id.encode()),
+        ("generation", str(generation).encode()),
+    ]
+
+
+def outcome(event: Event) -> tuple[str, str]:
+    """(outcome, reason) labels of a decision, for metrics and logs."""
+    if isinstance(event, StudentSignedUp):
+        return "accepted", ""
+    if isinstance(event, SignUpRejected):
+        return "rejected", event.reason
+    if isinstance(event, CourseCreationRejected):
+        return "course_rejected", event.reason
+    return "course_created", ""
