@@ -67,6 +67,10 @@ def producer_config(bootstrap_servers: str, timeout_seconds: float) -> dict[str,
         "enable.idempotence": True,
         # Requests arriving within a few ms share one produce request.
         "linger.ms": 5,
+        # librdkafka's default, spelled out: a course's partition is CRC-32 of its id.
+        # Changing it would move courses away from their state in the processor; the
+        # processor's migration (course_processor/migrate.py) computes the same.
+        "partitioner": "consistent_random",
         "message.timeout.ms": timeout_ms,
         "request.timeout.ms": timeout_ms,
         "socket.connection.setup.timeout.ms": timeout_ms,

@@ -17,10 +17,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from course_processor.records import event_headers
 
 from course_processor.decider import Decider
 from course_processor.domain import enrollment_key
-from course_processor.records import event_headers
 from schemas import codec, topics
 from schemas.messages import Command, CreateCourse, SignUp, StudentSignedUp
 

@@ -41,8 +41,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from course_processor.decider import Decider
 from course_processor.commands import Unprocessable, read_command
+from course_processor.decider import Decider
 from course_processor.wire import event_headers
 from schemas.codec import encode
 from schemas.messages import CreateCourse, SignUp

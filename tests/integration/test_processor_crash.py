@@ -128,6 +128,7 @@ class Worker:
             "PROCESSOR_APP_ID": app_id,
             "PROCESSOR_PORT": str(self.port),
             "PROCESSOR_DATA_DIR": str(log_dir / name),
+            "PSEUDONYM_SECRET": "integration-test-secret",
             "PROCESSOR_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
             "LOG_LEVEL": os.environ.get("TEST_PROCESSOR_LOG_LEVEL", "INFO"),
         }

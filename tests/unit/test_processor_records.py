@@ -7,10 +7,10 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from course_processor.domain import Course
 from course_processor.commands import Unprocessable, read_command
 from course_processor.continuity import Continuity
 from course_processor.deadletter import dlq_headers
+from course_processor.domain import Course
 from course_processor.values import Outcome, course_from_value, course_to_value, outcome_of
 from course_processor.wire import event_headers, outcome
 from schemas.codec import encode

@@ -13,7 +13,6 @@ from course_processor.logs import formatter, logging_config
 from course_processor.metrics import Metrics
 from course_processor.settings import Settings, SettingsError
 
-
 REQUIRED = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "PSEUDONYM_SECRET": "s3cret"}
 
 

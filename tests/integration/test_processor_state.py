@@ -1,0 +1,159 @@
+"""The processor's local state on a real RocksDB in a temporary directory (no Kafka).
+
+Staged writes reach the disk only through `commit`, with the changelog offsets that
+carried them; an abort (`drop_staged`) or a revoked partition (`retain`) drops them;
+a store opened again after the process is gone holds exactly what was committed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from course_processor.state import LocalState
+
+pytestmark = pytest.mark.integration
+
+TABLES = ("courses", "seat_holders", "decided_signups")
+
+
+def state(tmp_path: Path, *partitions: int) -> LocalState:
+    s = LocalState(tmp_path / "state", TABLES)
+    for p in partitions:
+        s.open(p)
+    return s
+
+
+def test_a_staged_write_is_read_back_but_reaches_the_disk_only_on_commit(tmp_path: Path) -> None:
+    s = state(tmp_path, 0)
+    s.stage(0, "seat_holders", b"k", b"v")
+    s.written("seat_holders", 0, 41)
+
+    assert s.get(0, "seat_holders", b"k") == b"v"
+    assert dict(s.items(0, "seat_holders")) == {}
+    assert s.persisted_offset("seat_holders", 0) is None
+
+    s.commit({0})
+
+    assert dict(s.items(0, "seat_holders")) == {b"k": b"v"}
+    assert s.persisted_offset("seat_holders", 0) == 41
+    assert s.staged_count() == 0
+
+
+def test_an_abort_drops_every_staged_write_and_offset(tmp_path: Path) -> None:
+    s = state(tmp_path, 0, 1)
+    s.stage(0, "courses", b"c", b"1")
+    s.written("courses", 0, 7)
+    s.commit({0})
+    s.stage(0, "courses", b"c", b"2")
+    s.stage(1, "courses", b"d", b"9")
+    s.stage(0, "courses", b"gone", None)
+    s.written("courses", 0, 8)
+
+    s.drop_staged()
+
+    assert s.get(0, "courses", b"c") == b"1" and s.get(1, "courses", b"d") is None
+    s.commit({0, 1})  # nothing staged: nothing changes, the offset stays
+    assert s.persisted_offset("courses", 0) == 7 and s.persisted_offset("courses", 1) is None
+
+
+def test_a_revoked_partition_loses_its_staged_writes_but_keeps_its_disk(tmp_path: Path) -> None:
+    s = state(tmp_path, 0, 1)
+    s.stage(1, "courses", b"kept", b"1")
+    s.written("courses", 1, 3)
+    s.commit({1})
+    s.stage(1, "courses", b"staged", b"2")
+
+    s.retain({0})
+
+    assert s.partitions == {0}
+    with pytest.raises(KeyError):
+        s.get(1, "courses", b"kept")
+    s.open(1)
+    assert dict(s.items(1, "courses")) == {b"kept": b"1"}
+
+
+def test_a_commit_writes_only_the_committed_partitions(tmp_path: Path) -> None:
+    s = state(tmp_path, 0, 1)
+    s.stage(0, "courses", b"a", b"1")
+    s.stage(1, "courses", b"b", b"2")
+    s.written("courses", 0, 5)
+    s.written("courses", 1, 6)
+
+    s.commit({0})
+
+    assert dict(s.items(0, "courses")) == {b"a": b"1"}
+    assert dict(s.items(1, "courses")) == {}
+    assert s.get(1, "courses", b"b") == b"2"  # still staged for partition 1's transaction
+    s.commit({1})
+    assert (s.persisted_offset("courses", 0), s.persisted_offset("courses", 1)) == (5, 6)
+
+
+def test_a_deletion_is_staged_too(tmp_path: Path) -> None:
+    s = state(tmp_path, 0)
+    s.stage(0, "decided_signups", b"x", b"1")
+    s.commit({0})
+    s.stage(0, "decided_signups", b"x", None)
+
+    assert s.get(0, "decided_signups", b"x") is None
+    assert dict(s.items(0, "decided_signups")) == {b"x": b"1"}
+    s.commit({0})
+    assert dict(s.items(0, "decided_signups")) == {}
+
+
+def test_the_oldest_keys_skip_staged_deletions(tmp_path: Path) -> None:
+    s = state(tmp_path, 0)
+    for key in (b"2026-01-01/a", b"2026-01-01/b", b"2026-01-02/c", b"~mark"):
+        s.stage(0, "decided_signups", key, b"v")
+    s.commit({0})
+
+    assert s.oldest_keys(0, "decided_signups", 2) == [b"2026-01-01/a", b"2026-01-01/b"]
+    s.stage(0, "decided_signups", b"2026-01-01/a", None)
+    assert s.oldest_keys(0, "decided_signups", 2) == [b"2026-01-01/b", b"2026-01-02/c"]
+    s.drop_staged()  # the deletion aborted: the key is live again
+    assert s.oldest_keys(0, "decided_signups", 1) == [b"2026-01-01/a"]
+
+
+def test_a_bulk_load_writes_the_records_and_the_offset_of_the_last(tmp_path: Path) -> None:
+    s = state(tmp_path, 2)
+    s.load(2, "courses", [(b"a", b"1"), (b"b", b"2"), (b"a", None)], last_offset=99)
+    assert dict(s.items(2, "courses")) == {b"b": b"2"}
+    assert s.persisted_offset("courses", 2) == 99
+
+
+def _stage_commit_and_die(directory: str) -> None:
+    s = LocalState(Path(directory), TABLES)
+    s.open(0)
+    s.stage(0, "seat_holders", b"committed", b"1")
+    s.written("seat_holders", 0, 10)
+    s.commit({0})
+    s.stage(0, "seat_holders", b"uncommitted", b"2")
+    s.written("seat_holders", 0, 11)
+    os._exit(9)  # like kill -9: no close, no flush
+
+
+def test_after_the_process_dies_the_disk_holds_exactly_what_was_committed(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "state"
+    child = multiprocessing.get_context("spawn").Process(
+        target=_stage_commit_and_die, args=(str(directory),))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 9
+
+    s = LocalState(directory, TABLES)
+    s.open(0)
+    assert dict(s.items(0, "seat_holders")) == {b"committed": b"1"}
+    assert s.persisted_offset("seat_holders", 0) == 10
+
+
+def test_a_wiped_partition_starts_empty(tmp_path: Path) -> None:
+    s = state(tmp_path, 0)
+    s.stage(0, "courses", b"a", b"1")
+    s.commit({0})
+    s.wipe(0)
+    s.open(0)
+    assert dict(s.items(0, "courses")) == {} and s.persisted_offset("courses", 0) is None
