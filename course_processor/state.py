@@ -128,12 +128,14 @@ class LocalState:
         self._written: dict[tuple[str, int], int] = {}
         # Per partition and table: no live key sorts before this one (see oldest_keys).
         self._floors: dict[tuple[int, str], bytes] = {}
+        self._open: frozenset[int] = frozenset()
 
     # -------------------------------------------------------------- partitions
 
     @property
-    def partitions(self) -> set[int]:
-        return set(self._dbs)
+    def partitions(self) -> frozenset[int]:
+        # A snapshot, replaced whole: /healthz reads it while a restore thread opens.
+        return self._open
 
     def path_of(self, partition: int) -> Path:
         return self.directory / f"partition-{partition}"
@@ -143,6 +145,7 @@ class LocalState:
         if db is None:
             db = self._dbs[partition] = PartitionDB(self.path_of(partition), self.tables,
                                                     self._cache)
+            self._open = frozenset(self._dbs)
         return db
 
     def retain(self, partitions: Iterable[int]) -> None:
@@ -151,12 +154,14 @@ class LocalState:
         for partition in sorted(set(self._dbs) - keep):
             self._dbs.pop(partition).close()
             self._staged.pop(partition, None)
+        self._open = frozenset(self._dbs)
 
     def wipe(self, partition: int) -> None:
         """Delete a partition's files: the next open starts empty (a full restore)."""
         db = self._dbs.pop(partition, None)
         if db is not None:
             db.close()
+        self._open = frozenset(self._dbs)
         self._staged.pop(partition, None)
         shutil.rmtree(self.path_of(partition), ignore_errors=True)
 

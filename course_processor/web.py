@@ -39,6 +39,8 @@ def add_routes(p: Processor) -> None:
                                if tp.topic == p.settings.commands_topic),
             "rebalancing": bool(p.app.rebalancing),
             "recovering": bool(p.app.in_recovery),
+            "local_state": {"partitions": sorted(p.app.local_state.partitions),
+                            "staged": p.app.local_state.staged_count()},
         })
 
 

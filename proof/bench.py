@@ -20,7 +20,10 @@ measures each figure next to its baseline, back to back, in the same run:
 6. resident memory of the processor and the projector with a million sign-ups over
    10,000 courses;
 7. end-to-end throughput of a burst of sign-ups with 10k, 100k and 1M sign-ups
-   already in the log.
+   already in the log;
+8-10. the processor's state (`proof.bench_state`): restart after SIGKILL and memory
+   with 0.1 M and 1 M sign-ups, the full restore onto an empty disk vs a plain read
+   of the same changelogs, and the failover of one of two processors.
 
 History (the 10k, 100k, 1M sign-ups) is decided ahead of time by the processor's own
 Decider and written where the processor would write it (see
@@ -74,10 +77,13 @@ class Sizes:
     latency_s: float  # figure 2, and its baseline
     drain: int  # figure 3: sign-ups pre-filled
     query_s: float  # figure 5, and its baseline, each (in two rounds)
+    state: tuple[int, ...]  # figures 8-10: sign-ups in the processor's state
 
 
-FULL = Sizes(10_000, 50, (10_000, 100_000, 1_000_000), 12_000, 20, 20, 60, 30, 30_000, 30)
-QUICK = Sizes(1_000, 20, (1_000, 10_000, 100_000), 3_000, 8, 10, 20, 10, 5_000, 10)
+FULL = Sizes(10_000, 50, (10_000, 100_000, 1_000_000), 12_000, 20, 20, 60, 30, 30_000, 30,
+             (100_000, 1_000_000))
+QUICK = Sizes(1_000, 20, (1_000, 10_000, 100_000), 3_000, 8, 10, 20, 10, 5_000, 10,
+              (10_000, 100_000))
 CONCURRENCY = 64  # closed-loop requests in flight, as in the demo
 QUERY_CONCURRENCY = 16
 HISTORY_CAPACITY = 100  # seats per history course: about 100 sign-ups each, some overfill
@@ -243,7 +249,7 @@ class Bench:
         log(f"history: deciding {more:,} sign-ups ahead of time (processor stopped)")
         bs.stop_component(self.stack, "processor")
         seconds = bk.grow_history(self.stack.bootstrap, self.history, more, self.rng,
-                                  self.tag())
+                                  self.tag(), self.stack.config.pseudonym_secret().encode())
         self.expected += more
         began = time.monotonic()
         bs.start_component(self.stack, "processor")
@@ -490,6 +496,51 @@ class Bench:
                  "over the same Decider on dicts, committing every 0.1 s; processor wall "
                  f"time with start-up {processor['wall_s']}s")
 
+    # -------------------------------------------------------------- figures 8-10
+
+    def fig8_state(self) -> None:
+        from proof.bench_state import SESSION_TIMEOUT, run_state_bench
+
+        sizes = list(self.sizes.state)
+        log(f"figures 8-10: processor state with {sizes} sign-ups (proof.bench_state)")
+        report = run_state_bench(self.stack.bootstrap, sizes, True,
+                                 self.out / "fig8_state.json", self.stack.config.partitions)
+        small, large = report["points"][0], report["points"][-1]
+        r_small = small["restart_kill_to_first_decision_s"]
+        r_large = large["restart_kill_to_first_decision_s"]
+        limit = SESSION_TIMEOUT + 5
+        self.row(f"8. restart after SIGKILL, {large['signups']:,} vs {small['signups']:,} "
+                 "sign-ups in the state", r_large, "s", r_small,
+                 f"<= 1.2x and <= {limit:.0f} s", r_large <= 1.2 * r_small and r_large <= limit,
+                 f"from the kill to the first decision committed by the new process, the "
+                 f"store surviving on disk; the session timeout is {SESSION_TIMEOUT:.0f}s "
+                 f"(the group waits that long for the dead member); records restored at "
+                 f"the restart: {large['restart_restored_records']}")
+        m_small = small["memory_after_restart"]
+        m_large = large["memory_after_restart"]
+        self.row(f"8. processor RSS after the restart, {large['signups']:,} vs "
+                 f"{small['signups']:,} sign-ups", m_large["rss_mb"], "MB", m_small["rss_mb"],
+                 "<= 250 MB and <= 1.2x",
+                 m_large["rss_mb"] <= 250 and m_large["rss_mb"] <= 1.2 * m_small["rss_mb"],
+                 f"VmRSS, peak (VmHWM) {m_large['peak_rss_mb']} MB vs "
+                 f"{m_small['peak_rss_mb']} MB; disk {large['disk_mb']} MB")
+        restore, plain = large["full_restore"], large["plain_read"]
+        self.row(f"9. full restore of {large['signups']:,} sign-ups onto an empty disk",
+                 restore["records_per_s"], "records/s", plain["records_per_s"], ">= 0.5x",
+                 bool(restore["records_per_s"]) and
+                 restore["records_per_s"] >= 0.5 * plain["records_per_s"],
+                 f"{restore['records']:,} changelog records in {restore['seconds']}s (the "
+                 f"processor's own log line) vs a plain confluent-kafka read of the same "
+                 f"topics in {plain['seconds']}s; start to deciding "
+                 f"{restore['start_to_deciding_s']}s")
+        failover = report.get("failover")
+        if failover:
+            self.row(f"10. failover: SIGKILL one of two processors, {failover['signups']:,} "
+                     "sign-ups", failover["kill_to_first_decision_s"], "s", None, "reported",
+                     None, f"partitions {failover['partitions_moved']} moved; the survivor "
+                     f"restored {failover['survivor_restored_records']} records in "
+                     f"{failover['survivor_restore_s']}s")
+
     # -------------------------------------------------------------- figure 6
 
     def fig6_memory(self, restart: dict[str, Any]) -> None:
@@ -661,6 +712,8 @@ def run(bench: Bench) -> None:
         bench.fig5_query()
     with step(bench, "4. replay"):
         bench.fig4_replay()
+    with step(bench, "8-10. processor state"):
+        bench.fig8_state()
 
 
 def order(figures: list[dict[str, Any]]) -> list[dict[str, Any]]:

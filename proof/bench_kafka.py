@@ -17,12 +17,13 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from course_processor.records import event_headers
 
 from course_processor.decider import Decider
-from course_processor.domain import enrollment_key
+from course_processor.values import memory_key, outcome_of
+from course_processor.wire import event_headers
 from schemas import codec, topics
 from schemas.messages import Command, CreateCourse, SignUp, StudentSignedUp
+from schemas.pseudonyms import seat_key
 
 CLOCK = time.CLOCK_MONOTONIC  # one clock for every process on this machine
 
@@ -156,7 +157,7 @@ class OffsetProbe:
 def seed_tables(courses: list[str], capacity: int) -> tuple[dict, dict, dict]:
     """The processor's tables right after it decided the CreateCourse commands."""
     course_table: dict = {}
-    decider = Decider(course_table, {}, {})
+    decider = Decider(course_table, {}, {}, b"unused: no sign-ups")
     for cmd in create_commands(courses, capacity):
         decider.decide(cmd)
     return course_table, {}, {}
@@ -321,12 +322,14 @@ def create_history(bootstrap: str, courses: list[str], capacity: int) -> History
 
 
 def grow_history(bootstrap: str, history: History, count: int, rng: random.Random,
-                 tag: str) -> float:
+                 tag: str, secret: bytes) -> float:
     """Decide `count` more sign-ups for the history courses with the processor's Decider
-    and write what the processor itself would write: each decision to course-events
-    and to the decisions changelog, each seat to the seats changelog, each course's
-    last state to the courses changelog. Run it while the processor is stopped: the
-    next processor restores these tables at start, as after any restart. Seconds."""
+    and write what the processor itself would write: each decision to course-events,
+    each to the decided_signups changelog, each seat to the seat_holders changelog,
+    each course's last state to the courses changelog. Run it while the processor is
+    stopped: the next processor restores these tables at start, as after any restart
+    (a tail restore after the offsets on its disk). `secret` is the stack's
+    PSEUDONYM_SECRET, so the seat keys are the processor's own. Seconds."""
     started = time.perf_counter()
     # murmur2: the partitioner of the processor's own (aiokafka) producer, so a course's
     # seeded decisions share a partition of course-events with its CourseCreated.
@@ -334,8 +337,9 @@ def grow_history(bootstrap: str, history: History, count: int, rng: random.Rando
                          "batch.size": 1_000_000, "partitioner": "murmur2_random",
                          "queue.buffering.max.messages": 1_000_000})
     seats: dict[str, Any] = {}
-    decisions: dict[str, Any] = {}
-    decider = Decider(history.table, seats, decisions)
+    decided: dict[str, Any] = {}
+    # Nothing the bench decides expires within the run: no expiry scan per decision.
+    decider = Decider(history.table, seats, decided, secret, oldest=lambda _: [])
     touched: set[str] = set()
 
     def send(topic: str, key: bytes, value: bytes, **extra: Any) -> None:
@@ -347,20 +351,24 @@ def grow_history(bootstrap: str, history: History, count: int, rng: random.Rando
                 producer.poll(0.05)
 
     for i, cmd in enumerate(signup_commands(history.courses, count, rng, tag)):
-        value, event = decider.decide(cmd)
-        assert isinstance(cmd, SignUp)
+        event = decider.decide(cmd)
+        assert isinstance(cmd, SignUp) and event is not None
         part = history.partition_of[cmd.course_id]
-        send(topics.EVENTS, cmd.course_id.encode(), value,
+        send(topics.EVENTS, cmd.course_id.encode(), codec.encode(event),
              headers=event_headers(event, "bench-history", 0))
-        send(changelog("decisions"), json.dumps(cmd.signup_id).encode(), value, partition=part)
+        outcome = outcome_of(event)
+        assert outcome is not None
+        day = event.occurred_at.date()
+        send(changelog("decided_signups"), json.dumps(memory_key(day, cmd.signup_id)).encode(),
+             json.dumps(outcome.encode()).encode(), partition=part)
         if isinstance(event, StudentSignedUp):
-            key = enrollment_key(cmd.course_id, cmd.email)
-            send(changelog("seats"), json.dumps(key).encode(),
+            key = seat_key(secret, cmd.course_id, cmd.email)
+            send(changelog("seat_holders"), json.dumps(key).encode(),
                  json.dumps(cmd.signup_id).encode(), partition=part)
             touched.add(cmd.course_id)
         if i % 50_000 == 49_999:
             seats.clear()  # every student is new: nothing to look up again
-            decisions.clear()
+            decided.clear()
     for course in touched:
         send(changelog("courses"), json.dumps(course).encode(),
              json.dumps(history.table[course], separators=(",", ":")).encode(),

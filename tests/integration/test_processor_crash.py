@@ -40,7 +40,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import topics
 from schemas.codec import decode, encode
-from schemas.messages import CreateCourse, SignUp, SignUpRejected, StudentSignedUp
+from schemas.messages import (
+    CourseCreated,
+    CreateCourse,
+    SignUp,
+    SignUpRejected,
+    StudentSignedUp,
+    event_id_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -118,8 +125,10 @@ def free_port() -> int:
 class Worker:
     """One `python -m course_processor` process."""
 
-    def __init__(self, app_id: str, name: str, log_dir: Path) -> None:
+    def __init__(self, app_id: str, name: str, log_dir: Path, store: str | None = None) -> None:
         self.name = name
+        # A restarted worker given the same store finds its local state on disk.
+        self.data_dir = log_dir / (store or name)
         self.port = free_port()
         self.log_path = log_dir / f"{name}.log"
         env = {
@@ -127,7 +136,7 @@ class Worker:
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap(),
             "PROCESSOR_APP_ID": app_id,
             "PROCESSOR_PORT": str(self.port),
-            "PROCESSOR_DATA_DIR": str(log_dir / name),
+            "PROCESSOR_DATA_DIR": str(self.data_dir),
             "PSEUDONYM_SECRET": "integration-test-secret",
             "PROCESSOR_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
             "LOG_LEVEL": os.environ.get("TEST_PROCESSOR_LOG_LEVEL", "INFO"),
@@ -203,10 +212,14 @@ class Cluster:
     app_id: str = field(default_factory=lambda: f"test-processor-{uuid.uuid4().hex[:10]}")
     workers: list[Worker] = field(default_factory=list)
 
-    def start(self, name: str) -> Worker:
-        worker = Worker(self.app_id, name, self.log_dir)
+    def start(self, name: str, store: str | None = None) -> Worker:
+        worker = Worker(self.app_id, name, self.log_dir, store)
         self.workers.append(worker)
         return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
 
     def wait_sharing(self, *workers: Worker, timeout: float = 60) -> None:
         """Wait until exactly these workers decide, together, every partition once."""
@@ -291,11 +304,12 @@ def make_workload(courses: int, signups: int, seed: int) -> tuple[Workload, list
 
 
 class CommandProducer:
-    def __init__(self, servers: str) -> None:
-        # murmur2: the same partition for a key as the Java client and faust would pick.
+    def __init__(self, servers: str, partitioner: str = "murmur2_random") -> None:
+        # murmur2: the same partition for a key as the Java client and faust would pick;
+        # the command API's is consistent_random (CRC-32).
         self.producer = Producer({"bootstrap.servers": servers, "acks": "all",
                                   "enable.idempotence": True, "linger.ms": 5,
-                                  "partitioner": "murmur2_random"})
+                                  "partitioner": partitioner})
         self.delivered: list[tuple[int, int]] = []
 
     def send(self, course_id: str, value: bytes) -> None:
@@ -421,9 +435,11 @@ def test_kill_9_three_times_during_a_burst(cluster: Cluster) -> None:
             if i < 3:
                 log.wait_partly_decided(wave, random.uniform(0.1, 0.6), timeout=60)
                 worker.kill()  # in the middle of the wave
-                worker = cluster.start(f"solo-{i + 2}")
+                worker = cluster.start(f"solo-{i + 2}", store="solo")
         log.wait_all_decided(set(w.signups), timeout=90)
         report = audit(log, w)
+        cluster.stop_all()
+        report.update(assert_disk_is_committed_changelog(cluster))
     except AssertionError:
         print(cluster.logs())
         raise
@@ -444,11 +460,14 @@ def test_two_workers_one_killed(cluster: Cluster) -> None:
         a.kill()
         producer.send_all(waves[1])
         cluster.wait_sharing(b, timeout=SESSION_TIMEOUT * 6)
-        a2 = cluster.start("a-restarted")  # partitions move back while b is deciding
+        # Partitions move back while b is deciding; a's disk is behind for some of them.
+        a2 = cluster.start("a-restarted", store="a")
         producer.send_all(waves[2])
         cluster.wait_sharing(a2, b)
         log.wait_all_decided(set(w.signups), timeout=90)
         report = audit(log, w)
+        cluster.stop_all()
+        report.update(assert_disk_is_committed_changelog(cluster))
     except AssertionError:
         print(cluster.logs())
         raise
@@ -518,6 +537,9 @@ def test_paused_worker_is_fenced(cluster: Cluster) -> None:
         log.wait_all_decided(set(w.signups), timeout=90)
         report = audit(log, w)
         assert_fenced(log, a_id, paused_generation, resumed_at_ms)
+        # The fenced worker's aborted transactions left nothing on its disk.
+        cluster.stop_all()
+        report.update(assert_disk_is_committed_changelog(cluster))
     except AssertionError:
         print(cluster.logs())
         raise
@@ -557,6 +579,8 @@ def test_paused_idle_worker_rejoins_in_a_new_generation(cluster: Cluster) -> Non
         report = audit(log, w)
         assert_fenced(log, a_id, paused_generation, resumed_at_ms)
         assert a.proc.poll() is None, "the resumed worker ended"
+        cluster.stop_all()
+        report.update(assert_disk_is_committed_changelog(cluster))
     except AssertionError:
         print(cluster.logs())
         raise
@@ -614,6 +638,57 @@ def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> Non
     assert 'processor_dlq_total{reason="invalid"} 1.0' in metrics
 
 
+def assert_disk_is_committed_changelog(cluster: Cluster) -> dict[str, int]:
+    """Every stopped worker's local state equals, key by key, its committed changelog up
+    to the offsets stored with it: nothing aborted, nothing uncommitted reached a disk."""
+    from course_processor.state import LocalState
+
+    tables = ("courses", "seat_holders", "decided_signups")
+    compared = keys = 0
+    for data_dir in {w.data_dir for w in cluster.workers}:
+        if not data_dir.exists():
+            continue
+        for part_dir in sorted(data_dir.glob("partition-*")):
+            partition = int(part_dir.name.removeprefix("partition-"))
+            state = LocalState(data_dir, tables)
+            try:
+                for table in tables:
+                    upto = state.persisted_offset(table, partition)
+                    disk = dict(state.items(partition, table))
+                    topic = f"{cluster.app_id}-{table}-changelog"
+                    log = ({} if upto is None else
+                           committed_changelog(cluster.servers, topic, partition, upto))
+                    assert disk == log, f"{data_dir.name} partition {partition} {table}"
+                    compared += 1
+                    keys += len(disk)
+            finally:
+                state.close()
+    assert compared, "no local state to compare"
+    return {"tables_compared": compared, "keys_compared": keys}
+
+
+def committed_changelog(servers: str, topic: str, partition: int, upto: int
+                        ) -> dict[bytes, bytes]:
+    """A changelog partition folded to key -> last value, committed records up to `upto`."""
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
+                         "isolation.level": "read_committed", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, partition, 0)])
+    table: dict[bytes, bytes] = {}
+    deadline = time.monotonic() + 30
+    try:
+        while consumer.position([TopicPartition(topic, partition)])[0].offset <= upto:
+            assert time.monotonic() < deadline, f"{topic}[{partition}] unread up to {upto}"
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error() is None and msg.offset() <= upto:
+                    if msg.value() is None:
+                        table.pop(msg.key(), None)
+                    else:
+                        table[msg.key()] = msg.value()
+    finally:
+        consumer.close()
+    return table
+
+
 def signups_in(commands: list[tuple[str, bytes]]) -> set[str]:
     return {getattr(decode(v), "signup_id", "") for _, v in commands} - {""}
 
@@ -621,3 +696,181 @@ def signups_in(commands: list[tuple[str, bytes]]) -> set[str]:
 def _waves(commands: list, n: int) -> list[list]:
     size = -(-len(commands) // n)
     return [commands[i * size:(i + 1) * size] for i in range(n)]
+
+
+def test_kill_9_at_random_moments_of_a_steady_stream(cluster: Cluster) -> None:
+    """Commits run every 0.1 s, so kills at random moments land before, inside and after
+    them; the store survives on disk from one worker to the next."""
+    w, courses = make_workload(courses=5, signups=2500, seed=6)
+    producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, courses)
+    commands = list(w.commands)
+    producer.send_all(commands[: len(courses)])
+    sent = threading.Event()
+
+    def stream() -> None:
+        for course_id, value in commands[len(courses):]:
+            producer.send(course_id, value)
+            time.sleep(0.004)
+        producer.producer.flush(30)
+        sent.set()
+
+    rng = random.Random(6)
+    worker = cluster.start("r-1", store="r")
+    threading.Thread(target=stream, daemon=True).start()
+    try:
+        for i in range(5):
+            cluster.wait_sharing(worker, timeout=SESSION_TIMEOUT * 6)
+            time.sleep(rng.uniform(0.1, 1.5))
+            worker.kill()
+            worker = cluster.start(f"r-{i + 2}", store="r")
+        wait_for(sent.is_set, 90, "the sign-ups to be produced")
+        log.wait_all_decided(set(w.signups), timeout=90)
+        report = audit(log, w)
+        cluster.stop_all()
+        report.update(assert_disk_is_committed_changelog(cluster))
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        log.close()
+    print("audit", report)
+
+
+def test_repeated_commands_write_nothing(cluster: Cluster) -> None:
+    """A retried request (the same sign-up id in a new command) is acknowledged and adds
+    no record to course-events: without a crash, the log holds each decision once."""
+    w = Workload(random.Random(7))
+    course = w.course(capacity=10, students=30)
+    for _ in range(30):
+        w.signup(course)
+    originals = [decode(v) for _, v in w.commands[1:]]
+    repeats = [(course, encode(SignUp(str(uuid.uuid4()), cmd.signup_id, course, cmd.email.upper(),
+                                      cmd.name, cmd.date_of_birth, _now(), str(uuid.uuid4()))))
+               for cmd in originals for _ in range(2) if isinstance(cmd, SignUp)]
+    producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, [course])
+    worker = cluster.start("solo")
+    try:
+        cluster.wait_sharing(worker)
+        producer.send_all(w.commands)
+        log.wait_all_decided(set(w.signups), timeout=60)
+        producer.send_all(repeats)
+
+        def all_repeats_seen() -> bool:
+            return sum(_counter(worker.metrics(), "processor_repeats_total").values()) >= \
+                len(repeats) + len(originals) - len(w.signups)
+        wait_for(all_repeats_seen, 60, "the repeated commands to be processed")
+        log.read(1.0)
+        records = log.records[course.encode()]
+        event_ids = [decode(r.value).event_id for r in records]
+        assert len(event_ids) == len(set(event_ids)) == 1 + len(w.signups)
+        audit(log, w)
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        log.close()
+
+
+def _counter(metrics: str, name: str) -> dict[str, float]:
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
+            if line.startswith(name)}
+
+
+def test_an_upgraded_processor_builds_its_state_from_the_event_log(cluster: Cluster) -> None:
+    """What a processor of the in-memory version left: decisions on course-events and its
+    committed offsets, but none of the new tables. The new one builds them from the log
+    before deciding: seats stay taken, students stay enrolled, a repeat stays answered."""
+    full, open_course, later = (f"u-{uuid.uuid4().hex[:10]}" for _ in range(3))
+    old_students = {full: [f"f{i}.{uuid.uuid4().hex[:6]}@example.org" for i in range(5)],
+                    open_course: [f"o{i}.{uuid.uuid4().hex[:6]}@example.org" for i in range(3)]}
+    history: list[tuple[str, object]] = []
+    for course, capacity in ((full, 5), (open_course, 10)):
+        history.append((course, _created(course, capacity)))
+        for seat, email in enumerate(old_students[course], start=1):
+            history.append((course, _signed_up(course, email, seat, capacity)))
+    lost = SignUp(str(uuid.uuid4()), str(uuid.uuid4()), later, "early@example.org", "Early",
+                  date(2001, 2, 3), _now(), str(uuid.uuid4()))
+    history.append((later, _rejected(lost, "course_not_found")))
+    old_processor = Producer({"bootstrap.servers": cluster.servers, "acks": "all",
+                              "partitioner": "murmur2_random"})
+    for course, event in history:
+        old_processor.produce(topics.EVENTS, key=course.encode(), value=encode(event))  # type: ignore[arg-type]
+    assert old_processor.flush(30) == 0
+
+    w = Workload(random.Random(8))
+    w.capacity.update({full: 5, open_course: 10, later: 3})
+    commands: list[tuple[str, SignUp | CreateCourse]] = [
+        (later, CreateCourse(str(uuid.uuid4()), later, "Later", "Ada", 3, _now(), "c")),
+        (later, replace_command(lost)),  # asked again: it was rejected, and stays so
+        (full, _signup(full, "new.student@example.org")),
+        (full, _signup(full, old_students[full][0].upper())),
+        (open_course, _signup(open_course, old_students[open_course][1])),
+        *((open_course, _signup(open_course, f"n{i}@example.org")) for i in range(10)),
+    ]
+    producer = CommandProducer(cluster.servers, partitioner="consistent_random")
+    log = EventLog(cluster.servers, [full, open_course, later])
+    worker = cluster.start("upgraded")
+    try:
+        cluster.wait_sharing(worker, timeout=90)
+        producer.send_all([(c, encode(cmd)) for c, cmd in commands])
+        fresh = {cmd.signup_id for _, cmd in commands
+                 if isinstance(cmd, SignUp) and cmd.signup_id != lost.signup_id}
+        log.wait_all_decided(fresh, timeout=60)
+        log.read(1.0)
+        decided = {e.signup_id: e for e in (decode(r.value) for rs in log.records.values()
+                                             for r in rs)
+                   if isinstance(e, StudentSignedUp | SignUpRejected)}
+        outcome = {sid: getattr(e, "reason", None) or e.seats_taken  # type: ignore[union-attr]
+                   for sid, e in decided.items() if sid in fresh}
+        by_email = {cmd.email: outcome[cmd.signup_id] for _, cmd in commands
+                    if isinstance(cmd, SignUp) and cmd.signup_id in outcome}
+        assert by_email["new.student@example.org"] == "course_full"
+        assert by_email[old_students[full][0].upper()] == "already_enrolled"
+        assert by_email[old_students[open_course][1]] == "already_enrolled"
+        seats = sorted(v for k, v in by_email.items() if k.startswith("n"))  # type: ignore[type-var]
+        assert seats[:7] == [4, 5, 6, 7, 8, 9, 10] and seats[7:] == ["course_full"] * 3
+        lost_records = [e for e in decided.values() if e.signup_id == lost.signup_id]
+        assert [getattr(e, "reason", None) for e in lost_records] == ["course_not_found"]
+        assert "tables built from course-events" in worker.log_path.read_text()
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        log.close()
+
+
+def replace_command(cmd: SignUp) -> SignUp:
+    """The same sign-up asked again: a new command with the same sign-up id."""
+    return SignUp(str(uuid.uuid4()), cmd.signup_id, cmd.course_id, cmd.email, cmd.name,
+                  cmd.date_of_birth, _now(), str(uuid.uuid4()))
+
+
+def _signup(course: str, email: str) -> SignUp:
+    return SignUp(str(uuid.uuid4()), str(uuid.uuid4()), course, email, "Student",
+                  date(2000, 1, 1), _now(), str(uuid.uuid4()))
+
+
+def _meta(course: str, event_type: str) -> dict[str, object]:
+    command_id = str(uuid.uuid4())
+    return {"event_id": event_id_for(command_id), "event_type": event_type,
+            "occurred_at": _now(), "course_id": course, "causation_id": command_id,
+            "correlation_id": str(uuid.uuid4())}
+
+
+def _created(course: str, capacity: int) -> CourseCreated:
+    return CourseCreated(**_meta(course, "CourseCreated"), title="Old course",  # type: ignore[arg-type]
+                         lecturer="Ada", capacity=capacity)
+
+
+def _signed_up(course: str, email: str, seat: int, capacity: int) -> StudentSignedUp:
+    return StudentSignedUp(**_meta(course, "StudentSignedUp"), signup_id=str(uuid.uuid4()),  # type: ignore[arg-type]
+                           email=email, name="Old", date_of_birth=date(1999, 1, 1),
+                           seats_taken=seat, capacity=capacity)
+
+
+def _rejected(cmd: SignUp, reason: str) -> SignUpRejected:
+    return SignUpRejected(**{**_meta(cmd.course_id, "SignUpRejected"),  # type: ignore[arg-type]
+                             "causation_id": cmd.command_id,
+                             "event_id": event_id_for(cmd.command_id)},
+                          signup_id=cmd.signup_id, email=cmd.email, name=cmd.name,
+                          reason=reason)
