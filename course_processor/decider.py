@@ -33,7 +33,7 @@ def utc_now() -> datetime:
 
 
 def sorted_keys(table: MutableMapping[str, Any]) -> Callable[[int], list[str]]:
-    """`oldest` for a plain dict: its first keys in order."""
+    """`oldest` for a small plain dict (tests): its first keys in order, by sorting."""
     return lambda limit: sorted(table)[:limit]
 
 

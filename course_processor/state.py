@@ -128,6 +128,9 @@ class LocalState:
         self._written: dict[tuple[str, int], int] = {}
         # Per partition and table: no live key sorts before this one (see oldest_keys).
         self._floors: dict[tuple[int, str], bytes] = {}
+        # Per partition and table: the last answer of oldest_keys (limit, keys), kept
+        # until a write could change it.
+        self._oldest: dict[tuple[int, str], tuple[int, list[bytes]]] = {}
         self._open: frozenset[int] = frozenset()
 
     # -------------------------------------------------------------- partitions
@@ -154,6 +157,7 @@ class LocalState:
         for partition in sorted(set(self._dbs) - keep):
             self._dbs.pop(partition).close()
             self._staged.pop(partition, None)
+            self._forget_answers(partition)
         self._open = frozenset(self._dbs)
 
     def wipe(self, partition: int) -> None:
@@ -163,6 +167,7 @@ class LocalState:
             db.close()
         self._open = frozenset(self._dbs)
         self._staged.pop(partition, None)
+        self._forget_answers(partition)
         shutil.rmtree(self.path_of(partition), ignore_errors=True)
 
     def close(self) -> None:
@@ -192,21 +197,28 @@ class LocalState:
     def oldest_keys(self, partition: int, table: str, limit: int) -> list[bytes]:
         """The first `limit` live keys of a table partition, in key order.
 
-        Expiry deletes from the start of the table; remembering where the first live
-        key is saves walking over the deletions again (RocksDB keeps them as
-        tombstones until compaction).
+        Expiry asks this for every decision, and deletes from the start of the table.
+        The answer is kept until a write could change it (new keys of the decision
+        memory sort after the old ones, so that is rare), and where the first live key
+        is saves walking over the deletions again (RocksDB keeps them as tombstones
+        until compaction).
         """
+        cached = self._oldest.get((partition, table))
+        if cached is not None and cached[0] == limit:
+            return list(cached[1])
         staged = self._staged.get(partition, {}).get(table, {})
         floor = self._floors.get((partition, table), b"")
-        found: list[bytes] = []
+        on_disk: list[bytes] = []
         for key in self.open(partition).keys_from(table, floor):
             if key in staged and staged[key] is None:
                 continue
-            found.append(key)
-            if len(found) >= limit:
+            on_disk.append(key)
+            if len(on_disk) >= limit:
                 break
+        found = sorted({*on_disk, *(k for k, v in staged.items() if v is not None)})[:limit]
         if found:
             self._floors[(partition, table)] = found[0]
+        self._oldest[(partition, table)] = (limit, list(found))
         return found
 
     def persisted_offset(self, table: str, partition: int) -> int | None:
@@ -222,6 +234,13 @@ class LocalState:
         if partition not in self._dbs:
             raise KeyError(f"partition {partition} is not open: not owned by this worker")
         self._staged.setdefault(partition, {}).setdefault(table, {})[key] = value
+        cached = self._oldest.get((partition, table))
+        if cached is not None:
+            limit, keys = cached
+            if key in keys or len(keys) < limit or key < keys[-1]:
+                del self._oldest[(partition, table)]
+        if key < self._floors.get((partition, table), b""):
+            del self._floors[(partition, table)]
 
     def written(self, table: str, partition: int, offset: int) -> None:
         """A changelog record of the open transaction reached the broker at `offset`."""
@@ -243,6 +262,7 @@ class LocalState:
         self._staged.clear()
         self._written.clear()
         self._floors.clear()
+        self._oldest.clear()
 
     def staged_count(self) -> int:
         return sum(len(e) for changes in self._staged.values() for e in changes.values())
@@ -251,3 +271,10 @@ class LocalState:
              records: Iterable[tuple[bytes, bytes | None]], last_offset: int) -> None:
         """Committed changelog records, straight to disk with the offset of the last one."""
         self.open(partition).write({table: dict(records)}, {table: last_offset})
+        self._forget_answers(partition)
+
+    def _forget_answers(self, partition: int) -> None:
+        for key in [k for k in self._oldest if k[0] == partition]:
+            del self._oldest[key]
+        for key in [k for k in self._floors if k[0] == partition]:
+            del self._floors[key]

@@ -157,3 +157,19 @@ def test_a_wiped_partition_starts_empty(tmp_path: Path) -> None:
     s.wipe(0)
     s.open(0)
     assert dict(s.items(0, "courses")) == {} and s.persisted_offset("courses", 0) is None
+
+
+def test_the_oldest_keys_answer_follows_every_write(tmp_path: Path) -> None:
+    s = state(tmp_path, 0)
+    for key in (b"2026-01-02/b", b"2026-01-03/c"):
+        s.stage(0, "decided_signups", key, b"v")
+    s.commit({0})
+    assert s.oldest_keys(0, "decided_signups", 2) == [b"2026-01-02/b", b"2026-01-03/c"]
+    s.stage(0, "decided_signups", b"2026-01-04/d", b"v")  # sorts after: same answer
+    assert s.oldest_keys(0, "decided_signups", 2) == [b"2026-01-02/b", b"2026-01-03/c"]
+    s.stage(0, "decided_signups", b"2026-01-01/a", b"v")  # sorts first
+    assert s.oldest_keys(0, "decided_signups", 2) == [b"2026-01-01/a", b"2026-01-02/b"]
+    s.stage(0, "decided_signups", b"2026-01-01/a", None)
+    assert s.oldest_keys(0, "decided_signups", 2) == [b"2026-01-02/b", b"2026-01-03/c"]
+    s.load(0, "decided_signups", [(b"2025-12-31/z", b"v")], last_offset=5)
+    assert s.oldest_keys(0, "decided_signups", 1) == [b"2025-12-31/z"]
