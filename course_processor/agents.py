@@ -37,13 +37,7 @@ def register(p: Processor) -> None:
     async def decide(stream: faust.StreamT) -> None:
         async for event in stream.events():
             try:
-                # The lock keeps a commit out while a command is half decided. Without
-                # it a commit could carry this command's table changes but not its
-                # event (they are sent one after the other); a crash then would leave
-                # the restored tables saying "decided" for a sign-up whose decision
-                # never reached the log, and the redo would write nothing.
-                async with p.app.decision_lock:
-                    await handler.handle(event.message)
+                await handler.handle(event.message)
             except Exception as exc:
                 # Not acked, not committed: a restart decides this command again.
                 fail_stop("a command could not be processed", exc)
@@ -76,7 +70,8 @@ class CommandHandler:
         except Unprocessable as exc:
             await self.dead_letter(message, exc)
             return
-        event = self.decider.decide(cmd)
+        plan = self.decider.plan(cmd)
+        event = plan.event
         self.metrics.commands.labels(type(cmd).__name__).inc()
         fields = {"correlation_id": cmd.correlation_id, "command_id": cmd.command_id,
                   "signup_id": getattr(cmd, "signup_id", None), "course_id": cmd.course_id,
@@ -87,7 +82,17 @@ class CommandHandler:
             log.info("already decided", extra=fields)
             return
         headers = event_headers(event, self.p.processor_id, generation)
+        # The event first, then the table changes. A commit may run while this command
+        # is decided (faust commits from another task), and a crash may follow it, so
+        # a transaction can end between any two of the command's records. Sent in this
+        # order, a transaction that holds the command's table changes ("decided") also
+        # holds its event: after a crash the redo finds it decided and rightly writes
+        # nothing. The other way round, the redo could find it decided without its
+        # event in the log, and it would have no decision at all. A transaction that
+        # holds the event but not the changes is redone into the same decision: the
+        # repeated record (same event_id) that the contract allows after a crash.
         await self.p.events.send(key=message.key, value=encode(event), headers=headers)
+        self.decider.apply(plan)
         decided, reason = outcome(event)
         self.metrics.decisions.labels(decided, reason).inc()
         self.metrics.processing.observe(perf_counter() - started)

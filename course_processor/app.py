@@ -6,7 +6,6 @@ together.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import Callable
@@ -36,9 +35,6 @@ class ProcessorApp(faust.App):
     transaction of their command (transactions.py)."""
 
     local_state: LocalState
-    # Held while a command is decided and while a commit runs, so a commit never
-    # carries part of a command's records (see agents.py).
-    decision_lock: asyncio.Lock
     # Brings the owned partitions' local state up to date on assignment (bootstrap.py).
     restorer: Callable[[set[int]], None]
     commands_topic: str
@@ -80,7 +76,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Processor:
     """Build the app, its topics and tables; nothing connects before the worker starts."""
     app = ProcessorApp(settings.app_id, **faust_settings(settings))
     app.local_state = LocalState(settings.data_dir, TABLES)
-    app.decision_lock = asyncio.Lock()
     return Processor(
         app=app,
         settings=settings,

@@ -7,6 +7,7 @@ benchmark's baseline loop and in the unit tests (values.py says what they hold).
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +38,18 @@ def sorted_keys(table: MutableMapping[str, Any]) -> Callable[[int], list[str]]:
     return lambda limit: sorted(table)[:limit]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A decision not yet applied: the event to send, then the table changes to make.
+
+    The agent sends the event before it makes the changes (agents.py says why); a
+    change is (table, key, value), with None for a deletion.
+    """
+
+    event: Event | None
+    changes: tuple[tuple[str, str, Any], ...] = ()
+
+
 class Decider:
     def __init__(
         self,
@@ -47,46 +60,57 @@ class Decider:
         oldest: Callable[[int], list[str]] | None = None,  # decided's first keys in order
         now: Callable[[], datetime] = utc_now,
     ) -> None:
+        self.tables = {"courses": courses, "seat_holders": seats, "decided_signups": decided}
         self.courses, self.seats, self.decided = courses, seats, decided
         self.secret, self.now = secret, now
         self.oldest = oldest or sorted_keys(decided)
 
     def decide(self, cmd: Command) -> Event | None:
         """The event for `cmd`, with the tables already updated; None for a repeat."""
+        plan = self.plan(cmd)
+        self.apply(plan)
+        return plan.event
+
+    def plan(self, cmd: Command) -> Plan:
+        """The event for `cmd` and the changes it makes; reads the tables, writes nothing."""
         return self.create(cmd) if isinstance(cmd, CreateCourse) else self.sign_up(cmd)
 
-    def create(self, cmd: CreateCourse) -> Event | None:
+    def apply(self, plan: Plan) -> None:
+        for table, key, value in plan.changes:
+            if value is None:
+                del self.tables[table][key]
+            else:
+                self.tables[table][key] = value
+
+    def create(self, cmd: CreateCourse) -> Plan:
         course = course_from_value(self.courses.get(cmd.course_id))
         event = domain.decide_create(course, cmd, self.now())
-        if event is not None:
-            self.store(course, event)
-        return event
+        return Plan(event, self.course_change(course, event))
 
-    def sign_up(self, cmd: SignUp) -> Event | None:
+    def sign_up(self, cmd: SignUp) -> Plan:
         now = self.now()
         today = now.date()
         if any(self.decided.get(k) is not None for k in remembered_keys(today, cmd.signup_id)):
-            return None  # decided within MEMORY_DAYS: the log has its answer already
+            return Plan(None)  # decided within MEMORY_DAYS: the log has its answer already
         key = seat_key(self.secret, cmd.course_id, cmd.email)
         course = course_from_value(self.courses.get(cmd.course_id))
         event = domain.decide_signup(course, self.seats.get(key), cmd, now)
         if event is None:
-            return None
-        self.store(course, event)
+            return Plan(None)
+        changes = list(self.course_change(course, event))
         if isinstance(event, StudentSignedUp):
-            self.seats[key] = cmd.signup_id
+            changes.append(("seat_holders", key, cmd.signup_id))
         outcome = outcome_of(event)
         if outcome is not None:
-            self.decided[memory_key(today, cmd.signup_id)] = outcome.encode()
-        self.forget_expired(today)
-        return event
+            changes.append(("decided_signups", memory_key(today, cmd.signup_id),
+                            outcome.encode()))
+        changes += [("decided_signups", k, None) for k in self.oldest(FORGET_PER_DECISION)
+                    if expired(k, today)]
+        return Plan(event, tuple(changes))
 
-    def store(self, course: domain.Course | None, event: Event) -> None:
-        evolved = domain.evolve(course, event)
-        if evolved is not None and evolved != course:
-            self.courses[evolved.course_id] = course_to_value(evolved)
-
-    def forget_expired(self, today: Any) -> None:
-        for key in self.oldest(FORGET_PER_DECISION):
-            if expired(key, today):
-                del self.decided[key]
+    def course_change(self, course: domain.Course | None,
+                      event: Event | None) -> tuple[tuple[str, str, Any], ...]:
+        evolved = domain.evolve(course, event) if event is not None else course
+        if evolved is None or evolved == course:
+            return ()
+        return (("courses", evolved.course_id, course_to_value(evolved)),)

@@ -12,9 +12,12 @@ checkpoints and Kafka Streams' KIP-892 do:
 
 1. A table write of a transaction is staged in memory, per partition; reads see the
    staged value first, then the disk.
-2. Once Kafka has committed the partition's transaction, its staged writes go to disk
-   together with the offsets of the changelog records that carried them, in one
-   atomic WriteBatch (`commit`).
+2. A commit takes the staged writes of its partitions aside when it starts
+   (`begin_commit`): every changelog record that carried them was handed to the
+   producer before, and the commit flushes those into the transaction. Once Kafka
+   has committed, they go to disk together with the offsets of those records, in one
+   atomic WriteBatch (`finish_commit`). Writes staged while the commit runs wait
+   for the next one, so the disk never holds a write the commit did not carry.
 3. When the transaction aborts (a rebalance restarts the producers; any write or
    commit failure ends the process) the staged writes are dropped (`drop_staged`).
 
@@ -123,9 +126,13 @@ class LocalState:
         self._cache = Cache(_BLOCK_CACHE_BYTES)
         self._dbs: dict[int, PartitionDB] = {}
         self._staged: dict[int, Changes] = {}
-        # (table, partition) -> offset of the last changelog record delivered for a
-        # transaction that has not been committed yet.
-        self._written: dict[tuple[str, int], int] = {}
+        # Taken aside by the commit under way, until Kafka has committed it.
+        self._committing: dict[int, Changes] = {}
+        self._commit_sequence = 0
+        # (table, partition) -> (sequence number, offset) of each changelog record
+        # delivered and not yet on disk; sequence numbers count the records handed to
+        # the producer, so a commit knows which of them it carried.
+        self._written: dict[tuple[str, int], list[tuple[int, int]]] = {}
         # Per partition and table: no live key sorts before this one (see oldest_keys).
         self._floors: dict[tuple[int, str], bytes] = {}
         # Per partition and table: the last answer of oldest_keys (limit, keys), kept
@@ -176,11 +183,12 @@ class LocalState:
     # -------------------------------------------------------------- reads
 
     def get(self, partition: int, table: str, key: bytes) -> bytes | None:
-        staged = self._staged.get(partition)
-        if staged is not None:
-            entries = staged.get(table)
-            if entries is not None and key in entries:
-                return entries[key]
+        for layer in (self._staged, self._committing):
+            changes = layer.get(partition)
+            if changes is not None:
+                entries = changes.get(table)
+                if entries is not None and key in entries:
+                    return entries[key]
         db = self._dbs.get(partition)
         if db is None:
             raise KeyError(f"partition {partition} is not open: not owned by this worker")
@@ -206,7 +214,8 @@ class LocalState:
         cached = self._oldest.get((partition, table))
         if cached is not None and cached[0] == limit:
             return list(cached[1])
-        staged = self._staged.get(partition, {}).get(table, {})
+        staged = {**self._committing.get(partition, {}).get(table, {}),
+                  **self._staged.get(partition, {}).get(table, {})}
         floor = self._floors.get((partition, table), b"")
         on_disk: list[bytes] = []
         for key in self.open(partition).keys_from(table, floor):
@@ -242,30 +251,54 @@ class LocalState:
         if key < self._floors.get((partition, table), b""):
             del self._floors[(partition, table)]
 
-    def written(self, table: str, partition: int, offset: int) -> None:
-        """A changelog record of the open transaction reached the broker at `offset`."""
-        key = (table, partition)
-        if offset > self._written.get(key, -1):
-            self._written[key] = offset
+    def written(self, table: str, partition: int, offset: int, sequence: int) -> None:
+        """The changelog record handed to the producer as number `sequence` reached the
+        broker, in the open transaction, at `offset`."""
+        self._written.setdefault((table, partition), []).append((sequence, offset))
 
-    def commit(self, partitions: Iterable[int]) -> None:
-        """Kafka committed these partitions' transactions: their staged writes go to disk."""
+    def begin_commit(self, partitions: Iterable[int], sequence: int) -> None:
+        """A commit of these partitions' transactions starts; it carries every record
+        handed to the producer up to number `sequence`, so every write staged so far."""
         for partition in partitions:
-            changes = self._staged.pop(partition, {})
-            offsets = {table: self._written.pop((table, partition))
-                       for table in self.tables if (table, partition) in self._written}
+            changes = self._staged.pop(partition, None)
+            if changes:
+                into = self._committing.setdefault(partition, {})
+                for table, entries in changes.items():
+                    into.setdefault(table, {}).update(entries)
+        self._commit_sequence = sequence
+
+    def finish_commit(self, partitions: Iterable[int]) -> None:
+        """Kafka committed: what the commit carried goes to disk, with its offsets."""
+        for partition in partitions:
+            changes = self._committing.pop(partition, {})
+            offsets = {}
+            for table in self.tables:
+                written = self._written.get((table, partition))
+                carried = [o for seq, o in written or () if seq <= self._commit_sequence]
+                if carried:
+                    offsets[table] = max(carried)
+                    self._written[(table, partition)] = [
+                        (seq, o) for seq, o in written or () if seq > self._commit_sequence]
             if (changes or offsets) and partition in self._dbs:
                 self._dbs[partition].write(changes, offsets)
+
+    def commit(self, partitions: Iterable[int]) -> None:
+        """begin_commit and finish_commit at once, with everything staged (tests, tools)."""
+        chosen = set(partitions)
+        self.begin_commit(chosen, sequence=2**63)
+        self.finish_commit(chosen)
 
     def drop_staged(self) -> None:
         """Every open transaction aborted: forget what they staged."""
         self._staged.clear()
+        self._committing.clear()
         self._written.clear()
         self._floors.clear()
         self._oldest.clear()
 
     def staged_count(self) -> int:
-        return sum(len(e) for changes in self._staged.values() for e in changes.values())
+        return sum(len(e) for layer in (self._staged, self._committing)
+                   for changes in list(layer.values()) for e in list(changes.values()))
 
     def load(self, partition: int, table: str,
              records: Iterable[tuple[bytes, bytes | None]], last_offset: int) -> None:

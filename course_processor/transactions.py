@@ -37,6 +37,7 @@ what they staged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, cast
@@ -63,13 +64,16 @@ class DurableProducer(faust_aiokafka.Producer):
         super().__post_init__()
         self._unsent: set[FutureMessage] = set()
         self._failure: BaseException | None = None
+        # Numbers the records handed in, so a commit knows which ones it carries.
+        self.sequence = 0
 
     def send_soon(self, fut: FutureMessage) -> None:
+        self.sequence += 1
         self._unsent.add(fut)
-        fut.add_done_callback(self._on_sent)
+        fut.add_done_callback(functools.partial(self._on_sent, self.sequence))
         super().send_soon(fut)
 
-    def _on_sent(self, fut: asyncio.Future) -> None:
+    def _on_sent(self, sequence: int, fut: asyncio.Future) -> None:
         self._unsent.discard(fut)  # type: ignore[arg-type]
         if fut.cancelled():
             return
@@ -83,7 +87,7 @@ class DurableProducer(faust_aiokafka.Producer):
         app = cast("ProcessorApp", self.app)
         table = app.tables._changelogs.get(metadata.topic)  # type: ignore[attr-defined]  # noqa: SLF001
         if table is not None:
-            app.local_state.written(table.name, metadata.partition, metadata.offset)
+            app.local_state.written(table.name, metadata.partition, metadata.offset, sequence)
 
     async def flush(self) -> None:
         # Only what was handed in so far: later records belong to commands whose
@@ -141,27 +145,31 @@ class SourcePartitionTransactionManager(TransactionManager):
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         app = cast("ProcessorApp", self.app)
-        # Not while a command is half decided: its records would be split between
-        # this transaction and the next (see agents.py).
-        async with app.decision_lock:
-            await self.producer.flush()
-            by_transactional_id: MutableMapping[str, dict[TP, int]] = {}
-            for tp, offset in offsets.items():
-                by_transactional_id.setdefault(self.transactional_id(tp), {})[tp] = offset
-            if not by_transactional_id:
-                return True
-            log.debug("commit %s", {tp.partition: o for tp, o in offsets.items()})
-            try:
-                await self.producer.commit_transactions(
-                    by_transactional_id, self.app.conf.id,
-                    start_new_transaction=start_new_transaction,
-                )
-            except Exception as exc:
-                # Fenced (another worker owns the partition now) or the broker refused:
-                # the transaction aborts, so this worker's uncommitted work never shows.
-                fail_stop("transaction commit failed", exc)
-            # Committed in Kafka: now, and only now, the same changes go to disk.
-            app.local_state.commit({tp.partition for tp in offsets})
+        producer = cast(DurableProducer, self.producer)
+        partitions = {tp.partition for tp in offsets}
+        # Every table write staged so far had its changelog record handed to the
+        # producer already (the store stages and the table sends in one synchronous
+        # step), and the flush below puts those records into the transaction: they are
+        # what this commit carries to disk. Writes staged from here on wait for the next.
+        app.local_state.begin_commit(partitions, producer.sequence)
+        await producer.flush()
+        by_transactional_id: MutableMapping[str, dict[TP, int]] = {}
+        for tp, offset in offsets.items():
+            by_transactional_id.setdefault(self.transactional_id(tp), {})[tp] = offset
+        if not by_transactional_id:
+            return True
+        log.debug("commit %s", {tp.partition: o for tp, o in offsets.items()})
+        try:
+            await producer.commit_transactions(
+                by_transactional_id, self.app.conf.id,
+                start_new_transaction=start_new_transaction,
+            )
+        except Exception as exc:
+            # Fenced (another worker owns the partition now) or the broker refused:
+            # the transaction aborts, so this worker's uncommitted work never shows.
+            fail_stop("transaction commit failed", exc)
+        # Committed in Kafka: now, and only now, the same changes go to disk.
+        app.local_state.finish_commit(partitions)
         return True
 
 

@@ -30,7 +30,7 @@ def state(tmp_path: Path, *partitions: int) -> LocalState:
 def test_a_staged_write_is_read_back_but_reaches_the_disk_only_on_commit(tmp_path: Path) -> None:
     s = state(tmp_path, 0)
     s.stage(0, "seat_holders", b"k", b"v")
-    s.written("seat_holders", 0, 41)
+    s.written("seat_holders", 0, 41, 1)
 
     assert s.get(0, "seat_holders", b"k") == b"v"
     assert dict(s.items(0, "seat_holders")) == {}
@@ -46,12 +46,12 @@ def test_a_staged_write_is_read_back_but_reaches_the_disk_only_on_commit(tmp_pat
 def test_an_abort_drops_every_staged_write_and_offset(tmp_path: Path) -> None:
     s = state(tmp_path, 0, 1)
     s.stage(0, "courses", b"c", b"1")
-    s.written("courses", 0, 7)
+    s.written("courses", 0, 7, 1)
     s.commit({0})
     s.stage(0, "courses", b"c", b"2")
     s.stage(1, "courses", b"d", b"9")
     s.stage(0, "courses", b"gone", None)
-    s.written("courses", 0, 8)
+    s.written("courses", 0, 8, 1)
 
     s.drop_staged()
 
@@ -63,7 +63,7 @@ def test_an_abort_drops_every_staged_write_and_offset(tmp_path: Path) -> None:
 def test_a_revoked_partition_loses_its_staged_writes_but_keeps_its_disk(tmp_path: Path) -> None:
     s = state(tmp_path, 0, 1)
     s.stage(1, "courses", b"kept", b"1")
-    s.written("courses", 1, 3)
+    s.written("courses", 1, 3, 1)
     s.commit({1})
     s.stage(1, "courses", b"staged", b"2")
 
@@ -80,8 +80,8 @@ def test_a_commit_writes_only_the_committed_partitions(tmp_path: Path) -> None:
     s = state(tmp_path, 0, 1)
     s.stage(0, "courses", b"a", b"1")
     s.stage(1, "courses", b"b", b"2")
-    s.written("courses", 0, 5)
-    s.written("courses", 1, 6)
+    s.written("courses", 0, 5, 1)
+    s.written("courses", 1, 6, 1)
 
     s.commit({0})
 
@@ -128,10 +128,10 @@ def _stage_commit_and_die(directory: str) -> None:
     s = LocalState(Path(directory), TABLES)
     s.open(0)
     s.stage(0, "seat_holders", b"committed", b"1")
-    s.written("seat_holders", 0, 10)
+    s.written("seat_holders", 0, 10, 1)
     s.commit({0})
     s.stage(0, "seat_holders", b"uncommitted", b"2")
-    s.written("seat_holders", 0, 11)
+    s.written("seat_holders", 0, 11, 1)
     os._exit(9)  # like kill -9: no close, no flush
 
 
@@ -173,3 +173,32 @@ def test_the_oldest_keys_answer_follows_every_write(tmp_path: Path) -> None:
     assert s.oldest_keys(0, "decided_signups", 2) == [b"2026-01-02/b", b"2026-01-03/c"]
     s.load(0, "decided_signups", [(b"2025-12-31/z", b"v")], last_offset=5)
     assert s.oldest_keys(0, "decided_signups", 1) == [b"2025-12-31/z"]
+
+
+def test_writes_staged_while_a_commit_runs_wait_for_the_next_commit(tmp_path: Path) -> None:
+    s = state(tmp_path, 0)
+    s.stage(0, "courses", b"a", b"1")  # its changelog record is number 1
+    s.begin_commit({0}, sequence=1)
+    s.stage(0, "courses", b"b", b"2")  # number 2, handed over after the commit began
+    s.written("courses", 0, 10, 1)
+    s.written("courses", 0, 11, 2)
+
+    s.finish_commit({0})
+
+    assert dict(s.items(0, "courses")) == {b"a": b"1"}
+    assert s.persisted_offset("courses", 0) == 10
+    assert s.get(0, "courses", b"b") == b"2"
+    s.begin_commit({0}, sequence=2)
+    s.finish_commit({0})
+    assert dict(s.items(0, "courses")) == {b"a": b"1", b"b": b"2"}
+    assert s.persisted_offset("courses", 0) == 11
+
+
+def test_an_abort_during_a_commit_drops_what_it_carried(tmp_path: Path) -> None:
+    s = state(tmp_path, 0)
+    s.stage(0, "courses", b"a", b"1")
+    s.begin_commit({0}, sequence=1)
+    assert s.get(0, "courses", b"a") == b"1"  # still read while the commit runs
+    s.drop_staged()
+    s.finish_commit({0})
+    assert s.get(0, "courses", b"a") is None and dict(s.items(0, "courses")) == {}
