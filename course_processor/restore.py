@@ -77,6 +77,10 @@ def restore(state: LocalState, servers: str, changelogs: Mapping[str, str],
     started = time.monotonic()
     state.retain(partitions)
     for partition in partitions:
+        if state.stale(partition):
+            log.warning("local state too old to trust: restoring it whole",
+                        extra={"partition": partition})
+            state.wipe(partition)
         state.open(partition)
     table_of = {topic: table for table, topic in changelogs.items()}
     tps = [TopicPartition(topic, p) for topic in changelogs.values() for p in sorted(partitions)]

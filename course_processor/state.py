@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -40,6 +41,12 @@ from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, Writ
 log = logging.getLogger(__name__)
 
 OFFSETS = "_changelog_offsets"
+# In the offsets family: when the partition's data last moved forward (epoch seconds).
+WRITTEN_AT = b"~written-at"
+# A partition's disk older than this may have missed a tombstone that compaction has
+# dropped from the changelog since (delete.retention.ms, 24 h by default): it is not
+# trusted, and is restored whole instead.
+STALE_AFTER_SECONDS = 12 * 3600
 # Key -> value, or None for a deletion; per table.
 Changes = dict[str, dict[bytes, bytes | None]]
 
@@ -97,7 +104,12 @@ class PartitionDB:
                     batch.put(key, value, handle)
         for table, offset in offsets.items():
             batch.put(table.encode(), str(offset).encode(), self.handles[OFFSETS])
+        batch.put(WRITTEN_AT, str(int(time.time())).encode(), self.handles[OFFSETS])
         self.db.write(batch)
+
+    def written_at(self) -> int | None:
+        raw = self.families[OFFSETS].get(WRITTEN_AT)
+        return None if raw is None else int(raw)
 
     def keys_from(self, table: str, start: bytes) -> Iterator[bytes]:
         it = self.families[table].iter()
@@ -229,6 +241,13 @@ class LocalState:
             self._floors[(partition, table)] = found[0]
         self._oldest[(partition, table)] = (limit, list(found))
         return found
+
+    def stale(self, partition: int, now: float | None = None) -> bool:
+        """True when the partition's disk was last brought forward too long ago to be
+        trusted (STALE_AFTER_SECONDS); an empty disk is not stale, just empty."""
+        written = self.open(partition).written_at()
+        now = time.time() if now is None else now
+        return written is not None and now - written > STALE_AFTER_SECONDS
 
     def persisted_offset(self, table: str, partition: int) -> int | None:
         return self.open(partition).offset(table)

@@ -202,3 +202,14 @@ def test_an_abort_during_a_commit_drops_what_it_carried(tmp_path: Path) -> None:
     s.drop_staged()
     s.finish_commit({0})
     assert s.get(0, "courses", b"a") is None and dict(s.items(0, "courses")) == {}
+
+
+def test_a_disk_not_brought_forward_for_half_a_day_is_not_trusted(tmp_path: Path) -> None:
+    import time
+
+    s = state(tmp_path, 0, 1)
+    s.stage(0, "courses", b"a", b"1")
+    s.commit({0})
+    assert not s.stale(0) and not s.stale(1)  # 1 is empty: nothing to distrust
+    assert s.stale(0, now=time.time() + 13 * 3600)
+    assert not s.stale(0, now=time.time() + 11 * 3600)
