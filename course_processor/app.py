@@ -101,6 +101,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # worker's own, which this version does not separate (see README, Scaling).
         "table_standby_replicas": 0,
         "broker_session_timeout": settings.session_timeout,
+        "consumer_group_instance_id": settings.instance_id,
         "broker_heartbeat_interval": min(3.0, settings.session_timeout / 3),
         "broker_commit_interval": settings.commit_interval,
         "producer_acks": -1,

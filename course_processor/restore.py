@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
 
 from confluent_kafka import Consumer, IsolationLevel, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -103,6 +102,8 @@ def restore(state: LocalState, servers: str, changelogs: Mapping[str, str],
             if start < ends[(topic, partition)]:
                 starts[(topic, partition)] = start
     records = _read(state, servers, table_of, starts, ends) if starts else 0
+    if records:
+        state.persist()
     seconds = time.monotonic() - started
     log.info("local state restored: %d changelog records in %.2fs", records, seconds,
              extra={"kind": "restore"})
@@ -126,13 +127,17 @@ def _read(state: LocalState, servers: str, table_of: Mapping[str, str],
         while remaining:
             batch: dict[tuple[str, int], dict[bytes, bytes | None]] = {}
             last: dict[tuple[str, int], int] = {}
-            for msg in consumer.consume(BATCH, 0.5):
+            messages = consumer.consume(BATCH, 0.5)
+            for msg in messages:
                 if msg.error() is not None:
                     fail_stop(f"restore read failed: {msg.error()}")
-                key = (cast(str, msg.topic()), cast(int, msg.partition()))
-                batch.setdefault(key, {})[cast(bytes, msg.key())] = msg.value()
-                last[key] = cast(int, msg.offset())
-                total += 1
+                where = (msg.topic(), msg.partition())
+                entries = batch.get(where)  # type: ignore[arg-type]
+                if entries is None:
+                    entries = batch[where] = {}  # type: ignore[index]
+                entries[msg.key()] = msg.value()  # type: ignore[index]
+                last[where] = msg.offset()  # type: ignore[index,assignment]
+            total += len(messages)
             for (topic, partition), entries in batch.items():
                 state.load(partition, table_of[topic], entries.items(), last[(topic, partition)])
             if batch:

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     ] = Field(default="INFO", validation_alias=_env("LOG_LEVEL"))
     app_id: str = Field(default="course-processor", min_length=1,
                         validation_alias=_env("PROCESSOR_APP_ID"))
+    # Static group membership (KIP-345): a worker restarted under the same id takes its
+    # partitions back at once, without waiting out the session timeout of the process
+    # that died. Unique per worker (make up uses the worker's name); unset: dynamic.
+    instance_id: str | None = Field(default=None, min_length=1,
+                                    validation_alias=_env("PROCESSOR_INSTANCE_ID"))
     # A dead worker's partitions move after this long; it also bounds a paused one.
     session_timeout: float = Field(default=10.0, gt=0,
                                    validation_alias=_env("PROCESSOR_SESSION_TIMEOUT"))

@@ -36,7 +36,15 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,10 @@ _BLOCK_CACHE_BYTES = 32 << 20
 _WRITE_BUFFER_BYTES = 4 << 20
 
 
+_NO_WAL = WriteOptions()
+_NO_WAL.disable_wal = True  # type: ignore[method-assign,assignment]  # a property at run time
+
+
 def _options(cache: Cache) -> Options:
     table = BlockBasedOptions()
     table.set_block_cache(cache)
@@ -69,6 +81,9 @@ def _options(cache: Cache) -> Options:
     opts.set_write_buffer_size(_WRITE_BUFFER_BYTES)
     opts.set_max_write_buffer_number(2)
     opts.set_max_open_files(64)
+    # Column families flush together, so a crash can never leave the offsets of a
+    # bulk load (written without the WAL, see load) on disk without their data.
+    opts.set_atomic_flush(True)
     return opts
 
 
@@ -92,8 +107,13 @@ class PartitionDB:
         raw = self.families[OFFSETS].get(table.encode())
         return None if raw is None else int(raw)
 
-    def write(self, changes: Changes, offsets: Mapping[str, int]) -> None:
-        """All changes and offsets at once: RocksDB applies a WriteBatch atomically."""
+    def write(self, changes: Changes, offsets: Mapping[str, int], wal: bool = True) -> None:
+        """All changes and offsets at once: RocksDB applies a WriteBatch atomically.
+
+        Without the write-ahead log (bulk loads), a crash loses the memtables, data and
+        offsets alike (atomic flush): the disk goes back to an earlier prefix of the
+        changelog, and the next restore reads the rest again.
+        """
         batch = WriteBatch(raw_mode=True)
         for table, entries in changes.items():
             handle = self.handles[table]
@@ -105,7 +125,13 @@ class PartitionDB:
         for table, offset in offsets.items():
             batch.put(table.encode(), str(offset).encode(), self.handles[OFFSETS])
         batch.put(WRITTEN_AT, str(int(time.time())).encode(), self.handles[OFFSETS])
-        self.db.write(batch)
+        self.db.write(batch, None if wal else _NO_WAL)
+
+    def flush(self) -> None:
+        """Memtables to SST files: the tables first, the offsets last, so no crash can
+        leave offsets on disk without the data they describe."""
+        for name in (*self.families.keys() - {OFFSETS}, OFFSETS):
+            self.families[name].flush(True)
 
     def written_at(self) -> int | None:
         raw = self.families[OFFSETS].get(WRITTEN_AT)
@@ -321,9 +347,20 @@ class LocalState:
 
     def load(self, partition: int, table: str,
              records: Iterable[tuple[bytes, bytes | None]], last_offset: int) -> None:
-        """Committed changelog records, straight to disk with the offset of the last one."""
-        self.open(partition).write({table: dict(records)}, {table: last_offset})
+        """Committed changelog records, straight to disk with the offset of the last one.
+
+        Without the write-ahead log (a restore is about a quarter faster): what a crash
+        loses of it is read again from the changelog (PartitionDB.write). Call
+        `persist` once the restore is done, before anything is written with the log:
+        a crash must not find, in the log, commits that come after loads it lost.
+        """
+        self.open(partition).write({table: dict(records)}, {table: last_offset}, wal=False)
         self._forget_answers(partition)
+
+    def persist(self) -> None:
+        """Everything loaded without the write-ahead log, to SST files (see load)."""
+        for partition in sorted(self._dbs):
+            self._dbs[partition].flush()
 
     def _forget_answers(self, partition: int) -> None:
         for key in [k for k in self._oldest if k[0] == partition]:

@@ -213,7 +213,8 @@ class Processor:
                "PROCESSOR_COMMANDS_TOPIC": self.run.commands,
                "PROCESSOR_EVENTS_TOPIC": self.run.events, "PROCESSOR_PORT": str(self.port),
                "PARTITIONS": str(self.run.partitions), "PROCESSOR_DATA_DIR": str(self.data_dir),
-               "PROCESSOR_BUILD_FROM_EVENTS": "false", "LOG_LEVEL": "INFO"}
+               "PROCESSOR_BUILD_FROM_EVENTS": "false", "LOG_LEVEL": "INFO",
+               "PROCESSOR_INSTANCE_ID": self.name}
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "course_processor"], cwd=ROOT,
                                          env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -434,6 +435,11 @@ def measure_failover(run: Run) -> dict[str, Any]:
         trickle.start()
         time.sleep(5)
         lost = set(first.deciding())
+        # The worst case: the survivor never held these partitions. It may have, for a
+        # moment, while the two joined; its copies (closed, since it does not own
+        # them) go, so it restores them whole.
+        for partition in lost:
+            shutil.rmtree(second.data_dir / f"partition-{partition}", ignore_errors=True)
         killed_at = time.monotonic()
         first.kill()
         assert second.proc is not None

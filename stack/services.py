@@ -33,7 +33,8 @@ def services(config: StackConfig) -> list[Service]:
             config.processor_port + (0 if i == 0 else 10 + i),
             "/healthz",
             (("PROCESSOR_PORT", str(config.processor_port + (0 if i == 0 else 10 + i))),
-             ("PROCESSOR_DATA_DIR", str(config.run_dir / f"processor-{i + 1}"))),
+             ("PROCESSOR_DATA_DIR", str(config.run_dir / f"processor-{i + 1}")),
+             ("PROCESSOR_INSTANCE_ID", f"processor-{i + 1}")),
         )
         for i in range(config.processors)
     ]

@@ -137,6 +137,8 @@ class Worker:
             "PROCESSOR_APP_ID": app_id,
             "PROCESSOR_PORT": str(self.port),
             "PROCESSOR_DATA_DIR": str(self.data_dir),
+            # Static membership: a restart on the same store is the same member.
+            "PROCESSOR_INSTANCE_ID": f"{app_id}-{store or name}",
             "PSEUDONYM_SECRET": "integration-test-secret",
             "PROCESSOR_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
             "LOG_LEVEL": os.environ.get("TEST_PROCESSOR_LOG_LEVEL", "INFO"),

@@ -213,3 +213,32 @@ def test_a_disk_not_brought_forward_for_half_a_day_is_not_trusted(tmp_path: Path
     assert not s.stale(0) and not s.stale(1)  # 1 is empty: nothing to distrust
     assert s.stale(0, now=time.time() + 13 * 3600)
     assert not s.stale(0, now=time.time() + 11 * 3600)
+
+
+def _load_and_die(directory: str, persist: bool) -> None:
+    s = LocalState(Path(directory), TABLES)
+    s.open(0)
+    s.stage(0, "courses", b"committed", b"1")
+    s.written("courses", 0, 3, 1)
+    s.commit({0})  # with the write-ahead log
+    s.load(0, "courses", [(b"loaded", b"2")], last_offset=9)  # without it
+    if persist:
+        s.persist()
+    os._exit(9)
+
+
+@pytest.mark.parametrize("persist", [False, True])
+def test_a_bulk_load_lost_in_a_crash_takes_its_offset_with_it(tmp_path: Path,
+                                                            persist: bool) -> None:
+    directory = tmp_path / "state"
+    child = multiprocessing.get_context("spawn").Process(
+        target=_load_and_die, args=(str(directory), persist))
+    child.start()
+    child.join(30)
+    s = LocalState(directory, TABLES)
+    s.open(0)
+    data, offset = dict(s.items(0, "courses")), s.persisted_offset("courses", 0)
+    if persist:
+        assert (data, offset) == ({b"committed": b"1", b"loaded": b"2"}, 9)
+    else:  # the load is gone, and so is its offset: the restore reads it again
+        assert (data, offset) == ({b"committed": b"1"}, 3)
