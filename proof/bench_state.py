@@ -199,10 +199,13 @@ def plain_read(run: Run) -> dict[str, Any]:
 # ------------------------------------------------------------------ processors
 
 
+PORTS: dict[str, int] = {}  # one address per worker name: a restart is the same member
+
+
 class Processor:
     def __init__(self, run: Run, name: str) -> None:
         self.run, self.name = run, name
-        self.port = free_port()
+        self.port = PORTS.setdefault(name, free_port())
         self.data_dir = run.work / name
         self.log_path = run.work / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -125,11 +125,12 @@ def free_port() -> int:
 class Worker:
     """One `python -m course_processor` process."""
 
-    def __init__(self, app_id: str, name: str, log_dir: Path, store: str | None = None) -> None:
+    def __init__(self, app_id: str, name: str, log_dir: Path, store: str | None = None,
+                 port: int | None = None) -> None:
         self.name = name
         # A restarted worker given the same store finds its local state on disk.
         self.data_dir = log_dir / (store or name)
-        self.port = free_port()
+        self.port = port or free_port()
         self.log_path = log_dir / f"{name}.log"
         env = {
             **os.environ,
@@ -215,7 +216,11 @@ class Cluster:
     workers: list[Worker] = field(default_factory=list)
 
     def start(self, name: str, store: str | None = None) -> Worker:
-        worker = Worker(self.app_id, name, self.log_dir, store)
+        # A restart on the same store is the same member of the group (static
+        # membership), at the same address: faust's assignor checks the address.
+        same = [w for w in self.workers if w.data_dir == self.log_dir / (store or name)]
+        worker = Worker(self.app_id, name, self.log_dir, store,
+                        port=same[-1].port if same else None)
         self.workers.append(worker)
         return worker
 
