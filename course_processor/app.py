@@ -77,6 +77,9 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "datadir": str(settings.data_dir),
         "processing_guarantee": settings.processing_guarantee,
         "topic_partitions": settings.partitions,
+        # Topics faust creates itself (the assignor's leader topic) are replicated like
+        # the changelogs (admin.ensure_changelogs) and the project's own topics.
+        "topic_replication_factor": settings.replication_factor,
         # A standby copy buys nothing with the in-memory store: a new owner
         # replays the changelog from its start either way.
         "table_standby_replicas": 0,

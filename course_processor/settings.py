@@ -41,6 +41,11 @@ class Settings:
     # 730 commands/s, at 20 ms 1,060 (+45%), for about 10 ms more decision latency
     # at a trickle. Keep it well under the commit interval: the commit waits for it.
     linger: float = 0.02
+    # Replicas and min.insync.replicas of the changelog topics the processor creates (and
+    # of faust's own topics): min(3, brokers) and 2 from three brokers on (the stack
+    # sets both; see README, "Scaling").
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
     commands_topic: str = topics.COMMANDS
     events_topic: str = topics.EVENTS
 
@@ -75,6 +80,10 @@ class Settings:
             session_timeout=_number(env, "PROCESSOR_SESSION_TIMEOUT", cls.session_timeout, float),
             commit_interval=_number(env, "PROCESSOR_COMMIT_INTERVAL", cls.commit_interval, float),
             linger=_number(env, "PROCESSOR_LINGER", cls.linger, float),
+            replication_factor=_number(env, "KAFKA_REPLICATION_FACTOR",
+                                       cls.replication_factor, int),
+            min_insync_replicas=_number(env, "KAFKA_MIN_INSYNC_REPLICAS",
+                                        cls.min_insync_replicas, int),
             commands_topic=env.get("PROCESSOR_COMMANDS_TOPIC") or cls.commands_topic,
             events_topic=env.get("PROCESSOR_EVENTS_TOPIC") or cls.events_topic,
         )
