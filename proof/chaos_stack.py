@@ -46,9 +46,10 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def temporary_config(run_dir: Path) -> StackConfig:
+def temporary_config(run_dir: Path, brokers: int = 1) -> StackConfig:
     """Free ports for everything; processor-2 listens on PROCESSOR_PORT + 11, so that one
-    must be free as well."""
+    must be free as well. With more than one broker the others take the next free ports
+    above the first broker's at their first start (StackConfig.kafka_nodes)."""
     taken: set[int] = set()
 
     def port(neighbour: int = 0) -> int:
@@ -65,7 +66,8 @@ def temporary_config(run_dir: Path) -> StackConfig:
         kafka_controller_port=port(), pg_port=port(), smtp_port=port(),
         command_api_port=port(), query_api_port=port(), processor_port=port(neighbour=11),
         projector_port=port(), notifier_port=port(), processors=1,
-        admin_token_override=f"chaos-{secrets.token_urlsafe(16)}",
+        admin_token_override=f"chaos-{secrets.token_urlsafe(16)}", kafka_brokers=brokers,
+        kafka_heap=os.environ.get("KAFKA_HEAP") or ("768m" if brokers == 1 else "512m"),
     )
 
 

@@ -148,7 +148,11 @@ class StackConfig:
 
     def _allocate_kafka_ports(self) -> list[tuple[int, int]]:
         ports = [(self.kafka_port, self.kafka_controller_port)]
-        taken = {self.kafka_port, self.kafka_controller_port}
+        # Not the ports of the other components either, though they may not listen yet.
+        taken = {self.kafka_port, self.kafka_controller_port, self.pg_port, self.smtp_port,
+                 self.command_api_port, self.query_api_port, self.projector_port,
+                 self.notifier_port, self.processor_port,
+                 *(self.processor_port + 10 + i for i in range(1, max(self.processors, 3)))}
         candidate = max(taken) + 1
         while len(ports) < self.kafka_brokers:
             pair: list[int] = []
