@@ -69,10 +69,12 @@ def producer_config(bootstrap_servers: str, timeout_seconds: float) -> dict[str,
         # Requests arriving within a few ms share one produce request.
         "linger.ms": 5,
         "message.timeout.ms": timeout_ms,
-        # A produce request to a broker that hangs (SIGSTOP, a network partition) is given
-        # up after at most 5 s, so that within message.timeout.ms the retry can still
-        # reach the partition's new leader once the cluster has fenced the hung one.
-        "request.timeout.ms": min(timeout_ms, _REQUEST_TIMEOUT_MS),
+        "request.timeout.ms": timeout_ms,
+        # A request to a broker that hangs (SIGSTOP, a network partition) is given up
+        # after at most 5 s on our side (librdkafka's request.timeout.ms is only the
+        # broker's), so that within message.timeout.ms the retry can still reach the
+        # partition's new leader once the cluster has fenced the hung one.
+        "socket.timeout.ms": min(timeout_ms, _REQUEST_TIMEOUT_MS),
         "socket.connection.setup.timeout.ms": timeout_ms,
         # Reconnect quickly once the broker is back instead of backing off up to 10 s.
         "reconnect.backoff.max.ms": 1000,

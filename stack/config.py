@@ -228,8 +228,10 @@ class StackConfig:
         """The 12-factor settings every service reads; the same names work under compose."""
         # With more than one broker a lost one is fenced after broker.session.timeout.ms
         # (6 s, stack/kafka.py) and its partitions get new leaders; a request waits that
-        # out (and the election, under load) instead of answering 503.
-        extra = {"PRODUCE_TIMEOUT_SECONDS": "12"} if self.kafka_brokers > 1 else {}
+        # out instead of answering 503. A hung broker (SIGSTOP) costs one client-side
+        # request timeout (5 s, command_api/publisher.py) or two before the retry finds
+        # the new leader: 15 s covers both and the election, under load.
+        extra = {"PRODUCE_TIMEOUT_SECONDS": "15"} if self.kafka_brokers > 1 else {}
         return extra | {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
             "KAFKA_REPLICATION_FACTOR": str(self.replication_factor),
