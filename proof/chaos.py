@@ -51,15 +51,16 @@ extra per notifier kill. Scenario checks come on top (503s while the broker is a
 nothing written by a fenced processor after it resumed, ...).
 
 Table columns: sign-ups = distinct sign-ups that got a 202; non-202 answers = attempts
-answered otherwise (503, another error, no answer), each retried with its key; dups seen = decision records
-in the log repeating an event_id, of which reprocessed = a command decided more than once
-(after a crash or a rebalance; the rest answer a SignUp the client sent again with the
-same key); recover = from the fault's end (restart typed, dependency back, SIGCONT, scale
-step typed; for a broker lost from a cluster, which heals by itself, the kill or SIGSTOP)
-to the first new output of what the fault hit (for a lost broker: on every partition) (a decision record, a 202, a
-projector batch, an e-mail, a finished rebalance), worst fault of the scenario; stall =
-the longest gap between two decisions in one partition while the load ran; caught up =
-from the last fault's end until everything was decided, projected and e-mailed.
+answered otherwise (503, another error, no answer), each retried with its key; dups seen
+= decision records in the log repeating an event_id, of which reprocessed = a command
+decided more than once (after a crash or a rebalance; the rest answer a SignUp the client
+sent again with the same key); recover = from the fault's end (restart typed, dependency
+back, SIGCONT, scale step typed; for a broker lost from a cluster, which heals by itself,
+the kill or SIGSTOP) to the first new output of what the fault hit (a decision record, on
+every partition for a lost broker; a 202, a projector batch, an e-mail, a finished
+rebalance), worst fault of the scenario; stall = the longest gap between two decisions in
+one partition while the load ran; caught up = from the last fault's end until everything
+was decided, projected and e-mailed.
 
 Results go to $RUN_DIR/chaos/results.json (--results); when a scenario fails, its records
 of course-events go beside them (evidence-<scenario>-<time>.jsonl), and so do the logs of
