@@ -4,13 +4,15 @@ it, and the chaos suite's choice of stack. Pure; no broker, no files, no sockets
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from command_api.publisher import producer_config
 from course_processor.app import faust_settings
 from course_processor.settings import Settings
-from proof.chaos import SCENARIOS, fits
+from proof.chaos import SCENARIOS, fits, longest_stall, resumed_everywhere
 from stack import kafka
 from stack.config import StackConfig, min_insync_replicas, replication_factor
 
@@ -93,3 +95,22 @@ def test_chaos_runs_each_scenario_on_its_cluster_shape() -> None:
     assert fits(SCENARIOS["kill-leader-broker"], 3)
     assert not fits(SCENARIOS["kill-leader-broker"], 1)
     assert [n for n in cluster if SCENARIOS[n].short] == ["kill-leader-broker"]
+
+
+def _decisions(times: dict[int, list[float]]) -> Any:
+    return SimpleNamespace(decisions=[SimpleNamespace(partition=p, timestamp_ms=int(t * 1000))
+                                      for p, ts in times.items() for t in ts])
+
+
+def test_a_lost_broker_counts_as_recovered_once_every_partition_decides_again() -> None:
+    ev = _decisions({0: [0, 1, 2, 10, 11], 1: [0.5, 3, 4], 2: [1, 2]})
+    # Partition 0 (led by the lost broker) resumes 7.5 s after the fault; partition 2
+    # had no traffic afterwards and says nothing.
+    assert resumed_everywhere(ev, 2.5) == 7.5
+    assert resumed_everywhere(ev, 20) is None
+
+
+def test_the_stall_is_the_longest_gap_in_one_partition_while_the_load_ran() -> None:
+    ev = _decisions({0: [0, 1, 2, 10, 11], 1: [0.5, 3, 40]})
+    run: Any = SimpleNamespace(load=SimpleNamespace(started_at=0.0, stopped_at=12.0))
+    assert longest_stall(run, ev) == 8.0  # 2 -> 10 in partition 0; 3 -> 40 is after the load
