@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 
 from stack import postgres
 from stack.config import ROOT, StackConfig
-from stack.procs import free_port, pid_alive, read_pid
+from stack.procs import pid_alive, read_pid
 from stack.procs import stop as stop_component
 from stack.services import services
 
@@ -51,12 +52,16 @@ def temporary_config(run_dir: Path, brokers: int = 1) -> StackConfig:
     must be free as well. With more than one broker the others take the next free ports
     above the first broker's at their first start (StackConfig.kafka_nodes)."""
     taken: set[int] = set()
+    rng = random.Random()
 
     def port(neighbour: int = 0) -> int:
         for _ in range(200):
-            p = free_port()
-            if p not in taken and (not neighbour or (p + neighbour not in taken
-                                                     and _port_free(p + neighbour))):
+            # Below the kernel's ephemeral range (32768 and up): a port from there can be
+            # the local end of somebody's outgoing connection by the time a component
+            # binds it, minutes into the suite (processor-2 of the later scenarios).
+            p = rng.randrange(20000, 32000)
+            if p not in taken and _port_free(p) and (
+                    not neighbour or (p + neighbour not in taken and _port_free(p + neighbour))):
                 taken.update({p, p + neighbour})
                 return p
         raise ChaosError("no free ports")
