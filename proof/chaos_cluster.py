@@ -4,6 +4,7 @@ whether a restarted broker is back in every in-sync replica set it belongs to.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -59,3 +60,41 @@ async def wait_in_isr(bootstrap: str, node_id: int,
             return time.monotonic() - began, []
         await asyncio.sleep(0.5)
     return None, missing
+
+
+def incomplete_isrs(bootstrap: str) -> list[str]:
+    """topic/partition of every partition whose ISR lacks one of its replicas."""
+    found = _metadata(bootstrap).topics
+    return [f"{name}/{pid}" for name, meta in sorted(found.items())
+            for pid, p in sorted(meta.partitions.items()) if set(p.isrs) != set(p.replicas)]
+
+
+def elect_preferred_leaders(bootstrap: str) -> None:
+    """What Kafka's own leader rebalancing does within its check interval (300 s): give
+    each partition back to its preferred replica. Partitions already led by it answer
+    ELECTION_NOT_NEEDED, which is no error here."""
+    from confluent_kafka import ElectionType
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin.elect_leaders(ElectionType.PREFERRED, None).result(timeout=30)
+
+
+async def healthy(bootstrap: str, timeout: float) -> float:
+    """Wait until every replica is in sync, then hand leadership back to the preferred
+    replicas: the cluster a scenario starts from, not the leftovers of the last one.
+    Seconds it took; TimeoutError when the replicas are not in sync within timeout."""
+    began = time.monotonic()
+    while True:
+        try:
+            lagging = await asyncio.to_thread(incomplete_isrs, bootstrap)
+        except Exception as exc:  # noqa: BLE001 - a cluster in motion: ask again
+            lagging = [f"(metadata: {exc})"]
+        if not lagging:
+            break
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"replicas still out of sync after {timeout:.0f}s: {lagging[:5]}")
+        await asyncio.sleep(0.5)
+    # Best effort: the scenario still runs on a cluster whose leadership stays uneven.
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(elect_preferred_leaders, bootstrap)
+    return time.monotonic() - began
