@@ -414,6 +414,7 @@ async def kill_leader_broker(run: Run) -> None:
                             f"still out of the ISR of {missing[:5]}" if missing else ""))
     await run.load_for(p.tail)
     run.checks.append(survivors(stack, pids))
+    run.checks.append(await deciding(run))
     await restart_the_dead(run, fault)
     run.post_checks.append(lambda ev: only_202(run, "one broker of three lost"))
     run.post_checks.append(lambda ev: stall_within(run, ev, CLUSTER_STALL_GOAL_S))
@@ -485,6 +486,7 @@ async def pause_leader_broker(run: Run) -> None:
     await run.load_for(p.tail)
     run.checks.append(Check(f"{name} kept running (same pid)", pid_alive(pid), f"pid {pid}"))
     run.checks.append(survivors(stack, pids))
+    run.checks.append(await deciding(run))
     await restart_the_dead(run, fault)
     run.post_checks.append(lambda ev: only_202(run, "one broker of three paused"))
     run.post_checks.append(lambda ev: stall_within(run, ev, CLUSTER_STALL_GOAL_S))
@@ -498,6 +500,16 @@ async def restart_the_dead(run: Run, fault: Fault) -> None:
         fault.notes.append(f"died: {dead}; restarted with `python -m stack up` for the audit")
         run.say(fault.notes[-1])
         await run.stack.up()
+
+
+async def deciding(run: Run, timeout: float = 60) -> Check:
+    """A process that runs is not yet a processor that decides: it must own every
+    partition again, neither rebalancing nor restoring."""
+    try:
+        took = await run.stack.wait_processors(["processor"], timeout)
+    except ChaosError as exc:
+        return Check("the processor owns every partition again", False, str(exc)[:300])
+    return Check("the processor owns every partition again", True, f"within {took:.1f}s")
 
 
 def survivors(stack: Stack, before: dict[str, int | None]) -> Check:
