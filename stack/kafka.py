@@ -233,7 +233,14 @@ def start(config: StackConfig) -> bool:
             for n in stopped}
     # With N voters no node is ready alone: they elect a controller together, so all are
     # started before waiting, and the wait watches every one of them.
-    _wait_for_cluster(config, stopped, pids, 120)
+    try:
+        _wait_for_cluster(config, stopped, pids, 120)
+    except StackError as exc:
+        # Never leave a half-started cluster behind: what this call started, it stops.
+        for node in stopped:
+            stop(config, node.name, timeout=30)
+        raise StackError(f"{exc}\n  (stopped {', '.join(n.name for n in stopped)} again: "
+                         "no half-started cluster is left running)") from exc
     return True
 
 
