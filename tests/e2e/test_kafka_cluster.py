@@ -108,6 +108,19 @@ def test_three_brokers_replicate_every_topic_and_stop_together(run_dir: Path) ->
         _stack("down", env)
 
 
+def _processes_using(run_dir: Path) -> list[int]:
+    """PIDs whose command line names run_dir (a broker's server.properties is in it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(run_dir).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def _until_gone(admin: AdminClient, name: str) -> None:
     import time
 
@@ -156,3 +169,23 @@ def test_a_port_answered_by_another_process_is_not_ours() -> None:
             bystander.kill()
             bystander.wait()
     assert not owns_port(os.getpid(), port)  # nobody listens any more
+
+
+def test_a_cluster_that_cannot_form_is_stopped_again_not_left_half_started(
+        run_dir: Path) -> None:
+    # Node 3's log dir says it is node 7: Kafka refuses to start it, so no quorum of all
+    # three can ever form; the two nodes that did start must not be left running.
+    data = run_dir / "kafka-3" / "data"
+    data.mkdir(parents=True)
+    (data / "meta.properties").write_text(
+        "node.id=7\ndirectory.id=AAAAAAAAAAAAAAAAAAAAAA\nversion=1\n"
+        "cluster.id=q1Sh-9_ISia_zwGINzRvyQ\n")
+    env = _env(run_dir, 3, "kafka")
+    try:
+        failed = _stack("up", env)
+        assert failed.returncode == 1, failed.stdout
+        assert "no half-started cluster is left running" in failed.stderr
+        assert not list((run_dir / "pids").glob("kafka*.pid"))
+        assert not _processes_using(run_dir), "a node of the failed cluster still runs"
+    finally:
+        _stack("down", env)
