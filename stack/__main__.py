@@ -21,7 +21,17 @@ from collections.abc import Callable
 
 from stack import kafka, postgres, smtp
 from stack.config import StackConfig
-from stack.procs import StackError, is_running, log_file, owns_port, port_owners, read_pid, stop
+from stack.procs import (
+    StackError,
+    is_running,
+    log_file,
+    owns_port,
+    port_open,
+    port_owners,
+    read_pid,
+    stop,
+    taken_message,
+)
 from stack.services import services
 from stack.services import start as start_service
 
@@ -32,6 +42,7 @@ def up(config: StackConfig, only: set[str] | None = None) -> None:
     wanted = (lambda name: True) if not only else (lambda name: name in only)
     if wanted("kafka"):
         kafka.check_layout(config)  # before anything starts: never a half-started cluster
+    preflight(config, wanted)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     if wanted("kafka"):
         _step("kafka" if config.kafka_brokers == 1 else f"kafka x{config.kafka_brokers}",
@@ -52,6 +63,21 @@ def up(config: StackConfig, only: set[str] | None = None) -> None:
     verify(config, wanted)
     print(f"stack is up in {time.monotonic() - began:.1f}s (data under {config.run_dir})\n")
     print(summary(config))
+
+
+def preflight(config: StackConfig, wanted: Callable[[str], bool]) -> None:
+    """Every port a component that is not running yet will listen on must be free: a
+    port held by another process (another stack's worker, say) stops `up` before it
+    starts anything, naming each such component and port."""
+    ports = [*((n.name, n.port, "kafka", "KAFKA_PORT") for n in config.kafka_nodes()),
+             *((n.name, n.controller_port, "kafka", "KAFKA_PORT") for n in config.kafka_nodes()),
+             (postgres.NAME, config.pg_port, "postgres", "PG_PORT"),
+             (smtp.NAME, config.smtp_port, "smtp", "SMTP_PORT"),
+             *((s.name, s.port, s.name, s.port_setting) for s in services(config) if s.built())]
+    taken = [taken_message(name, port, setting) for name, port, part, setting in ports
+             if wanted(part) and not is_running(config, name) and port_open(port)]
+    if taken:
+        raise StackError("nothing was started, since:\n  " + "\n  ".join(taken))
 
 
 def verify(config: StackConfig, wanted: Callable[[str], bool]) -> None:
