@@ -26,6 +26,7 @@ Headers = Sequence[tuple[str, bytes]]
 # librdkafka reports a timed-out message itself after message.timeout.ms; the asyncio
 # timeout only guards against a callback that never comes, so it waits a little longer.
 _CALLBACK_GRACE_SECONDS = 1.0
+_REQUEST_TIMEOUT_MS = 5000
 _READY_PROBE_TIMEOUT_SECONDS = 1.0
 _READY_CACHE_SECONDS = 2.0
 # While a broker is down librdkafka reports each reconnect attempt; one line per distinct
@@ -73,6 +74,11 @@ def producer_config(bootstrap_servers: str, timeout_seconds: float) -> dict[str,
         "partitioner": "consistent_random",
         "message.timeout.ms": timeout_ms,
         "request.timeout.ms": timeout_ms,
+        # A request to a broker that hangs (SIGSTOP, a network partition) is given up
+        # after at most 5 s on our side (librdkafka's request.timeout.ms is only the
+        # broker's), so that within message.timeout.ms the retry can still reach the
+        # partition's new leader once the cluster has fenced the hung one.
+        "socket.timeout.ms": min(timeout_ms, _REQUEST_TIMEOUT_MS),
         "socket.connection.setup.timeout.ms": timeout_ms,
         # Reconnect quickly once the broker is back instead of backing off up to 10 s.
         "reconnect.backoff.max.ms": 1000,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -24,6 +25,7 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> int:
     missing = [name for name in wanted if name not in found]
     if missing:
         raise SettingsError(f"topics missing on {settings.kafka_bootstrap_servers}: {missing}")
+    _report_replicas(settings, {n: found[n] for n in wanted})
     partitions = len(found[settings.commands_topic].partitions)
     if partitions != settings.partitions:
         log.warning("PARTITIONS=%d but %s has %d partitions; using %d",
@@ -46,7 +48,10 @@ def ensure_changelogs(settings: Settings, names: list[str], timeout: float = 30.
     if wrong:
         raise SettingsError(f"changelog topics with other than {settings.partitions} "
                             f"partitions: {wrong}")
-    missing = [NewTopic(n, settings.partitions, 1, config={"cleanup.policy": "compact"})
+    _report_replicas(settings, {n: found[n] for n in names if n in found})
+    config = {"cleanup.policy": "compact",
+              "min.insync.replicas": str(settings.min_insync_replicas)}
+    missing = [NewTopic(n, settings.partitions, settings.replication_factor, config=config)
                for n in names if n not in found]
     for name, future in (admin.create_topics(missing).items() if missing else ()):
         try:
@@ -56,3 +61,15 @@ def ensure_changelogs(settings: Settings, names: list[str], timeout: float = 30.
                 continue  # another worker of the group was quicker
             raise
         log.info("created changelog topic %s", name, extra={"topic": name})
+
+
+def _report_replicas(settings: Settings, topics: dict[str, Any]) -> None:
+    """Warn about a topic with fewer replicas than asked: Kafka never adds replicas to an
+    existing topic, so using it silently would lose the broker-loss guarantee."""
+    for name, meta in topics.items():
+        have = min((len(p.replicas) for p in meta.partitions.values()), default=0)
+        if have < settings.replication_factor:
+            log.warning("topic %s has %d replica(s) per partition, fewer than the %d asked for",
+                        name, have, settings.replication_factor,
+                        extra={"topic": name, "replicas": have,
+                               "asked": settings.replication_factor})

@@ -97,6 +97,9 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # offsets one atomic write, and fence a paused worker (see transactions.py).
         "processing_guarantee": "exactly_once",
         "topic_partitions": settings.partitions,
+        # Topics faust creates itself (the assignor's leader topic) are replicated like
+        # the changelogs (admin.ensure_changelogs) and the project's own topics.
+        "topic_replication_factor": settings.replication_factor,
         # A standby would write a partition's tables into the same directory as the
         # worker's own, which this version does not separate (see README, Scaling).
         "table_standby_replicas": 0,

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     # 730 commands/s, at 20 ms 1,060 (+45%), for about 10 ms more decision latency
     # at a trickle. Keep it well under the commit interval: the commit waits for it.
     linger: float = Field(default=0.02, gt=0, validation_alias=_env("PROCESSOR_LINGER"))
+    # Replicas and min.insync.replicas of the changelog topics the processor creates (and
+    # of faust's own topics): min(3, brokers) and 2 from three brokers on (the stack
+    # sets both; see README, "Scaling").
+    replication_factor: int = Field(default=1, ge=1,
+                                    validation_alias=_env("KAFKA_REPLICATION_FACTOR"))
+    min_insync_replicas: int = Field(default=1, ge=1,
+                                     validation_alias=_env("KAFKA_MIN_INSYNC_REPLICAS"))
     # Build the tables from course-events when their changelogs were never written
     # (an upgrade from the in-memory tables, or a new app id on an old log).
     build_from_events: bool = Field(default=True,

@@ -7,7 +7,8 @@ Without --use-running it starts a stack of its own (`python -m stack up`) on fre
 a temporary directory and stops it at the end; with it, it uses the stack that the
 environment describes (RUN_DIR, KAFKA_PORT, ... as `make up` reads them). Every restart
 is what an operator would type: `python -m stack up`, which starts whatever is not
-running. `--short` is the reduced run that `make test` uses (tests/e2e/test_chaos.py).
+running. `--short` is the reduced run that `make test` uses (tests/e2e/test_chaos.py): every
+scenario but kill-two-brokers and pause-leader-broker, with less load and shorter pauses.
 
 Scenarios (`--list`), each on courses of its own with random ids:
   kill-processor     SIGKILL of the course processor three times under load
@@ -21,6 +22,18 @@ Scenarios (`--list`), each on courses of its own with random ids:
   restart-smtp       the SMTP sink stopped and started again
   pause-processor    two processors; one SIGSTOPped past its session timeout, then SIGCONTed
   scale-processors   1 -> 2 -> 1 processors
+On a stack of three brokers of its own (KAFKA_BROKERS=3, replication factor 3,
+min.insync.replicas=2):
+  kill-leader-broker SIGKILL the broker leading most partitions of course-commands and
+                     course-events, restarted after 20 s: every request answered 202, no
+                     decision stall over 15 s, the broker back in every ISR (in --short)
+  kill-two-brokers   SIGKILL two of the three: 503 with Retry-After meanwhile, never a 202;
+                     restarted, everything resumes
+  pause-leader-broker SIGSTOP the busiest leader past its session timeout, then SIGCONT:
+                     every request answered 202, the broker back in every ISR
+
+Without --use-running each cluster shape gets a stack of its own, one after the other;
+with it, only the scenarios that fit the running stack's KAFKA_BROKERS run.
 
 Load: sign-ups at a steady rate with at most N in flight, from a pool of students, some
 retried by the same student in other letter case, some re-sent with the same
@@ -37,14 +50,17 @@ and a full replay into shadow tables (not swapped in); one e-mail per decision, 
 extra per notifier kill. Scenario checks come on top (503s while the broker is away,
 nothing written by a fenced processor after it resumed, ...).
 
-Table columns: sign-ups = distinct sign-ups that got a 202; dups seen = decision records
-in the log repeating an event_id, of which reprocessed = a command decided more than once
-(after a crash or a rebalance; the rest answer a SignUp the client sent again with the
-same key); recover = from the fault's end (restart typed, dependency back, SIGCONT, scale
-step typed) to the first new output of what the fault hit (a decision record, a 202, a
-projector batch, an e-mail, a finished rebalance), worst fault of the scenario; stall =
-the longest gap between two decisions in one partition while the load ran; caught up =
-from the last fault's end until everything was decided, projected and e-mailed.
+Table columns: sign-ups = distinct sign-ups that got a 202; non-202 answers = attempts
+answered otherwise (503, another error, no answer), each retried with its key; dups seen
+= decision records in the log repeating an event_id, of which reprocessed = a command
+decided more than once (after a crash or a rebalance; the rest answer a SignUp the client
+sent again with the same key); recover = from the fault's end (restart typed, dependency
+back, SIGCONT, scale step typed; for a broker lost from a cluster, which heals by itself,
+the kill or SIGSTOP) to the first new output of what the fault hit (a decision record, on
+every partition for a lost broker; a 202, a projector batch, an e-mail, a finished
+rebalance), worst fault of the scenario; stall = the longest gap between two decisions in
+one partition while the load ran; caught up = from the last fault's end until everything
+was decided, projected and e-mailed.
 
 Results go to $RUN_DIR/chaos/results.json (--results); when a scenario fails, its records
 of course-events go beside them (evidence-<scenario>-<time>.jsonl), and so do the logs of
@@ -58,6 +74,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -77,12 +94,13 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from proof import audit
+from proof import audit, chaos_cluster
 from proof.chaos_load import CourseSpec, Load, Plan, create_courses, now
 from proof.chaos_stack import UP_TIMEOUT, ChaosError, Stack, stack_env, temporary_config
 from proof.demo import table
 from schemas import topics
 from schemas.messages import SignUp, SignUpRejected, StudentSignedUp
+from stack import kafka
 from stack.config import StackConfig
 from stack.procs import pid_alive, port_open
 from stack.services import services
@@ -104,14 +122,23 @@ class Profile:
     settle: float  # bound on waiting for decisions, projection and e-mails after the load
     past_timeout: float  # a paused processor stays stopped this long past its session timeout
     rejoin: bool  # restart the fenced processor and wait until it shares the partitions again
+    broker_down: float  # a killed broker of a cluster is restarted after this long
+    majority_outage: float  # two of three brokers stay away this long
+    broker_past_timeout: float  # a paused broker stays stopped this long past its session
 
 
 FULL = Profile("full", rate=30, concurrency=24, warmup=6, between=10, tail=6, down=3,
                outage=15, burst=150, api_kills=2, give_up=240, settle=240, past_timeout=5,
-               rejoin=True)
+               rejoin=True, broker_down=20, majority_outage=20, broker_past_timeout=10)
 SHORT = Profile("short", rate=12, concurrency=16, warmup=3, between=3, tail=3, down=1,
                 outage=6, burst=60, api_kills=1, give_up=180, settle=150, past_timeout=3,
-                rejoin=False)
+                rejoin=False, broker_down=20, majority_outage=10, broker_past_timeout=5)
+
+# The stall goal of a broker lost from a three-broker cluster (issue 13): the cluster
+# fences it after broker.session.timeout.ms (6 s) and elects new leaders; decisions on
+# its partitions may pause that long and a little more, never longer than this.
+CLUSTER_STALL_GOAL_S = 15.0
+ISR_REJOIN_TIMEOUT_S = 120.0
 
 
 # ------------------------------------------------------------------ faults and checks
@@ -358,6 +385,186 @@ def broker_outage_answers(run: Run, fault: Fault, back_at: float) -> Check:
                  f"{all(a.retry_after for a in unavailable)}, slowest request {slowest:.1f}s")
 
 
+async def kill_leader_broker(run: Run) -> None:
+    """Three brokers: SIGKILL the one leading most partitions of course-commands and
+    course-events, restart it after a while. The cluster heals by itself (new leaders
+    after the fencing), so the fault counts from the kill, not from the restart."""
+    p, stack = run.profile, run.stack
+    await run.load_for(p.warmup)
+    node, led, total = await asyncio.to_thread(chaos_cluster.busiest_leader,
+                                                stack.config.kafka_bootstrap)
+    name = f"kafka-{node}"
+    pids = {n: stack.pid(n) for n in ("command-api", "processor", "projector", "notifier")}
+    fault = run.fault(f"SIGKILL {name} (leads {led} of {total} partitions), restart "
+                      f"after {p.broker_down:.0f}s", "accept", "decide-all")
+    victim = stack.signal(name, signal.SIGKILL)
+    fault.ended = now()
+    await run.until(lambda: not pid_alive(victim), 10, f"{name} (pid {victim}) to die")
+    await asyncio.sleep(p.broker_down)
+    restarted = now()
+    took = await stack.up()
+    run.say(f"`python -m stack up` restarted {name} in {took:.1f}s")
+    rejoined, missing = await chaos_cluster.wait_in_isr(stack.config.kafka_bootstrap, node,
+                                                        ISR_REJOIN_TIMEOUT_S)
+    if rejoined is not None:
+        fault.notes.append(f"{name} back in every ISR {now() - restarted:.1f}s after its restart")
+        run.say(fault.notes[-1])
+    run.checks.append(Check(f"the restarted broker rejoins the ISR within "
+                            f"{ISR_REJOIN_TIMEOUT_S:.0f}s", rejoined is not None,
+                            f"still out of the ISR of {missing[:5]}" if missing else ""))
+    await run.load_for(p.tail)
+    run.checks.append(survivors(stack, pids))
+    run.checks.append(await deciding(run))
+    await restart_the_dead(run, fault)
+    run.post_checks.append(lambda ev: only_202(run, "one broker of three lost"))
+    run.post_checks.append(lambda ev: stall_within(run, ev, CLUSTER_STALL_GOAL_S))
+
+
+async def kill_two_brokers(run: Run) -> None:
+    """Three brokers: SIGKILL two of them. With one replica left no write reaches
+    min.insync.replicas=2 (and no controller quorum is left), so sign-ups get 503 with
+    Retry-After; restarted, everything resumes."""
+    p, stack = run.profile, run.stack
+    await run.load_for(p.warmup)
+    node, _, _ = await asyncio.to_thread(chaos_cluster.busiest_leader,
+                                         stack.config.kafka_bootstrap)
+    others = [n for n in range(1, stack.config.kafka_brokers + 1) if n != node]
+    victims = [f"kafka-{node}", f"kafka-{others[0]}"]
+    fault = run.fault(f"SIGKILL {' and '.join(victims)} for {p.majority_outage:.0f}s",
+                      "accept", "decide-all")
+    for name in victims:
+        stack.signal(name, signal.SIGKILL)
+    await asyncio.sleep(p.majority_outage)
+    dead = [s.name for s in services(stack.config) if not stack.alive(s.name)]
+    if dead:
+        fault.notes.append(f"died while two brokers were away: {dead}; restarted by stack up")
+        run.say(fault.notes[-1])
+    await run.restart(fault)
+    back_at = now()
+    await run.load_for(p.tail)
+    dead = [s.name for s in services(stack.config) if not stack.alive(s.name)]
+    if dead:
+        fault.notes.append(f"died after the brokers came back: {dead}; restarted with stack up")
+        run.say(fault.notes[-1])
+        await stack.up()
+    run.post_checks.append(lambda ev: majority_lost_answers(run, fault, back_at))
+
+
+async def pause_leader_broker(run: Run) -> None:
+    """Three brokers: SIGSTOP the busiest leader past its session timeout, then SIGCONT.
+    The cluster fences it and elects new leaders meanwhile; resumed, it finds itself
+    fenced, registers again and catches up. No operator action: the fault counts from
+    the SIGSTOP."""
+    from stack.kafka import session_timeout_ms
+
+    p, stack = run.profile, run.stack
+    await run.load_for(p.warmup)
+    node, led, total = await asyncio.to_thread(chaos_cluster.busiest_leader,
+                                               stack.config.kafka_bootstrap)
+    name = f"kafka-{node}"
+    timeout = session_timeout_ms(stack.config) / 1000
+    pause = timeout + p.broker_past_timeout
+    pids = {n: stack.pid(n) for n in ("command-api", "processor", "projector", "notifier")}
+    fault = run.fault(f"SIGSTOP {name} (leads {led} of {total} partitions) for {pause:.0f}s "
+                      f"(session timeout {timeout:.0f}s)", "accept", "decide-all")
+    pid = stack.signal(name, signal.SIGSTOP)
+    fault.ended = now()
+    try:
+        await asyncio.sleep(pause)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    resumed = now()
+    run.say(f"SIGCONT {name}")
+    rejoined, missing = await chaos_cluster.wait_in_isr(stack.config.kafka_bootstrap, node,
+                                                        ISR_REJOIN_TIMEOUT_S)
+    if rejoined is not None:
+        fault.notes.append(f"{name} back in every ISR {now() - resumed:.1f}s after SIGCONT")
+        run.say(fault.notes[-1])
+    run.checks.append(Check(f"the resumed broker rejoins the ISR within "
+                            f"{ISR_REJOIN_TIMEOUT_S:.0f}s", rejoined is not None,
+                            f"still out of the ISR of {missing[:5]}" if missing else ""))
+    await run.load_for(p.tail)
+    run.checks.append(Check(f"{name} kept running (same pid)", pid_alive(pid), f"pid {pid}"))
+    run.checks.append(survivors(stack, pids))
+    run.checks.append(await deciding(run))
+    await restart_the_dead(run, fault)
+    run.post_checks.append(lambda ev: only_202(run, "one broker of three paused"))
+    run.post_checks.append(lambda ev: stall_within(run, ev, CLUSTER_STALL_GOAL_S))
+
+
+async def restart_the_dead(run: Run, fault: Fault) -> None:
+    """A service that died anyway (a failed check above) is restarted as an operator
+    would, so that the audit can still tell whether anything accepted was lost."""
+    dead = [s.name for s in services(run.stack.config) if not run.stack.alive(s.name)]
+    if dead:
+        fault.notes.append(f"died: {dead}; restarted with `python -m stack up` for the audit")
+        run.say(fault.notes[-1])
+        await run.stack.up()
+
+
+async def deciding(run: Run, timeout: float = 60) -> Check:
+    """A process that runs is not yet a processor that decides: it must own every
+    partition again, neither rebalancing nor restoring."""
+    try:
+        took = await run.stack.wait_processors(["processor"], timeout)
+    except ChaosError as exc:
+        return Check("the processor owns every partition again", False, str(exc)[:300])
+    return Check("the processor owns every partition again", True, f"within {took:.1f}s")
+
+
+def survivors(stack: Stack, before: dict[str, int | None]) -> Check:
+    """Losing one broker of three is no reason for any service to die or restart."""
+    changed = {n: (pid, stack.pid(n)) for n, pid in before.items() if stack.pid(n) != pid}
+    return Check("every service kept running (same pids)", not changed,
+                 f"changed: {changed}" if changed else "")
+
+
+def only_202(run: Run, what: str) -> Check:
+    answers = Counter(a.status for a in run.load.attempts())
+    other = {status: n for status, n in answers.items() if status != 202}
+    run.notes.append(f"answers: {dict(answers)}")
+    return Check(f"{what}: every request answered 202 (no 503, no error, no hang)", not other,
+                 f"{sum(answers.values())} answers, other than 202: {other}")
+
+
+def stall_within(run: Run, ev: Evidence, goal: float) -> Check:
+    stall = longest_stall(run, ev)
+    return Check(f"longest decision stall <= {goal:.0f}s", stall is not None and stall <= goal,
+                 f"{seconds(stall)}s")
+
+
+def majority_lost_answers(run: Run, fault: Fault, back_at: float) -> Check:
+    """While two of three brokers are away: 503 with Retry-After, never a 202, never a
+    hang. An attempt started in the outage may end after the restart, with a 202 then."""
+    assert fault.ended is not None
+    grace = 1.0  # requests acknowledged just before the kills may still be answered
+    attempts = run.load.attempts()
+    # Answered while the two were away (the restart not yet typed): 503s only.
+    away = [a for a in attempts if fault.started + grace <= a.finished < fault.ended]
+    statuses = Counter(a.status for a in away)
+    early = statuses[202]  # a 202 before the brokers were even restarted
+    unavailable = [a for a in away if a.status == 503]
+    slowest = max((a.finished - a.started for a in attempts
+                   if fault.started <= a.started < fault.ended), default=0.0)
+    limit = produce_timeout(run.stack) + 3.0
+    ok = (early == 0 and bool(unavailable) and all(a.retry_after for a in unavailable)
+          and slowest <= limit)
+    run.notes.append(f"answers while two brokers were away: {dict(statuses)}, slowest "
+                     f"answer to a request sent meanwhile {slowest:.1f}s")
+    return Check("two brokers of three away: 503 with Retry-After, no 202, no hang", ok,
+                 f"answers before the restart {dict(statuses)}, all 503s with Retry-After: "
+                 f"{all(a.retry_after for a in unavailable)}, slowest {slowest:.1f}s "
+                 f"(bound {limit:.0f}s)")
+
+
+def produce_timeout(stack: Stack) -> float:
+    from command_api.settings import Settings
+
+    env = stack.config.service_env()
+    default = Settings.model_fields["produce_timeout_seconds"].default
+    return float(env.get("PRODUCE_TIMEOUT_SECONDS") or default)
+
+
 async def restart_postgres(run: Run) -> None:
     p = run.profile
     await run.load_for(p.warmup)
@@ -489,6 +696,8 @@ class Scenario:
     name: str
     title: str
     inject: Callable[[Run], Awaitable[None]]
+    brokers: int = 1  # the Kafka cluster it runs on
+    short: bool = True  # part of the reduced run (`--short`, what `make test` runs)
 
 
 SCENARIOS = {s.name: s for s in [
@@ -502,6 +711,12 @@ SCENARIOS = {s.name: s for s in [
     Scenario("pause-processor", "2 processors, SIGSTOP one past session timeout",
              pause_processor),
     Scenario("scale-processors", "processors 1 -> 2 -> 1", scale_processors),
+    Scenario("kill-leader-broker", "3 brokers: SIGKILL the busiest leader, restart after 20s",
+             kill_leader_broker, brokers=3),
+    Scenario("kill-two-brokers", "3 brokers: SIGKILL two, restart", kill_two_brokers,
+             brokers=3, short=False),
+    Scenario("pause-leader-broker", "3 brokers: SIGSTOP the busiest leader past its session "
+             "timeout", pause_leader_broker, brokers=3, short=False),
 ]}
 
 
@@ -522,6 +737,7 @@ class Result:
     recover_s: float | None = None
     stall_s: float | None = None
     caught_up_s: float | None = None
+    non_202: int = 0  # attempts answered other than 202 (503, other errors, no answer)
     duration_s: float = 0.0
     faults: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
@@ -619,7 +835,8 @@ def examine(run: Run, log: audit.LogSnapshot) -> tuple[list[Check], Evidence, in
 
 
 def timings(run: Run, ev: Evidence) -> tuple[float | None, float | None]:
-    """Fill in the post-hoc recoveries (decide, accept); return (worst recovery, stall)."""
+    """Fill in the post-hoc recoveries (decide, decide-all, accept); return (worst
+    recovery, stall)."""
     decided = sorted(r.timestamp_ms / 1000 for r in ev.decisions)
     answered = sorted(a.finished for a in run.load.attempts() if a.status == 202)
     for fault in run.faults:
@@ -627,17 +844,36 @@ def timings(run: Run, ev: Evidence) -> tuple[float | None, float | None]:
             if probe in fault.probes and fault.ended is not None:
                 i = bisect_left(times, fault.ended)
                 fault.recovered[probe] = times[i] - fault.ended if i < len(times) else None
-    by_partition: dict[int, list[float]] = {}
-    for r in ev.decisions:
-        at = r.timestamp_ms / 1000
-        if run.load.started_at <= at <= run.load.stopped_at:
-            by_partition.setdefault(r.partition, []).append(at)
-    gaps = [b - a for times in by_partition.values()
-            for a, b in zip(sorted(times), sorted(times)[1:], strict=False)]
+        if "decide-all" in fault.probes and fault.ended is not None:
+            fault.recovered["decide-all"] = resumed_everywhere(ev, fault.ended)
     recoveries = [f.recovered_s for f in run.faults]
     worst = None if any(r is None for r in recoveries) else max(
         (r for r in recoveries if r is not None), default=None)
-    return worst, max(gaps, default=None)
+    return worst, longest_stall(run, ev)
+
+
+def _decision_times(ev: Evidence) -> dict[int, list[float]]:
+    by_partition: dict[int, list[float]] = {}
+    for r in ev.decisions:
+        by_partition.setdefault(r.partition, []).append(r.timestamp_ms / 1000)
+    return {p: sorted(times) for p, times in by_partition.items()}
+
+
+def longest_stall(run: Run, ev: Evidence) -> float | None:
+    """The longest gap between two decisions in one partition while the load ran."""
+    gaps = [b - a for times in _decision_times(ev).values()
+            for a, b in itertools.pairwise(
+                t for t in times if run.load.started_at <= t <= run.load.stopped_at)]
+    return max(gaps, default=None)
+
+
+def resumed_everywhere(ev: Evidence, since: float) -> float | None:
+    """Seconds from `since` until every partition deciding after it had decided again:
+    a fault of one broker stops only the partitions it led, so the first decision
+    anywhere would say little."""
+    firsts = [next(t for t in times if t >= since) - since
+              for times in _decision_times(ev).values() if times and times[-1] >= since]
+    return max(firsts, default=None)
 
 
 async def run_scenario(scenario: Scenario, stack: Stack, profile: Profile,
@@ -696,6 +932,7 @@ async def run_scenario(scenario: Scenario, stack: Stack, profile: Profile,
     result.signups = len(run.load.accepted())
     result.requests = len(run.load.requests)
     result.attempts = len(run.load.attempts())
+    result.non_202 = sum(1 for a in run.load.attempts() if a.status != 202)
     result.faults = [{**asdict(f), "recovered_s": f.recovered_s} for f in run.faults]
     result.notes = run.notes + [f"{f.name}: {n}" for f in run.faults for n in f.notes]
     result.notes.append(f"{run.load.resent} requests re-sent with the same key after a 202")
@@ -722,7 +959,8 @@ def dump_evidence(evidence_dir: Path, run: Run, log: audit.LogSnapshot) -> Path:
 async def baseline(run: Run) -> None:
     """Every component running, one processor owning every partition."""
     stack = run.stack
-    dead = [n for n in ("kafka", "postgres", "smtp", *(s.name for s in services(stack.config)))
+    dead = [n for n in (*kafka.names(stack.config), "postgres", "smtp",
+                        *(s.name for s in services(stack.config)))
             if not stack.alive(n)]
     if dead:
         run.notes.append(f"found not running before the scenario: {dead}")
@@ -730,6 +968,11 @@ async def baseline(run: Run) -> None:
         await stack.stop("processor-2")
     await stack.up(processors=1)
     await stack.wait_processors(["processor"], 120)
+    if stack.config.kafka_brokers > 1:
+        # A broker restarted by the scenario before catches up, and leadership goes back
+        # to the preferred replicas: each scenario starts from a healthy cluster.
+        took = await chaos_cluster.healthy(stack.config.kafka_bootstrap, 180)
+        run.say(f"every replica in sync and preferred leaders elected after {took:.1f}s")
 
 
 def report(result: Result) -> None:
@@ -747,11 +990,12 @@ def seconds(value: float | None) -> str:
 
 def summary(results: list[Result]) -> str:
     rows: list[list[object]] = [
-        [r.scenario, r.signups, r.duplicates, r.reprocessed, seconds(r.recover_s),
+        [r.scenario, r.signups, r.non_202, r.duplicates, r.reprocessed, seconds(r.recover_s),
          seconds(r.stall_s), seconds(r.caught_up_s), "PASS" if r.ok else "FAIL"]
         for r in results]
-    return table(rows, ["scenario", "sign-ups (202)", "dups seen", "of which reprocessed",
-                        "recover s", "stall s", "caught up s", "verdict"])
+    return table(rows, ["scenario", "sign-ups (202)", "non-202 answers", "dups seen",
+                        "of which reprocessed", "recover s", "stall s", "caught up s",
+                        "verdict"])
 
 
 # ------------------------------------------------------------------ entry point
@@ -778,18 +1022,44 @@ async def suite(stack: Stack, profile: Profile, names: list[str],
 
 
 def write_results(path: Path, profile: Profile, results: list[Result], began: float,
-                  stack: Stack) -> None:
+                  stacks: list[Stack]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "profile": asdict(profile),
         "started_at": began,
         "duration_s": time.time() - began,
-        "stack": {"run_dir": str(stack.config.run_dir), "owned": stack.owned,
-                  "partitions": stack.config.partitions},
+        "stacks": [{"run_dir": str(s.config.run_dir), "owned": s.owned,
+                    "partitions": s.config.partitions, "brokers": s.config.kafka_brokers}
+                   for s in stacks],
         "ok": bool(results) and all(r.ok for r in results),
         "table": summary(results),
         "scenarios": [asdict(r) for r in results],
     }, indent=2, default=str) + "\n")
+
+
+def fits(scenario: Scenario, brokers: int) -> bool:
+    """Single-broker scenarios need exactly one broker; cluster ones at least theirs."""
+    return brokers == 1 if scenario.brokers == 1 else brokers >= scenario.brokers
+
+
+def run_on(stack: Stack, profile: Profile, names: list[str], results_dir: Path,
+           keep: bool) -> list[Result]:
+    """The scenarios on one stack; a stack of the suite's own is stopped (and removed
+    unless kept) afterwards, its logs copied beside the results if anything failed."""
+    results: list[Result] = []
+    try:
+        results = asyncio.run(suite(stack, profile, names, results_dir))
+    finally:
+        failed = not results or not all(r.ok for r in results)
+        if failed and stack.owned:
+            kept = results_dir / f"logs-{time.strftime('%Y%m%dT%H%M%S')}"
+            shutil.copytree(stack.logs_dir(), kept, dirs_exist_ok=True)
+            print(f"\nlogs of the failed run copied to {kept}")
+        if stack.owned:
+            stack.down()
+            if not keep:
+                shutil.rmtree(stack.config.run_dir, ignore_errors=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -806,36 +1076,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for s in SCENARIOS.values():
-            print(f"{s.name:<18} {s.title}")
+            print(f"{s.name:<20} {s.title}" + ("" if s.short else "  (not in --short)"))
         return 0
     profile = SHORT if args.short else FULL
     out_dir = StackConfig.from_env(os.environ).run_dir / "chaos"
     results_path = args.results or out_dir / "results.json"
+    names = args.scenario or [n for n, s in SCENARIOS.items() if s.short or not args.short]
     began = time.time()
-    if args.use_running:
-        config = StackConfig.from_env(os.environ)
-        stack = Stack(config, stack_env(config), owned=False)
-    else:
-        config = temporary_config(Path(tempfile.mkdtemp(prefix="course-signup-chaos-")))
-        stack = Stack(config, stack_env(config), owned=True)
+    stacks: list[Stack] = []
     results: list[Result] = []
     try:
-        results = asyncio.run(suite(stack, profile, args.scenario or list(SCENARIOS),
-                                    results_path.parent))
+        if args.use_running:
+            config = StackConfig.from_env(os.environ)
+            stacks.append(Stack(config, stack_env(config), owned=False))
+            skipped = [n for n in names if not fits(SCENARIOS[n], config.kafka_brokers)]
+            if skipped:
+                print(f"not run on this {config.kafka_brokers}-broker stack: {skipped}")
+            names = [n for n in names if n not in skipped]
+            results = run_on(stacks[0], profile, names, results_path.parent, args.keep)
+        else:
+            # One stack of its own per cluster shape: single broker, then three brokers.
+            for brokers in sorted({SCENARIOS[n].brokers for n in names}):
+                group = [n for n in names if SCENARIOS[n].brokers == brokers]
+                config = temporary_config(
+                    Path(tempfile.mkdtemp(prefix="course-signup-chaos-")), brokers)
+                stacks.append(Stack(config, stack_env(config), owned=True))
+                results += run_on(stacks[-1], profile, group, results_path.parent, args.keep)
     finally:
-        failed = not results or not all(r.ok for r in results)
-        if failed and stack.owned:
-            kept = results_path.parent / f"logs-{time.strftime('%Y%m%dT%H%M%S')}"
-            shutil.copytree(stack.logs_dir(), kept, dirs_exist_ok=True)
-            print(f"\nlogs of the failed run copied to {kept}")
-        if stack.owned:
-            stack.down()
-            if not args.keep:
-                shutil.rmtree(stack.config.run_dir, ignore_errors=True)
-        write_results(results_path, profile, results, began, stack)
+        write_results(results_path, profile, results, began, stacks)
     print(f"\nChaos ({profile.name}) in {time.time() - began:.0f}s; results in {results_path}\n")
     print(summary(results))
-    return 0 if results and all(r.ok for r in results) else 1
+    return 0 if results and len(results) == len(names) and all(r.ok for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 
 from stack import postgres
 from stack.config import ROOT, StackConfig
-from stack.procs import free_port, pid_alive, read_pid
+from stack.procs import pid_alive, read_pid
 from stack.procs import stop as stop_component
 from stack.services import services
 
@@ -46,16 +47,21 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def temporary_config(run_dir: Path) -> StackConfig:
+def temporary_config(run_dir: Path, brokers: int = 1) -> StackConfig:
     """Free ports for everything; processor-2 listens on PROCESSOR_PORT + 11, so that one
-    must be free as well."""
+    must be free as well. With more than one broker the others take the next free ports
+    above the first broker's at their first start (StackConfig.kafka_nodes)."""
     taken: set[int] = set()
+    rng = random.Random()
 
     def port(neighbour: int = 0) -> int:
         for _ in range(200):
-            p = free_port()
-            if p not in taken and (not neighbour or (p + neighbour not in taken
-                                                     and _port_free(p + neighbour))):
+            # Below the kernel's ephemeral range (32768 and up): a port from there can be
+            # the local end of somebody's outgoing connection by the time a component
+            # binds it, minutes into the suite (processor-2 of the later scenarios).
+            p = rng.randrange(20000, 32000)
+            if p not in taken and _port_free(p) and (
+                    not neighbour or (p + neighbour not in taken and _port_free(p + neighbour))):
                 taken.update({p, p + neighbour})
                 return p
         raise ChaosError("no free ports")
@@ -65,7 +71,8 @@ def temporary_config(run_dir: Path) -> StackConfig:
         kafka_controller_port=port(), pg_port=port(), smtp_port=port(),
         command_api_port=port(), query_api_port=port(), processor_port=port(neighbour=11),
         projector_port=port(), notifier_port=port(), processors=1,
-        admin_token_override=f"chaos-{secrets.token_urlsafe(16)}",
+        admin_token_override=f"chaos-{secrets.token_urlsafe(16)}", kafka_brokers=brokers,
+        kafka_heap=os.environ.get("KAFKA_HEAP") or ("768m" if brokers == 1 else "512m"),
     )
 
 

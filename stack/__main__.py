@@ -4,9 +4,11 @@ Run: python -m stack up | down | status   (the Makefile's `make up` and `make do
      python -m stack topics | migrate     (only create the topics / apply the migrations,
                                            on KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set)
 
-Settings come from the environment: RUN_DIR, KAFKA_PORT, PG_PORT, SMTP_PORT,
-COMMAND_API_PORT, QUERY_API_PORT, ADMIN_TOKEN, PARTITIONS, PROCESSORS (number of
-course processor workers, default 1), STACK_ONLY (a comma-separated subset to start).
+Settings come from the environment: RUN_DIR, KAFKA_PORT (the first broker's),
+KAFKA_BROKERS (number of Kafka nodes, default 1), PG_PORT, SMTP_PORT, COMMAND_API_PORT,
+QUERY_API_PORT, ADMIN_TOKEN, PARTITIONS, PROCESSORS (number of course processor workers,
+default 1), STACK_ONLY (a comma-separated subset to start). `topics` also reads
+KAFKA_REPLICATION_FACTOR and KAFKA_MIN_INSYNC_REPLICAS for a cluster of its own.
 """
 
 from __future__ import annotations
@@ -15,10 +17,21 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 
 from stack import kafka, postgres, smtp
 from stack.config import StackConfig
-from stack.procs import StackError, is_running, read_pid, stop
+from stack.procs import (
+    StackError,
+    is_running,
+    log_file,
+    owns_port,
+    port_open,
+    port_owners,
+    read_pid,
+    stop,
+    taken_message,
+)
 from stack.services import services
 from stack.services import start as start_service
 
@@ -26,11 +39,15 @@ from stack.services import start as start_service
 def up(config: StackConfig, only: set[str] | None = None) -> None:
     """Start what is not running, in dependency order; `only` limits it to some components."""
     began = time.monotonic()
-    config.run_dir.mkdir(parents=True, exist_ok=True)
     wanted = (lambda name: True) if not only else (lambda name: name in only)
     if wanted("kafka"):
-        _step("kafka", lambda: kafka.start(config))
-        kafka.ensure_topics(config)
+        kafka.check_layout(config)  # before anything starts: never a half-started cluster
+    preflight(config, wanted)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    if wanted("kafka"):
+        _step("kafka" if config.kafka_brokers == 1 else f"kafka x{config.kafka_brokers}",
+              lambda: kafka.start(config))
+        kafka.report(kafka.ensure_topics(config))
     if wanted("postgres"):
         _step("postgres", lambda: postgres.start(config))
         postgres.migrate(config)
@@ -43,8 +60,44 @@ def up(config: StackConfig, only: set[str] | None = None) -> None:
             print(f"  {service.name:<12} not built yet")
             continue
         _step(service.name, lambda s=service: start_service(config, s))
+    verify(config, wanted)
     print(f"stack is up in {time.monotonic() - began:.1f}s (data under {config.run_dir})\n")
     print(summary(config))
+
+
+def preflight(config: StackConfig, wanted: Callable[[str], bool]) -> None:
+    """Every port a component that is not running yet will listen on must be free: a
+    port held by another process (another stack's worker, say) stops `up` before it
+    starts anything, naming each such component and port."""
+    ports = [*((n.name, n.port, "kafka", "KAFKA_PORT") for n in config.kafka_nodes()),
+             *((n.name, n.controller_port, "kafka", "KAFKA_PORT") for n in config.kafka_nodes()),
+             (postgres.NAME, config.pg_port, "postgres", "PG_PORT"),
+             (smtp.NAME, config.smtp_port, "smtp", "SMTP_PORT"),
+             *((s.name, s.port, s.name, s.port_setting) for s in services(config) if s.built())]
+    taken = [taken_message(name, port, setting) for name, port, part, setting in ports
+             if wanted(part) and not is_running(config, name) and port_open(port)]
+    if taken:
+        raise StackError("nothing was started, since:\n  " + "\n  ".join(taken))
+
+
+def verify(config: StackConfig, wanted: Callable[[str], bool]) -> None:
+    """After the start: each component's own process still runs and still holds its
+    port. A process that died after its first answer, or a port answered by somebody
+    else, is a start-up error naming both, not a healthy stack."""
+    ports = [*((n.name, n.port, "kafka") for n in config.kafka_nodes()),
+             (postgres.NAME, config.pg_port, "postgres"), (smtp.NAME, config.smtp_port, "smtp"),
+             *((s.name, s.port, s.name) for s in services(config) if s.built())]
+    for name, port, part in ports:
+        if not wanted(part):
+            continue
+        pid = read_pid(config, name)
+        if pid is None or not is_running(config, name):
+            raise StackError(f"{name} (port {port}) exited after start-up; see "
+                             f"{log_file(config, name)}")
+        if not owns_port(pid, port):
+            raise StackError(f"{name} (pid {pid}) does not hold its port {port}"
+                             + (f", pid {port_owners(port)} does" if port_owners(port) else "")
+                             + f"; see {log_file(config, name)}")
 
 
 def _step(name: str, start: object) -> None:
@@ -56,7 +109,9 @@ def _step(name: str, start: object) -> None:
 
 def summary(config: StackConfig) -> str:
     lines = [
-        f"Kafka bootstrap   127.0.0.1:{config.kafka_port}",
+        f"Kafka bootstrap   {config.kafka_bootstrap}  ({config.kafka_brokers} broker(s), "
+        f"replication factor {config.replication_factor}, "
+        f"min.insync.replicas {config.min_insync_replicas})",
         f"PostgreSQL        {config.database_url}",
         f"SMTP sink         127.0.0.1:{config.smtp_port}  (mail in {config.mail_dir})",
     ]
@@ -80,7 +135,8 @@ def down(config: StackConfig) -> None:
         _report(service.name, stop(config, service.name))
     _report("smtp", stop(config, smtp.NAME))
     _report("postgres", postgres.stop_server(config))
-    _report("kafka", stop(config, kafka.NAME, timeout=60))
+    for name, was_running in kafka.stop_all(config, timeout=60):
+        _report(name, was_running)
 
 
 def _report(name: str, was_running: bool) -> None:
@@ -88,7 +144,7 @@ def _report(name: str, was_running: bool) -> None:
 
 
 def status(config: StackConfig) -> int:
-    names = [kafka.NAME, postgres.NAME, smtp.NAME, *(s.name for s in services(config))]
+    names = [*kafka.names(config), postgres.NAME, smtp.NAME, *(s.name for s in services(config))]
     down_count = 0
     for name in names:
         running = is_running(config, name)
@@ -102,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = ["up", "down", "status", "env", "prepare", "topics", "migrate"]
     parser.add_argument("command", choices=commands)
     args = parser.parse_args(argv)
-    config = StackConfig.from_env()
+    try:
+        config = StackConfig.from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "up":
             only = {n.strip() for n in os.environ.get("STACK_ONLY", "").split(",") if n.strip()}
@@ -110,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             down(config)
         elif args.command == "topics":
-            kafka.ensure_topics(config, os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+            kafka.report(kafka.ensure_topics(
+                config, os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+                int(os.environ.get("KAFKA_REPLICATION_FACTOR") or config.replication_factor),
+                int(os.environ.get("KAFKA_MIN_INSYNC_REPLICAS") or config.min_insync_replicas)))
         elif args.command == "migrate":
             import migrations
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +21,40 @@ NOT_INHERITED = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SMTP_HOST", "SMTP_P
 def _cache_home(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "course-signup"
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node (broker and controller in one process) of the native cluster."""
+
+    node_id: int
+    name: str  # its PID and log file name: `kafka` alone, else `kafka-<node_id>`
+    port: int  # PLAINTEXT, what clients bootstrap from
+    controller_port: int
+    home: Path  # server.properties and the log dir `data/`
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def replication_factor(brokers: int) -> int:
+    """Replicas of every topic: min(3, N) (the contract)."""
+    return max(1, min(3, brokers))
+
+
+def min_insync_replicas(brokers: int) -> int:
+    """From three brokers on an acknowledged write is on two of them before the 202."""
+    return 2 if brokers >= 3 else 1
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -40,6 +76,7 @@ class StackConfig:
     processors: int
     admin_token_override: str | None = None
     pseudonym_secret_override: str | None = None
+    kafka_brokers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> StackConfig:
@@ -47,6 +84,7 @@ class StackConfig:
             return int(env.get(name) or default)
 
         kafka_port = port("KAFKA_PORT", 9092)
+        brokers = _brokers(env.get("KAFKA_BROKERS"))
         return cls(
             run_dir=Path(env.get("RUN_DIR") or ROOT / ".run").resolve(),
             cache_dir=Path(env.get("STACK_CACHE_DIR") or _cache_home(env)),
@@ -61,10 +99,12 @@ class StackConfig:
             notifier_port=port("NOTIFIER_PORT", 6068),
             partitions=int(env.get("PARTITIONS") or 4),
             kafka_version=env.get("KAFKA_VERSION") or "4.1.1",
-            kafka_heap=env.get("KAFKA_HEAP") or "768m",
+            # Three brokers share the machine with everything else: a smaller heap each.
+            kafka_heap=env.get("KAFKA_HEAP") or ("768m" if brokers == 1 else "512m"),
             processors=int(env.get("PROCESSORS") or 1),
             admin_token_override=env.get("ADMIN_TOKEN") or None,
             pseudonym_secret_override=env.get("PSEUDONYM_SECRET") or None,
+            kafka_brokers=brokers,
         )
 
     @property
@@ -80,8 +120,64 @@ class StackConfig:
         return self.run_dir / "mail"
 
     @property
+    def kafka_layout_file(self) -> Path:
+        """The ports a multi-broker cluster was created with (written at its first start)."""
+        return self.run_dir / "kafka-cluster.json"
+
+    def kafka_nodes(self) -> list[KafkaNode]:
+        """The cluster's nodes: one named `kafka` under $RUN_DIR/kafka, or N named
+        `kafka-1` ... `kafka-N` under $RUN_DIR/kafka-<i>. Node 1 takes KAFKA_PORT and
+        the controller port; the others take the next free ports above them, chosen
+        once and then read back from $RUN_DIR/kafka-cluster.json, so that a restart
+        finds every node where the controller quorum expects it."""
+        if self.kafka_brokers == 1:
+            return [KafkaNode(1, "kafka", self.kafka_port, self.kafka_controller_port,
+                              self.run_dir / "kafka")]
+        recorded = self.recorded_kafka_ports()
+        if recorded is not None and len(recorded) == self.kafka_brokers:
+            ports = recorded
+        else:
+            ports = self._allocate_kafka_ports()
+        return [KafkaNode(i, f"kafka-{i}", port, controller, self.run_dir / f"kafka-{i}")
+                for i, (port, controller) in enumerate(ports, start=1)]
+
+    def recorded_kafka_ports(self) -> list[tuple[int, int]] | None:
+        try:
+            data = json.loads(self.kafka_layout_file.read_text())
+        except FileNotFoundError:
+            return None
+        return [(int(n["port"]), int(n["controller_port"])) for n in data["nodes"]]
+
+    def _allocate_kafka_ports(self) -> list[tuple[int, int]]:
+        ports = [(self.kafka_port, self.kafka_controller_port)]
+        # Not the ports of the other components either, though they may not listen yet.
+        taken = {self.kafka_port, self.kafka_controller_port, self.pg_port, self.smtp_port,
+                 self.command_api_port, self.query_api_port, self.projector_port,
+                 self.notifier_port, self.processor_port,
+                 *(self.processor_port + 10 + i for i in range(1, max(self.processors, 3)))}
+        candidate = max(taken) + 1
+        while len(ports) < self.kafka_brokers:
+            pair: list[int] = []
+            while len(pair) < 2:
+                if candidate not in taken and _port_free(candidate):
+                    pair.append(candidate)
+                    taken.add(candidate)
+                candidate += 1
+            ports.append((pair[0], pair[1]))
+        return ports
+
+    @property
     def kafka_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        """Every broker, so that a client starts even while one of them is down."""
+        return ",".join(node.address for node in self.kafka_nodes())
+
+    @property
+    def replication_factor(self) -> int:
+        return replication_factor(self.kafka_brokers)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        return min_insync_replicas(self.kafka_brokers)
 
     @property
     def database_url(self) -> str:
@@ -133,13 +229,22 @@ class StackConfig:
             "ADMIN_TOKEN": self.admin_token(), "PARTITIONS": str(self.partitions),
             "PSEUDONYM_SECRET": self.pseudonym_secret(),
             "KAFKA_VERSION": self.kafka_version, "KAFKA_HEAP": self.kafka_heap,
+            "KAFKA_BROKERS": str(self.kafka_brokers),
         })
         return env
 
     def service_env(self) -> dict[str, str]:
         """The 12-factor settings every service reads; the same names work under compose."""
-        return {
+        # With more than one broker a lost one is fenced after broker.session.timeout.ms
+        # (6 s, stack/kafka.py) and its partitions get new leaders; a request waits that
+        # out instead of answering 503. A hung broker (SIGSTOP) costs one client-side
+        # request timeout (5 s, command_api/publisher.py) or two before the retry finds
+        # the new leader: 15 s covers both and the election, under load.
+        extra = {"PRODUCE_TIMEOUT_SECONDS": "15"} if self.kafka_brokers > 1 else {}
+        return extra | {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            "KAFKA_REPLICATION_FACTOR": str(self.replication_factor),
+            "KAFKA_MIN_INSYNC_REPLICAS": str(self.min_insync_replicas),
             "DATABASE_URL": self.database_url,
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.smtp_port),
@@ -154,3 +259,13 @@ class StackConfig:
             "NOTIFIER_PORT": str(self.notifier_port),
             "PROCESSOR_DATA_DIR": str(self.run_dir / "processor"),
         }
+
+
+def _brokers(raw: str | None) -> int:
+    try:
+        value = int(raw or 1)
+    except ValueError:
+        raise ValueError(f"KAFKA_BROKERS must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"KAFKA_BROKERS must be at least 1, got {raw!r}")
+    return value

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from stack import packages
-from stack.config import ROOT, StackConfig
-from stack.procs import StackError, is_running, log_file, port_open, spawn, wait_until
+from stack.config import ROOT, KafkaNode, StackConfig
+from stack.procs import (
+    StackError,
+    is_running,
+    log_file,
+    pid_alive,
+    port_open,
+    read_pid,
+    signal_group,
+    spawn,
+    stop,
+    tail,
+)
 
 POM = ROOT / "stack" / "kafka-pom.xml"
 LOG4J = ROOT / "stack" / "kafka-log4j2.properties"
@@ -63,31 +79,58 @@ def ensure_jars(config: StackConfig) -> Path:
     return libs
 
 
-def server_properties(config: StackConfig) -> str:
-    data = config.run_dir / "kafka" / "data"
+def server_properties(config: StackConfig, node: KafkaNode) -> str:
+    nodes = config.kafka_nodes()
+    replicas, min_isr = config.replication_factor, config.min_insync_replicas
+    if len(nodes) == 1:
+        # One node, formatted --standalone: a dynamic quorum of itself.
+        quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{node.controller_port}"
+    else:
+        # N voters fixed at format time: a majority of them elects the active controller.
+        quorum = "controller.quorum.voters=" + ",".join(
+            f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
     return "\n".join([
         "process.roles=broker,controller",
-        "node.id=1",
-        f"listeners=PLAINTEXT://127.0.0.1:{config.kafka_port},"
-        f"CONTROLLER://127.0.0.1:{config.kafka_controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{config.kafka_port}",
+        f"node.id={node.node_id}",
+        f"listeners=PLAINTEXT://127.0.0.1:{node.port},"
+        f"CONTROLLER://127.0.0.1:{node.controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
         "controller.listener.names=CONTROLLER",
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        f"controller.quorum.bootstrap.servers=127.0.0.1:{config.kafka_controller_port}",
-        f"log.dirs={data}",
+        quorum,
+        f"log.dirs={node.home / 'data'}",
         f"num.partitions={config.partitions}",
-        # One node: every internal topic has a single replica.
-        "offsets.topic.replication.factor=1",
+        # Kafka's internal topics (consumer offsets, transaction state) and any topic
+        # created without explicit settings (faust's assignor topic) get the same
+        # replication as the project's own: min(3, N), and from 3 brokers on a write
+        # counts only once two replicas have it.
+        f"default.replication.factor={replicas}",
+        f"min.insync.replicas={min_isr}",
+        f"offsets.topic.replication.factor={replicas}",
         "offsets.topic.num.partitions=10",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={min_isr}",
         "transaction.state.log.num.partitions=10",
-        "share.coordinator.state.topic.replication.factor=1",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        # A replica that was down catches up and is elected again: no unclean election,
+        # so an acknowledged write is never dropped for a replica that lacks it.
+        "unclean.leader.election.enable=false",
+        # A broker that stops heartbeating is fenced (and its partitions get new
+        # leaders) after this long; Kafka's default is 9 s. The command API waits up to
+        # PRODUCE_TIMEOUT_SECONDS for an acknowledgement, which must cover the fencing
+        # plus the election, so that a lost broker fails no request.
+        f"broker.session.timeout.ms={session_timeout_ms(config)}",
+        f"broker.heartbeat.interval.ms={session_timeout_ms(config) // 4}",
         "group.initial.rebalance.delay.ms=0",
         # Topics are created by the project with explicit settings, never by accident.
         "auto.create.topics.enable=false",
         "",
     ])
+
+
+def session_timeout_ms(config: StackConfig) -> int:
+    return 9000 if config.kafka_brokers == 1 else 6000
 
 
 def java_command(config: StackConfig, main: str, *args: str) -> list[str]:
@@ -99,22 +142,22 @@ def java_command(config: StackConfig, main: str, *args: str) -> list[str]:
     ]
 
 
-def format_storage(config: StackConfig) -> Path:
-    home = config.run_dir / "kafka"
-    props = home / "server.properties"
-    home.mkdir(parents=True, exist_ok=True)
-    props.write_text(server_properties(config))
-    if (home / "data" / "meta.properties").exists():
+def format_storage(config: StackConfig, node: KafkaNode, cluster_id: str) -> Path:
+    props = node.home / "server.properties"
+    node.home.mkdir(parents=True, exist_ok=True)
+    props.write_text(server_properties(config, node))
+    if (node.home / "data" / "meta.properties").exists():
         return props
-    cluster_id = _kraft_cluster_id()
+    # One node: a quorum of itself (--standalone); more: the voters are in the config.
+    standalone = ["--standalone"] if config.kafka_brokers == 1 else []
     result = subprocess.run(
-        java_command(config, "kafka.tools.StorageTool", "format", "--standalone",
+        java_command(config, "kafka.tools.StorageTool", "format", *standalone,
                      f"--cluster-id={cluster_id}", "-c", str(props)),
         capture_output=True, text=True,
     )
     if result.returncode != 0:
         raise StackError(
-            f"kafka: formatting the KRaft log dir failed:\n{result.stdout}{result.stderr}"
+            f"{node.name}: formatting the KRaft log dir failed:\n{result.stdout}{result.stderr}"
         )
     return props
 
@@ -127,48 +170,195 @@ def _kraft_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+def _cluster_id(nodes: list[KafkaNode]) -> str:
+    """The id the formatted nodes share, or a new one for a new cluster."""
+    for node in nodes:
+        meta = node.home / "data" / "meta.properties"
+        if meta.exists():
+            for line in meta.read_text().splitlines():
+                if line.startswith("cluster.id="):
+                    return line.split("=", 1)[1].strip()
+    return _kraft_cluster_id()
+
+
+def check_layout(config: StackConfig) -> None:
+    """Refuse, before anything starts, a $RUN_DIR whose Kafka has another shape than
+    KAFKA_BROKERS asks for: starting it would half-start a cluster or fork the log."""
+    single = (config.run_dir / "kafka" / "data" / "meta.properties").exists()
+    recorded = config.recorded_kafka_ports()
+    formatted = len(recorded) if recorded is not None else (1 if single else 0)
+    if formatted in (0, config.kafka_brokers):
+        return
+    have = "a single-broker Kafka" if formatted == 1 else f"a {formatted}-broker Kafka cluster"
+    raise StackError(
+        f"kafka: {config.run_dir} holds {have}, but KAFKA_BROKERS={config.kafka_brokers}. "
+        "The project does not move an event log between cluster shapes. Either run with "
+        f"KAFKA_BROKERS={formatted} (the data stays as it is), or start the new cluster in "
+        f"another RUN_DIR (or `make down` and move {config.run_dir} away first; the event "
+        "log of the old one is in it). Nothing was started."
+    )
+
+
+def _record_layout(config: StackConfig, nodes: list[KafkaNode]) -> None:
+    if config.kafka_brokers == 1 or config.kafka_layout_file.exists():
+        return
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    config.kafka_layout_file.write_text(json.dumps({"nodes": [
+        {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port}
+        for n in nodes]}, indent=2) + "\n")
+
+
+def names(config: StackConfig) -> list[str]:
+    """PID/log names of the nodes: `kafka`, or `kafka-1` ... `kafka-N`."""
+    return [node.name for node in config.kafka_nodes()]
+
+
 def start(config: StackConfig) -> bool:
-    """Start the broker unless it runs; True if this call started it."""
-    if is_running(config, NAME):
+    """Start every node that does not run and wait until the cluster has all N brokers;
+    True if this call started any."""
+    check_layout(config)
+    nodes = config.kafka_nodes()
+    stopped = [n for n in nodes if not is_running(config, n.name)]
+    if not stopped:
         return False
-    if port_open(config.kafka_port):
-        raise StackError(f"kafka: port {config.kafka_port} is taken by another process; "
-                         "set KAFKA_PORT to a free port")
-    props = format_storage(config)
-    pid = spawn(config, NAME, java_command(config, "kafka.Kafka", str(props)))
-    wait_until(lambda: _metadata_ok(config), 90, "kafka (broker)", log_file(config, NAME), pid)
+    for node in stopped:
+        for port in (node.port, node.controller_port):
+            if port_open(port):
+                raise StackError(f"{node.name}: port {port} is taken by another process; "
+                                 "set KAFKA_PORT to a free port")
+    _record_layout(config, nodes)
+    cluster_id = _cluster_id(nodes)
+    props = {n.name: format_storage(config, n, cluster_id) for n in stopped}
+    pids = {n.name: spawn(config, n.name, java_command(config, "kafka.Kafka", str(props[n.name])))
+            for n in stopped}
+    # With N voters no node is ready alone: they elect a controller together, so all are
+    # started before waiting, and the wait watches every one of them.
+    try:
+        _wait_for_cluster(config, stopped, pids, 120)
+    except StackError as exc:
+        # Never leave a half-started cluster behind: what this call started, it stops.
+        for node in stopped:
+            stop(config, node.name, timeout=30)
+        raise StackError(f"{exc}\n  (stopped {', '.join(n.name for n in stopped)} again: "
+                         "no half-started cluster is left running)") from exc
     return True
 
 
-def _metadata_ok(config: StackConfig) -> bool:
+def _wait_for_cluster(config: StackConfig, nodes: list[KafkaNode], pids: dict[str, int],
+                      timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    while pending:
+        for name, pid in pids.items():
+            if not pid_alive(pid):
+                raise StackError(f"{name} exited during start-up; see "
+                                 f"{log_file(config, name)}{tail(log_file(config, name))}")
+        pending = [n for n in pending if not _probe(config, n)]
+        if pending and time.monotonic() > deadline:
+            node = pending[0]
+            log = log_file(config, node.name)
+            raise StackError(f"{node.name} (broker on port {node.port}) did not join a cluster "
+                             f"of {config.kafka_brokers} within {timeout:.0f}s; see {log}"
+                             f"{tail(log)}")
+        if pending:
+            time.sleep(0.25)
+
+
+def _probe(config: StackConfig, node: KafkaNode) -> bool:
+    try:
+        return _metadata_ok(config, node)
+    except Exception:  # noqa: BLE001 - any failure of a probe means "not yet"
+        return False
+
+
+def _metadata_ok(config: StackConfig, node: KafkaNode) -> bool:
+    """The node answers on its own port and sees the whole cluster registered."""
     from confluent_kafka.admin import AdminClient
 
-    if not port_open(config.kafka_port):
+    if not port_open(node.port):
         return False
     # log_level 0: a refused connection while the broker boots is expected, not news.
-    admin = AdminClient({"bootstrap.servers": config.kafka_bootstrap, "log_level": 0})
-    return len(admin.list_topics(timeout=2).brokers) > 0
+    admin = AdminClient({"bootstrap.servers": node.address, "log_level": 0})
+    brokers = admin.list_topics(timeout=2).brokers
+    return len(brokers) >= config.kafka_brokers and node.node_id in brokers
 
 
-def ensure_topics(config: StackConfig, bootstrap: str | None = None) -> None:
-    """Create the project's topics with their settings; existing ones are left as they are."""
+def stop_all(config: StackConfig, timeout: float = 60) -> list[tuple[str, bool]]:
+    """Stop every node found under $RUN_DIR/pids (of whatever shape), all at once: one at
+    a time, the last ones would wait for a controller quorum that is already gone.
+    Returns (name, was running) per node."""
+    found = sorted({*names(config), *(p.stem for p in config.pids.glob("kafka*.pid"))})
+    running = {name for name in found if is_running(config, name)}
+    for name in running:
+        pid = read_pid(config, name)
+        if pid is not None:
+            signal_group(pid, signal.SIGTERM)
+    for name in found:
+        stop(config, name, timeout=timeout)
+    return [(name, name in running) for name in found]
+
+
+# Topics the cluster holds for the project besides its own: Kafka's internal ones (made
+# on first use with the broker's settings) and the processor's table changelogs.
+INTERNAL_TOPICS = ("__consumer_offsets", "__transaction_state")
+CHANGELOG_PREFIX = "course-processor-"
+
+
+def ensure_topics(config: StackConfig, bootstrap: str | None = None,
+                  replicas: int | None = None, min_isr: int | None = None) -> list[str]:
+    """Create the project's topics with their settings, replicas and min.insync.replicas;
+    existing ones are left as they are. Returns one line per existing topic that has
+    fewer replicas (or a lower min.insync.replicas) than asked: the caller reports them,
+    since Kafka does not add replicas to a topic by itself."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    replicas = replicas or config.replication_factor
+    min_isr = min_isr or config.min_insync_replicas
     admin = AdminClient({"bootstrap.servers": bootstrap or config.kafka_bootstrap,
                          "log_level": 3})
     existing = admin.list_topics(timeout=10).topics
     wanted = [
-        NewTopic(name, config.partitions, 1, config=cfg)
+        NewTopic(name, config.partitions, replicas,
+                 config={**cfg, "min.insync.replicas": str(min_isr)})
         for name, cfg in topic_configs().items()
         if name not in existing
     ]
-    if not wanted:
-        return
-    for name, future in admin.create_topics(wanted, request_timeout=30).items():
+    for name, future in (admin.create_topics(wanted, request_timeout=30).items()
+                         if wanted else ()):
         try:
             future.result()
         except Exception as exc:  # noqa: BLE001
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise StackError(f"kafka: could not create topic {name}: {exc}") from exc
+    ours = [name for name in existing
+            if name in topic_configs() or name in INTERNAL_TOPICS
+            or name.startswith(CHANGELOG_PREFIX)]
+    return under_replicated(admin, {n: existing[n] for n in ours}, replicas, min_isr)
 
 
+def under_replicated(admin: Any, topics: dict[str, Any], replicas: int,
+                     min_isr: int) -> list[str]:
+    """A line per topic whose partitions have fewer replicas than `replicas`, or whose
+    min.insync.replicas is below `min_isr`."""
+    from confluent_kafka.admin import ConfigResource
+
+    problems = []
+    for name, meta in sorted(topics.items()):
+        have = min((len(p.replicas) for p in meta.partitions.values()), default=0)
+        if have < replicas:
+            problems.append(f"topic {name} has {have} replica(s) per partition, fewer than "
+                            f"the {replicas} asked for; add replicas with "
+                            "kafka-reassign-partitions (Kafka never does it by itself)")
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in sorted(topics)]
+    if min_isr > 1 and resources:
+        for resource, future in admin.describe_configs(resources).items():
+            value = future.result().get("min.insync.replicas")
+            if value is not None and int(value.value) < min_isr:
+                problems.append(f"topic {resource.name} has min.insync.replicas="
+                                f"{value.value}, lower than the {min_isr} asked for")
+    return problems
+
+
+def report(problems: list[str]) -> None:
+    for line in problems:
+        print(f"  WARNING: {line}", file=sys.stderr, flush=True)

@@ -90,19 +90,19 @@ def stop(config: StackConfig, name: str, sig: int = signal.SIGTERM, timeout: flo
     if pid is None or not pid_alive(pid):
         pid_file(config, name).unlink(missing_ok=True)
         return False
-    _signal_group(pid, sig)
+    signal_group(pid, sig)
     deadline = time.monotonic() + timeout
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     if pid_alive(pid):
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
         while pid_alive(pid) and time.monotonic() < deadline + 5:
             time.sleep(0.05)
     pid_file(config, name).unlink(missing_ok=True)
     return True
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
@@ -118,17 +118,17 @@ def wait_until(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pid is not None and not pid_alive(pid):
-            raise StackError(f"{what} exited during start-up; see {log}{_tail(log)}")
+            raise StackError(f"{what} exited during start-up; see {log}{tail(log)}")
         try:
             if check():
                 return
         except Exception:  # noqa: BLE001 - any failure of a probe means "not yet"
             pass
         time.sleep(0.2)
-    raise StackError(f"{what} did not become ready within {timeout:.0f}s; see {log}{_tail(log)}")
+    raise StackError(f"{what} did not become ready within {timeout:.0f}s; see {log}{tail(log)}")
 
 
-def _tail(log: Path | None, lines: int = 15) -> str:
+def tail(log: Path | None, lines: int = 15) -> str:
     if log is None or not log.exists():
         return ""
     text = log.read_text(errors="replace").splitlines()[-lines:]
@@ -139,6 +139,75 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def listening_inodes(port: int) -> set[int]:
+    """Socket inodes of the TCP listeners on `port` (any address), from /proc/net."""
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXADDR:HEXPORT; state 0A is LISTEN.
+            listening = len(fields) > 9 and fields[3] == "0A"
+            if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    found.add(int(target[8:-1]))
+    except OSError:  # gone, or not ours to look at
+        pass
+    return found
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of a session we spawned (start_new_session: pgid == the leader's pid)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the ")" of the command name: state, ppid, pgrp, ...
+        if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+            members.append(int(entry.name))
+    return members or [pgid]
+
+
+def port_owners(port: int) -> list[int]:
+    """PIDs that hold a listener on `port` (those we may look at)."""
+    inodes = listening_inodes(port)
+    if not inodes:
+        return []
+    return sorted(int(e.name) for e in Path("/proc").iterdir()
+                  if e.name.isdigit() and _socket_inodes(int(e.name)) & inodes)
+
+
+def owns_port(pid: int, port: int) -> bool:
+    """Whether the listener on `port` belongs to `pid` or a process of its session: the
+    check that keeps a stale process of another stack from passing for ours."""
+    inodes = listening_inodes(port)
+    return bool(inodes) and any(_socket_inodes(p) & inodes for p in _group_members(pid))
+
+
+def taken_message(name: str, port: int, setting: str) -> str:
+    owners = port_owners(port)
+    by = f" (pid {', '.join(map(str, owners))})" if owners else ""
+    return (f"{name}: port {port} is taken by another process{by}; set {setting} to a "
+            "free port, or stop what listens there")
 
 
 def http_ok(url: str) -> bool:

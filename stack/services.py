@@ -6,7 +6,18 @@ import importlib.util
 from dataclasses import dataclass
 
 from stack.config import ROOT, StackConfig
-from stack.procs import http_ok, is_running, log_file, spawn, wait_until
+from stack.procs import (
+    StackError,
+    http_ok,
+    is_running,
+    log_file,
+    owns_port,
+    port_open,
+    read_pid,
+    spawn,
+    taken_message,
+    wait_until,
+)
 
 
 @dataclass(frozen=True)
@@ -16,6 +27,7 @@ class Service:
     port: int
     health_path: str = "/readyz"
     extra_env: tuple[tuple[str, str], ...] = ()
+    port_setting: str = ""  # the environment variable that moves its port
 
     @property
     def url(self) -> str:
@@ -35,24 +47,42 @@ def services(config: StackConfig) -> list[Service]:
             (("PROCESSOR_PORT", str(config.processor_port + (0 if i == 0 else 10 + i))),
              ("PROCESSOR_DATA_DIR", str(config.run_dir / f"processor-{i + 1}")),
              ("PROCESSOR_INSTANCE_ID", f"processor-{i + 1}")),
+            "PROCESSOR_PORT",
         )
         for i in range(config.processors)
     ]
     return [
         *processors,
-        Service("projector", "projections.projector", config.projector_port, "/healthz"),
-        Service("notifier", "notifier.__main__", config.notifier_port, "/healthz"),
-        Service("command-api", "command_api.__main__", config.command_api_port),
-        Service("query-api", "projections.api", config.query_api_port),
+        Service("projector", "projections.projector", config.projector_port, "/healthz",
+                port_setting="PROJECTOR_PORT"),
+        Service("notifier", "notifier.__main__", config.notifier_port, "/healthz",
+                port_setting="NOTIFIER_PORT"),
+        Service("command-api", "command_api.__main__", config.command_api_port,
+                port_setting="COMMAND_API_PORT"),
+        Service("query-api", "projections.api", config.query_api_port,
+                port_setting="QUERY_API_PORT"),
     ]
 
 
 def start(config: StackConfig, service: Service, timeout: float = 90) -> bool:
-    if is_running(config, service.name):
+    """Start the service unless it runs; True if this call started it. Only our own
+    process counts: a port held by another process is an error before the start, and
+    the service is ready when it answers on its port *and* holds that port itself (a
+    stale worker of another stack on the same port must not pass for it)."""
+    log = log_file(config, service.name)
+    running = read_pid(config, service.name)
+    if running is not None and is_running(config, service.name):
+        if port_open(service.port) and not owns_port(running, service.port):
+            raise StackError(f"{service.name} runs (pid {running}) but "
+                             + taken_message(service.name, service.port,
+                                             service.port_setting).split(": ", 1)[1])
         return False
+    if port_open(service.port):
+        raise StackError(taken_message(service.name, service.port, service.port_setting))
     module = service.module.removesuffix(".__main__")
     env = {**config.service_env(), **dict(service.extra_env), "SERVICE_NAME": service.name}
     pid = spawn(config, service.name, [config.python, "-m", module], env=env, cwd=ROOT)
-    wait_until(lambda: http_ok(service.url + service.health_path), timeout,
-               service.name, log_file(config, service.name), pid)
+    health = service.url + service.health_path
+    wait_until(lambda: owns_port(pid, service.port) and http_ok(health),
+               timeout, f"{service.name} (port {service.port})", log, pid)
     return True
