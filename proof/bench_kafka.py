@@ -321,6 +321,16 @@ def create_history(bootstrap: str, courses: list[str], capacity: int) -> History
     return History(courses, capacity, partition_of, seed_tables(courses, capacity)[0])
 
 
+def produce(producer: Producer, topic: str, key: bytes, value: bytes, **extra: Any) -> None:
+    """Produce, waiting for room in the producer's queue when it is full."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, **extra)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def grow_history(bootstrap: str, history: History, count: int, rng: random.Random,
                  tag: str, secret: bytes) -> float:
     """Decide `count` more sign-ups for the history courses with the processor's Decider
@@ -343,12 +353,7 @@ def grow_history(bootstrap: str, history: History, count: int, rng: random.Rando
     touched: set[str] = set()
 
     def send(topic: str, key: bytes, value: bytes, **extra: Any) -> None:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, **extra)
-                return
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, key, value, **extra)
 
     for i, cmd in enumerate(signup_commands(history.courses, count, rng, tag)):
         event = decider.decide(cmd)

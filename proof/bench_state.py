@@ -50,10 +50,13 @@ from course_processor.decider import Decider
 from course_processor.migrate import command_partition
 from course_processor.values import memory_key, outcome_of
 from course_processor.wire import event_headers
+from proof.bench_kafka import produce
+from proof.bench_stack import memory
 from schemas.codec import decode, encode
 from schemas.messages import CreateCourse, SignUp, StudentSignedUp
 from schemas.pseudonyms import seat_key
 from schemas.topics import dlq_of
+from stack.procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-state-secret"
@@ -115,12 +118,7 @@ def grow(run: Run, total: int) -> float:
                          "queue.buffering.max.messages": 1_000_000})
 
     def send(topic: str, key: bytes, value: bytes, **extra: Any) -> None:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, **extra)
-                return
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, key, value, **extra)
 
     seats: dict[str, Any] = {}
     decided: dict[str, Any] = {}
@@ -253,13 +251,7 @@ class Processor:
 
     def memory(self) -> dict[str, float]:
         assert self.proc is not None
-        fields: dict[str, float] = {}
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            for line in status:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    fields[key] = round(int(value.split()[0]) / 1024, 1)
-        return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+        return memory(self.proc.pid)
 
     def restores(self) -> list[tuple[int, float]]:
         """(records, seconds) of each restore this worker logged."""
@@ -269,14 +261,6 @@ class Processor:
             if m:
                 found.append((int(m.group(1)), float(m.group(2))))
         return found
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait(condition: Any, timeout: float, what: str) -> None:
