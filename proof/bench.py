@@ -423,7 +423,8 @@ class Bench:
 
         rate = round((self.saturation or 200.0) / 2, 1)
         seconds = self.sizes.latency_s
-        interval = float(os.environ.get("PROCESSOR_COMMIT_INTERVAL") or Settings.commit_interval)
+        interval = float(os.environ.get("PROCESSOR_COMMIT_INTERVAL")
+                         or Settings.model_fields["commit_interval"].default)
         log(f"figure 2: decision latency, open loop at {rate}/s for {seconds:.0f}s")
         cpu0 = {n: bs.process_cpu(self.stack.pid(n)) for n in ("processor", "command-api")}
         with Monitor(self.stack, sample=False) as monitor:
