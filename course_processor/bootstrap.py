@@ -9,6 +9,7 @@ from confluent_kafka.admin import AdminClient
 from course_processor import migrate, restore
 from course_processor.agents import register
 from course_processor.app import DECIDED, Processor, create_app
+from course_processor.failstop import fail_stop
 from course_processor.metrics import Metrics
 from course_processor.settings import Settings
 from course_processor.web import add_routes
@@ -34,6 +35,14 @@ def restorer(p: Processor) -> Callable[[set[int]], None]:
         return store._encode_key(key), store._encode_value(value)  # type: ignore[attr-defined]  # noqa: SLF001
 
     def run(owned: set[int]) -> None:
+        try:
+            bring_up_to_date(owned)
+        except Exception as exc:
+            # Deciding from a state not brought up to date could overbook a course;
+            # a restart tries again from the disk and the committed changelogs.
+            fail_stop("the local state could not be brought up to date", exc)
+
+    def bring_up_to_date(owned: set[int]) -> None:
         servers = settings.kafka_bootstrap_servers
         if settings.build_from_events and owned:
             admin = AdminClient({"bootstrap.servers": servers})

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, IsolationLevel, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from course_processor.failstop import fail_stop
@@ -48,8 +48,16 @@ def committed_ends(admin: AdminClient, tps: list[TopicPartition],
     """
     deadline = time.monotonic() + timeout
     while True:
-        stable = _list_offsets(admin, tps, IsolationLevel.READ_COMMITTED)
-        high = _list_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED)
+        try:
+            stable = _list_offsets(admin, tps, IsolationLevel.READ_COMMITTED)
+            high = _list_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED)
+        except KafkaException as exc:
+            # A leader moving (a broker lost or paused) answers NOT_LEADER for a while:
+            # ask again until the deadline.
+            if time.monotonic() > deadline:
+                fail_stop("could not read the changelogs' end offsets", exc)
+            time.sleep(0.2)
+            continue
         pending = [key for key in high if stable[key] < high[key]]
         if not pending:
             return high
