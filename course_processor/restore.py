@@ -147,7 +147,7 @@ def _read(state: LocalState, servers: str, table_of: Mapping[str, str],
                 last[where] = msg.offset()  # type: ignore[index,assignment]
             total += len(messages)
             for (topic, partition), entries in batch.items():
-                state.load(partition, table_of[topic], entries.items(), last[(topic, partition)])
+                state.load(partition, table_of[topic], entries, last[(topic, partition)])
             if batch:
                 deadline = time.monotonic() + PENDING_TRANSACTIONS_TIMEOUT
             # The position passes the commit markers a read_committed consumer never
