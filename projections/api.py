@@ -5,9 +5,14 @@ PostgreSQL. Settings (see `projections/settings.py`): DATABASE_URL is required; 
 listens on HOST:QUERY_API_PORT (default 127.0.0.1:8001). Logs go to stderr as JSON
 lines, one per request with its correlation id (X-Correlation-Id) and no personal data.
 
-Every answer is one primary-key probe (a sign-up, a course) or the single global row:
-O(1) in the number of sign-ups. Ages are computed per request from the stored birth-date
-aggregates at `as_of`, with `projections.stats`.
+Statistics (a course's, the global ones, a page of courses, the dashboard at GET /) come
+from memory: `projections.live` keeps every course's birth-date aggregates there and
+refreshes them when the projector's commits notify it, and the answers rendered from them
+are kept per date until the course changes. While that cache is not connected to
+PostgreSQL, they are read from PostgreSQL as before (and answer 503 while it is away);
+the dashboard then answers 503. A decision (GET /signups/{id}) is one primary-key probe.
+Nothing scans enrollments: ages are computed at `as_of` from the stored birth-date
+aggregates and counts per birth date, with `projections.stats`.
 """
 
 from __future__ import annotations
@@ -23,15 +28,16 @@ import psycopg
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, ValidationError
 
-from projections import store
+from projections import dashboard, store
+from projections.live import LiveMetrics, LiveStats
 from projections.observability import ApiMetrics, RequestContextMiddleware
+from projections.readmodel import Snapshot, course_body, dump, global_body, page_json
 from projections.settings import QueryApiSettings
-from projections.stats import age_stats
 from service_kit.logs import configure_logging
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -58,6 +64,7 @@ class CourseStatsOut(BaseModel):
     min_age: int | None
     max_age: int | None
     average_age: float | None
+    age_histogram: dict[str, int]  # completed years -> students of that age at as_of
     as_of: date
 
 
@@ -67,6 +74,13 @@ class GlobalStatsOut(BaseModel):
     min_age: int | None
     max_age: int | None
     average_age: float | None
+    age_histogram: dict[str, int]
+    as_of: date
+
+
+class CoursesPageOut(BaseModel):
+    courses: list[CourseStatsOut]
+    next: str | None  # pass as `after` for the next page; null on the last page
     as_of: date
 
 
@@ -103,6 +117,10 @@ def _db(request: Request) -> Database:
     return request.app.state.database  # type: ignore[no-any-return]
 
 
+async def _snapshot(request: Request) -> Snapshot | None:
+    return await request.app.state.live.snapshot()  # type: ignore[no-any-return]
+
+
 # Plain functions rather than FastAPI dependencies: resolving dependencies took a
 # fifth of each request's time, for a pool lookup and a date parse.
 def _as_of(as_of: str | None) -> date:
@@ -119,6 +137,9 @@ def _as_of(as_of: str | None) -> date:
 
 
 AsOf = Annotated[str | None, Query(description="YYYY-MM-DD; default today (UTC)")]
+After = Annotated[str | None, Query(
+    pattern=r"^[a-z0-9-]{1,64}$", description="the last course id of the previous page")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="courses per page")]
 
 router = APIRouter()
 
@@ -142,26 +163,69 @@ async def get_signup(signup_id: str, request: Request) -> Response:
 async def get_course_stats(course_id: str, request: Request, as_of: AsOf = None) -> Response:
     """A course, its enrollment count and its students' ages at `as_of`."""
     day = _as_of(as_of)
-    course = await _db(request).run(store.fetch_course, course_id)
-    if course is None:
+    snapshot = await _snapshot(request)
+    if snapshot is not None:
+        body = snapshot.course_json(course_id, day)
+    else:
+        course = await _db(request).run(store.fetch_course, course_id)
+        body = None if course is None else dump(course_body(course, day))
+    if body is None:
         raise HTTPException(404, "unknown course")
-    ages = age_stats(course.ages, day)
-    return _json(CourseStatsOut(course_id=course.course_id, title=course.title,
-                                lecturer=course.lecturer, capacity=course.capacity,
-                                enrolled=course.ages.count, min_age=ages.min_age,
-                                max_age=ages.max_age, average_age=ages.average_age,
-                                as_of=day))
+    return Response(body, media_type="application/json")
+
+
+@router.get("/courses", response_model=CoursesPageOut)
+async def get_courses(request: Request, as_of: AsOf = None, after: After = None,
+                      limit: Limit = 100) -> Response:
+    """A page of every course's statistics at `as_of`, in course id order (keyset
+    pagination: pass `next` as `after`)."""
+    day = _as_of(as_of)
+    snapshot = await _snapshot(request)
+    if snapshot is not None:
+        return Response(snapshot.page_json(day, after, limit), media_type="application/json")
+    courses, next_after = await _db(request).run(store.fetch_page, after, limit)
+    body = page_json((dump(course_body(c, day)) for c in courses), next_after, day)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/stats", response_model=GlobalStatsOut)
 async def get_stats(request: Request, as_of: AsOf = None) -> Response:
     """Courses, enrollments and ages at `as_of` over every accepted enrollment."""
     day = _as_of(as_of)
-    found = await _db(request).run(store.fetch_global)
-    ages = age_stats(found.ages, day)
-    return _json(GlobalStatsOut(courses=found.courses, enrollments=found.ages.count,
-                                min_age=ages.min_age, max_age=ages.max_age,
-                                average_age=ages.average_age, as_of=day))
+    snapshot = await _snapshot(request)
+    if snapshot is not None:
+        body = snapshot.global_json(day)
+    else:
+        body = dump(global_body(await _db(request).run(store.fetch_global), day))
+    return Response(body, media_type="application/json")
+
+
+Sort = Literal["course_id", "title", "lecturer", "enrolled", "capacity", "fill", "min_age",
+               "max_age", "average_age"]  # the keys of readmodel.SORT_KEYS
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def get_dashboard(
+    request: Request, as_of: AsOf = None, after: After = None,
+    limit: Limit = dashboard.DEFAULT_LIMIT, sort: Sort = "course_id",
+    dir: Literal["asc", "desc"] = "asc",  # noqa: A002 (the query parameter's name)
+    course: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """The statistics as a page for people: global figures, every course, age charts."""
+    day = _as_of(as_of)
+    snapshot = await _snapshot(request)
+    if snapshot is None:
+        return HTMLResponse("<!doctype html><title>Course sign-ups</title><p>The statistics "
+                            "are being loaded from the database; try again in a moment.</p>",
+                            status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
+    view = dashboard.View(day, sort, dir == "desc", after, limit, course or None)
+    rows, next_after = snapshot.sorted_page(day, sort, dir == "desc", after, limit)
+    chosen = snapshot.figures(course, day) if course else None
+    histogram = ({} if chosen is None else
+                 {int(a): n for a, n in course_body(chosen.view, day)["age_histogram"].items()})
+    page = dashboard.Page(view, global_body(snapshot.overall, day), rows, next_after, chosen,
+                          histogram)
+    return HTMLResponse(dashboard.render(page))
 
 
 def _json(body: BaseModel) -> Response:
@@ -178,7 +242,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """PostgreSQL answers."""
+    """PostgreSQL answers (and whether statistics come from memory: `cache`)."""
     pool: AsyncConnectionPool = request.app.state.pool
     try:
         async with pool.connection(timeout=2) as conn:
@@ -190,7 +254,8 @@ async def readyz(request: Request) -> JSONResponse:
     except (PoolTimeout, psycopg.Error):
         return JSONResponse({"status": "unavailable", "postgres": False}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER_SECONDS})
-    return JSONResponse({"status": "ready", "postgres": True})
+    return JSONResponse({"status": "ready", "postgres": True,
+                         "cache": request.app.state.live.live})
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -222,15 +287,20 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=False)  # start even while PostgreSQL is away; /readyz says so
+        live.start()
         try:
             yield
         finally:
+            await live.stop()
             await pool.close()
 
+    metrics = ApiMetrics()
+    live = LiveStats(settings.database_url, LiveMetrics(metrics.registry))
     app = FastAPI(title="Course sign-up: query API", lifespan=lifespan)
     app.state.pool = pool
     app.state.database = Database(pool)
-    app.state.metrics = ApiMetrics()
+    app.state.metrics = metrics
+    app.state.live = live
     app.include_router(router)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
