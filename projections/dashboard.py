@@ -134,7 +134,7 @@ def _row(view: View, f: CourseFigures) -> str:
 
 def _chart(element_id: str, title: str, histogram: dict[int, int]) -> str:
     """A bar per age from the youngest to the oldest (empty ages stay as gaps)."""
-    width, height, left, bottom, top = 640, 220, 40, 24, 10
+    width, height, left, bottom, top = 580, 220, 40, 24, 10
     head = f'<figure><figcaption>{escape(title)}</figcaption>'
     if not histogram:
         return (head + f'<svg id="{element_id}" data-bars="0" width="{width}" height="40">'

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from stack import kafka, postgres, smtp
+from stack import browser, kafka, postgres, smtp
 from stack.config import StackConfig
 from stack.procs import StackError, is_running, read_pid, stop
 from stack.services import services
@@ -69,10 +69,12 @@ def summary(config: StackConfig) -> str:
 
 
 def prepare(config: StackConfig) -> None:
-    """Install what the stack needs (broker jars, PostgreSQL) without starting anything."""
+    """Install what the stack and its tests need (broker jars, PostgreSQL, and Chromium for
+    the dashboard's end-to-end test) without starting anything."""
     kafka.ensure_jars(config)
     postgres.bin_dir()
-    print(f"  ready: Kafka {config.kafka_version} jars, PostgreSQL in {postgres.bin_dir()}")
+    print(f"  ready: Kafka {config.kafka_version} jars, PostgreSQL in {postgres.bin_dir()}, "
+          f"Chromium at {browser.chromium()}")
 
 
 def down(config: StackConfig) -> None:
