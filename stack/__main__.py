@@ -63,6 +63,7 @@ def summary(config: StackConfig) -> str:
     for service in services(config):
         if service.built():
             lines.append(f"{service.name:<17} {service.url}  (metrics: {service.url}/metrics)")
+    lines.append(f"Dashboard         {config.query_url}/")
     lines.append(f"OpenAPI           {config.command_url}/docs  {config.query_url}/docs")
     lines.append(f"Admin token       {config.admin_token()}")
     return "\n".join(lines)
