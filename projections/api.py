@@ -22,7 +22,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
 import uvicorn
@@ -41,6 +41,9 @@ from projections.settings import QueryApiSettings
 from service_kit.logs import configure_logging
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_COURSE_ID = re.compile(r"[a-z0-9-]{1,64}")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
 RETRY_AFTER_SECONDS = "2"
 T = TypeVar("T")
 
@@ -121,8 +124,10 @@ async def _snapshot(request: Request) -> Snapshot | None:
     return await request.app.state.live.snapshot()  # type: ignore[no-any-return]
 
 
-# Plain functions rather than FastAPI dependencies: resolving dependencies took a
-# fifth of each request's time, for a pool lookup and a date parse.
+# Plain functions rather than FastAPI dependencies or parameters: resolving them took a
+# fifth of each request's time, for a pool lookup and a date parse; on the statistics
+# routes, which answer from memory, they would be most of it. The parameters are declared
+# for the OpenAPI docs with `openapi_extra` instead.
 def _as_of(as_of: str | None) -> date:
     if as_of is None:
         return datetime.now(UTC).date()
@@ -131,15 +136,48 @@ def _as_of(as_of: str | None) -> date:
             raise ValueError(as_of)
         return date.fromisoformat(as_of)
     except ValueError:
-        raise RequestValidationError([{
-            "type": "date_parsing", "loc": ("query", "as_of"), "input": as_of,
-            "msg": "as_of must be a calendar date written YYYY-MM-DD"}]) from None
+        raise _invalid("as_of", as_of, "date_parsing",
+                       "as_of must be a calendar date written YYYY-MM-DD") from None
 
 
+def _after(after: str | None) -> str | None:
+    if after is not None and not _COURSE_ID.fullmatch(after):
+        raise _invalid("after", after, "string_pattern_mismatch",
+                       "after must be a course id ([a-z0-9-]{1,64})")
+    return after
+
+
+def _limit(limit: str | None, default: int) -> int:
+    if limit is None:
+        return default
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+        raise _invalid("limit", limit, "limit_range",
+                       f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(limit)
+
+
+def _invalid(name: str, value: str, kind: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": ("query", name), "input": value,
+                                    "msg": message}])
+
+
+def _documented(*names: str) -> dict[str, Any]:
+    return {"parameters": [_PARAMETERS[name] for name in names]}
+
+
+_PARAMETERS: dict[str, dict[str, Any]] = {
+    "as_of": {"name": "as_of", "in": "query", "required": False,
+              "description": "YYYY-MM-DD; default today (UTC)",
+              "schema": {"type": "string", "format": "date"}},
+    "after": {"name": "after", "in": "query", "required": False,
+              "description": "the last course id of the previous page (its `next`)",
+              "schema": {"type": "string", "pattern": _COURSE_ID.pattern}},
+    "limit": {"name": "limit", "in": "query", "required": False,
+              "description": "courses per page",
+              "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                         "default": DEFAULT_LIMIT}},
+}
 AsOf = Annotated[str | None, Query(description="YYYY-MM-DD; default today (UTC)")]
-After = Annotated[str | None, Query(
-    pattern=r"^[a-z0-9-]{1,64}$", description="the last course id of the previous page")]
-Limit = Annotated[int, Query(ge=1, le=1000, description="courses per page")]
 
 router = APIRouter()
 
@@ -159,10 +197,11 @@ async def get_signup(signup_id: str, request: Request) -> Response:
 
 
 @router.get("/courses/{course_id}/stats", response_model=CourseStatsOut,
-            responses={404: {"description": "Unknown course"}})
-async def get_course_stats(course_id: str, request: Request, as_of: AsOf = None) -> Response:
+            responses={404: {"description": "Unknown course"}},
+            openapi_extra=_documented("as_of"))
+async def get_course_stats(course_id: str, request: Request) -> Response:
     """A course, its enrollment count and its students' ages at `as_of`."""
-    day = _as_of(as_of)
+    day = _as_of(request.query_params.get("as_of"))
     snapshot = await _snapshot(request)
     if snapshot is not None:
         body = snapshot.course_json(course_id, day)
@@ -174,12 +213,14 @@ async def get_course_stats(course_id: str, request: Request, as_of: AsOf = None)
     return Response(body, media_type="application/json")
 
 
-@router.get("/courses", response_model=CoursesPageOut)
-async def get_courses(request: Request, as_of: AsOf = None, after: After = None,
-                      limit: Limit = 100) -> Response:
+@router.get("/courses", response_model=CoursesPageOut,
+            openapi_extra=_documented("as_of", "after", "limit"))
+async def get_courses(request: Request) -> Response:
     """A page of every course's statistics at `as_of`, in course id order (keyset
     pagination: pass `next` as `after`)."""
-    day = _as_of(as_of)
+    query = request.query_params
+    day = _as_of(query.get("as_of"))
+    after, limit = _after(query.get("after")), _limit(query.get("limit"), DEFAULT_LIMIT)
     snapshot = await _snapshot(request)
     if snapshot is not None:
         return Response(snapshot.page_json(day, after, limit), media_type="application/json")
@@ -188,10 +229,10 @@ async def get_courses(request: Request, as_of: AsOf = None, after: After = None,
     return Response(body, media_type="application/json")
 
 
-@router.get("/stats", response_model=GlobalStatsOut)
-async def get_stats(request: Request, as_of: AsOf = None) -> Response:
+@router.get("/stats", response_model=GlobalStatsOut, openapi_extra=_documented("as_of"))
+async def get_stats(request: Request) -> Response:
     """Courses, enrollments and ages at `as_of` over every accepted enrollment."""
-    day = _as_of(as_of)
+    day = _as_of(request.query_params.get("as_of"))
     snapshot = await _snapshot(request)
     if snapshot is not None:
         body = snapshot.global_json(day)
@@ -206,13 +247,14 @@ Sort = Literal["course_id", "title", "lecturer", "enrolled", "capacity", "fill",
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def get_dashboard(
-    request: Request, as_of: AsOf = None, after: After = None,
-    limit: Limit = dashboard.DEFAULT_LIMIT, sort: Sort = "course_id",
+    request: Request, as_of: AsOf = None, sort: Sort = "course_id",
     dir: Literal["asc", "desc"] = "asc",  # noqa: A002 (the query parameter's name)
     course: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """The statistics as a page for people: global figures, every course, age charts."""
     day = _as_of(as_of)
+    after = _after(request.query_params.get("after"))
+    limit = _limit(request.query_params.get("limit"), dashboard.DEFAULT_LIMIT)
     snapshot = await _snapshot(request)
     if snapshot is None:
         return HTMLResponse("<!doctype html><title>Course sign-ups</title><p>The statistics "

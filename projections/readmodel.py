@@ -121,6 +121,7 @@ SORT_KEYS: dict[str, Callable[[CourseFigures], Any]] = {
     "average_age": lambda f: (f.average_age is None, f.average_age or 0.0),
 }
 _REMEMBERED_DATES = 4  # as_of dates whose rendered answers are kept (today, and a few more)
+_PAGE_BYTES = 16 << 20  # rendered pages of /courses kept per date, in bytes
 
 
 @dataclass
@@ -129,6 +130,8 @@ class _Rendered:
 
     courses: dict[str, bytes] = field(default_factory=dict)
     overall: bytes | None = None
+    pages: dict[tuple[str | None, int], bytes] = field(default_factory=dict)
+    page_bytes: int = 0
     orders: dict[tuple[str, bool], tuple[list[str], dict[str, int]]] = field(
         default_factory=dict)
 
@@ -165,9 +168,11 @@ class Snapshot:
             self.courses[course.course_id] = course
             for rendered in self._rendered.values():
                 rendered.courses.pop(course.course_id, None)
-                rendered.orders.clear()
         for rendered in self._rendered.values():
             rendered.overall = None
+            rendered.pages.clear()  # a changed or new course may be on any of them
+            rendered.page_bytes = 0
+            rendered.orders.clear()
         self.overall = overall
         self.version += 1
 
@@ -207,9 +212,20 @@ class Snapshot:
         return ids, (ids[-1] if more and ids else None)
 
     def page_json(self, as_of: date, after: str | None, limit: int) -> bytes:
-        ids, next_after = self.page(after, limit)
-        bodies = [self.course_json(c, as_of) for c in ids]
-        return page_json((b for b in bodies if b is not None), next_after, as_of)
+        rendered = self._at(as_of)
+        body = rendered.pages.get((after, limit))
+        if body is None:
+            ids, next_after = self.page(after, limit)
+            bodies = [self.course_json(c, as_of) for c in ids]
+            body = page_json((b for b in bodies if b is not None), next_after, as_of)
+            if rendered.page_bytes + len(body) > _PAGE_BYTES:
+                # Any `after` may be asked for: memory stays bounded, the pages asked for
+                # again come back first.
+                rendered.pages.clear()
+                rendered.page_bytes = 0
+            rendered.pages[(after, limit)] = body
+            rendered.page_bytes += len(body)
+        return body
 
     # -------------------------------------------------------------- the dashboard
 

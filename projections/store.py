@@ -435,7 +435,7 @@ def _course(row: tuple[Any, ...]) -> CourseView:
 
 
 async def fetch_course(conn: psycopg.AsyncConnection, course_id: str) -> CourseView | None:
-    cur = await conn.execute(_COURSES + " AND c.course_id = %s", (course_id,))
+    cur = await conn.execute(_COURSES + " AND c.course_id = %s", (course_id,), binary=True)
     row = await cur.fetchone()
     return None if row is None else _course(row)
 
@@ -443,10 +443,12 @@ async def fetch_course(conn: psycopg.AsyncConnection, course_id: str) -> CourseV
 async def fetch_courses(conn: psycopg.AsyncConnection,
                         course_ids: Sequence[str] | None = None) -> list[CourseView]:
     """The named courses that are known (all of them with None)."""
+    # Binary results: the birth-date arrays arrive as machine ints, not text to parse.
     if course_ids is None:
-        cur = await conn.execute(_COURSES)
+        cur = await conn.execute(_COURSES, binary=True)
     else:
-        cur = await conn.execute(_COURSES + " AND c.course_id = ANY(%s)", (list(course_ids),))
+        cur = await conn.execute(_COURSES + " AND c.course_id = ANY(%s)", (list(course_ids),),
+                                 binary=True)
     return [_course(row) for row in await cur.fetchall()]
 
 
@@ -456,7 +458,7 @@ async def fetch_page(conn: psycopg.AsyncConnection, after: str | None,
     the next page (None on the last)."""
     cur = await conn.execute(
         _COURSES + ' AND (%s::text IS NULL OR c.course_id > %s COLLATE "C")'
-        ' ORDER BY c.course_id COLLATE "C" LIMIT %s', (after, after, limit + 1))
+        ' ORDER BY c.course_id COLLATE "C" LIMIT %s', (after, after, limit + 1), binary=True)
     rows = [_course(row) for row in await cur.fetchall()]
     more = len(rows) > limit
     rows = rows[:limit]
@@ -468,7 +470,8 @@ async def fetch_global(conn: psycopg.AsyncConnection) -> GlobalView:
         "SELECT g.courses, g.enrollments, g.dob_sum_days, g.dob_min, g.dob_max, b.days,"
         " b.counts FROM global_stats g, LATERAL (SELECT"
         " array_agg(d.dob - date '0001-01-01' + 1 ORDER BY d.dob) AS days,"
-        " array_agg(d.n ORDER BY d.dob) AS counts FROM global_birth_dates d) b WHERE g.id"
+        " array_agg(d.n ORDER BY d.dob) AS counts FROM global_birth_dates d) b WHERE g.id",
+        binary=True,
     )
     row = await cur.fetchone()
     if row is None:  # migration 0001 inserts it and nothing deletes it

@@ -257,8 +257,9 @@ class Bench:
             bs.start_component(self.stack, "processor")
             bs.wait_processor_ready(self.stack, 1200)
             restored = round(time.monotonic() - began, 1)
-        log(f"history: processor restored its tables in {restored}s; waiting for the "
-            "projector")
+        log(("history: processor restored its tables in "
+             f"{restored}s" if restart else "history: processor left stopped")
+            + "; waiting for the projector")
         self.wait_projected(900)
         return {"history_signups": self.history.signups, "written_s": round(seconds, 1),
                 "processor_restart_to_ready_s": restored,

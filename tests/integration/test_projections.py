@@ -7,6 +7,7 @@ and whole-table checks compare the live views with a replay of the same log.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -27,6 +28,7 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from projections import readmodel, store
 from projections.stats import AgeAggregate, age_histogram, age_stats, birth_dates, fold
 from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
@@ -599,6 +601,20 @@ def test_the_cache_shows_each_commit_within_a_second_and_never_an_older_value(
     assert cache_metric(query_api, "query_api_cache_live") == 1.0
 
 
+async def read_directly(after: str, course: str, day: date) -> tuple[bytes, bytes, bytes]:
+    """A page, a course and the global figures as the API's PostgreSQL path renders them."""
+    async with await psycopg.AsyncConnection.connect(os.environ["DATABASE_URL"],
+                                                     autocommit=True) as conn:
+        rows, next_after = await store.fetch_page(conn, after, 5)
+        one = await store.fetch_course(conn, course)
+        overall = await store.fetch_global(conn)
+    assert one is not None
+    return (readmodel.page_json((readmodel.dump(readmodel.course_body(r, day)) for r in rows),
+                                next_after, day),
+            readmodel.dump(readmodel.course_body(one, day)),
+            readmodel.dump(readmodel.global_body(overall, day)))
+
+
 def test_pages_walk_every_course_exactly_once_while_courses_are_added(
     log: Log, query_api: str, projector: Service
 ) -> None:
@@ -643,6 +659,16 @@ def test_pages_walk_every_course_exactly_once_while_courses_are_added(
     assert one == httpx.get(f"{query_api}/courses/{one['course_id']}/stats",
                             params={"as_of": "2025-03-01"}).json()
     assert page["as_of"] == "2025-03-01"
+    # What the API reads from PostgreSQL while its cache is not connected says the same.
+    wait_projected(log)
+    day = date(2025, 3, 1)
+    direct = asyncio.run(read_directly(ours[0], ours[1], day))
+    for path, params, body in (
+        ("/courses", {"after": ours[0], "limit": "5"}, direct[0]),
+        (f"/courses/{ours[1]}/stats", {}, direct[1]), ("/stats", {}, direct[2]),
+    ):
+        assert httpx.get(query_api + path, params={**params, "as_of": day.isoformat()}
+                         ).content == body, path
     for params, name in (({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"),
                          ({"limit": "ten"}, "limit"), ({"after": "NOT a course!"}, "after"),
                          ({"as_of": "2025-13-01"}, "as_of")):

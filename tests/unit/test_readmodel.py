@@ -93,6 +93,7 @@ def test_a_changed_course_is_rendered_again_and_a_new_one_joins_the_order() -> N
     snapshot.replace(courses, overall(courses))
     before = snapshot.course_json("c-0001", AS_OF)
     stats_before = snapshot.global_json(AS_OF)
+    page_before = snapshot.page_json(AS_OF, None, 10)
 
     changed = course("c-0001", [date(2000, 1, 1)] * 7)
     added = course("c-0000a", [date(1990, 1, 1)])
@@ -103,6 +104,10 @@ def test_a_changed_course_is_rendered_again_and_a_new_one_joins_the_order() -> N
     assert json.loads(snapshot.course_json("c-0001", AS_OF) or b"")["age_histogram"] == {"26": 7}
     assert snapshot.global_json(AS_OF) != stats_before
     assert snapshot.page(None, 10) == (["c-0000", "c-0000a", "c-0001", "c-0002"], None)
+    page = json.loads(snapshot.page_json(AS_OF, None, 10))
+    assert snapshot.page_json(AS_OF, None, 10) != page_before
+    assert [c["course_id"] for c in page["courses"]] == ["c-0000", "c-0000a", "c-0001", "c-0002"]
+    assert page["courses"][2]["enrolled"] == 7
 
 
 def test_sorted_pages_cover_every_course_once_in_the_order_asked() -> None:
