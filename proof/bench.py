@@ -78,13 +78,14 @@ class Sizes:
     hold_s: float  # figure 1: the held run
     latency_s: float  # figure 2, and its baseline
     drain: int  # figure 3: sign-ups pre-filled
-    query_s: float  # figure 5, and its baseline, each (in two rounds)
+    query_s: float  # figure 5: per endpoint and its baseline, split in QUERY_ROUNDS rounds
 
 
 FULL = Sizes(10_000, 50, (10_000, 100_000, 1_000_000), 12_000, 20, 20, 60, 30, 30_000, 30)
 QUICK = Sizes(1_000, 20, (1_000, 10_000, 100_000), 3_000, 8, 10, 20, 10, 5_000, 10)
 CONCURRENCY = 64  # closed-loop requests in flight, as in the demo
 QUERY_CONCURRENCY = 16
+QUERY_ROUNDS = 4  # figure 5: rounds per endpoint, alternating with the other endpoints
 HISTORY_CAPACITY = 100  # seats per history course: about 100 sign-ups each, some overfill
 LIVE_CAPACITY = 100_000
 
@@ -557,13 +558,13 @@ class Bench:
         seconds = self.sizes.query_s
         signups = self.projected()
         log(f"figure 5: query API endpoints vs its GET /healthz, {signups:,} sign-ups "
-            f"projected, {seconds / 2:.0f}s per endpoint and round")
+            f"projected, {seconds / QUERY_ROUNDS:.1f}s per endpoint and round")
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in endpoints}
-        for n in range(2):
+        for n in range(QUERY_ROUNDS):
             for name in endpoints:
                 runs[name].append(self.generate(
                     url, f"fig5-{name}-{n}", seconds + 60, paths=files[name],
-                    concurrency=QUERY_CONCURRENCY, seconds=seconds / 2))
+                    concurrency=QUERY_CONCURRENCY, seconds=seconds / QUERY_ROUNDS))
 
         def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
             rows = [r for result in results for r in result["rows"]]
@@ -599,8 +600,8 @@ class Bench:
                      result["requests_per_s"], "req/s", base["requests_per_s"], goal, met,
                      f"p99 {result['p99_ms']} ms vs {base['p99_ms']} ms for GET /healthz of "
                      f"the same server ({result['p99_over_healthz_p99']}x); "
-                     f"{QUERY_CONCURRENCY} connections, two alternating rounds of "
-                     f"{seconds / 2:.0f}s per endpoint (req/s per round "
+                     f"{QUERY_CONCURRENCY} connections, {QUERY_ROUNDS} alternating rounds of "
+                     f"{seconds / QUERY_ROUNDS:.1f}s per endpoint (req/s per round "
                      f"{result['rounds_requests_per_s']} vs {base['rounds_requests_per_s']}); "
                      f"errors {result['errors']}; load generator "
                      f"{result['generator_cpu_percent']}% of one core")
