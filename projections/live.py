@@ -98,12 +98,14 @@ class LiveStats:
         while True:
             try:
                 await self._follow()
-            except (psycopg.Error, OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever it was, stop using the copy
+                # PostgreSQL gone (psycopg.Error, OSError), or anything unforeseen: a copy
+                # that may have missed a notice must not answer, so stop using it, and
+                # start over (a reconnect re-reads everything).
                 self._set_live(False)
                 self.metrics.disconnects.inc()
                 log.warning("statistics cache lost PostgreSQL; reading it directly meanwhile",
-                            extra={"error": str(exc).strip()[:200],
-                                   "retry_in_s": round(delay, 2)})
+                            extra={"error": repr(exc)[:200], "retry_in_s": round(delay, 2)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
             else:
