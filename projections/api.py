@@ -150,7 +150,9 @@ def _after(after: str | None) -> str | None:
 def _limit(limit: str | None, default: int) -> int:
     if limit is None:
         return default
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+    # ASCII digits only (str.isdigit() also takes "²", which int() refuses), and few.
+    if not (limit.isascii() and limit.isdigit() and len(limit) <= 4) or not (
+            1 <= int(limit) <= MAX_LIMIT):
         raise _invalid("limit", limit, "limit_range",
                        f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return int(limit)

@@ -9,7 +9,17 @@ import typing
 from collections import Counter
 from datetime import date, timedelta
 
-from projections.api import CoursesPageOut, CourseStatsOut, GlobalStatsOut, Sort
+import pytest
+from fastapi.exceptions import RequestValidationError
+
+from projections.api import (
+    CoursesPageOut,
+    CourseStatsOut,
+    GlobalStatsOut,
+    Sort,
+    _after,
+    _limit,
+)
 from projections.dashboard import Page, View, render
 from projections.readmodel import (
     SORT_KEYS,
@@ -125,6 +135,25 @@ def test_sorted_pages_cover_every_course_once_in_the_order_asked() -> None:
             assert sorted(r.view.course_id for r in rows) == sorted(c.course_id for c in courses)
             keys = [SORT_KEYS[sort](r) for r in rows]
             assert keys == sorted(keys, reverse=descending), (sort, descending)
+
+
+@pytest.mark.parametrize("raw", ["0", "1001", "-1", "ten", "²", "1e3", "9" * 5000, ""])
+def test_a_bad_limit_is_a_422_naming_limit(raw: str) -> None:
+    with pytest.raises(RequestValidationError) as caught:
+        _limit(raw, 100)
+    assert [e["loc"] for e in caught.value.errors()] == [("query", "limit")]
+
+
+@pytest.mark.parametrize("raw", ["", "A-course", "a b", "x" * 65, "é"])
+def test_a_bad_after_is_a_422_naming_after(raw: str) -> None:
+    with pytest.raises(RequestValidationError) as caught:
+        _after(raw)
+    assert [e["loc"] for e in caught.value.errors()] == [("query", "after")]
+
+
+def test_good_paging_parameters_pass() -> None:
+    assert (_limit(None, 100), _limit("1", 100), _limit("1000", 100)) == (100, 1, 1000)
+    assert (_after(None), _after("intro-python-2")) == (None, "intro-python-2")
 
 
 def test_the_sort_parameter_of_the_api_offers_exactly_the_sort_keys() -> None:
