@@ -25,7 +25,7 @@ class Births:
     """Accepted sign-ups per birth date: ascending day ordinals and their counts.
 
     Two int arrays rather than a dict of dates: a million sign-ups over ten thousand
-    courses are about a million (course, birth date) pairs, 8 bytes each here.
+    courses are about a million (course, birth date) pairs, 12 bytes each here.
     """
 
     days: Sequence[int] = ()
