@@ -5,9 +5,14 @@ PostgreSQL. Settings (see `projections/settings.py`): DATABASE_URL is required; 
 listens on HOST:QUERY_API_PORT (default 127.0.0.1:8001). Logs go to stderr as JSON
 lines, one per request with its correlation id (X-Correlation-Id) and no personal data.
 
-Every answer is one primary-key probe (a sign-up, a course) or the single global row:
-O(1) in the number of sign-ups. Ages are computed per request from the stored birth-date
-aggregates at `as_of`, with `projections.stats`.
+Statistics (a course's, the global ones, a page of courses, the dashboard at GET /) come
+from memory: `projections.live` keeps every course's birth-date aggregates there and
+refreshes them when the projector's commits notify it, and the answers rendered from them
+are kept per date until the course changes. While that cache is not connected to
+PostgreSQL, they are read from PostgreSQL as before (and answer 503 while it is away);
+the dashboard then answers 503. A decision (GET /signups/{id}) is one primary-key probe.
+Nothing scans enrollments: ages are computed at `as_of` from the stored birth-date
+aggregates and counts per birth date, with `projections.stats`.
 """
 
 from __future__ import annotations
@@ -17,24 +22,28 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, ValidationError
 
-from projections import store
+from projections import dashboard, store
+from projections.live import LiveMetrics, LiveStats
 from projections.observability import ApiMetrics, RequestContextMiddleware
+from projections.readmodel import Snapshot, course_body, dump, global_body, page_json
 from projections.settings import QueryApiSettings
-from projections.stats import age_stats
 from service_kit.logs import configure_logging
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_COURSE_ID = re.compile(r"[a-z0-9-]{1,64}")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
 RETRY_AFTER_SECONDS = "2"
 T = TypeVar("T")
 
@@ -58,6 +67,7 @@ class CourseStatsOut(BaseModel):
     min_age: int | None
     max_age: int | None
     average_age: float | None
+    age_histogram: dict[str, int]  # completed years -> students of that age at as_of
     as_of: date
 
 
@@ -67,6 +77,13 @@ class GlobalStatsOut(BaseModel):
     min_age: int | None
     max_age: int | None
     average_age: float | None
+    age_histogram: dict[str, int]
+    as_of: date
+
+
+class CoursesPageOut(BaseModel):
+    courses: list[CourseStatsOut]
+    next: str | None  # pass as `after` for the next page; null on the last page
     as_of: date
 
 
@@ -103,8 +120,14 @@ def _db(request: Request) -> Database:
     return request.app.state.database  # type: ignore[no-any-return]
 
 
-# Plain functions rather than FastAPI dependencies: resolving dependencies took a
-# fifth of each request's time, for a pool lookup and a date parse.
+async def _snapshot(request: Request) -> Snapshot | None:
+    return await request.app.state.live.snapshot()  # type: ignore[no-any-return]
+
+
+# Plain functions rather than FastAPI dependencies or parameters: resolving them took a
+# fifth of each request's time, for a pool lookup and a date parse; on the statistics
+# routes, which answer from memory, they would be most of it. The parameters are declared
+# for the OpenAPI docs with `openapi_extra` instead.
 def _as_of(as_of: str | None) -> date:
     if as_of is None:
         return datetime.now(UTC).date()
@@ -113,11 +136,49 @@ def _as_of(as_of: str | None) -> date:
             raise ValueError(as_of)
         return date.fromisoformat(as_of)
     except ValueError:
-        raise RequestValidationError([{
-            "type": "date_parsing", "loc": ("query", "as_of"), "input": as_of,
-            "msg": "as_of must be a calendar date written YYYY-MM-DD"}]) from None
+        raise _invalid("as_of", as_of, "date_parsing",
+                       "as_of must be a calendar date written YYYY-MM-DD") from None
 
 
+def _after(after: str | None) -> str | None:
+    if after is not None and not _COURSE_ID.fullmatch(after):
+        raise _invalid("after", after, "string_pattern_mismatch",
+                       "after must be a course id ([a-z0-9-]{1,64})")
+    return after
+
+
+def _limit(limit: str | None, default: int) -> int:
+    if limit is None:
+        return default
+    # ASCII digits only (str.isdigit() also takes "²", which int() refuses), and few.
+    if not (limit.isascii() and limit.isdigit() and len(limit) <= 4) or not (
+            1 <= int(limit) <= MAX_LIMIT):
+        raise _invalid("limit", limit, "limit_range",
+                       f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(limit)
+
+
+def _invalid(name: str, value: str, kind: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": ("query", name), "input": value,
+                                    "msg": message}])
+
+
+def _documented(*names: str) -> dict[str, Any]:
+    return {"parameters": [_PARAMETERS[name] for name in names]}
+
+
+_PARAMETERS: dict[str, dict[str, Any]] = {
+    "as_of": {"name": "as_of", "in": "query", "required": False,
+              "description": "YYYY-MM-DD; default today (UTC)",
+              "schema": {"type": "string", "format": "date"}},
+    "after": {"name": "after", "in": "query", "required": False,
+              "description": "the last course id of the previous page (its `next`)",
+              "schema": {"type": "string", "pattern": _COURSE_ID.pattern}},
+    "limit": {"name": "limit", "in": "query", "required": False,
+              "description": "courses per page",
+              "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                         "default": DEFAULT_LIMIT}},
+}
 AsOf = Annotated[str | None, Query(description="YYYY-MM-DD; default today (UTC)")]
 
 router = APIRouter()
@@ -138,30 +199,77 @@ async def get_signup(signup_id: str, request: Request) -> Response:
 
 
 @router.get("/courses/{course_id}/stats", response_model=CourseStatsOut,
-            responses={404: {"description": "Unknown course"}})
-async def get_course_stats(course_id: str, request: Request, as_of: AsOf = None) -> Response:
+            responses={404: {"description": "Unknown course"}},
+            openapi_extra=_documented("as_of"))
+async def get_course_stats(course_id: str, request: Request) -> Response:
     """A course, its enrollment count and its students' ages at `as_of`."""
-    day = _as_of(as_of)
-    course = await _db(request).run(store.fetch_course, course_id)
-    if course is None:
+    day = _as_of(request.query_params.get("as_of"))
+    snapshot = await _snapshot(request)
+    if snapshot is not None:
+        body = snapshot.course_json(course_id, day)
+    else:
+        course = await _db(request).run(store.fetch_course, course_id)
+        body = None if course is None else dump(course_body(course, day))
+    if body is None:
         raise HTTPException(404, "unknown course")
-    ages = age_stats(course.ages, day)
-    return _json(CourseStatsOut(course_id=course.course_id, title=course.title,
-                                lecturer=course.lecturer, capacity=course.capacity,
-                                enrolled=course.ages.count, min_age=ages.min_age,
-                                max_age=ages.max_age, average_age=ages.average_age,
-                                as_of=day))
+    return Response(body, media_type="application/json")
 
 
-@router.get("/stats", response_model=GlobalStatsOut)
-async def get_stats(request: Request, as_of: AsOf = None) -> Response:
+@router.get("/courses", response_model=CoursesPageOut,
+            openapi_extra=_documented("as_of", "after", "limit"))
+async def get_courses(request: Request) -> Response:
+    """A page of every course's statistics at `as_of`, in course id order (keyset
+    pagination: pass `next` as `after`)."""
+    query = request.query_params
+    day = _as_of(query.get("as_of"))
+    after, limit = _after(query.get("after")), _limit(query.get("limit"), DEFAULT_LIMIT)
+    snapshot = await _snapshot(request)
+    if snapshot is not None:
+        return Response(snapshot.page_json(day, after, limit), media_type="application/json")
+    courses, next_after = await _db(request).run(store.fetch_page, after, limit)
+    body = page_json((dump(course_body(c, day)) for c in courses), next_after, day)
+    return Response(body, media_type="application/json")
+
+
+@router.get("/stats", response_model=GlobalStatsOut, openapi_extra=_documented("as_of"))
+async def get_stats(request: Request) -> Response:
     """Courses, enrollments and ages at `as_of` over every accepted enrollment."""
+    day = _as_of(request.query_params.get("as_of"))
+    snapshot = await _snapshot(request)
+    if snapshot is not None:
+        body = snapshot.global_json(day)
+    else:
+        body = dump(global_body(await _db(request).run(store.fetch_global), day))
+    return Response(body, media_type="application/json")
+
+
+Sort = Literal["course_id", "title", "lecturer", "enrolled", "capacity", "fill", "min_age",
+               "max_age", "average_age"]  # the keys of readmodel.SORT_KEYS
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def get_dashboard(
+    request: Request, as_of: AsOf = None, sort: Sort = "course_id",
+    dir: Literal["asc", "desc"] = "asc",  # noqa: A002 (the query parameter's name)
+    course: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """The statistics as a page for people: global figures, every course, age charts."""
     day = _as_of(as_of)
-    found = await _db(request).run(store.fetch_global)
-    ages = age_stats(found.ages, day)
-    return _json(GlobalStatsOut(courses=found.courses, enrollments=found.ages.count,
-                                min_age=ages.min_age, max_age=ages.max_age,
-                                average_age=ages.average_age, as_of=day))
+    after = _after(request.query_params.get("after"))
+    limit = _limit(request.query_params.get("limit"), dashboard.DEFAULT_LIMIT)
+    snapshot = await _snapshot(request)
+    if snapshot is None:
+        return HTMLResponse("<!doctype html><title>Course sign-ups</title><p>The statistics "
+                            "are being loaded from the database; try again in a moment.</p>",
+                            status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
+    view = dashboard.View(day, sort, dir == "desc", after, limit, course or None)
+    rows, next_after = snapshot.sorted_page(day, sort, dir == "desc", after, limit)
+    chosen = snapshot.figures(course, day) if course else None
+    histogram = ({} if chosen is None else
+                 {int(a): n for a, n in course_body(chosen.view, day)["age_histogram"].items()})
+    page = dashboard.Page(view, global_body(snapshot.overall, day), rows, next_after, chosen,
+                          histogram)
+    return HTMLResponse(dashboard.render(page))
 
 
 def _json(body: BaseModel) -> Response:
@@ -178,7 +286,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """PostgreSQL answers."""
+    """PostgreSQL answers (and whether statistics come from memory: `cache`)."""
     pool: AsyncConnectionPool = request.app.state.pool
     try:
         async with pool.connection(timeout=2) as conn:
@@ -190,7 +298,8 @@ async def readyz(request: Request) -> JSONResponse:
     except (PoolTimeout, psycopg.Error):
         return JSONResponse({"status": "unavailable", "postgres": False}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER_SECONDS})
-    return JSONResponse({"status": "ready", "postgres": True})
+    return JSONResponse({"status": "ready", "postgres": True,
+                         "cache": request.app.state.live.live})
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -222,15 +331,20 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=False)  # start even while PostgreSQL is away; /readyz says so
+        live.start()
         try:
             yield
         finally:
+            await live.stop()
             await pool.close()
 
+    metrics = ApiMetrics()
+    live = LiveStats(settings.database_url, LiveMetrics(metrics.registry))
     app = FastAPI(title="Course sign-up: query API", lifespan=lifespan)
     app.state.pool = pool
     app.state.database = Database(pool)
-    app.state.metrics = ApiMetrics()
+    app.state.metrics = metrics
+    app.state.live = live
     app.include_router(router)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)

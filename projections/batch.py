@@ -141,6 +141,15 @@ def deltas(new_decisions: Iterable[Decision]) -> dict[str, AgeAggregate]:
             for course, dobs in births.items()}
 
 
+def birth_counts(new_decisions: Iterable[Decision]) -> dict[str, Counter[date]]:
+    """Per course, the newly accepted sign-ups per birth date: the age distribution's delta."""
+    out: dict[str, Counter[date]] = {}
+    for decision in new_decisions:
+        if decision.status == ACCEPTED and decision.date_of_birth is not None:
+            out.setdefault(decision.course_id, Counter())[decision.date_of_birth] += 1
+    return out
+
+
 def total(per_course: Iterable[AgeAggregate]) -> AgeAggregate:
     """Everything in one aggregate: the change to the global row."""
     out = AgeAggregate()

@@ -21,7 +21,9 @@ How it works:
    for the batch in flight and holds back the next one. With the live views now
    frozen, read their positions once more, apply the last few events to the shadow
    copies so that every partition stands at least where the live views stand, then
-   rename each view to `<view>_retired`, each shadow copy to `<view>`, drop the retired
+   sum the per-course birth-date counts into the global ones (built once here rather
+   than per batch), rename each view to `<view>_retired`, each shadow copy to `<view>`,
+   drop the retired
    ones, and store the shadow's positions as the live positions. Commit.
    - The query API reads by table name in single-statement autocommit transactions. A
      read waits for the renames' ACCESS EXCLUSIVE locks (milliseconds), then PostgreSQL
@@ -136,6 +138,8 @@ class Replay:
 
     def finish_without_swap(self) -> None:
         self.catch_up(self._targets(self._live_positions()), deadline=None)
+        with self.conn.transaction():
+            store.fill_global_birth_dates(self.conn, self.target)
 
     def swap(self, producer: Producer | None) -> int:
         for attempt in range(1, _SWAP_ATTEMPTS + 1):

@@ -6,6 +6,7 @@ as time passes without touching stored data.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -65,6 +66,29 @@ def average_age(agg: AgeAggregate, as_of: date) -> float:
     """Mean exact age in years, rounded by round() to two decimals (half to even)."""
     days_lived = agg.count * as_of.toordinal() - agg.sum_days
     return round(days_lived / agg.count / DAYS_PER_YEAR, 2)
+
+
+def age_histogram(births: Iterable[tuple[date, int]], as_of: date) -> dict[int, int]:
+    """How many students are of each completed age at `as_of`, from (birth date, count)
+    pairs: one step per distinct birth date, never one per student. Ages are the keys,
+    in ascending order, and they add up to the count (an `as_of` before a birth date
+    gives that student a negative age, as `completed_years` does for min_age)."""
+    counts: Counter[int] = Counter()
+    for dob, n in births:
+        if n:
+            counts[completed_years(dob, as_of)] += n
+    return {age: counts[age] for age in sorted(counts)}
+
+
+def birth_dates(events: Iterable[Event]) -> dict[str, Counter[date]]:
+    """Per course, accepted sign-ups per birth date; a repeated event_id counts once."""
+    seen: set[str] = set()
+    out: dict[str, Counter[date]] = {}
+    for event in events:
+        if isinstance(event, StudentSignedUp) and event.event_id not in seen:
+            seen.add(event.event_id)
+            out.setdefault(event.course_id, Counter())[event.date_of_birth] += 1
+    return out
 
 
 def fold(events: Iterable[Event]) -> dict[str, AgeAggregate]:

@@ -5,6 +5,9 @@ Tables (migrations 0001 and 0002):
 - `course_stats`: per course its title, lecturer, capacity and the aggregate of its
   accepted sign-ups' birth dates (count = `enrolled`, sum of ordinals, min, max).
 - `global_stats`: the same aggregate over every course, in one row.
+- `course_birth_dates`, `global_birth_dates` (migration 0003): accepted sign-ups per
+  birth date, per course and overall, from which the age distribution at any date
+  follows.
 - `projection_offsets`: per projection and topic-partition, the next offset to read.
 - `projection_generations`: bumped by every swap; see `apply` and `projections.replay`.
 
@@ -15,25 +18,43 @@ column, and every extra index would slow the per-batch upserts):
 - `course_stats_pkey (course_id)`: GET /courses/{id}/stats, one probe; and the batch's
   upserts of courses and per-course deltas.
 - `global_stats_pkey (id)`: the single row of GET /stats and of the batch's update.
+- `course_birth_dates_pkey (course_id, dob)`: one course's counts as one index range
+  (a course's stats, a page of courses, the query API's refresh of changed courses), and
+  the batch's upserts. `global_birth_dates_pkey (dob)`: the batch's upserts.
 - `projection_offsets_pkey (projection, topic, partition)`: positions read on partition
   assignment and written by every batch.
 - `projection_generations_pkey (projection)`: the generation row locked by every batch.
 
 Every change is a delta: a batch never reads or recomputes over all enrollments.
+
+Change notices: a live batch ends with NOTIFY on `CHANGES_CHANNEL` naming the courses it
+changed (several notices when they do not fit in one payload), and a swap with one
+notice holding `EVERYTHING`. PostgreSQL delivers them at commit, in commit order, and
+never for a transaction that rolled back; the query API's cache (`projections.live`)
+refreshes what they name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from projections.batch import Batch, Course, Decision, deltas, total
+from projections.batch import Batch, Course, Decision, birth_counts, deltas, total
+from projections.readmodel import Births, CourseView, GlobalView
 from projections.stats import AgeAggregate
 
-VIEWS = ("signup_decisions", "course_stats", "global_stats")
+VIEWS = ("signup_decisions", "course_stats", "global_stats", "course_birth_dates",
+         "global_birth_dates")
+CHANGES_CHANNEL = "course_stats_changed"
+EVERYTHING = "*"
+# PostgreSQL's limit on a NOTIFY payload is 8000 bytes; stay below it.
+_PAYLOAD_BYTES = 7900
 SHADOW_SUFFIX = "_shadow"
 _RETIRED_SUFFIX = "_retired"
 
@@ -157,15 +178,42 @@ def apply(
     per_course = deltas(new)
     _add_to_courses(conn, target, per_course)
     everything = total(per_course.values())
-    _add_to_global(conn, target, new_courses, everything)
+    _add_to_global(conn, target, len(new_courses), everything)
+    _add_birth_dates(conn, target, birth_counts(new), overall=target.live)
     _store_positions(conn, target.projection, topic, batch.next_offsets)
-    return Applied(new_courses, len(new), len(batch.decisions) - len(new), everything.count)
+    if target.live:
+        notify(conn, set(new_courses) | set(per_course))
+    return Applied(len(new_courses), len(new), len(batch.decisions) - len(new),
+                   everything.count)
 
 
-def _insert_courses(conn: psycopg.Connection, target: Target, courses: Iterable[Course]) -> int:
+def notify(conn: psycopg.Connection, course_ids: Iterable[str]) -> None:
+    """Tell listeners, at commit, which courses changed (nothing if none did)."""
+    for payload in notice_payloads(course_ids):
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, payload))
+
+
+def notice_payloads(course_ids: Iterable[str]) -> Iterator[str]:
+    """Comma-separated course ids, each payload under PostgreSQL's 8000 bytes."""
+    chunk: list[str] = []
+    size = 0
+    for course_id in sorted(course_ids):
+        width = len(course_id.encode()) + 1
+        if chunk and size + width > _PAYLOAD_BYTES:
+            yield ",".join(chunk)
+            chunk, size = [], 0
+        chunk.append(course_id)
+        size += width
+    if chunk:
+        yield ",".join(chunk)
+
+
+def _insert_courses(
+    conn: psycopg.Connection, target: Target, courses: Iterable[Course]
+) -> list[str]:
     rows = sorted(courses, key=lambda c: c.course_id)
     if not rows:
-        return 0
+        return []
     # A course row may exist without a title when a sign-up arrived first; the first
     # CourseCreated fills it in, a repeated one (same course) changes nothing. RETURNING
     # yields exactly the courses created now, so the global count stays exact.
@@ -181,7 +229,7 @@ def _insert_courses(conn: psycopg.Connection, target: Target, courses: Iterable[
         ([c.course_id for c in rows], [c.title for c in rows], [c.lecturer for c in rows],
          [c.capacity for c in rows]),
     )
-    return len(cur.fetchall())
+    return [r[0] for r in cur.fetchall()]
 
 
 def _insert_decisions(
@@ -245,6 +293,49 @@ def _add_to_global(
     )
 
 
+def _add_birth_dates(
+    conn: psycopg.Connection, target: Target, per_course: Mapping[str, Counter[date]],
+    overall: bool,
+) -> None:
+    """Add to the per-course counts and, with `overall`, to the global ones. A replay
+    builds the global counts once at the end instead (`fill_global_birth_dates`): per
+    batch, their upserts cost a replay more than a third of its speed."""
+    if not per_course:
+        return
+    rows = sorted((c, dob, n) for c, births in per_course.items() for dob, n in births.items())
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {t} AS c (course_id, dob, n)"
+            " SELECT * FROM unnest(%b::text[], %b::date[], %b::int[])"
+            " ON CONFLICT (course_id, dob) DO UPDATE SET n = c.n + EXCLUDED.n"
+        ).format(t=target.table("course_birth_dates")),
+        ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+    )
+    if not overall:
+        return
+    everyone: Counter[date] = Counter()
+    for births in per_course.values():
+        everyone.update(births)
+    dobs = sorted(everyone)  # one lock order for every writer
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {t} AS g (dob, n)"
+            " SELECT * FROM unnest(%b::date[], %b::bigint[])"
+            " ON CONFLICT (dob) DO UPDATE SET n = g.n + EXCLUDED.n"
+        ).format(t=target.table("global_birth_dates")),
+        (dobs, [everyone[d] for d in dobs]),
+    )
+
+
+def fill_global_birth_dates(conn: psycopg.Connection, target: Target) -> None:
+    """The global counts as the sum of the per-course ones: how a replay builds them,
+    once, after its last batch (one pass over at most one row per course and birth date)."""
+    conn.execute(sql.SQL("DELETE FROM {g}").format(g=target.table("global_birth_dates")))
+    conn.execute(sql.SQL(
+        "INSERT INTO {g} (dob, n) SELECT dob, sum(n) FROM {c} GROUP BY dob").format(
+            g=target.table("global_birth_dates"), c=target.table("course_birth_dates")))
+
+
 # ------------------------------------------------------------------ shadow copies and the swap
 
 
@@ -278,6 +369,8 @@ def swap(
     then reads the new table: PostgreSQL looks a name up again after waiting on a lock
     on a relation that was renamed meanwhile, and re-plans prepared statements.
     """
+    # Before the lock below: reads of the live views go on meanwhile.
+    fill_global_birth_dates(conn, shadow(projection))
     # A long read holding a view would make every query queue behind this lock: give up
     # instead, and let the caller try again.
     conn.execute("SET LOCAL lock_timeout = '5s'")
@@ -297,6 +390,8 @@ def swap(
     _store_positions(conn, projection, topic, positions)
     conn.execute("UPDATE projection_generations SET swapped_at = now() WHERE projection = %s",
                  (projection,))
+    # Every view is new: listeners re-read everything once this commits.
+    conn.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, EVERYTHING))
 
 
 def _rename_indexes(conn: psycopg.Connection, table: str) -> None:
@@ -316,28 +411,12 @@ def _rename_indexes(conn: psycopg.Connection, table: str) -> None:
 
 # ------------------------------------------------------------------ reads for the query API
 
-
 @dataclass(frozen=True)
 class DecisionView:
     signup_id: str
     course_id: str
     status: str
     reason: str | None
-
-
-@dataclass(frozen=True)
-class CourseView:
-    course_id: str
-    title: str
-    lecturer: str
-    capacity: int
-    ages: AgeAggregate
-
-
-@dataclass(frozen=True)
-class GlobalView:
-    courses: int
-    ages: AgeAggregate
 
 
 async def fetch_decision(conn: psycopg.AsyncConnection, signup_id: str) -> DecisionView | None:
@@ -350,28 +429,82 @@ async def fetch_decision(conn: psycopg.AsyncConnection, signup_id: str) -> Decis
     return None if row is None else DecisionView(*row)
 
 
-async def fetch_course(conn: psycopg.AsyncConnection, course_id: str) -> CourseView | None:
-    # A row without a title was made by a sign-up whose CourseCreated has not been read:
-    # the course is not known yet.
-    cur = await conn.execute(
-        "SELECT course_id, title, lecturer, capacity, enrolled, dob_sum_days, dob_min, dob_max"
-        " FROM course_stats WHERE course_id = %s AND title IS NOT NULL",
-        (course_id,),
-    )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    cid, title, lecturer, capacity, enrolled, sum_days, dob_min, dob_max = row
+# One statement reads a course and its birth-date counts, so both come from one snapshot
+# (autocommit: a batch committing in between cannot split them). The counts travel as two
+# int arrays of day ordinals (date.toordinal(): day 1 is 0001-01-01) and counts. A row
+# without a title was made by a sign-up whose CourseCreated has not been read: the course
+# is not known yet. Course ids compare in "C" collation (bytes), as Python compares them.
+_COURSES = (
+    "SELECT c.course_id, c.title, c.lecturer, c.capacity, c.enrolled, c.dob_sum_days,"
+    " c.dob_min, c.dob_max, b.days, b.counts FROM course_stats c"
+    " LEFT JOIN LATERAL (SELECT array_agg(d.dob - date '0001-01-01' + 1 ORDER BY d.dob)"
+    " AS days, array_agg(d.n ORDER BY d.dob) AS counts FROM course_birth_dates d"
+    ' WHERE d.course_id = c.course_id COLLATE "C") b ON true'
+    " WHERE c.title IS NOT NULL"
+)
+
+
+def _course(row: tuple[Any, ...]) -> CourseView:
+    cid, title, lecturer, capacity, enrolled, sum_days, dob_min, dob_max, days, counts = row
     return CourseView(cid, title, lecturer, capacity,
-                      AgeAggregate(enrolled, sum_days, dob_min, dob_max))
+                      AgeAggregate(enrolled, sum_days, dob_min, dob_max),
+                      Births.of(days, counts))
+
+
+async def fetch_course(conn: psycopg.AsyncConnection, course_id: str) -> CourseView | None:
+    cur = await conn.execute(_COURSES + " AND c.course_id = %s", (course_id,), binary=True)
+    row = await cur.fetchone()
+    return None if row is None else _course(row)
+
+
+async def fetch_courses(conn: psycopg.AsyncConnection,
+                        course_ids: Sequence[str] | None = None) -> list[CourseView]:
+    """The named courses that are known (all of them with None)."""
+    # Binary results: the birth-date arrays arrive as machine ints, not text to parse.
+    if course_ids is None:
+        cur = await conn.execute(_COURSES, binary=True)
+    else:
+        cur = await conn.execute(_COURSES + " AND c.course_id = ANY(%s)", (list(course_ids),),
+                                 binary=True)
+    return [_course(row) for row in await cur.fetchall()]
+
+
+async def fetch_page(conn: psycopg.AsyncConnection, after: str | None,
+                     limit: int) -> tuple[list[CourseView], str | None]:
+    """Known courses after `after` in course id order, at most `limit`, and the cursor of
+    the next page (None on the last)."""
+    cur = await conn.execute(
+        _COURSES + ' AND (%s::text IS NULL OR c.course_id > %s COLLATE "C")'
+        ' ORDER BY c.course_id COLLATE "C" LIMIT %s', (after, after, limit + 1), binary=True)
+    rows = [_course(row) for row in await cur.fetchall()]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].course_id if more and rows else None)
 
 
 async def fetch_global(conn: psycopg.AsyncConnection) -> GlobalView:
     cur = await conn.execute(
-        "SELECT courses, enrollments, dob_sum_days, dob_min, dob_max FROM global_stats WHERE id"
+        "SELECT g.courses, g.enrollments, g.dob_sum_days, g.dob_min, g.dob_max, b.days,"
+        " b.counts FROM global_stats g, LATERAL (SELECT"
+        " array_agg(d.dob - date '0001-01-01' + 1 ORDER BY d.dob) AS days,"
+        " array_agg(d.n ORDER BY d.dob) AS counts FROM global_birth_dates d) b WHERE g.id",
+        binary=True,
     )
     row = await cur.fetchone()
     if row is None:  # migration 0001 inserts it and nothing deletes it
         return GlobalView(0, AgeAggregate())
-    courses, enrollments, sum_days, dob_min, dob_max = row
-    return GlobalView(courses, AgeAggregate(enrollments, sum_days, dob_min, dob_max))
+    courses, enrollments, sum_days, dob_min, dob_max, days, counts = row
+    return GlobalView(courses, AgeAggregate(enrollments, sum_days, dob_min, dob_max),
+                      Births.of(days, counts))
+
+
+async def fetch_everything(conn: psycopg.AsyncConnection,
+                           course_ids: Sequence[str] | None = None,
+                           ) -> tuple[list[CourseView], GlobalView]:
+    """The named courses (all with None) and the global view, from ONE snapshot: a
+    REPEATABLE READ transaction, so that the global figures and the courses agree."""
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        courses = await fetch_courses(conn, course_ids)
+        overall = await fetch_global(conn)
+    return courses, overall

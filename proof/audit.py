@@ -35,7 +35,7 @@ import psycopg
 from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
-from projections.stats import AgeAggregate, fold
+from projections.stats import AgeAggregate, birth_dates, fold
 from schemas import topics
 from schemas.codec import DecodeError, Message, decode
 from schemas.messages import (
@@ -235,6 +235,10 @@ class Views:
     courses: dict[str, CourseRow]
     global_row: GlobalRow
     decisions: dict[str, DecisionRow]
+    # Accepted sign-ups per birth date (the age distribution), per course of the scope
+    # and over every course.
+    births: dict[str, dict[date, int]] = field(default_factory=dict)
+    global_births: dict[date, int] = field(default_factory=dict)
 
 
 def expected_views(events: Iterable[Event], courses: Collection[str]) -> Views:
@@ -248,6 +252,10 @@ def expected_views(events: Iterable[Event], courses: Collection[str]) -> Views:
         elif isinstance(event, StudentSignedUp | SignUpRejected):
             firsts.setdefault(event.signup_id, event)
     per_course = fold(e for e in firsts.values() if isinstance(e, StudentSignedUp))
+    born = birth_dates(e for e in firsts.values() if isinstance(e, StudentSignedUp))
+    global_births: Counter[date] = Counter()
+    for counts in born.values():
+        global_births.update(counts)
     everything = AgeAggregate()
     for agg in per_course.values():
         everything = everything.merge(agg)
@@ -265,7 +273,9 @@ def expected_views(events: Iterable[Event], courses: Collection[str]) -> Views:
         for e in firsts.values() if e.course_id in scope
     }
     return Views(rows, GlobalRow(len(created), everything.count, everything.sum_days,
-                                 everything.min_dob, everything.max_dob), decisions)
+                                 everything.min_dob, everything.max_dob), decisions,
+                 {c: dict(counts) for c, counts in born.items() if c in scope},
+                 dict(global_births))
 
 
 def compare_views(expected: Views, actual: Views, label: str) -> list[str]:
@@ -278,6 +288,11 @@ def compare_views(expected: Views, actual: Views, label: str) -> list[str]:
     if expected.global_row != actual.global_row:
         problems.append(f"{label}: global stats: expected {expected.global_row}, "
                         f"found {actual.global_row}")
+    for course_id in sorted(set(expected.births) | set(actual.births)):
+        if expected.births.get(course_id, {}) != actual.births.get(course_id, {}):
+            problems.append(f"{label}: course {course_id}: birth-date counts differ")
+    if expected.global_births != actual.global_births:
+        problems.append(f"{label}: global birth-date counts differ")
     missing = sorted(set(expected.decisions) - set(actual.decisions))
     extra = sorted(set(actual.decisions) - set(expected.decisions))
     differing = sorted(s for s in set(expected.decisions) & set(actual.decisions)
@@ -532,7 +547,14 @@ def read_views(conn: psycopg.Connection, courses: Collection[str], suffix: str =
     decisions = {r[0]: DecisionRow(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(sql.SQL(
         "SELECT signup_id, course_id, status, reason, event_id FROM {}"
         " WHERE course_id = ANY(%s)").format(table("signup_decisions")), (ids,))}
-    return Views(course_rows, global_row, decisions)
+    births: dict[str, dict[date, int]] = {}
+    for course_id, dob, n in conn.execute(sql.SQL(
+            "SELECT course_id, dob, n FROM {} WHERE course_id = ANY(%s)").format(
+                table("course_birth_dates")), (ids,)):
+        births.setdefault(course_id, {})[dob] = int(n)
+    global_births = {dob: int(n) for dob, n in conn.execute(sql.SQL(
+        "SELECT dob, n FROM {}").format(table("global_birth_dates")))}
+    return Views(course_rows, global_row, decisions, births, global_births)
 
 
 def projection_positions(conn: psycopg.Connection, projection: str = "views") -> dict[int, int]:

@@ -169,7 +169,8 @@ async def print_stats(query: aiohttp.ClientSession, courses: dict[str, dict]) ->
 
 
 def urls(config: StackConfig) -> str:
-    return (f"\nExplore:\n  command API  {config.command_url}/docs\n"
+    return (f"\nExplore:\n  dashboard    {config.query_url}/\n"
+            f"  command API  {config.command_url}/docs\n"
             f"  query API    {config.query_url}/docs\n"
             f"  stats        {config.query_url}/stats\n"
             f"  e-mails      {config.mail_dir}\n")

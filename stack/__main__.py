@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from stack import kafka, postgres, smtp
+from stack import browser, kafka, postgres, smtp
 from stack.config import StackConfig
 from stack.procs import (
     StackError,
@@ -118,16 +118,19 @@ def summary(config: StackConfig) -> str:
     for service in services(config):
         if service.built():
             lines.append(f"{service.name:<17} {service.url}  (metrics: {service.url}/metrics)")
+    lines.append(f"Dashboard         {config.query_url}/")
     lines.append(f"OpenAPI           {config.command_url}/docs  {config.query_url}/docs")
     lines.append(f"Admin token       {config.admin_token()}")
     return "\n".join(lines)
 
 
 def prepare(config: StackConfig) -> None:
-    """Install what the stack needs (broker jars, PostgreSQL) without starting anything."""
+    """Install what the stack and its tests need (broker jars, PostgreSQL, and Chromium for
+    the dashboard's end-to-end test) without starting anything."""
     kafka.ensure_jars(config)
     postgres.bin_dir()
-    print(f"  ready: Kafka {config.kafka_version} jars, PostgreSQL in {postgres.bin_dir()}")
+    print(f"  ready: Kafka {config.kafka_version} jars, PostgreSQL in {postgres.bin_dir()}, "
+          f"Chromium at {browser.chromium()}")
 
 
 def down(config: StackConfig) -> None:

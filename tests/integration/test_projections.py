@@ -7,6 +7,7 @@ and whole-table checks compare the live views with a replay of the same log.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -27,7 +28,8 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from projections.stats import AgeAggregate, age_stats, fold
+from projections import readmodel, store
+from projections.stats import AgeAggregate, age_histogram, age_stats, birth_dates, fold
 from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
 from stack import postgres
@@ -199,9 +201,16 @@ def assert_views_equal_the_events(events: list[Event]) -> None:
         stored = conn.execute(
             "SELECT signup_id, status, reason FROM signup_decisions WHERE course_id = ANY(%s)",
             (courses,)).fetchall()
+        births = conn.execute(
+            "SELECT course_id, dob, n FROM course_birth_dates WHERE course_id = ANY(%s)",
+            (courses,)).fetchall()
     live = {c: AgeAggregate(n, s, lo, hi) for c, n, s, lo, hi in rows}
     assert live == {c: aggregates.get(c, AgeAggregate()) for c in courses}
     assert {s: (st, r) for s, st, r in stored} == decisions
+    counted: dict[str, dict[date, int]] = {}
+    for c, dob, n in births:
+        counted.setdefault(c, {})[dob] = n
+    assert counted == {c: dict(b) for c, b in birth_dates(events).items()}
 
 
 _COMPARE = {
@@ -209,6 +218,8 @@ _COMPARE = {
     "course_stats": "course_id, title, lecturer, capacity, enrolled, dob_sum_days, dob_min,"
                     " dob_max",
     "global_stats": "courses, enrollments, dob_sum_days, dob_min, dob_max",
+    "course_birth_dates": "course_id, dob, n",
+    "global_birth_dates": "dob, n",
 }
 
 
@@ -352,6 +363,10 @@ def test_postgres_restarted_under_load_loses_nothing(
     log.write(held)
     wait_for(lambda: readyz(projector) == (503, "PostgreSQL unavailable"), 20,
              "the projector's /readyz to say 503 in the outage")
+    # No statistic from memory while the database is away: it may have missed a notice.
+    for path in ("/stats", f"/courses/{some_course}/stats", "/courses"):
+        answer = httpx.get(query_api + path)
+        assert (answer.status_code, answer.headers.get("Retry-After")) == (503, "2"), path
     postgres.start(infra.config)
     writer.join(60)
 
@@ -366,6 +381,13 @@ def test_postgres_restarted_under_load_loses_nothing(
                for _ in range(5)]
     assert answers == [200] * 5
     assert httpx.get(query_api + "/readyz").status_code == 200
+    # The cache is back (it re-read everything, since notices were lost meanwhile) and
+    # follows the projector's commits again.
+    wait_for(lambda: httpx.get(query_api + "/readyz").json()["cache"] is True, 10,
+             "the statistics cache to reconnect")
+    expected = fold(log.events)[some_course].count
+    assert httpx.get(f"{query_api}/courses/{some_course}/stats").json()["enrolled"] == expected
+    assert_a_commit_shows_within_a_second(log, query_api, some_course, expected)
 
 
 def test_an_undecodable_event_goes_to_the_dlq_and_later_ones_are_projected(
@@ -489,7 +511,7 @@ def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
     body = get(f"/courses/{empty}/stats").json()
     assert body == {"course_id": empty, "title": f"Course {empty[-4:]}",
                     "lecturer": "Grace Hopper", "capacity": 12, "enrolled": 0, "min_age": None,
-                    "max_age": None, "average_age": None,
+                    "max_age": None, "average_age": None, "age_histogram": {},
                     "as_of": datetime.now(UTC).date().isoformat()}
 
     for as_of, youngest in (("2024-02-28", 23), ("2024-02-29", 24), ("2023-02-28", 22),
@@ -499,6 +521,9 @@ def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
         expected = age_stats(agg, date.fromisoformat(as_of))
         assert (body["enrolled"], body["min_age"], body["max_age"], body["average_age"],
                 body["as_of"]) == (2, youngest, expected.max_age, expected.average_age, as_of)
+        assert body["age_histogram"] == {str(a): n for a, n in age_histogram(
+            [(born_on_leap_day.date_of_birth, 1), (older.date_of_birth, 1)],
+            date.fromisoformat(as_of)).items()}
 
     assert get(f"/signups/{born_on_leap_day.signup_id}").json() == {
         "signup_id": born_on_leap_day.signup_id, "course_id": leap, "status": "accepted",
@@ -507,7 +532,7 @@ def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
     assert get(f"/signups/{uuid.uuid4()}").status_code == 404
     assert get(f"/courses/{new_course_id()}/stats").status_code == 404
     for bad in ("2024-02-30", "2024-2-1", "yesterday", "2024-02-29T00:00:00"):
-        for path in (f"/courses/{leap}/stats", "/stats"):
+        for path in (f"/courses/{leap}/stats", "/stats", "/courses"):
             response = get(path, as_of=bad)
             assert response.status_code == 422, (path, bad)
             assert response.json()["detail"][0]["loc"] == ["query", "as_of"]
@@ -515,6 +540,138 @@ def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
     assert overall["courses"] >= 2 and overall["enrollments"] >= 2
     assert overall["as_of"] == "2024-02-29"
     assert set(overall) == {"courses", "enrollments", "min_age", "max_age", "average_age",
-                            "as_of"}
+                            "age_histogram", "as_of"}
+    assert sum(overall["age_histogram"].values()) == overall["enrollments"]
     assert get("/healthz").status_code == 200
     assert "query_api_requests_total" in get("/metrics").text
+
+
+# ------------------------------------------------------------------ the statistics cache
+
+
+def enrolled(query_api: str, course: str) -> int:
+    return int(httpx.get(f"{query_api}/courses/{course}/stats").json()["enrolled"])
+
+
+def cache_metric(query_api: str, sample: str) -> float:
+    for line in httpx.get(query_api + "/metrics").text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def assert_a_commit_shows_within_a_second(log: Log, query_api: str, course: str,
+                                          before: int) -> None:
+    """One more sign-up; from the moment the projector's commit is announced (this test
+    LISTENs too: PostgreSQL delivers the notice at the commit), the API shows it within
+    1 s. A bounded poll: it fails only if the new value is not there after 1 s."""
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as listener:
+        listener.execute("LISTEN course_stats_changed")
+        log.write([accepted(course, date(2001, 1, 1))])
+        committed_at = None
+        for notice in listener.notifies(timeout=30):
+            if course in notice.payload.split(","):
+                committed_at = time.monotonic()
+                break
+        assert committed_at is not None, "no notice of the projector's commit within 30 s"
+    while enrolled(query_api, course) != before + 1:
+        assert time.monotonic() - committed_at <= 1.0, "not in the API 1 s after the commit"
+        time.sleep(0.01)
+
+
+def test_the_cache_shows_each_commit_within_a_second_and_never_an_older_value(
+    log: Log, query_api: str, projector: Service
+) -> None:
+    course = new_course_id()
+    log.write([created(course)])
+    wait_projected(log)
+    wait_for(lambda: httpx.get(query_api + "/readyz").json()["cache"] is True, 30,
+             "the statistics cache")
+    for n in range(3):
+        assert_a_commit_shows_within_a_second(log, query_api, course, n)
+    # Once the API has counted a commit's notice, no answer may predate that commit:
+    # a request either waits for the refresh or gets the refreshed value.
+    for n in range(3, 13):
+        wait_projected(log)
+        told = cache_metric(query_api, "query_api_cache_notices_total")
+        log.write([accepted(course, date(1999, 12, 31))])
+        wait_for(lambda t=told: cache_metric(query_api, "query_api_cache_notices_total") > t,
+                 30, "the API to be told of the commit", every=0.002)
+        assert enrolled(query_api, course) == n + 1
+    assert cache_metric(query_api, "query_api_cache_live") == 1.0
+
+
+async def read_directly(after: str, course: str, day: date) -> tuple[bytes, bytes, bytes]:
+    """A page, a course and the global figures as the API's PostgreSQL path renders them."""
+    async with await psycopg.AsyncConnection.connect(os.environ["DATABASE_URL"],
+                                                     autocommit=True) as conn:
+        rows, next_after = await store.fetch_page(conn, after, 5)
+        one = await store.fetch_course(conn, course)
+        overall = await store.fetch_global(conn)
+    assert one is not None
+    return (readmodel.page_json((readmodel.dump(readmodel.course_body(r, day)) for r in rows),
+                                next_after, day),
+            readmodel.dump(readmodel.course_body(one, day)),
+            readmodel.dump(readmodel.global_body(overall, day)))
+
+
+def test_pages_walk_every_course_exactly_once_while_courses_are_added(
+    log: Log, query_api: str, projector: Service
+) -> None:
+    ours = [new_course_id() for _ in range(40)]
+    log.write([created(c) for c in ours] + [accepted(c, date(1995, 3, 1)) for c in ours[:5]])
+    wait_projected(log)
+    with db() as conn:
+        before = {r[0] for r in conn.execute(
+            "SELECT course_id FROM course_stats WHERE title IS NOT NULL")}
+    adding = threading.Event()
+
+    def add_courses() -> None:
+        while not adding.is_set():
+            log.write([created(new_course_id()) for _ in range(3)])
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=add_courses)
+    writer.start()
+    walked: list[str] = []
+    pages = 0
+    try:
+        after: str | None = None
+        while True:
+            params = {"limit": "7", **({"after": after} if after else {})}
+            body = httpx.get(query_api + "/courses", params=params).json()
+            assert len(body["courses"]) <= 7
+            walked += [c["course_id"] for c in body["courses"]]
+            pages += 1
+            after = body["next"]
+            if after is None:
+                break
+            time.sleep(0.005)  # let the writer's courses land between pages
+    finally:
+        adding.set()
+        writer.join(30)
+    assert pages > 5
+    assert walked == sorted(walked) and len(walked) == len(set(walked))  # none twice
+    assert before <= set(walked)  # every course there from the start, exactly once
+    page = httpx.get(query_api + "/courses", params={"after": ours[0], "limit": "1",
+                                                     "as_of": "2025-03-01"}).json()
+    one = page["courses"][0]
+    assert one == httpx.get(f"{query_api}/courses/{one['course_id']}/stats",
+                            params={"as_of": "2025-03-01"}).json()
+    assert page["as_of"] == "2025-03-01"
+    # What the API reads from PostgreSQL while its cache is not connected says the same.
+    wait_projected(log)
+    day = date(2025, 3, 1)
+    direct = asyncio.run(read_directly(ours[0], ours[1], day))
+    for path, params, body in (
+        ("/courses", {"after": ours[0], "limit": "5"}, direct[0]),
+        (f"/courses/{ours[1]}/stats", {}, direct[1]), ("/stats", {}, direct[2]),
+    ):
+        assert httpx.get(query_api + path, params={**params, "as_of": day.isoformat()}
+                         ).content == body, path
+    for params, name in (({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"),
+                         ({"limit": "ten"}, "limit"), ({"after": "NOT a course!"}, "after"),
+                         ({"as_of": "2025-13-01"}, "as_of")):
+        answer = httpx.get(query_api + "/courses", params=params)
+        assert answer.status_code == 422, params
+        assert [d["loc"] for d in answer.json()["detail"]] == [["query", name]], params

@@ -158,6 +158,12 @@ def test_compare_views_names_each_difference() -> None:
     problems = compare_views(want, got, "live")
     assert any(p.startswith("live: course c1") for p in problems)
     assert any(p.startswith("live: global stats") for p in problems)
+    one_born = next(iter(want.births["c1"]))
+    miscounted = replace(want, births={**want.births, "c1": {**want.births["c1"],
+                                                             one_born: 99}},
+                         global_births={})
+    assert compare_views(want, miscounted, "live") == [
+        "live: course c1: birth-date counts differ", "live: global birth-date counts differ"]
     assert any("1 decisions missing" in p and some_id in p for p in problems)
 
 
