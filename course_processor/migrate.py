@@ -4,7 +4,8 @@ Processors before the on-disk state kept other tables (`seats` keyed by e-mail,
 `decisions` holding whole events), whose changelogs this version does not read. The
 event log holds every decision ever committed, so the new tables follow from it:
 courses and their seats taken from CourseCreated and StudentSignedUp, seat keys from
-each StudentSignedUp (its `seat_key` since v3, else the keyed hash of its clear e-mail), and the decisions of the last MEMORY_DAYS days.
+each StudentSignedUp (its `seat_key` since v3, else the keyed hash of its clear
+e-mail), and the decisions of the last MEMORY_DAYS days.
 
 It runs on assignment, before the restore, for every owned partition whose
 `decided_signups` changelog holds no record at all while course-events holds some.
