@@ -144,6 +144,7 @@ def _reject(cmd: SignUp, reason: str, now: datetime) -> SignUpRejected:
         key_id=cmd.key_id,
         email_sealed=cmd.email_sealed,
         name_sealed=cmd.name_sealed,
+        seat_key=cmd.seat_key,
     )
 
 

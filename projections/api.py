@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, ValidationError
 
-from projections import store
+from projections import erasures, store
 from projections.observability import ApiMetrics, RequestContextMiddleware
 from projections.settings import QueryApiSettings
 from projections.stats import age_stats
@@ -232,6 +232,7 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
     app.state.database = Database(pool)
     app.state.metrics = ApiMetrics()
     app.include_router(router)
+    app.include_router(erasures.router)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

@@ -131,6 +131,7 @@ class SignUpRejected:
     key_id: str | None = None
     email_sealed: bytes | None = None
     name_sealed: bytes | None = None
+    seat_key: str | None = None
 
 
 Event = CourseCreated | CourseCreationRejected | StudentSignedUp | SignUpRejected
