@@ -143,20 +143,23 @@ class PostgresKeyStore:
 async def _key_for(conn: psycopg.AsyncConnection, student: str) -> DataKey:
     found = await (await conn.execute(
         "SELECT key_id, key FROM student_keys WHERE student_hash = %s", (student,))).fetchone()
-    if found is not None:
-        return DataKey(str(found[0]), bytes(found[1]))
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (student,))
-        await conn.execute(
-            "INSERT INTO student_keys (key_id, student_hash, key) VALUES (%s, %s, %s)"
-            " ON CONFLICT (student_hash) DO NOTHING",
-            (str(uuid.uuid4()), student, new_data_key()))
-        # A new statement: it sees the row, ours or a concurrent sign-up's.
-        row = await (await conn.execute(
+    if found is None:
+        # One statement (autocommit: its own transaction) that takes the student's
+        # advisory lock before it inserts, and holds it until it commits: an erasure
+        # takes the same lock before its DELETE, so it sees this key or comes first.
+        found = await (await conn.execute(
+            "INSERT INTO student_keys (key_id, student_hash, key)"
+            " SELECT %s, %s, %s FROM (SELECT pg_advisory_xact_lock(hashtext(%s))) AS locked"
+            " ON CONFLICT (student_hash) DO NOTHING RETURNING key_id, key",
+            (str(uuid.uuid4()), student, new_data_key(), student))).fetchone()
+    if found is None:
+        # A concurrent first sign-up of the same student inserted it; a new statement sees it.
+        found = await (await conn.execute(
             "SELECT key_id, key FROM student_keys WHERE student_hash = %s",
             (student,))).fetchone()
-    assert row is not None
-    return DataKey(str(row[0]), bytes(row[1]))
+    if found is None:
+        raise KeyStoreUnavailable("the student's key vanished (erased meanwhile); retry")
+    return DataKey(str(found[0]), bytes(found[1]))
 
 
 async def _erase_batch(conn: psycopg.AsyncConnection) -> int:
