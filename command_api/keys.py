@@ -35,6 +35,7 @@ T = TypeVar("T")
 # a crash, and by another instance of the command API.
 SWEEP_SECONDS = 2.0
 ERASURES_PER_TRANSACTION = 100
+VACUUM_TIMEOUT_SECONDS = 600.0
 
 
 class KeyStoreUnavailable(Exception):
@@ -108,10 +109,12 @@ class PostgresKeyStore:
             if batch < ERASURES_PER_TRANSACTION:
                 break
         if done:
-            # The deleted rows stay in the table's pages until VACUUM reclaims them; a
-            # VACUUM now leaves no copy of the keys in the live data files (WAL and
-            # backups: README, "Personal data and erasure").
-            await self._run(lambda conn: conn.execute("VACUUM student_keys"))
+            # The deleted rows stay visible in the table's pages to anyone reading the
+            # data files until VACUUM reclaims them (and their bytes may linger in freed
+            # space until overwritten; WAL and backups: README, "Personal data and
+            # erasure"). Its own, longer timeout: it scans the whole table.
+            await self._run(lambda conn: conn.execute("VACUUM student_keys"),
+                            timeout=VACUUM_TIMEOUT_SECONDS)
             log.info("erasures done", extra={"erasures": done})
         return done
 
@@ -128,13 +131,16 @@ class PostgresKeyStore:
                 pass  # pending stays pending (durably): the next round does it
             except psycopg.Error as exc:
                 log.warning("erasure round failed", extra={"error": type(exc).__name__})
+            except Exception:  # noqa: BLE001 - the worker must outlive any one round
+                log.exception("erasure round failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.sweep_seconds)
             self._wake.clear()
 
-    async def _run(self, query: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
+    async def _run(self, query: Callable[[psycopg.AsyncConnection], Awaitable[T]],
+                   timeout: float | None = None) -> T:
         try:
-            async with asyncio.timeout(self.timeout), self.pool.connection() as conn:
+            async with asyncio.timeout(timeout or self.timeout), self.pool.connection() as conn:
                 return await query(conn)
         except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
             raise KeyStoreUnavailable(type(exc).__name__) from None
