@@ -2,7 +2,8 @@
 
 Settings come from the environment (see `command_api/settings.py`): KAFKA_BOOTSTRAP_SERVERS,
 ADMIN_TOKEN, DATABASE_URL (the key store) and PSEUDONYM_SECRET are required; it listens on
-127.0.0.1:$COMMAND_API_PORT (default 8000), and HOST overrides the interface. Logs go to stderr as JSON lines.
+127.0.0.1:$COMMAND_API_PORT (default 8000), and HOST overrides the interface. Logs go to
+stderr as JSON lines.
 """
 
 from __future__ import annotations
