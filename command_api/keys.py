@@ -19,7 +19,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -146,26 +146,45 @@ class PostgresKeyStore:
             raise KeyStoreUnavailable(type(exc).__name__) from None
 
 
+_SELECT_KEY = "SELECT key_id, key FROM student_keys WHERE student_hash = %s"
+# One statement (autocommit: its own transaction) that takes the student's advisory
+# lock before it inserts, and holds it until it commits: an erasure takes the same lock
+# before its DELETE, so it sees this key or comes first.
+_CREATE_KEY = (
+    "INSERT INTO student_keys (key_id, student_hash, key)"
+    " SELECT %s, %s, %s FROM (SELECT pg_advisory_xact_lock(hashtext(%s))) AS locked"
+    " ON CONFLICT (student_hash) DO NOTHING RETURNING key_id, key"
+)
+
+
+def _new_key_params(student: str) -> tuple[str, str, bytes, str]:
+    return (str(uuid.uuid4()), student, new_data_key(), student)
+
+
+def _data_key(row: tuple[Any, ...] | None) -> DataKey:
+    if row is None:
+        raise KeyStoreUnavailable("the student's key vanished (erased meanwhile); retry")
+    return DataKey(str(row[0]), bytes(row[1]))
+
+
 async def _key_for(conn: psycopg.AsyncConnection, student: str) -> DataKey:
-    found = await (await conn.execute(
-        "SELECT key_id, key FROM student_keys WHERE student_hash = %s", (student,))).fetchone()
+    found = await (await conn.execute(_SELECT_KEY, (student,))).fetchone()
     if found is None:
-        # One statement (autocommit: its own transaction) that takes the student's
-        # advisory lock before it inserts, and holds it until it commits: an erasure
-        # takes the same lock before its DELETE, so it sees this key or comes first.
-        found = await (await conn.execute(
-            "INSERT INTO student_keys (key_id, student_hash, key)"
-            " SELECT %s, %s, %s FROM (SELECT pg_advisory_xact_lock(hashtext(%s))) AS locked"
-            " ON CONFLICT (student_hash) DO NOTHING RETURNING key_id, key",
-            (str(uuid.uuid4()), student, new_data_key(), student))).fetchone()
+        found = await (await conn.execute(_CREATE_KEY, _new_key_params(student))).fetchone()
     if found is None:
         # A concurrent first sign-up of the same student inserted it; a new statement sees it.
-        found = await (await conn.execute(
-            "SELECT key_id, key FROM student_keys WHERE student_hash = %s",
-            (student,))).fetchone()
+        found = await (await conn.execute(_SELECT_KEY, (student,))).fetchone()
+    return _data_key(found)
+
+
+def key_for_sync(conn: psycopg.Connection, student: str) -> DataKey:
+    """`key_for` on a blocking autocommit connection (the one-off reseal migration)."""
+    found = conn.execute(_SELECT_KEY, (student,)).fetchone()
     if found is None:
-        raise KeyStoreUnavailable("the student's key vanished (erased meanwhile); retry")
-    return DataKey(str(found[0]), bytes(found[1]))
+        found = conn.execute(_CREATE_KEY, _new_key_params(student)).fetchone()
+    if found is None:
+        found = conn.execute(_SELECT_KEY, (student,)).fetchone()
+    return _data_key(found)
 
 
 async def _erase_batch(conn: psycopg.AsyncConnection) -> int:
