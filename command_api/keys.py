@@ -142,7 +142,9 @@ class PostgresKeyStore:
         try:
             async with asyncio.timeout(timeout or self.timeout), self.pool.connection() as conn:
                 return await query(conn)
-        except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
+        # Any database error, not only a lost connection: before the migrations ran the
+        # tables are missing, and the answer is the same "not now" (503), never a 500.
+        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
             raise KeyStoreUnavailable(type(exc).__name__) from None
 
 
