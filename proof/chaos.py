@@ -419,7 +419,8 @@ async def restart_smtp(run: Run) -> None:
 def session_timeout(env: dict[str, str]) -> float:
     from course_processor.settings import Settings
 
-    return float(env.get("PROCESSOR_SESSION_TIMEOUT") or Settings.session_timeout)
+    return float(env.get("PROCESSOR_SESSION_TIMEOUT")
+                 or Settings.model_fields["session_timeout"].default)
 
 
 async def pause_processor(run: Run) -> None:
