@@ -1,8 +1,9 @@
 """Run the command API: `python -m command_api` (`make up` starts it this way).
 
-Settings come from the environment (see `command_api/settings.py`): KAFKA_BOOTSTRAP_SERVERS
-and ADMIN_TOKEN are required; it listens on 127.0.0.1:$COMMAND_API_PORT (default 8000),
-and HOST overrides the interface. Logs go to stderr as JSON lines.
+Settings come from the environment (see `command_api/settings.py`): KAFKA_BOOTSTRAP_SERVERS,
+ADMIN_TOKEN, DATABASE_URL (the key store) and PSEUDONYM_SECRET are required; it listens on
+127.0.0.1:$COMMAND_API_PORT (default 8000), and HOST overrides the interface. Logs go to
+stderr as JSON lines.
 """
 
 from __future__ import annotations

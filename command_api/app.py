@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from command_api import routes
+from command_api.keys import KeyStore, KeyStoreUnavailable, PostgresKeyStore
 from command_api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from command_api.observability import Metrics
 from command_api.publisher import KafkaPublisher, Publisher, PublishError
@@ -21,28 +22,37 @@ from schemas import topics
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, publisher: Publisher | None = None) -> FastAPI:
-    """The app; without `publisher` it publishes to the Kafka of `settings`."""
+def create_app(settings: Settings, publisher: Publisher | None = None,
+               keys: KeyStore | None = None) -> FastAPI:
+    """The app; without `publisher` it publishes to the Kafka of `settings`, without
+    `keys` it keeps the students' keys in the PostgreSQL of `settings`."""
     bus = publisher or KafkaPublisher(
         settings.kafka_bootstrap_servers, settings.produce_timeout_seconds, topics.COMMANDS
+    )
+    key_store = keys or PostgresKeyStore(
+        settings.database_url, settings.key_store_timeout_seconds, settings.key_store_pool_size
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await bus.start()
+        await key_store.start()
         try:
             yield
         finally:
+            await key_store.stop()
             await bus.stop()
 
     app = FastAPI(title="Course sign-up command API", version="1", lifespan=lifespan)
     app.state.settings = settings
     app.state.publisher = bus
+    app.state.keys = key_store
     app.state.metrics = metrics = Metrics()
     app.include_router(routes.commands)
     app.include_router(routes.ops)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(PublishError, _unavailable)
+    app.add_exception_handler(KeyStoreUnavailable, _key_store_unavailable)
     # The last one added runs first: every response, a 413 included, gets an id and a log line.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=app.router.routes)
@@ -77,6 +87,20 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         # confirmed", not "not stored": a retry with the same Idempotency-Key is safe.
         {"detail": "Kafka did not confirm the command in time; retry with the same "
                    "Idempotency-Key after Retry-After seconds"},
+        status_code=503,
+        headers={"Retry-After": str(routes.RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _key_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning(
+        "key store unavailable",
+        extra={"correlation_id": request.state.correlation_id, "error": str(exc)},
+    )
+    # Nothing reached Kafka: the key (or the erasure record) comes first.
+    return JSONResponse(
+        {"detail": "the key store did not answer in time; nothing was queued; retry "
+                   "after Retry-After seconds"},
         status_code=503,
         headers={"Retry-After": str(routes.RETRY_AFTER_SECONDS)},
     )

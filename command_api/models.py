@@ -101,6 +101,15 @@ class SignUpRequest(_Request):
     date_of_birth: BirthDate
 
 
+class ErasureRequest(_Request):
+    email: Email
+
+
+class ErasureAccepted(BaseModel):
+    erasure_id: str
+    status: Literal["pending"] = "pending"
+
+
 class CourseAccepted(BaseModel):
     course_id: str
     command_id: str

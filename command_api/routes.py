@@ -13,10 +13,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
+from command_api.keys import KeyStore
 from command_api.models import (
     COURSE_ID_PATTERN,
     CourseAccepted,
     CreateCourseRequest,
+    ErasureAccepted,
+    ErasureRequest,
     FieldErrors,
     Problem,
     SignUpAccepted,
@@ -28,6 +31,8 @@ from command_api.publisher import Publisher, PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
 from schemas.messages import Command, CreateCourse, SignUp, signup_id_for
+from schemas.personal import seal, student_hash
+from schemas.pseudonyms import seat_key
 
 RETRY_AFTER_SECONDS = 5
 
@@ -44,6 +49,11 @@ async def _settings(request: Request) -> Settings:
 async def _publisher(request: Request) -> Publisher:
     publisher: Publisher = request.app.state.publisher
     return publisher
+
+
+async def _keys(request: Request) -> KeyStore:
+    keys: KeyStore = request.app.state.keys
+    return keys
 
 
 async def _metrics(request: Request) -> Metrics:
@@ -78,6 +88,7 @@ async def _require_admin(
 Admin = Annotated[None, Depends(_require_admin)]
 PublisherDep = Annotated[Publisher, Depends(_publisher)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+KeysDep = Annotated[KeyStore, Depends(_keys)]
 CorrelationId = Annotated[str, Depends(_correlation_id)]
 CourseIdPath = Annotated[str, Path(pattern=COURSE_ID_PATTERN)]
 IdempotencyKey = Annotated[
@@ -97,7 +108,8 @@ _BAD_INPUT = {
     **_error(413, "Body larger than MAX_BODY_BYTES.", FieldErrors),
     **_error(422, "Invalid input; each offending field is named.", FieldErrors),
 }
-_UNAVAILABLE = _error(503, "Kafka did not acknowledge the command; retry after Retry-After.")
+_UNAVAILABLE = _error(503, "Kafka did not acknowledge the command, or the key store did not "
+                           "answer; retry after Retry-After.")
 
 
 async def _send(command: Command, publisher: Publisher, metrics: Metrics) -> None:
@@ -163,6 +175,8 @@ async def sign_up(
     course_id: CourseIdPath,
     body: SignUpRequest,
     publisher: PublisherDep,
+    keys: KeysDep,
+    settings: SettingsDep,
     metrics: MetricsDep,
     correlation_id: CorrelationId,
     response: Response,
@@ -172,23 +186,45 @@ async def sign_up(
     signup_id = (
         signup_id_for(course_id, idempotency_key) if idempotency_key else str(uuid.uuid4())
     )
+    # The address and name leave this process only sealed under the student's own key:
+    # erasing the student deletes the key, and every copy in Kafka becomes unreadable.
+    key = await keys.key_for(student_hash(settings.secret, body.email))
     command = SignUp(
         # A retry with the same Idempotency-Key is the very same command, so the
         # processor can recognise it and decide it only once.
         command_id=signup_id,
         signup_id=signup_id,
         course_id=course_id,
-        email=body.email,
-        name=body.name,
+        email="",
+        name="",
         date_of_birth=body.date_of_birth,
         issued_at=_now(),
         correlation_id=correlation_id,
+        seat_key=seat_key(settings.secret, course_id, body.email),
+        key_id=key.key_id,
+        email_sealed=seal(key.key, signup_id, "email", body.email),
+        name_sealed=seal(key.key, signup_id, "name", body.name),
     )
     await _send(command, publisher, metrics)
     # Ids only: the access log line lets one grep go from a sign-up id to its correlation id.
     request.state.log_ids = {"course_id": course_id, "signup_id": signup_id}
     response.headers["Location"] = f"/signups/{signup_id}"
     return SignUpAccepted(signup_id=signup_id)
+
+
+@commands.post(
+    "/erasures",
+    status_code=202,
+    response_model=ErasureAccepted,
+    responses=_error(401, "Missing or wrong admin token."),
+)
+async def request_erasure(
+    request: Request, _: Admin, body: ErasureRequest, keys: KeysDep, settings: SettingsDep
+) -> ErasureAccepted:
+    """Forget a student (admin only); 202 once the erasure is durably recorded."""
+    erasure_id = await keys.request_erasure(student_hash(settings.secret, body.email))
+    request.state.log_ids = {"erasure_id": erasure_id}
+    return ErasureAccepted(erasure_id=erasure_id)
 
 
 ops = APIRouter(tags=["operations"])
@@ -200,14 +236,16 @@ async def healthz() -> Status:
     return Status(status="ok")
 
 
-@ops.get("/readyz", response_model=Status, responses=_error(503, "Kafka is not reachable.", Status))
-async def readyz(publisher: PublisherDep, response: Response) -> Status:
-    """Kafka is reachable and the command topic exists."""
-    if await publisher.ready():
+@ops.get("/readyz", response_model=Status,
+         responses=_error(503, "Kafka or the key store is not reachable.", Status))
+async def readyz(publisher: PublisherDep, keys: KeysDep, response: Response) -> Status:
+    """Kafka is reachable, the command topic exists, and the key store answers."""
+    kafka_ok, keys_ok = await publisher.ready(), await keys.ready()
+    if kafka_ok and keys_ok:
         return Status(status="ready")
     response.status_code = 503
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return Status(status="kafka unavailable")
+    return Status(status="kafka unavailable" if not kafka_ok else "key store unavailable")
 
 
 @ops.get("/metrics", response_class=PlainTextResponse)

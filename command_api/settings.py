@@ -19,6 +19,14 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = Field(min_length=1)
     admin_token: SecretStr = Field(min_length=8)
+    # The key store (student_keys, erasures): every sign-up reads its student's key there.
+    database_url: str = Field(min_length=1)
+    # Key of the keyed hashes that stand for a student (schemas.pseudonyms,
+    # schemas.personal); the processor needs the same one. `make up` generates it.
+    pseudonym_secret: SecretStr = Field(min_length=8)
+    # Upper bound on a key store round trip before the request is answered 503.
+    key_store_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    key_store_pool_size: int = Field(default=10, ge=1, le=100)
     host: str = "127.0.0.1"
     command_api_port: int = Field(default=8000, ge=1, le=65535)
     # Upper bound on how long a request waits for the broker's acknowledgement before
@@ -26,6 +34,10 @@ class Settings(BaseSettings):
     # queued behind a request that already gave up.
     produce_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     max_body_bytes: int = Field(default=16 * 1024, ge=256)
+    @property
+    def secret(self) -> bytes:
+        return self.pseudonym_secret.get_secret_value().encode()
+
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
     ] = "INFO"

@@ -92,7 +92,9 @@ class Decider:
         today = now.date()
         if any(self.decided.get(k) is not None for k in remembered_keys(today, cmd.signup_id)):
             return Plan(None)  # decided within MEMORY_DAYS: the log has its answer already
-        key = seat_key(self.secret, cmd.course_id, cmd.email)
+        # SignUp v2 brings its seat key (the address is sealed); older commands still
+        # in course-commands carry the address in clear.
+        key = cmd.seat_key or seat_key(self.secret, cmd.course_id, cmd.email)
         course = course_from_value(self.courses.get(cmd.course_id))
         event = domain.decide_signup(course, self.seats.get(key), cmd, now)
         if event is None:

@@ -53,11 +53,15 @@ def _create_problems(cmd: CreateCourse) -> list[str]:
 def _signup_problems(cmd: SignUp) -> list[str]:
     # A malformed course id is no problem here: it names no course, so the sign-up
     # still gets its decision (course_not_found) instead of vanishing into the DLQ.
+    ids = [*_missing(cmd.command_id, "command_id"), *_missing(cmd.signup_id, "signup_id")]
+    if cmd.key_id is None:  # a command from before SignUp v2: personal data in clear
+        return [*ids, *_missing(cmd.email, "email"), *_missing(cmd.name, "name")]
+    # Sealed: the processor never opens it (it has no key), it only copies it on.
     return [
-        *_missing(cmd.command_id, "command_id"),
-        *_missing(cmd.signup_id, "signup_id"),
-        *_missing(cmd.email, "email"),
-        *_missing(cmd.name, "name"),
+        *ids,
+        *([] if cmd.email_sealed else ["email_sealed: must not be empty"]),
+        *([] if cmd.name_sealed else ["name_sealed: must not be empty"]),
+        *_missing(cmd.seat_key or "", "seat_key"),
     ]
 
 
@@ -123,6 +127,10 @@ def _accept(course: Course, cmd: SignUp, now: datetime, seats_taken: int) -> Stu
         date_of_birth=cmd.date_of_birth,
         seats_taken=seats_taken,
         capacity=course.capacity,
+        key_id=cmd.key_id,
+        email_sealed=cmd.email_sealed,
+        name_sealed=cmd.name_sealed,
+        seat_key=cmd.seat_key,
     )
 
 
@@ -133,6 +141,10 @@ def _reject(cmd: SignUp, reason: str, now: datetime) -> SignUpRejected:
         email=cmd.email,
         name=cmd.name,
         reason=reason,
+        key_id=cmd.key_id,
+        email_sealed=cmd.email_sealed,
+        name_sealed=cmd.name_sealed,
+        seat_key=cmd.seat_key,
     )
 
 

@@ -4,7 +4,8 @@ Processors before the on-disk state kept other tables (`seats` keyed by e-mail,
 `decisions` holding whole events), whose changelogs this version does not read. The
 event log holds every decision ever committed, so the new tables follow from it:
 courses and their seats taken from CourseCreated and StudentSignedUp, seat keys from
-the e-mail of each StudentSignedUp, and the decisions of the last MEMORY_DAYS days.
+each StudentSignedUp (its `seat_key` since v3, else the keyed hash of its clear
+e-mail), and the decisions of the last MEMORY_DAYS days.
 
 It runs on assignment, before the restore, for every owned partition whose
 `decided_signups` changelog holds no record at all while course-events holds some.
@@ -63,7 +64,9 @@ def fold(tables: PartitionTables, event: object, secret: bytes, today: date) -> 
         if evolved is not None:
             tables.courses[event.course_id] = evolved
     if isinstance(event, StudentSignedUp):
-        tables.seats[seat_key(secret, event.course_id, event.email)] = event.signup_id
+        # v3 events carry their seat key (the address is sealed); older ones the address.
+        key = event.seat_key or seat_key(secret, event.course_id, event.email)
+        tables.seats[key] = event.signup_id
     outcome = values.outcome_of(event)  # type: ignore[arg-type]
     if outcome is not None:
         day = event.occurred_at.date()  # type: ignore[attr-defined]

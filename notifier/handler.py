@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -20,7 +20,14 @@ from notifier.messages import CourseInfo, render
 from notifier.observability import Metrics
 from notifier.store import Store
 from schemas.codec import DecodeError, Message, decode
-from schemas.messages import CourseCreated, CourseCreationRejected, SignUpRejected, StudentSignedUp
+from schemas.messages import (
+    CourseCreated,
+    CourseCreationRejected,
+    Decision,
+    SignUpRejected,
+    StudentSignedUp,
+)
+from schemas.personal import SealError, unseal
 
 log = logging.getLogger("notifier")
 
@@ -67,7 +74,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Done:
-    outcome: Literal["sent", "skipped", "dead_lettered", "learned", "ignored"]
+    outcome: Literal["sent", "skipped", "erased", "dead_lettered", "learned", "ignored"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,19 @@ class Handler:
         if self.store.already_handled(decision.event_id):
             self.metrics.skipped.inc()
             return Done("skipped")
+        if decision.key_id is not None:
+            key = self.store.data_key(decision.key_id)
+            if key is None:
+                # Erased: the address is unreadable for good. Recorded as handled, so the
+                # offset moves on, and counted.
+                self.metrics.erased.inc()
+                log.info("student erased, e-mail not sent", extra=job.context())
+                self._record(job)
+                return Done("erased")
+            try:
+                decision = opened(decision, key)
+            except SealError as exc:
+                return self.dead_letter(job, "unreadable_personal_data", str(exc))
         try:
             email = render(decision, self.store.course(decision.course_id), self.sender)
         except Exception as exc:  # noqa: BLE001 - a decision that cannot be rendered
@@ -141,3 +161,15 @@ class Handler:
         event_id = job.event_id
         if event_id is not None:
             self.store.record_handled(event_id, str(getattr(job.message, "signup_id", "")))
+
+
+def opened(decision: Decision, key: bytes) -> Decision:
+    """The decision with its sealed e-mail and name opened into the clear fields, in
+    memory only, for rendering the e-mail."""
+    if decision.email_sealed is None or decision.name_sealed is None:
+        raise SealError("a key id without sealed fields")
+    return replace(
+        decision,
+        email=unseal(key, decision.signup_id, "email", decision.email_sealed),
+        name=unseal(key, decision.signup_id, "name", decision.name_sealed),
+    )

@@ -42,6 +42,11 @@ class Metrics:
             "Decisions not sent because their event id was already handled.",
             registry=self.registry,
         )
+        self.erased = Counter(
+            "notifier_emails_erased_total",
+            "Decisions not sent because their student was erased (the data key is gone).",
+            registry=self.registry,
+        )
         self.lag = Gauge(
             "notifier_consumer_lag",
             "Records of course-events not yet handled (end offset - committable offset).",

@@ -34,6 +34,12 @@ class Store:
             (event_id, signup_id),
         )
 
+    def data_key(self, key_id: str) -> bytes | None:
+        """The student's data key; None once the student is erased. Not cached: an
+        erasure takes effect at its commit, with no copy left here to drop."""
+        row = self._execute("SELECT key FROM student_keys WHERE key_id = %s", (key_id,))
+        return None if row is None else bytes(row[0])
+
     def save_course(self, course_id: str, course: CourseInfo) -> None:
         self._execute(
             "INSERT INTO notifier_courses (course_id, title, lecturer) VALUES (%s, %s, %s)"

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, ValidationError
 
-from projections import dashboard, store
+from projections import dashboard, erasures, store
 from projections.live import LiveMetrics, LiveStats
 from projections.observability import ApiMetrics, RequestContextMiddleware
 from projections.readmodel import Snapshot, course_body, dump, global_body, page_json
@@ -346,6 +346,7 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.live = live
     app.include_router(router)
+    app.include_router(erasures.router)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

@@ -55,6 +55,14 @@ def student_key(email: str) -> str:
     return email.strip().casefold()
 
 
+def student_in_course(decision: Decision) -> str:
+    """Who a decision is about, within its course: the seat key of a sealed decision
+    (the address is unreadable here, by design), else the clear address. Both are one
+    per student and course; a course whose decisions mix the two (sign-ups from before
+    and after the encryption) would count a student who signed up both ways twice."""
+    return decision.seat_key or student_key(decision.email)
+
+
 def _examples(items: Iterable[object]) -> str:
     items = list(items)
     shown = ", ".join(str(i) for i in items[:_MAX_EXAMPLES])
@@ -159,9 +167,9 @@ def _audit_course(
     problems: list[str] = []
     signed_up = [e for e in decisions if isinstance(e, StudentSignedUp)]
     rejected = Counter(e.reason for e in decisions if isinstance(e, SignUpRejected))
-    students = {student_key(e.email) for e in decisions}
+    students = {student_in_course(e) for e in decisions}
     audit = CourseAudit(course_id, capacity, len(signed_up), len(students), dict(rejected))
-    holders = Counter(student_key(e.email) for e in signed_up)
+    holders = Counter(student_in_course(e) for e in signed_up)
     twice = [s for s, n in holders.items() if n > 1]
     if twice:
         problems.append(f"{course_id}: {len(twice)} students hold more than one seat: "

@@ -40,12 +40,14 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def signup_job(client: aiohttp.ClientSession, courses: list[str],
-               tag: str) -> Callable[[int], Awaitable[tuple[int, str | None]]]:
+def signup_job(client: aiohttp.ClientSession, courses: list[str], tag: str,
+               students: int = 0) -> Callable[[int], Awaitable[tuple[int, str | None]]]:
+    """Sign-ups of a new student each (students=0), or of `students` students in turn."""
     born = date(1970, 1, 1)
 
     async def one(i: int) -> tuple[int, str | None]:
-        student = Student(f"g{i}.{tag}@example.org", "Load Student",
+        who = i % students if students else i
+        student = Student(f"g{who}.{tag}@example.org", "Load Student",
                           born + timedelta(days=i % 12_000))
         outcome = await sign_up(client, courses[i % len(courses)], student)
         return outcome.status, outcome.signup_id
@@ -113,7 +115,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     in_flight = args.concurrency if args.rate is None else 1024
     async with session(args.url, in_flight) as client:
         if args.signups:
-            job = signup_job(client, args.signups.split(","), args.tag)
+            job = signup_job(client, args.signups.split(","), args.tag, args.students)
         else:
             job = get_job(client, Path(args.paths).read_text().split())
         await job(0)  # one request first: the connection pool and the server's first hit
@@ -136,6 +138,8 @@ def main() -> None:
     parser.add_argument("--signups", help="comma-separated course ids to sign up for")
     parser.add_argument("--paths", help="a file of GET paths, one per line")
     parser.add_argument("--tag", default="load")
+    parser.add_argument("--students", type=int, default=0,
+                        help="cycle through this many students (0: a new one per request)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=float, default=None)
     parser.add_argument("--seconds", type=float, default=60)

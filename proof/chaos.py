@@ -585,7 +585,25 @@ async def restart_postgres(run: Run) -> None:
     await asyncio.sleep(max(0.0, p.outage - min(2.0, p.outage / 2)))
     await run.restart(fault)
     run.watch(fault, baselines)
+    run.post_checks.append(lambda ev: key_store_outage_answers(run, fault))
     await run.load_for(p.tail)
+
+
+def key_store_outage_answers(run: Run, fault: Fault) -> Check:
+    """While PostgreSQL (the key store) is away, sign-ups cannot be sealed: 503 with
+    Retry-After, never a 202 or a 500, never a hang."""
+    grace = 1.0  # requests that had their key just before the stop may still be answered
+    end = fault.ended or now()
+    away = [a for a in run.load.attempts() if fault.started + grace <= a.started < end]
+    answered_away = [a for a in away if a.finished <= end]
+    statuses = Counter(a.status for a in answered_away)
+    slowest = max((a.finished - a.started for a in away), default=0.0)
+    unavailable = [a for a in answered_away if a.status == 503]
+    ok = (set(statuses) == {503} and all(a.retry_after for a in unavailable)
+          and slowest <= 2.0 + 3.0)
+    return Check("key store away: sign-ups 503 with Retry-After, no 202, no 500, no hang", ok,
+                 f"answers while away {dict(statuses)}, all 503s with Retry-After: "
+                 f"{all(a.retry_after for a in unavailable)}, slowest request {slowest:.1f}s")
 
 
 async def probe_query_api(query: aiohttp.ClientSession, path: str) -> tuple[int, float]:

@@ -50,6 +50,13 @@ class SignUp:
     date_of_birth: date
     issued_at: datetime
     correlation_id: str
+    # Added in SignUp v2: the command API seals e-mail and name under the student's data
+    # key (schemas.personal) and sends email="" and name=""; it also computes the seat
+    # key, which the processor can no longer compute without the address.
+    seat_key: str | None = None
+    key_id: str | None = None
+    email_sealed: bytes | None = None
+    name_sealed: bytes | None = None
 
 
 Command = CreateCourse | SignUp
@@ -100,6 +107,12 @@ class StudentSignedUp:
     seats_taken: int
     # Added in StudentSignedUp v2 (default null), so v1 events still decode.
     capacity: int | None = None
+    # Added in StudentSignedUp v3 (see SignUp): sealed personal data, copied from the
+    # command, and the seat key, so the processor's tables can be rebuilt from the log.
+    key_id: str | None = None
+    email_sealed: bytes | None = None
+    name_sealed: bytes | None = None
+    seat_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,11 @@ class SignUpRejected:
     email: str
     name: str
     reason: str
+    # Added in SignUpRejected v2 (see SignUp).
+    key_id: str | None = None
+    email_sealed: bytes | None = None
+    name_sealed: bytes | None = None
+    seat_key: str | None = None
 
 
 Event = CourseCreated | CourseCreationRejected | StudentSignedUp | SignUpRejected

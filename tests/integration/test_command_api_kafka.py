@@ -16,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import codec, topics
 from schemas.messages import CreateCourse, SignUp, signup_id_for
+from schemas.personal import student_hash, unseal
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "integration-test-admin-token"
+SECRET = "integration-test-pseudonym-secret"
 SIGNUPS = 2_000
 STUDENTS = 1_500
 CONCURRENCY = 100
@@ -84,7 +87,8 @@ def running_api(bootstrap: str, log_file: Path, **env: str) -> Iterator[str]:
             [sys.executable, "-m", "command_api"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "ADMIN_TOKEN": TOKEN,
-                 "COMMAND_API_PORT": str(port), "HOST": "127.0.0.1", **env},
+                 "PSEUDONYM_SECRET": SECRET, "COMMAND_API_PORT": str(port),
+                 "HOST": "127.0.0.1", **env},
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -184,7 +188,16 @@ def test_an_accepted_sign_up_is_in_the_topic_keyed_by_course_with_its_headers(
     sign_up = codec.decode(signup_message.value())
     assert isinstance(sign_up, SignUp)
     assert (sign_up.signup_id, sign_up.command_id, sign_up.email, sign_up.correlation_id) == (
-        signup_id, signup_id, "student.7@example.org", "corr-7")
+        signup_id, signup_id, "", "corr-7")
+    # Sealed under the student's key, which is in PostgreSQL under the student's keyed hash.
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        row = conn.execute("SELECT key_id::text, key FROM student_keys WHERE student_hash = %s",
+                           (student_hash(SECRET.encode(), "student.7@example.org"),)).fetchone()
+    assert row is not None and row[0] == sign_up.key_id
+    assert sign_up.email_sealed is not None and sign_up.name_sealed is not None
+    assert unseal(row[1], signup_id, "email", sign_up.email_sealed) == "student.7@example.org"
+    assert unseal(row[1], signup_id, "name", sign_up.name_sealed) == "Student 7"
+    assert b"student.7" not in signup_message.value().lower()
     assert _headers(signup_message) == {"correlation_id": b"corr-7", "command_type": b"SignUp"}
 
 

@@ -14,13 +14,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from command_api.app import create_app
+from command_api.keys import DataKey, KeyStoreUnavailable
 from command_api.publisher import Headers, PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
 from schemas.messages import CreateCourse, SignUp, signup_id_for
+from schemas.personal import new_data_key, student_hash, unseal
+from schemas.pseudonyms import seat_key
 from service_kit.logs import JsonFormatter
 
 TOKEN = "unit-test-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+SECRET = "unit-test-pseudonym-secret"
 MAX_BODY = 2048
 TODAY = datetime.now(UTC).date()
 
@@ -60,17 +65,62 @@ class MemoryPublisher:
         return not self.down
 
 
+@dataclass
+class MemoryKeyStore:
+    """Keys and erasures in dicts, or unavailable while `down`."""
+
+    keys: dict[str, DataKey] = field(default_factory=dict)
+    erasures: dict[str, str] = field(default_factory=dict)
+    down: bool = False
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def ready(self) -> bool:
+        return not self.down
+
+    async def key_for(self, student: str) -> DataKey:
+        if self.down:
+            raise KeyStoreUnavailable("PoolTimeout")
+        return self.keys.setdefault(student, DataKey(str(uuid.uuid4()), new_data_key()))
+
+    async def request_erasure(self, student: str) -> str:
+        if self.down:
+            raise KeyStoreUnavailable("PoolTimeout")
+        erasure_id = str(uuid.uuid4())
+        self.erasures[erasure_id] = student
+        return erasure_id
+
+
+def settings(**changes: Any) -> Settings:
+    return Settings(kafka_bootstrap_servers="unused:9092", admin_token=TOKEN,
+                    database_url="postgresql://unused", pseudonym_secret=SECRET, **changes)
+
+
+def opened(command: SignUp, keys: MemoryKeyStore) -> tuple[str, str]:
+    """The e-mail and name sealed in `command`, opened with its key."""
+    [key] = [k for k in keys.keys.values() if k.key_id == command.key_id]
+    assert command.email_sealed is not None and command.name_sealed is not None
+    return (unseal(key.key, command.signup_id, "email", command.email_sealed),
+            unseal(key.key, command.signup_id, "name", command.name_sealed))
+
+
 @pytest.fixture
 def publisher() -> MemoryPublisher:
     return MemoryPublisher()
 
 
 @pytest.fixture
-def client(publisher: MemoryPublisher) -> Iterator[TestClient]:
-    settings = Settings(
-        kafka_bootstrap_servers="unused:9092", admin_token=TOKEN, max_body_bytes=MAX_BODY
-    )
-    with TestClient(create_app(settings, publisher)) as test_client:
+def keys() -> MemoryKeyStore:
+    return MemoryKeyStore()
+
+
+@pytest.fixture
+def client(publisher: MemoryPublisher, keys: MemoryKeyStore) -> Iterator[TestClient]:
+    with TestClient(create_app(settings(max_body_bytes=MAX_BODY), publisher, keys)) as test_client:
         yield test_client
 
 
@@ -101,7 +151,7 @@ def fields_named(response: Any) -> set[str]:
 
 
 def test_a_sign_up_is_published_as_a_command_keyed_by_its_course(
-    client: TestClient, publisher: MemoryPublisher
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
 ) -> None:
     response = client.post("/courses/intro-python/signups", json=student())
 
@@ -115,19 +165,72 @@ def test_a_sign_up_is_published_as_a_command_keyed_by_its_course(
     assert isinstance(command, SignUp)
     assert command.signup_id == command.command_id == body["signup_id"]
     assert (command.course_id, command.email, command.name, command.date_of_birth) == (
-        "intro-python", "ada@example.org", "Ada Lovelace", date(2001, 12, 10))
+        "intro-python", "", "", date(2001, 12, 10))
+    assert opened(command, keys) == ("ada@example.org", "Ada Lovelace")
+    assert command.seat_key == seat_key(SECRET.encode(), "intro-python", "ada@example.org")
+    assert b"ada" not in sent.value.lower() and b"lovelace" not in sent.value.lower()
     assert sent.headers["command_type"] == b"SignUp"
 
 
+def test_one_student_has_one_key_and_another_student_another(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    for email in ("ada@example.org", "ADA@example.org", "bob@example.org"):
+        assert client.post("/courses/c/signups", json=student(email=email)).status_code == 202
+    ada, ada_again, bob = (sent.command.key_id for sent in publisher.sent)
+    assert ada == ada_again != bob
+    assert list(keys.keys) == [student_hash(SECRET.encode(), "ada@example.org"),
+                               student_hash(SECRET.encode(), "bob@example.org")]
+
+
+def test_key_store_down_gives_503_with_retry_after_and_nothing_reaches_kafka(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    keys.down = True
+
+    signup = client.post("/courses/c/signups", json=student())
+    erasure = client.post("/erasures", json={"email": "ada@example.org"}, headers=ADMIN)
+    ready = client.get("/readyz")
+
+    assert [signup.status_code, erasure.status_code, ready.status_code] == [503, 503, 503]
+    assert all("Retry-After" in r.headers for r in (signup, erasure, ready))
+    assert publisher.sent == []
+
+
+# ------------------------------------------------------------------ erasures
+
+
+def test_an_erasure_is_recorded_under_the_students_keyed_hash(
+    client: TestClient, keys: MemoryKeyStore
+) -> None:
+    response = client.post("/erasures", json={"email": " Ada@Example.org "}, headers=ADMIN)
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "pending"
+    assert keys.erasures == {body["erasure_id"]: student_hash(SECRET.encode(), "ada@example.org")}
+
+
+def test_an_erasure_needs_the_admin_token_and_a_valid_address(
+    client: TestClient, keys: MemoryKeyStore
+) -> None:
+    assert client.post("/erasures", json={"email": "ada@example.org"}).status_code == 401
+    wrong = {"Authorization": "Bearer wrong-token-xyz"}
+    assert client.post("/erasures", json={"email": "a@b.org"}, headers=wrong).status_code == 401
+    bad = client.post("/erasures", json={"email": "not-an-address"}, headers=ADMIN)
+    assert bad.status_code == 422
+    assert [e["field"] for e in bad.json()["detail"]] == ["email"]
+    assert keys.erasures == {}
+
+
 def test_the_email_is_normalised_to_lower_case_and_the_name_stripped(
-    client: TestClient, publisher: MemoryPublisher
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
 ) -> None:
     given = student(email="  Ada.Lovelace@Example.ORG ", name="  Ada Lovelace\u00a0 ")
 
     assert client.post("/courses/intro-python/signups", json=given).status_code == 202
 
-    command = publisher.sent[0].command
-    assert (command.email, command.name) == ("ada.lovelace@example.org", "Ada Lovelace")
+    assert opened(publisher.sent[0].command, keys) == ("ada.lovelace@example.org", "Ada Lovelace")
 
 
 def test_the_same_idempotency_key_gives_the_same_signup_and_the_same_command(
@@ -402,8 +505,7 @@ def test_health_and_readiness(client: TestClient, publisher: MemoryPublisher) ->
 
 
 def test_the_lifespan_starts_and_stops_the_publisher(publisher: MemoryPublisher) -> None:
-    app = create_app(Settings(kafka_bootstrap_servers="unused:9092", admin_token=TOKEN),
-                     publisher)
+    app = create_app(settings(), publisher, MemoryKeyStore())
 
     with TestClient(app):
         assert publisher.running

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import smtplib
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
@@ -16,6 +17,7 @@ from notifier.messages import CourseInfo
 from notifier.observability import Metrics
 from schemas import codec
 from schemas.messages import CourseCreated, SignUpRejected, StudentSignedUp
+from schemas.personal import new_data_key, seal
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -24,7 +26,11 @@ class FakeStore:
     def __init__(self) -> None:
         self.handled: dict[str, str] = {}
         self.courses: dict[str, CourseInfo] = {}
+        self.keys: dict[str, bytes] = {}
         self.down = False
+
+    def data_key(self, key_id: str) -> bytes | None:
+        return self.keys.get(key_id)
 
     def already_handled(self, event_id: str) -> bool:
         return event_id in self.handled
@@ -171,3 +177,41 @@ def test_a_smtp_5xx_is_returned_as_a_permanent_failure(parts: Parts) -> None:
     mailer.fail_with = smtplib.SMTPRecipientsRefused({"ann1@example.org": (550, b"no")})
     outcome = handler.advance(job(accepted()))
     assert isinstance(outcome, Failed) and outcome.failure.kind == "permanent"
+
+
+# ------------------------------------------------------------------ sealed personal data
+
+
+def sealed(decision: StudentSignedUp, key: bytes, key_id: str = "k-1") -> StudentSignedUp:
+    return dataclasses.replace(
+        decision, email="", name="", key_id=key_id,
+        email_sealed=seal(key, decision.signup_id, "email", decision.email),
+        name_sealed=seal(key, decision.signup_id, "name", decision.name))
+
+
+def test_a_sealed_decision_is_opened_with_the_students_key_and_sent(parts: Parts) -> None:
+    handler, store, mailer, _ = parts
+    store.keys["k-1"] = key = new_data_key()
+    assert handler.advance(job(sealed(accepted(), key))) == Done("sent")
+    msg, recipient = mailer.sent[0]
+    assert recipient == "ann1@example.org"
+    assert "Zoë Ångström" in str(msg["To"])
+
+
+def test_an_erased_student_gets_no_e_mail_and_the_decision_counts_as_handled(
+    parts: Parts,
+) -> None:
+    handler, store, mailer, _ = parts
+    outcome = handler.advance(job(sealed(accepted(), new_data_key())))  # the key is gone
+    assert outcome == Done("erased")
+    assert mailer.sent == []
+    assert store.handled == {"ev-StudentSignedUp-1": "s-1"}
+    assert "notifier_emails_erased_total 1.0" in handler.metrics.render().decode()
+
+
+def test_a_decision_sealed_under_another_key_is_dead_lettered(parts: Parts) -> None:
+    handler, store, mailer, letters = parts
+    store.keys["k-1"] = new_data_key()
+    assert handler.advance(job(sealed(accepted(), new_data_key()))) == Done("dead_lettered")
+    assert mailer.sent == []
+    assert dict(letters.letters[0][1])["dlq.reason"] == b"unreadable_personal_data"

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from course_processor.decider import Decider
 from course_processor.values import MEMORY_DAYS, MIGRATED_KEY, Outcome
 from schemas.messages import CreateCourse, SignUp, SignUpRejected, StudentSignedUp
+from schemas.pseudonyms import seat_key
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SECRET = b"unit-test-secret"
@@ -144,3 +145,32 @@ def test_the_migration_mark_is_never_forgotten() -> None:
     for i in range(5):
         d.decide(signup(f"s{i}@example.org"))
     assert MIGRATED_KEY in d.decided
+
+
+def sealed_signup(email: str) -> SignUp:
+    """A SignUp v2 as the command API writes it: no clear e-mail or name."""
+    return replace(signup(""), name="", key_id="k-1", email_sealed=b"\x01" * 40,
+                   name_sealed=b"\x02" * 40, seat_key=seat_key(SECRET, "intro", email))
+
+
+def test_a_sealed_sign_up_takes_its_seat_by_the_commands_seat_key_and_copies_the_seal() -> None:
+    d = decider()
+    d.decide(create())
+    cmd = sealed_signup("ann@example.org")
+    event = d.decide(cmd)
+
+    assert isinstance(event, StudentSignedUp)
+    assert (event.email, event.name, event.key_id) == ("", "", "k-1")
+    assert (event.email_sealed, event.name_sealed) == (cmd.email_sealed, cmd.name_sealed)
+    assert event.seat_key == cmd.seat_key
+    assert d.seats == {cmd.seat_key: cmd.signup_id}
+
+
+def test_the_same_student_sealed_and_in_clear_holds_one_seat() -> None:
+    d = decider()
+    d.decide(create())
+    d.decide(signup("ann@example.org"))  # an old command, still in course-commands
+    again = d.decide(sealed_signup("ANN@example.org"))
+
+    assert isinstance(again, SignUpRejected) and again.reason == "already_enrolled"
+    assert again.key_id == "k-1" and again.email == ""

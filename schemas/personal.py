@@ -1,0 +1,72 @@
+"""Personal data sealed under each student's own key: the crypto of crypto-shredding.
+
+Pure: no I/O; the keys come from the key store (PostgreSQL `student_keys`), which
+the command API and the notifier read. A student's e-mail address and name are
+sealed with AES-256-GCM under a data key of that student alone, so deleting the key
+(an erasure) makes every copy in Kafka, wherever it was copied to, unreadable, while
+the records themselves stay: the event log is kept forever and cannot be edited.
+
+The associated data binds a sealed value to its sign-up and its field: a ciphertext
+moved into another sign-up, or from `name_sealed` into `email_sealed`, fails to open
+instead of yielding the wrong person's data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from schemas.pseudonyms import normalise_email
+
+KEY_BYTES = 32  # AES-256
+NONCE_BYTES = 12  # GCM's standard nonce; random, so at most ~2**32 seals per key (a student)
+
+
+class SealError(ValueError):
+    """A sealed value does not open: wrong key, another sign-up or field, or altered bytes."""
+
+
+def student_hash(secret: bytes, email: str) -> str:
+    """Where the key store files a student: a keyed hash of the case-folded address.
+
+    The "student" label keeps it unrelated to the seat keys made with the same secret.
+    """
+    if not secret:
+        raise ValueError("the pseudonym secret is empty")
+    message = f"student\x00{normalise_email(email)}".encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def new_data_key() -> bytes:
+    return AESGCM.generate_key(bit_length=KEY_BYTES * 8)
+
+
+def _associated_data(signup_id: str, field: str) -> bytes:
+    return f"{signup_id}\x00{field}".encode()
+
+
+def seal(key: bytes, signup_id: str, field: str, plaintext: str) -> bytes:
+    """nonce || AES-GCM(key, nonce, plaintext, ad = signup_id NUL field)."""
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = AESGCM(key).encrypt(nonce, plaintext.encode(), _associated_data(signup_id, field))
+    return nonce + sealed
+
+
+def unseal(key: bytes, signup_id: str, field: str, sealed: bytes) -> str:
+    """The plaintext of `seal`; SealError for anything that does not authenticate."""
+    if len(key) != KEY_BYTES:
+        raise SealError(f"a data key has {KEY_BYTES} bytes, not {len(key)}")
+    if len(sealed) < NONCE_BYTES + 16:
+        raise SealError("too short for a nonce and a tag")
+    nonce, body = sealed[:NONCE_BYTES], sealed[NONCE_BYTES:]
+    try:
+        plain = AESGCM(key).decrypt(nonce, body, _associated_data(signup_id, field))
+    except InvalidTag:
+        raise SealError("the sealed value does not authenticate") from None
+    return plain.decode()
