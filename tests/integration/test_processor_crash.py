@@ -30,6 +30,7 @@ import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -428,6 +429,28 @@ def audit(log: EventLog, w: Workload) -> dict[str, int]:
     return {**totals, "signups": len(w.signups), "courses": len(log.records)}
 
 
+def audit_after_all(cluster: Cluster, log: EventLog, w: Workload) -> dict[str, int]:
+    """Every sign-up decided, the log audited, then every worker stopped and its disk
+    compared with the committed changelog."""
+    log.wait_all_decided(set(w.signups), timeout=90)
+    report = audit(log, w)
+    cluster.stop_all()
+    report.update(assert_disk_is_committed_changelog(cluster))
+    return report
+
+
+@contextmanager
+def showing_logs(cluster: Cluster, log: EventLog) -> Iterator[None]:
+    """The workers' logs printed when an assertion fails; the log reader closed always."""
+    try:
+        yield
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        log.close()
+
+
 # ---------------------------------------------------------------- tests
 
 
@@ -435,7 +458,7 @@ def test_kill_9_three_times_during_a_burst(cluster: Cluster) -> None:
     w, courses = make_workload(courses=5, signups=2000, seed=1)
     producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, courses)
     worker = cluster.start("solo-1")
-    try:
+    with showing_logs(cluster, log):
         for i, wave in enumerate(_waves(w.commands, 4)):
             cluster.wait_sharing(worker, timeout=SESSION_TIMEOUT * 6)
             producer.send_all(wave)
@@ -443,15 +466,7 @@ def test_kill_9_three_times_during_a_burst(cluster: Cluster) -> None:
                 log.wait_partly_decided(wave, random.uniform(0.1, 0.6), timeout=60)
                 worker.kill()  # in the middle of the wave
                 worker = cluster.start(f"solo-{i + 2}", store="solo")
-        log.wait_all_decided(set(w.signups), timeout=90)
-        report = audit(log, w)
-        cluster.stop_all()
-        report.update(assert_disk_is_committed_changelog(cluster))
-    except AssertionError:
-        print(cluster.logs())
-        raise
-    finally:
-        log.close()
+        report = audit_after_all(cluster, log, w)
     print("audit", report)
 
 
@@ -460,7 +475,7 @@ def test_two_workers_one_killed(cluster: Cluster) -> None:
     producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, courses)
     a, b = cluster.start("a"), cluster.start("b")
     waves = _waves(w.commands, 3)
-    try:
+    with showing_logs(cluster, log):
         cluster.wait_sharing(a, b)
         producer.send_all(waves[0])
         log.wait_partly_decided(waves[0], random.uniform(0.1, 0.6), timeout=60)
@@ -471,15 +486,7 @@ def test_two_workers_one_killed(cluster: Cluster) -> None:
         a2 = cluster.start("a-restarted", store="a")
         producer.send_all(waves[2])
         cluster.wait_sharing(a2, b)
-        log.wait_all_decided(set(w.signups), timeout=90)
-        report = audit(log, w)
-        cluster.stop_all()
-        report.update(assert_disk_is_committed_changelog(cluster))
-    except AssertionError:
-        print(cluster.logs())
-        raise
-    finally:
-        log.close()
+        report = audit_after_all(cluster, log, w)
     print("audit", report)
 
 
@@ -724,22 +731,14 @@ def test_kill_9_at_random_moments_of_a_steady_stream(cluster: Cluster) -> None:
     rng = random.Random(6)
     worker = cluster.start("r-1", store="r")
     threading.Thread(target=stream, daemon=True).start()
-    try:
+    with showing_logs(cluster, log):
         for i in range(5):
             cluster.wait_sharing(worker, timeout=SESSION_TIMEOUT * 6)
             time.sleep(rng.uniform(0.1, 1.5))
             worker.kill()
             worker = cluster.start(f"r-{i + 2}", store="r")
         wait_for(sent.is_set, 90, "the sign-ups to be produced")
-        log.wait_all_decided(set(w.signups), timeout=90)
-        report = audit(log, w)
-        cluster.stop_all()
-        report.update(assert_disk_is_committed_changelog(cluster))
-    except AssertionError:
-        print(cluster.logs())
-        raise
-    finally:
-        log.close()
+        report = audit_after_all(cluster, log, w)
     print("audit", report)
 
 
