@@ -123,14 +123,6 @@ def wait_processor_ready(stack: BenchStack, timeout: float) -> float:
     raise TimeoutError(f"processor not ready within {timeout:.0f}s")
 
 
-def restart_processor(stack: BenchStack, timeout: float) -> dict[str, float]:
-    stop_component(stack, "processor")
-    began = time.monotonic()
-    start_component(stack, "processor")
-    wait_processor_ready(stack, timeout)
-    return {"restart_to_ready_s": round(time.monotonic() - began, 1)}
-
-
 def processor_commands(stack: BenchStack) -> float:
     """The processor's own count of commands handled since it started (its /metrics)."""
     url = f"http://127.0.0.1:{stack.config.processor_port}/metrics"

@@ -1,5 +1,6 @@
 """Starts the native development stack: Kafka (KRaft), PostgreSQL, an SMTP sink, the services.
 
-Nothing in the product imports this package; it is how `make up` and the test
-fixtures bring real dependencies up without Docker.
+It is how `make up` and the test fixtures bring real dependencies up without Docker.
+The services never import it; `make replay` (projections/replay.py) asks it for the
+native stack's addresses when it runs outside the services' environment.
 """

@@ -80,7 +80,7 @@ def start(config: StackConfig, service: Service, timeout: float = 90) -> bool:
     if port_open(service.port):
         raise StackError(taken_message(service.name, service.port, service.port_setting))
     module = service.module.removesuffix(".__main__")
-    env = {**config.service_env(), **dict(service.extra_env), "SERVICE_NAME": service.name}
+    env = {**config.service_env(), **dict(service.extra_env)}
     pid = spawn(config, service.name, [config.python, "-m", module], env=env, cwd=ROOT)
     health = service.url + service.health_path
     wait_until(lambda: owns_port(pid, service.port) and http_ok(health),
