@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from confluent_kafka import Consumer, IsolationLevel, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
 
 from course_processor import values
 from course_processor.domain import Course, evolve
-from course_processor.restore import committed_ends
+from course_processor.restore import committed_ends, end_offsets
 from schemas.codec import DecodeError, decode
 from schemas.messages import CourseCreated, StudentSignedUp
 from schemas.pseudonyms import seat_key
@@ -83,17 +83,10 @@ def partitions_to_build(admin: AdminClient, decided_changelog: str, events_topic
     events_meta = admin.list_topics(events_topic, timeout=30).topics[events_topic]
     event_tps = [TopicPartition(events_topic, p) for p in events_meta.partitions]
     decided_tps = [TopicPartition(decided_changelog, p) for p in sorted(owned)]
-    ends = _ends(admin, event_tps + decided_tps)
+    ends = end_offsets(admin, event_tps + decided_tps, IsolationLevel.READ_UNCOMMITTED)
     if not any(ends[(events_topic, tp.partition)] for tp in event_tps):
         return set()
     return {p for p in owned if ends[(decided_changelog, p)] == 0}
-
-
-def _ends(admin: AdminClient, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
-    futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps},
-                                 isolation_level=IsolationLevel.READ_UNCOMMITTED,
-                                 request_timeout=30)
-    return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
 
 def build(servers: str, app_id: str, events_topic: str, partitions: set[int],

@@ -49,8 +49,8 @@ def committed_ends(admin: AdminClient, tps: list[TopicPartition],
     deadline = time.monotonic() + timeout
     while True:
         try:
-            stable = _list_offsets(admin, tps, IsolationLevel.READ_COMMITTED)
-            high = _list_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED)
+            stable = end_offsets(admin, tps, IsolationLevel.READ_COMMITTED)
+            high = end_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED)
         except KafkaException as exc:
             # A leader moving (a broker lost or paused) answers NOT_LEADER for a while:
             # ask again until the deadline.
@@ -67,8 +67,9 @@ def committed_ends(admin: AdminClient, tps: list[TopicPartition],
         time.sleep(0.05)
 
 
-def _list_offsets(admin: AdminClient, tps: list[TopicPartition],
-                  isolation: IsolationLevel) -> dict[tuple[str, int], int]:
+def end_offsets(admin: AdminClient, tps: list[TopicPartition],
+                isolation: IsolationLevel) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> its end offset, as a reader of `isolation` sees it."""
     futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps},
                                  isolation_level=isolation, request_timeout=30)
     return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}

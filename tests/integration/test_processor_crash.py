@@ -532,7 +532,7 @@ def test_paused_worker_is_fenced(cluster: Cluster) -> None:
     health = a.health()
     a_id, paused_generation = health["processor_id"], health["generation"]  # type: ignore[index]
     a.signal(signal.SIGSTOP)
-    try:
+    with showing_logs(cluster, log):
         # b takes a's partitions once a misses its session timeout, and goes on deciding.
         cluster.wait_sharing(b, timeout=SESSION_TIMEOUT * 6)
         log.read(0.1)
@@ -554,11 +554,6 @@ def test_paused_worker_is_fenced(cluster: Cluster) -> None:
         # The fenced worker's aborted transactions left nothing on its disk.
         cluster.stop_all()
         report.update(assert_disk_is_committed_changelog(cluster))
-    except AssertionError:
-        print(cluster.logs())
-        raise
-    finally:
-        log.close()
     # Fenced writes never reach the log (the broker refuses them), so the attempts are
     # counted from the paused worker's own log: how much the fencing had to stop.
     attempts = a.decided_since(resumed_at_ms, max_generation=paused_generation)
@@ -576,7 +571,7 @@ def test_paused_idle_worker_rejoins_in_a_new_generation(cluster: Cluster) -> Non
     a, b = cluster.start("a"), cluster.start("b")
     cluster.wait_sharing(a, b)
     first, rest = _waves(w.commands, 2)
-    try:
+    with showing_logs(cluster, log):
         producer.send_all(first)
         log.wait_all_decided(signups_in(first), timeout=60)
         health = a.health()
@@ -595,11 +590,6 @@ def test_paused_idle_worker_rejoins_in_a_new_generation(cluster: Cluster) -> Non
         assert a.proc.poll() is None, "the resumed worker ended"
         cluster.stop_all()
         report.update(assert_disk_is_committed_changelog(cluster))
-    except AssertionError:
-        print(cluster.logs())
-        raise
-    finally:
-        log.close()
     print("audit", report)
 
 
@@ -629,14 +619,11 @@ def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> Non
         return len(dead) >= 2
 
     try:
-        wait_for(dead_lettered, 60, "two dead letters")
-        log.wait_all_decided(set(w.signups), timeout=60)
-        audit(log, w)
-    except AssertionError:
-        print(cluster.logs())
-        raise
+        with showing_logs(cluster, log):
+            wait_for(dead_lettered, 60, "two dead letters")
+            log.wait_all_decided(set(w.signups), timeout=60)
+            audit(log, w)
     finally:
-        log.close()
         dlq.close()
     assert [m.value() for m in dead] == [garbage, encode(empty_name)]
     for msg, (partition, offset) in zip(dead, bad, strict=True):
@@ -755,7 +742,7 @@ def test_repeated_commands_write_nothing(cluster: Cluster) -> None:
                for cmd in originals for _ in range(2) if isinstance(cmd, SignUp)]
     producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, [course])
     worker = cluster.start("solo")
-    try:
+    with showing_logs(cluster, log):
         cluster.wait_sharing(worker)
         producer.send_all(w.commands)
         log.wait_all_decided(set(w.signups), timeout=60)
@@ -770,11 +757,6 @@ def test_repeated_commands_write_nothing(cluster: Cluster) -> None:
         event_ids = [decode(r.value).event_id for r in records]
         assert len(event_ids) == len(set(event_ids)) == 1 + len(w.signups)
         audit(log, w)
-    except AssertionError:
-        print(cluster.logs())
-        raise
-    finally:
-        log.close()
 
 
 def _counter(metrics: str, name: str) -> dict[str, float]:
@@ -816,7 +798,7 @@ def test_an_upgraded_processor_builds_its_state_from_the_event_log(cluster: Clus
     producer = CommandProducer(cluster.servers, partitioner="consistent_random")
     log = EventLog(cluster.servers, [full, open_course, later])
     worker = cluster.start("upgraded")
-    try:
+    with showing_logs(cluster, log):
         cluster.wait_sharing(worker, timeout=90)
         producer.send_all([(c, encode(cmd)) for c, cmd in commands])
         fresh = {cmd.signup_id for _, cmd in commands
@@ -839,11 +821,6 @@ def test_an_upgraded_processor_builds_its_state_from_the_event_log(cluster: Clus
         lost_records = [e for e in decided.values() if e.signup_id == lost.signup_id]
         assert [getattr(e, "reason", None) for e in lost_records] == ["course_not_found"]
         assert "tables built from course-events" in worker.log_path.read_text()
-    except AssertionError:
-        print(cluster.logs())
-        raise
-    finally:
-        log.close()
 
 
 def replace_command(cmd: SignUp) -> SignUp:
