@@ -23,7 +23,6 @@ from confluent_kafka import Consumer
 from pydantic import ValidationError
 
 import migrations
-from notifier.deadletter import DeadLetters
 from notifier.handler import Handler
 from notifier.mailer import Mailer
 from notifier.observability import Metrics, serve_http
@@ -31,6 +30,8 @@ from notifier.retry import Backoff
 from notifier.settings import Settings
 from notifier.store import Store
 from notifier.worker import Policy, Worker, consumer_config
+from schemas import topics
+from service_kit.deadletter import DeadLetterProducer
 from service_kit.logs import configure_logging
 
 log = logging.getLogger("notifier")
@@ -68,7 +69,7 @@ def migrate(settings: Settings, metrics: Metrics, stop: threading.Event) -> bool
 def run(settings: Settings, metrics: Metrics, stop: threading.Event) -> None:
     store = Store(settings.database_url)
     mailer = Mailer(settings)
-    dead_letters = DeadLetters(settings.kafka_bootstrap_servers)
+    dead_letters = DeadLetterProducer(settings.kafka_bootstrap_servers, topics.NOTIFIER_DLQ)
     consumer = Consumer(consumer_config(settings), logger=logging.getLogger("rdkafka"))
     handler = Handler(store, mailer, dead_letters, metrics, settings.mail_from)
     try:

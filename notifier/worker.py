@@ -30,7 +30,6 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from notifier.deadletter import DeadLetterError, Headers, Record
 from notifier.handler import Done, Failed, Handler, Job
 from notifier.mailer import Failure
 from notifier.observability import Metrics
@@ -38,6 +37,7 @@ from notifier.offsets import PartitionProgress
 from notifier.retry import Backoff, Gate, RetryQueue
 from notifier.settings import Settings
 from schemas import topics
+from service_kit.deadletter import DeadLetterError, SourceRecord, header_pairs
 
 log = logging.getLogger("notifier")
 
@@ -85,12 +85,6 @@ def consumer_config(s: Settings) -> dict[str, object]:
     if s.notifier_instance_id:
         config["group.instance.id"] = s.notifier_instance_id
     return config
-
-
-def _headers(msg: KafkaMessage) -> Headers:
-    raw = msg.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    return [(k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs]
 
 
 class Worker:
@@ -168,10 +162,10 @@ class Worker:
         if msg.error() is not None:
             log.warning("consumer error", extra={"error": str(msg.error())})
             return
-        record = Record(
+        record = SourceRecord(
             topic=msg.topic() or topics.EVENTS, partition=msg.partition() or 0,
             offset=msg.offset() or 0, key=msg.key(), value=msg.value() or b"",
-            headers=_headers(msg),
+            headers=header_pairs(msg.headers()),
         )
         self.progress.setdefault((record.topic, record.partition),
                                  PartitionProgress()).take(record.offset)

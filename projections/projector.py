@@ -46,7 +46,6 @@ from confluent_kafka import (
     Consumer,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 from pydantic import ValidationError
@@ -57,6 +56,7 @@ from projections.batch import Record, build
 from projections.observability import ProjectorMetrics
 from projections.settings import ProjectorSettings
 from schemas import topics
+from service_kit.deadletter import DeadLetterError, DeadLetterProducer
 from service_kit.logs import configure_logging
 
 log = logging.getLogger("projections.projector")
@@ -88,12 +88,12 @@ class Projector:
         settings: ProjectorSettings,
         metrics: ProjectorMetrics,
         consumer: Consumer,
-        producer: Producer,
+        dead_letters: DeadLetterProducer,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.consumer = consumer
-        self.producer = producer
+        self.dead_letters = dead_letters
         self.target = store.live(settings.projection)
         self.conn: psycopg.Connection | None = None
         # Per assigned partition, the position stored in PostgreSQL (None: none yet).
@@ -149,7 +149,7 @@ class Projector:
             # A static member does not leave the group on close: a restart within the
             # session timeout gets the same partitions back without a rebalance.
             self.consumer.close()
-            self.producer.flush(10)
+            self.dead_letters.close()
             if self.conn is not None:
                 self.conn.close()
 
@@ -177,7 +177,7 @@ class Projector:
         batch = build(records)
         expected = {p: self.positions.get(p) for p in batch.next_offsets}
         try:
-            deadletter.publish(self.producer, batch.failures)
+            deadletter.publish(self.dead_letters, batch.failures)
             self.metrics.dlq.inc(len(batch.failures))
             conn = self._connection()
             started = time.perf_counter()
@@ -204,7 +204,7 @@ class Projector:
             self.resync_needed = True
             self._pause(delay)  # whatever failed, do not hammer the database with it
             return
-        except (deadletter.DeadLetterError, KafkaException) as exc:
+        except (DeadLetterError, KafkaException) as exc:
             log.warning("batch not committed: dead-letter topic failed",
                         extra={"error": repr(exc)})
             self.metrics.resyncs.labels("dead_letter").inc()
@@ -408,7 +408,7 @@ def main() -> None:
     projector = Projector(
         settings, metrics,
         Consumer(consumer_config(settings), logger=kafka_log),
-        Producer(deadletter.producer_config(settings.kafka_bootstrap_servers), logger=kafka_log),
+        deadletter.producer(settings.kafka_bootstrap_servers, kafka_log),
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

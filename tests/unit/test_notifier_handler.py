@@ -10,7 +10,6 @@ from email.message import EmailMessage
 import psycopg
 import pytest
 
-from notifier.deadletter import Headers, Record
 from notifier.handler import Done, Failed, Handler, Job
 from notifier.mailer import MailError, classify
 from notifier.messages import CourseInfo
@@ -18,6 +17,7 @@ from notifier.observability import Metrics
 from schemas import codec
 from schemas.messages import CourseCreated, SignUpRejected, StudentSignedUp
 from schemas.personal import new_data_key, seal
+from service_kit.deadletter import Headers, SourceRecord
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -60,9 +60,9 @@ class FakeMailer:
 
 class FakeDeadLetters:
     def __init__(self) -> None:
-        self.letters: list[tuple[Record, Headers]] = []
+        self.letters: list[tuple[SourceRecord, Headers]] = []
 
-    def send(self, record: Record, headers: Headers) -> None:
+    def send(self, record: SourceRecord, headers: Headers) -> None:
         self.letters.append((record, headers))
 
 
@@ -84,7 +84,7 @@ def rejected(n: int = 1) -> SignUpRejected:
 
 def job(message: object, offset: int = 7, value: bytes | None = None) -> Job:
     data = value if value is not None else codec.encode(message)
-    return Job.of(Record("course-events", 2, offset, b"intro-python", data,
+    return Job.of(SourceRecord("course-events", 2, offset, b"intro-python", data,
                          [("correlation_id", b"corr-h")]))
 
 

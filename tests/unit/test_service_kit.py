@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
+
+from service_kit.deadletter import Headers, SourceRecord, dead_letter_headers, header_pairs
 from service_kit.logs import JsonFormatter
 
 
@@ -47,3 +50,51 @@ def test_scrub_rewrites_the_message_and_the_traceback() -> None:
     assert parsed["msg"] == "saw ***"
     assert "ValueError: ***" in parsed["exc"]
     assert "secret-value" not in line
+
+
+# ------------------------------------------------------------ service_kit.deadletter
+
+
+def source(headers: Headers | None = None) -> SourceRecord:
+    return SourceRecord("course-commands", 3, 1234, b"k", b"v", headers or [])
+
+
+def test_dead_letter_headers_say_why_where_from_and_when_in_utc_milliseconds() -> None:
+    at = datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=1)))
+    headers = dict(dead_letter_headers(source(), "undecodable: too short", at))
+    # Every service writes one precision: milliseconds (the processor once wrote micro).
+    assert headers == {
+        "dlq.reason": b"undecodable: too short",
+        "dlq.source.topic": b"course-commands",
+        "dlq.source.partition": b"3",
+        "dlq.source.offset": b"1234",
+        "dlq.failed_at": b"2026-03-01T12:00:00.000+00:00",
+        "dlq.error": b"",
+        "dlq.attempts": b"1",
+    }
+
+
+def test_dead_letter_headers_keep_the_record_s_own_first_and_replace_old_dlq_ones() -> None:
+    own = [("correlation_id", b"c-1"), ("dlq.reason", b"earlier"), ("dlq.attempts", b"9")]
+    at = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    headers = dead_letter_headers(source(own), "render_failed", at, "KeyError", attempts=3)
+    assert headers[0] == ("correlation_id", b"c-1")
+    assert [k for k, _ in headers].count("dlq.reason") == 1
+    assert dict(headers)["dlq.reason"] == b"render_failed"
+    assert dict(headers)["dlq.failed_at"] == b"2026-03-01T12:00:00.123+00:00"
+    assert (dict(headers)["dlq.error"], dict(headers)["dlq.attempts"]) == (b"KeyError", b"3")
+
+
+def test_dead_letter_headers_refuse_a_naive_time_and_no_failure() -> None:
+    with pytest.raises(ValueError):
+        dead_letter_headers(source(), "x", datetime(2026, 3, 1))
+    with pytest.raises(ValueError):
+        dead_letter_headers(source(), "x", datetime(2026, 3, 1, tzinfo=UTC), attempts=0)
+
+
+def test_header_pairs_take_a_list_or_a_dict_of_text_or_bytes() -> None:
+    assert header_pairs(None) == []
+    assert header_pairs([("a", b"1"), ("b", "2"), ("c", None)]) == [
+        ("a", b"1"), ("b", b"2"), ("c", b"")]
+    assert header_pairs({"a": "1"}) == [("a", b"1")]
+    assert SourceRecord("t", 0, 0, None, None, [("a", b"\xc3\xa9")]).header("a") == "é"
