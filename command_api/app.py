@@ -13,11 +13,12 @@ from fastapi.responses import JSONResponse
 
 from command_api import routes
 from command_api.keys import KeyStore, KeyStoreUnavailable, PostgresKeyStore
-from command_api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from command_api.middleware import BodyLimitMiddleware
 from command_api.observability import Metrics
 from command_api.publisher import KafkaPublisher, Publisher, PublishError
 from command_api.settings import Settings
 from schemas import topics
+from service_kit.http import RequestContextMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def create_app(settings: Settings, publisher: Publisher | None = None,
     app.add_exception_handler(KeyStoreUnavailable, _key_store_unavailable)
     # The last one added runs first: every response, a 413 included, gets an id and a log line.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=app.router.routes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics.http, logger="command_api.access",
+                       routes=app.router.routes)
     return app
 
 

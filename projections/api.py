@@ -35,9 +35,10 @@ from pydantic import BaseModel, ValidationError
 
 from projections import dashboard, erasures, store
 from projections.live import LiveMetrics, LiveStats
-from projections.observability import ApiMetrics, RequestContextMiddleware
+from projections.observability import ApiMetrics
 from projections.readmodel import Snapshot, course_body, dump, global_body, page_json
 from projections.settings import QueryApiSettings
+from service_kit.http import RequestContextMiddleware
 from service_kit.logs import configure_logging
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -349,7 +350,8 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
     app.include_router(erasures.router)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics.http,
+                       logger="projections.api.access", routes=app.router.routes)
     return app
 
 

@@ -8,8 +8,20 @@ import sys
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from service_kit.deadletter import Headers, SourceRecord, dead_letter_headers, header_pairs
+from service_kit.http import (
+    CORRELATION_HEADER,
+    RequestContextMiddleware,
+    RequestMetrics,
+    correlation_id_of,
+)
 from service_kit.logs import JsonFormatter
 
 
@@ -98,3 +110,33 @@ def test_header_pairs_take_a_list_or_a_dict_of_text_or_bytes() -> None:
         ("a", b"1"), ("b", b"2"), ("c", b"")]
     assert header_pairs({"a": "1"}) == [("a", b"1")]
     assert SourceRecord("t", 0, 0, None, None, [("a", b"\xc3\xa9")]).header("a") == "é"
+
+
+# ------------------------------------------------------------ service_kit.http
+
+
+def test_the_request_middleware_echoes_an_id_and_counts_by_route_template() -> None:
+    async def item(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry, requests="t_requests_total",
+                             duration="t_request_duration_seconds")
+    app = Starlette(routes=[Route("/items/{item_id}", item)])
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, logger="t.access",
+                       routes=app.router.routes)
+    with TestClient(app) as client:
+        given = client.get("/items/secret", headers={CORRELATION_HEADER: "c-1"})
+        made = client.get("/nowhere", headers={CORRELATION_HEADER: "bad id!"})
+    assert given.headers[CORRELATION_HEADER] == "c-1"
+    assert made.status_code == 404 and made.headers[CORRELATION_HEADER] != "bad id!"
+    text = generate_latest(registry).decode()
+    assert 't_requests_total{method="GET",route="/items/{item_id}",status="200"} 1.0' in text
+    assert 't_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    assert "secret" not in text
+
+
+def test_a_well_formed_correlation_id_is_kept_and_any_other_replaced() -> None:
+    assert correlation_id_of("req-1:a.b_c") == "req-1:a.b_c"
+    assert correlation_id_of(None) != correlation_id_of(None)
+    assert correlation_id_of("x" * 129) != "x" * 129
