@@ -25,13 +25,14 @@ from pydantic import ValidationError
 import migrations
 from notifier.handler import Handler
 from notifier.mailer import Mailer
-from notifier.observability import Metrics, serve_http
+from notifier.observability import Metrics
 from notifier.retry import Backoff
 from notifier.settings import Settings
 from notifier.store import Store
 from notifier.worker import Policy, Worker, consumer_config
 from schemas import topics
 from service_kit.deadletter import DeadLetterProducer
+from service_kit.health import serve_health
 from service_kit.logs import configure_logging
 
 log = logging.getLogger("notifier")
@@ -88,7 +89,8 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     metrics = Metrics()
-    server = serve_http(metrics, settings.notifier_host, settings.notifier_port)
+    server = serve_health(settings.notifier_host, settings.notifier_port, alive=metrics.alive,
+                          ready=metrics.readiness, metrics=metrics.render, dead_status="stuck")
     started = time.monotonic()
     log.info("notifier starting", extra={"group": settings.notifier_group_id,
                                          "smtp": f"{settings.smtp_host}:{settings.smtp_port}",

@@ -29,7 +29,6 @@ How it stays exact:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
 import sys
@@ -37,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 
 import psycopg
@@ -57,6 +55,7 @@ from projections.observability import ProjectorMetrics
 from projections.settings import ProjectorSettings
 from schemas import topics
 from service_kit.deadletter import DeadLetterError, DeadLetterProducer
+from service_kit.health import serve_health
 from service_kit.logs import configure_logging
 
 log = logging.getLogger("projections.projector")
@@ -332,44 +331,6 @@ class Projector:
             if behind and self.newest_event_at is not None else 0.0)
 
 
-# ------------------------------------------------------------------ HTTP: /healthz, /metrics
-
-
-def serve_http(host: str, port: int, healthy: Callable[[], bool],
-               ready: Callable[[], tuple[bool, str]],
-               metrics: ProjectorMetrics) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path == "/healthz":
-                ok = healthy()
-                self._send(200 if ok else 503, b'{"status":"ok"}' if ok
-                           else b'{"status":"stalled"}', "application/json")
-            elif self.path == "/readyz":
-                is_ready, why = ready()
-                body = {"status": "ready"} if is_ready else {"status": "unavailable",
-                                                             "reason": why}
-                self._send(200 if is_ready else 503, json.dumps(body).encode(),
-                           "application/json")
-            elif self.path == "/metrics":
-                self._send(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
-            else:
-                self._send(404, b'{"detail":"Not Found"}', "application/json")
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass  # health probes every few seconds would drown the log
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    return server
-
-
 # ------------------------------------------------------------------ entry point
 
 
@@ -417,8 +378,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = serve_http(settings.host, settings.projector_port, projector.healthy,
-                        projector.readiness, metrics)
+    server = serve_health(settings.host, settings.projector_port, alive=projector.healthy,
+                          ready=projector.readiness, metrics=metrics.render)
     migrate(settings, projector.stopping)
     log.info("projector started", extra={"port": settings.projector_port,
                                          "projection": settings.projection})

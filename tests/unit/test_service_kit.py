@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -16,6 +18,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from service_kit.deadletter import Headers, SourceRecord, dead_letter_headers, header_pairs
+from service_kit.health import serve_health
 from service_kit.http import (
     CORRELATION_HEADER,
     RequestContextMiddleware,
@@ -140,3 +143,35 @@ def test_a_well_formed_correlation_id_is_kept_and_any_other_replaced() -> None:
     assert correlation_id_of("req-1:a.b_c") == "req-1:a.b_c"
     assert correlation_id_of(None) != correlation_id_of(None)
     assert correlation_id_of("x" * 129) != "x" * 129
+
+
+# ------------------------------------------------------------ service_kit.health
+
+
+def test_the_health_server_answers_alive_ready_and_metrics() -> None:
+    class Probe:
+        alive = True
+        ready = (False, "PostgreSQL unavailable")
+
+    server = serve_health("127.0.0.1", 0, alive=lambda: Probe.alive, ready=lambda: Probe.ready,
+                          metrics=lambda: b"m_total 1.0\n", dead_status="stuck")
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url + path, timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read().decode()
+
+    try:
+        assert get("/healthz") == (200, '{"status":"ok"}')
+        assert get("/readyz") == (503, '{"status":"unavailable","reason":"PostgreSQL unavailable"}')
+        assert get("/metrics?x=1") == (200, "m_total 1.0\n")
+        assert get("/other")[0] == 404
+        Probe.alive, Probe.ready = False, (True, "")
+        assert get("/healthz") == (503, '{"status":"stuck"}')
+        assert get("/readyz") == (200, '{"status":"ready"}')
+    finally:
+        server.shutdown()
+        server.server_close()
