@@ -13,20 +13,18 @@ SIGTERM or SIGINT stops it after the current e-mail, committing what is done.
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from confluent_kafka import Consumer
 from pydantic import ValidationError
 
-import migrations
 from notifier.handler import Handler
 from notifier.mailer import Mailer
 from notifier.observability import Metrics
-from notifier.retry import Backoff
 from notifier.settings import Settings
 from notifier.store import Store
 from notifier.worker import Policy, Worker, consumer_config
@@ -34,6 +32,7 @@ from schemas import topics
 from service_kit.deadletter import DeadLetterProducer
 from service_kit.health import serve_health
 from service_kit.logs import configure_logging
+from service_kit.postgres import migrate_when_up
 
 log = logging.getLogger("notifier")
 
@@ -48,23 +47,11 @@ def load_settings() -> Settings:
         sys.exit(f"notifier: invalid settings: {problems}")
 
 
-def migrate(settings: Settings, metrics: Metrics, stop: threading.Event) -> bool:
-    """Apply the migrations, waiting for PostgreSQL as long as it takes; False if stopped."""
-    backoff = Backoff(settings.notifier_retry_initial_seconds, settings.notifier_retry_max_seconds)
-    attempt = 0
-    while not stop.is_set():
+def _waiting_for_database(metrics: Metrics) -> Callable[[BaseException], None]:
+    def on_retry(_exc: BaseException) -> None:
         metrics.beat()
-        try:
-            migrations.apply(settings.database_url)
-            return True
-        except Exception as exc:  # noqa: BLE001 - any failure here means "not yet"
-            attempt += 1
-            metrics.unready = "database unavailable"
-            delay = backoff.delay(attempt, random.random)
-            log.warning("database unavailable", extra={"error": type(exc).__name__,
-                                                       "retry_in": round(delay, 3)})
-            stop.wait(delay)
-    return False
+        metrics.unready = "database unavailable"
+    return on_retry
 
 
 def run(settings: Settings, metrics: Metrics, stop: threading.Event) -> None:
@@ -96,7 +83,11 @@ def main() -> None:
                                          "smtp": f"{settings.smtp_host}:{settings.smtp_port}",
                                          "port": settings.notifier_port})
     try:
-        if migrate(settings, metrics, stop):
+        if migrate_when_up(settings.database_url, stop,
+                           initial=settings.notifier_retry_initial_seconds,
+                           cap=settings.notifier_retry_max_seconds,
+                           # Any failure here means "not yet".
+                           retry_on=(Exception,), on_retry=_waiting_for_database(metrics)):
             run(settings, metrics, stop)
     finally:
         server.shutdown()

@@ -48,7 +48,6 @@ from confluent_kafka import (
 )
 from pydantic import ValidationError
 
-import migrations
 from projections import deadletter, store
 from projections.batch import Record, build
 from projections.observability import ProjectorMetrics
@@ -57,6 +56,7 @@ from schemas import topics
 from service_kit.deadletter import DeadLetterError, DeadLetterProducer
 from service_kit.health import serve_health
 from service_kit.logs import configure_logging
+from service_kit.postgres import migrate_when_up
 
 log = logging.getLogger("projections.projector")
 
@@ -104,15 +104,12 @@ class Projector:
         self.newest_event_at: datetime | None = None
         self.joined = False  # given partitions (or none) by the group at least once
         self.database_down = False
-        self._stopping = threading.Event()
+        self.halt = threading.Event()
 
     # -------------------------------------------------------------- lifecycle
 
     def stop(self) -> None:
-        self._stopping.set()
-
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
+        self.halt.set()
 
     def healthy(self) -> bool:
         return time.monotonic() - self.heartbeat < _STALL_SECONDS
@@ -131,7 +128,7 @@ class Projector:
         self.consumer.subscribe([topics.EVENTS], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         try:
-            while not self._stopping.is_set():
+            while not self.halt.is_set():
                 self.heartbeat = time.monotonic()
                 if self.resync_needed:
                     self._resync()
@@ -285,7 +282,7 @@ class Projector:
             except psycopg.OperationalError as exc:
                 self.database_down = True
                 self._drop_connection()
-                if self._stopping.is_set():
+                if self.halt.is_set():
                     raise SystemExit(0) from exc
                 log.warning("PostgreSQL unavailable; retrying", extra={
                     "error": str(exc).strip()[:200], "retry_in_s": round(delay, 2)})
@@ -305,7 +302,7 @@ class Projector:
         self.conn = None
 
     def _pause(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
+        self.halt.wait(seconds)
 
     # -------------------------------------------------------------- lag
 
@@ -343,22 +340,11 @@ def load_settings() -> ProjectorSettings:
         sys.exit(f"projector: invalid settings: {problems}")
 
 
-def migrate(settings: ProjectorSettings, stopping: Callable[[], bool]) -> None:
-    """Apply the migrations, waiting with backoff until PostgreSQL answers."""
-    delay = 0.5
-    while True:
-        try:
-            migrations.apply(settings.database_url)
-            with psycopg.connect(settings.database_url, autocommit=True) as conn:
-                store.ensure_generation(conn, settings.projection)
-            return
-        except psycopg.OperationalError as exc:
-            if stopping():
-                raise SystemExit(0) from exc
-            log.warning("PostgreSQL unavailable at start; retrying",
-                        extra={"error": str(exc).strip()[:200], "retry_in_s": delay})
-            time.sleep(delay)
-            delay = min(delay * 2, settings.projector_max_backoff_seconds)
+def _ensure_generation(projection: str) -> Callable[[str], None]:
+    def prepare(conninfo: str) -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            store.ensure_generation(conn, projection)
+    return prepare
 
 
 def main() -> None:
@@ -380,11 +366,13 @@ def main() -> None:
     signal.signal(signal.SIGINT, on_signal)
     server = serve_health(settings.host, settings.projector_port, alive=projector.healthy,
                           ready=projector.readiness, metrics=metrics.render)
-    migrate(settings, projector.stopping)
-    log.info("projector started", extra={"port": settings.projector_port,
-                                         "projection": settings.projection})
     try:
-        projector.run()
+        if migrate_when_up(settings.database_url, projector.halt,
+                           cap=settings.projector_max_backoff_seconds,
+                           prepare=_ensure_generation(settings.projection)):
+            log.info("projector started", extra={"port": settings.projector_port,
+                                                 "projection": settings.projection})
+            projector.run()
     finally:
         server.shutdown()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta, timezone
@@ -26,6 +27,7 @@ from service_kit.http import (
     correlation_id_of,
 )
 from service_kit.logs import JsonFormatter
+from service_kit.postgres import backoff_delay, migrate_when_up
 
 
 def record(msg: str = "decided", **extra: object) -> logging.LogRecord:
@@ -175,3 +177,27 @@ def test_the_health_server_answers_alive_ready_and_metrics() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ------------------------------------------------------------ service_kit.postgres
+
+
+def test_the_start_up_backoff_doubles_up_to_its_cap_and_jitters_down_to_half() -> None:
+    assert [backoff_delay(n, 0.5, 3.0, lambda: 1.0) for n in (1, 2, 3, 4, 5)] == [
+        0.5, 1.0, 2.0, 3.0, 3.0]
+    assert backoff_delay(2, 0.5, 3.0, lambda: 0.0) == 0.5
+    assert backoff_delay(10_000, 0.5, 3.0, lambda: 1.0) == 3.0
+
+
+def test_the_migrations_wait_for_a_database_that_is_not_there_until_stopped() -> None:
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def on_retry(exc: BaseException) -> None:
+        failures.append(exc)
+        if len(failures) == 2:
+            stop.set()
+
+    nobody_listens = "host=127.0.0.1 port=1 connect_timeout=1"
+    assert not migrate_when_up(nobody_listens, stop, initial=0.01, on_retry=on_retry)
+    assert len(failures) == 2
