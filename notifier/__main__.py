@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer
-from pydantic import ValidationError
 
 from notifier.handler import Handler
 from notifier.mailer import Mailer
@@ -33,18 +31,9 @@ from service_kit.deadletter import DeadLetterProducer
 from service_kit.health import serve_health
 from service_kit.logs import configure_logging
 from service_kit.postgres import migrate_when_up
+from service_kit.settings import load_settings
 
 log = logging.getLogger("notifier")
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()  # type: ignore[call-arg]  # the environment fills it in
-    except ValidationError as exc:
-        # Name the bad variables without echoing their values: one of them is a secret.
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                             for e in exc.errors())
-        sys.exit(f"notifier: invalid settings: {problems}")
 
 
 def _waiting_for_database(metrics: Metrics) -> Callable[[BaseException], None]:
@@ -70,7 +59,7 @@ def run(settings: Settings, metrics: Metrics, stop: threading.Event) -> None:
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(Settings, "notifier")
     configure_logging(settings.log_level, "notifier")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

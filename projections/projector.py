@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +45,6 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from pydantic import ValidationError
 
 from projections import deadletter, store
 from projections.batch import Record, build
@@ -57,6 +55,7 @@ from service_kit.deadletter import DeadLetterError, DeadLetterProducer
 from service_kit.health import serve_health
 from service_kit.logs import configure_logging
 from service_kit.postgres import migrate_when_up
+from service_kit.settings import load_settings
 
 log = logging.getLogger("projections.projector")
 
@@ -331,15 +330,6 @@ class Projector:
 # ------------------------------------------------------------------ entry point
 
 
-def load_settings() -> ProjectorSettings:
-    try:
-        return ProjectorSettings()  # type: ignore[call-arg]  # the environment fills it in
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                             for e in exc.errors())
-        sys.exit(f"projector: invalid settings: {problems}")
-
-
 def _ensure_generation(projection: str) -> Callable[[str], None]:
     def prepare(conninfo: str) -> None:
         with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -348,7 +338,7 @@ def _ensure_generation(projection: str) -> Callable[[str], None]:
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(ProjectorSettings, "projector")
     configure_logging(settings.log_level, "projector")
     metrics = ProjectorMetrics()
     kafka_log = logging.getLogger("projections.projector.kafka")

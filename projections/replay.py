@@ -67,6 +67,7 @@ from projections.settings import ReplaySettings
 from schemas import topics
 from service_kit.deadletter import DeadLetterProducer
 from service_kit.logs import configure_logging
+from service_kit.settings import describe
 
 log = logging.getLogger("projections.replay")
 
@@ -355,9 +356,7 @@ def main() -> None:
     try:
         settings = ReplaySettings(**_local_stack_defaults())  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                             for e in exc.errors())
-        sys.exit(f"replay: invalid settings: {problems}")
+        sys.exit(f"replay: invalid settings: {describe(exc, ReplaySettings)}")
     configure_logging(settings.log_level, "replay")
     try:
         result = rebuild(settings, swap=not args.no_swap, progress=not args.quiet)

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -28,6 +30,7 @@ from service_kit.http import (
 )
 from service_kit.logs import JsonFormatter
 from service_kit.postgres import backoff_delay, migrate_when_up
+from service_kit.settings import LogLevel, load_settings
 
 
 def record(msg: str = "decided", **extra: object) -> logging.LogRecord:
@@ -201,3 +204,30 @@ def test_the_migrations_wait_for_a_database_that_is_not_there_until_stopped() ->
     nobody_listens = "host=127.0.0.1 port=1 connect_timeout=1"
     assert not migrate_when_up(nobody_listens, stop, initial=0.01, on_retry=on_retry)
     assert len(failures) == 2
+
+
+# ------------------------------------------------------------ service_kit.settings
+
+
+class _Knobs(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False)
+
+    kit_test_token: SecretStr = Field(min_length=8)
+    kit_test_port: int = Field(default=1, validation_alias=AliasChoices("KIT_TEST_PORT_ALIAS"))
+    log_level: LogLevel = "INFO"
+
+
+def test_bad_settings_are_named_by_variable_and_never_echoed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIT_TEST_TOKEN", "s3cr3t")
+    monkeypatch.setenv("KIT_TEST_PORT_ALIAS", "not-a-port")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    with pytest.raises(SystemExit) as exited:
+        load_settings(_Knobs, "kit-test")
+    message = str(exited.value.code)
+    assert message.startswith("kit-test: invalid settings: KIT_TEST_TOKEN: ")
+    assert "KIT_TEST_PORT_ALIAS: " in message
+    assert "s3cr3t" not in message and "not-a-port" not in message
+    monkeypatch.setenv("KIT_TEST_TOKEN", "long enough")
+    monkeypatch.setenv("KIT_TEST_PORT_ALIAS", "2")
+    assert load_settings(_Knobs, "kit-test").log_level == "DEBUG"
