@@ -18,16 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer
-
-from notifier.handler import Handler
-from notifier.mailer import Mailer
+from notifier.bootstrap import bootstrap
 from notifier.observability import Metrics
 from notifier.settings import Settings
-from notifier.store import Store
-from notifier.worker import Policy, Worker, consumer_config
-from schemas import topics
-from service_kit.deadletter import DeadLetterProducer
 from service_kit.health import serve_health
 from service_kit.logs import configure_logging
 from service_kit.postgres import migrate_when_up
@@ -41,21 +34,6 @@ def _waiting_for_database(metrics: Metrics) -> Callable[[BaseException], None]:
         metrics.beat()
         metrics.unready = "database unavailable"
     return on_retry
-
-
-def run(settings: Settings, metrics: Metrics, stop: threading.Event) -> None:
-    store = Store(settings.database_url)
-    mailer = Mailer(settings)
-    dead_letters = DeadLetterProducer(settings.kafka_bootstrap_servers, topics.NOTIFIER_DLQ)
-    consumer = Consumer(consumer_config(settings), logger=logging.getLogger("rdkafka"))
-    handler = Handler(store, mailer, dead_letters, metrics, settings.mail_from)
-    try:
-        Worker(consumer, handler, metrics, Policy.of(settings)).run(stop)
-    finally:
-        consumer.close()
-        mailer.close()
-        dead_letters.close()
-        store.close()
 
 
 def main() -> None:
@@ -77,7 +55,7 @@ def main() -> None:
                            cap=settings.notifier_retry_max_seconds,
                            # Any failure here means "not yet".
                            retry_on=(Exception,), on_retry=_waiting_for_database(metrics)):
-            run(settings, metrics, stop)
+            bootstrap(settings, metrics).run(stop)
     finally:
         server.shutdown()
         log.info("notifier stopped", extra={"uptime_s": round(time.monotonic() - started, 1)})

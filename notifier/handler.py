@@ -107,18 +107,20 @@ class Failed:
 Outcome = Done | Failed
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
 class Handler:
     """One step per call; raises psycopg errors and DeadLetterError when those are down."""
 
-    def __init__(self, store: Store, mailer: Mailer, dead_letters: DeadLetters,
-                 metrics: Metrics, sender: str,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self.store = store
-        self.mailer = mailer
-        self.dead_letters = dead_letters
-        self.metrics = metrics
-        self.sender = sender
-        self.now = now
+    store: Store
+    mailer: Mailer
+    dead_letters: DeadLetters
+    metrics: Metrics
+    sender: str  # the From: of every e-mail
+    now: Callable[[], datetime] = utc_now
 
     def advance(self, job: Job) -> Outcome:
         if job.delivered_as is not None:

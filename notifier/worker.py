@@ -23,7 +23,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -90,8 +90,10 @@ def consumer_config(s: Settings) -> dict[str, object]:
 class Worker:
     def __init__(self, consumer: Consumer, handler: Handler, metrics: Metrics, policy: Policy,
                  clock: Callable[[], float] = time.monotonic,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 closers: Sequence[Callable[[], None]] = ()) -> None:
         self.consumer = consumer
+        self.closers = closers  # of the adapters the worker owns, called once it stopped
         self.handler = handler
         self.metrics = metrics
         self.policy = policy
@@ -116,7 +118,11 @@ class Worker:
             while not stop.is_set():
                 self.step()
         finally:
-            self.commit(asynchronous=False)
+            try:
+                self.commit(asynchronous=False)
+            finally:
+                for close in self.closers:
+                    close()
 
     def step(self) -> None:
         self.metrics.beat()

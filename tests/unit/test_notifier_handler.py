@@ -10,10 +10,11 @@ from email.message import EmailMessage
 import psycopg
 import pytest
 
+from notifier.bootstrap import bootstrap
 from notifier.handler import Done, Failed, Handler, Job
 from notifier.mailer import MailError, classify
 from notifier.messages import CourseInfo
-from notifier.observability import Metrics
+from notifier.settings import Settings
 from schemas import codec
 from schemas.messages import CourseCreated, SignUpRejected, StudentSignedUp
 from schemas.personal import new_data_key, seal
@@ -88,15 +89,23 @@ def job(message: object, offset: int = 7, value: bytes | None = None) -> Job:
                          [("correlation_id", b"corr-h")]))
 
 
+class NoConsumer:
+    """The handler never reads Kafka: the worker around it does."""
+
+
 Parts = tuple[Handler, FakeStore, FakeMailer, FakeDeadLetters]
 
 
 @pytest.fixture
 def parts() -> Parts:
     store, mailer, letters = FakeStore(), FakeMailer(), FakeDeadLetters()
-    handler = Handler(store, mailer, letters, Metrics(), "Courses <no-reply@example.org>",
-                      now=lambda: NOW)
-    return handler, store, mailer, letters
+    settings = Settings(kafka_bootstrap_servers="unused:9092", database_url="unused",  # type: ignore[call-arg]
+                        mail_from="Courses <no-reply@example.org>")
+    # The service's own composition root, with fakes for every adapter.
+    worker = bootstrap(settings, store=store, mailer=mailer, dead_letters=letters,
+                       consumer=NoConsumer(), now=lambda: NOW)  # type: ignore[arg-type]
+    assert isinstance(worker.handler, Handler) and worker.closers == []
+    return worker.handler, store, mailer, letters
 
 
 def test_a_course_is_learned_and_named_in_the_subject(parts: Parts) -> None:
