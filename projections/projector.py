@@ -330,6 +330,18 @@ class Projector:
 # ------------------------------------------------------------------ entry point
 
 
+def bootstrap(settings: ProjectorSettings, *, metrics: ProjectorMetrics | None = None,
+              consumer: Consumer | None = None,
+              dead_letters: DeadLetterProducer | None = None) -> Projector:
+    """The projector, with a Kafka consumer and dead-letter producer unless given."""
+    kafka_log = logging.getLogger("projections.projector.kafka")
+    return Projector(
+        settings, metrics or ProjectorMetrics(),
+        consumer or Consumer(consumer_config(settings), logger=kafka_log),
+        dead_letters or deadletter.producer(settings.kafka_bootstrap_servers, kafka_log),
+    )
+
+
 def _ensure_generation(projection: str) -> Callable[[str], None]:
     def prepare(conninfo: str) -> None:
         with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -340,13 +352,7 @@ def _ensure_generation(projection: str) -> Callable[[str], None]:
 def main() -> None:
     settings = load_settings(ProjectorSettings, "projector")
     configure_logging(settings.log_level, "projector")
-    metrics = ProjectorMetrics()
-    kafka_log = logging.getLogger("projections.projector.kafka")
-    projector = Projector(
-        settings, metrics,
-        Consumer(consumer_config(settings), logger=kafka_log),
-        deadletter.producer(settings.kafka_bootstrap_servers, kafka_log),
-    )
+    projector = bootstrap(settings)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})
@@ -355,7 +361,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = serve_health(settings.host, settings.projector_port, alive=projector.healthy,
-                          ready=projector.readiness, metrics=metrics.render)
+                          ready=projector.readiness, metrics=projector.metrics.render)
     try:
         if migrate_when_up(settings.database_url, projector.halt,
                            cap=settings.projector_max_backoff_seconds,
