@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import Counter
 
 from service_kit.http import RequestMetrics
+from service_kit.metrics import ServiceMetrics
 
 
-class Metrics:
-    """The app's metrics, in a registry of their own so that each app instance starts at zero."""
-
+class Metrics(ServiceMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.http = RequestMetrics(
             self.registry, requests="command_api_requests_total",
             duration="command_api_request_duration_seconds")
@@ -24,6 +23,3 @@ class Metrics:
             "Commands Kafka did not acknowledge in time (answered 503).",
             registry=self.registry,
         )
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import Counter, Gauge
+
+from service_kit.metrics import ServiceMetrics
 
 # The main loop beats at least every poll timeout; this much silence means it is stuck.
 STUCK_AFTER_SECONDS = 120.0
 
 
-class Metrics:
-    """The notifier's metrics, in a registry of their own so each instance starts at zero."""
+class Metrics(ServiceMetrics):
+    """The notifier's metrics, and its heartbeat and readiness (for /healthz and /readyz)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.sent = Counter(
             "notifier_emails_sent_total", "E-mails the SMTP server accepted.",
             ["kind"], registry=self.registry,
@@ -61,6 +63,3 @@ class Metrics:
         if not self.alive():
             return False, "stuck"
         return self.unready is None, self.unready or ""
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

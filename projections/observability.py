@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
 from service_kit.http import LATENCY_BUCKETS, RequestMetrics
+from service_kit.metrics import ServiceMetrics
 
 
-class ProjectorMetrics:
+class ProjectorMetrics(ServiceMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         r = self.registry
         self.events = Counter("projector_events_total", "Events projected, by type.",
                               ["event_type"], registry=r)
@@ -35,16 +36,10 @@ class ProjectorMetrics:
                                        "Time to write one batch to PostgreSQL.",
                                        buckets=LATENCY_BUCKETS, registry=r)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
 
-
-class ApiMetrics:
+class ApiMetrics(ServiceMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.http = RequestMetrics(
             self.registry, requests="query_api_requests_total",
             duration="query_api_request_duration_seconds")
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
