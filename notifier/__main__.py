@@ -5,7 +5,7 @@ come from the environment (see `notifier/settings.py`): KAFKA_BOOTSTRAP_SERVERS 
 DATABASE_URL are required; SMTP_HOST, SMTP_PORT, SMTP_SECURITY (none|starttls|tls),
 SMTP_USERNAME, SMTP_PASSWORD and MAIL_FROM choose the mail server and sender;
 NOTIFIER_GROUP_ID (default "notifier") the consumer group; NOTIFIER_RETRY_* the
-backoff. GET /healthz and GET /metrics answer on 127.0.0.1:$NOTIFIER_PORT (default
+backoff. GET /healthz, /readyz and /metrics answer on 127.0.0.1:$NOTIFIER_PORT (default
 6068; NOTIFIER_HOST or HOST overrides the interface). Logs go to stderr as JSON lines.
 SIGTERM or SIGINT stops it after the current e-mail, committing what is done.
 """
