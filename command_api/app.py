@@ -56,7 +56,7 @@ def create_app(settings: Settings, publisher: Publisher | None = None,
     app.add_exception_handler(KeyStoreUnavailable, _key_store_unavailable)
     # The last one added runs first: every response, a 413 included, gets an id and a log line.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics.http, logger="command_api.access",
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, logger="command_api.access",
                        routes=app.router.routes)
     return app
 

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from service_kit.http import RequestMetrics
-from service_kit.metrics import ServiceMetrics
+from service_kit.http import ApiMetrics
 
 
-class Metrics(ServiceMetrics):
+class Metrics(ApiMetrics):
     def __init__(self) -> None:
-        super().__init__()
-        self.http = RequestMetrics(
-            self.registry, requests="command_api_requests_total",
-            duration="command_api_request_duration_seconds")
+        super().__init__(requests="command_api_requests_total",
+                         duration="command_api_request_duration_seconds")
         self.commands_published = Counter(
             "command_api_commands_published_total", "Commands acknowledged by Kafka.",
             ["kind"], registry=self.registry,

@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from projections import dashboard, erasures, store
 from projections.live import LiveMetrics, LiveStats
-from projections.observability import ApiMetrics
+from projections.observability import query_api_metrics
 from projections.readmodel import Snapshot, course_body, dump, global_body, page_json
 from projections.settings import QueryApiSettings
 from service_kit.http import RequestContextMiddleware
@@ -339,7 +339,7 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
             await live.stop()
             await pool.close()
 
-    metrics = ApiMetrics()
+    metrics = query_api_metrics()
     live = LiveStats(settings.database_url, LiveMetrics(metrics.registry))
     app = FastAPI(title="Course sign-up: query API", lifespan=lifespan)
     app.state.pool = pool
@@ -350,7 +350,7 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
     app.include_router(erasures.router)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics.http,
+    app.add_middleware(RequestContextMiddleware, metrics=metrics,
                        logger="projections.api.access", routes=app.router.routes)
     return app
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from service_kit.http import LATENCY_BUCKETS, RequestMetrics
+from service_kit.http import LATENCY_BUCKETS, ApiMetrics
 from service_kit.metrics import ServiceMetrics
 
 
@@ -37,9 +37,6 @@ class ProjectorMetrics(ServiceMetrics):
                                        buckets=LATENCY_BUCKETS, registry=r)
 
 
-class ApiMetrics(ServiceMetrics):
-    def __init__(self) -> None:
-        super().__init__()
-        self.http = RequestMetrics(
-            self.registry, requests="query_api_requests_total",
-            duration="query_api_request_duration_seconds")
+def query_api_metrics() -> ApiMetrics:
+    return ApiMetrics(requests="query_api_requests_total",
+                      duration="query_api_request_duration_seconds")

@@ -12,10 +12,12 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service_kit.metrics import ServiceMetrics
 
 CORRELATION_HEADER = "X-Correlation-Id"
 _CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -25,18 +27,20 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
                    2.5, 5.0, 10.0)
 
 
-class RequestMetrics:
-    """Requests answered and their duration, by route template.
+class ApiMetrics(ServiceMetrics):
+    """An API's metrics: requests answered and their duration, by route template, and
+    whatever the service adds to `registry`.
 
     The names are spelled out by each service, so that a grep for a metric finds it.
     """
 
-    def __init__(self, registry: CollectorRegistry, requests: str, duration: str) -> None:
+    def __init__(self, requests: str, duration: str) -> None:
+        super().__init__()
         self.requests = Counter(requests, "HTTP requests answered.",
-                                ["route", "method", "status"], registry=registry)
+                                ["route", "method", "status"], registry=self.registry)
         self.duration = Histogram(duration,
                                   "Time from request to response.", ["route", "method"],
-                                  buckets=LATENCY_BUCKETS, registry=registry)
+                                  buckets=LATENCY_BUCKETS, registry=self.registry)
 
 
 class RequestContextMiddleware:
@@ -45,7 +49,7 @@ class RequestContextMiddleware:
     A route may add ids to the line through `request.state.log_ids` (a dict).
     """
 
-    def __init__(self, app: ASGIApp, metrics: RequestMetrics, logger: str,
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, logger: str,
                  routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.metrics = metrics

@@ -11,7 +11,6 @@ import urllib.request
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
@@ -24,8 +23,8 @@ from service_kit.deadletter import Headers, SourceRecord, dead_letter_headers, h
 from service_kit.health import serve_health
 from service_kit.http import (
     CORRELATION_HEADER,
+    ApiMetrics,
     RequestContextMiddleware,
-    RequestMetrics,
     correlation_id_of,
 )
 from service_kit.logs import JsonFormatter
@@ -127,9 +126,7 @@ def test_the_request_middleware_echoes_an_id_and_counts_by_route_template() -> N
     async def item(_request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
-    registry = CollectorRegistry()
-    metrics = RequestMetrics(registry, requests="t_requests_total",
-                             duration="t_request_duration_seconds")
+    metrics = ApiMetrics(requests="t_requests_total", duration="t_request_duration_seconds")
     app = Starlette(routes=[Route("/items/{item_id}", item)])
     app.add_middleware(RequestContextMiddleware, metrics=metrics, logger="t.access",
                        routes=app.router.routes)
@@ -138,7 +135,7 @@ def test_the_request_middleware_echoes_an_id_and_counts_by_route_template() -> N
         made = client.get("/nowhere", headers={CORRELATION_HEADER: "bad id!"})
     assert given.headers[CORRELATION_HEADER] == "c-1"
     assert made.status_code == 404 and made.headers[CORRELATION_HEADER] != "bad id!"
-    text = generate_latest(registry).decode()
+    text = metrics.render().decode()
     assert 't_requests_total{method="GET",route="/items/{item_id}",status="200"} 1.0' in text
     assert 't_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
     assert "secret" not in text
