@@ -8,27 +8,19 @@ stderr as JSON lines.
 
 from __future__ import annotations
 
-import sys
-
 import uvicorn
-from pydantic import ValidationError
 
 from command_api.app import create_app
 from command_api.settings import Settings
 from service_kit.logs import configure_logging
+from service_kit.settings import load_settings
 
 # Graceful shutdown waits this long beyond the produce timeout for in-flight requests.
 _SHUTDOWN_GRACE_SECONDS = 2
 
 
 def main() -> None:
-    try:
-        settings = Settings()  # type: ignore[call-arg]  # the environment fills it in
-    except ValidationError as exc:
-        # Name the bad variables without echoing their values: one of them is a secret.
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                             for e in exc.errors())
-        sys.exit(f"command_api: invalid settings: {problems}")
+    settings = load_settings(Settings, "command_api")
     configure_logging(settings.log_level, "command-api")
     uvicorn.run(
         create_app(settings),

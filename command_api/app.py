@@ -13,11 +13,12 @@ from fastapi.responses import JSONResponse
 
 from command_api import routes
 from command_api.keys import KeyStore, KeyStoreUnavailable, PostgresKeyStore
-from command_api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from command_api.middleware import BodyLimitMiddleware
 from command_api.observability import Metrics
 from command_api.publisher import KafkaPublisher, Publisher, PublishError
 from command_api.settings import Settings
 from schemas import topics
+from service_kit.http import RequestContextMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def create_app(settings: Settings, publisher: Publisher | None = None,
     app.add_exception_handler(KeyStoreUnavailable, _key_store_unavailable)
     # The last one added runs first: every response, a 413 included, gets an id and a log line.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=app.router.routes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, logger="command_api.access",
+                       routes=app.router.routes)
     return app
 
 
@@ -78,29 +80,23 @@ def _field_error(error: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning(
-        "command not acknowledged by kafka",
-        extra={"correlation_id": request.state.correlation_id, "error": str(exc)},
-    )
-    return JSONResponse(
-        # A produce request that timed out may still have been written, so this is "not
-        # confirmed", not "not stored": a retry with the same Idempotency-Key is safe.
-        {"detail": "Kafka did not confirm the command in time; retry with the same "
-                   "Idempotency-Key after Retry-After seconds"},
-        status_code=503,
-        headers={"Retry-After": str(routes.RETRY_AFTER_SECONDS)},
-    )
+    # A produce request that timed out may still have been written, so this is "not
+    # confirmed", not "not stored": a retry with the same Idempotency-Key is safe.
+    return _retry_later(request, exc, "command not acknowledged by kafka",
+                        "Kafka did not confirm the command in time; retry with the same "
+                        "Idempotency-Key after Retry-After seconds")
 
 
 async def _key_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning(
-        "key store unavailable",
-        extra={"correlation_id": request.state.correlation_id, "error": str(exc)},
-    )
     # Nothing reached Kafka: the key (or the erasure record) comes first.
-    return JSONResponse(
-        {"detail": "the key store did not answer in time; nothing was queued; retry "
-                   "after Retry-After seconds"},
-        status_code=503,
-        headers={"Retry-After": str(routes.RETRY_AFTER_SECONDS)},
-    )
+    return _retry_later(request, exc, "key store unavailable",
+                        "the key store did not answer in time; nothing was queued; retry "
+                        "after Retry-After seconds")
+
+
+def _retry_later(request: Request, exc: Exception, event: str, detail: str) -> JSONResponse:
+    """503 with Retry-After, and a warning with the request's correlation id."""
+    log.warning(event, extra={"correlation_id": request.state.correlation_id,
+                              "error": str(exc)})
+    return JSONResponse({"detail": detail}, status_code=503,
+                        headers={"Retry-After": str(routes.RETRY_AFTER_SECONDS)})

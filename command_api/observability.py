@@ -1,25 +1,16 @@
-"""Prometheus metrics and JSON log lines of the command API."""
+"""Prometheus metrics of the command API (its HTTP ones: `service_kit.http`)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import Counter
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+from service_kit.http import ApiMetrics
 
 
-class Metrics:
-    """The app's metrics, in a registry of their own so that each app instance starts at zero."""
-
+class Metrics(ApiMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "command_api_requests_total", "HTTP requests answered.",
-            ["route", "method", "status"], registry=self.registry,
-        )
-        self.request_duration = Histogram(
-            "command_api_request_duration_seconds", "Time from request to response.",
-            ["route", "method"], buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )
+        super().__init__(requests="command_api_requests_total",
+                         duration="command_api_request_duration_seconds")
         self.commands_published = Counter(
             "command_api_commands_published_total", "Commands acknowledged by Kafka.",
             ["kind"], registry=self.registry,
@@ -29,6 +20,3 @@ class Metrics:
             "Commands Kafka did not acknowledge in time (answered 503).",
             registry=self.registry,
         )
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

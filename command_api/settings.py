@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _upper(value: object) -> object:
-    return value.upper() if isinstance(value, str) else value
+from service_kit.settings import LogLevel
 
 
 class Settings(BaseSettings):
@@ -38,6 +34,4 @@ class Settings(BaseSettings):
     def secret(self) -> bytes:
         return self.pseudonym_secret.get_secret_value().encode()
 
-    log_level: Annotated[
-        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
-    ] = "INFO"
+    log_level: LogLevel = "INFO"

@@ -18,12 +18,12 @@ from faust.types import Message
 from course_processor.app import Processor
 from course_processor.commands import Unprocessable, read_command
 from course_processor.continuity import Continuity
-from course_processor.deadletter import dlq_headers
 from course_processor.decider import Decider, utc_now
 from course_processor.failstop import fail_stop
 from course_processor.tables import StagedStore
 from course_processor.wire import event_headers, outcome
 from schemas.codec import encode
+from service_kit.deadletter import SourceRecord, dead_letter_headers, header_pairs
 
 log = logging.getLogger("course_processor")
 
@@ -101,8 +101,10 @@ class CommandHandler:
                                    "reason": reason or None})
 
     async def dead_letter(self, message: Message, exc: Unprocessable) -> None:
-        headers = dlq_headers(str(exc), message.topic, message.partition, message.offset,
-                              utc_now())
+        source = SourceRecord(message.topic, message.partition, message.offset,
+                              message.key, message.value, header_pairs(message.headers))
+        # The reason keeps its detail, as operators grep it; dlq.error repeats the detail.
+        headers = dead_letter_headers(source, str(exc), utc_now(), error=exc.detail)
         await self.p.dead_letters.send(key=message.key, value=message.value, headers=headers)
         self.metrics.commands.labels("unprocessable").inc()
         self.metrics.dlq.labels(exc.reason).inc()

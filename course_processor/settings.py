@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas import topics
+from service_kit.settings import LogLevel, describe
 
 
 class SettingsError(ValueError):
     """The environment does not describe a runnable processor."""
-
-
-def _upper(value: object) -> object:
-    return value.upper() if isinstance(value, str) else value
 
 
 def _env(name: str, *more: str) -> AliasChoices:
@@ -41,9 +37,7 @@ class Settings(BaseSettings):
     # One RocksDB per owned partition lives here (state.py); it survives restarts.
     data_dir: Path = Field(default=Path(".run/processor"),
                            validation_alias=_env("PROCESSOR_DATA_DIR"))
-    log_level: Annotated[
-        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
-    ] = Field(default="INFO", validation_alias=_env("LOG_LEVEL"))
+    log_level: LogLevel = Field(default="INFO", validation_alias=_env("LOG_LEVEL"))
     app_id: str = Field(default="course-processor", min_length=1,
                         validation_alias=_env("PROCESSOR_APP_ID"))
     # Static group membership (KIP-345): a worker restarted under the same id takes its
@@ -115,15 +109,4 @@ class Settings(BaseSettings):
         try:
             return cls(**given)  # type: ignore[arg-type]
         except ValidationError as exc:
-            raise SettingsError(_describe(exc)) from None
-
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        info = Settings.model_fields.get(field)
-        choices = getattr(info.validation_alias, "choices", ()) if info else ()
-        name = str(choices[0]) if choices else field.upper()
-        problems.append(f"{name}: {error['msg']}")
-    return "; ".join(problems)
+            raise SettingsError(describe(exc, cls)) from None

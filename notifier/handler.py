@@ -12,13 +12,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Literal
+from email.message import EmailMessage
+from typing import Literal, Protocol
 
-from notifier.deadletter import DeadLetters, Record, dead_letter_headers
-from notifier.mailer import Failure, Mailer, MailError
+from notifier.mailer import Failure, MailError
 from notifier.messages import CourseInfo, render
 from notifier.observability import Metrics
-from notifier.store import Store
 from schemas.codec import DecodeError, Message, decode
 from schemas.messages import (
     CourseCreated,
@@ -28,15 +27,38 @@ from schemas.messages import (
     StudentSignedUp,
 )
 from schemas.personal import SealError, unseal
+from service_kit.deadletter import Headers, SourceRecord, dead_letter_headers
 
 log = logging.getLogger("notifier")
 
 KIND = {StudentSignedUp: "accepted", SignUpRejected: "rejected"}
 
 
+class Store(Protocol):
+    """The record of handled decisions and the courses learned (`notifier.store`)."""
+
+    def data_key(self, key_id: str) -> bytes | None: ...
+    def already_handled(self, event_id: str) -> bool: ...
+    def record_handled(self, event_id: str, signup_id: str) -> None: ...
+    def save_course(self, course_id: str, course: CourseInfo) -> None: ...
+    def course(self, course_id: str) -> CourseInfo | None: ...
+
+
+class Mailer(Protocol):
+    """Sends one e-mail or raises MailError (`notifier.mailer`)."""
+
+    def send(self, msg: EmailMessage, recipient: str) -> None: ...
+
+
+class DeadLetters(Protocol):
+    """Returns once the broker has the letter, or raises DeadLetterError."""
+
+    def send(self, record: SourceRecord, headers: Headers) -> None: ...
+
+
 @dataclass
 class Job:
-    record: Record
+    record: SourceRecord
     message: Message | None
     decode_error: str = ""
     attempts: int = 0  # failures of this message itself; server outages do not count
@@ -45,9 +67,9 @@ class Job:
     delivered_as: Literal["sent", "dead_lettered"] | None = None
 
     @classmethod
-    def of(cls, record: Record) -> Job:
+    def of(cls, record: SourceRecord) -> Job:
         try:
-            return cls(record, decode(record.value))
+            return cls(record, decode(record.value or b""))
         except DecodeError as exc:
             return cls(record, None, str(exc))
 
@@ -85,18 +107,20 @@ class Failed:
 Outcome = Done | Failed
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
 class Handler:
     """One step per call; raises psycopg errors and DeadLetterError when those are down."""
 
-    def __init__(self, store: Store, mailer: Mailer, dead_letters: DeadLetters,
-                 metrics: Metrics, sender: str,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self.store = store
-        self.mailer = mailer
-        self.dead_letters = dead_letters
-        self.metrics = metrics
-        self.sender = sender
-        self.now = now
+    store: Store
+    mailer: Mailer
+    dead_letters: DeadLetters
+    metrics: Metrics
+    sender: str  # the From: of every e-mail
+    now: Callable[[], datetime] = utc_now
 
     def advance(self, job: Job) -> Outcome:
         if job.delivered_as is not None:
@@ -116,7 +140,9 @@ class Handler:
         return self.dead_letter(job, "unexpected_message", type(msg).__name__)
 
     def dead_letter(self, job: Job, reason: str, detail: str = "") -> Done:
-        headers = dead_letter_headers(job.record, reason, self.now(), detail, job.attempts)
+        # A record refused at once (undecodable, say) failed once, though never retried.
+        headers = dead_letter_headers(job.record, reason, self.now(), detail,
+                                      max(job.attempts, 1))
         self.dead_letters.send(job.record, headers)
         job.delivered_as = "dead_lettered"
         self.metrics.dead_lettered.labels(reason).inc()

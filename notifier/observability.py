@@ -1,29 +1,22 @@
-"""Prometheus metrics and the small HTTP server for /healthz, /readyz and /metrics."""
+"""The notifier's Prometheus metrics and what its /healthz and /readyz answer."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import Counter, Gauge
+
+from service_kit.metrics import ServiceMetrics
 
 # The main loop beats at least every poll timeout; this much silence means it is stuck.
 STUCK_AFTER_SECONDS = 120.0
 
 
-class Metrics:
-    """The notifier's metrics, in a registry of their own so each instance starts at zero."""
+class Metrics(ServiceMetrics):
+    """The notifier's metrics, and its heartbeat and readiness (for /healthz and /readyz)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.sent = Counter(
             "notifier_emails_sent_total", "E-mails the SMTP server accepted.",
             ["kind"], registry=self.registry,
@@ -70,42 +63,3 @@ class Metrics:
         if not self.alive():
             return False, "stuck"
         return self.unready is None, self.unready or ""
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-def serve_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
-    """Answer GET /healthz, /readyz and /metrics from a daemon thread."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server hook name
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._answer(200, CONTENT_TYPE_LATEST, metrics.render())
-            elif path == "/healthz":
-                ok = metrics.alive()
-                body = json.dumps({"status": "ok" if ok else "stuck"}).encode()
-                self._answer(200 if ok else 503, "application/json", body)
-            elif path == "/readyz":
-                ready, why = metrics.readiness()
-                body = json.dumps({"status": "ready"} if ready
-                                  else {"status": "unavailable", "reason": why}).encode()
-                self._answer(200 if ready else 503, "application/json", body)
-            else:
-                self._answer(404, "application/json", b'{"detail":"Not Found"}')
-
-        def _answer(self, status: int, content_type: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass  # probes every few seconds would drown the log
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    return server

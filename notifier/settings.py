@@ -7,13 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
-
-
-def _upper(value: object) -> object:
-    return value.upper() if isinstance(value, str) else value
+from service_kit.settings import LogLevel, lower
 
 
 class Settings(BaseSettings):
@@ -26,7 +20,7 @@ class Settings(BaseSettings):
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=1, le=65535)
-    smtp_security: Annotated[Literal["none", "starttls", "tls"], BeforeValidator(_lower)] = "none"
+    smtp_security: Annotated[Literal["none", "starttls", "tls"], BeforeValidator(lower)] = "none"
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
@@ -56,6 +50,4 @@ class Settings(BaseSettings):
     # Messages waiting for a retry at most; at the limit the consumer pauses.
     notifier_max_parked: int = Field(default=1000, ge=1)
 
-    log_level: Annotated[
-        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
-    ] = "INFO"
+    log_level: LogLevel = "INFO"

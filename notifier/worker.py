@@ -23,14 +23,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from notifier.deadletter import DeadLetterError, Headers, Record
 from notifier.handler import Done, Failed, Handler, Job
 from notifier.mailer import Failure
 from notifier.observability import Metrics
@@ -38,6 +37,7 @@ from notifier.offsets import PartitionProgress
 from notifier.retry import Backoff, Gate, RetryQueue
 from notifier.settings import Settings
 from schemas import topics
+from service_kit.deadletter import DeadLetterError, SourceRecord, header_pairs
 
 log = logging.getLogger("notifier")
 
@@ -87,17 +87,13 @@ def consumer_config(s: Settings) -> dict[str, object]:
     return config
 
 
-def _headers(msg: KafkaMessage) -> Headers:
-    raw = msg.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    return [(k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs]
-
-
 class Worker:
     def __init__(self, consumer: Consumer, handler: Handler, metrics: Metrics, policy: Policy,
                  clock: Callable[[], float] = time.monotonic,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 closers: Sequence[Callable[[], None]] = ()) -> None:
         self.consumer = consumer
+        self.closers = closers  # of the adapters the worker owns, called once it stopped
         self.handler = handler
         self.metrics = metrics
         self.policy = policy
@@ -122,7 +118,11 @@ class Worker:
             while not stop.is_set():
                 self.step()
         finally:
-            self.commit(asynchronous=False)
+            try:
+                self.commit(asynchronous=False)
+            finally:
+                for close in self.closers:
+                    close()
 
     def step(self) -> None:
         self.metrics.beat()
@@ -168,10 +168,10 @@ class Worker:
         if msg.error() is not None:
             log.warning("consumer error", extra={"error": str(msg.error())})
             return
-        record = Record(
+        record = SourceRecord(
             topic=msg.topic() or topics.EVENTS, partition=msg.partition() or 0,
             offset=msg.offset() or 0, key=msg.key(), value=msg.value() or b"",
-            headers=_headers(msg),
+            headers=header_pairs(msg.headers()),
         )
         self.progress.setdefault((record.topic, record.partition),
                                  PartitionProgress()).take(record.offset)

@@ -18,7 +18,6 @@ aggregates and counts per birth date, with `projections.stats`.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
@@ -31,14 +30,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from projections import dashboard, erasures, store
 from projections.live import LiveMetrics, LiveStats
-from projections.observability import ApiMetrics, RequestContextMiddleware
+from projections.observability import query_api_metrics
 from projections.readmodel import Snapshot, course_body, dump, global_body, page_json
 from projections.settings import QueryApiSettings
+from service_kit.http import RequestContextMiddleware
 from service_kit.logs import configure_logging
+from service_kit.settings import load_settings
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _COURSE_ID = re.compile(r"[a-z0-9-]{1,64}")
@@ -338,7 +339,7 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
             await live.stop()
             await pool.close()
 
-    metrics = ApiMetrics()
+    metrics = query_api_metrics()
     live = LiveStats(settings.database_url, LiveMetrics(metrics.registry))
     app = FastAPI(title="Course sign-up: query API", lifespan=lifespan)
     app.state.pool = pool
@@ -349,21 +350,13 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
     app.include_router(erasures.router)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics,
+                       logger="projections.api.access", routes=app.router.routes)
     return app
 
 
-def load_settings() -> QueryApiSettings:
-    try:
-        return QueryApiSettings()  # type: ignore[call-arg]  # the environment fills it in
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                             for e in exc.errors())
-        sys.exit(f"query api: invalid settings: {problems}")
-
-
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(QueryApiSettings, "query api")
     configure_logging(settings.log_level, "query-api")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.query_api_port,
                 log_config=None, access_log=False, server_header=False)

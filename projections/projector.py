@@ -29,15 +29,12 @@ How it stays exact:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 
 import psycopg
@@ -46,18 +43,19 @@ from confluent_kafka import (
     Consumer,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
-from pydantic import ValidationError
 
-import migrations
 from projections import deadletter, store
 from projections.batch import Record, build
 from projections.observability import ProjectorMetrics
 from projections.settings import ProjectorSettings
 from schemas import topics
+from service_kit.deadletter import DeadLetterError, DeadLetterProducer
+from service_kit.health import serve_health
 from service_kit.logs import configure_logging
+from service_kit.postgres import migrate_when_up
+from service_kit.settings import load_settings
 
 log = logging.getLogger("projections.projector")
 
@@ -88,12 +86,12 @@ class Projector:
         settings: ProjectorSettings,
         metrics: ProjectorMetrics,
         consumer: Consumer,
-        producer: Producer,
+        dead_letters: DeadLetterProducer,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.consumer = consumer
-        self.producer = producer
+        self.dead_letters = dead_letters
         self.target = store.live(settings.projection)
         self.conn: psycopg.Connection | None = None
         # Per assigned partition, the position stored in PostgreSQL (None: none yet).
@@ -105,15 +103,12 @@ class Projector:
         self.newest_event_at: datetime | None = None
         self.joined = False  # given partitions (or none) by the group at least once
         self.database_down = False
-        self._stopping = threading.Event()
+        self.halt = threading.Event()
 
     # -------------------------------------------------------------- lifecycle
 
     def stop(self) -> None:
-        self._stopping.set()
-
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
+        self.halt.set()
 
     def healthy(self) -> bool:
         return time.monotonic() - self.heartbeat < _STALL_SECONDS
@@ -132,7 +127,7 @@ class Projector:
         self.consumer.subscribe([topics.EVENTS], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         try:
-            while not self._stopping.is_set():
+            while not self.halt.is_set():
                 self.heartbeat = time.monotonic()
                 if self.resync_needed:
                     self._resync()
@@ -149,7 +144,7 @@ class Projector:
             # A static member does not leave the group on close: a restart within the
             # session timeout gets the same partitions back without a rebalance.
             self.consumer.close()
-            self.producer.flush(10)
+            self.dead_letters.close()
             if self.conn is not None:
                 self.conn.close()
 
@@ -177,7 +172,7 @@ class Projector:
         batch = build(records)
         expected = {p: self.positions.get(p) for p in batch.next_offsets}
         try:
-            deadletter.publish(self.producer, batch.failures)
+            deadletter.publish(self.dead_letters, batch.failures)
             self.metrics.dlq.inc(len(batch.failures))
             conn = self._connection()
             started = time.perf_counter()
@@ -204,7 +199,7 @@ class Projector:
             self.resync_needed = True
             self._pause(delay)  # whatever failed, do not hammer the database with it
             return
-        except (deadletter.DeadLetterError, KafkaException) as exc:
+        except (DeadLetterError, KafkaException) as exc:
             log.warning("batch not committed: dead-letter topic failed",
                         extra={"error": repr(exc)})
             self.metrics.resyncs.labels("dead_letter").inc()
@@ -286,7 +281,7 @@ class Projector:
             except psycopg.OperationalError as exc:
                 self.database_down = True
                 self._drop_connection()
-                if self._stopping.is_set():
+                if self.halt.is_set():
                     raise SystemExit(0) from exc
                 log.warning("PostgreSQL unavailable; retrying", extra={
                     "error": str(exc).strip()[:200], "retry_in_s": round(delay, 2)})
@@ -306,7 +301,7 @@ class Projector:
         self.conn = None
 
     def _pause(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
+        self.halt.wait(seconds)
 
     # -------------------------------------------------------------- lag
 
@@ -332,84 +327,32 @@ class Projector:
             if behind and self.newest_event_at is not None else 0.0)
 
 
-# ------------------------------------------------------------------ HTTP: /healthz, /metrics
-
-
-def serve_http(host: str, port: int, healthy: Callable[[], bool],
-               ready: Callable[[], tuple[bool, str]],
-               metrics: ProjectorMetrics) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path == "/healthz":
-                ok = healthy()
-                self._send(200 if ok else 503, b'{"status":"ok"}' if ok
-                           else b'{"status":"stalled"}', "application/json")
-            elif self.path == "/readyz":
-                is_ready, why = ready()
-                body = {"status": "ready"} if is_ready else {"status": "unavailable",
-                                                             "reason": why}
-                self._send(200 if is_ready else 503, json.dumps(body).encode(),
-                           "application/json")
-            elif self.path == "/metrics":
-                self._send(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
-            else:
-                self._send(404, b'{"detail":"Not Found"}', "application/json")
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass  # health probes every few seconds would drown the log
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    return server
-
-
 # ------------------------------------------------------------------ entry point
 
 
-def load_settings() -> ProjectorSettings:
-    try:
-        return ProjectorSettings()  # type: ignore[call-arg]  # the environment fills it in
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                             for e in exc.errors())
-        sys.exit(f"projector: invalid settings: {problems}")
+def bootstrap(settings: ProjectorSettings, *, metrics: ProjectorMetrics | None = None,
+              consumer: Consumer | None = None,
+              dead_letters: DeadLetterProducer | None = None) -> Projector:
+    """The projector, with a Kafka consumer and dead-letter producer unless given."""
+    kafka_log = logging.getLogger("projections.projector.kafka")
+    return Projector(
+        settings, metrics or ProjectorMetrics(),
+        consumer or Consumer(consumer_config(settings), logger=kafka_log),
+        dead_letters or deadletter.producer(settings.kafka_bootstrap_servers, kafka_log),
+    )
 
 
-def migrate(settings: ProjectorSettings, stopping: Callable[[], bool]) -> None:
-    """Apply the migrations, waiting with backoff until PostgreSQL answers."""
-    delay = 0.5
-    while True:
-        try:
-            migrations.apply(settings.database_url)
-            with psycopg.connect(settings.database_url, autocommit=True) as conn:
-                store.ensure_generation(conn, settings.projection)
-            return
-        except psycopg.OperationalError as exc:
-            if stopping():
-                raise SystemExit(0) from exc
-            log.warning("PostgreSQL unavailable at start; retrying",
-                        extra={"error": str(exc).strip()[:200], "retry_in_s": delay})
-            time.sleep(delay)
-            delay = min(delay * 2, settings.projector_max_backoff_seconds)
+def _ensure_generation(projection: str) -> Callable[[str], None]:
+    def prepare(conninfo: str) -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            store.ensure_generation(conn, projection)
+    return prepare
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(ProjectorSettings, "projector")
     configure_logging(settings.log_level, "projector")
-    metrics = ProjectorMetrics()
-    kafka_log = logging.getLogger("projections.projector.kafka")
-    projector = Projector(
-        settings, metrics,
-        Consumer(consumer_config(settings), logger=kafka_log),
-        Producer(deadletter.producer_config(settings.kafka_bootstrap_servers), logger=kafka_log),
-    )
+    projector = bootstrap(settings)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})
@@ -417,13 +360,15 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = serve_http(settings.host, settings.projector_port, projector.healthy,
-                        projector.readiness, metrics)
-    migrate(settings, projector.stopping)
-    log.info("projector started", extra={"port": settings.projector_port,
-                                         "projection": settings.projection})
+    server = serve_health(settings.host, settings.projector_port, alive=projector.healthy,
+                          ready=projector.readiness, metrics=projector.metrics.render)
     try:
-        projector.run()
+        if migrate_when_up(settings.database_url, projector.halt,
+                           cap=settings.projector_max_backoff_seconds,
+                           prepare=_ensure_generation(settings.projection)):
+            log.info("projector started", extra={"port": settings.projector_port,
+                                                 "projection": settings.projection})
+            projector.run()
     finally:
         server.shutdown()
 

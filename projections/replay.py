@@ -55,7 +55,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import psycopg
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from psycopg import sql
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -65,7 +65,9 @@ from projections import deadletter, store
 from projections.batch import Batch, Failure, Record, build
 from projections.settings import ReplaySettings
 from schemas import topics
+from service_kit.deadletter import DeadLetterProducer
 from service_kit.logs import configure_logging
+from service_kit.settings import describe
 
 log = logging.getLogger("projections.replay")
 
@@ -141,7 +143,7 @@ class Replay:
         with self.conn.transaction():
             store.fill_global_birth_dates(self.conn, self.target)
 
-    def swap(self, producer: Producer | None) -> int:
+    def swap(self, producer: DeadLetterProducer | None) -> int:
         for attempt in range(1, _SWAP_ATTEMPTS + 1):
             before = (dict(self.stored), len(self.failures), self.read)
             try:
@@ -304,7 +306,7 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True) 
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
     }, logger=logging.getLogger("projections.replay.kafka"))
-    producer = Producer(deadletter.producer_config(settings.kafka_bootstrap_servers))
+    producer = deadletter.producer(settings.kafka_bootstrap_servers)
     bar = tqdm(unit="ev", unit_scale=True, desc="replay", disable=not progress,
                dynamic_ncols=True, smoothing=0.05)
     try:
@@ -328,7 +330,7 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True) 
     finally:
         bar.close()
         consumer.close()
-        producer.flush(10)
+        producer.close()
 
 
 def _local_stack_defaults() -> dict[str, str]:
@@ -354,9 +356,7 @@ def main() -> None:
     try:
         settings = ReplaySettings(**_local_stack_defaults())  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                             for e in exc.errors())
-        sys.exit(f"replay: invalid settings: {problems}")
+        sys.exit(f"replay: invalid settings: {describe(exc, ReplaySettings)}")
     configure_logging(settings.log_level, "replay")
     try:
         result = rebuild(settings, swap=not args.no_swap, progress=not args.quiet)

@@ -6,19 +6,10 @@ nothing is read at import time. Field names are the environment variables, upper
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _upper(value: object) -> object:
-    return value.upper() if isinstance(value, str) else value
-
-
-LogLevel = Annotated[
-    Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
-]
+from service_kit.settings import LogLevel
 
 
 class _Common(BaseSettings):

@@ -1,4 +1,9 @@
-"""What every service of this project needs the same way (today: its JSON log lines).
+"""What every service of this project needs the same way, written once.
+
+`logs` (one JSON line format), `deadletter` (one header format, one acknowledged
+producer), `http` (correlation ids, request metrics and access lines of the APIs),
+`health` (the workers' /healthz, /readyz and /metrics), `metrics`, `postgres` (the
+migrations at start-up, waiting for the database) and `settings`.
 
 Services never import each other; they import this package, as they import `schemas`.
 """

@@ -10,14 +10,15 @@ from email.message import EmailMessage
 import psycopg
 import pytest
 
-from notifier.deadletter import Headers, Record
+from notifier.bootstrap import bootstrap
 from notifier.handler import Done, Failed, Handler, Job
 from notifier.mailer import MailError, classify
 from notifier.messages import CourseInfo
-from notifier.observability import Metrics
+from notifier.settings import Settings
 from schemas import codec
 from schemas.messages import CourseCreated, SignUpRejected, StudentSignedUp
 from schemas.personal import new_data_key, seal
+from service_kit.deadletter import Headers, SourceRecord
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -60,9 +61,9 @@ class FakeMailer:
 
 class FakeDeadLetters:
     def __init__(self) -> None:
-        self.letters: list[tuple[Record, Headers]] = []
+        self.letters: list[tuple[SourceRecord, Headers]] = []
 
-    def send(self, record: Record, headers: Headers) -> None:
+    def send(self, record: SourceRecord, headers: Headers) -> None:
         self.letters.append((record, headers))
 
 
@@ -84,8 +85,12 @@ def rejected(n: int = 1) -> SignUpRejected:
 
 def job(message: object, offset: int = 7, value: bytes | None = None) -> Job:
     data = value if value is not None else codec.encode(message)
-    return Job.of(Record("course-events", 2, offset, b"intro-python", data,
+    return Job.of(SourceRecord("course-events", 2, offset, b"intro-python", data,
                          [("correlation_id", b"corr-h")]))
+
+
+class NoConsumer:
+    """The handler never reads Kafka: the worker around it does."""
 
 
 Parts = tuple[Handler, FakeStore, FakeMailer, FakeDeadLetters]
@@ -94,9 +99,13 @@ Parts = tuple[Handler, FakeStore, FakeMailer, FakeDeadLetters]
 @pytest.fixture
 def parts() -> Parts:
     store, mailer, letters = FakeStore(), FakeMailer(), FakeDeadLetters()
-    handler = Handler(store, mailer, letters, Metrics(), "Courses <no-reply@example.org>",
-                      now=lambda: NOW)
-    return handler, store, mailer, letters
+    settings = Settings(kafka_bootstrap_servers="unused:9092", database_url="unused",  # type: ignore[call-arg]
+                        mail_from="Courses <no-reply@example.org>")
+    # The service's own composition root, with fakes for every adapter.
+    worker = bootstrap(settings, store=store, mailer=mailer, dead_letters=letters,
+                       consumer=NoConsumer(), now=lambda: NOW)  # type: ignore[arg-type]
+    assert isinstance(worker.handler, Handler) and worker.closers == []
+    return worker.handler, store, mailer, letters
 
 
 def test_a_course_is_learned_and_named_in_the_subject(parts: Parts) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
 from course_processor.commands import Unprocessable, read_command
 from course_processor.continuity import Continuity
-from course_processor.deadletter import dlq_headers
 from course_processor.domain import Course
 from course_processor.values import Outcome, course_from_value, course_to_value, outcome_of
 from course_processor.wire import event_headers, outcome
@@ -103,23 +102,6 @@ def test_event_headers_name_the_event_and_its_request() -> None:
                        "event_id": event.event_id.encode(), "processor_id": b"host:42",
                        "generation": b"7"}
     assert b"a@b.c" not in b"".join(headers.values())
-
-
-def test_dlq_headers_say_why_where_from_and_when_in_utc() -> None:
-    at = datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=1)))
-    headers = dict(dlq_headers("undecodable: too short", "course-commands", 3, 1234, at))
-    assert headers == {
-        "dlq.reason": b"undecodable: too short",
-        "dlq.source.topic": b"course-commands",
-        "dlq.source.partition": b"3",
-        "dlq.source.offset": b"1234",
-        "dlq.failed_at": b"2026-03-01T12:00:00+00:00",
-    }
-
-
-def test_dlq_headers_refuse_a_naive_time() -> None:
-    with pytest.raises(ValueError):
-        dlq_headers("x", "t", 0, 0, datetime(2026, 3, 1))
 
 
 # ------------------------------------------------------------ outcome and table values
