@@ -17,7 +17,9 @@ from pydantic import (
     StringConstraints,
 )
 
-COURSE_ID_PATTERN = r"^[a-z0-9-]{1,64}$"
+from schemas.ages import completed_years
+from schemas.messages import COURSE_ID_PATTERN
+
 TEXT_MAX_LENGTH = 200
 MIN_AGE_YEARS = 10
 MAX_AGE_YEARS = 130
@@ -52,16 +54,11 @@ def _iso_date_text(value: object) -> object:
     raise ValueError("must be a date written YYYY-MM-DD")
 
 
-def age_on(born: date, day: date) -> int:
-    """Completed years between `born` and `day`."""
-    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
-
-
 def _plausible_birth_date(value: date) -> date:
     today = datetime.now(UTC).date()
     if value > today:
         raise ValueError("must not be in the future")
-    age = age_on(value, today)
+    age = completed_years(value, today)
     if age > MAX_AGE_YEARS:
         raise ValueError(f"must be at most {MAX_AGE_YEARS} years ago")
     if age < MIN_AGE_YEARS:

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from notifier.deadletter import DeadLetters, Record, dead_letter_headers
+from notifier.emails import CourseInfo, render
 from notifier.mailer import Failure, Mailer, MailError
-from notifier.messages import CourseInfo, render
 from notifier.observability import Metrics
 from notifier.store import Store
 from schemas.codec import DecodeError, Message, decode

@@ -38,10 +38,11 @@ from projections.live import LiveMetrics, LiveStats
 from projections.observability import ApiMetrics, RequestContextMiddleware
 from projections.readmodel import Snapshot, course_body, dump, global_body, page_json
 from projections.settings import QueryApiSettings
+from schemas.messages import COURSE_ID_PATTERN, RejectionReason
 from service_kit.logs import configure_logging
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_COURSE_ID = re.compile(r"[a-z0-9-]{1,64}")
+_COURSE_ID = re.compile(COURSE_ID_PATTERN)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 RETRY_AFTER_SECONDS = "2"
@@ -55,7 +56,7 @@ class SignupOut(BaseModel):
     signup_id: str
     course_id: str
     status: Literal["accepted", "rejected"]
-    reason: str | None
+    reason: RejectionReason | None
 
 
 class CourseStatsOut(BaseModel):
@@ -143,7 +144,7 @@ def _as_of(as_of: str | None) -> date:
 def _after(after: str | None) -> str | None:
     if after is not None and not _COURSE_ID.fullmatch(after):
         raise _invalid("after", after, "string_pattern_mismatch",
-                       "after must be a course id ([a-z0-9-]{1,64})")
+                       f"after must be a course id ({COURSE_ID_PATTERN})")
     return after
 
 

@@ -10,14 +10,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from projections.batch import Record, birth_counts, build
-from projections.stats import (
-    AgeAggregate,
-    age_histogram,
-    age_stats,
-    birth_dates,
-    completed_years,
-)
+from projections.stats import AgeAggregate, age_histogram, age_stats, birth_dates
 from schemas import codec
+from schemas.ages import completed_years
 from schemas.messages import Event, SignUpRejected, StudentSignedUp
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

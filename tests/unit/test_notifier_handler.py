@@ -11,9 +11,9 @@ import psycopg
 import pytest
 
 from notifier.deadletter import Headers, Record
+from notifier.emails import CourseInfo
 from notifier.handler import Done, Failed, Handler, Job
 from notifier.mailer import MailError, classify
-from notifier.messages import CourseInfo
 from notifier.observability import Metrics
 from schemas import codec
 from schemas.messages import CourseCreated, SignUpRejected, StudentSignedUp

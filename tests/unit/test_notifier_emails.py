@@ -5,8 +5,14 @@ from email.message import EmailMessage
 
 import pytest
 
-from notifier.messages import CourseInfo, message_id, render
-from schemas.messages import Decision, SignUpRejected, StudentSignedUp, event_id_for
+from notifier.emails import REASONS, CourseInfo, message_id, render
+from schemas.messages import (
+    REJECTION_REASONS,
+    Decision,
+    SignUpRejected,
+    StudentSignedUp,
+    event_id_for,
+)
 
 NOW = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
 COURSE = CourseInfo(title="Intro to Python", lecturer="Ada Lovelace")
@@ -93,6 +99,14 @@ def test_a_rejection_gives_the_reason_in_plain_words(reason: str, words: str) ->
     assert msg["Subject"] == "Sign-up not accepted: Intro to Python"
     assert words in text and words in page
     assert "Ada Lovelace" in text
+
+
+def test_every_rejection_reason_has_wording_of_its_own() -> None:
+    assert set(REASONS) == set(REJECTION_REASONS)
+    assert len(set(REASONS.values())) == len(REASONS)
+    for reason in REJECTION_REASONS:
+        text, _ = bodies(round_trip(render(rejected(reason), COURSE, SENDER)))
+        assert REASONS[reason] in text and reason not in text
 
 
 def test_an_unknown_course_is_named_by_its_id_without_a_lecturer() -> None:
