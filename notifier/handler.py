@@ -16,7 +16,7 @@ from typing import Literal
 
 from notifier.deadletter import DeadLetters, Record, dead_letter_headers
 from notifier.emails import CourseInfo, render
-from notifier.mailer import Failure, Mailer, MailError
+from notifier.mailer import Mailer, MailError, SendFailure
 from notifier.observability import Metrics
 from notifier.store import Store
 from schemas.codec import DecodeError, Message, decode
@@ -79,7 +79,7 @@ class Done:
 
 @dataclass(frozen=True)
 class Failed:
-    failure: Failure
+    failure: SendFailure
 
 
 Outcome = Done | Failed

@@ -270,7 +270,7 @@ async def get_dashboard(
                  {int(a): n for a, n in course_body(chosen.view, day)["age_histogram"].items()})
     page = dashboard.Page(view, global_body(snapshot.overall, day), rows, next_after, chosen,
                           histogram)
-    return HTMLResponse(dashboard.render(page))
+    return HTMLResponse(dashboard.render_page(page))
 
 
 def _json(body: BaseModel) -> Response:

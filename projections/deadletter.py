@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from projections.batch import Failure
+from projections.batch import UnreadableRecord
 from schemas import topics
 
 log = logging.getLogger("projections.deadletter")
@@ -23,7 +23,7 @@ def producer_config(bootstrap_servers: str) -> dict[str, object]:
             "enable.idempotence": True, "linger.ms": 5}
 
 
-def publish(producer: Producer, failures: Sequence[Failure], timeout: float = 30) -> None:
+def publish(producer: Producer, failures: Sequence[UnreadableRecord], timeout: float = 30) -> None:
     """Send each failed record as it was, with dlq.* headers; returns once Kafka has them all."""
     if not failures:
         return

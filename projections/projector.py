@@ -53,7 +53,7 @@ from pydantic import ValidationError
 
 import migrations
 from projections import deadletter, store
-from projections.batch import Record, build
+from projections.batch import EventRecord, build
 from projections.observability import ProjectorMetrics
 from projections.settings import ProjectorSettings
 from schemas import topics
@@ -155,7 +155,7 @@ class Projector:
 
     # -------------------------------------------------------------- one batch
 
-    def _records(self, messages: Sequence[Message]) -> list[Record]:
+    def _records(self, messages: Sequence[Message]) -> list[EventRecord]:
         records = []
         for msg in messages:
             err = msg.error()
@@ -170,10 +170,10 @@ class Projector:
             stored = self.positions[partition]
             if stored is not None and offset < stored:
                 continue  # already in PostgreSQL
-            records.append(Record(partition, offset, msg.key(), msg.value()))
+            records.append(EventRecord(partition, offset, msg.key(), msg.value()))
         return records
 
-    def _project(self, records: list[Record]) -> None:
+    def _project(self, records: list[EventRecord]) -> None:
         batch = build(records)
         expected = {p: self.positions.get(p) for p in batch.next_offsets}
         try:
