@@ -104,6 +104,7 @@ def _error(status: int, description: str, model: type[BaseModel] = Problem) -> R
 
 
 _BAD_INPUT = {
+    **_error(400, "The body is not readable as JSON text (e.g. not UTF-8)."),
     **_error(413, "Body larger than MAX_BODY_BYTES.", FieldErrors),
     **_error(422, "Invalid input; each offending field is named.", FieldErrors),
 }
