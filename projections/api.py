@@ -26,12 +26,12 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
 import uvicorn
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from projections import dashboard, erasures, store
 from projections.live import LiveMetrics, LiveStats
@@ -86,6 +86,19 @@ class CoursesPageOut(BaseModel):
     courses: list[CourseStatsOut]
     next: str | None  # pass as `after` for the next page; null on the last page
     as_of: date
+
+
+class QueryErrorOut(BaseModel):
+    type: str
+    loc: list[str | int] = Field(description='Where, e.g. ["query", "as_of"].')
+    msg: str
+    input: str | None = None
+
+
+class InvalidQueryOut(BaseModel):
+    """422 answers to a query parameter out of its declared range or format."""
+
+    detail: list[QueryErrorOut]
 
 
 # ------------------------------------------------------------------ database and as_of
@@ -168,6 +181,10 @@ def _documented(*names: str) -> dict[str, Any]:
     return {"parameters": [_PARAMETERS[name] for name in names]}
 
 
+_INVALID_QUERY: dict[int | str, dict[str, Any]] = {
+    422: {"description": "An invalid query parameter, named in `loc`", "model": InvalidQueryOut}}
+
+
 _PARAMETERS: dict[str, dict[str, Any]] = {
     "as_of": {"name": "as_of", "in": "query", "required": False,
               "description": "YYYY-MM-DD; default today (UTC)",
@@ -181,6 +198,8 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
                          "default": DEFAULT_LIMIT}},
 }
 AsOf = Annotated[str | None, Query(description="YYYY-MM-DD; default today (UTC)")]
+# Declared, not checked: an id of another shape names no course, which is a 404 as ever.
+CourseIdPath = Annotated[str, Path(json_schema_extra={"pattern": COURSE_ID_PATTERN})]
 
 router = APIRouter()
 
@@ -200,9 +219,9 @@ async def get_signup(signup_id: str, request: Request) -> Response:
 
 
 @router.get("/courses/{course_id}/stats", response_model=CourseStatsOut,
-            responses={404: {"description": "Unknown course"}},
+            responses={404: {"description": "Unknown course"}, **_INVALID_QUERY},
             openapi_extra=_documented("as_of"))
-async def get_course_stats(course_id: str, request: Request) -> Response:
+async def get_course_stats(course_id: CourseIdPath, request: Request) -> Response:
     """A course, its enrollment count and its students' ages at `as_of`."""
     day = _as_of(request.query_params.get("as_of"))
     snapshot = await _snapshot(request)
@@ -216,7 +235,7 @@ async def get_course_stats(course_id: str, request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-@router.get("/courses", response_model=CoursesPageOut,
+@router.get("/courses", response_model=CoursesPageOut, responses=_INVALID_QUERY,
             openapi_extra=_documented("as_of", "after", "limit"))
 async def get_courses(request: Request) -> Response:
     """A page of every course's statistics at `as_of`, in course id order (keyset
@@ -232,7 +251,8 @@ async def get_courses(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-@router.get("/stats", response_model=GlobalStatsOut, openapi_extra=_documented("as_of"))
+@router.get("/stats", response_model=GlobalStatsOut, responses=_INVALID_QUERY,
+            openapi_extra=_documented("as_of"))
 async def get_stats(request: Request) -> Response:
     """Courses, enrollments and ages at `as_of` over every accepted enrollment."""
     day = _as_of(request.query_params.get("as_of"))
