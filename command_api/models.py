@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
@@ -17,12 +16,35 @@ from pydantic import (
     StringConstraints,
 )
 
-COURSE_ID_PATTERN = r"^[a-z0-9-]{1,64}$"
+from schemas.ages import completed_years
+from schemas.messages import COURSE_ID_PATTERN
+
 TEXT_MAX_LENGTH = 200
 MIN_AGE_YEARS = 10
 MAX_AGE_YEARS = 130
 MAX_CAPACITY = 100_000
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Names end up in e-mail headers; a control character (Unicode category Cc) there, a CR or
+# LF above all, would let a caller inject headers. Checked after the surrounding white
+# space is stripped; in the OpenAPI, where nothing is stripped, the pattern is stricter.
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+# What pydantic strips (Unicode White_Space) less the control characters among it.
+_SPACE = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+TEXT_PATTERN = rf"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
+EMAIL_MAX_LENGTH = 320
+# The ASCII addresses `normalise_email` accepts, for the OpenAPI: dot-atom local part of at
+# most 64 characters, host-name labels (none with "--" in 3rd and 4th place, which IDNA
+# keeps for Punycode), and an alphabetic top-level domain other than the special-use
+# ones email_validator refuses. It accepts internationalised addresses too; the
+# description says so.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LABEL = r"(?![A-Za-z0-9]{2}--)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_PATTERN = (
+    rf"^(?=[^@]{{1,64}}@){_ATEXT}+(\.{_ATEXT}+)*@({_LABEL}\.)+"
+    r"(?!(arpa|invalid|local|localhost|onion|test)$)[A-Za-z]{2,63}$"
+)
+# email_validator's limit for a whole address, below the raw input's EMAIL_MAX_LENGTH.
+EMAIL_ADDRESS_MAX_LENGTH = 254
 
 
 def normalise_email(value: str) -> str:
@@ -36,13 +58,6 @@ def normalise_email(value: str) -> str:
     return result.normalized.lower()
 
 
-def _without_control_characters(value: str) -> str:
-    # Names end up in e-mail headers; a CR or LF there would let a caller inject headers.
-    if any(unicodedata.category(char) == "Cc" for char in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
 def _iso_date_text(value: object) -> object:
     # Pydantic's lax date parsing also takes unix timestamps; the contract says YYYY-MM-DD.
     if isinstance(value, date) and not isinstance(value, datetime):
@@ -52,16 +67,18 @@ def _iso_date_text(value: object) -> object:
     raise ValueError("must be a date written YYYY-MM-DD")
 
 
-def age_on(born: date, day: date) -> int:
-    """Completed years between `born` and `day`."""
-    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+def _birth_years(today: date) -> str:
+    # The years whose every day is a plausible birth date today, and will still be a
+    # year from now: what an OpenAPI generated once per process can promise.
+    years = range(today.year - MAX_AGE_YEARS + 1, today.year - MIN_AGE_YEARS)
+    return rf"^({'|'.join(map(str, years))})-\d{{2}}-\d{{2}}$"
 
 
 def _plausible_birth_date(value: date) -> date:
     today = datetime.now(UTC).date()
     if value > today:
         raise ValueError("must not be in the future")
-    age = age_on(value, today)
+    age = completed_years(value, today)
     if age > MAX_AGE_YEARS:
         raise ValueError(f"must be at most {MAX_AGE_YEARS} years ago")
     if age < MIN_AGE_YEARS:
@@ -69,19 +86,42 @@ def _plausible_birth_date(value: date) -> date:
     return value
 
 
+def _json_integer(value: object) -> object:
+    # A JSON number without a fraction, 30.0 included (JSON Schema's "integer"); pydantic's
+    # lax int would also take "30" and true.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a whole number")
+    return value
+
+
 CourseId = Annotated[str, StringConstraints(pattern=COURSE_ID_PATTERN)]
 Text = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=TEXT_MAX_LENGTH),
-    AfterValidator(_without_control_characters),
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=TEXT_MAX_LENGTH, pattern=TEXT_PATTERN
+    ),
 ]
 Email = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=320), AfterValidator(normalise_email)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=EMAIL_MAX_LENGTH),
+    AfterValidator(normalise_email),
+    Field(
+        description="An e-mail address; internationalised ones (RFC 6531) are accepted too.",
+        json_schema_extra={
+            "format": "email", "pattern": EMAIL_PATTERN, "maxLength": EMAIL_ADDRESS_MAX_LENGTH
+        },
+    ),
 ]
 BirthDate = Annotated[
-    date, BeforeValidator(_iso_date_text), AfterValidator(_plausible_birth_date)
+    date,
+    BeforeValidator(_iso_date_text),
+    AfterValidator(_plausible_birth_date),
+    Field(
+        description=f"YYYY-MM-DD, from {MAX_AGE_YEARS} to {MIN_AGE_YEARS} years ago",
+        json_schema_extra={"pattern": _birth_years(datetime.now(UTC).date())},
+    ),
 ]
-Capacity = Annotated[int, Field(strict=True, ge=1, le=MAX_CAPACITY)]
+Capacity = Annotated[int, Field(ge=1, le=MAX_CAPACITY), BeforeValidator(_json_integer)]
 
 
 class _Request(BaseModel):

@@ -15,7 +15,6 @@ from pydantic import BaseModel
 
 from command_api.keys import KeyStore
 from command_api.models import (
-    COURSE_ID_PATTERN,
     CourseAccepted,
     CreateCourseRequest,
     ErasureAccepted,
@@ -30,7 +29,7 @@ from command_api.observability import Metrics
 from command_api.publisher import Publisher, PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
-from schemas.messages import Command, CreateCourse, SignUp, signup_id_for
+from schemas.messages import COURSE_ID_PATTERN, Command, CreateCourse, SignUp, signup_id_for
 from schemas.personal import seal, student_hash
 from schemas.pseudonyms import seat_key
 
@@ -105,6 +104,7 @@ def _error(status: int, description: str, model: type[BaseModel] = Problem) -> R
 
 
 _BAD_INPUT = {
+    **_error(400, "The body is not readable as JSON text (e.g. not UTF-8)."),
     **_error(413, "Body larger than MAX_BODY_BYTES.", FieldErrors),
     **_error(422, "Invalid input; each offending field is named.", FieldErrors),
 }

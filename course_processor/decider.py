@@ -55,7 +55,7 @@ class Decider:
         self,
         courses: MutableMapping[str, Any],  # course_id -> Course as a dict
         seats: MutableMapping[str, Any],  # seat key -> signup_id holding the seat
-        decided: MutableMapping[str, Any],  # "<day>/<signup_id>" -> encoded Outcome
+        decided: MutableMapping[str, Any],  # "<day>/<signup_id>" -> encoded SignupOutcome
         secret: bytes,  # the key of the seat keys' HMAC
         oldest: Callable[[int], list[str]] | None = None,  # decided's first keys in order
         now: Callable[[], datetime] = utc_now,

@@ -8,20 +8,22 @@ from datetime import datetime
 from typing import TypedDict
 
 from schemas.messages import (
+    COURSE_ID_PATTERN,
     Command,
     CourseCreated,
     CourseCreationRejected,
+    CourseRejectionReason,
     CreateCourse,
     Decision,
     Event,
+    RejectionReason,
     SignUp,
     SignUpRejected,
     StudentSignedUp,
     event_id_for,
 )
 
-# A canonical (lower-case) UUID matches this pattern too.
-COURSE_ID_PATTERN = re.compile(r"[a-z0-9-]{1,64}")
+_COURSE_ID = re.compile(COURSE_ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,8 @@ def validate(cmd: Command) -> list[str]:
 
 def _create_problems(cmd: CreateCourse) -> list[str]:
     problems = _missing(cmd.command_id, "command_id")
-    if not COURSE_ID_PATTERN.fullmatch(cmd.course_id):
-        problems.append("course_id: must match [a-z0-9-]{1,64}")
+    if not _COURSE_ID.fullmatch(cmd.course_id):
+        problems.append(f"course_id: must match {COURSE_ID_PATTERN}")
     problems += _missing(cmd.title, "title") + _missing(cmd.lecturer, "lecturer")
     if cmd.capacity < 1:
         problems.append("capacity: must be at least 1")
@@ -82,9 +84,8 @@ def decide_create(
             lecturer=cmd.lecturer,
             capacity=cmd.capacity,
         )
-    return CourseCreationRejected(
-        **_metadata(cmd, "CourseCreationRejected", now), reason="course_exists"
-    )
+    reason: CourseRejectionReason = "course_exists"
+    return CourseCreationRejected(**_metadata(cmd, "CourseCreationRejected", now), reason=reason)
 
 
 def _same_details(course: Course, cmd: CreateCourse) -> bool:
@@ -134,7 +135,7 @@ def _accept(course: Course, cmd: SignUp, now: datetime, seats_taken: int) -> Stu
     )
 
 
-def _reject(cmd: SignUp, reason: str, now: datetime) -> SignUpRejected:
+def _reject(cmd: SignUp, reason: RejectionReason, now: datetime) -> SignUpRejected:
     return SignUpRejected(
         **_metadata(cmd, "SignUpRejected", now),
         signup_id=cmd.signup_id,

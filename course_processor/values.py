@@ -41,7 +41,7 @@ def course_from_value(value: dict[str, Any] | None) -> Course | None:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class SignupOutcome:
     status: Literal["accepted", "rejected"]
     detail: str  # the seat number when accepted, the reason when rejected
 
@@ -49,19 +49,19 @@ class Outcome:
         return f"{self.status} {self.detail}"
 
     @classmethod
-    def decode(cls, value: str) -> Outcome:
+    def decode(cls, value: str) -> SignupOutcome:
         status, _, detail = value.partition(" ")
         if status not in ("accepted", "rejected") or not detail:
             raise ValueError(f"not an outcome: {value!r}")
         return cls(status, detail)  # type: ignore[arg-type]
 
 
-def outcome_of(event: Event) -> Outcome | None:
+def outcome_of(event: Event) -> SignupOutcome | None:
     """The compact outcome of a sign-up decision; None for course events."""
     if isinstance(event, StudentSignedUp):
-        return Outcome("accepted", str(event.seats_taken))
+        return SignupOutcome("accepted", str(event.seats_taken))
     if isinstance(event, SignUpRejected):
-        return Outcome("rejected", event.reason)
+        return SignupOutcome("rejected", event.reason)
     return None
 
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Literal, Protocol
 
-from notifier.mailer import Failure, MailError
-from notifier.messages import CourseInfo, render
+from notifier.emails import CourseInfo, render
+from notifier.mailer import MailError, SendFailure
 from notifier.observability import Metrics
 from schemas.codec import DecodeError, Message, decode
 from schemas.messages import (
@@ -101,7 +101,7 @@ class Done:
 
 @dataclass(frozen=True)
 class Failed:
-    failure: Failure
+    failure: SendFailure
 
 
 Outcome = Done | Failed

@@ -1,6 +1,6 @@
 """SMTP adapter: one reused connection, reconnects, and failures sorted by what helps.
 
-A `Failure` says whether waiting can help (transient) or not (permanent), and whether
+A `SendFailure` says whether waiting can help (transient) or not (permanent), and whether
 the failure is the server's as a whole (every message would fail now: refused or reset
 connection, timeout, greeting or login refused) or this one message's (a refused
 recipient, a rejected body). Its `reason` and `code` are safe to log: the server's own
@@ -27,7 +27,7 @@ IDLE_CHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
-class Failure:
+class SendFailure:
     kind: Kind
     reason: str
     code: int | None = None
@@ -36,21 +36,21 @@ class Failure:
 
 
 class MailError(Exception):
-    def __init__(self, failure: Failure) -> None:
+    def __init__(self, failure: SendFailure) -> None:
         super().__init__(failure.reason)
         self.failure = failure
 
 
-def _by_code(code: int, reason: str, detail: str, server_wide: bool = False) -> Failure:
+def _by_code(code: int, reason: str, detail: str, server_wide: bool = False) -> SendFailure:
     kind: Kind = "permanent" if code >= 500 else "transient"
-    return Failure(kind, reason, code, server_wide, detail)
+    return SendFailure(kind, reason, code, server_wide, detail)
 
 
 def _text(raw: bytes | str) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
-def classify(exc: BaseException) -> Failure:
+def classify(exc: BaseException) -> SendFailure:
     """What a failure of one send means for retrying it."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         answers = list(exc.recipients.values())
@@ -58,16 +58,16 @@ def classify(exc: BaseException) -> Failure:
         detail = "; ".join(f"{c} {_text(m)}" for c, m in answers)
         # Any 4xx among them: the server may take it later.
         transient = any(400 <= c < 500 for c, _ in answers)
-        return Failure("transient" if transient else "permanent", "recipient_refused",
+        return SendFailure("transient" if transient else "permanent", "recipient_refused",
                        code, False, detail)
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         # E.g. an internationalised address and a server without SMTPUTF8.
-        return Failure("permanent", "not_supported", None, False, str(exc))
+        return SendFailure("permanent", "not_supported", None, False, str(exc))
     if isinstance(exc, (smtplib.SMTPAuthenticationError, smtplib.SMTPHeloError,
                         smtplib.SMTPConnectError)):
         # The session, not the message: dead-lettering every e-mail because of a wrong
         # password or a refused greeting would be wrong, so wait for the server.
-        return Failure("transient", "server_refused_session", exc.smtp_code, True,
+        return SendFailure("transient", "server_refused_session", exc.smtp_code, True,
                        _text(exc.smtp_error))
     if isinstance(exc, smtplib.SMTPSenderRefused):
         return _by_code(exc.smtp_code, "sender_refused", _text(exc.smtp_error))
@@ -79,8 +79,8 @@ def classify(exc: BaseException) -> Failure:
                         server_wide=exc.smtp_code == 421)
     if isinstance(exc, (smtplib.SMTPServerDisconnected, OSError)):
         # Refused or reset connection, timeout, TLS failure, DNS: nothing reached the server.
-        return Failure("transient", "connection_failed", None, True, type(exc).__name__)
-    return Failure("permanent", "unexpected_error", None, False, type(exc).__name__)
+        return SendFailure("transient", "connection_failed", None, True, type(exc).__name__)
+    return SendFailure("permanent", "unexpected_error", None, False, type(exc).__name__)
 
 
 class Mailer:

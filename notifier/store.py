@@ -7,7 +7,7 @@ from typing import LiteralString
 import psycopg
 from psycopg.rows import TupleRow
 
-from notifier.messages import CourseInfo
+from notifier.emails import CourseInfo
 
 
 class Store:

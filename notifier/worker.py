@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
 from notifier.handler import Done, Failed, Handler, Job
-from notifier.mailer import Failure
+from notifier.mailer import SendFailure
 from notifier.observability import Metrics
 from notifier.offsets import PartitionProgress
 from notifier.retry import Backoff, Gate, RetryQueue
@@ -223,13 +223,13 @@ class Worker:
             "attempt": job.attempts, "retry_in": round(due - now, 3)})
         self._park(job, due)
 
-    def _give_up(self, job: Job, failure: Failure, now: float) -> bool:
+    def _give_up(self, job: Job, failure: SendFailure, now: float) -> bool:
         if failure.kind == "permanent":
             return job.attempts >= self.policy.permanent_attempts
         limit = self.policy.give_up_seconds
         return bool(limit) and now - (job.first_failure or now) >= limit
 
-    def _dead_letter(self, job: Job, failure: Failure) -> None:
+    def _dead_letter(self, job: Job, failure: SendFailure) -> None:
         reason = failure.reason if failure.kind == "permanent" else "retries_exhausted"
         detail = f"{failure.reason}: {failure.detail}".strip()
         try:

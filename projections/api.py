@@ -25,24 +25,25 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
 import uvicorn
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from projections import dashboard, erasures, store
 from projections.live import LiveMetrics, LiveStats
 from projections.observability import query_api_metrics
 from projections.readmodel import Snapshot, course_body, dump, global_body, page_json
 from projections.settings import QueryApiSettings
+from schemas.messages import COURSE_ID_PATTERN, RejectionReason
 from service_kit.http import RequestContextMiddleware
 from service_kit.logs import configure_logging
 from service_kit.settings import load_settings
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_COURSE_ID = re.compile(r"[a-z0-9-]{1,64}")
+_COURSE_ID = re.compile(COURSE_ID_PATTERN)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 RETRY_AFTER_SECONDS = "2"
@@ -56,7 +57,7 @@ class SignupOut(BaseModel):
     signup_id: str
     course_id: str
     status: Literal["accepted", "rejected"]
-    reason: str | None
+    reason: RejectionReason | None
 
 
 class CourseStatsOut(BaseModel):
@@ -86,6 +87,19 @@ class CoursesPageOut(BaseModel):
     courses: list[CourseStatsOut]
     next: str | None  # pass as `after` for the next page; null on the last page
     as_of: date
+
+
+class QueryErrorOut(BaseModel):
+    type: str
+    loc: list[str | int] = Field(description='Where, e.g. ["query", "as_of"].')
+    msg: str
+    input: str | None = None
+
+
+class InvalidQueryOut(BaseModel):
+    """422 answers to a query parameter out of its declared range or format."""
+
+    detail: list[QueryErrorOut]
 
 
 # ------------------------------------------------------------------ database and as_of
@@ -144,7 +158,7 @@ def _as_of(as_of: str | None) -> date:
 def _after(after: str | None) -> str | None:
     if after is not None and not _COURSE_ID.fullmatch(after):
         raise _invalid("after", after, "string_pattern_mismatch",
-                       "after must be a course id ([a-z0-9-]{1,64})")
+                       f"after must be a course id ({COURSE_ID_PATTERN})")
     return after
 
 
@@ -168,6 +182,10 @@ def _documented(*names: str) -> dict[str, Any]:
     return {"parameters": [_PARAMETERS[name] for name in names]}
 
 
+_INVALID_QUERY: dict[int | str, dict[str, Any]] = {
+    422: {"description": "An invalid query parameter, named in `loc`", "model": InvalidQueryOut}}
+
+
 _PARAMETERS: dict[str, dict[str, Any]] = {
     "as_of": {"name": "as_of", "in": "query", "required": False,
               "description": "YYYY-MM-DD; default today (UTC)",
@@ -181,6 +199,8 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
                          "default": DEFAULT_LIMIT}},
 }
 AsOf = Annotated[str | None, Query(description="YYYY-MM-DD; default today (UTC)")]
+# Declared, not checked: an id of another shape names no course, which is a 404 as ever.
+CourseIdPath = Annotated[str, Path(json_schema_extra={"pattern": COURSE_ID_PATTERN})]
 
 router = APIRouter()
 
@@ -200,9 +220,9 @@ async def get_signup(signup_id: str, request: Request) -> Response:
 
 
 @router.get("/courses/{course_id}/stats", response_model=CourseStatsOut,
-            responses={404: {"description": "Unknown course"}},
+            responses={404: {"description": "Unknown course"}, **_INVALID_QUERY},
             openapi_extra=_documented("as_of"))
-async def get_course_stats(course_id: str, request: Request) -> Response:
+async def get_course_stats(course_id: CourseIdPath, request: Request) -> Response:
     """A course, its enrollment count and its students' ages at `as_of`."""
     day = _as_of(request.query_params.get("as_of"))
     snapshot = await _snapshot(request)
@@ -216,7 +236,7 @@ async def get_course_stats(course_id: str, request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-@router.get("/courses", response_model=CoursesPageOut,
+@router.get("/courses", response_model=CoursesPageOut, responses=_INVALID_QUERY,
             openapi_extra=_documented("as_of", "after", "limit"))
 async def get_courses(request: Request) -> Response:
     """A page of every course's statistics at `as_of`, in course id order (keyset
@@ -232,7 +252,8 @@ async def get_courses(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-@router.get("/stats", response_model=GlobalStatsOut, openapi_extra=_documented("as_of"))
+@router.get("/stats", response_model=GlobalStatsOut, responses=_INVALID_QUERY,
+            openapi_extra=_documented("as_of"))
 async def get_stats(request: Request) -> Response:
     """Courses, enrollments and ages at `as_of` over every accepted enrollment."""
     day = _as_of(request.query_params.get("as_of"))
@@ -270,7 +291,7 @@ async def get_dashboard(
                  {int(a): n for a, n in course_body(chosen.view, day)["age_histogram"].items()})
     page = dashboard.Page(view, global_body(snapshot.overall, day), rows, next_after, chosen,
                           histogram)
-    return HTMLResponse(dashboard.render(page))
+    return HTMLResponse(dashboard.render_page(page))
 
 
 def _json(body: BaseModel) -> Response:

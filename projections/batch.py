@@ -25,7 +25,7 @@ _DECISION_TYPES = frozenset((StudentSignedUp.__name__, SignUpRejected.__name__))
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
+class EventRecord:
     """One message of the event log, as far as the read side cares."""
 
     partition: int
@@ -35,21 +35,21 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
+class UnreadableRecord:
     """A record that is not an event this projection can read: it goes to the DLQ."""
 
-    record: Record
+    record: EventRecord
     reason: str
 
 
-class Course(NamedTuple):  # immutable like a frozen dataclass, built three times faster
+class CourseRow(NamedTuple):  # immutable like a frozen dataclass, built three times faster
     course_id: str
     title: str
     lecturer: str
     capacity: int
 
 
-class Decision(NamedTuple):  # one per decision read: a million in a replay
+class DecisionRow(NamedTuple):  # one per decision read: a million in a replay
     signup_id: str
     course_id: str
     status: str
@@ -62,9 +62,9 @@ class Decision(NamedTuple):  # one per decision read: a million in a replay
 
 @dataclass(frozen=True)
 class Batch:
-    courses: tuple[Course, ...] = ()  # the first CourseCreated per course id
-    decisions: tuple[Decision, ...] = ()  # the first decision per sign-up id
-    failures: tuple[Failure, ...] = ()
+    courses: tuple[CourseRow, ...] = ()  # the first CourseCreated per course id
+    decisions: tuple[DecisionRow, ...] = ()  # the first decision per sign-up id
+    failures: tuple[UnreadableRecord, ...] = ()
     event_counts: dict[str, int] = field(default_factory=dict)  # by event_type
     # Per partition, the offset after the last record, undecodable ones included:
     # a failure is dealt with (dead-lettered) and must not be read again.
@@ -72,11 +72,11 @@ class Batch:
     newest_event_at: datetime | None = None
 
 
-def build(records: Sequence[Record]) -> Batch:
+def build(records: Sequence[EventRecord]) -> Batch:
     """Decode records into the courses, decisions and failures they carry."""
-    courses: dict[str, Course] = {}
-    decisions: dict[str, Decision] = {}
-    failures: list[Failure] = []
+    courses: dict[str, CourseRow] = {}
+    decisions: dict[str, DecisionRow] = {}
+    failures: list[UnreadableRecord] = []
     counts: Counter[str] = Counter()
     next_offsets: dict[int, int] = {}
     newest: datetime | None = None
@@ -85,7 +85,7 @@ def build(records: Sequence[Record]) -> Batch:
             next_offsets.get(record.partition, 0), record.offset + 1
         )
         read = read_fields(record)
-        if isinstance(read, Failure):
+        if isinstance(read, UnreadableRecord):
             failures.append(read)
             continue
         name, event = read
@@ -103,34 +103,34 @@ def build(records: Sequence[Record]) -> Batch:
                  dict(counts), next_offsets, newest)
 
 
-def read_fields(record: Record) -> tuple[str, dict[str, Any]] | Failure:
+def read_fields(record: EventRecord) -> tuple[str, dict[str, Any]] | UnreadableRecord:
     """The event type and fields in a record (as `schemas.codec.decode_fields`), or why
     there are none. The fields, not the dataclass: a replay reads millions of them."""
     if record.value is None:
-        return Failure(record, "empty record (tombstone)")
+        return UnreadableRecord(record, "empty record (tombstone)")
     try:
         name, fields = decode_fields(record.value)
     except DecodeError as exc:
-        return Failure(record, str(exc))
+        return UnreadableRecord(record, str(exc))
     if name not in _EVENT_NAMES:  # a command written to the wrong topic
-        return Failure(record, f"{name} is not an event")
+        return UnreadableRecord(record, f"{name} is not an event")
     return name, fields
 
 
-def course_of(event: dict[str, Any]) -> Course:
-    return Course(event["course_id"], event["title"], event["lecturer"], event["capacity"])
+def course_of(event: dict[str, Any]) -> CourseRow:
+    return CourseRow(event["course_id"], event["title"], event["lecturer"], event["capacity"])
 
 
-def decision_of(name: str, event: dict[str, Any]) -> Decision:
+def decision_of(name: str, event: dict[str, Any]) -> DecisionRow:
     if name == "StudentSignedUp":
-        return Decision(event["signup_id"], event["course_id"], ACCEPTED, None,
+        return DecisionRow(event["signup_id"], event["course_id"], ACCEPTED, None,
                         event["event_id"], event["occurred_at"], event["date_of_birth"],
                         event["correlation_id"])
-    return Decision(event["signup_id"], event["course_id"], REJECTED, event["reason"],
+    return DecisionRow(event["signup_id"], event["course_id"], REJECTED, event["reason"],
                     event["event_id"], event["occurred_at"], None, event["correlation_id"])
 
 
-def deltas(new_decisions: Iterable[Decision]) -> dict[str, AgeAggregate]:
+def deltas(new_decisions: Iterable[DecisionRow]) -> dict[str, AgeAggregate]:
     """Per course, the birth-date aggregate of the newly accepted sign-ups."""
     births: dict[str, list[date]] = {}
     for decision in new_decisions:
@@ -141,7 +141,7 @@ def deltas(new_decisions: Iterable[Decision]) -> dict[str, AgeAggregate]:
             for course, dobs in births.items()}
 
 
-def birth_counts(new_decisions: Iterable[Decision]) -> dict[str, Counter[date]]:
+def birth_counts(new_decisions: Iterable[DecisionRow]) -> dict[str, Counter[date]]:
     """Per course, the newly accepted sign-ups per birth date: the age distribution's delta."""
     out: dict[str, Counter[date]] = {}
     for decision in new_decisions:

@@ -61,7 +61,7 @@ class Page:
     chosen_histogram: dict[int, int]
 
 
-def render(page: Page) -> str:
+def render_page(page: Page) -> str:
     view, overall = page.view, page.overall
     histogram = {int(age): n for age, n in overall["age_histogram"].items()}
     parts = [

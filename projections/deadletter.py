@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from projections.batch import Failure
+from projections.batch import UnreadableRecord
 from schemas import topics
 from service_kit.deadletter import DeadLetterProducer, SourceRecord, dead_letter_headers
 
@@ -17,7 +17,7 @@ def producer(bootstrap_servers: str, logger: logging.Logger | None = None) -> De
     return DeadLetterProducer(bootstrap_servers, topics.EVENTS_DLQ, timeout=30, logger=logger)
 
 
-def publish(dead_letters: DeadLetterProducer, failures: Sequence[Failure]) -> None:
+def publish(dead_letters: DeadLetterProducer, failures: Sequence[UnreadableRecord]) -> None:
     """Send each failed record as it was; returns once Kafka has them all."""
     if not failures:
         return

@@ -47,7 +47,7 @@ from confluent_kafka import (
 )
 
 from projections import deadletter, store
-from projections.batch import Record, build
+from projections.batch import EventRecord, build
 from projections.observability import ProjectorMetrics
 from projections.settings import ProjectorSettings
 from schemas import topics
@@ -150,7 +150,7 @@ class Projector:
 
     # -------------------------------------------------------------- one batch
 
-    def _records(self, messages: Sequence[Message]) -> list[Record]:
+    def _records(self, messages: Sequence[Message]) -> list[EventRecord]:
         records = []
         for msg in messages:
             err = msg.error()
@@ -165,10 +165,10 @@ class Projector:
             stored = self.positions[partition]
             if stored is not None and offset < stored:
                 continue  # already in PostgreSQL
-            records.append(Record(partition, offset, msg.key(), msg.value()))
+            records.append(EventRecord(partition, offset, msg.key(), msg.value()))
         return records
 
-    def _project(self, records: list[Record]) -> None:
+    def _project(self, records: list[EventRecord]) -> None:
         batch = build(records)
         expected = {p: self.positions.get(p) for p in batch.next_offsets}
         try:

@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 import migrations
 from projections import deadletter, store
-from projections.batch import Batch, Failure, Record, build
+from projections.batch import Batch, EventRecord, UnreadableRecord, build
 from projections.settings import ReplaySettings
 from schemas import topics
 from service_kit.deadletter import DeadLetterProducer
@@ -104,7 +104,7 @@ class Replay:
         self.target = store.shadow(settings.projection)
         self.partitions: list[int] = []
         self.stored: dict[int, int] = {}  # per partition, the shadow's next offset
-        self.failures: list[Failure] = []
+        self.failures: list[UnreadableRecord] = []
         self.read = 0
 
     # -------------------------------------------------------------- steps
@@ -168,7 +168,7 @@ class Replay:
                 self.follow_live()
         raise ReplayError(f"could not swap in {_SWAP_ATTEMPTS} attempts")
 
-    def _unseen_failures(self, live: Mapping[int, int]) -> list[Failure]:
+    def _unseen_failures(self, live: Mapping[int, int]) -> list[UnreadableRecord]:
         return [f for f in self.failures if f.record.offset >= live.get(f.record.partition, 0)]
 
     # -------------------------------------------------------------- consuming
@@ -227,7 +227,7 @@ class Replay:
             p, offset = msg.partition(), msg.offset()
             if p is None or offset is None or not self.stored[p] <= offset < targets[p]:
                 continue
-            records.append(Record(p, offset, msg.key(), msg.value()))
+            records.append(EventRecord(p, offset, msg.key(), msg.value()))
         # The consumer's position steps over transaction markers, which carry no event;
         # capped at the target, it is what the shadow has read once this batch commits.
         advanced: dict[int, int] = {}

@@ -11,9 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
+from schemas.ages import completed_years, exact_years
 from schemas.messages import Event, StudentSignedUp
-
-DAYS_PER_YEAR = 365.2425
 
 
 @dataclass(frozen=True)
@@ -46,12 +45,6 @@ class AgeStats:
     average_age: float | None
 
 
-def completed_years(dob: date, as_of: date) -> int:
-    """Whole years lived; born 29 February, the birthday is 1 March in other years."""
-    birthday_reached = (as_of.month, as_of.day) >= (dob.month, dob.day)
-    return as_of.year - dob.year - (0 if birthday_reached else 1)
-
-
 def age_stats(agg: AgeAggregate, as_of: date) -> AgeStats:
     if agg.count == 0 or agg.min_dob is None or agg.max_dob is None:
         return AgeStats(None, None, None)
@@ -65,7 +58,7 @@ def age_stats(agg: AgeAggregate, as_of: date) -> AgeStats:
 def average_age(agg: AgeAggregate, as_of: date) -> float:
     """Mean exact age in years, rounded by round() to two decimals (half to even)."""
     days_lived = agg.count * as_of.toordinal() - agg.sum_days
-    return round(days_lived / agg.count / DAYS_PER_YEAR, 2)
+    return exact_years(days_lived / agg.count)
 
 
 def age_histogram(births: Iterable[tuple[date, int]], as_of: date) -> dict[int, int]:

@@ -45,7 +45,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from projections.batch import Batch, Course, Decision, birth_counts, deltas, total
+from projections.batch import Batch, CourseRow, DecisionRow, birth_counts, deltas, total
 from projections.readmodel import Births, CourseView, GlobalView
 from projections.stats import AgeAggregate
 
@@ -209,7 +209,7 @@ def notice_payloads(course_ids: Iterable[str]) -> Iterator[str]:
 
 
 def _insert_courses(
-    conn: psycopg.Connection, target: Target, courses: Iterable[Course]
+    conn: psycopg.Connection, target: Target, courses: Iterable[CourseRow]
 ) -> list[str]:
     rows = sorted(courses, key=lambda c: c.course_id)
     if not rows:
@@ -233,8 +233,8 @@ def _insert_courses(
 
 
 def _insert_decisions(
-    conn: psycopg.Connection, target: Target, decisions: Iterable[Decision]
-) -> list[Decision]:
+    conn: psycopg.Connection, target: Target, decisions: Iterable[DecisionRow]
+) -> list[DecisionRow]:
     rows = list(decisions)
     if not rows:
         return []

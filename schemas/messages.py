@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Literal, get_args
 
 # Deterministic ids: a command processed twice must yield an event with the same id,
 # so every reader can drop the repeat. uuid5 over a fixed namespace gives that.
@@ -137,4 +138,12 @@ class SignUpRejected:
 Event = CourseCreated | CourseCreationRejected | StudentSignedUp | SignUpRejected
 Decision = StudentSignedUp | SignUpRejected
 
-REJECTION_REASONS = ("course_full", "course_not_found", "already_enrolled")
+# The reasons a decision may give, as the schemas' docs list them. The dataclasses keep
+# `reason: str`: a decoded record is whatever its writer put there, checked by no one.
+RejectionReason = Literal["course_full", "course_not_found", "already_enrolled"]
+REJECTION_REASONS: tuple[RejectionReason, ...] = get_args(RejectionReason)
+CourseRejectionReason = Literal["course_exists"]
+
+# A course id is a slug or a canonical (lower-case) UUID, which the slug pattern also
+# matches. Anchored, because JSON Schema patterns (in the OpenAPI) match anywhere.
+COURSE_ID_PATTERN = r"^[a-z0-9-]{1,64}$"

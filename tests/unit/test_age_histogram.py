@@ -9,15 +9,10 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from projections.batch import Record, birth_counts, build
-from projections.stats import (
-    AgeAggregate,
-    age_histogram,
-    age_stats,
-    birth_dates,
-    completed_years,
-)
+from projections.batch import EventRecord, birth_counts, build
+from projections.stats import AgeAggregate, age_histogram, age_stats, birth_dates
 from schemas import codec
+from schemas.ages import completed_years
 from schemas.messages import Event, SignUpRejected, StudentSignedUp
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -100,7 +95,7 @@ def test_batches_count_birth_dates_as_the_fold_of_the_whole_log_does() -> None:
                                          "c", str(uuid.uuid4()), "b@example.org", "B",
                                          "course_full"))
     events += events[:30]  # repeated in the log: counted once
-    batch = build([Record(0, i, e.course_id.encode(), codec.encode(e))
+    batch = build([EventRecord(0, i, e.course_id.encode(), codec.encode(e))
                    for i, e in enumerate(events)])
 
     assert birth_counts(batch.decisions) == birth_dates(events)

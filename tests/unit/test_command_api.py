@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,9 +14,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from command_api.app import create_app
 from command_api.keys import DataKey, KeyStoreUnavailable
+from command_api.models import EMAIL_PATTERN, TEXT_PATTERN, normalise_email
 from command_api.publisher import Headers, PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
@@ -96,8 +100,9 @@ class MemoryKeyStore:
 
 
 def settings(**changes: Any) -> Settings:
-    return Settings(kafka_bootstrap_servers="unused:9092", admin_token=TOKEN,
-                    database_url="postgresql://unused", pseudonym_secret=SECRET, **changes)
+    return Settings(kafka_bootstrap_servers="unused:9092", admin_token=SecretStr(TOKEN),
+                    database_url="postgresql://unused", pseudonym_secret=SecretStr(SECRET),
+                    **changes)
 
 
 def opened(command: SignUp, keys: MemoryKeyStore) -> tuple[str, str]:
@@ -397,6 +402,79 @@ def test_a_streamed_body_under_the_limit_is_accepted(
 
     assert response.status_code == 202
     assert len(publisher.sent) == 1
+
+
+# ------------------------------------------------------------------ the OpenAPI
+
+
+def request_schema(client: TestClient, name: str) -> dict[str, Any]:
+    properties: dict[str, Any] = client.get("/openapi.json").json()["components"]["schemas"][
+        name]["properties"]
+    return properties
+
+
+def test_the_openapi_declares_the_rules_the_validation_applies(client: TestClient) -> None:
+    signup, created = request_schema(client, "SignUpRequest"), request_schema(
+        client, "CreateCourseRequest")
+
+    assert (signup["email"]["format"], signup["email"]["pattern"]) == ("email", EMAIL_PATTERN)
+    assert signup["name"]["pattern"] == created["title"]["pattern"] == TEXT_PATTERN
+    assert (signup["name"]["minLength"], signup["name"]["maxLength"]) == (1, 200)
+    assert signup["date_of_birth"]["format"] == "date"
+    assert re.search(signup["date_of_birth"]["pattern"], years_ago(11))
+    assert not re.search(signup["date_of_birth"]["pattern"], years_ago(9))
+    assert not re.search(signup["date_of_birth"]["pattern"], years_ago(131))
+    assert (created["capacity"]["minimum"], created["capacity"]["maximum"]) == (1, 100_000)
+    assert created["course_id"]["anyOf"][0]["pattern"] == "^[a-z0-9-]{1,64}$"
+
+
+CONTROL_CHARACTERS = [chr(c) for c in range(0x250) if unicodedata.category(chr(c)) == "Cc"]
+
+
+@pytest.mark.parametrize("char", CONTROL_CHARACTERS, ids=lambda c: f"U+{ord(c):04X}")
+def test_a_name_with_a_control_character_inside_breaks_the_declared_pattern_and_is_refused(
+    client: TestClient, char: str
+) -> None:
+    name = f"Ada{char}Lovelace"
+    response = client.post("/courses/intro-python/signups", json=student(name=name))
+
+    assert re.search(TEXT_PATTERN, name) is None
+    assert response.status_code == 422
+    assert fields_named(response) == {"name"}
+
+
+@pytest.mark.parametrize("name", ["Ada", "Ada\u00a0Lovelace", "Zoë Ω", "A" * 200, "x\u2028y"])
+def test_a_name_that_matches_the_declared_pattern_is_accepted(
+    client: TestClient, name: str
+) -> None:
+    response = client.post("/courses/intro-python/signups", json=student(name=name))
+
+    assert re.search(TEXT_PATTERN, name)
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("address", "declared"),
+    [("ada@example.org", True), ("a.b+c@sub-1.x.museum", True), ("!#$%&'*+/=?^_`{|}~-@x.io", True),
+     ("ada@localhost", False), ("ada@x.test", False), ("ada@ab--cd.org", False),
+     ("ada..l@x.org", False), (f"{'a' * 65}@x.org", False), ("ada@x.o-g", False)],
+)
+def test_every_address_the_declared_pattern_allows_is_accepted(
+    address: str, declared: bool
+) -> None:
+    assert (re.search(EMAIL_PATTERN, address) is not None) == declared
+    if declared:
+        assert normalise_email(address) == address.lower()
+
+
+def test_a_capacity_written_as_a_whole_json_number_with_a_fraction_point_is_accepted(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    # JSON Schema's "integer" takes 30.0; the OpenAPI says integer, so the API does too.
+    response = client.post("/courses", json=course(capacity=30.0), headers=admin())
+
+    assert response.status_code == 202
+    assert publisher.sent[0].command.capacity == 30
 
 
 # ------------------------------------------------------------------ courses and auth

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 
 from notifier.bootstrap import bootstrap
+from notifier.emails import CourseInfo
 from notifier.handler import Done, Failed, Handler, Job
 from notifier.mailer import MailError, classify
-from notifier.messages import CourseInfo
 from notifier.settings import Settings
 from schemas import codec
 from schemas.messages import CourseCreated, SignUpRejected, StudentSignedUp

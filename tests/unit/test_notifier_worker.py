@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 from confluent_kafka import TopicPartition
 
 from notifier.handler import Done, Failed, Job, Outcome
-from notifier.mailer import Failure
+from notifier.mailer import SendFailure
 from notifier.observability import Metrics
 from notifier.retry import Backoff
 from notifier.worker import Policy, Worker
@@ -21,9 +21,9 @@ from schemas import codec
 from schemas.messages import StudentSignedUp
 
 TOPIC = "course-events"
-DOWN = Failure("transient", "connection_failed", None, server_wide=True)
-GREYLISTED = Failure("transient", "recipient_refused", 450)
-REFUSED = Failure("permanent", "recipient_refused", 550)
+DOWN = SendFailure("transient", "connection_failed", None, server_wide=True)
+GREYLISTED = SendFailure("transient", "recipient_refused", 450)
+REFUSED = SendFailure("permanent", "recipient_refused", 550)
 
 
 def decision(event_id: str) -> bytes:
@@ -109,7 +109,7 @@ class FakeConsumer:
 class ScriptedHandler:
     """Answers each event id with the next outcome of its script; Done("sent") when out."""
 
-    scripts: dict[str, list[Failure]]
+    scripts: dict[str, list[SendFailure]]
     attempts: list[str] = field(default_factory=list)
     dead: list[tuple[str, str]] = field(default_factory=list)
 
@@ -124,7 +124,7 @@ class ScriptedHandler:
         return Done("dead_lettered")
 
 
-def make_worker(scripts: dict[str, list[Failure]], ids: list[str],
+def make_worker(scripts: dict[str, list[SendFailure]], ids: list[str],
                 rand: Callable[[], float] = lambda: 1.0) -> tuple[Worker, FakeConsumer,
                                                                    ScriptedHandler, Clock]:
     clock = Clock()

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 from course_processor.decider import Decider
-from course_processor.values import MEMORY_DAYS, MIGRATED_KEY, Outcome
+from course_processor.values import MEMORY_DAYS, MIGRATED_KEY, SignupOutcome
 from schemas.messages import CreateCourse, SignUp, SignUpRejected, StudentSignedUp
 from schemas.pseudonyms import seat_key
 
@@ -99,7 +99,7 @@ def test_the_tables_hold_no_personal_data_and_compact_outcomes() -> None:
     for secret in ("ann.person", "bob.other", "example.org", "ann person", "bob other",
                    "2000-01-01"):
         assert secret not in dumped
-    outcomes = sorted((Outcome.decode(v) for v in d.decided.values()), key=lambda o: o.status)
+    outcomes = sorted((SignupOutcome.decode(v) for v in d.decided.values()), key=lambda o: o.status)
     assert [o.status for o in outcomes] == ["accepted", "rejected"]
     assert {o.detail for o in outcomes} == {"1", "course_full"}
 

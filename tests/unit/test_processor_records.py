@@ -10,7 +10,7 @@ import pytest
 from course_processor.commands import Unprocessable, read_command
 from course_processor.continuity import Continuity
 from course_processor.domain import Course
-from course_processor.values import Outcome, course_from_value, course_to_value, outcome_of
+from course_processor.values import SignupOutcome, course_from_value, course_to_value, outcome_of
 from course_processor.wire import event_headers, outcome
 from schemas.codec import encode
 from schemas.messages import (
@@ -162,6 +162,6 @@ def test_an_outcome_round_trips_through_its_compact_value() -> None:
     for event, value in ((accepted, "accepted 17"), (rejected, "rejected course_full")):
         found = outcome_of(event)
         assert found is not None and found.encode() == value
-        assert Outcome.decode(value) == found
+        assert SignupOutcome.decode(value) == found
     with pytest.raises(ValueError):
-        Outcome.decode("maybe 3")
+        SignupOutcome.decode("maybe 3")

@@ -6,7 +6,7 @@ import random
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
-from projections.batch import ACCEPTED, REJECTED, Record, build, deltas, total
+from projections.batch import ACCEPTED, REJECTED, EventRecord, build, deltas, total
 from projections.stats import AgeAggregate, fold
 from schemas import codec
 from schemas.messages import (
@@ -36,8 +36,8 @@ def rejected(course_id: str, reason: str = "course_full") -> SignUpRejected:
                           str(uuid.uuid4()), "b@example.org", "B", reason)
 
 
-def records(events: list[Event], partition: int = 0, first_offset: int = 0) -> list[Record]:
-    return [Record(partition, first_offset + i, e.course_id.encode(), codec.encode(e))
+def records(events: list[Event], partition: int = 0, first_offset: int = 0) -> list[EventRecord]:
+    return [EventRecord(partition, first_offset + i, e.course_id.encode(), codec.encode(e))
             for i, e in enumerate(events)]
 
 
@@ -74,10 +74,10 @@ def test_the_first_course_created_stands() -> None:
 
 def test_undecodable_records_fail_and_still_advance_the_offset() -> None:
     good = records([accepted("c1", date(2000, 1, 1))], first_offset=5)
-    garbage = [Record(0, 6, b"c1", b"not avro"), Record(0, 7, b"c1", None),
-               Record(0, 8, b"c1", b"\xc3\x01" + bytes(8) + b"x")]
+    garbage = [EventRecord(0, 6, b"c1", b"not avro"), EventRecord(0, 7, b"c1", None),
+               EventRecord(0, 8, b"c1", b"\xc3\x01" + bytes(8) + b"x")]
     command = SignUp("cmd", "s", "c1", "a@example.org", "A", date(2000, 1, 1), NOW, "corr")
-    misplaced = [Record(0, 9, b"c1", codec.encode(command))]
+    misplaced = [EventRecord(0, 9, b"c1", codec.encode(command))]
 
     batch = build(good + garbage + misplaced)
 

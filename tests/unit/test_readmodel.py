@@ -20,7 +20,7 @@ from projections.api import (
     _after,
     _limit,
 )
-from projections.dashboard import Page, View, render
+from projections.dashboard import Page, View, render_page
 from projections.readmodel import (
     SORT_KEYS,
     Births,
@@ -177,7 +177,7 @@ def test_the_dashboard_shows_the_figures_the_api_gives_and_draws_the_distributio
     chosen = snapshot.figures("c-0004", AS_OF)
     assert chosen is not None
     stats = json.loads(snapshot.global_json(AS_OF))
-    html = render(Page(View(AS_OF, "enrolled", True), stats, rows, after, chosen,
+    html = render_page(Page(View(AS_OF, "enrolled", True), stats, rows, after, chosen,
                        age_histogram(chosen.view.births.pairs(), AS_OF)))
 
     for key in ("courses", "enrollments", "min_age", "max_age", "average_age"):
@@ -199,7 +199,7 @@ def test_the_dashboard_escapes_what_it_shows() -> None:
     snapshot = Snapshot()
     snapshot.replace([odd], overall([odd]))
     rows, _ = snapshot.sorted_page(AS_OF, "course_id", False, None, 10)
-    html = render(Page(View(AS_OF), json.loads(snapshot.global_json(AS_OF)), rows, None, None,
+    html = render_page(Page(View(AS_OF), json.loads(snapshot.global_json(AS_OF)), rows, None, None,
                        {}))
     assert "<script>alert" not in html and "&lt;script&gt;" in html and "A &amp; B" in html
     assert course_body(odd, AS_OF)["age_histogram"] == {}

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import random
+import re
 from datetime import UTC, date, datetime
 from io import BytesIO
 from typing import Any, cast, get_args
@@ -18,7 +19,15 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import to_parsing_canonical_form
 
 from schemas import codec
-from schemas.messages import Command, Event, StudentSignedUp
+from schemas.messages import (
+    COURSE_ID_PATTERN,
+    REJECTION_REASONS,
+    Command,
+    CourseRejectionReason,
+    Event,
+    RejectionReason,
+    StudentSignedUp,
+)
 
 Schema = dict[str, Any]
 
@@ -403,3 +412,34 @@ def test_random_bodies_raise_only_decode_error() -> None:
         body = rng.randbytes(rng.randrange(0, 120))
         with contextlib.suppress(codec.DecodeError):
             codec.decode(header + body)
+
+
+def _reasons_in_doc(name: str, version: int) -> set[str]:
+    (field,) = (f for f in _version(name, version)["fields"] if f["name"] == "reason")
+    return set(re.findall(r"[a-z]+(?:_[a-z]+)+", field["doc"]))
+
+
+def _version(name: str, version: int) -> Schema:
+    return next(s for n, v, s in VERSIONS if (n, v) == (name, version))
+
+
+@pytest.mark.parametrize("version", [v for n, v, _ in VERSIONS if n == "SignUpRejected"])
+def test_the_rejection_reasons_are_the_ones_the_schema_documents(version: int) -> None:
+    assert _reasons_in_doc("SignUpRejected", version) == set(get_args(RejectionReason))
+    assert get_args(RejectionReason) == REJECTION_REASONS
+
+
+@pytest.mark.parametrize(("name", "literal"), [("SignUpRejected", RejectionReason),
+                                               ("CourseCreationRejected", CourseRejectionReason)])
+def test_every_example_reason_is_in_its_vocabulary(name: str, literal: object) -> None:
+    examples = [json.loads((EXAMPLES_DIR / f"{n}.v{v}.json").read_text(encoding="utf-8"))
+                for n, v, _ in VERSIONS if n == name]
+    assert examples and {e["reason"] for e in examples} <= set(get_args(literal))
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=_version_id)
+def test_the_documented_course_id_slug_is_the_pattern_every_service_checks(
+        version: tuple[str, int, Schema]) -> None:
+    (field,) = (f for f in version[2]["fields"] if f["name"] == "course_id")
+    slug = COURSE_ID_PATTERN.removeprefix("^").removesuffix("$")
+    assert f"a slug {slug} or UUID text" in field["doc"]

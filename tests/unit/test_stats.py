@@ -5,7 +5,8 @@ from functools import reduce
 
 import pytest
 
-from projections.stats import AgeAggregate, AgeStats, age_stats, completed_years, fold
+from projections.stats import AgeAggregate, AgeStats, age_stats, fold
+from schemas.ages import completed_years
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
 
 NOW = datetime(2025, 3, 1, tzinfo=UTC)

@@ -11,13 +11,13 @@ from email.message import EmailMessage
 from email.policy import default as default_policy
 from email.utils import format_datetime
 
-from schemas.messages import Decision, StudentSignedUp
+from schemas.messages import REJECTION_REASONS, Decision, RejectionReason, StudentSignedUp
 
 # A fixed right-hand side, so the Message-ID depends on the event alone and a re-sent
 # decision carries the same id whatever the sender setting.
 MESSAGE_ID_DOMAIN = "course-signup"
 
-REASONS = {
+REASONS: dict[RejectionReason, str] = {
     "course_full": "the course is full",
     "course_not_found": "there is no such course",
     "already_enrolled": "you already hold a seat in this course",
@@ -109,8 +109,15 @@ def _outcome(decision: Decision, course: CourseInfo | None, esc: Escape) -> str:
     what = _course_phrase(decision, course, esc)
     if isinstance(decision, StudentSignedUp):
         return f"You are enrolled in {what}. {_seat(decision)}"
-    reason = REASONS.get(decision.reason, f"the sign-up was rejected ({decision.reason})")
-    return f"We could not enroll you in {what}: {esc(reason)}."
+    return f"We could not enroll you in {what}: {esc(_reason(decision.reason))}."
+
+
+def _reason(reason: str) -> str:
+    # A reason this version does not know (a newer processor's) still gets a sentence.
+    for known in REJECTION_REASONS:
+        if reason == known:
+            return REASONS[known]
+    return f"the sign-up was rejected ({reason})"
 
 
 def _course_phrase(decision: Decision, course: CourseInfo | None, esc: Escape) -> str:

@@ -2,47 +2,38 @@ import email
 import email.policy
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 
-from notifier.messages import CourseInfo, message_id, render
-from schemas.messages import Decision, SignUpRejected, StudentSignedUp, event_id_for
+from notifier.emails import REASONS, CourseInfo, message_id, render
+from schemas.messages import (
+    REJECTION_REASONS,
+    Decision,
+    SignUpRejected,
+    StudentSignedUp,
+    event_id_for,
+)
 
 NOW = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
 COURSE = CourseInfo(title="Intro to Python", lecturer="Ada Lovelace")
 SENDER = "Course Sign-up <noreply@example.org>"
 
 
+def common(n: int, event_type: str) -> dict[str, Any]:
+    """The fields every decision has, for the n-th command of a test."""
+    return {"event_id": event_id_for(f"cmd-{n}"), "event_type": event_type, "occurred_at": NOW,
+            "course_id": "intro-python", "causation_id": f"cmd-{n}",
+            "correlation_id": f"corr-{n}", "signup_id": f"signup-{n}", "email": "ann@example.org"}
+
+
 def accepted(name: str = "Ann Lee", capacity: int | None = 30) -> StudentSignedUp:
-    return StudentSignedUp(
-        event_id=event_id_for("cmd-1"),
-        event_type="StudentSignedUp",
-        occurred_at=NOW,
-        course_id="intro-python",
-        causation_id="cmd-1",
-        correlation_id="corr-1",
-        signup_id="signup-1",
-        email="ann@example.org",
-        name=name,
-        date_of_birth=date(2000, 5, 17),
-        seats_taken=7,
-        capacity=capacity,
-    )
+    return StudentSignedUp(**common(1, "StudentSignedUp"), name=name,
+                           date_of_birth=date(2000, 5, 17), seats_taken=7, capacity=capacity)
 
 
 def rejected(reason: str, name: str = "Ann Lee") -> SignUpRejected:
-    return SignUpRejected(
-        event_id=event_id_for("cmd-2"),
-        event_type="SignUpRejected",
-        occurred_at=NOW,
-        course_id="intro-python",
-        causation_id="cmd-2",
-        correlation_id="corr-2",
-        signup_id="signup-2",
-        email="ann@example.org",
-        name=name,
-        reason=reason,
-    )
+    return SignUpRejected(**common(2, "SignUpRejected"), name=name, reason=reason)
 
 
 def round_trip(msg: EmailMessage) -> EmailMessage:
@@ -93,6 +84,14 @@ def test_a_rejection_gives_the_reason_in_plain_words(reason: str, words: str) ->
     assert msg["Subject"] == "Sign-up not accepted: Intro to Python"
     assert words in text and words in page
     assert "Ada Lovelace" in text
+
+
+def test_every_rejection_reason_has_wording_of_its_own() -> None:
+    assert set(REASONS) == set(REJECTION_REASONS)
+    assert len(set(REASONS.values())) == len(REASONS)
+    for reason in REJECTION_REASONS:
+        text, _ = bodies(round_trip(render(rejected(reason), COURSE, SENDER)))
+        assert REASONS[reason] in text and reason not in text
 
 
 def test_an_unknown_course_is_named_by_its_id_without_a_lecturer() -> None:
