@@ -1,4 +1,4 @@
-"""Benchmarks of the read side: `python -m projections.bench` (for `make bench`; no test runs it).
+"""The read side on its own: `python -m proof.bench_projections` (no test runs it).
 
 Starts a private Kafka broker and PostgreSQL with the stack's own code, on free ports in
 a temporary directory, so that no synthetic event ever lands in a real event log (it
@@ -39,10 +39,11 @@ from typing import Any
 
 import httpx
 import psycopg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from projections.replay import rebuild
 from projections.settings import ReplaySettings
+from proof import bench_kafka as bk
 from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
 from stack import kafka, postgres
@@ -97,35 +98,6 @@ def produce(bootstrap: str, events: Iterator[Event]) -> tuple[int, float]:
     if producer.flush(120) != 0:
         raise RuntimeError("events not acknowledged by the broker")
     return n, time.perf_counter() - started
-
-
-def end_offsets(bootstrap: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-ends"})
-    try:
-        parts = consumer.list_topics(topics.EVENTS, timeout=10).topics[topics.EVENTS].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topics.EVENTS, p),
-                                                  timeout=10)[1] for p in parts}
-    finally:
-        consumer.close()
-
-
-def plain_loop(bootstrap: str) -> dict[str, float]:
-    """What reading and decoding alone costs: consume(n) and codec.decode, nothing else."""
-    ends = end_offsets(bootstrap)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
-    consumer.assign([TopicPartition(topics.EVENTS, p, 0) for p in ends])
-    done = dict.fromkeys(ends, 0)
-    started, n = time.perf_counter(), 0
-    while any(done[p] < ends[p] for p in ends):
-        for msg in consumer.consume(10_000, 1.0):
-            if msg.error() is None:
-                codec.decode(msg.value())  # type: ignore[arg-type]
-                done[msg.partition()] = msg.offset() + 1  # type: ignore[index,operator]
-                n += 1
-    seconds = time.perf_counter() - started
-    consumer.close()
-    return {"events": n, "seconds": round(seconds, 2), "events_per_s": round(n / seconds)}
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -232,7 +204,7 @@ def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
                                            work.decision_events(args.events - args.courses)))
     results["produce"] = {"events": n, "seconds": round(seconds, 2)}
     print("plain consume-and-decode loop ...", flush=True)
-    results["plain_consume_decode"] = plain_loop(bootstrap)
+    results["plain_consume_decode"] = bk.consume_and_decode(bootstrap)
     print(json.dumps(results["plain_consume_decode"]), flush=True)
     print("replay ...", flush=True)
     replayed = rebuild(ReplaySettings(kafka_bootstrap_servers=bootstrap, database_url=database,
@@ -245,7 +217,7 @@ def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
     more = max(0, args.signups - work.decisions)
     print(f"writing {more:,} more decisions, then the live projector catches up ...", flush=True)
     produce(bootstrap, work.decision_events(more))
-    ends = end_offsets(bootstrap)
+    ends = bk.end_offsets(bootstrap, topics.EVENTS)
     processes = [spawn("projections.projector", env, config.run_dir / "projector.log")]
     started = time.perf_counter()
     wait_for(lambda: caught_up(database, ends), 1800, "the projector")
@@ -286,7 +258,7 @@ def _chain(*parts: Iterator[Event]) -> Iterator[Event]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m projections.bench")
+    parser = argparse.ArgumentParser(prog="python -m proof.bench_projections")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--signups", type=int, default=1_000_000)
     parser.add_argument("--courses", type=int, default=1_000)
