@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -47,6 +46,9 @@ from course_processor.wire import event_headers
 from schemas.codec import encode
 from schemas.messages import CreateCourse, SignUp
 from schemas.topics import dlq_of
+from stack.ports import free_port
+from stack.probes import deciding, processor_health
+from stack.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,14 +135,6 @@ def processor_env(run: Run, app_id: str, events: str, guarantee: str,
             "PROCESSOR_EVENTS_TOPIC": events, "PSEUDONYM_SECRET": "bench-secret",
             "PROCESSOR_PORT": str(free_port()), "PARTITIONS": str(run.partitions),
             "PROCESSOR_DATA_DIR": f"/tmp/{app_id}", "LOG_LEVEL": "WARNING", **extra}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_processor(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -245,7 +239,8 @@ def bench_latency(run: Run, logs: Path, commit_interval: float,
                         PROCESSOR_COMMIT_INTERVAL=str(commit_interval))
     proc = start_processor(env, logs / f"{app_id}.log")
     try:
-        wait(lambda: _deciding(env["PROCESSOR_PORT"], run.partitions), 90)
+        wait_until(lambda: len(deciding(processor_health(int(env["PROCESSOR_PORT"]))))
+                   == run.partitions, 90, "the processor to decide every partition")
         producer = run.producer()
         consumer = Consumer({"bootstrap.servers": run.servers, "group.id": str(uuid.uuid4()),
                              "isolation.level": "read_committed", "auto.offset.reset": "latest",
@@ -286,23 +281,6 @@ def _seen(consumer: Consumer, sent: dict[str, float]) -> list[float]:
             if isinstance(correlation, bytes) and correlation.decode() in sent:
                 out.append(now - sent.pop(correlation.decode()))
     return out
-
-
-def _deciding(port: str, partitions: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            h = json.load(r)
-    except OSError:
-        return False
-    return len(h["assigned"]) == partitions and not (h["rebalancing"] or h["recovering"])
-
-
-def wait(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out")
-        time.sleep(0.2)
 
 
 def main() -> None:

@@ -31,8 +31,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,9 +46,10 @@ from projections.settings import ReplaySettings
 from proof import bench_kafka as bk
 from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
-from stack import kafka, postgres
 from stack.config import ROOT, StackConfig
-from stack.procs import free_port, stop
+from stack.infra import dependencies
+from stack.probes import http_ok
+from stack.waiting import wait_until
 
 
 @dataclass
@@ -100,27 +101,12 @@ def produce(bootstrap: str, events: Iterator[Event]) -> tuple[int, float]:
     return n, time.perf_counter() - started
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def caught_up(database_url: str, ends: dict[int, int]) -> bool:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT partition, next_offset FROM projection_offsets"
                             " WHERE projection = 'views'").fetchall()
     stored: dict[int, int] = dict(rows)
     return all(stored.get(p, 0) >= end for p, end in ends.items())
-
-
-def http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
@@ -173,14 +159,6 @@ async def concurrent(url: str, todo: list[str], in_flight: int) -> dict[str, flo
             "requests_per_s": round(len(latencies) / seconds)}
 
 
-def private_stack(run_dir: Path) -> StackConfig:
-    return replace(StackConfig.from_env({}), run_dir=run_dir,
-                   cache_dir=StackConfig.from_env(os.environ).cache_dir,
-                   kafka_port=free_port(), kafka_controller_port=free_port(),
-                   pg_port=free_port(), projector_port=free_port(),
-                   query_api_port=free_port())
-
-
 def spawn(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, stdout=out,
@@ -188,10 +166,6 @@ def spawn(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes
 
 
 def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
-    kafka.start(config)
-    kafka.ensure_topics(config)
-    postgres.start(config)
-    postgres.migrate(config)
     bootstrap, database = config.kafka_bootstrap, config.database_url
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database,
            "PROJECTOR_PORT": str(config.projector_port),
@@ -220,7 +194,7 @@ def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
     ends = bk.end_offsets(bootstrap, topics.EVENTS)
     processes = [spawn("projections.projector", env, config.run_dir / "projector.log")]
     started = time.perf_counter()
-    wait_for(lambda: caught_up(database, ends), 1800, "the projector")
+    wait_until(lambda: caught_up(database, ends), 1800, "the projector")
     seconds = time.perf_counter() - started
     results["projector_live"] = {"events": more, "seconds": round(seconds, 2),
                                  "events_per_s": round(more / seconds) if seconds else None,
@@ -230,7 +204,7 @@ def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
     processes.append(spawn("projections.api", env, config.run_dir / "api.log"))
     url = config.query_url
     try:
-        wait_for(lambda: http_ok(url + "/readyz"), 60, "the query API")
+        wait_until(lambda: http_ok(url + "/readyz"), 60, "the query API")
         sequential(url, paths(work, 300))  # warm-up: connections, prepared statements
         with psycopg.connect(database) as conn:
             row = conn.execute("SELECT count(*) FROM signup_decisions").fetchone()
@@ -267,12 +241,11 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = StackConfig.from_env(os.environ).run_dir / "bench"
     run_dir = Path(tempfile.mkdtemp(prefix="projections-bench-"))
-    config = private_stack(run_dir)
+    config = StackConfig.on_free_ports(run_dir, admin_token="bench-admin-token")
     try:
-        results = run(args, config)
+        with dependencies(config):
+            results = run(args, config)
     finally:
-        postgres.stop_server(config)
-        stop(config, kafka.NAME, timeout=60)
         shutil.rmtree(run_dir, ignore_errors=True)
     results["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,9 @@ from schemas.codec import decode, encode
 from schemas.messages import CreateCourse, SignUp, StudentSignedUp
 from schemas.pseudonyms import seat_key
 from schemas.topics import dlq_of
-from stack.procs import free_port
+from stack.ports import free_port
+from stack.probes import deciding, processor_health
+from stack.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-state-secret"
@@ -235,19 +237,10 @@ class Processor:
                 self.kill()
 
     def health(self) -> dict[str, Any] | None:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                return dict(json.load(r))
-        except OSError:
-            return None
+        return processor_health(self.port)
 
     def deciding(self) -> list[int]:
-        h = self.health()
-        if not h or h["rebalancing"] or h["recovering"]:
-            return []
-        return list(h["assigned"])
+        return deciding(self.health())
 
     def memory(self) -> dict[str, float]:
         assert self.proc is not None
@@ -261,14 +254,6 @@ class Processor:
             if m:
                 found.append((int(m.group(1)), float(m.group(2))))
         return found
-
-
-def wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout:.0f}s")
-        time.sleep(0.1)
 
 
 # ------------------------------------------------------------------ live traffic
@@ -365,7 +350,7 @@ def measure_size(run: Run, size: int) -> dict[str, Any]:
     fresh = Processor(run, f"p-{size}")  # an empty disk: the full restore
     began = time.monotonic()
     fresh.start()
-    wait(lambda: len(fresh.deciding()) == run.partitions, 1800, "the full restore")
+    wait_until(lambda: len(fresh.deciding()) == run.partitions, 1800, "the full restore")
     restores = fresh.restores()
     records, seconds = max(restores) if restores else (0, 0.0)
     restore = {"records": records, "seconds": seconds,
@@ -375,16 +360,18 @@ def measure_size(run: Run, size: int) -> dict[str, Any]:
     trickle = Trickle(run)
     trickle.start()
     try:
-        wait(lambda: trickle.first_after(time.monotonic() - 1) is not None, 60, "live decisions")
+        wait_until(lambda: trickle.first_after(time.monotonic() - 1) is not None, 60,
+                   "live decisions")
         time.sleep(3)
         killed_at = time.monotonic()
         fresh.kill()
         again = Processor(run, f"p-{size}")  # the same disk
         again.start()
         assert again.proc is not None
-        wait(lambda: trickle.first_after(killed_at, writer=str(again.proc.pid)) is not None,
-             600, "the first decision after the restart")
-        first = trickle.first_after(killed_at, writer=str(again.proc.pid))
+        writer = str(again.proc.pid)
+        wait_until(lambda: trickle.first_after(killed_at, writer=writer) is not None,
+                   600, "the first decision after the restart")
+        first = trickle.first_after(killed_at, writer=writer)
         assert first is not None
         time.sleep(5)
         memory = again.memory()
@@ -412,13 +399,13 @@ def measure_failover(run: Run) -> dict[str, Any]:
     first.start()
     trickle = Trickle(run)
     try:
-        wait(lambda: len(first.deciding()) == run.partitions, 1800, "the first processor")
+        wait_until(lambda: len(first.deciding()) == run.partitions, 1800, "the first processor")
         second.start()
 
         def shared() -> bool:
             a, b = first.deciding(), second.deciding()
             return bool(a) and bool(b) and sorted(a + b) == list(range(run.partitions))
-        wait(shared, 600, "two processors sharing the partitions")
+        wait_until(shared, 600, "two processors sharing the partitions")
         trickle.start()
         time.sleep(5)
         lost = set(first.deciding())
@@ -431,8 +418,8 @@ def measure_failover(run: Run) -> dict[str, Any]:
         first.kill()
         assert second.proc is not None
         pid = str(second.proc.pid)
-        wait(lambda: trickle.first_after(killed_at, pid, lost) is not None, 900,
-             "the killed worker's partitions to decide again")
+        wait_until(lambda: trickle.first_after(killed_at, pid, lost) is not None, 900,
+                   "the killed worker's partitions to decide again")
         took = trickle.first_after(killed_at, pid, lost)
         assert took is not None
         restored = second.restores()

@@ -96,7 +96,7 @@ import psycopg
 
 from proof import audit, chaos_cluster
 from proof.chaos_load import CourseSpec, Load, Plan, create_courses, now
-from proof.chaos_stack import UP_TIMEOUT, ChaosError, Stack, stack_env, temporary_config
+from proof.chaos_stack import UP_TIMEOUT, ChaosError, Stack, temporary_config
 from proof.demo import table
 from schemas import topics
 from schemas.messages import SignUp, SignUpRejected, StudentSignedUp
@@ -1112,7 +1112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.use_running:
             config = StackConfig.from_env(os.environ)
-            stacks.append(Stack(config, stack_env(config), owned=False))
+            stacks.append(Stack(config, config.stack_env(), owned=False))
             skipped = [n for n in names if not fits(SCENARIOS[n], config.kafka_brokers)]
             if skipped:
                 print(f"not run on this {config.kafka_brokers}-broker stack: {skipped}")
@@ -1124,7 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
                 group = [n for n in names if SCENARIOS[n].brokers == brokers]
                 config = temporary_config(
                     Path(tempfile.mkdtemp(prefix="course-signup-chaos-")), brokers)
-                stacks.append(Stack(config, stack_env(config), owned=True))
+                stacks.append(Stack(config, config.stack_env(), owned=True))
                 results += run_on(stacks[-1], profile, group, results_path.parent, args.keep)
     finally:
         write_results(results_path, profile, results, began, stacks)

@@ -19,7 +19,7 @@ from stack.procs import (
     port_open,
     spawn,
     stop,
-    wait_until,
+    wait_ready,
 )
 
 NAME = "postgres"
@@ -116,7 +116,7 @@ def start(config: StackConfig) -> bool:
         "-c", "shared_buffers=256MB", "-c", "log_min_messages=warning",
     ]
     pid = spawn(config, NAME, argv, user=run_as())
-    wait_until(lambda: _connectable(config), 60, "postgres", log_file(config, NAME), pid)
+    wait_ready(lambda: _connectable(config), 60, "postgres", log_file(config, NAME), pid)
     create_database(config)
     return True
 

@@ -6,9 +6,9 @@ import importlib.util
 from dataclasses import dataclass
 
 from stack.config import ROOT, StackConfig
+from stack.probes import http_ok
 from stack.procs import (
     StackError,
-    http_ok,
     is_running,
     log_file,
     owns_port,
@@ -16,7 +16,7 @@ from stack.procs import (
     read_pid,
     spawn,
     taken_message,
-    wait_until,
+    wait_ready,
 )
 
 
@@ -83,6 +83,6 @@ def start(config: StackConfig, service: Service, timeout: float = 90) -> bool:
     env = {**config.service_env(), **dict(service.extra_env)}
     pid = spawn(config, service.name, [config.python, "-m", module], env=env, cwd=ROOT)
     health = service.url + service.health_path
-    wait_until(lambda: owns_port(pid, service.port) and http_ok(health),
+    wait_ready(lambda: owns_port(pid, service.port) and http_ok(health),
                timeout, f"{service.name} (port {service.port})", log, pid)
     return True

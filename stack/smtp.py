@@ -5,7 +5,7 @@ from __future__ import annotations
 import smtplib
 
 from stack.config import ROOT, StackConfig
-from stack.procs import StackError, is_running, log_file, port_open, spawn, wait_until
+from stack.procs import StackError, is_running, log_file, port_open, spawn, wait_ready
 
 NAME = "smtp"
 
@@ -19,7 +19,7 @@ def start(config: StackConfig) -> bool:
     argv = [config.python, "-m", "stack.smtp_sink", "--port", str(config.smtp_port),
             "--mail-dir", str(config.mail_dir)]
     pid = spawn(config, NAME, argv, cwd=ROOT)
-    wait_until(lambda: _answers(config), 20, "smtp (sink)", log_file(config, NAME), pid)
+    wait_ready(lambda: _answers(config), 20, "smtp (sink)", log_file(config, NAME), pid)
     return True
 
 

@@ -12,14 +12,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from stack import kafka, postgres, smtp
 from stack.config import StackConfig
-from stack.procs import free_port, stop
+from stack.procs import stop
 
 
 @dataclass(frozen=True)
@@ -43,23 +43,7 @@ class Infra:
 
 def stack_config_for_tests(run_dir: Path) -> StackConfig:
     """A stack config on free ports under run_dir, for tests that start their own stack."""
-    kafka_port = free_port()
-    return replace(
-        StackConfig.from_env({}),
-        run_dir=run_dir,
-        cache_dir=StackConfig.from_env(os.environ).cache_dir,
-        kafka_port=kafka_port,
-        kafka_controller_port=free_port(),
-        pg_port=free_port(),
-        smtp_port=free_port(),
-        command_api_port=free_port(),
-        query_api_port=free_port(),
-        processor_port=free_port(),
-        projector_port=free_port(),
-        notifier_port=free_port(),
-        partitions=4,
-        admin_token_override="test-admin-token",
-    )
+    return StackConfig.on_free_ports(run_dir, admin_token="test-admin-token")
 
 
 def _outside_infra() -> Infra | None:

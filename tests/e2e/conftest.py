@@ -11,18 +11,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from stack.config import StackConfig
 from tests.conftest import stack_config_for_tests
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -35,15 +31,11 @@ class RunningStack:
                               text=True, capture_output=True, timeout=300)
 
 
-def stack_env(config: StackConfig) -> dict[str, str]:
-    return config.stack_env()
-
-
 @pytest.fixture(scope="session")
 def full_stack() -> Iterator[RunningStack]:
     run_dir = Path(tempfile.mkdtemp(prefix="course-signup-e2e-"))
     config = stack_config_for_tests(run_dir)
-    running = RunningStack(config, stack_env(config))
+    running = RunningStack(config, config.stack_env())
     try:
         started = running.cli("up")
         assert started.returncode == 0, f"stack up failed:\n{started.stdout}\n{started.stderr}"
@@ -52,14 +44,3 @@ def full_stack() -> Iterator[RunningStack]:
         running.cli("down")
         if os.environ.get("KEEP_TEST_RUN_DIR") is None:
             shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll until probe returns something other than None, or fail naming what was awaited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result is not None:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

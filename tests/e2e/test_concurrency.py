@@ -9,7 +9,8 @@ import uuid
 import httpx
 
 from proof.load import bounded, session, sign_up, students
-from tests.e2e.conftest import RunningStack, eventually
+from stack.waiting import eventually
+from tests.e2e.conftest import RunningStack
 
 
 def test_2000_concurrent_signups_from_1500_students_fill_50_seats(

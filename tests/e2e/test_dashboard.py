@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 
 from stack import browser
-from tests.e2e.conftest import RunningStack, eventually
+from stack.waiting import eventually
+from tests.e2e.conftest import RunningStack
 
 AS_OF = "2026-06-01"
 BORN = ["2000-02-29", "1999-12-31", "2001-01-01", "1980-07-15", "2000-02-29"]

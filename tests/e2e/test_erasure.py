@@ -32,7 +32,8 @@ from schemas.codec import decode
 from schemas.messages import StudentSignedUp
 from schemas.personal import unseal
 from stack import postgres
-from tests.e2e.conftest import RunningStack, eventually
+from stack.waiting import eventually
+from tests.e2e.conftest import RunningStack
 
 DATES = ("2031-01-15", "2047-08-01")
 

@@ -11,7 +11,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from schemas import topics
 from schemas.codec import decode
-from tests.e2e.conftest import RunningStack, eventually
+from stack.waiting import eventually
+from tests.e2e.conftest import RunningStack
 
 
 def _create_course(stack: RunningStack, capacity: int) -> str:

@@ -9,7 +9,8 @@ from datetime import date
 
 import httpx
 
-from tests.e2e.conftest import RunningStack, eventually
+from stack.waiting import eventually
+from tests.e2e.conftest import RunningStack
 
 
 def _create_course(stack: RunningStack, capacity: int) -> str:

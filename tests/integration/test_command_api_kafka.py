@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from schemas import codec, topics
 from schemas.messages import CreateCourse, SignUp, signup_id_for
 from schemas.personal import student_hash, unseal
+from stack.ports import free_port
+from stack.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -57,20 +58,6 @@ def _ensure_topic(servers: str, name: str, partitions: int) -> None:
             raise
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
 def _answers(url: str, status: int) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == status
@@ -81,7 +68,7 @@ def _answers(url: str, status: int) -> bool:
 @contextmanager
 def running_api(bootstrap: str, log_file: Path, **env: str) -> Iterator[str]:
     """`python -m command_api` on a free port, as `make up` starts it."""
-    port = _free_port()
+    port = free_port()
     with log_file.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "command_api"],
@@ -92,7 +79,7 @@ def running_api(bootstrap: str, log_file: Path, **env: str) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: process.poll() is not None or _answers(f"{url}/healthz", 200), 30,
+        wait_until(lambda: process.poll() is not None or _answers(f"{url}/healthz", 200), 30,
                     "the command API to start")
         if process.poll() is not None:
             pytest.fail(f"the command API exited:\n{log_file.read_text()}")
@@ -109,7 +96,7 @@ def running_api(bootstrap: str, log_file: Path, **env: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def api(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running_api(bootstrap, tmp_path_factory.mktemp("api") / "command-api.log") as url:
-        _wait_until(lambda: _answers(f"{url}/readyz", 200), 30, "the command API to be ready")
+        wait_until(lambda: _answers(f"{url}/readyz", 200), 30, "the command API to be ready")
         yield url
 
 
@@ -245,7 +232,7 @@ async def test_two_thousand_concurrent_sign_ups_are_all_accepted_and_all_in_the_
 async def test_with_kafka_unreachable_every_command_is_a_prompt_503_and_never_a_202(
     tmp_path: Path,
 ) -> None:
-    nowhere = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
     produce_timeout = 2.0
 
     with running_api(nowhere, tmp_path / "command-api.log",

@@ -38,18 +38,12 @@ from schemas import codec, topics
 from schemas.messages import CourseCreated, Decision, SignUpRejected, StudentSignedUp
 from stack import smtp
 from stack.config import ROOT
-from stack.procs import free_port, stop
+from stack.ports import free_port
+from stack.procs import stop
+from stack.waiting import wait_until
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------- the sink's folder
@@ -210,7 +204,7 @@ class Notifier:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "notifier"], cwd=ROOT,
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, 30, f"notifier /healthz (log: {self.log_path})")
+        wait_until(self._healthy, 30, f"notifier /healthz (log: {self.log_path})")
         return self
 
     def _healthy(self) -> bool:
@@ -295,7 +289,7 @@ def test_each_decision_becomes_one_e_mail_to_its_student(
     course.decide(name="Zoë", local="zoë.")
     log.flush()
 
-    wait_for(lambda: mailbox.has_all(course.event_ids), 30, "13 e-mails")
+    wait_until(lambda: mailbox.has_all(course.event_ids), 30, "13 e-mails")
     found = mailbox.by_event()
     for decision in course.decisions:
         [msg] = found[decision.event_id]
@@ -318,11 +312,11 @@ def test_a_decision_repeated_in_the_log_is_sent_once(
     twice = course.decide()
     course.repeat(twice)  # right behind: a crash of the processor can do that
     log.flush()
-    wait_for(lambda: mailbox.has_all([twice.event_id]), 30, "the first e-mail")
+    wait_until(lambda: mailbox.has_all([twice.event_id]), 30, "the first e-mail")
     course.repeat(twice)  # and again, long after it was sent
     marker = course.decide()  # same course, same partition: handled after the repeat
     log.flush()
-    wait_for(lambda: mailbox.has_all([marker.event_id]), 30, "the marker e-mail")
+    wait_until(lambda: mailbox.has_all([marker.event_id]), 30, "the marker e-mail")
     assert mailbox.counts([twice.event_id])[twice.event_id] == 1
     assert notifier.metric("notifier_duplicates_skipped_total") >= 2
 
@@ -339,18 +333,18 @@ def test_an_smtp_outage_delays_e_mails_and_loses_none(
         for i in range(10):
             course.decide(accepted=i % 2 == 0)
         log.flush()
-        wait_for(lambda: notifier.metric("notifier_emails_retried_total") >= 2, 30,
+        wait_until(lambda: notifier.metric("notifier_emails_retried_total") >= 2, 30,
                  "the notifier to retry against the stopped sink")
         assert mailbox.counts(course.event_ids).total() == 0
-        wait_for(lambda: notifier.readyz()[0] == 503, 10, "/readyz to say 503 in the outage")
+        wait_until(lambda: notifier.readyz()[0] == 503, 10, "/readyz to say 503 in the outage")
         assert notifier.readyz()[1]["reason"].startswith("dependency unavailable")
     finally:
         smtp.start(infra.config)
-    wait_for(lambda: mailbox.has_all(course.event_ids), 30, "every e-mail after the outage")
+    wait_until(lambda: mailbox.has_all(course.event_ids), 30, "every e-mail after the outage")
     assert notifier.readyz() == (200, {"status": "ready"})
     marker = course.decide()
     log.flush()
-    wait_for(lambda: mailbox.has_all([marker.event_id]), 30, "the marker e-mail")
+    wait_until(lambda: mailbox.has_all([marker.event_id]), 30, "the marker e-mail")
     assert set(mailbox.counts(course.event_ids).values()) == {1}
 
 
@@ -367,12 +361,12 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_at_most_one_per_kill(
 
     kills = 0
     for fraction in (0.2, 0.6):
-        wait_for(lambda f=fraction: mailbox.counts(event_ids).total() >= f * len(event_ids),
+        wait_until(lambda f=fraction: mailbox.counts(event_ids).total() >= f * len(event_ids),
                  60, f"{fraction:.0%} of the e-mails")
         notifier.kill()
         kills += 1
         notifier = notifier_factory(group, NOTIFIER_INSTANCE_ID=instance)
-    wait_for(lambda: mailbox.has_all(event_ids), 90, "every e-mail after the kills")
+    wait_until(lambda: mailbox.has_all(event_ids), 90, "every e-mail after the kills")
 
     counts = mailbox.counts(event_ids)
     duplicates = sum(n - 1 for n in counts.values())
@@ -415,7 +409,7 @@ def test_a_rejected_recipient_ends_on_the_dead_letter_topic_while_others_arrive(
     delivered = [course.decide(accepted=i % 2 == 0) for i in range(4)]
     log.flush()
 
-    wait_for(lambda: mailbox.has_all([d.event_id for d in delivered]), 30, "the good e-mails")
+    wait_until(lambda: mailbox.has_all([d.event_id for d in delivered]), 30, "the good e-mails")
     found = dead_letters(infra.kafka_bootstrap, start, {d.event_id for d in refused})
     assert set(found) == {d.event_id for d in refused}
     for decision in refused:
@@ -446,7 +440,7 @@ def test_an_undecodable_event_is_dead_lettered_and_the_next_one_is_sent(
     after = course.decide()
     log.flush()
 
-    wait_for(lambda: mailbox.has_all([after.event_id]), 30, "the e-mail after the bad event")
+    wait_until(lambda: mailbox.has_all([after.event_id]), 30, "the e-mail after the bad event")
     found = dead_letters(infra.kafka_bootstrap, start, {tag})
     headers = {k: (v or b"").decode() for k, v in found[tag].headers() or []}
     assert headers["dlq.reason"] == "undecodable"

@@ -20,7 +20,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,11 +28,12 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -49,6 +49,9 @@ from schemas.messages import (
     StudentSignedUp,
     event_id_for,
 )
+from stack.ports import free_port
+from stack.probes import deciding, processor_health
+from stack.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -61,14 +64,6 @@ def bootstrap() -> str:
     if not servers:
         pytest.fail("KAFKA_BOOTSTRAP_SERVERS is not set: these tests need a real Kafka broker")
     return servers
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 # ---------------------------------------------------------------- the broker
@@ -115,12 +110,6 @@ def delete_topics_of(servers: str, app_id: str) -> None:
 
 
 # ---------------------------------------------------------------- workers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Worker:
@@ -173,19 +162,12 @@ class Worker:
         except urllib.error.HTTPError as err:
             return int(err.code)
 
-    def health(self) -> dict | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                return json.load(r)
-        except OSError:
-            return None
+    def health(self) -> dict[str, Any] | None:
+        return processor_health(self.port)
 
     def deciding(self) -> list[int]:
         """The partitions this worker decides now (none while rebalancing or recovering)."""
-        h = self.health()
-        if not h or h["rebalancing"] or h["recovering"]:
-            return []
-        return list(h["assigned"])
+        return deciding(self.health())
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
@@ -235,7 +217,7 @@ class Cluster:
             owned = [p for w in workers for p in w.deciding()]
             return sorted(owned) == list(range(self.partitions)) and all(
                 w.deciding() for w in workers)
-        wait_for(shared, timeout, f"{[w.name for w in workers]} to share the partitions")
+        wait_until(shared, timeout, f"{[w.name for w in workers]} to share the partitions")
 
     def logs(self) -> str:
         return "\n".join(f"--- {w.name}\n{w.log_path.read_text()[-4000:]}" for w in self.workers)
@@ -379,13 +361,13 @@ class EventLog:
         def enough() -> bool:
             self.read(0.05)
             return len(ids & self.decided) >= fraction * len(ids)
-        wait_for(enough, timeout, f"{fraction:.0%} of a wave decided")
+        wait_until(enough, timeout, f"{fraction:.0%} of a wave decided")
 
     def wait_all_decided(self, signups: set[str], timeout: float) -> None:
         def done() -> bool:
             self.read()
             return signups <= self.decided
-        wait_for(done, timeout, f"decisions for {len(signups)} sign-ups")
+        wait_until(done, timeout, f"decisions for {len(signups)} sign-ups")
 
     def close(self) -> None:
         self.consumer.close()
@@ -541,13 +523,13 @@ def test_paused_worker_is_fenced(cluster: Cluster) -> None:
         def b_decides() -> bool:
             log.read(0.1)
             return len(log.decided) >= before + 100
-        wait_for(b_decides, 30, "the remaining worker to go on deciding")
+        wait_until(b_decides, 30, "the remaining worker to go on deciding")
         resumed_at_ms = int(time.time() * 1000)
         # On SIGCONT a goes on with the commands it had fetched, in its old generation,
         # until it learns of the rebalance; it may then rejoin and own partitions
         # again, legitimately, in a newer generation.
         a.signal(signal.SIGCONT)
-        wait_for(sent.is_set, 60, "the sign-ups to be produced")
+        wait_until(sent.is_set, 60, "the sign-ups to be produced")
         log.wait_all_decided(set(w.signups), timeout=90)
         report = audit(log, w)
         assert_fenced(log, a_id, paused_generation, resumed_at_ms)
@@ -620,7 +602,7 @@ def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> Non
 
     try:
         with showing_logs(cluster, log):
-            wait_for(dead_lettered, 60, "two dead letters")
+            wait_until(dead_lettered, 60, "two dead letters")
             log.wait_all_decided(set(w.signups), timeout=60)
             audit(log, w)
     finally:
@@ -724,7 +706,7 @@ def test_kill_9_at_random_moments_of_a_steady_stream(cluster: Cluster) -> None:
             time.sleep(rng.uniform(0.1, 1.5))
             worker.kill()
             worker = cluster.start(f"r-{i + 2}", store="r")
-        wait_for(sent.is_set, 90, "the sign-ups to be produced")
+        wait_until(sent.is_set, 90, "the sign-ups to be produced")
         report = audit_after_all(cluster, log, w)
     print("audit", report)
 
@@ -751,7 +733,7 @@ def test_repeated_commands_write_nothing(cluster: Cluster) -> None:
         def all_repeats_seen() -> bool:
             return sum(_counter(worker.metrics(), "processor_repeats_total").values()) >= \
                 len(repeats) + len(originals) - len(w.signups)
-        wait_for(all_repeats_seen, 60, "the repeated commands to be processed")
+        wait_until(all_repeats_seen, 60, "the repeated commands to be processed")
         log.read(1.0)
         records = log.records[course.encode()]
         event_ids = [decode(r.value).event_id for r in records]

@@ -16,10 +16,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
 from stack import postgres
 from stack.config import ROOT
-from stack.procs import free_port
+from stack.ports import free_port
+from stack.waiting import wait_until
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration
@@ -45,17 +47,8 @@ NOW = datetime(2026, 11, 1, 9, tzinfo=UTC)
 # ------------------------------------------------------------------ helpers
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except (psycopg.OperationalError, httpx.HTTPError):
-            pass  # not there yet
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
+# The database or the API may not be up yet while a projection starts.
+wait_for = partial(wait_until, not_yet=(psycopg.OperationalError, httpx.HTTPError))
 
 
 def db() -> psycopg.Connection:
@@ -314,7 +307,7 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
         before = stored_positions()
         log.write(burst)
         # Kill it once it has committed part of the burst, inside its next batches.
-        wait_for(lambda b=before: stored_positions() != b, 30, "progress", every=0.005)
+        wait_for(lambda b=before: stored_positions() != b, 30, "progress", interval=0.005)
         time.sleep(rng.uniform(0.0, 0.02))
         projector.kill()
         killed_mid_burst += not projected(log)
@@ -596,7 +589,7 @@ def test_the_cache_shows_each_commit_within_a_second_and_never_an_older_value(
         told = cache_metric(query_api, "query_api_cache_notices_total")
         log.write([accepted(course, date(1999, 12, 31))])
         wait_for(lambda t=told: cache_metric(query_api, "query_api_cache_notices_total") > t,
-                 30, "the API to be told of the commit", every=0.002)
+                 30, "the API to be told of the commit", interval=0.002)
         assert enrolled(query_api, course) == n + 1
     assert cache_metric(query_api, "query_api_cache_live") == 1.0
 
