@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,14 +42,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from course_processor.commands import Unprocessable, read_command
 from course_processor.decider import Decider
 from course_processor.wire import event_headers
+from proof.bench_stack import broker_from_env, results_dir
 from schemas.codec import encode
 from schemas.messages import CreateCourse, SignUp
 from schemas.topics import dlq_of
+from stack.config import ROOT
 from stack.ports import free_port
 from stack.probes import deciding, processor_health
+from stack.procs import terminate
 from stack.waiting import wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Run:
@@ -143,14 +143,6 @@ def start_processor(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def bench_processor(run: Run, n: int, guarantee: str, logs: Path,
                     commit_interval: float = 0.1, label: str = "") -> dict[str, Any]:
     app_id = f"{run.id}-{guarantee}-{int(commit_interval * 1000)}ms{label}"
@@ -163,7 +155,7 @@ def bench_processor(run: Run, n: int, guarantee: str, logs: Path,
         count, first, last = count_events(run.servers, events, n, timeout=600,
                                           alive=lambda: proc.poll() is None)
     finally:
-        stop(proc)
+        terminate(proc, 30)
     return result(f"processor {guarantee} commit_interval={commit_interval}s", count, first,
                   last, time.monotonic() - started)
 
@@ -265,7 +257,7 @@ def bench_latency(run: Run, logs: Path, commit_interval: float,
             latencies += _seen(consumer, sent)
         consumer.close()
     finally:
-        stop(proc)
+        terminate(proc, 30)
     latencies.sort()
     return {"name": f"latency exactly_once commit_interval={commit_interval}s",
             "decisions": len(latencies), "unseen": len(sent),
@@ -287,12 +279,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--signups", type=int, default=50_000)
     parser.add_argument("--courses", type=int, default=100)
-    run_dir = Path(os.environ.get("RUN_DIR") or ROOT / ".run")
-    parser.add_argument("--out", type=Path, default=run_dir / "bench" / "processor.json")
+    parser.add_argument("--out", type=Path, default=results_dir() / "processor.json")
     args = parser.parse_args()
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not servers:
-        sys.exit("KAFKA_BOOTSTRAP_SERVERS is not set")
+    servers = broker_from_env()
     run = Run(servers, int(os.environ.get("PARTITIONS") or 4))
     logs = args.out.parent
     logs.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ from confluent_kafka import Producer
 from projections.replay import rebuild
 from projections.settings import ReplaySettings
 from proof import bench_kafka as bk
+from proof.bench_stack import results_dir
 from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
 from stack.config import ROOT, StackConfig
@@ -239,7 +240,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3_000)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
-    out_dir = StackConfig.from_env(os.environ).run_dir / "bench"
+    out_dir = results_dir()
     run_dir = Path(tempfile.mkdtemp(prefix="projections-bench-"))
     config = StackConfig.on_free_ports(run_dir, admin_token="bench-admin-token")
     try:

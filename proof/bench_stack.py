@@ -27,7 +27,7 @@ import psycopg
 from stack.config import ROOT, StackConfig
 from stack.ports import free_port
 from stack.probes import deciding, http_ok, processor_health
-from stack.procs import read_pid, stop
+from stack.procs import read_pid, stop, terminate
 from stack.waiting import wait_until
 
 # The notifier (and its SMTP sink) is left out: it is not on the path from a 202 to a
@@ -81,6 +81,19 @@ def running_stack() -> Iterator[BenchStack]:
             stack.cli("down")
         if os.environ.get("KEEP_BENCH_RUN_DIR") is None:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def results_dir() -> Path:
+    """$RUN_DIR/bench, as `make up` reads RUN_DIR: where every benchmark writes."""
+    return StackConfig.from_env(os.environ).run_dir / "bench"
+
+
+def broker_from_env() -> str:
+    """The broker a benchmark that starts no stack of its own runs against."""
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not servers:
+        sys.exit("KAFKA_BOOTSTRAP_SERVERS is not set")
+    return servers
 
 
 # ------------------------------------------------------------------ components
@@ -194,12 +207,7 @@ def serving(name: str, argv: list[str], env: dict[str, str], ready: str, log: Pa
         wait_until(up, timeout, f"{name} (see {log})", interval=0.2)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc, 15)
 
 
 @contextlib.contextmanager

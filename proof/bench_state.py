@@ -51,16 +51,17 @@ from course_processor.migrate import command_partition
 from course_processor.values import memory_key, outcome_of
 from course_processor.wire import event_headers
 from proof.bench_kafka import produce
-from proof.bench_stack import memory
+from proof.bench_stack import broker_from_env, memory, results_dir
 from schemas.codec import decode, encode
 from schemas.messages import CreateCourse, SignUp, StudentSignedUp
 from schemas.pseudonyms import seat_key
 from schemas.topics import dlq_of
+from stack.config import ROOT
 from stack.ports import free_port
 from stack.probes import deciding, processor_health
+from stack.procs import terminate
 from stack.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-state-secret"
 SESSION_TIMEOUT = 10.0  # the processor's default
 CAPACITY = 5_000
@@ -229,12 +230,7 @@ class Processor:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc, 30)
 
     def health(self) -> dict[str, Any] | None:
         return processor_health(self.port)
@@ -439,12 +435,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m proof.bench_state")
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--failover", action="store_true")
-    run_dir = Path(os.environ.get("RUN_DIR") or ROOT / ".run")
-    parser.add_argument("--out", type=Path, default=run_dir / "bench" / "fig8_state.json")
+    parser.add_argument("--out", type=Path, default=results_dir() / "fig8_state.json")
     args = parser.parse_args()
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not servers:
-        sys.exit("KAFKA_BOOTSTRAP_SERVERS is not set")
+    servers = broker_from_env()
     print(json.dumps(run_state_bench(servers, [int(s) for s in args.sizes.split(",")],
                                      args.failover, args.out), indent=2))
 

@@ -404,14 +404,7 @@ async def kill_leader_broker(run: Run) -> None:
     restarted = now()
     took = await stack.up()
     run.say(f"`python -m stack up` restarted {name} in {took:.1f}s")
-    rejoined, missing = await chaos_cluster.wait_in_isr(stack.config.kafka_bootstrap, node,
-                                                        ISR_REJOIN_TIMEOUT_S)
-    if rejoined is not None:
-        fault.notes.append(f"{name} back in every ISR {now() - restarted:.1f}s after its restart")
-        run.say(fault.notes[-1])
-    run.checks.append(Check(f"the restarted broker rejoins the ISR within "
-                            f"{ISR_REJOIN_TIMEOUT_S:.0f}s", rejoined is not None,
-                            f"still out of the ISR of {missing[:5]}" if missing else ""))
+    await rejoins_isr(run, fault, node, restarted, "restarted", "its restart")
     await run.load_for(p.tail)
     run.checks.append(survivors(stack, pids))
     run.checks.append(await deciding(run))
@@ -475,14 +468,7 @@ async def pause_leader_broker(run: Run) -> None:
         os.kill(pid, signal.SIGCONT)
     resumed = now()
     run.say(f"SIGCONT {name}")
-    rejoined, missing = await chaos_cluster.wait_in_isr(stack.config.kafka_bootstrap, node,
-                                                        ISR_REJOIN_TIMEOUT_S)
-    if rejoined is not None:
-        fault.notes.append(f"{name} back in every ISR {now() - resumed:.1f}s after SIGCONT")
-        run.say(fault.notes[-1])
-    run.checks.append(Check(f"the resumed broker rejoins the ISR within "
-                            f"{ISR_REJOIN_TIMEOUT_S:.0f}s", rejoined is not None,
-                            f"still out of the ISR of {missing[:5]}" if missing else ""))
+    await rejoins_isr(run, fault, node, resumed, "resumed", "SIGCONT")
     await run.load_for(p.tail)
     run.checks.append(Check(f"{name} kept running (same pid)", pid_alive(pid), f"pid {pid}"))
     run.checks.append(survivors(stack, pids))
@@ -505,6 +491,19 @@ async def restart_the_dead(run: Run, fault: Fault) -> None:
         fault.notes.append(f"died: {dead}; restarted with `python -m stack up` for the audit")
         run.say(fault.notes[-1])
         await run.stack.up()
+
+
+async def rejoins_isr(run: Run, fault: Fault, node: int, since: float, how: str,
+                      after: str) -> None:
+    """Check that broker `node` is back in every ISR in time, and note when it was."""
+    rejoined, missing = await chaos_cluster.wait_in_isr(run.stack.config.kafka_bootstrap, node,
+                                                        ISR_REJOIN_TIMEOUT_S)
+    if rejoined is not None:
+        fault.notes.append(f"kafka-{node} back in every ISR {now() - since:.1f}s after {after}")
+        run.say(fault.notes[-1])
+    run.checks.append(Check(f"the {how} broker rejoins the ISR within "
+                            f"{ISR_REJOIN_TIMEOUT_S:.0f}s", rejoined is not None,
+                            f"still out of the ISR of {missing[:5]}" if missing else ""))
 
 
 async def deciding(run: Run, timeout: float = 60) -> Check:

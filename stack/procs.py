@@ -102,6 +102,20 @@ def stop(config: StackConfig, name: str, sig: int = signal.SIGTERM, timeout: flo
     return True
 
 
+def terminate(proc: subprocess.Popen[Any] | None, timeout: float) -> bool:
+    """SIGTERM a child process and reap it, SIGKILL if it outlives timeout; False then."""
+    if proc is None or proc.poll() is not None:
+        return True
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return False
+
+
 def signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)

@@ -11,10 +11,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from stack.config import StackConfig
@@ -29,6 +31,16 @@ class RunningStack:
     def cli(self, command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "stack", command], env=self.env,
                               text=True, capture_output=True, timeout=300)
+
+    def create_course(self, prefix: str, capacity: int, title: str, lecturer: str) -> str:
+        """POST /courses as the admin; the new course's id (accepted with a 202)."""
+        course_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        response = httpx.post(f"{self.config.command_url}/courses",
+                              headers={"Authorization": f"Bearer {self.config.admin_token()}"},
+                              json={"course_id": course_id, "title": title,
+                                    "lecturer": lecturer, "capacity": capacity}, timeout=30)
+        assert response.status_code == 202, response.text
+        return course_id
 
 
 @pytest.fixture(scope="session")

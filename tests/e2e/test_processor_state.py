@@ -16,13 +16,7 @@ from tests.e2e.conftest import RunningStack
 
 
 def _create_course(stack: RunningStack, capacity: int) -> str:
-    course_id = f"state-{uuid.uuid4().hex[:10]}"
-    response = httpx.post(f"{stack.config.command_url}/courses",
-                          headers={"Authorization": f"Bearer {stack.config.admin_token()}"},
-                          json={"course_id": course_id, "title": "State", "lecturer": "Dr. Disk",
-                                "capacity": capacity}, timeout=30)
-    assert response.status_code == 202, response.text
-    return course_id
+    return stack.create_course("state", capacity, "State", "Dr. Disk")
 
 
 def _sign_up(stack: RunningStack, course_id: str, body: dict, key: str | None = None) -> str:

@@ -24,6 +24,7 @@ from schemas import codec, topics
 from schemas.messages import CreateCourse, SignUp, signup_id_for
 from schemas.personal import student_hash, unseal
 from stack.ports import free_port
+from stack.procs import terminate
 from stack.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -85,11 +86,7 @@ def running_api(bootstrap: str, log_file: Path, **env: str) -> Iterator[str]:
             pytest.fail(f"the command API exited:\n{log_file.read_text()}")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        if not terminate(process, 15):
             pytest.fail("the command API did not stop within 15 s of SIGTERM")
 
 

@@ -39,7 +39,7 @@ from schemas.messages import CourseCreated, Decision, SignUpRejected, StudentSig
 from stack import smtp
 from stack.config import ROOT
 from stack.ports import free_port
-from stack.procs import stop
+from stack.procs import stop, terminate
 from stack.waiting import wait_until
 from tests.conftest import Infra
 
@@ -236,13 +236,7 @@ class Notifier:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        terminate(self.proc, 20)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -51,6 +51,7 @@ from schemas.messages import (
 )
 from stack.ports import free_port
 from stack.probes import deciding, processor_health
+from stack.procs import terminate
 from stack.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -179,11 +180,7 @@ class Worker:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            terminate(self.proc, 15)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:

@@ -36,6 +36,7 @@ from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSigned
 from stack import postgres
 from stack.config import ROOT
 from stack.ports import free_port
+from stack.procs import terminate
 from stack.waiting import wait_until
 from tests.conftest import Infra
 
@@ -74,12 +75,7 @@ class Service:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc, 15)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
