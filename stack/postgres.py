@@ -19,6 +19,7 @@ from stack.procs import (
     port_open,
     spawn,
     stop,
+    taken_message,
     wait_ready,
 )
 
@@ -104,8 +105,7 @@ def start(config: StackConfig) -> bool:
     if is_running(config, NAME):
         return False
     if port_open(config.pg_port):
-        raise StackError(f"postgres: port {config.pg_port} is taken by another process; "
-                         "set PG_PORT to a free port")
+        raise StackError(taken_message(NAME, config.pg_port, "PG_PORT"))
     init_cluster(config)
     data = data_dir(config)
     (data / "postmaster.pid").unlink(missing_ok=True)  # left behind by a kill -9
