@@ -1,4 +1,4 @@
-"""The benchmarks of issue 6: `make bench` runs `python -m proof.bench`.
+"""The benchmarks (README, "Benchmarks"): `make bench` runs `python -m proof.bench`.
 
 Run: python -m proof.bench [--quick] [--publish] [--only 5]
 

@@ -1,5 +1,5 @@
 """What sealing personal data costs the command API: requests/s and latency of sign-ups
-with the encryption (this code) and without it (the same API before issue 12), same
+with the encryption (this code) and without it (the same API before sealing was added), same
 run, same machine, same broker.
 
 Run: python -m proof.bench_erasure [--seconds 15] [--concurrency 32] [--rounds 2]
@@ -11,7 +11,7 @@ one after the other under the same closed-loop load (proof.bench_load, pinned to
 core): once with a new student per request (every sign-up creates a data key: the
 worst case) and once with 200 students signing up again and again (every sign-up
 reads its key). The baseline is the command API of `--baseline-ref` (default: the
-last commit before issue 12), extracted with `git archive` into a temporary directory
+last commit before sealing), extracted with `git archive` into a temporary directory
 and run from there. JSON to stdout and to --out; no assertion: the figures are for
 the README.
 """
@@ -37,7 +37,7 @@ from stack.config import ROOT, StackConfig
 from stack.infra import dependencies
 from stack.ports import free_port
 
-BASELINE_REF = "b41d25c"  # main just before issue 12: sign-ups carry e-mail and name in clear
+BASELINE_REF = "b41d25c"  # main just before sealing: sign-ups carry e-mail and name in clear
 
 
 @contextlib.contextmanager

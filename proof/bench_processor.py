@@ -60,12 +60,10 @@ class Run:
         self.id = f"bench-{uuid.uuid4().hex[:8]}"
         self.commands = f"{self.id}-commands"
         self.admin = AdminClient({"bootstrap.servers": servers})
-        self.created: list[str] = []
 
     def topic(self, name: str, partitions: int | None = None) -> str:
         futures = self.admin.create_topics([NewTopic(name, partitions or self.partitions, 1)])
         futures[name].result()
-        self.created.append(name)
         return name
 
     def cleanup(self) -> None:

@@ -19,7 +19,7 @@ On private topics of the broker (commands, events, a processor app id of its own
    SIGKILLed, seconds until its partitions decide again; the survivor never held them,
    so it restores them whole (the worst case).
 
-Goals (issue 10): 1 M within 1.2x of 0.1 M for restart and memory; restart <= the
+Goals: 1 M within 1.2x of 0.1 M for restart and memory; restart <= the
 session timeout + 5 s; RSS <= 250 MB; full restore >= 0.5x the plain read. Not run by
 the tests.
 """

@@ -134,7 +134,7 @@ SHORT = Profile("short", rate=12, concurrency=16, warmup=3, between=3, tail=3, d
                 outage=6, burst=60, api_kills=1, give_up=180, settle=150, past_timeout=3,
                 rejoin=False, broker_down=20, majority_outage=10, broker_past_timeout=5)
 
-# The stall goal of a broker lost from a three-broker cluster (issue 13): the cluster
+# The stall goal of a broker lost from a three-broker cluster: the cluster
 # fences it after broker.session.timeout.ms (6 s) and elects new leaders; decisions on
 # its partitions may pause that long and a little more, never longer than this.
 CLUSTER_STALL_GOAL_S = 15.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
 from stack.config import ROOT, StackConfig
@@ -32,9 +31,6 @@ class Service:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def built(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
 
 
 def services(config: StackConfig) -> list[Service]:
