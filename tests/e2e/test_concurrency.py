@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from functools import partial
 
 import httpx
 
@@ -28,7 +29,7 @@ def test_2000_concurrent_signups_from_1500_students_fill_50_seats(
     async def fire() -> list:
         async with session(full_stack.config.command_url, 100) as client:
             return await bounded(
-                [lambda s=s, e=e: sign_up(client, course_id, s, email=e) for s, e in requests],
+                [partial(sign_up, client, course_id, s, email=e) for s, e in requests],
                 100, lambda _: None)
 
     outcomes = asyncio.run(fire())

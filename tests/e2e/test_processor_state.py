@@ -10,9 +10,9 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from schemas import topics
-from schemas.codec import decode
 from stack.waiting import eventually
 from tests.e2e.conftest import RunningStack
+from tests.support import event_in
 
 
 def _create_course(stack: RunningStack, capacity: int) -> str:
@@ -76,7 +76,7 @@ def test_repeated_idempotency_keys_leave_no_repeated_record(full_stack: RunningS
 
     records = [r for r in _records(full_stack.config.kafka_bootstrap, topics.EVENTS)
                if r[1] == course_id.encode()]
-    events = [decode(value) for _, _, value in records if value is not None]
+    events = [event_in(value) for _, _, value in records if value is not None]
     assert [e.event_type for e in events].count("CourseCreated") == 1
     decided = [getattr(e, "signup_id", None) for e in events if e.event_type != "CourseCreated"]
     assert sorted(decided) == sorted([*signup_ids, last])  # type: ignore[type-var]

@@ -26,6 +26,7 @@ from schemas.personal import student_hash, unseal
 from stack.ports import free_port
 from stack.procs import terminate
 from stack.waiting import wait_until
+from tests.support import headers_of, value_of
 
 pytestmark = pytest.mark.integration
 
@@ -134,10 +135,6 @@ def _read_commands(
     return found
 
 
-def _headers(message: Message) -> dict[str, bytes]:
-    return {key: value for key, value in message.headers() or []}
-
-
 def _student(i: int) -> dict[str, Any]:
     return {"email": f"Student.{i}@Example.org", "name": f"Student {i}",
             "date_of_birth": f"{1960 + i % 40}-{1 + i % 12:02d}-{1 + i % 28:02d}"}
@@ -165,11 +162,11 @@ def test_an_accepted_sign_up_is_in_the_topic_keyed_by_course_with_its_headers(
     create_message, signup_message = _read_commands(bootstrap, start, course_id, 2)
     # One key, one partition: the processor sees a course's commands in order.
     assert create_message.partition() == signup_message.partition()
-    create_course = codec.decode(create_message.value())
+    create_course = codec.decode(value_of(create_message))
     assert isinstance(create_course, CreateCourse)
     assert create_course.command_id == created.json()["command_id"]
-    assert _headers(create_message)["command_type"] == b"CreateCourse"
-    sign_up = codec.decode(signup_message.value())
+    assert headers_of(create_message)["command_type"] == b"CreateCourse"
+    sign_up = codec.decode(value_of(signup_message))
     assert isinstance(sign_up, SignUp)
     assert (sign_up.signup_id, sign_up.command_id, sign_up.email, sign_up.correlation_id) == (
         signup_id, signup_id, "", "corr-7")
@@ -181,8 +178,8 @@ def test_an_accepted_sign_up_is_in_the_topic_keyed_by_course_with_its_headers(
     assert sign_up.email_sealed is not None and sign_up.name_sealed is not None
     assert unseal(row[1], signup_id, "email", sign_up.email_sealed) == "student.7@example.org"
     assert unseal(row[1], signup_id, "name", sign_up.name_sealed) == "Student 7"
-    assert b"student.7" not in signup_message.value().lower()
-    assert _headers(signup_message) == {"correlation_id": b"corr-7", "command_type": b"SignUp"}
+    assert b"student.7" not in value_of(signup_message).lower()
+    assert headers_of(signup_message) == {"correlation_id": b"corr-7", "command_type": b"SignUp"}
 
 
 async def test_two_thousand_concurrent_sign_ups_are_all_accepted_and_all_in_the_topic(
@@ -216,7 +213,7 @@ async def test_two_thousand_concurrent_sign_ups_are_all_accepted_and_all_in_the_
     assert statuses.count(202) == SIGNUPS, {s: statuses.count(s) for s in set(statuses)}
     accepted = {r.json()["signup_id"] for r in responses}
     assert len(accepted) == SIGNUPS
-    in_topic = {codec.decode(m.value()).signup_id  # type: ignore[union-attr]
+    in_topic = {codec.decode(value_of(m)).signup_id  # type: ignore[union-attr]
                 for m in _read_commands(bootstrap, start, course_id, SIGNUPS)}
     assert in_topic == accepted
     quantiles = statistics.quantiles(latencies, n=100)

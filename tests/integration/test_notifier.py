@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from email.headerregistry import AddressHeader
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,7 @@ from stack.ports import free_port
 from stack.procs import stop, terminate
 from stack.waiting import wait_until
 from tests.conftest import Infra
+from tests.support import headers_of
 
 pytestmark = pytest.mark.integration
 
@@ -288,7 +291,9 @@ def test_each_decision_becomes_one_e_mail_to_its_student(
     for decision in course.decisions:
         [msg] = found[decision.event_id]
         assert msg["X-Envelope-To"] == decision.email
-        assert msg["To"].addresses[0].addr_spec == decision.email
+        to = msg["To"]
+        assert isinstance(to, AddressHeader)
+        assert to.addresses[0].addr_spec == decision.email
         verdict = "accepted" if isinstance(decision, StudentSignedUp) else "not accepted"
         assert msg["Subject"] == f"Sign-up {verdict}: {course.title}"
         assert msg["X-Correlation-Id"] == decision.correlation_id
@@ -354,9 +359,11 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_at_most_one_per_kill(
     event_ids = [e for course in courses for e in course.event_ids]
 
     kills = 0
+    def mailed(fraction: float) -> bool:
+        return mailbox.counts(event_ids).total() >= fraction * len(event_ids)
+
     for fraction in (0.2, 0.6):
-        wait_until(lambda f=fraction: mailbox.counts(event_ids).total() >= f * len(event_ids),
-                 60, f"{fraction:.0%} of the e-mails")
+        wait_until(partial(mailed, fraction), 60, f"{fraction:.0%} of the e-mails")
         notifier.kill()
         kills += 1
         notifier = notifier_factory(group, NOTIFIER_INSTANCE_ID=instance)
@@ -408,7 +415,7 @@ def test_a_rejected_recipient_ends_on_the_dead_letter_topic_while_others_arrive(
     assert set(found) == {d.event_id for d in refused}
     for decision in refused:
         msg = found[decision.event_id]
-        headers = {k: (v or b"").decode() for k, v in msg.headers() or []}
+        headers = {k: v.decode() for k, v in headers_of(msg).items()}
         assert headers["dlq.reason"] == "recipient_refused"
         assert headers["dlq.source.topic"] == topics.EVENTS
         partition, offset = log.positions[decision.event_id]
@@ -436,7 +443,7 @@ def test_an_undecodable_event_is_dead_lettered_and_the_next_one_is_sent(
 
     wait_until(lambda: mailbox.has_all([after.event_id]), 30, "the e-mail after the bad event")
     found = dead_letters(infra.kafka_bootstrap, start, {tag})
-    headers = {k: (v or b"").decode() for k, v in found[tag].headers() or []}
+    headers = {k: v.decode() for k, v in headers_of(found[tag]).items()}
     assert headers["dlq.reason"] == "undecodable"
     assert headers["correlation_id"] == "corr-garbage"
     assert notifier.metric('notifier_emails_dead_lettered_total{reason="undecodable"}') >= 1

@@ -53,6 +53,7 @@ from stack.ports import free_port
 from stack.probes import deciding, processor_health
 from stack.procs import terminate
 from stack.waiting import wait_until
+from tests.support import event_in, headers_of, key_of, position_of, value_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -345,10 +346,9 @@ class EventLog:
         while time.monotonic() < deadline:
             for msg in self.consumer.consume(1000, timeout=0.1):
                 if msg.error() is None and msg.key() in self.courses:
-                    self.records[msg.key()].append(Decided(
-                        (msg.partition(), msg.offset()), msg.value(),
-                        dict(msg.headers() or []), msg.timestamp()[1]))
-                    self.decided.add(getattr(decode(msg.value()), "signup_id", ""))
+                    self.records[key_of(msg)].append(Decided(
+                        position_of(msg), value_of(msg), headers_of(msg), msg.timestamp()[1]))
+                    self.decided.add(getattr(decode(value_of(msg)), "signup_id", ""))
 
     def wait_partly_decided(self, wave: list[tuple[str, bytes]], fraction: float,
                             timeout: float) -> None:
@@ -379,7 +379,7 @@ def audit(log: EventLog, w: Workload) -> dict[str, int]:
         accepted: list[int] = []
         last_position = -1
         for record in records:
-            event = decode(record.value)
+            event = event_in(record.value)
             totals["records"] += 1
             assert record.headers["event_id"].decode() == event.event_id
             assert record.headers["event_type"].decode() == event.event_type
@@ -610,7 +610,8 @@ def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> Non
         assert headers["dlq.source.topic"] == topics.COMMANDS
         assert (int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"])) == (
             partition, offset)
-        assert datetime.fromisoformat(headers["dlq.failed_at"]).utcoffset().total_seconds() == 0
+        utc_offset = datetime.fromisoformat(headers["dlq.failed_at"]).utcoffset()
+        assert utc_offset is not None and utc_offset.total_seconds() == 0
     reasons = [dict(m.headers())["dlq.reason"].decode() for m in dead]
     assert reasons[0].startswith("undecodable") and reasons[1].startswith("invalid: name")
     metrics = worker.metrics()
@@ -659,11 +660,12 @@ def committed_changelog(servers: str, topic: str, partition: int, upto: int
         while consumer.position([TopicPartition(topic, partition)])[0].offset <= upto:
             assert time.monotonic() < deadline, f"{topic}[{partition}] unread up to {upto}"
             for msg in consumer.consume(1000, 0.2):
-                if msg.error() is None and msg.offset() <= upto:
-                    if msg.value() is None:
-                        table.pop(msg.key(), None)
+                if msg.error() is None and position_of(msg)[1] <= upto:
+                    value = msg.value()
+                    if value is None:
+                        table.pop(key_of(msg), None)
                     else:
-                        table[msg.key()] = msg.value()
+                        table[key_of(msg)] = value
     finally:
         consumer.close()
     return table
@@ -733,7 +735,7 @@ def test_repeated_commands_write_nothing(cluster: Cluster) -> None:
         wait_until(all_repeats_seen, 60, "the repeated commands to be processed")
         log.read(1.0)
         records = log.records[course.encode()]
-        event_ids = [decode(r.value).event_id for r in records]
+        event_ids = [event_in(r.value).event_id for r in records]
         assert len(event_ids) == len(set(event_ids)) == 1 + len(w.signups)
         audit(log, w)
 

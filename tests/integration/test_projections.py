@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -39,6 +39,7 @@ from stack.ports import free_port
 from stack.procs import terminate
 from stack.waiting import wait_until
 from tests.conftest import Infra
+from tests.support import headers_of
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +125,7 @@ class Log:
     events: list[Event] = field(default_factory=list)
     last: dict[int, int] = field(default_factory=dict)
 
-    def write(self, events: list[Event]) -> None:
+    def write(self, events: Sequence[Event]) -> None:
         for event in events:
             self._produce(event.course_id.encode(), codec.encode(event))
         self.events.extend(events)
@@ -298,12 +299,15 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
     bursts = [events[i:i + 1200] for i in range(0, len(events), 1200)]
     killed_mid_burst = 0
 
+    def moved_from(before: dict[int, int]) -> bool:
+        return stored_positions() != before
+
     for burst in bursts:
         wait_projected(log)  # the restarted projector is at work again
         before = stored_positions()
         log.write(burst)
         # Kill it once it has committed part of the burst, inside its next batches.
-        wait_for(lambda b=before: stored_positions() != b, 30, "progress", interval=0.005)
+        wait_for(partial(moved_from, before), 30, "progress", interval=0.005)
         time.sleep(rng.uniform(0.0, 0.02))
         projector.kill()
         killed_mid_burst += not projected(log)
@@ -345,7 +349,13 @@ def test_postgres_restarted_under_load_loses_nothing(
     with httpx.Client() as client, ThreadPoolExecutor(8) as pool:  # several pooled connections
         list(pool.map(lambda _: client.get(f"{query_api}/stats").status_code, range(64)))
     held = chunks.pop()  # written while PostgreSQL is down, whatever the writer's pace
-    writer = threading.Thread(target=lambda: [(log.write(c), time.sleep(0.05)) for c in chunks])
+
+    def write_slowly() -> None:
+        for chunk in chunks:
+            log.write(chunk)
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=write_slowly)
     writer.start()
     time.sleep(0.3)
     postgres.stop_server(infra.config)
@@ -397,7 +407,7 @@ def test_an_undecodable_event_goes_to_the_dlq_and_later_ones_are_projected(
 
     def dead_letter_found() -> bool:
         for msg in consumer.consume(500, 0.2):
-            headers = dict(msg.headers() or []) if msg.error() is None else {}
+            headers = headers_of(msg) if msg.error() is None else {}
             if (headers.get("dlq.source.partition"), headers.get("dlq.source.offset")) == (
                     str(partition).encode(), str(offset).encode()):
                 found.update(headers)
@@ -580,12 +590,15 @@ def test_the_cache_shows_each_commit_within_a_second_and_never_an_older_value(
         assert_a_commit_shows_within_a_second(log, query_api, course, n)
     # Once the API has counted a commit's notice, no answer may predate that commit:
     # a request either waits for the refresh or gets the refreshed value.
+    def told_more_than(notices: float) -> bool:
+        return cache_metric(query_api, "query_api_cache_notices_total") > notices
+
     for n in range(3, 13):
         wait_projected(log)
         told = cache_metric(query_api, "query_api_cache_notices_total")
         log.write([accepted(course, date(1999, 12, 31))])
-        wait_for(lambda t=told: cache_metric(query_api, "query_api_cache_notices_total") > t,
-                 30, "the API to be told of the commit", interval=0.002)
+        wait_for(partial(told_more_than, told), 30, "the API to be told of the commit",
+                 interval=0.002)
         assert enrolled(query_api, course) == n + 1
     assert cache_metric(query_api, "query_api_cache_live") == 1.0
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from command_api.app import create_app
 from command_api.keys import DataKey, KeyStoreUnavailable
@@ -96,8 +97,9 @@ class MemoryKeyStore:
 
 
 def settings(**changes: Any) -> Settings:
-    return Settings(kafka_bootstrap_servers="unused:9092", admin_token=TOKEN,
-                    database_url="postgresql://unused", pseudonym_secret=SECRET, **changes)
+    return Settings(kafka_bootstrap_servers="unused:9092", admin_token=SecretStr(TOKEN),
+                    database_url="postgresql://unused", pseudonym_secret=SecretStr(SECRET),
+                    **changes)
 
 
 def opened(command: SignUp, keys: MemoryKeyStore) -> tuple[str, str]:

@@ -95,7 +95,7 @@ def processor_with_course(capacity: int = 2) -> Processor:
     return processor
 
 
-def reason(event: Decision) -> str | None:
+def reason(event: Decision | None) -> str | None:
     return event.reason if isinstance(event, SignUpRejected) else None
 
 
