@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from stack.config import StackConfig
-from tests.conftest import stack_config_for_tests
+from tests.infra import stack_config_for_tests
 
 
 @dataclass(frozen=True)

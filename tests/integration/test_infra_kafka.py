@@ -9,7 +9,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from schemas import topics
-from tests.conftest import Infra
+from tests.infra import Infra
 from tests.support import position_of
 
 

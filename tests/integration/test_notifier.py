@@ -43,7 +43,7 @@ from stack.config import ROOT
 from stack.ports import free_port
 from stack.procs import stop, terminate
 from stack.waiting import wait_until
-from tests.conftest import Infra
+from tests.infra import Infra
 from tests.support import headers_of
 
 pytestmark = pytest.mark.integration
