@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,7 @@ from schemas.topics import dlq_of
 from stack.config import ROOT
 from stack.ports import free_port
 from stack.probes import deciding, processor_health
-from stack.procs import terminate
+from stack.procs import kill_now, terminate
 from stack.waiting import wait_until
 
 SECRET = "bench-state-secret"
@@ -225,9 +224,7 @@ class Processor:
                                          start_new_session=True)
 
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        kill_now(self.proc)
 
     def stop(self) -> None:
         terminate(self.proc, 30)

@@ -102,6 +102,13 @@ def stop(config: StackConfig, name: str, sig: int = signal.SIGTERM, timeout: flo
     return True
 
 
+def kill_now(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGKILL a child process (a crash, as a test or benchmark stages one) and reap it."""
+    assert proc is not None, "never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
 def terminate(proc: subprocess.Popen[Any] | None, timeout: float) -> bool:
     """SIGTERM a child process and reap it, SIGKILL if it outlives timeout; False then."""
     if proc is None or proc.poll() is not None:

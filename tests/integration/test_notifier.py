@@ -11,7 +11,6 @@ import email.parser
 import email.policy
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ from schemas.messages import CourseCreated, Decision, SignUpRejected, StudentSig
 from stack import smtp
 from stack.config import ROOT
 from stack.ports import free_port
-from stack.procs import stop, terminate
+from stack.procs import kill_now, stop, terminate
 from stack.waiting import wait_until
 from tests.infra import Infra
 from tests.support import headers_of
@@ -234,9 +233,7 @@ class Notifier:
         return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        kill_now(self.proc)
 
     def stop(self) -> None:
         terminate(self.proc, 20)

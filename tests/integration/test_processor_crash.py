@@ -51,7 +51,7 @@ from schemas.messages import (
 )
 from stack.ports import free_port
 from stack.probes import deciding, processor_health
-from stack.procs import terminate
+from stack.procs import kill_now, terminate
 from stack.waiting import wait_until
 from tests.support import event_in, headers_of, key_of, position_of, value_of
 
@@ -175,8 +175,7 @@ class Worker:
         self.proc.send_signal(sig)
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        kill_now(self.proc)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSigned
 from stack import postgres
 from stack.config import ROOT
 from stack.ports import free_port
-from stack.procs import terminate
+from stack.procs import kill_now, terminate
 from stack.waiting import wait_until
 from tests.infra import Infra
 from tests.support import headers_of
@@ -71,9 +70,7 @@ class Service:
                 env={**os.environ, **self.env})
 
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        kill_now(self.proc)
 
     def stop(self) -> None:
         terminate(self.proc, 15)
