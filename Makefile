@@ -45,4 +45,4 @@ chaos: $(STAMP)
 
 lint: $(STAMP)
 	@$(PY) -m ruff check .
-	@$(PY) -m mypy schemas service_kit command_api course_processor projections notifier stack migrations
+	@$(PY) -m mypy schemas service_kit command_api course_processor projections notifier stack migrations proof tests

@@ -1,4 +1,4 @@
-"""The chaos suite's invariant audit: the guarantees of CONTRACT.md, checked after a scenario
+"""The chaos suite's invariant audit: the guarantees below, checked after a scenario
 against the event log, the views and the e-mails the SMTP sink stored.
 
 Pure (no I/O), each over decoded events:

@@ -1,4 +1,4 @@
-"""The benchmarks of issue 6: `make bench` runs `python -m proof.bench`.
+"""The benchmarks (README, "Benchmarks"): `make bench` runs `python -m proof.bench`.
 
 Run: python -m proof.bench [--quick] [--publish] [--only 5]
 
@@ -15,7 +15,7 @@ measures each figure next to its baseline, back to back, in the same run:
 3. one processor draining a pre-filled command topic vs a plain consume-decide-produce
    loop (both from `proof.bench_processor`, on private topics of the same broker);
 4. replay of the whole event log (`projections.replay.rebuild`) vs the plain
-   consume-and-decode loop of `projections.bench`;
+   consume-and-decode loop of `proof.bench_kafka`;
 5. query API req/s and p99 with a million sign-ups projected, per endpoint (GET /stats,
    /courses/{id}/stats, a /courses page, /signups/{id}) vs GET /healthz of the same server;
 6. resident memory of the processor and the projector with a million sign-ups over
@@ -672,8 +672,8 @@ class Bench:
                  plain["events_per_s"], ">= 0.5x",
                  replay["events_per_s"] >= 0.5 * plain["events_per_s"],
                  f"projections.replay.rebuild with the swap, the live projector and query "
-                 f"API running, vs a plain confluent-kafka consume-and-decode loop (that of "
-                 f"projections.bench, ending on positions); {replay['seconds']}s vs "
+                 f"API running, vs a plain confluent-kafka consume-and-decode loop "
+                 f"(bench_kafka.consume_and_decode, ending on positions); {replay['seconds']}s vs "
                  f"{plain['seconds']}s")
 
     # -------------------------------------------------------------- figure 7

@@ -1,5 +1,5 @@
 """What sealing personal data costs the command API: requests/s and latency of sign-ups
-with the encryption (this code) and without it (the same API before issue 12), same
+with the encryption (this code) and without it (the same API before sealing was added), same
 run, same machine, same broker.
 
 Run: python -m proof.bench_erasure [--seconds 15] [--concurrency 32] [--rounds 2]
@@ -11,7 +11,7 @@ one after the other under the same closed-loop load (proof.bench_load, pinned to
 core): once with a new student per request (every sign-up creates a data key: the
 worst case) and once with 200 students signing up again and again (every sign-up
 reads its key). The baseline is the command API of `--baseline-ref` (default: the
-last commit before issue 12), extracted with `git archive` into a temporary directory
+last commit before sealing), extracted with `git archive` into a temporary directory
 and run from there. JSON to stdout and to --out; no assertion: the figures are for
 the README.
 """
@@ -27,63 +27,28 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from proof.bench_stack import generate, http_ok
-from stack import kafka, postgres
+from proof.bench_stack import generate, serving
 from stack.config import ROOT, StackConfig
-from stack.procs import free_port, stop
+from stack.infra import dependencies
+from stack.ports import free_port
 
-BASELINE_REF = "b41d25c"  # main just before issue 12: sign-ups carry e-mail and name in clear
-
-
-def _config(run_dir: Path) -> StackConfig:
-    kafka_port = free_port()
-    return replace(StackConfig.from_env({}), run_dir=run_dir,
-                   cache_dir=StackConfig.from_env(os.environ).cache_dir,
-                   kafka_port=kafka_port, kafka_controller_port=free_port(),
-                   pg_port=free_port(), admin_token_override="bench-admin-token",
-                   pseudonym_secret_override="bench-pseudonym-secret")
-
-
-@contextlib.contextmanager
-def _infra(run_dir: Path) -> Iterator[StackConfig]:
-    config = _config(run_dir)
-    try:
-        kafka.start(config)
-        kafka.ensure_topics(config)
-        postgres.start(config)
-        postgres.migrate(config)
-        yield config
-    finally:
-        postgres.stop_server(config)
-        stop(config, kafka.NAME, timeout=60)
+BASELINE_REF = "b41d25c"  # main just before sealing: sign-ups carry e-mail and name in clear
 
 
 @contextlib.contextmanager
 def _api(config: StackConfig, code_dir: Path, log: Path) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, **config.service_env(), "COMMAND_API_PORT": str(port),
+    env = {**config.service_env(), "COMMAND_API_PORT": str(port),
            "PYTHONPATH": str(code_dir), "LOG_LEVEL": "WARNING"}
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "command_api"], cwd=code_dir, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not http_ok(url + "/readyz"):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"command API from {code_dir} did not start; see {log}")
-            time.sleep(0.2)
+    with serving(f"command API from {code_dir}", [sys.executable, "-m", "command_api"], env,
+                 url + "/readyz", log, cwd=code_dir):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def _baseline_code(ref: str, into: Path) -> Path:
@@ -114,7 +79,9 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     try:
         baseline = _baseline_code(args.baseline_ref, Path(tempfile.mkdtemp(dir=work)))
-        with _infra(work / "run") as config:
+        config = StackConfig.on_free_ports(work / "run", admin_token="bench-admin-token",
+                                           pseudonym_secret="bench-pseudonym-secret")
+        with dependencies(config):
             for rnd in range(args.rounds):
                 for variant, code in (("clear (baseline)", baseline), ("sealed", ROOT)):
                     with _api(config, code, work / "api.log") as url:

@@ -100,10 +100,9 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 def consume_and_decode(bootstrap: str) -> dict[str, float]:
-    """What reading and decoding the event log alone costs: `projections.bench.plain_loop`
-    (consume(n), codec.decode, nothing else), except that it ends on the consumer's
-    position: the event log is transactional, and a partition that ends with a commit
-    marker has no record at its last offset to see."""
+    """What reading and decoding the event log alone costs: consume(n), codec.decode,
+    nothing else. It ends on the consumer's position: the event log is transactional,
+    and a partition that ends with a commit marker has no record at its last offset to see."""
     ends = end_offsets(bootstrap, topics.EVENTS)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})

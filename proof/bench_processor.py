@@ -26,12 +26,10 @@ import contextlib
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -44,11 +42,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from course_processor.commands import Unprocessable, read_command
 from course_processor.decider import Decider
 from course_processor.wire import event_headers
+from proof.bench_stack import broker_from_env, results_dir
 from schemas.codec import encode
 from schemas.messages import CreateCourse, SignUp
 from schemas.topics import dlq_of
-
-ROOT = Path(__file__).resolve().parent.parent
+from stack.config import ROOT
+from stack.ports import free_port
+from stack.probes import deciding, processor_health
+from stack.procs import terminate
+from stack.waiting import wait_until
 
 
 class Run:
@@ -58,12 +60,10 @@ class Run:
         self.id = f"bench-{uuid.uuid4().hex[:8]}"
         self.commands = f"{self.id}-commands"
         self.admin = AdminClient({"bootstrap.servers": servers})
-        self.created: list[str] = []
 
     def topic(self, name: str, partitions: int | None = None) -> str:
         futures = self.admin.create_topics([NewTopic(name, partitions or self.partitions, 1)])
         futures[name].result()
-        self.created.append(name)
         return name
 
     def cleanup(self) -> None:
@@ -135,26 +135,10 @@ def processor_env(run: Run, app_id: str, events: str, guarantee: str,
             "PROCESSOR_DATA_DIR": f"/tmp/{app_id}", "LOG_LEVEL": "WARNING", **extra}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_processor(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "course_processor"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def bench_processor(run: Run, n: int, guarantee: str, logs: Path,
@@ -169,7 +153,7 @@ def bench_processor(run: Run, n: int, guarantee: str, logs: Path,
         count, first, last = count_events(run.servers, events, n, timeout=600,
                                           alive=lambda: proc.poll() is None)
     finally:
-        stop(proc)
+        terminate(proc, 30)
     return result(f"processor {guarantee} commit_interval={commit_interval}s", count, first,
                   last, time.monotonic() - started)
 
@@ -245,7 +229,8 @@ def bench_latency(run: Run, logs: Path, commit_interval: float,
                         PROCESSOR_COMMIT_INTERVAL=str(commit_interval))
     proc = start_processor(env, logs / f"{app_id}.log")
     try:
-        wait(lambda: _deciding(env["PROCESSOR_PORT"], run.partitions), 90)
+        wait_until(lambda: len(deciding(processor_health(int(env["PROCESSOR_PORT"]))))
+                   == run.partitions, 90, "the processor to decide every partition")
         producer = run.producer()
         consumer = Consumer({"bootstrap.servers": run.servers, "group.id": str(uuid.uuid4()),
                              "isolation.level": "read_committed", "auto.offset.reset": "latest",
@@ -270,7 +255,7 @@ def bench_latency(run: Run, logs: Path, commit_interval: float,
             latencies += _seen(consumer, sent)
         consumer.close()
     finally:
-        stop(proc)
+        terminate(proc, 30)
     latencies.sort()
     return {"name": f"latency exactly_once commit_interval={commit_interval}s",
             "decisions": len(latencies), "unseen": len(sent),
@@ -288,33 +273,13 @@ def _seen(consumer: Consumer, sent: dict[str, float]) -> list[float]:
     return out
 
 
-def _deciding(port: str, partitions: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            h = json.load(r)
-    except OSError:
-        return False
-    return len(h["assigned"]) == partitions and not (h["rebalancing"] or h["recovering"])
-
-
-def wait(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out")
-        time.sleep(0.2)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--signups", type=int, default=50_000)
     parser.add_argument("--courses", type=int, default=100)
-    run_dir = Path(os.environ.get("RUN_DIR") or ROOT / ".run")
-    parser.add_argument("--out", type=Path, default=run_dir / "bench" / "processor.json")
+    parser.add_argument("--out", type=Path, default=results_dir() / "processor.json")
     args = parser.parse_args()
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not servers:
-        sys.exit("KAFKA_BOOTSTRAP_SERVERS is not set")
+    servers = broker_from_env()
     run = Run(servers, int(os.environ.get("PARTITIONS") or 4))
     logs = args.out.parent
     logs.mkdir(parents=True, exist_ok=True)

@@ -18,14 +18,17 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from stack.config import ROOT, StackConfig
-from stack.procs import free_port, read_pid, stop
+from stack.ports import free_port
+from stack.probes import deciding, http_ok, processor_health
+from stack.procs import read_pid, stop, terminate
+from stack.waiting import wait_until
 
 # The notifier (and its SMTP sink) is left out: it is not on the path from a 202 to a
 # projected decision, and a million seeded decisions would become a million e-mails.
@@ -60,17 +63,6 @@ class BenchStack:
         return pid
 
 
-def bench_config(run_dir: Path) -> StackConfig:
-    return replace(
-        StackConfig.from_env({}), run_dir=run_dir,
-        cache_dir=StackConfig.from_env(os.environ).cache_dir,
-        kafka_port=free_port(), kafka_controller_port=free_port(), pg_port=free_port(),
-        smtp_port=free_port(), command_api_port=free_port(), query_api_port=free_port(),
-        processor_port=free_port(), projector_port=free_port(), notifier_port=free_port(),
-        partitions=4, admin_token_override="bench-admin-token",
-    )
-
-
 def stack_env(config: StackConfig) -> dict[str, str]:
     # One line per decision would be a million lines of log: warnings only.
     return {**config.stack_env(), "LOG_LEVEL": "WARNING"}
@@ -79,7 +71,7 @@ def stack_env(config: StackConfig) -> dict[str, str]:
 @contextlib.contextmanager
 def running_stack() -> Iterator[BenchStack]:
     run_dir = Path(tempfile.mkdtemp(prefix="course-signup-bench-"))
-    config = bench_config(run_dir)
+    config = StackConfig.on_free_ports(run_dir, admin_token="bench-admin-token")
     stack = BenchStack(config, stack_env(config))
     try:
         stack.cli("up", only=COMPONENTS)
@@ -89,6 +81,19 @@ def running_stack() -> Iterator[BenchStack]:
             stack.cli("down")
         if os.environ.get("KEEP_BENCH_RUN_DIR") is None:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def results_dir() -> Path:
+    """$RUN_DIR/bench, as `make up` reads RUN_DIR: where every benchmark writes."""
+    return StackConfig.from_env(os.environ).run_dir / "bench"
+
+
+def broker_from_env() -> str:
+    """The broker a benchmark that starts no stack of its own runs against."""
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not servers:
+        sys.exit("KAFKA_BOOTSTRAP_SERVERS is not set")
+    return servers
 
 
 # ------------------------------------------------------------------ components
@@ -103,24 +108,12 @@ def start_component(stack: BenchStack, name: str) -> None:
     stack.cli("up", only=name)
 
 
-def processor_health(stack: BenchStack) -> dict[str, Any] | None:
-    try:
-        return get_json(f"http://127.0.0.1:{stack.config.processor_port}/healthz")
-    except (OSError, ValueError):
-        return None
-
-
 def wait_processor_ready(stack: BenchStack, timeout: float) -> float:
     """Seconds until the processor owns every partition and has restored its tables."""
     began = time.monotonic()
-    deadline = began + timeout
-    while time.monotonic() < deadline:
-        health = processor_health(stack)
-        if (health and len(health["assigned"]) == stack.config.partitions
-                and not health["recovering"] and not health["rebalancing"]):
-            return time.monotonic() - began
-        time.sleep(0.5)
-    raise TimeoutError(f"processor not ready within {timeout:.0f}s")
+    wait_until(lambda: len(deciding(processor_health(stack.config.processor_port)))
+               == stack.config.partitions, timeout, "the processor", interval=0.5)
+    return time.monotonic() - began
 
 
 def processor_commands(stack: BenchStack) -> float:
@@ -163,19 +156,6 @@ def scalar(database_url: str, sql: str) -> Any:
     return row[0] if row else None
 
 
-def get_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-        return dict(json.loads(response.read()))
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 # ------------------------------------------------------------------ load generator
 
 
@@ -211,25 +191,30 @@ def finish(proc: subprocess.Popen[str], out: Path, timeout: float) -> dict[str, 
 
 
 @contextlib.contextmanager
+def serving(name: str, argv: list[str], env: dict[str, str], ready: str, log: Path,
+            cwd: Path = ROOT, timeout: float = 60) -> Iterator[None]:
+    """A server of one figure: started, awaited at its `ready` URL, stopped on exit."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited during start-up; see {log}")
+        return http_ok(ready)
+
+    try:
+        wait_until(up, timeout, f"{name} (see {log})", interval=0.2)
+        yield
+    finally:
+        terminate(proc, 15)
+
+
+@contextlib.contextmanager
 def baseline_app(log: Path) -> Iterator[str]:
     """The trivial FastAPI app (proof.bench_baseline_app) on a free port, for one figure."""
     port = free_port()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "proof.bench_baseline_app"], cwd=ROOT,
-                                env={**os.environ, "BASELINE_PORT": str(port)},
-                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while not http_ok(url + "/healthz"):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"baseline app did not start; see {log}")
-            time.sleep(0.2)
+    with serving("the baseline app", [sys.executable, "-m", "proof.bench_baseline_app"],
+                 {"BASELINE_PORT": str(port)}, url + "/healthz", log, timeout=30):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)

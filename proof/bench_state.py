@@ -19,7 +19,7 @@ On private topics of the broker (commands, events, a processor app id of its own
    SIGKILLed, seconds until its partitions decide again; the survivor never held them,
    so it restores them whole (the worst case).
 
-Goals (issue 10): 1 M within 1.2x of 0.1 M for restart and memory; restart <= the
+Goals: 1 M within 1.2x of 0.1 M for restart and memory; restart <= the
 session timeout + 5 s; RSS <= 250 MB; full restore >= 0.5x the plain read. Not run by
 the tests.
 """
@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,14 +50,17 @@ from course_processor.migrate import command_partition
 from course_processor.values import memory_key, outcome_of
 from course_processor.wire import event_headers
 from proof.bench_kafka import produce
-from proof.bench_stack import memory
+from proof.bench_stack import broker_from_env, memory, results_dir
 from schemas.codec import decode, encode
 from schemas.messages import CreateCourse, SignUp, StudentSignedUp
 from schemas.pseudonyms import seat_key
 from schemas.topics import dlq_of
-from stack.procs import free_port
+from stack.config import ROOT
+from stack.ports import free_port
+from stack.probes import deciding, processor_health
+from stack.procs import kill_now, terminate
+from stack.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-state-secret"
 SESSION_TIMEOUT = 10.0  # the processor's default
 CAPACITY = 5_000
@@ -222,32 +224,16 @@ class Processor:
                                          start_new_session=True)
 
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        kill_now(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc, 30)
 
     def health(self) -> dict[str, Any] | None:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                return dict(json.load(r))
-        except OSError:
-            return None
+        return processor_health(self.port)
 
     def deciding(self) -> list[int]:
-        h = self.health()
-        if not h or h["rebalancing"] or h["recovering"]:
-            return []
-        return list(h["assigned"])
+        return deciding(self.health())
 
     def memory(self) -> dict[str, float]:
         assert self.proc is not None
@@ -261,14 +247,6 @@ class Processor:
             if m:
                 found.append((int(m.group(1)), float(m.group(2))))
         return found
-
-
-def wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout:.0f}s")
-        time.sleep(0.1)
 
 
 # ------------------------------------------------------------------ live traffic
@@ -365,7 +343,7 @@ def measure_size(run: Run, size: int) -> dict[str, Any]:
     fresh = Processor(run, f"p-{size}")  # an empty disk: the full restore
     began = time.monotonic()
     fresh.start()
-    wait(lambda: len(fresh.deciding()) == run.partitions, 1800, "the full restore")
+    wait_until(lambda: len(fresh.deciding()) == run.partitions, 1800, "the full restore")
     restores = fresh.restores()
     records, seconds = max(restores) if restores else (0, 0.0)
     restore = {"records": records, "seconds": seconds,
@@ -375,16 +353,18 @@ def measure_size(run: Run, size: int) -> dict[str, Any]:
     trickle = Trickle(run)
     trickle.start()
     try:
-        wait(lambda: trickle.first_after(time.monotonic() - 1) is not None, 60, "live decisions")
+        wait_until(lambda: trickle.first_after(time.monotonic() - 1) is not None, 60,
+                   "live decisions")
         time.sleep(3)
         killed_at = time.monotonic()
         fresh.kill()
         again = Processor(run, f"p-{size}")  # the same disk
         again.start()
         assert again.proc is not None
-        wait(lambda: trickle.first_after(killed_at, writer=str(again.proc.pid)) is not None,
-             600, "the first decision after the restart")
-        first = trickle.first_after(killed_at, writer=str(again.proc.pid))
+        writer = str(again.proc.pid)
+        wait_until(lambda: trickle.first_after(killed_at, writer=writer) is not None,
+                   600, "the first decision after the restart")
+        first = trickle.first_after(killed_at, writer=writer)
         assert first is not None
         time.sleep(5)
         memory = again.memory()
@@ -412,13 +392,13 @@ def measure_failover(run: Run) -> dict[str, Any]:
     first.start()
     trickle = Trickle(run)
     try:
-        wait(lambda: len(first.deciding()) == run.partitions, 1800, "the first processor")
+        wait_until(lambda: len(first.deciding()) == run.partitions, 1800, "the first processor")
         second.start()
 
         def shared() -> bool:
             a, b = first.deciding(), second.deciding()
             return bool(a) and bool(b) and sorted(a + b) == list(range(run.partitions))
-        wait(shared, 600, "two processors sharing the partitions")
+        wait_until(shared, 600, "two processors sharing the partitions")
         trickle.start()
         time.sleep(5)
         lost = set(first.deciding())
@@ -431,8 +411,8 @@ def measure_failover(run: Run) -> dict[str, Any]:
         first.kill()
         assert second.proc is not None
         pid = str(second.proc.pid)
-        wait(lambda: trickle.first_after(killed_at, pid, lost) is not None, 900,
-             "the killed worker's partitions to decide again")
+        wait_until(lambda: trickle.first_after(killed_at, pid, lost) is not None, 900,
+                   "the killed worker's partitions to decide again")
         took = trickle.first_after(killed_at, pid, lost)
         assert took is not None
         restored = second.restores()
@@ -452,12 +432,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m proof.bench_state")
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--failover", action="store_true")
-    run_dir = Path(os.environ.get("RUN_DIR") or ROOT / ".run")
-    parser.add_argument("--out", type=Path, default=run_dir / "bench" / "fig8_state.json")
+    parser.add_argument("--out", type=Path, default=results_dir() / "fig8_state.json")
     args = parser.parse_args()
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not servers:
-        sys.exit("KAFKA_BOOTSTRAP_SERVERS is not set")
+    servers = broker_from_env()
     print(json.dumps(run_state_bench(servers, [int(s) for s in args.sizes.split(",")],
                                      args.failover, args.out), indent=2))
 

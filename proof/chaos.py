@@ -96,7 +96,7 @@ import psycopg
 
 from proof import audit, chaos_cluster
 from proof.chaos_load import CourseSpec, Load, Plan, create_courses, now
-from proof.chaos_stack import UP_TIMEOUT, ChaosError, Stack, stack_env, temporary_config
+from proof.chaos_stack import UP_TIMEOUT, ChaosError, Stack, temporary_config
 from proof.demo import table
 from schemas import topics
 from schemas.messages import SignUp, SignUpRejected, StudentSignedUp
@@ -134,7 +134,7 @@ SHORT = Profile("short", rate=12, concurrency=16, warmup=3, between=3, tail=3, d
                 outage=6, burst=60, api_kills=1, give_up=180, settle=150, past_timeout=3,
                 rejoin=False, broker_down=20, majority_outage=10, broker_past_timeout=5)
 
-# The stall goal of a broker lost from a three-broker cluster (issue 13): the cluster
+# The stall goal of a broker lost from a three-broker cluster: the cluster
 # fences it after broker.session.timeout.ms (6 s) and elects new leaders; decisions on
 # its partitions may pause that long and a little more, never longer than this.
 CLUSTER_STALL_GOAL_S = 15.0
@@ -404,14 +404,7 @@ async def kill_leader_broker(run: Run) -> None:
     restarted = now()
     took = await stack.up()
     run.say(f"`python -m stack up` restarted {name} in {took:.1f}s")
-    rejoined, missing = await chaos_cluster.wait_in_isr(stack.config.kafka_bootstrap, node,
-                                                        ISR_REJOIN_TIMEOUT_S)
-    if rejoined is not None:
-        fault.notes.append(f"{name} back in every ISR {now() - restarted:.1f}s after its restart")
-        run.say(fault.notes[-1])
-    run.checks.append(Check(f"the restarted broker rejoins the ISR within "
-                            f"{ISR_REJOIN_TIMEOUT_S:.0f}s", rejoined is not None,
-                            f"still out of the ISR of {missing[:5]}" if missing else ""))
+    await rejoins_isr(run, fault, node, restarted, "restarted", "its restart")
     await run.load_for(p.tail)
     run.checks.append(survivors(stack, pids))
     run.checks.append(await deciding(run))
@@ -475,14 +468,7 @@ async def pause_leader_broker(run: Run) -> None:
         os.kill(pid, signal.SIGCONT)
     resumed = now()
     run.say(f"SIGCONT {name}")
-    rejoined, missing = await chaos_cluster.wait_in_isr(stack.config.kafka_bootstrap, node,
-                                                        ISR_REJOIN_TIMEOUT_S)
-    if rejoined is not None:
-        fault.notes.append(f"{name} back in every ISR {now() - resumed:.1f}s after SIGCONT")
-        run.say(fault.notes[-1])
-    run.checks.append(Check(f"the resumed broker rejoins the ISR within "
-                            f"{ISR_REJOIN_TIMEOUT_S:.0f}s", rejoined is not None,
-                            f"still out of the ISR of {missing[:5]}" if missing else ""))
+    await rejoins_isr(run, fault, node, resumed, "resumed", "SIGCONT")
     await run.load_for(p.tail)
     run.checks.append(Check(f"{name} kept running (same pid)", pid_alive(pid), f"pid {pid}"))
     run.checks.append(survivors(stack, pids))
@@ -505,6 +491,19 @@ async def restart_the_dead(run: Run, fault: Fault) -> None:
         fault.notes.append(f"died: {dead}; restarted with `python -m stack up` for the audit")
         run.say(fault.notes[-1])
         await run.stack.up()
+
+
+async def rejoins_isr(run: Run, fault: Fault, node: int, since: float, how: str,
+                      after: str) -> None:
+    """Check that broker `node` is back in every ISR in time, and note when it was."""
+    rejoined, missing = await chaos_cluster.wait_in_isr(run.stack.config.kafka_bootstrap, node,
+                                                        ISR_REJOIN_TIMEOUT_S)
+    if rejoined is not None:
+        fault.notes.append(f"kafka-{node} back in every ISR {now() - since:.1f}s after {after}")
+        run.say(fault.notes[-1])
+    run.checks.append(Check(f"the {how} broker rejoins the ISR within "
+                            f"{ISR_REJOIN_TIMEOUT_S:.0f}s", rejoined is not None,
+                            f"still out of the ISR of {missing[:5]}" if missing else ""))
 
 
 async def deciding(run: Run, timeout: float = 60) -> Check:
@@ -1112,7 +1111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.use_running:
             config = StackConfig.from_env(os.environ)
-            stacks.append(Stack(config, stack_env(config), owned=False))
+            stacks.append(Stack(config, config.stack_env(), owned=False))
             skipped = [n for n in names if not fits(SCENARIOS[n], config.kafka_brokers)]
             if skipped:
                 print(f"not run on this {config.kafka_brokers}-broker stack: {skipped}")
@@ -1124,7 +1123,7 @@ def main(argv: list[str] | None = None) -> int:
                 group = [n for n in names if SCENARIOS[n].brokers == brokers]
                 config = temporary_config(
                     Path(tempfile.mkdtemp(prefix="course-signup-chaos-")), brokers)
-                stacks.append(Stack(config, stack_env(config), owned=True))
+                stacks.append(Stack(config, config.stack_env(), owned=True))
                 results += run_on(stacks[-1], profile, group, results_path.parent, args.keep)
     finally:
         write_results(results_path, profile, results, began, stacks)

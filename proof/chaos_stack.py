@@ -5,16 +5,12 @@ directory, or the running one; restarts with `python -m stack up`, as an operato
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +18,7 @@ from typing import Any
 
 from stack import postgres
 from stack.config import ROOT, StackConfig
+from stack.probes import get_json
 from stack.procs import pid_alive, read_pid
 from stack.procs import stop as stop_component
 from stack.services import services
@@ -33,47 +30,11 @@ class ChaosError(RuntimeError):
     """The suite could not carry a scenario out (not an audit failure)."""
 
 
-def stack_env(config: StackConfig) -> dict[str, str]:
-    """The environment `python -m stack` needs to address this stack."""
-    return config.stack_env()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def temporary_config(run_dir: Path, brokers: int = 1) -> StackConfig:
-    """Free ports for everything; processor-2 listens on PROCESSOR_PORT + 11, so that one
-    must be free as well. With more than one broker the others take the next free ports
-    above the first broker's at their first start (StackConfig.kafka_nodes)."""
-    taken: set[int] = set()
-    rng = random.Random()
-
-    def port(neighbour: int = 0) -> int:
-        for _ in range(200):
-            # Below the kernel's ephemeral range (32768 and up): a port from there can be
-            # the local end of somebody's outgoing connection by the time a component
-            # binds it, minutes into the suite (processor-2 of the later scenarios).
-            p = rng.randrange(20000, 32000)
-            if p not in taken and _port_free(p) and (
-                    not neighbour or (p + neighbour not in taken and _port_free(p + neighbour))):
-                taken.update({p, p + neighbour})
-                return p
-        raise ChaosError("no free ports")
-
-    return replace(
-        StackConfig.from_env(os.environ), run_dir=run_dir, kafka_port=port(),
-        kafka_controller_port=port(), pg_port=port(), smtp_port=port(),
-        command_api_port=port(), query_api_port=port(), processor_port=port(neighbour=11),
-        projector_port=port(), notifier_port=port(), processors=1,
-        admin_token_override=f"chaos-{secrets.token_urlsafe(16)}", kafka_brokers=brokers,
-        kafka_heap=os.environ.get("KAFKA_HEAP") or ("768m" if brokers == 1 else "512m"),
-    )
+    """Free ports for everything, one processor to begin with, a token of its own."""
+    env = {**os.environ, "KAFKA_BROKERS": str(brokers), "PROCESSORS": "1"}
+    return StackConfig.on_free_ports(run_dir, admin_token=f"chaos-{secrets.token_urlsafe(16)}",
+                                     env=env)
 
 
 @dataclass
@@ -130,14 +91,7 @@ class Stack:
             await asyncio.to_thread(stop_component, self.config, name)
 
     async def processor_health(self, name: str) -> dict[str, Any] | None:
-        def get() -> dict[str, Any] | None:
-            try:
-                with urllib.request.urlopen(  # noqa: S310 - loopback only
-                        self.processor_url(name) + "/healthz", timeout=1) as response:
-                    return dict(json.load(response))
-            except (OSError, ValueError):
-                return None
-        return await asyncio.to_thread(get)
+        return await asyncio.to_thread(get_json, self.processor_url(name) + "/healthz", 1)
 
     async def wait_processors(self, names: Iterable[str], timeout: float) -> float:
         """Wait until exactly these processors decide every partition, none rebalancing."""

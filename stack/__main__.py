@@ -56,9 +56,6 @@ def up(config: StackConfig, only: set[str] | None = None) -> None:
     for service in services(config):
         if not wanted(service.name):
             continue
-        if not service.built():
-            print(f"  {service.name:<12} not built yet")
-            continue
         _step(service.name, lambda s=service: start_service(config, s))
     verify(config, wanted)
     print(f"stack is up in {time.monotonic() - began:.1f}s (data under {config.run_dir})\n")
@@ -73,7 +70,7 @@ def preflight(config: StackConfig, wanted: Callable[[str], bool]) -> None:
              *((n.name, n.controller_port, "kafka", "KAFKA_PORT") for n in config.kafka_nodes()),
              (postgres.NAME, config.pg_port, "postgres", "PG_PORT"),
              (smtp.NAME, config.smtp_port, "smtp", "SMTP_PORT"),
-             *((s.name, s.port, s.name, s.port_setting) for s in services(config) if s.built())]
+             *((s.name, s.port, s.name, s.port_setting) for s in services(config))]
     taken = [taken_message(name, port, setting) for name, port, part, setting in ports
              if wanted(part) and not is_running(config, name) and port_open(port)]
     if taken:
@@ -86,7 +83,7 @@ def verify(config: StackConfig, wanted: Callable[[str], bool]) -> None:
     else, is a start-up error naming both, not a healthy stack."""
     ports = [*((n.name, n.port, "kafka") for n in config.kafka_nodes()),
              (postgres.NAME, config.pg_port, "postgres"), (smtp.NAME, config.smtp_port, "smtp"),
-             *((s.name, s.port, s.name) for s in services(config) if s.built())]
+             *((s.name, s.port, s.name) for s in services(config))]
     for name, port, part in ports:
         if not wanted(part):
             continue
@@ -116,8 +113,7 @@ def summary(config: StackConfig) -> str:
         f"SMTP sink         127.0.0.1:{config.smtp_port}  (mail in {config.mail_dir})",
     ]
     for service in services(config):
-        if service.built():
-            lines.append(f"{service.name:<17} {service.url}  (metrics: {service.url}/metrics)")
+        lines.append(f"{service.name:<17} {service.url}  (metrics: {service.url}/metrics)")
     lines.append(f"Dashboard         {config.query_url}/")
     lines.append(f"OpenAPI           {config.command_url}/docs  {config.query_url}/docs")
     lines.append(f"Admin token       {config.admin_token()}")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from stack.ports import PortPicker, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
 # Not passed on to a stack of ours: servers set for tests or operators elsewhere, and a
@@ -46,15 +47,6 @@ def replication_factor(brokers: int) -> int:
 def min_insync_replicas(brokers: int) -> int:
     """From three brokers on an acknowledged write is on two of them before the 202."""
     return 2 if brokers >= 3 else 1
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -105,6 +97,26 @@ class StackConfig:
             admin_token_override=env.get("ADMIN_TOKEN") or None,
             pseudonym_secret_override=env.get("PSEUDONYM_SECRET") or None,
             kafka_brokers=brokers,
+        )
+
+    @classmethod
+    def on_free_ports(cls, run_dir: Path, admin_token: str,
+                      env: Mapping[str, str] | None = None,
+                      pseudonym_secret: str | None = None) -> StackConfig:
+        """A stack of its own under run_dir, for tests, benchmarks and the chaos suite:
+        every port free, PROCESSOR_PORT + 11 (processor-2) too. Settings from env, by
+        default none (the defaults); the downloads are cached where `make up` keeps them.
+        With more than one broker the others take the next free ports above the first
+        broker's at their first start (kafka_nodes)."""
+        base = cls.from_env(env or {})
+        port = PortPicker()
+        return replace(
+            base, run_dir=run_dir, cache_dir=cls.from_env(os.environ).cache_dir,
+            kafka_port=port(), kafka_controller_port=port(), pg_port=port(),
+            smtp_port=port(), command_api_port=port(), query_api_port=port(),
+            processor_port=port(neighbour=11), projector_port=port(), notifier_port=port(),
+            admin_token_override=admin_token,
+            pseudonym_secret_override=pseudonym_secret or base.pseudonym_secret_override,
         )
 
     @property
@@ -159,7 +171,7 @@ class StackConfig:
         while len(ports) < self.kafka_brokers:
             pair: list[int] = []
             while len(pair) < 2:
-                if candidate not in taken and _port_free(candidate):
+                if candidate not in taken and port_free(candidate):
                     pair.append(candidate)
                     taken.add(candidate)
                 candidate += 1

@@ -26,6 +26,7 @@ from stack.procs import (
     spawn,
     stop,
     tail,
+    taken_message,
 )
 
 POM = ROOT / "stack" / "kafka-pom.xml"
@@ -224,8 +225,7 @@ def start(config: StackConfig) -> bool:
     for node in stopped:
         for port in (node.port, node.controller_port):
             if port_open(port):
-                raise StackError(f"{node.name}: port {port} is taken by another process; "
-                                 "set KAFKA_PORT to a free port")
+                raise StackError(taken_message(node.name, port, "KAFKA_PORT"))
     _record_layout(config, nodes)
     cluster_id = _cluster_id(nodes)
     props = {n.name: format_storage(config, n, cluster_id) for n in stopped}

@@ -19,7 +19,8 @@ from stack.procs import (
     port_open,
     spawn,
     stop,
-    wait_until,
+    taken_message,
+    wait_ready,
 )
 
 NAME = "postgres"
@@ -104,8 +105,7 @@ def start(config: StackConfig) -> bool:
     if is_running(config, NAME):
         return False
     if port_open(config.pg_port):
-        raise StackError(f"postgres: port {config.pg_port} is taken by another process; "
-                         "set PG_PORT to a free port")
+        raise StackError(taken_message(NAME, config.pg_port, "PG_PORT"))
     init_cluster(config)
     data = data_dir(config)
     (data / "postmaster.pid").unlink(missing_ok=True)  # left behind by a kill -9
@@ -116,7 +116,7 @@ def start(config: StackConfig) -> bool:
         "-c", "shared_buffers=256MB", "-c", "log_min_messages=warning",
     ]
     pid = spawn(config, NAME, argv, user=run_as())
-    wait_until(lambda: _connectable(config), 60, "postgres", log_file(config, NAME), pid)
+    wait_ready(lambda: _connectable(config), 60, "postgres", log_file(config, NAME), pid)
     create_database(config)
     return True
 

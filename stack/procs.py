@@ -9,12 +9,12 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from stack.config import StackConfig
+from stack.waiting import WaitTimeout, wait_until
 
 
 class StackError(RuntimeError):
@@ -102,6 +102,27 @@ def stop(config: StackConfig, name: str, sig: int = signal.SIGTERM, timeout: flo
     return True
 
 
+def kill_now(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGKILL a child process (a crash, as a test or benchmark stages one) and reap it."""
+    assert proc is not None, "never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def terminate(proc: subprocess.Popen[Any] | None, timeout: float) -> bool:
+    """SIGTERM a child process and reap it, SIGKILL if it outlives timeout; False then."""
+    if proc is None or proc.poll() is not None:
+        return True
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return False
+
+
 def signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
@@ -110,22 +131,25 @@ def signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def wait_until(
+def wait_ready(
     check: Callable[[], bool], timeout: float, what: str, log: Path | None = None,
     pid: int | None = None,
 ) -> None:
-    """Poll check() until it holds; the error names the component and its log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll check() until it holds; any failure of the probe means "not yet". The error
+    names the component and shows its log, also when it exited during start-up."""
+    def ready() -> bool:
         if pid is not None and not pid_alive(pid):
             raise StackError(f"{what} exited during start-up; see {log}{tail(log)}")
         try:
-            if check():
-                return
+            return check()
         except Exception:  # noqa: BLE001 - any failure of a probe means "not yet"
-            pass
-        time.sleep(0.2)
-    raise StackError(f"{what} did not become ready within {timeout:.0f}s; see {log}{tail(log)}")
+            return False
+
+    try:
+        wait_until(ready, timeout, what)
+    except WaitTimeout:
+        raise StackError(f"{what} did not become ready within {timeout:.0f}s; "
+                         f"see {log}{tail(log)}") from None
 
 
 def tail(log: Path | None, lines: int = 15) -> str:
@@ -208,14 +232,3 @@ def taken_message(name: str, port: int, setting: str) -> str:
     by = f" (pid {', '.join(map(str, owners))})" if owners else ""
     return (f"{name}: port {port} is taken by another process{by}; set {setting} to a "
             "free port, or stop what listens there")
-
-
-def http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
-        return 200 <= response.status < 300
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
 from stack.config import ROOT, StackConfig
+from stack.probes import http_ok
 from stack.procs import (
     StackError,
-    http_ok,
     is_running,
     log_file,
     owns_port,
@@ -16,7 +15,7 @@ from stack.procs import (
     read_pid,
     spawn,
     taken_message,
-    wait_until,
+    wait_ready,
 )
 
 
@@ -32,9 +31,6 @@ class Service:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def built(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
 
 
 def services(config: StackConfig) -> list[Service]:
@@ -83,6 +79,6 @@ def start(config: StackConfig, service: Service, timeout: float = 90) -> bool:
     env = {**config.service_env(), **dict(service.extra_env)}
     pid = spawn(config, service.name, [config.python, "-m", module], env=env, cwd=ROOT)
     health = service.url + service.health_path
-    wait_until(lambda: owns_port(pid, service.port) and http_ok(health),
+    wait_ready(lambda: owns_port(pid, service.port) and http_ok(health),
                timeout, f"{service.name} (port {service.port})", log, pid)
     return True

@@ -5,7 +5,15 @@ from __future__ import annotations
 import smtplib
 
 from stack.config import ROOT, StackConfig
-from stack.procs import StackError, is_running, log_file, port_open, spawn, wait_until
+from stack.procs import (
+    StackError,
+    is_running,
+    log_file,
+    port_open,
+    spawn,
+    taken_message,
+    wait_ready,
+)
 
 NAME = "smtp"
 
@@ -14,12 +22,11 @@ def start(config: StackConfig) -> bool:
     if is_running(config, NAME):
         return False
     if port_open(config.smtp_port):
-        raise StackError(f"smtp: port {config.smtp_port} is taken by another process; "
-                         "set SMTP_PORT to a free port")
+        raise StackError(taken_message(NAME, config.smtp_port, "SMTP_PORT"))
     argv = [config.python, "-m", "stack.smtp_sink", "--port", str(config.smtp_port),
             "--mail-dir", str(config.mail_dir)]
     pid = spawn(config, NAME, argv, cwd=ROOT)
-    wait_until(lambda: _answers(config), 20, "smtp (sink)", log_file(config, NAME), pid)
+    wait_ready(lambda: _answers(config), 20, "smtp (sink)", log_file(config, NAME), pid)
     return True
 
 

@@ -1,95 +1,22 @@
 """Session fixtures: real Kafka, PostgreSQL and SMTP for the tests that need them.
 
-`infra` starts a broker, a database and an SMTP sink on free ports in a temporary
-directory, with the same code as `make up`, and stops them at the end of the
-session. With KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (and SMTP_HOST/SMTP_PORT)
+`infra` starts a broker, a database and an SMTP sink for the session and stops them
+at its end: in containers when a Docker engine answers, else natively on free ports
+in a temporary directory with the same code as `make up` (tests/infra.py; TEST_INFRA
+forces either). With KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (and SMTP_HOST/SMTP_PORT)
 set, the tests use those servers instead and start nothing.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pytest
 
-from stack import kafka, postgres, smtp
-from stack.config import StackConfig
-from stack.procs import free_port, stop
-
-
-@dataclass(frozen=True)
-class Infra:
-    kafka_bootstrap: str
-    database_url: str
-    smtp_host: str
-    smtp_port: int
-    mail_dir: Path | None  # None when an outside SMTP server is used
-    config: StackConfig | None  # None when outside servers are used
-
-    def env(self) -> dict[str, str]:
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
-            "DATABASE_URL": self.database_url,
-            "SMTP_HOST": self.smtp_host,
-            "SMTP_PORT": str(self.smtp_port),
-            "SMTP_SECURITY": "none",
-        }
-
-
-def stack_config_for_tests(run_dir: Path) -> StackConfig:
-    """A stack config on free ports under run_dir, for tests that start their own stack."""
-    kafka_port = free_port()
-    return replace(
-        StackConfig.from_env({}),
-        run_dir=run_dir,
-        cache_dir=StackConfig.from_env(os.environ).cache_dir,
-        kafka_port=kafka_port,
-        kafka_controller_port=free_port(),
-        pg_port=free_port(),
-        smtp_port=free_port(),
-        command_api_port=free_port(),
-        query_api_port=free_port(),
-        processor_port=free_port(),
-        projector_port=free_port(),
-        notifier_port=free_port(),
-        partitions=4,
-        admin_token_override="test-admin-token",
-    )
-
-
-def _outside_infra() -> Infra | None:
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    database = os.environ.get("DATABASE_URL")
-    if not (bootstrap and database):
-        return None
-    return Infra(bootstrap, database, os.environ.get("SMTP_HOST", "127.0.0.1"),
-                 int(os.environ.get("SMTP_PORT", "25")), None, None)
+from tests.infra import Infra, started_infra
 
 
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
-    outside = _outside_infra()
-    if outside is not None:
-        yield outside
-        return
-    run_dir = Path(tempfile.mkdtemp(prefix="course-signup-test-"))
-    config = stack_config_for_tests(run_dir)
-    try:
-        kafka.start(config)
-        kafka.ensure_topics(config)
-        postgres.start(config)
-        postgres.migrate(config)
-        smtp.start(config)
-        yield Infra(config.kafka_bootstrap, config.database_url, "127.0.0.1",
-                    config.smtp_port, config.mail_dir, config)
-    finally:
-        stop(config, smtp.NAME)
-        postgres.stop_server(config)
-        stop(config, kafka.NAME, timeout=60)
-        if os.environ.get("KEEP_TEST_RUN_DIR") is None:
-            shutil.rmtree(run_dir, ignore_errors=True)
+    with started_infra() as running:
+        yield running

@@ -11,18 +11,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
+import httpx
 import pytest
 
 from stack.config import StackConfig
-from tests.conftest import stack_config_for_tests
-
-T = TypeVar("T")
+from tests.infra import stack_config_for_tests
 
 
 @dataclass(frozen=True)
@@ -34,16 +32,22 @@ class RunningStack:
         return subprocess.run([sys.executable, "-m", "stack", command], env=self.env,
                               text=True, capture_output=True, timeout=300)
 
-
-def stack_env(config: StackConfig) -> dict[str, str]:
-    return config.stack_env()
+    def create_course(self, prefix: str, capacity: int, title: str, lecturer: str) -> str:
+        """POST /courses as the admin; the new course's id (accepted with a 202)."""
+        course_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        response = httpx.post(f"{self.config.command_url}/courses",
+                              headers={"Authorization": f"Bearer {self.config.admin_token()}"},
+                              json={"course_id": course_id, "title": title,
+                                    "lecturer": lecturer, "capacity": capacity}, timeout=30)
+        assert response.status_code == 202, response.text
+        return course_id
 
 
 @pytest.fixture(scope="session")
 def full_stack() -> Iterator[RunningStack]:
     run_dir = Path(tempfile.mkdtemp(prefix="course-signup-e2e-"))
     config = stack_config_for_tests(run_dir)
-    running = RunningStack(config, stack_env(config))
+    running = RunningStack(config, config.stack_env())
     try:
         started = running.cli("up")
         assert started.returncode == 0, f"stack up failed:\n{started.stdout}\n{started.stderr}"
@@ -52,14 +56,3 @@ def full_stack() -> Iterator[RunningStack]:
         running.cli("down")
         if os.environ.get("KEEP_TEST_RUN_DIR") is None:
             shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll until probe returns something other than None, or fail naming what was awaited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result is not None:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

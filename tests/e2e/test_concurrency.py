@@ -5,22 +5,19 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from functools import partial
 
 import httpx
 
 from proof.load import bounded, session, sign_up, students
-from tests.e2e.conftest import RunningStack, eventually
+from stack.waiting import eventually
+from tests.e2e.conftest import RunningStack
 
 
 def test_2000_concurrent_signups_from_1500_students_fill_50_seats(
     full_stack: RunningStack,
 ) -> None:
-    course_id = f"crowded-{uuid.uuid4().hex[:10]}"
-    created = httpx.post(f"{full_stack.config.command_url}/courses",
-                         headers={"Authorization": f"Bearer {full_stack.config.admin_token()}"},
-                         json={"course_id": course_id, "title": "Popular", "lecturer": "Dr. P",
-                               "capacity": 50}, timeout=30)
-    assert created.status_code == 202
+    course_id = full_stack.create_course("crowded", 50, "Popular", "Dr. P")
     rng = random.Random(7)
     pool = students(1500, rng, uuid.uuid4().hex[:6])
     # 1,500 distinct students, 500 of them twice (half of those in upper case).
@@ -32,7 +29,7 @@ def test_2000_concurrent_signups_from_1500_students_fill_50_seats(
     async def fire() -> list:
         async with session(full_stack.config.command_url, 100) as client:
             return await bounded(
-                [lambda s=s, e=e: sign_up(client, course_id, s, email=e) for s, e in requests],
+                [partial(sign_up, client, course_id, s, email=e) for s, e in requests],
                 100, lambda _: None)
 
     outcomes = asyncio.run(fire())

@@ -12,20 +12,15 @@ from pathlib import Path
 import httpx
 
 from stack import browser
-from tests.e2e.conftest import RunningStack, eventually
+from stack.waiting import eventually
+from tests.e2e.conftest import RunningStack
 
 AS_OF = "2026-06-01"
 BORN = ["2000-02-29", "1999-12-31", "2001-01-01", "1980-07-15", "2000-02-29"]
 
 
 def _course(stack: RunningStack, capacity: int) -> str:
-    course_id = f"dash-{uuid.uuid4().hex[:10]}"
-    answer = httpx.post(f"{stack.config.command_url}/courses",
-                        headers={"Authorization": f"Bearer {stack.config.admin_token()}"},
-                        json={"course_id": course_id, "title": "Charts & <Tables>",
-                              "lecturer": "Dr. Tufte", "capacity": capacity}, timeout=30)
-    assert answer.status_code == 202, answer.text
-    return course_id
+    return stack.create_course("dash", capacity, "Charts & <Tables>", "Dr. Tufte")
 
 
 def _sign_up(stack: RunningStack, course_id: str, born: str) -> str:

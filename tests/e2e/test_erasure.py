@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -32,7 +33,9 @@ from schemas.codec import decode
 from schemas.messages import StudentSignedUp
 from schemas.personal import unseal
 from stack import postgres
-from tests.e2e.conftest import RunningStack, eventually
+from stack.waiting import eventually
+from tests.e2e.conftest import RunningStack
+from tests.support import headers_of
 
 DATES = ("2031-01-15", "2047-08-01")
 
@@ -99,7 +102,7 @@ def _every_kafka_record(servers: str) -> bytes:
                         if msg.error() is not None:
                             continue
                         chunks += [name.encode(), msg.key() or b"", msg.value() or b""]
-                        chunks += [k.encode() + (v or b"") for k, v in msg.headers() or []]
+                        chunks += [k.encode() + v for k, v in headers_of(msg).items()]
                         position = max(position, msg.offset() or 0)
     finally:
         consumer.close()
@@ -137,7 +140,7 @@ def test_an_erased_student_is_unreadable_everywhere_and_nothing_else_changes(
     # Erin took the only seat of the third course; Olga asks for it too and is refused.
     olga_ids.append(_post(stack, f"/courses/{courses[2]}/signups", olga)["signup_id"])
     for signup_id in erin_ids + olga_ids:
-        eventually(lambda s=signup_id: _get(stack, f"/signups/{s}"), 60, "a decision")
+        eventually(partial(_get, stack, f"/signups/{signup_id}"), 60, "a decision")
     eventually(lambda: _mailed(stack, set(erin_ids + olga_ids)), 60, "the e-mails")
     before = _stats(stack, courses)
     assert all(s is not None for s in before)

@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas import topics
 from stack.procs import owns_port, pid_alive
-from tests.conftest import stack_config_for_tests
+from tests.infra import stack_config_for_tests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

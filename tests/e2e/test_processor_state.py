@@ -10,18 +10,13 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from schemas import topics
-from schemas.codec import decode
-from tests.e2e.conftest import RunningStack, eventually
+from stack.waiting import eventually
+from tests.e2e.conftest import RunningStack
+from tests.support import event_in
 
 
 def _create_course(stack: RunningStack, capacity: int) -> str:
-    course_id = f"state-{uuid.uuid4().hex[:10]}"
-    response = httpx.post(f"{stack.config.command_url}/courses",
-                          headers={"Authorization": f"Bearer {stack.config.admin_token()}"},
-                          json={"course_id": course_id, "title": "State", "lecturer": "Dr. Disk",
-                                "capacity": capacity}, timeout=30)
-    assert response.status_code == 202, response.text
-    return course_id
+    return stack.create_course("state", capacity, "State", "Dr. Disk")
 
 
 def _sign_up(stack: RunningStack, course_id: str, body: dict, key: str | None = None) -> str:
@@ -81,7 +76,7 @@ def test_repeated_idempotency_keys_leave_no_repeated_record(full_stack: RunningS
 
     records = [r for r in _records(full_stack.config.kafka_bootstrap, topics.EVENTS)
                if r[1] == course_id.encode()]
-    events = [decode(value) for _, _, value in records if value is not None]
+    events = [event_in(value) for _, _, value in records if value is not None]
     assert [e.event_type for e in events].count("CourseCreated") == 1
     decided = [getattr(e, "signup_id", None) for e in events if e.event_type != "CourseCreated"]
     assert sorted(decided) == sorted([*signup_ids, last])  # type: ignore[type-var]

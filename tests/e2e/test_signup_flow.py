@@ -9,17 +9,12 @@ from datetime import date
 
 import httpx
 
-from tests.e2e.conftest import RunningStack, eventually
+from stack.waiting import eventually
+from tests.e2e.conftest import RunningStack
 
 
 def _create_course(stack: RunningStack, capacity: int) -> str:
-    course_id = f"e2e-{uuid.uuid4().hex[:10]}"
-    response = httpx.post(f"{stack.config.command_url}/courses",
-                          headers={"Authorization": f"Bearer {stack.config.admin_token()}"},
-                          json={"course_id": course_id, "title": "Stream Processing",
-                                "lecturer": "Dr. Kreps", "capacity": capacity}, timeout=30)
-    assert response.status_code == 202, response.text
-    return course_id
+    return stack.create_course("e2e", capacity, "Stream Processing", "Dr. Kreps")
 
 
 def _decision(stack: RunningStack, signup_id: str) -> dict | None:

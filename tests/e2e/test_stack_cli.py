@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from stack.procs import pid_alive
-from tests.conftest import stack_config_for_tests
+from tests.infra import stack_config_for_tests
 
 INFRA = ("kafka", "postgres", "smtp")
 

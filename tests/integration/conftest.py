@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Infra
+from tests.infra import Infra
 
 
 @pytest.fixture(scope="session", autouse=True)

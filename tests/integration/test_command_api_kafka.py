@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from schemas import codec, topics
 from schemas.messages import CreateCourse, SignUp, signup_id_for
 from schemas.personal import student_hash, unseal
+from stack.ports import free_port
+from stack.procs import terminate
+from stack.waiting import wait_until
+from tests.support import headers_of, value_of
 
 pytestmark = pytest.mark.integration
 
@@ -57,20 +60,6 @@ def _ensure_topic(servers: str, name: str, partitions: int) -> None:
             raise
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
 def _answers(url: str, status: int) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == status
@@ -81,7 +70,7 @@ def _answers(url: str, status: int) -> bool:
 @contextmanager
 def running_api(bootstrap: str, log_file: Path, **env: str) -> Iterator[str]:
     """`python -m command_api` on a free port, as `make up` starts it."""
-    port = _free_port()
+    port = free_port()
     with log_file.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "command_api"],
@@ -92,24 +81,20 @@ def running_api(bootstrap: str, log_file: Path, **env: str) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: process.poll() is not None or _answers(f"{url}/healthz", 200), 30,
+        wait_until(lambda: process.poll() is not None or _answers(f"{url}/healthz", 200), 30,
                     "the command API to start")
         if process.poll() is not None:
             pytest.fail(f"the command API exited:\n{log_file.read_text()}")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        if not terminate(process, 15):
             pytest.fail("the command API did not stop within 15 s of SIGTERM")
 
 
 @pytest.fixture(scope="module")
 def api(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running_api(bootstrap, tmp_path_factory.mktemp("api") / "command-api.log") as url:
-        _wait_until(lambda: _answers(f"{url}/readyz", 200), 30, "the command API to be ready")
+        wait_until(lambda: _answers(f"{url}/readyz", 200), 30, "the command API to be ready")
         yield url
 
 
@@ -150,10 +135,6 @@ def _read_commands(
     return found
 
 
-def _headers(message: Message) -> dict[str, bytes]:
-    return {key: value for key, value in message.headers() or []}
-
-
 def _student(i: int) -> dict[str, Any]:
     return {"email": f"Student.{i}@Example.org", "name": f"Student {i}",
             "date_of_birth": f"{1960 + i % 40}-{1 + i % 12:02d}-{1 + i % 28:02d}"}
@@ -181,11 +162,11 @@ def test_an_accepted_sign_up_is_in_the_topic_keyed_by_course_with_its_headers(
     create_message, signup_message = _read_commands(bootstrap, start, course_id, 2)
     # One key, one partition: the processor sees a course's commands in order.
     assert create_message.partition() == signup_message.partition()
-    create_course = codec.decode(create_message.value())
+    create_course = codec.decode(value_of(create_message))
     assert isinstance(create_course, CreateCourse)
     assert create_course.command_id == created.json()["command_id"]
-    assert _headers(create_message)["command_type"] == b"CreateCourse"
-    sign_up = codec.decode(signup_message.value())
+    assert headers_of(create_message)["command_type"] == b"CreateCourse"
+    sign_up = codec.decode(value_of(signup_message))
     assert isinstance(sign_up, SignUp)
     assert (sign_up.signup_id, sign_up.command_id, sign_up.email, sign_up.correlation_id) == (
         signup_id, signup_id, "", "corr-7")
@@ -197,8 +178,8 @@ def test_an_accepted_sign_up_is_in_the_topic_keyed_by_course_with_its_headers(
     assert sign_up.email_sealed is not None and sign_up.name_sealed is not None
     assert unseal(row[1], signup_id, "email", sign_up.email_sealed) == "student.7@example.org"
     assert unseal(row[1], signup_id, "name", sign_up.name_sealed) == "Student 7"
-    assert b"student.7" not in signup_message.value().lower()
-    assert _headers(signup_message) == {"correlation_id": b"corr-7", "command_type": b"SignUp"}
+    assert b"student.7" not in value_of(signup_message).lower()
+    assert headers_of(signup_message) == {"correlation_id": b"corr-7", "command_type": b"SignUp"}
 
 
 async def test_two_thousand_concurrent_sign_ups_are_all_accepted_and_all_in_the_topic(
@@ -232,7 +213,7 @@ async def test_two_thousand_concurrent_sign_ups_are_all_accepted_and_all_in_the_
     assert statuses.count(202) == SIGNUPS, {s: statuses.count(s) for s in set(statuses)}
     accepted = {r.json()["signup_id"] for r in responses}
     assert len(accepted) == SIGNUPS
-    in_topic = {codec.decode(m.value()).signup_id  # type: ignore[union-attr]
+    in_topic = {codec.decode(value_of(m)).signup_id  # type: ignore[union-attr]
                 for m in _read_commands(bootstrap, start, course_id, SIGNUPS)}
     assert in_topic == accepted
     quantiles = statistics.quantiles(latencies, n=100)
@@ -245,7 +226,7 @@ async def test_two_thousand_concurrent_sign_ups_are_all_accepted_and_all_in_the_
 async def test_with_kafka_unreachable_every_command_is_a_prompt_503_and_never_a_202(
     tmp_path: Path,
 ) -> None:
-    nowhere = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
     produce_timeout = 2.0
 
     with running_api(nowhere, tmp_path / "command-api.log",

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +22,8 @@ import psycopg
 import pytest
 
 from schemas.personal import student_hash
-from stack.procs import free_port
+from stack.ports import free_port
+from stack.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "integration-test-admin-token"
 SECRET = "integration-test-pseudonym-secret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def _status(url: str) -> int:
@@ -59,7 +52,7 @@ def command_api(log_file: Path, **env: str) -> Iterator[tuple[str, subprocess.Po
                  "KEY_STORE_TIMEOUT_SECONDS": "1", **env})
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: process.poll() is not None or _status(f"{url}/healthz") == 200, 30,
+        wait_until(lambda: process.poll() is not None or _status(f"{url}/healthz") == 200, 30,
                     "the command API to start")
         assert process.poll() is None, log_file.read_text()
         yield url, process
@@ -94,7 +87,7 @@ def test_an_erasure_deletes_the_key_and_is_done_even_after_a_sigkill_in_its_tran
     log = tmp_path / "command-api.log"
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
         with command_api(log) as (url, process):
-            _wait_until(lambda: _status(f"{url}/readyz") == 200, 30, "ready")
+            wait_until(lambda: _status(f"{url}/readyz") == 200, 30, "ready")
             for who in (email, other):
                 signed = httpx.post(f"{url}/courses/erasure-it/signups", json=_student(who))
                 assert signed.status_code == 202
@@ -110,7 +103,7 @@ def test_an_erasure_deletes_the_key_and_is_done_even_after_a_sigkill_in_its_tran
             assert accepted.status_code == 202
             erasure_id = accepted.json()["erasure_id"]
             assert accepted.json()["status"] == "pending"
-            _wait_until(lambda: conn.execute(
+            wait_until(lambda: conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                 " AND query LIKE 'DELETE FROM student_keys%'").fetchone() == (1,), 15,
                 "the erasure to wait inside its transaction")
@@ -119,7 +112,7 @@ def test_an_erasure_deletes_the_key_and_is_done_even_after_a_sigkill_in_its_tran
         blocker.rollback()
         blocker.close()
         # The killed API's transaction is rolled back once PostgreSQL sees the client gone.
-        _wait_until(lambda: conn.execute(
+        wait_until(lambda: conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'DELETE FROM student_keys%'"
             " AND state <> 'idle'").fetchone() == (0,), 15, "the killed transaction to end")
         status, hashed, completed = _erasure(conn, erasure_id)
@@ -127,7 +120,7 @@ def test_an_erasure_deletes_the_key_and_is_done_even_after_a_sigkill_in_its_tran
         assert _has_key(conn, email), "half done: the key is gone but the erasure is pending"
 
         with command_api(log) as (url, _):  # the restart finishes it
-            _wait_until(lambda: _erasure(conn, erasure_id)[0] == "done", 15, "the erasure")
+            wait_until(lambda: _erasure(conn, erasure_id)[0] == "done", 15, "the erasure")
             status, hashed, completed = _erasure(conn, erasure_id)
             assert hashed is None and completed is not None
             assert not _has_key(conn, email)
@@ -140,7 +133,7 @@ def test_an_erasure_deletes_the_key_and_is_done_even_after_a_sigkill_in_its_tran
 def test_without_the_key_store_sign_ups_and_erasures_are_prompt_503s(tmp_path: Path) -> None:
     nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/coursesignup"
     with command_api(tmp_path / "command-api.log", DATABASE_URL=nowhere) as (url, _):
-        _wait_until(lambda: _status(f"{url}/healthz") == 200, 10, "the API")
+        wait_until(lambda: _status(f"{url}/healthz") == 200, 10, "the API")
         for method, path, body, headers in (
             ("POST", "/courses/c/signups", _student("ann@example.org"), {}),
             ("POST", "/erasures", {"email": "ann@example.org"}, ADMIN),

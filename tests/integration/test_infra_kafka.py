@@ -9,7 +9,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from schemas import topics
-from tests.conftest import Infra
+from tests.infra import Infra
+from tests.support import position_of
 
 
 def test_produce_consume_round_trip_with_acks_all(infra: Infra) -> None:
@@ -25,7 +26,7 @@ def test_produce_consume_round_trip_with_acks_all(infra: Infra) -> None:
 
     consumer = Consumer({"bootstrap.servers": infra.kafka_bootstrap, "group.id": str(uuid.uuid4()),
                          "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topics.COMMANDS, msg.partition(), msg.offset())])
+    consumer.assign([TopicPartition(topics.COMMANDS, *position_of(msg))])
     deadline, got = time.monotonic() + 15, None
     while got is None and time.monotonic() < deadline:
         polled = consumer.poll(0.5)

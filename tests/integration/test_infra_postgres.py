@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 import migrations
-from tests.conftest import Infra
+from tests.infra import Infra
 
 
 def test_every_migration_is_recorded(infra: Infra) -> None:

@@ -10,7 +10,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.conftest import Infra
+from tests.infra import Infra
 
 
 def _message(to: str) -> EmailMessage:

@@ -11,7 +11,6 @@ import email.parser
 import email.policy
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from email.headerregistry import AddressHeader
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -38,18 +39,13 @@ from schemas import codec, topics
 from schemas.messages import CourseCreated, Decision, SignUpRejected, StudentSignedUp
 from stack import smtp
 from stack.config import ROOT
-from stack.procs import free_port, stop
-from tests.conftest import Infra
+from stack.ports import free_port
+from stack.procs import kill_now, stop, terminate
+from stack.waiting import wait_until
+from tests.infra import Infra
+from tests.support import headers_of
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------- the sink's folder
@@ -210,7 +206,7 @@ class Notifier:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "notifier"], cwd=ROOT,
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, 30, f"notifier /healthz (log: {self.log_path})")
+        wait_until(self._healthy, 30, f"notifier /healthz (log: {self.log_path})")
         return self
 
     def _healthy(self) -> bool:
@@ -237,18 +233,10 @@ class Notifier:
         return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        kill_now(self.proc)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        terminate(self.proc, 20)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -295,12 +283,14 @@ def test_each_decision_becomes_one_e_mail_to_its_student(
     course.decide(name="Zoë", local="zoë.")
     log.flush()
 
-    wait_for(lambda: mailbox.has_all(course.event_ids), 30, "13 e-mails")
+    wait_until(lambda: mailbox.has_all(course.event_ids), 30, "13 e-mails")
     found = mailbox.by_event()
     for decision in course.decisions:
         [msg] = found[decision.event_id]
         assert msg["X-Envelope-To"] == decision.email
-        assert msg["To"].addresses[0].addr_spec == decision.email
+        to = msg["To"]
+        assert isinstance(to, AddressHeader)
+        assert to.addresses[0].addr_spec == decision.email
         verdict = "accepted" if isinstance(decision, StudentSignedUp) else "not accepted"
         assert msg["Subject"] == f"Sign-up {verdict}: {course.title}"
         assert msg["X-Correlation-Id"] == decision.correlation_id
@@ -318,11 +308,11 @@ def test_a_decision_repeated_in_the_log_is_sent_once(
     twice = course.decide()
     course.repeat(twice)  # right behind: a crash of the processor can do that
     log.flush()
-    wait_for(lambda: mailbox.has_all([twice.event_id]), 30, "the first e-mail")
+    wait_until(lambda: mailbox.has_all([twice.event_id]), 30, "the first e-mail")
     course.repeat(twice)  # and again, long after it was sent
     marker = course.decide()  # same course, same partition: handled after the repeat
     log.flush()
-    wait_for(lambda: mailbox.has_all([marker.event_id]), 30, "the marker e-mail")
+    wait_until(lambda: mailbox.has_all([marker.event_id]), 30, "the marker e-mail")
     assert mailbox.counts([twice.event_id])[twice.event_id] == 1
     assert notifier.metric("notifier_duplicates_skipped_total") >= 2
 
@@ -339,18 +329,18 @@ def test_an_smtp_outage_delays_e_mails_and_loses_none(
         for i in range(10):
             course.decide(accepted=i % 2 == 0)
         log.flush()
-        wait_for(lambda: notifier.metric("notifier_emails_retried_total") >= 2, 30,
+        wait_until(lambda: notifier.metric("notifier_emails_retried_total") >= 2, 30,
                  "the notifier to retry against the stopped sink")
         assert mailbox.counts(course.event_ids).total() == 0
-        wait_for(lambda: notifier.readyz()[0] == 503, 10, "/readyz to say 503 in the outage")
+        wait_until(lambda: notifier.readyz()[0] == 503, 10, "/readyz to say 503 in the outage")
         assert notifier.readyz()[1]["reason"].startswith("dependency unavailable")
     finally:
         smtp.start(infra.config)
-    wait_for(lambda: mailbox.has_all(course.event_ids), 30, "every e-mail after the outage")
+    wait_until(lambda: mailbox.has_all(course.event_ids), 30, "every e-mail after the outage")
     assert notifier.readyz() == (200, {"status": "ready"})
     marker = course.decide()
     log.flush()
-    wait_for(lambda: mailbox.has_all([marker.event_id]), 30, "the marker e-mail")
+    wait_until(lambda: mailbox.has_all([marker.event_id]), 30, "the marker e-mail")
     assert set(mailbox.counts(course.event_ids).values()) == {1}
 
 
@@ -366,13 +356,15 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_at_most_one_per_kill(
     event_ids = [e for course in courses for e in course.event_ids]
 
     kills = 0
+    def mailed(fraction: float) -> bool:
+        return mailbox.counts(event_ids).total() >= fraction * len(event_ids)
+
     for fraction in (0.2, 0.6):
-        wait_for(lambda f=fraction: mailbox.counts(event_ids).total() >= f * len(event_ids),
-                 60, f"{fraction:.0%} of the e-mails")
+        wait_until(partial(mailed, fraction), 60, f"{fraction:.0%} of the e-mails")
         notifier.kill()
         kills += 1
         notifier = notifier_factory(group, NOTIFIER_INSTANCE_ID=instance)
-    wait_for(lambda: mailbox.has_all(event_ids), 90, "every e-mail after the kills")
+    wait_until(lambda: mailbox.has_all(event_ids), 90, "every e-mail after the kills")
 
     counts = mailbox.counts(event_ids)
     duplicates = sum(n - 1 for n in counts.values())
@@ -415,12 +407,12 @@ def test_a_rejected_recipient_ends_on_the_dead_letter_topic_while_others_arrive(
     delivered = [course.decide(accepted=i % 2 == 0) for i in range(4)]
     log.flush()
 
-    wait_for(lambda: mailbox.has_all([d.event_id for d in delivered]), 30, "the good e-mails")
+    wait_until(lambda: mailbox.has_all([d.event_id for d in delivered]), 30, "the good e-mails")
     found = dead_letters(infra.kafka_bootstrap, start, {d.event_id for d in refused})
     assert set(found) == {d.event_id for d in refused}
     for decision in refused:
         msg = found[decision.event_id]
-        headers = {k: (v or b"").decode() for k, v in msg.headers() or []}
+        headers = {k: v.decode() for k, v in headers_of(msg).items()}
         assert headers["dlq.reason"] == "recipient_refused"
         assert headers["dlq.source.topic"] == topics.EVENTS
         partition, offset = log.positions[decision.event_id]
@@ -446,9 +438,9 @@ def test_an_undecodable_event_is_dead_lettered_and_the_next_one_is_sent(
     after = course.decide()
     log.flush()
 
-    wait_for(lambda: mailbox.has_all([after.event_id]), 30, "the e-mail after the bad event")
+    wait_until(lambda: mailbox.has_all([after.event_id]), 30, "the e-mail after the bad event")
     found = dead_letters(infra.kafka_bootstrap, start, {tag})
-    headers = {k: (v or b"").decode() for k, v in found[tag].headers() or []}
+    headers = {k: v.decode() for k, v in headers_of(found[tag]).items()}
     assert headers["dlq.reason"] == "undecodable"
     assert headers["correlation_id"] == "corr-garbage"
     assert notifier.metric('notifier_emails_dead_lettered_total{reason="undecodable"}') >= 1

@@ -20,7 +20,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,11 +28,12 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -49,6 +49,11 @@ from schemas.messages import (
     StudentSignedUp,
     event_id_for,
 )
+from stack.ports import free_port
+from stack.probes import deciding, processor_health
+from stack.procs import kill_now, terminate
+from stack.waiting import wait_until
+from tests.support import event_in, headers_of, key_of, position_of, value_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -61,14 +66,6 @@ def bootstrap() -> str:
     if not servers:
         pytest.fail("KAFKA_BOOTSTRAP_SERVERS is not set: these tests need a real Kafka broker")
     return servers
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 # ---------------------------------------------------------------- the broker
@@ -115,12 +112,6 @@ def delete_topics_of(servers: str, app_id: str) -> None:
 
 
 # ---------------------------------------------------------------- workers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Worker:
@@ -173,35 +164,23 @@ class Worker:
         except urllib.error.HTTPError as err:
             return int(err.code)
 
-    def health(self) -> dict | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                return json.load(r)
-        except OSError:
-            return None
+    def health(self) -> dict[str, Any] | None:
+        return processor_health(self.port)
 
     def deciding(self) -> list[int]:
         """The partitions this worker decides now (none while rebalancing or recovering)."""
-        h = self.health()
-        if not h or h["rebalancing"] or h["recovering"]:
-            return []
-        return list(h["assigned"])
+        return deciding(self.health())
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        kill_now(self.proc)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            terminate(self.proc, 15)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
@@ -235,7 +214,7 @@ class Cluster:
             owned = [p for w in workers for p in w.deciding()]
             return sorted(owned) == list(range(self.partitions)) and all(
                 w.deciding() for w in workers)
-        wait_for(shared, timeout, f"{[w.name for w in workers]} to share the partitions")
+        wait_until(shared, timeout, f"{[w.name for w in workers]} to share the partitions")
 
     def logs(self) -> str:
         return "\n".join(f"--- {w.name}\n{w.log_path.read_text()[-4000:]}" for w in self.workers)
@@ -366,10 +345,9 @@ class EventLog:
         while time.monotonic() < deadline:
             for msg in self.consumer.consume(1000, timeout=0.1):
                 if msg.error() is None and msg.key() in self.courses:
-                    self.records[msg.key()].append(Decided(
-                        (msg.partition(), msg.offset()), msg.value(),
-                        dict(msg.headers() or []), msg.timestamp()[1]))
-                    self.decided.add(getattr(decode(msg.value()), "signup_id", ""))
+                    self.records[key_of(msg)].append(Decided(
+                        position_of(msg), value_of(msg), headers_of(msg), msg.timestamp()[1]))
+                    self.decided.add(getattr(decode(value_of(msg)), "signup_id", ""))
 
     def wait_partly_decided(self, wave: list[tuple[str, bytes]], fraction: float,
                             timeout: float) -> None:
@@ -379,13 +357,13 @@ class EventLog:
         def enough() -> bool:
             self.read(0.05)
             return len(ids & self.decided) >= fraction * len(ids)
-        wait_for(enough, timeout, f"{fraction:.0%} of a wave decided")
+        wait_until(enough, timeout, f"{fraction:.0%} of a wave decided")
 
     def wait_all_decided(self, signups: set[str], timeout: float) -> None:
         def done() -> bool:
             self.read()
             return signups <= self.decided
-        wait_for(done, timeout, f"decisions for {len(signups)} sign-ups")
+        wait_until(done, timeout, f"decisions for {len(signups)} sign-ups")
 
     def close(self) -> None:
         self.consumer.close()
@@ -400,7 +378,7 @@ def audit(log: EventLog, w: Workload) -> dict[str, int]:
         accepted: list[int] = []
         last_position = -1
         for record in records:
-            event = decode(record.value)
+            event = event_in(record.value)
             totals["records"] += 1
             assert record.headers["event_id"].decode() == event.event_id
             assert record.headers["event_type"].decode() == event.event_type
@@ -541,13 +519,13 @@ def test_paused_worker_is_fenced(cluster: Cluster) -> None:
         def b_decides() -> bool:
             log.read(0.1)
             return len(log.decided) >= before + 100
-        wait_for(b_decides, 30, "the remaining worker to go on deciding")
+        wait_until(b_decides, 30, "the remaining worker to go on deciding")
         resumed_at_ms = int(time.time() * 1000)
         # On SIGCONT a goes on with the commands it had fetched, in its old generation,
         # until it learns of the rebalance; it may then rejoin and own partitions
         # again, legitimately, in a newer generation.
         a.signal(signal.SIGCONT)
-        wait_for(sent.is_set, 60, "the sign-ups to be produced")
+        wait_until(sent.is_set, 60, "the sign-ups to be produced")
         log.wait_all_decided(set(w.signups), timeout=90)
         report = audit(log, w)
         assert_fenced(log, a_id, paused_generation, resumed_at_ms)
@@ -620,7 +598,7 @@ def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> Non
 
     try:
         with showing_logs(cluster, log):
-            wait_for(dead_lettered, 60, "two dead letters")
+            wait_until(dead_lettered, 60, "two dead letters")
             log.wait_all_decided(set(w.signups), timeout=60)
             audit(log, w)
     finally:
@@ -631,7 +609,8 @@ def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> Non
         assert headers["dlq.source.topic"] == topics.COMMANDS
         assert (int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"])) == (
             partition, offset)
-        assert datetime.fromisoformat(headers["dlq.failed_at"]).utcoffset().total_seconds() == 0
+        utc_offset = datetime.fromisoformat(headers["dlq.failed_at"]).utcoffset()
+        assert utc_offset is not None and utc_offset.total_seconds() == 0
     reasons = [dict(m.headers())["dlq.reason"].decode() for m in dead]
     assert reasons[0].startswith("undecodable") and reasons[1].startswith("invalid: name")
     metrics = worker.metrics()
@@ -680,11 +659,12 @@ def committed_changelog(servers: str, topic: str, partition: int, upto: int
         while consumer.position([TopicPartition(topic, partition)])[0].offset <= upto:
             assert time.monotonic() < deadline, f"{topic}[{partition}] unread up to {upto}"
             for msg in consumer.consume(1000, 0.2):
-                if msg.error() is None and msg.offset() <= upto:
-                    if msg.value() is None:
-                        table.pop(msg.key(), None)
+                if msg.error() is None and position_of(msg)[1] <= upto:
+                    value = msg.value()
+                    if value is None:
+                        table.pop(key_of(msg), None)
                     else:
-                        table[msg.key()] = msg.value()
+                        table[key_of(msg)] = value
     finally:
         consumer.close()
     return table
@@ -724,7 +704,7 @@ def test_kill_9_at_random_moments_of_a_steady_stream(cluster: Cluster) -> None:
             time.sleep(rng.uniform(0.1, 1.5))
             worker.kill()
             worker = cluster.start(f"r-{i + 2}", store="r")
-        wait_for(sent.is_set, 90, "the sign-ups to be produced")
+        wait_until(sent.is_set, 90, "the sign-ups to be produced")
         report = audit_after_all(cluster, log, w)
     print("audit", report)
 
@@ -751,10 +731,10 @@ def test_repeated_commands_write_nothing(cluster: Cluster) -> None:
         def all_repeats_seen() -> bool:
             return sum(_counter(worker.metrics(), "processor_repeats_total").values()) >= \
                 len(repeats) + len(originals) - len(w.signups)
-        wait_for(all_repeats_seen, 60, "the repeated commands to be processed")
+        wait_until(all_repeats_seen, 60, "the repeated commands to be processed")
         log.read(1.0)
         records = log.records[course.encode()]
-        event_ids = [decode(r.value).event_id for r in records]
+        event_ids = [event_in(r.value).event_id for r in records]
         assert len(event_ids) == len(set(event_ids)) == 1 + len(w.signups)
         audit(log, w)
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,11 @@ from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
 from stack import postgres
 from stack.config import ROOT
-from stack.procs import free_port
-from tests.conftest import Infra
+from stack.ports import free_port
+from stack.procs import kill_now, terminate
+from stack.waiting import wait_until
+from tests.infra import Infra
+from tests.support import headers_of
 
 pytestmark = pytest.mark.integration
 
@@ -45,17 +48,8 @@ NOW = datetime(2026, 11, 1, 9, tzinfo=UTC)
 # ------------------------------------------------------------------ helpers
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except (psycopg.OperationalError, httpx.HTTPError):
-            pass  # not there yet
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
+# The database or the API may not be up yet while a projection starts.
+wait_for = partial(wait_until, not_yet=(psycopg.OperationalError, httpx.HTTPError))
 
 
 def db() -> psycopg.Connection:
@@ -76,17 +70,10 @@ class Service:
                 env={**os.environ, **self.env})
 
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        kill_now(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc, 15)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -135,7 +122,7 @@ class Log:
     events: list[Event] = field(default_factory=list)
     last: dict[int, int] = field(default_factory=dict)
 
-    def write(self, events: list[Event]) -> None:
+    def write(self, events: Sequence[Event]) -> None:
         for event in events:
             self._produce(event.course_id.encode(), codec.encode(event))
         self.events.extend(events)
@@ -309,12 +296,15 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
     bursts = [events[i:i + 1200] for i in range(0, len(events), 1200)]
     killed_mid_burst = 0
 
+    def moved_from(before: dict[int, int]) -> bool:
+        return stored_positions() != before
+
     for burst in bursts:
         wait_projected(log)  # the restarted projector is at work again
         before = stored_positions()
         log.write(burst)
         # Kill it once it has committed part of the burst, inside its next batches.
-        wait_for(lambda b=before: stored_positions() != b, 30, "progress", every=0.005)
+        wait_for(partial(moved_from, before), 30, "progress", interval=0.005)
         time.sleep(rng.uniform(0.0, 0.02))
         projector.kill()
         killed_mid_burst += not projected(log)
@@ -356,7 +346,13 @@ def test_postgres_restarted_under_load_loses_nothing(
     with httpx.Client() as client, ThreadPoolExecutor(8) as pool:  # several pooled connections
         list(pool.map(lambda _: client.get(f"{query_api}/stats").status_code, range(64)))
     held = chunks.pop()  # written while PostgreSQL is down, whatever the writer's pace
-    writer = threading.Thread(target=lambda: [(log.write(c), time.sleep(0.05)) for c in chunks])
+
+    def write_slowly() -> None:
+        for chunk in chunks:
+            log.write(chunk)
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=write_slowly)
     writer.start()
     time.sleep(0.3)
     postgres.stop_server(infra.config)
@@ -408,7 +404,7 @@ def test_an_undecodable_event_goes_to_the_dlq_and_later_ones_are_projected(
 
     def dead_letter_found() -> bool:
         for msg in consumer.consume(500, 0.2):
-            headers = dict(msg.headers() or []) if msg.error() is None else {}
+            headers = headers_of(msg) if msg.error() is None else {}
             if (headers.get("dlq.source.partition"), headers.get("dlq.source.offset")) == (
                     str(partition).encode(), str(offset).encode()):
                 found.update(headers)
@@ -591,12 +587,15 @@ def test_the_cache_shows_each_commit_within_a_second_and_never_an_older_value(
         assert_a_commit_shows_within_a_second(log, query_api, course, n)
     # Once the API has counted a commit's notice, no answer may predate that commit:
     # a request either waits for the refresh or gets the refreshed value.
+    def told_more_than(notices: float) -> bool:
+        return cache_metric(query_api, "query_api_cache_notices_total") > notices
+
     for n in range(3, 13):
         wait_projected(log)
         told = cache_metric(query_api, "query_api_cache_notices_total")
         log.write([accepted(course, date(1999, 12, 31))])
-        wait_for(lambda t=told: cache_metric(query_api, "query_api_cache_notices_total") > t,
-                 30, "the API to be told of the commit", every=0.002)
+        wait_for(partial(told_more_than, told), 30, "the API to be told of the commit",
+                 interval=0.002)
         assert enrolled(query_api, course) == n + 1
     assert cache_metric(query_api, "query_api_cache_live") == 1.0
 

@@ -6,6 +6,7 @@ import dataclasses
 import smtplib
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,7 +17,7 @@ from notifier.handler import Done, Failed, Handler, Job
 from notifier.mailer import MailError, classify
 from notifier.settings import Settings
 from schemas import codec
-from schemas.messages import CourseCreated, SignUpRejected, StudentSignedUp
+from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
 from schemas.personal import new_data_key, seal
 from service_kit.deadletter import Headers, SourceRecord
 
@@ -67,7 +68,7 @@ class FakeDeadLetters:
         self.letters.append((record, headers))
 
 
-def meta(event_type: str, n: int = 1) -> dict[str, object]:
+def meta(event_type: str, n: int = 1) -> dict[str, Any]:
     return dict(event_id=f"ev-{event_type}-{n}", event_type=event_type, occurred_at=NOW,
                 course_id="intro-python", causation_id=f"cmd-{n}", correlation_id=f"corr-{n}")
 
@@ -83,10 +84,12 @@ def rejected(n: int = 1) -> SignUpRejected:
                           email=f"bob{n}@example.org", name="Bob", reason="course_full")
 
 
-def job(message: object, offset: int = 7, value: bytes | None = None) -> Job:
-    data = value if value is not None else codec.encode(message)
-    return Job.of(SourceRecord("course-events", 2, offset, b"intro-python", data,
-                         [("correlation_id", b"corr-h")]))
+def job(message: Event | None, offset: int = 7, value: bytes | None = None) -> Job:
+    if value is None:
+        assert message is not None, "a message to encode, or the raw value"
+        value = codec.encode(message)
+    return Job.of(SourceRecord("course-events", 2, offset, b"intro-python", value,
+                               [("correlation_id", b"corr-h")]))
 
 
 class NoConsumer:

@@ -55,7 +55,9 @@ def test_settings_refuse_nonsense(name: str, value: str) -> None:
 
 def test_tables_write_their_changelogs_with_the_right_serializers() -> None:
     p = create_app(Settings.from_env({**REQUIRED, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}))
-    serializers = {t.name: (t.changelog_topic.key_serializer, t.changelog_topic.value_serializer)
+    # faust types changelog_topic as TopicT, which does not declare the serializers.
+    serializers = {t.name: (t.changelog_topic.key_serializer,  # type: ignore[attr-defined]
+                            t.changelog_topic.value_serializer)  # type: ignore[attr-defined]
                    for t in p.tables.values()}
     assert serializers == {"courses": ("json", "json"), "seat_holders": ("json", "json"),
                            "decided_signups": ("json", "json")}

@@ -1,4 +1,4 @@
-"""Benchmarks of the read side: `python -m projections.bench` (for `make bench`; no test runs it).
+"""The read side on its own: `python -m proof.bench_projections` (no test runs it).
 
 Starts a private Kafka broker and PostgreSQL with the stack's own code, on free ports in
 a temporary directory, so that no synthetic event ever lands in a real event log (it
@@ -31,23 +31,26 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from projections.replay import rebuild
 from projections.settings import ReplaySettings
+from proof import bench_kafka as bk
+from proof.bench_stack import results_dir
 from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
-from stack import kafka, postgres
 from stack.config import ROOT, StackConfig
-from stack.procs import free_port, stop
+from stack.infra import dependencies
+from stack.probes import http_ok
+from stack.waiting import wait_until
 
 
 @dataclass
@@ -99,56 +102,12 @@ def produce(bootstrap: str, events: Iterator[Event]) -> tuple[int, float]:
     return n, time.perf_counter() - started
 
 
-def end_offsets(bootstrap: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-ends"})
-    try:
-        parts = consumer.list_topics(topics.EVENTS, timeout=10).topics[topics.EVENTS].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topics.EVENTS, p),
-                                                  timeout=10)[1] for p in parts}
-    finally:
-        consumer.close()
-
-
-def plain_loop(bootstrap: str) -> dict[str, float]:
-    """What reading and decoding alone costs: consume(n) and codec.decode, nothing else."""
-    ends = end_offsets(bootstrap)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
-    consumer.assign([TopicPartition(topics.EVENTS, p, 0) for p in ends])
-    done = dict.fromkeys(ends, 0)
-    started, n = time.perf_counter(), 0
-    while any(done[p] < ends[p] for p in ends):
-        for msg in consumer.consume(10_000, 1.0):
-            if msg.error() is None:
-                codec.decode(msg.value())  # type: ignore[arg-type]
-                done[msg.partition()] = msg.offset() + 1  # type: ignore[index,operator]
-                n += 1
-    seconds = time.perf_counter() - started
-    consumer.close()
-    return {"events": n, "seconds": round(seconds, 2), "events_per_s": round(n / seconds)}
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def caught_up(database_url: str, ends: dict[int, int]) -> bool:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT partition, next_offset FROM projection_offsets"
                             " WHERE projection = 'views'").fetchall()
     stored: dict[int, int] = dict(rows)
     return all(stored.get(p, 0) >= end for p, end in ends.items())
-
-
-def http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
@@ -201,14 +160,6 @@ async def concurrent(url: str, todo: list[str], in_flight: int) -> dict[str, flo
             "requests_per_s": round(len(latencies) / seconds)}
 
 
-def private_stack(run_dir: Path) -> StackConfig:
-    return replace(StackConfig.from_env({}), run_dir=run_dir,
-                   cache_dir=StackConfig.from_env(os.environ).cache_dir,
-                   kafka_port=free_port(), kafka_controller_port=free_port(),
-                   pg_port=free_port(), projector_port=free_port(),
-                   query_api_port=free_port())
-
-
 def spawn(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, stdout=out,
@@ -216,10 +167,6 @@ def spawn(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes
 
 
 def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
-    kafka.start(config)
-    kafka.ensure_topics(config)
-    postgres.start(config)
-    postgres.migrate(config)
     bootstrap, database = config.kafka_bootstrap, config.database_url
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database,
            "PROJECTOR_PORT": str(config.projector_port),
@@ -232,7 +179,7 @@ def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
                                            work.decision_events(args.events - args.courses)))
     results["produce"] = {"events": n, "seconds": round(seconds, 2)}
     print("plain consume-and-decode loop ...", flush=True)
-    results["plain_consume_decode"] = plain_loop(bootstrap)
+    results["plain_consume_decode"] = bk.consume_and_decode(bootstrap)
     print(json.dumps(results["plain_consume_decode"]), flush=True)
     print("replay ...", flush=True)
     replayed = rebuild(ReplaySettings(kafka_bootstrap_servers=bootstrap, database_url=database,
@@ -245,10 +192,10 @@ def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
     more = max(0, args.signups - work.decisions)
     print(f"writing {more:,} more decisions, then the live projector catches up ...", flush=True)
     produce(bootstrap, work.decision_events(more))
-    ends = end_offsets(bootstrap)
+    ends = bk.end_offsets(bootstrap, topics.EVENTS)
     processes = [spawn("projections.projector", env, config.run_dir / "projector.log")]
     started = time.perf_counter()
-    wait_for(lambda: caught_up(database, ends), 1800, "the projector")
+    wait_until(lambda: caught_up(database, ends), 1800, "the projector")
     seconds = time.perf_counter() - started
     results["projector_live"] = {"events": more, "seconds": round(seconds, 2),
                                  "events_per_s": round(more / seconds) if seconds else None,
@@ -258,7 +205,7 @@ def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
     processes.append(spawn("projections.api", env, config.run_dir / "api.log"))
     url = config.query_url
     try:
-        wait_for(lambda: http_ok(url + "/readyz"), 60, "the query API")
+        wait_until(lambda: http_ok(url + "/readyz"), 60, "the query API")
         sequential(url, paths(work, 300))  # warm-up: connections, prepared statements
         with psycopg.connect(database) as conn:
             row = conn.execute("SELECT count(*) FROM signup_decisions").fetchone()
@@ -286,21 +233,20 @@ def _chain(*parts: Iterator[Event]) -> Iterator[Event]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m projections.bench")
+    parser = argparse.ArgumentParser(prog="python -m proof.bench_projections")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--signups", type=int, default=1_000_000)
     parser.add_argument("--courses", type=int, default=1_000)
     parser.add_argument("--requests", type=int, default=3_000)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
-    out_dir = StackConfig.from_env(os.environ).run_dir / "bench"
+    out_dir = results_dir()
     run_dir = Path(tempfile.mkdtemp(prefix="projections-bench-"))
-    config = private_stack(run_dir)
+    config = StackConfig.on_free_ports(run_dir, admin_token="bench-admin-token")
     try:
-        results = run(args, config)
+        with dependencies(config):
+            results = run(args, config)
     finally:
-        postgres.stop_server(config)
-        stop(config, kafka.NAME, timeout=60)
         shutil.rmtree(run_dir, ignore_errors=True)
     results["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     out_dir.mkdir(parents=True, exist_ok=True)
