@@ -28,7 +28,7 @@ demo: up
 	@$(PY) -m proof.demo
 
 replay: $(STAMP)
-	@$(PY) -m projections.replay
+	@$(PY) -m stack replay
 
 test: $(STAMP)
 	@$(PY) -m stack prepare

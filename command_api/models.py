@@ -32,7 +32,7 @@ _CONTROL = r"\x00-\x1f\x7f-\x9f"
 _SPACE = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 TEXT_PATTERN = rf"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
 EMAIL_MAX_LENGTH = 320
-# The ASCII addresses `normalise_email` accepts, for the OpenAPI: dot-atom local part of at
+# The ASCII addresses `canonical_email` accepts, for the OpenAPI: dot-atom local part of at
 # most 64 characters, host-name labels (none with "--" in 3rd and 4th place, which IDNA
 # keeps for Punycode), and an alphabetic top-level domain other than the special-use
 # ones email_validator refuses. It accepts internationalised addresses too; the
@@ -47,7 +47,7 @@ EMAIL_PATTERN = (
 EMAIL_ADDRESS_MAX_LENGTH = 254
 
 
-def normalise_email(value: str) -> str:
+def canonical_email(value: str) -> str:
     """The address in the one spelling the whole system compares on."""
     try:
         result = validate_email(value, check_deliverability=False)
@@ -104,7 +104,7 @@ Text = Annotated[
 Email = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=EMAIL_MAX_LENGTH),
-    AfterValidator(normalise_email),
+    AfterValidator(canonical_email),
     Field(
         description="An e-mail address; internationalised ones (RFC 6531) are accepted too.",
         json_schema_extra={

@@ -13,15 +13,15 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from service_kit.records import Headers
+
 log = logging.getLogger(__name__)
 kafka_log = logging.getLogger("command_api.kafka")
 
-Headers = Sequence[tuple[str, bytes]]
 
 # librdkafka reports a timed-out message itself after message.timeout.ms; the asyncio
 # timeout only guards against a callback that never comes, so it waits a little longer.

@@ -23,7 +23,8 @@ from course_processor.failstop import fail_stop
 from course_processor.tables import StagedStore
 from course_processor.wire import event_headers, outcome
 from schemas.codec import encode
-from service_kit.deadletter import SourceRecord, dead_letter_headers, header_pairs
+from service_kit.deadletter import dead_letter_headers
+from service_kit.records import SourceRecord, header_pairs
 
 log = logging.getLogger("course_processor")
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+from service_kit.metrics import LATENCY_BUCKETS, ServiceMetrics
 
 
-class Metrics:
+class Metrics(ServiceMetrics):
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         self.commands = Counter(
             "processor_commands", "Commands consumed, by kind.", ["kind"], registry=r
         )
@@ -39,7 +40,3 @@ class Metrics:
             "Commands in course-commands not yet read by this worker, per owned partition.",
             ["partition"], registry=r,
         )
-
-    def exposition(self) -> bytes:
-        """The Prometheus text format of every metric."""
-        return generate_latest(self.registry)

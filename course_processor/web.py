@@ -16,7 +16,7 @@ def add_routes(p: Processor) -> None:
     @p.app.page("/metrics", name="processor_metrics")
     async def metrics(self: View, request: Request) -> Response:
         update_lag(p)
-        return self.bytes(p.metrics.exposition(), content_type=CONTENT_TYPE_PLAIN)
+        return self.bytes(p.metrics.render(), content_type=CONTENT_TYPE_PLAIN)
 
     @p.app.page("/readyz", name="processor_readyz")
     async def readyz(self: View, request: Request) -> Response:

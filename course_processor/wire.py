@@ -7,8 +7,7 @@ decoding its Avro value.
 from __future__ import annotations
 
 from schemas.messages import CourseCreationRejected, Event, SignUpRejected, StudentSignedUp
-
-Headers = list[tuple[str, bytes]]
+from service_kit.records import Headers
 
 
 def event_headers(event: Event, processor_id: str, generation: int) -> Headers:

@@ -15,10 +15,10 @@ from datetime import datetime
 from confluent_kafka import Consumer
 
 from notifier.handler import DeadLetters, Handler, Mailer, Store, utc_now
-from notifier.mailer import Mailer as SmtpMailer
+from notifier.mailer import SmtpMailer
 from notifier.observability import Metrics
 from notifier.settings import Settings
-from notifier.store import Store as PostgresStore
+from notifier.store import PostgresStore
 from notifier.worker import Policy, Worker, consumer_config
 from schemas import topics
 from service_kit.deadletter import DeadLetterProducer

@@ -27,7 +27,8 @@ from schemas.messages import (
     StudentSignedUp,
 )
 from schemas.personal import SealError, unseal
-from service_kit.deadletter import Headers, SourceRecord, dead_letter_headers
+from service_kit.deadletter import dead_letter_headers
+from service_kit.records import Headers, SourceRecord
 
 log = logging.getLogger("notifier")
 

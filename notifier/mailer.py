@@ -83,7 +83,7 @@ def classify(exc: BaseException) -> SendFailure:
     return SendFailure("permanent", "unexpected_error", None, False, type(exc).__name__)
 
 
-class Mailer:
+class SmtpMailer:
     """Sends e-mails over one SMTP session, opened on first use and after any failure."""
 
     def __init__(self, settings: Settings) -> None:

@@ -10,7 +10,7 @@ from psycopg.rows import TupleRow
 from notifier.emails import CourseInfo
 
 
-class Store:
+class PostgresStore:
     """One autocommit connection, reopened on the next call after it broke.
 
     Every statement is idempotent, so a caller may simply repeat one that failed.

@@ -37,7 +37,8 @@ from notifier.offsets import PartitionProgress
 from notifier.retry import Backoff, Gate, RetryQueue
 from notifier.settings import Settings
 from schemas import topics
-from service_kit.deadletter import DeadLetterError, SourceRecord, header_pairs
+from service_kit.deadletter import DeadLetterError
+from service_kit.records import SourceRecord, header_pairs
 
 log = logging.getLogger("notifier")
 

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 from projections.batch import UnreadableRecord
 from schemas import topics
-from service_kit.deadletter import DeadLetterProducer, SourceRecord, dead_letter_headers
+from service_kit.deadletter import DeadLetterProducer, dead_letter_headers
+from service_kit.records import SourceRecord
 
 log = logging.getLogger("projections.deadletter")
 

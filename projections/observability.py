@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from service_kit.http import LATENCY_BUCKETS, ApiMetrics
-from service_kit.metrics import ServiceMetrics
+from service_kit.http import ApiMetrics
+from service_kit.metrics import LATENCY_BUCKETS, ServiceMetrics
 
 
 class ProjectorMetrics(ServiceMetrics):

@@ -1,7 +1,8 @@
 """Rebuild every view from the first event: `python -m projections.replay` (`make replay`).
 
-Settings: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (see `projections/settings.py`); when
-they are not set, the native stack's addresses (KAFKA_PORT, PG_PORT as `make up` reads them).
+Settings: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (see `projections/settings.py`);
+`make replay` runs it as `python -m stack replay`, which sets them to the native stack's
+addresses (KAFKA_PORT, PG_PORT as `make up` reads them) where they are not set.
 `--no-swap` builds the shadow copies and leaves them beside the views (for checks);
 `--quiet` hides the progress bar. It works on a running stack: the query API and the
 projector keep running throughout.
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import queue
 import sys
 import threading
@@ -57,7 +57,6 @@ from dataclasses import dataclass, replace
 import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from psycopg import sql
-from pydantic import ValidationError
 from tqdm import tqdm
 
 import migrations
@@ -67,7 +66,7 @@ from projections.settings import ReplaySettings
 from schemas import topics
 from service_kit.deadletter import DeadLetterProducer
 from service_kit.logs import configure_logging
-from service_kit.settings import describe
+from service_kit.settings import load_settings
 
 log = logging.getLogger("projections.replay")
 
@@ -333,19 +332,6 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True) 
         producer.close()
 
 
-def _local_stack_defaults() -> dict[str, str]:
-    """`make replay` runs outside the services' environment: fill in the native stack's
-    addresses (from KAFKA_PORT, PG_PORT, as `make up` reads them) for what is not set."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("DATABASE_URL"):
-        return {}
-    from stack.config import StackConfig
-
-    config = StackConfig.from_env(os.environ)
-    defaults = {"kafka_bootstrap_servers": config.kafka_bootstrap,
-                "database_url": config.database_url}
-    return {key: value for key, value in defaults.items() if not os.environ.get(key.upper())}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m projections.replay", description=(
         "Rebuild every view from the first event of course-events and swap it in."))
@@ -353,10 +339,7 @@ def main() -> None:
                         help="build the shadow copies (<view>_shadow) and leave them there")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args()
-    try:
-        settings = ReplaySettings(**_local_stack_defaults())  # type: ignore[arg-type]
-    except ValidationError as exc:
-        sys.exit(f"replay: invalid settings: {describe(exc, ReplaySettings)}")
+    settings = load_settings(ReplaySettings, "replay")
     configure_logging(settings.log_level, "replay")
     try:
         result = rebuild(settings, swap=not args.no_swap, progress=not args.quiet)

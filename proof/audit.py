@@ -41,12 +41,12 @@ from schemas.codec import DecodeError, Message, decode
 from schemas.messages import (
     CourseCreated,
     CourseCreationRejected,
+    Decision,
     Event,
     SignUpRejected,
     StudentSignedUp,
 )
 
-Decision = StudentSignedUp | SignUpRejected
 _MAX_EXAMPLES = 5
 
 

@@ -17,46 +17,18 @@ A record dead-lettered twice keeps only the newest dlq.* headers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-Headers = list[tuple[str, bytes]]
-RawHeaders = Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]] | None
+from service_kit.records import Headers, SourceRecord
 
 _PREFIX = "dlq."
 
 
-@dataclass(frozen=True)
-class SourceRecord:
-    """A record as consumed from Kafka: what a dead letter is made of."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value.decode("utf-8", "replace")
-        return None
-
-
 class DeadLetterError(RuntimeError):
     """Kafka did not acknowledge a dead letter; whatever sent it must not move on."""
-
-
-def header_pairs(raw: RawHeaders) -> Headers:
-    """A client's headers (a list or a dict, text or bytes, values maybe None) as bytes pairs."""
-    if raw is None:
-        return []
-    pairs = raw.items() if isinstance(raw, Mapping) else raw
-    return [(k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs]
 
 
 def dead_letter_headers(record: SourceRecord, reason: str, failed_at: datetime,

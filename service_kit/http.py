@@ -17,14 +17,10 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service_kit.metrics import ServiceMetrics
+from service_kit.metrics import LATENCY_BUCKETS, ServiceMetrics
 
 CORRELATION_HEADER = "X-Correlation-Id"
 _CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-# From a cached read (half a millisecond) to a produce that waits out its timeout.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0, 10.0)
 
 
 class ApiMetrics(ServiceMetrics):

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from stack import browser, kafka, postgres, smtp
 from stack.config import StackConfig
@@ -152,11 +152,27 @@ def status(config: StackConfig) -> int:
     return 1 if down_count else 0
 
 
+def replay_env(config: StackConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment, with the addresses replay reads set to this stack's where unset."""
+    defaults = {"KAFKA_BOOTSTRAP_SERVERS": config.kafka_bootstrap,
+                "DATABASE_URL": config.database_url}
+    return {**defaults, **{k: v for k, v in environ.items() if v or k not in defaults}}
+
+
+def replay(config: StackConfig, args: list[str]) -> None:
+    """`make replay`: run `projections.replay` against the native stack (KAFKA_PORT and
+    PG_PORT as `make up` reads them), unless the environment names other servers."""
+    os.execve(sys.executable, [sys.executable, "-m", "projections.replay", *args],
+              replay_env(config, os.environ))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description="native stack control")
-    commands = ["up", "down", "status", "env", "prepare", "topics", "migrate"]
+    commands = ["up", "down", "status", "env", "prepare", "topics", "migrate", "replay"]
     parser.add_argument("command", choices=commands)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "replay":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         config = StackConfig.from_env()
     except ValueError as exc:
@@ -178,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 
             url = os.environ.get("DATABASE_URL") or config.database_url
             print("applied:", migrations.apply(url))
+        elif args.command == "replay":
+            replay(config, rest)
         elif args.command == "prepare":
             prepare(config)
         elif args.command == "env":

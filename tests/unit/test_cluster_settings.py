@@ -14,6 +14,7 @@ from course_processor.app import faust_settings
 from course_processor.settings import Settings
 from proof.chaos import SCENARIOS, fits, longest_stall, resumed_everywhere
 from stack import kafka
+from stack.__main__ import replay_env
 from stack.config import StackConfig, min_insync_replicas, replication_factor
 
 
@@ -115,3 +116,15 @@ def test_the_stall_is_the_longest_gap_in_one_partition_while_the_load_ran() -> N
     ev = _decisions({0: [0, 1, 2, 10, 11], 1: [0.5, 3, 40]})
     run: Any = SimpleNamespace(load=SimpleNamespace(started_at=0.0, stopped_at=12.0))
     assert longest_stall(run, ev) == 8.0  # 2 -> 10 in partition 0; 3 -> 40 is after the load
+
+
+def test_make_replay_finds_the_native_stack_unless_told_otherwise() -> None:
+    config = _config(KAFKA_PORT="19092", PG_PORT="15432")
+    native = replay_env(config, {"PATH": "/bin", "DATABASE_URL": ""})
+    assert native["KAFKA_BOOTSTRAP_SERVERS"] == config.kafka_bootstrap
+    assert native["DATABASE_URL"] == config.database_url
+    assert native["PATH"] == "/bin"
+    told = replay_env(config, {"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+                               "DATABASE_URL": "postgresql://db/x"})
+    assert (told["KAFKA_BOOTSTRAP_SERVERS"], told["DATABASE_URL"]) == (
+        "kafka:9092", "postgresql://db/x")

@@ -18,14 +18,15 @@ from pydantic import SecretStr
 
 from command_api.app import create_app
 from command_api.keys import DataKey, KeyStoreUnavailable
-from command_api.models import EMAIL_PATTERN, TEXT_PATTERN, normalise_email
-from command_api.publisher import Headers, PublishError
+from command_api.models import EMAIL_PATTERN, TEXT_PATTERN, canonical_email
+from command_api.publisher import PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
 from schemas.messages import CreateCourse, SignUp, signup_id_for
 from schemas.personal import new_data_key, student_hash, unseal
 from schemas.pseudonyms import seat_key
 from service_kit.logs import JsonFormatter
+from service_kit.records import Headers
 
 TOKEN = "unit-test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -464,7 +465,7 @@ def test_every_address_the_declared_pattern_allows_is_accepted(
 ) -> None:
     assert (re.search(EMAIL_PATTERN, address) is not None) == declared
     if declared:
-        assert normalise_email(address) == address.lower()
+        assert canonical_email(address) == address.lower()
 
 
 def test_a_capacity_written_as_a_whole_json_number_with_a_fraction_point_is_accepted(

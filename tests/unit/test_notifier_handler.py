@@ -19,7 +19,7 @@ from notifier.settings import Settings
 from schemas import codec
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
 from schemas.personal import new_data_key, seal
-from service_kit.deadletter import Headers, SourceRecord
+from service_kit.records import Headers, SourceRecord
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -103,7 +103,7 @@ def test_metrics_are_exposed_in_prometheus_text_format() -> None:
     m.decisions.labels("rejected", "course_full").inc()
     m.dlq.labels("undecodable").inc()
     m.processing.observe(0.002)
-    text = m.exposition().decode()
+    text = m.render().decode()
     assert 'processor_commands_total{kind="SignUp"} 1.0' in text
     assert 'processor_decisions_total{outcome="rejected",reason="course_full"} 1.0' in text
     assert 'processor_dlq_total{reason="undecodable"} 1.0' in text

@@ -19,7 +19,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from service_kit.deadletter import Headers, SourceRecord, dead_letter_headers, header_pairs
+from service_kit.deadletter import dead_letter_headers
 from service_kit.health import serve_health
 from service_kit.http import (
     CORRELATION_HEADER,
@@ -29,6 +29,7 @@ from service_kit.http import (
 )
 from service_kit.logs import JsonFormatter
 from service_kit.postgres import backoff_delay, migrate_when_up
+from service_kit.records import Headers, SourceRecord, header_pairs
 from service_kit.settings import LogLevel, load_settings
 
 
