@@ -16,6 +16,7 @@ import faust
 from faust.transport.base import Transport
 from faust.types import TableT
 
+from course_processor.failstop import fail_stop
 from course_processor.metrics import Metrics
 from course_processor.recovery import LocalStateTableManager
 from course_processor.settings import Settings
@@ -44,6 +45,15 @@ class ProcessorApp(faust.App):
 
     def _new_producer_transport(self) -> Transport:
         return FencedTransport(self.conf.broker_producer, self)
+
+    def _crash(self, reason: BaseException) -> None:
+        # mode marks every service above a crashed one as crashed (this app too), and
+        # the worker then stops gracefully. That stop flushes the producer buffer, which
+        # waits forever for table changes that a fenced or aborted transaction will not
+        # take: a worker resumed after a pause past its session timeout hung like this,
+        # answering /healthz and owning nothing. A crash ends the process instead, as
+        # every other write failure does (failstop.py).
+        fail_stop(f"a faust service crashed: {reason!r}", reason)
 
 
 @dataclass(frozen=True)

@@ -108,3 +108,20 @@ def test_metrics_are_exposed_in_prometheus_text_format() -> None:
     assert 'processor_decisions_total{outcome="rejected",reason="course_full"} 1.0' in text
     assert 'processor_dlq_total{reason="undecodable"} 1.0' in text
     assert "processor_processing_seconds_count 1.0" in text
+
+
+class FailStopped(Exception):
+    pass
+
+
+async def test_a_crashed_producer_buffer_ends_the_process_instead_of_a_graceful_stop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A graceful stop after a fenced send hangs flushing the buffer (app.py); the
+    # crash must reach the app through mode's service tree and fail-stop there.
+    def fail_stop(reason: str, exc: BaseException | None = None) -> None:
+        raise FailStopped(reason)
+
+    monkeypatch.setattr("course_processor.app.fail_stop", fail_stop)
+    p = create_app(Settings.from_env({**REQUIRED, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}))
+    with pytest.raises(FailStopped, match="IllegalOperation"):
+        await p.app.producer.buffer.crash(RuntimeError("IllegalOperation: not in transaction"))
