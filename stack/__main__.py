@@ -130,6 +130,12 @@ def prepare(config: StackConfig) -> None:
 
 
 def down(config: StackConfig) -> None:
+    # Processors started with a larger PROCESSORS than this call's (scaled up, then
+    # down in the setting only) have pid files too: stop them first, with the rest.
+    known = {service.name for service in services(config)}
+    for name in sorted(p.stem for p in config.pids.glob("processor-*.pid")):
+        if name not in known:
+            _report(name, stop(config, name))
     for service in reversed(services(config)):
         _report(service.name, stop(config, service.name))
     _report("smtp", stop(config, smtp.NAME))

@@ -53,9 +53,17 @@ def test_up_restarts_only_what_died_and_down_stops_everything() -> None:
         assert after["smtp"] != before["smtp"] and pid_alive(after["smtp"])
         assert "kafka        already running" in again.stdout
 
+        # A processor of an earlier, larger PROCESSORS (its pid file is all that is left
+        # of that setting) is stopped too; init is its parent, as for a started service.
+        stray = int(subprocess.run(["setsid", "sh", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"],
+                                   capture_output=True, text=True, check=True).stdout)
+        (run_dir / "pids" / "processor-3.pid").write_text(str(stray))
+        assert pid_alive(stray)
+
         down = _stack("down", env)
         assert down.returncode == 0, down.stderr
         assert not any(pid_alive(pid) for pid in after.values())
+        assert not pid_alive(stray), down.stdout
         assert (run_dir / "kafka" / "data").exists(), "down keeps the data"
     finally:
         _stack("down", env)
