@@ -1,4 +1,5 @@
-"""Retry timing, pure: the backoff schedule, the server gate and the queue of parked work."""
+"""Retry timing, pure: the server gate and the queue of parked work (the backoff schedule
+is service_kit's)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from service_kit.backoff import Backoff
+
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff with jitter."""
-
-    initial: float = 0.5
-    cap: float = 60.0
-    multiplier: float = 2.0
-
-    def ceiling(self, attempt: int) -> float:
-        """The longest wait after the `attempt`-th failure (1-based)."""
-        # Exponent clamped so a long outage cannot overflow a float.
-        exponent = min(max(attempt, 1) - 1, 64)
-        return min(self.cap, self.initial * self.multiplier**exponent)
-
-    def delay(self, attempt: int, rand: Callable[[], float]) -> float:
-        # Between half and all of the ceiling: spread out, but never a hot loop.
-        return self.ceiling(attempt) * (0.5 + 0.5 * rand())
 
 
 @dataclass

@@ -34,9 +34,10 @@ from notifier.handler import Done, Failed, Handler, Job
 from notifier.mailer import SendFailure
 from notifier.observability import Metrics
 from notifier.offsets import PartitionProgress
-from notifier.retry import Backoff, Gate, RetryQueue
+from notifier.retry import Gate, RetryQueue
 from notifier.settings import Settings
 from schemas import topics
+from service_kit.backoff import Backoff
 from service_kit.deadletter import DeadLetterError
 from service_kit.records import SourceRecord, header_pairs
 

@@ -14,15 +14,9 @@ from collections.abc import Callable
 import psycopg
 
 import migrations
+from service_kit.backoff import Backoff
 
 log = logging.getLogger("service_kit.postgres")
-
-
-def backoff_delay(attempt: int, initial: float, cap: float, rand: Callable[[], float]) -> float:
-    """Capped exponential backoff after the `attempt`-th failure, jittered down to half."""
-    ceiling = min(cap, initial * 2.0 ** min(max(attempt, 1) - 1, 64))
-    # Jitter: services waiting for the same database do not knock all at once.
-    return ceiling * (0.5 + 0.5 * rand())
 
 
 def migrate_when_up(conninfo: str, stop: threading.Event, *, initial: float = 0.5,
@@ -35,6 +29,7 @@ def migrate_when_up(conninfo: str, stop: threading.Event, *, initial: float = 0.
     `on_retry` hears of each failure before the wait (to beat a heartbeat, say why not
     ready). Errors outside `retry_on` are not "the database is not there yet": they raise.
     """
+    backoff = Backoff(initial, cap)
     attempt = 0
     while not stop.is_set():
         try:
@@ -44,7 +39,7 @@ def migrate_when_up(conninfo: str, stop: threading.Event, *, initial: float = 0.
             return True
         except retry_on as exc:
             attempt += 1
-            delay = backoff_delay(attempt, initial, cap, rand)
+            delay = backoff.delay(attempt, rand)
             log.warning("PostgreSQL unavailable at start; retrying", extra={
                 "error": type(exc).__name__, "retry_in_s": round(delay, 3)})
             if on_retry is not None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from notifier.retry import Backoff, Gate, RetryQueue
+from notifier.retry import Gate, RetryQueue
+from service_kit.backoff import Backoff
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:

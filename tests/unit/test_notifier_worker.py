@@ -15,10 +15,10 @@ from confluent_kafka import TopicPartition
 from notifier.handler import Done, Failed, Job, Outcome
 from notifier.mailer import SendFailure
 from notifier.observability import Metrics
-from notifier.retry import Backoff
 from notifier.worker import Policy, Worker
 from schemas import codec
 from schemas.messages import StudentSignedUp
+from service_kit.backoff import Backoff
 
 TOPIC = "course-events"
 DOWN = SendFailure("transient", "connection_failed", None, server_wide=True)

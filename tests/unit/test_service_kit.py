@@ -19,6 +19,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from service_kit.backoff import Backoff
 from service_kit.deadletter import dead_letter_headers
 from service_kit.health import serve_health
 from service_kit.http import (
@@ -28,7 +29,7 @@ from service_kit.http import (
     correlation_id_of,
 )
 from service_kit.logs import JsonFormatter
-from service_kit.postgres import backoff_delay, migrate_when_up
+from service_kit.postgres import migrate_when_up
 from service_kit.records import Headers, SourceRecord, header_pairs
 from service_kit.settings import LogLevel, load_settings
 
@@ -184,10 +185,11 @@ def test_the_health_server_answers_alive_ready_and_metrics() -> None:
 
 
 def test_the_start_up_backoff_doubles_up_to_its_cap_and_jitters_down_to_half() -> None:
-    assert [backoff_delay(n, 0.5, 3.0, lambda: 1.0) for n in (1, 2, 3, 4, 5)] == [
+    backoff = Backoff(0.5, 3.0)
+    assert [backoff.delay(n, lambda: 1.0) for n in (1, 2, 3, 4, 5)] == [
         0.5, 1.0, 2.0, 3.0, 3.0]
-    assert backoff_delay(2, 0.5, 3.0, lambda: 0.0) == 0.5
-    assert backoff_delay(10_000, 0.5, 3.0, lambda: 1.0) == 3.0
+    assert backoff.delay(2, lambda: 0.0) == 0.5
+    assert backoff.delay(10_000, lambda: 1.0) == 3.0
 
 
 def test_the_migrations_wait_for_a_database_that_is_not_there_until_stopped() -> None:
