@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas import topics
 from stack.procs import owns_port, pid_alive
+from stack.waiting import wait_until
 from tests.infra import stack_config_for_tests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -84,7 +85,8 @@ def test_three_brokers_replicate_every_topic_and_stop_together(run_dir: Path) ->
 
         # A topic that exists with fewer replicas than asked is reported, not used silently.
         admin.delete_topics([topics.NOTIFIER_DLQ])[topics.NOTIFIER_DLQ].result(30)
-        _until_gone(admin, topics.NOTIFIER_DLQ)
+        wait_until(lambda: topics.NOTIFIER_DLQ not in admin.list_topics(timeout=10).topics,
+                   30, f"{topics.NOTIFIER_DLQ} deleted")
         admin.create_topics([NewTopic(topics.NOTIFIER_DLQ, 4, 1)])[topics.NOTIFIER_DLQ].result(30)
         checked = _stack("topics", env)
         assert checked.returncode == 0, checked.stderr
@@ -119,14 +121,6 @@ def _processes_using(run_dir: Path) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def _until_gone(admin: AdminClient, name: str) -> None:
-    import time
-
-    deadline = time.monotonic() + 30
-    while name in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
-        time.sleep(0.2)
 
 
 def test_a_single_node_run_dir_refuses_three_brokers_and_starts_nothing(run_dir: Path) -> None:

@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from stack.procs import pid_alive
+from stack.waiting import wait_until
 from tests.infra import stack_config_for_tests
 
 INFRA = ("kafka", "postgres", "smtp")
@@ -42,9 +42,8 @@ def test_up_restarts_only_what_died_and_down_stops_everything() -> None:
         assert all((run_dir / "logs" / f"{name}.log").exists() for name in INFRA)
 
         os.kill(before["smtp"], signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while pid_alive(before["smtp"]) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: not pid_alive(before["smtp"]), 10, "the killed SMTP sink to exit",
+                   interval=0.05)
 
         again = _stack("up", env)
         assert again.returncode == 0, again.stderr
