@@ -30,8 +30,8 @@ class Settings(BaseSettings):
     # queued behind a request that already gave up.
     produce_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     max_body_bytes: int = Field(default=16 * 1024, ge=256)
+    log_level: LogLevel = "INFO"
+
     @property
     def secret(self) -> bytes:
         return self.pseudonym_secret.get_secret_value().encode()
-
-    log_level: LogLevel = "INFO"
