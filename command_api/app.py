@@ -18,6 +18,7 @@ from command_api.observability import Metrics
 from command_api.publisher import KafkaPublisher, Publisher, PublishError
 from command_api.settings import Settings
 from schemas import topics
+from service_kit.consumer_lag import ConsumerLagCollector
 from service_kit.http import RequestContextMiddleware
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,24 @@ def create_app(settings: Settings, publisher: Publisher | None = None,
         settings.database_url, settings.key_store_timeout_seconds, settings.key_store_pool_size
     )
 
+    metrics = Metrics()
+    # The front door runs whenever commands can arrive: it reports every consumer
+    # group's lag, so a stopped processor shows as commands waiting (ops/rules/).
+    lag = (ConsumerLagCollector(settings.kafka_bootstrap_servers,
+                                settings.consumer_lag_interval_seconds).register(metrics.registry)
+           if publisher is None and settings.consumer_lag_interval_seconds > 0 else None)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await bus.start()
         await key_store.start()
+        if lag is not None:
+            lag.start()
         try:
             yield
         finally:
+            if lag is not None:
+                lag.stop()
             await key_store.stop()
             await bus.stop()
 
@@ -48,7 +60,7 @@ def create_app(settings: Settings, publisher: Publisher | None = None,
     app.state.settings = settings
     app.state.publisher = bus
     app.state.keys = key_store
-    app.state.metrics = metrics = Metrics()
+    app.state.metrics = metrics
     app.include_router(routes.commands)
     app.include_router(routes.ops)
     app.add_exception_handler(RequestValidationError, _invalid_request)

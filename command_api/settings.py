@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # queued behind a request that already gave up.
     produce_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     max_body_bytes: int = Field(default=16 * 1024, ge=256)
+    # How often the consumer lag of every group is read from Kafka for /metrics
+    # (service_kit.consumer_lag); 0 turns it off.
+    consumer_lag_interval_seconds: float = Field(default=5.0, ge=0, le=300)
     log_level: LogLevel = "INFO"
 
     @property

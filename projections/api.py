@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 
 from projections import dashboard, erasures, store
 from projections.live import LiveMetrics, LiveStats
-from projections.observability import query_api_metrics
+from projections.observability import ErasureMetrics, query_api_metrics
 from projections.readmodel import Snapshot, course_body, dump, global_body, page_json
 from projections.settings import QueryApiSettings
 from schemas.messages import COURSE_ID_PATTERN, RejectionReason
@@ -326,7 +326,21 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    await _read_erasures(request)
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _read_erasures(request: Request) -> None:
+    """Refresh the pending-erasure gauges; while PostgreSQL does not answer within a
+    second they keep their last values (the scrape itself must not fail for it)."""
+    gauges: ErasureMetrics = request.app.state.erasure_metrics
+    try:
+        async with request.app.state.pool.connection(timeout=1) as conn:
+            count, oldest = await erasures.pending_erasures(conn)
+    except (PoolTimeout, psycopg.Error):
+        return
+    gauges.pending.set(count)
+    gauges.oldest_pending.set(oldest)
 
 
 # ------------------------------------------------------------------ the app
@@ -366,6 +380,7 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
     app.state.pool = pool
     app.state.database = Database(pool)
     app.state.metrics = metrics
+    app.state.erasure_metrics = ErasureMetrics(metrics.registry)
     app.state.live = live
     app.include_router(router)
     app.include_router(erasures.router)

@@ -45,3 +45,13 @@ async def get_erasure(erasure_id: str, request: Request) -> Response:
     if found is None:
         raise HTTPException(404, "unknown erasure")
     return Response(found.model_dump_json(), media_type="application/json")
+
+
+async def pending_erasures(conn: psycopg.AsyncConnection) -> tuple[int, float]:
+    """How many erasures are pending and the age in seconds of the oldest (an index scan
+    of the partial index `erasures_pending`)."""
+    row = await (await conn.execute(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(requested_at)), 0) "
+        "FROM erasures WHERE status = 'pending'")).fetchone()
+    assert row is not None
+    return int(row[0]), float(row[1])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service_kit.http import ApiMetrics
 from service_kit.metrics import LATENCY_BUCKETS, ServiceMetrics
@@ -40,3 +40,14 @@ class ProjectorMetrics(ServiceMetrics):
 def query_api_metrics() -> ApiMetrics:
     return ApiMetrics(requests="query_api_requests_total",
                       duration="query_api_request_duration_seconds")
+
+
+class ErasureMetrics:
+    """Erasures not done yet, read from PostgreSQL on each scrape of the query API."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pending = Gauge("erasures_pending", "Erasure requests still pending.",
+                             registry=registry)
+        self.oldest_pending = Gauge("erasures_oldest_pending_seconds",
+                                    "Age of the oldest pending erasure request; 0 when none.",
+                                    registry=registry)

@@ -7,7 +7,12 @@ Run: python -m stack up | down | status   (the Makefile's `make up` and `make do
 Settings come from the environment: RUN_DIR, KAFKA_PORT (the first broker's),
 KAFKA_BROKERS (number of Kafka nodes, default 1), PG_PORT, SMTP_PORT, COMMAND_API_PORT,
 QUERY_API_PORT, ADMIN_TOKEN, PARTITIONS, PROCESSORS (number of course processor workers,
-default 1), STACK_ONLY (a comma-separated subset to start). `topics` also reads
+default 1), STACK_ONLY (a comma-separated subset to start); monitoring: PROMETHEUS_PORT,
+ALERTMANAGER_PORT, ALERTMANAGER_CLUSTER_PORT (off if unset), KAFKA_EXPORTER_PORT (the
+first broker's JMX exporter), OPS_EMAIL, PROMETHEUS_INTERVAL, ALERT_TIME_SCALE,
+ALERT_GROUP_WAIT, ALERT_GROUP_INTERVAL.
+     python -m stack checksums            (after a deliberate change of a Maven jar's
+                                           version: rewrite stack/jars.sha1) `topics` also reads
 KAFKA_REPLICATION_FACTOR and KAFKA_MIN_INSYNC_REPLICAS for a cluster of its own.
 """
 
@@ -19,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 
-from stack import browser, kafka, postgres, smtp
+from stack import browser, kafka, maven, monitoring, postgres, smtp
 from stack.config import StackConfig
 from stack.procs import (
     StackError,
@@ -57,6 +62,10 @@ def up(config: StackConfig, only: set[str] | None = None) -> None:
         if not wanted(service.name):
             continue
         _step(service.name, lambda s=service: start_service(config, s))
+    if wanted(monitoring.ALERTMANAGER):
+        _step(monitoring.ALERTMANAGER, lambda: monitoring.start_alertmanager(config))
+    if wanted(monitoring.PROMETHEUS):
+        _step(monitoring.PROMETHEUS, lambda: monitoring.start_prometheus(config, only))
     verify(config, wanted)
     print(f"stack is up in {time.monotonic() - began:.1f}s (data under {config.run_dir})\n")
     print(summary(config))
@@ -70,7 +79,10 @@ def preflight(config: StackConfig, wanted: Callable[[str], bool]) -> None:
              *((n.name, n.controller_port, "kafka", "KAFKA_PORT") for n in config.kafka_nodes()),
              (postgres.NAME, config.pg_port, "postgres", "PG_PORT"),
              (smtp.NAME, config.smtp_port, "smtp", "SMTP_PORT"),
-             *((s.name, s.port, s.name, s.port_setting) for s in services(config))]
+             *((n.name, n.exporter_port, "kafka", "KAFKA_EXPORTER_PORT")
+               for n in config.kafka_nodes()),
+             *((s.name, s.port, s.name, s.port_setting) for s in services(config)),
+             *monitoring.ports(config)]
     taken = [taken_message(name, port, setting) for name, port, part, setting in ports
              if wanted(part) and not is_running(config, name) and port_open(port)]
     if taken:
@@ -83,7 +95,9 @@ def verify(config: StackConfig, wanted: Callable[[str], bool]) -> None:
     else, is a start-up error naming both, not a healthy stack."""
     ports = [*((n.name, n.port, "kafka") for n in config.kafka_nodes()),
              (postgres.NAME, config.pg_port, "postgres"), (smtp.NAME, config.smtp_port, "smtp"),
-             *((s.name, s.port, s.name) for s in services(config))]
+             *((s.name, s.port, s.name) for s in services(config)),
+             *((n.name, n.exporter_port, "kafka") for n in config.kafka_nodes()),
+             *((name, port, part) for name, port, part, _ in monitoring.ports(config))]
     for name, port, part in ports:
         if not wanted(part):
             continue
@@ -114,6 +128,10 @@ def summary(config: StackConfig) -> str:
     ]
     for service in services(config):
         lines.append(f"{service.name:<17} {service.url}  (metrics: {service.url}/metrics)")
+    lines.append(f"Prometheus        http://127.0.0.1:{config.prometheus_port}/  (alerts: "
+                 f"http://127.0.0.1:{config.prometheus_port}/alerts)")
+    lines.append(f"Alertmanager      http://127.0.0.1:{config.alertmanager_port}/  (mails to "
+                 f"{config.ops_email} land in {config.mail_dir})")
     lines.append(f"Dashboard         {config.query_url}/")
     lines.append(f"OpenAPI           {config.command_url}/docs  {config.query_url}/docs")
     lines.append(f"Admin token       {config.admin_token()}")
@@ -124,8 +142,11 @@ def prepare(config: StackConfig) -> None:
     """Install what the stack and its tests need (broker jars, PostgreSQL, and Chromium for
     the dashboard's end-to-end test) without starting anything."""
     kafka.ensure_jars(config)
+    kafka.ensure_jmx_agent(config)
     postgres.bin_dir()
-    print(f"  ready: Kafka {config.kafka_version} jars, PostgreSQL in {postgres.bin_dir()}, "
+    monitoring.ensure_installed()
+    print(f"  ready: Kafka {config.kafka_version} jars and the JMX exporter (SHA-1 checked), "
+          f"PostgreSQL in {postgres.bin_dir()}, Prometheus and Alertmanager, "
           f"Chromium at {browser.chromium()}")
 
 
@@ -136,6 +157,8 @@ def down(config: StackConfig) -> None:
     for name in sorted(p.stem for p in config.pids.glob("processor-*.pid")):
         if name not in known:
             _report(name, stop(config, name))
+    for name in (monitoring.PROMETHEUS, monitoring.ALERTMANAGER):
+        _report(name, stop(config, name))
     for service in reversed(services(config)):
         _report(service.name, stop(config, service.name))
     _report("smtp", stop(config, smtp.NAME))
@@ -149,7 +172,8 @@ def _report(name: str, was_running: bool) -> None:
 
 
 def status(config: StackConfig) -> int:
-    names = [*kafka.names(config), postgres.NAME, smtp.NAME, *(s.name for s in services(config))]
+    names = [*kafka.names(config), postgres.NAME, smtp.NAME, *(s.name for s in services(config)),
+             monitoring.ALERTMANAGER, monitoring.PROMETHEUS]
     down_count = 0
     for name in names:
         running = is_running(config, name)
@@ -174,7 +198,8 @@ def replay(config: StackConfig, args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description="native stack control")
-    commands = ["up", "down", "status", "env", "prepare", "topics", "migrate", "replay"]
+    commands = ["up", "down", "status", "env", "prepare", "topics", "migrate", "replay",
+                "checksums"]
     parser.add_argument("command", choices=commands)
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "replay":
@@ -204,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
             replay(config, rest)
         elif args.command == "prepare":
             prepare(config)
+        elif args.command == "checksums":
+            kafka.fetch_jars(config)
+            agent = maven.copy(":".join(monitoring.JMX_AGENT), config.cache_dir / "jmx-exporter")
+            maven.write_sums([*kafka.libs_dir(config).glob("*.jar"), agent])
+            print(f"wrote {maven.SUMS}")
         elif args.command == "env":
             for key, value in config.service_env().items():
                 print(f"export {key}={value}")

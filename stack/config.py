@@ -33,6 +33,7 @@ class KafkaNode:
     port: int  # PLAINTEXT, what clients bootstrap from
     controller_port: int
     home: Path  # server.properties and the log dir `data/`
+    exporter_port: int = 0  # the JMX exporter agent's /metrics (stack/monitoring.py)
 
     @property
     def address(self) -> str:
@@ -69,6 +70,21 @@ class StackConfig:
     admin_token_override: str | None = None
     pseudonym_secret_override: str | None = None
     kafka_brokers: int = 1
+    # Monitoring (stack/monitoring.py): Prometheus, Alertmanager (its cluster listener
+    # off unless a port is given) and the first broker's JMX exporter; further brokers'
+    # exporters take free ports like their Kafka ports.
+    prometheus_port: int = 9090
+    alertmanager_port: int = 9093
+    alertmanager_cluster_port: int | None = None
+    kafka_exporter_port: int = 9404
+    ops_email: str = "ops@localhost"
+    # Scrape and rule evaluation interval; ALERT_TIME_SCALE multiplies every alerting
+    # rule's `for:` and range, ALERT_GROUP_WAIT/ALERT_GROUP_INTERVAL are Alertmanager's:
+    # the tests shrink all of them so that an alert costs seconds, not minutes.
+    prometheus_interval: str = "5s"
+    alert_time_scale: float = 1.0
+    alert_group_wait: str = "30s"
+    alert_group_interval: str = "5m"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> StackConfig:
@@ -97,6 +113,16 @@ class StackConfig:
             admin_token_override=env.get("ADMIN_TOKEN") or None,
             pseudonym_secret_override=env.get("PSEUDONYM_SECRET") or None,
             kafka_brokers=brokers,
+            prometheus_port=port("PROMETHEUS_PORT", 9090),
+            alertmanager_port=port("ALERTMANAGER_PORT", 9093),
+            alertmanager_cluster_port=int(env["ALERTMANAGER_CLUSTER_PORT"])
+            if env.get("ALERTMANAGER_CLUSTER_PORT") else None,
+            kafka_exporter_port=port("KAFKA_EXPORTER_PORT", 9404),
+            ops_email=env.get("OPS_EMAIL") or "ops@localhost",
+            prometheus_interval=env.get("PROMETHEUS_INTERVAL") or "5s",
+            alert_time_scale=float(env.get("ALERT_TIME_SCALE") or 1),
+            alert_group_wait=env.get("ALERT_GROUP_WAIT") or "30s",
+            alert_group_interval=env.get("ALERT_GROUP_INTERVAL") or "5m",
         )
 
     @classmethod
@@ -115,6 +141,8 @@ class StackConfig:
             kafka_port=port(), kafka_controller_port=port(), pg_port=port(),
             smtp_port=port(), command_api_port=port(), query_api_port=port(),
             processor_port=port(neighbour=11), projector_port=port(), notifier_port=port(),
+            prometheus_port=port(), alertmanager_port=port(), kafka_exporter_port=port(),
+            alertmanager_cluster_port=port() if base.alertmanager_cluster_port else None,
             admin_token_override=admin_token,
             pseudonym_secret_override=pseudonym_secret or base.pseudonym_secret_override,
         )
@@ -144,38 +172,47 @@ class StackConfig:
         finds every node where the controller quorum expects it."""
         if self.kafka_brokers == 1:
             return [KafkaNode(1, "kafka", self.kafka_port, self.kafka_controller_port,
-                              self.run_dir / "kafka")]
+                              self.run_dir / "kafka", self.kafka_exporter_port)]
         recorded = self.recorded_kafka_ports()
         if recorded is not None and len(recorded) == self.kafka_brokers:
             ports = recorded
         else:
             ports = self._allocate_kafka_ports()
-        return [KafkaNode(i, f"kafka-{i}", port, controller, self.run_dir / f"kafka-{i}")
-                for i, (port, controller) in enumerate(ports, start=1)]
+        return [KafkaNode(i, f"kafka-{i}", port, controller, self.run_dir / f"kafka-{i}",
+                          exporter)
+                for i, (port, controller, exporter) in enumerate(ports, start=1)]
 
-    def recorded_kafka_ports(self) -> list[tuple[int, int]] | None:
+    def recorded_kafka_ports(self) -> list[tuple[int, int, int]] | None:
+        """(port, controller port, exporter port) per node; a layout written before the
+        exporters existed gives node 1 KAFKA_EXPORTER_PORT and the others the port 10000
+        above their controller's (checked for being free at the start like the rest)."""
         try:
             data = json.loads(self.kafka_layout_file.read_text())
         except FileNotFoundError:
             return None
-        return [(int(n["port"]), int(n["controller_port"])) for n in data["nodes"]]
+        return [(int(n["port"]), int(n["controller_port"]),
+                 int(n.get("exporter_port") or (self.kafka_exporter_port if i == 0
+                                                else int(n["controller_port"]) + 10000)))
+                for i, n in enumerate(data["nodes"])]
 
-    def _allocate_kafka_ports(self) -> list[tuple[int, int]]:
-        ports = [(self.kafka_port, self.kafka_controller_port)]
+    def _allocate_kafka_ports(self) -> list[tuple[int, int, int]]:
+        ports = [(self.kafka_port, self.kafka_controller_port, self.kafka_exporter_port)]
         # Not the ports of the other components either, though they may not listen yet.
         taken = {self.kafka_port, self.kafka_controller_port, self.pg_port, self.smtp_port,
                  self.command_api_port, self.query_api_port, self.projector_port,
-                 self.notifier_port, self.processor_port,
+                 self.notifier_port, self.processor_port, self.prometheus_port,
+                 self.alertmanager_port, self.kafka_exporter_port,
+                 *([self.alertmanager_cluster_port] if self.alertmanager_cluster_port else []),
                  *(self.processor_port + 10 + i for i in range(1, max(self.processors, 3)))}
         candidate = max(taken) + 1
         while len(ports) < self.kafka_brokers:
-            pair: list[int] = []
-            while len(pair) < 2:
+            triple: list[int] = []
+            while len(triple) < 3:
                 if candidate not in taken and port_free(candidate):
-                    pair.append(candidate)
+                    triple.append(candidate)
                     taken.add(candidate)
                 candidate += 1
-            ports.append((pair[0], pair[1]))
+            ports.append((triple[0], triple[1], triple[2]))
         return ports
 
     @property
@@ -242,6 +279,14 @@ class StackConfig:
             "PSEUDONYM_SECRET": self.pseudonym_secret(),
             "KAFKA_VERSION": self.kafka_version, "KAFKA_HEAP": self.kafka_heap,
             "KAFKA_BROKERS": str(self.kafka_brokers),
+            "PROMETHEUS_PORT": str(self.prometheus_port),
+            "ALERTMANAGER_PORT": str(self.alertmanager_port),
+            "ALERTMANAGER_CLUSTER_PORT": str(self.alertmanager_cluster_port or ""),
+            "KAFKA_EXPORTER_PORT": str(self.kafka_exporter_port),
+            "OPS_EMAIL": self.ops_email, "PROMETHEUS_INTERVAL": self.prometheus_interval,
+            "ALERT_TIME_SCALE": str(self.alert_time_scale),
+            "ALERT_GROUP_WAIT": self.alert_group_wait,
+            "ALERT_GROUP_INTERVAL": self.alert_group_interval,
         })
         return env
 

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from stack import packages
+from stack import maven, monitoring, packages
 from stack.config import ROOT, KafkaNode, StackConfig
 from stack.procs import (
     StackError,
@@ -53,8 +53,29 @@ def libs_dir(config: StackConfig) -> Path:
     return config.cache_dir / f"kafka-{config.kafka_version}" / "libs"
 
 
+_verified: set[Path] = set()
+
+
 def ensure_jars(config: StackConfig) -> Path:
-    """Fetch the broker and its runtime classpath once into the cache, with Maven."""
+    """The broker's runtime classpath in the cache, fetched once with Maven and checked
+    against the committed SHA-1 sums (stack/maven.py) once per process before use."""
+    libs = fetch_jars(config)
+    if libs not in _verified:
+        maven.verify(sorted(libs.glob("*.jar")))
+        _verified.add(libs)
+    return libs
+
+
+def ensure_jmx_agent(config: StackConfig) -> Path:
+    """The Prometheus JMX exporter agent jar, fetched and checked like the broker's."""
+    jar = maven.copy(":".join(monitoring.JMX_AGENT), config.cache_dir / "jmx-exporter")
+    if jar not in _verified:
+        maven.verify([jar])
+        _verified.add(jar)
+    return jar
+
+
+def fetch_jars(config: StackConfig) -> Path:
     libs = libs_dir(config)
     if (libs / f"kafka_2.13-{config.kafka_version}.jar").exists():
         return libs
@@ -64,7 +85,8 @@ def ensure_jars(config: StackConfig) -> Path:
     libs.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=libs.parent, prefix="libs-"))
     result = subprocess.run(
-        ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+        # -C: a jar that does not match the .sha1 Maven Central publishes is an error.
+        ["mvn", "-q", "-B", "-C", "-f", str(POM), "dependency:copy-dependencies",
          f"-Dkafka.version={config.kafka_version}", "-DincludeScope=runtime",
          f"-DoutputDirectory={staging}"],
         capture_output=True, text=True,
@@ -134,13 +156,20 @@ def session_timeout_ms(config: StackConfig) -> int:
     return 9000 if config.kafka_brokers == 1 else 6000
 
 
-def java_command(config: StackConfig, main: str, *args: str) -> list[str]:
+def java_command(config: StackConfig, main: str, *args: str,
+                 jvm: tuple[str, ...] = ()) -> list[str]:
     libs = ensure_jars(config)
     return [
         "java", "-Xms256m", f"-Xmx{config.kafka_heap}", "-XX:+UseG1GC",
-        "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J}",
+        "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J}", *jvm,
         "-cp", f"{libs}/*", main, *args,
     ]
+
+
+def broker_command(config: StackConfig, node: KafkaNode, props: Path) -> list[str]:
+    """The broker's JVM, with the JMX exporter agent on the node's exporter port."""
+    agent = monitoring.jmx_agent_args(config, node, ensure_jmx_agent(config))
+    return java_command(config, "kafka.Kafka", str(props), jvm=tuple(agent))
 
 
 def format_storage(config: StackConfig, node: KafkaNode, cluster_id: str) -> Path:
@@ -205,7 +234,8 @@ def _record_layout(config: StackConfig, nodes: list[KafkaNode]) -> None:
         return
     config.run_dir.mkdir(parents=True, exist_ok=True)
     config.kafka_layout_file.write_text(json.dumps({"nodes": [
-        {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port}
+        {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port,
+         "exporter_port": n.exporter_port}
         for n in nodes]}, indent=2) + "\n")
 
 
@@ -223,13 +253,14 @@ def start(config: StackConfig) -> bool:
     if not stopped:
         return False
     for node in stopped:
-        for port in (node.port, node.controller_port):
+        for port, setting in ((node.port, "KAFKA_PORT"), (node.controller_port, "KAFKA_PORT"),
+                              (node.exporter_port, "KAFKA_EXPORTER_PORT")):
             if port_open(port):
-                raise StackError(taken_message(node.name, port, "KAFKA_PORT"))
+                raise StackError(taken_message(node.name, port, setting))
     _record_layout(config, nodes)
     cluster_id = _cluster_id(nodes)
     props = {n.name: format_storage(config, n, cluster_id) for n in stopped}
-    pids = {n.name: spawn(config, n.name, java_command(config, "kafka.Kafka", str(props[n.name])))
+    pids = {n.name: spawn(config, n.name, broker_command(config, n, props[n.name]))
             for n in stopped}
     # With N voters no node is ready alone: they elect a controller together, so all are
     # started before waiting, and the wait watches every one of them.
