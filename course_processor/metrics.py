@@ -22,6 +22,10 @@ class Metrics(ServiceMetrics):
             "processor_dlq", "Commands sent to the dead-letter topic, by reason.",
             ["reason"], registry=r,
         )
+        # At 0 from the start: the first dead letter is then an increase rate() sees.
+        for reason in ("undecodable", "unknown_schema", "not_a_command", "invalid",
+                       "key_mismatch"):
+            self.dlq.labels(reason)
         self.repeats = Counter(
             "processor_repeats", "Commands already decided (repeated requests): nothing written.",
             registry=r,

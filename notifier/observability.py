@@ -30,6 +30,12 @@ class Metrics(ServiceMetrics):
             "Events sent to the notifier's dead-letter topic instead of by e-mail.",
             ["reason"], registry=self.registry,
         )
+        # The notifier's own reasons exist at 0 from the start, so that the first dead
+        # letter is an increase that rate() and the dashboard see (SMTP refusals are
+        # named by the server's answer and appear with their first occurrence).
+        for reason in ("undecodable", "unexpected_message", "render_failed",
+                       "retries_exhausted"):
+            self.dead_lettered.labels(reason)
         self.skipped = Counter(
             "notifier_duplicates_skipped_total",
             "Decisions not sent because their event id was already handled.",

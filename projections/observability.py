@@ -29,6 +29,8 @@ class ProjectorMetrics(ServiceMetrics):
         self.resyncs = Counter("projector_resyncs_total",
                                "Seeks back to the positions stored in PostgreSQL.",
                                ["reason"], registry=r)
+        for reason in ("stale", "database", "dead_letter"):  # at 0 from the start
+            self.resyncs.labels(reason)
         self.db_failures = Counter("projector_db_failures_total",
                                    "Batches not committed because PostgreSQL failed.",
                                    registry=r)
