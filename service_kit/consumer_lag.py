@@ -23,14 +23,24 @@ Lags = dict[tuple[str, str, int], int]  # (group, topic, partition) -> records b
 
 
 def lags(committed: dict[str, dict[tuple[str, int], int]],
-         ends: dict[tuple[str, int], int]) -> Lags:
-    """Pure: records behind per group and partition. A partition the group has not
-    committed on yet has no lag (nothing to say); a negative difference (an end offset
-    read before a commit) counts as 0."""
-    return {(group, topic, partition): max(0, ends[(topic, partition)] - offset)
-            for group, offsets in committed.items()
-            for (topic, partition), offset in offsets.items()
-            if offset >= 0 and (topic, partition) in ends}
+         ends: dict[tuple[str, int], int], starts: dict[tuple[str, int], int],
+         consumed: dict[str, set[str]]) -> Lags:
+    """Pure: records behind per group and partition, for every partition of each topic
+    the group has committed on or been assigned (`consumed`). A partition it has not
+    committed on yet (a worker that stopped before its first commit there) is behind
+    from the log's start, where a new consumer of the group begins; a negative
+    difference (an end offset read before a commit) counts as 0."""
+    found: Lags = {}
+    for group, offsets in committed.items():
+        group_topics = {topic for topic, _ in offsets} | consumed.get(group, set())
+        for (topic, partition), end in ends.items():
+            if topic not in group_topics:
+                continue
+            offset = offsets.get((topic, partition), -1)
+            if offset < 0:
+                offset = starts.get((topic, partition), 0)
+            found[(group, topic, partition)] = max(0, end - offset)
+    return found
 
 
 class ConsumerLagCollector(Collector):
@@ -43,6 +53,7 @@ class ConsumerLagCollector(Collector):
             "bootstrap.servers": bootstrap_servers, "log_level": 3, **(extra_config or {})}
         self.interval = interval
         self.latest: Lags = {}
+        self.consumed: dict[str, set[str]] = {}  # group -> topics ever assigned to it
         self.ok = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,7 +77,7 @@ class ConsumerLagCollector(Collector):
         admin = AdminClient(self.config)
         while not self._stop.is_set():
             try:
-                self.latest = poll(admin, timeout=max(self.interval, 2.0))
+                self.latest = poll(admin, max(self.interval, 2.0), self.consumed)
                 self.ok = True
             except Exception as exc:  # noqa: BLE001 - Kafka away: report it, keep trying
                 if self.ok:
@@ -88,8 +99,10 @@ class ConsumerLagCollector(Collector):
         yield ok
 
 
-def poll(admin: Any, timeout: float) -> Lags:
-    """One round: the groups, their committed offsets, the partitions' end offsets."""
+def poll(admin: Any, timeout: float, consumed: dict[str, set[str]]) -> Lags:
+    """One round: the groups, their committed offsets and members' assignments (added
+    to `consumed`, which outlives a member: a stopped worker leaves the group, its
+    topics stay), the partitions' start and end offsets."""
     from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
     from confluent_kafka.admin import OffsetSpec
 
@@ -101,14 +114,28 @@ def poll(admin: Any, timeout: float) -> Lags:
         answer = futures[group].result()
         committed[group] = {(tp.topic, tp.partition): tp.offset
                             for tp in answer.topic_partitions or [] if tp.error is None}
-    wanted = {tp for offsets in committed.values() for tp in offsets}
-    if not wanted:
+    if committed:
+        described = admin.describe_consumer_groups(list(committed), request_timeout=timeout)
+        for group, future in described.items():
+            for member in future.result().members:
+                assigned = member.assignment.topic_partitions if member.assignment else []
+                consumed.setdefault(group, set()).update(tp.topic for tp in assigned)
+    group_topics = ({topic for offsets in committed.values() for topic, _ in offsets}
+                    | {topic for group in committed for topic in consumed.get(group, ())})
+    if not group_topics:
         return {}
-    # Read committed: the end a transactional consumer (the processor) can reach, so a
-    # group that is caught up shows 0, not the commit markers.
-    results = admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in wanted},
-                                 isolation_level=IsolationLevel.READ_COMMITTED,
-                                 request_timeout=timeout)
-    ends = {(tp.topic, tp.partition): future.result().offset
-            for tp, future in results.items()}
-    return lags(committed, ends)
+    metadata = admin.list_topics(timeout=timeout).topics
+    wanted = [TopicPartition(topic, partition) for topic in sorted(group_topics)
+              if topic in metadata for partition in metadata[topic].partitions]
+
+    def offsets(spec: Any) -> dict[tuple[str, int], int]:
+        # Read committed: the end a transactional consumer (the processor) can reach, so
+        # a group that is caught up shows 0, not the commit markers.
+        results = admin.list_offsets({tp: spec for tp in wanted},
+                                     isolation_level=IsolationLevel.READ_COMMITTED,
+                                     request_timeout=timeout)
+        return {(tp.topic, tp.partition): future.result().offset
+                for tp, future in results.items()}
+
+    return lags(committed, offsets(OffsetSpec.latest()), offsets(OffsetSpec.earliest()),
+                consumed)

@@ -3,6 +3,10 @@ record as optional, while a record the tests look at always has them."""
 
 from __future__ import annotations
 
+import email
+import email.policy
+from pathlib import Path
+
 from confluent_kafka import Message
 
 from schemas import codec
@@ -41,3 +45,15 @@ def event_in(data: bytes) -> Event:
     message = codec.decode(data)
     assert isinstance(message, Event), f"not an event: {message!r}"
     return message
+
+
+def alert_subjects(mail_dir: Path, alertname: str) -> list[str]:
+    """Subjects of the Alertmanager mails about one alert in the sink, oldest first:
+    `[FIRING:n] <alertname> ...` and `[RESOLVED] <alertname> ...`."""
+    subjects = []
+    for path in sorted(mail_dir.glob("*.eml")):  # the sink's names start with the time
+        mail = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        subject = str(mail["Subject"] or "")
+        if subject.startswith("[") and subject.split("] ", 1)[-1].split(" ")[0] == alertname:
+            subjects.append(subject)
+    return subjects
