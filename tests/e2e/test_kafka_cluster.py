@@ -4,12 +4,15 @@ processes it started."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +21,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas import topics
 from stack.procs import owns_port, pid_alive
-from stack.waiting import wait_until
+from stack.waiting import eventually, wait_until
 from tests.infra import stack_config_for_tests
+from tests.support import alert_subjects
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -45,7 +49,8 @@ def _env(run_dir: Path, brokers: int, only: str) -> dict[str, str]:
 
 
 def test_three_brokers_replicate_every_topic_and_stop_together(run_dir: Path) -> None:
-    env = _env(run_dir, 3, "kafka")
+    # With the monitoring and the mail sink: a lost broker is one grouped alert mail.
+    env = _env(run_dir, 3, "kafka,smtp,prometheus,alertmanager")
     try:
         up = _stack("up", env)
         assert up.returncode == 0, up.stdout + up.stderr
@@ -93,6 +98,9 @@ def test_three_brokers_replicate_every_topic_and_stop_together(run_dir: Path) ->
         assert (f"WARNING: topic {topics.NOTIFIER_DLQ} has 1 replica(s) per partition, fewer "
                 "than the 3 asked for") in checked.stderr
 
+        _lose_a_broker_and_get_one_alert_mail(run_dir, env, pids)
+        pids = {n: int((run_dir / "pids" / f"{n}.pid").read_text()) for n in pids}
+
         # Another shape in the same RUN_DIR is refused before anything starts.
         refused = _stack("up", {**env, "KAFKA_BROKERS": "1"})
         assert refused.returncode == 1
@@ -108,6 +116,35 @@ def test_three_brokers_replicate_every_topic_and_stop_together(run_dir: Path) ->
                    for i in (1, 2, 3)), "down keeps the data"
     finally:
         _stack("down", env)
+
+
+def _lose_a_broker_and_get_one_alert_mail(run_dir: Path, env: dict[str, str],
+                                         pids: dict[str, int]) -> None:
+    """SIGKILL kafka-2: every partition it held is under-replicated on the other two,
+    which is one UnderReplicatedPartitions mail (grouped), resolved after `up` restarts
+    it. Each broker's JMX exporter is scraped on a port of its own."""
+    exporters = {n["node_id"]: n["exporter_port"]
+                 for n in json.loads((run_dir / "kafka-cluster.json").read_text())["nodes"]}
+    assert len(set(exporters.values())) == 3
+    assert all(owns_port(pids[f"kafka-{i}"], port) for i, port in exporters.items())
+    mail = run_dir / "mail"
+    os.kill(pids["kafka-2"], signal.SIGKILL)
+    killed = time.monotonic()
+    eventually(lambda: [s for s in alert_subjects(mail, "UnderReplicatedPartitions")
+                        if s.startswith("[FIRING")] or None,
+               90, "the UnderReplicatedPartitions mail", interval=0.5)
+    print(f"UnderReplicatedPartitions mailed {time.monotonic() - killed:.1f}s after SIGKILL")
+    restarted = _stack("up", env)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    back = time.monotonic()
+    eventually(lambda: [s for s in alert_subjects(mail, "UnderReplicatedPartitions")
+                        if s.startswith("[RESOLVED]")] or None,
+               120, "the resolved UnderReplicatedPartitions mail", interval=0.5)
+    print(f"UnderReplicatedPartitions resolved {time.monotonic() - back:.1f}s after the restart")
+    # Grouped: one mail when it fired (however many partitions and brokers report it),
+    # one when it resolved.
+    subjects = alert_subjects(mail, "UnderReplicatedPartitions")
+    assert [s.split("]")[0] for s in subjects] == ["[FIRING:1", "[RESOLVED"], subjects
 
 
 def _processes_using(run_dir: Path) -> list[int]:
