@@ -4,16 +4,33 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Every Python dependency, pinned with the hashes of its files on PyPI (uv pip compile).
+LOCK := requirements.lock
+UV_VERSION := 0.13.8
+UV := $(VENV)/lock-tools/bin/uv
 
-.PHONY: up down status demo replay test unit bench chaos lint install
+.PHONY: up down status demo replay test unit bench chaos lint install lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly the lock, never a resolution: pip refuses a file whose hash differs and, with
+# --no-deps, installs nothing the lock does not name; then the project itself, built
+# with the locked setuptools.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# Re-lock on purpose, after a change of pyproject.toml's dependencies: the pins already
+# in the lock are kept, new ones resolved. `make lock UPGRADE=1` moves every pin to
+# the newest release the ranges allow. Review the diff, then `make install`.
+lock:
+	@test -x $(UV) || { $(PYTHON) -m venv $(VENV)/lock-tools && \
+		$(VENV)/lock-tools/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION); }
+	@$(UV) pip compile -q pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes --no-header --annotation-style line \
+		$(if $(UPGRADE),--upgrade,) -o $(LOCK)
 
 up: $(STAMP)
 	@$(PY) -m stack up
