@@ -46,7 +46,7 @@ def verify(jars: list[Path], sums: Path = SUMS) -> None:
     for jar in sorted(jars):
         want = table.get(jar.name)
         if want is None:
-            problems.append(f"{jar.name}: no checksum in {sums.relative_to(ROOT)}")
+            problems.append(f"{jar.name}: no checksum in {sums}")
         elif sha1(jar) != want:
             problems.append(f"{jar.name}: SHA-1 {sha1(jar)} differs from the committed {want}")
     if problems:
