@@ -621,7 +621,7 @@ def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> Non
 def assert_disk_is_committed_changelog(cluster: Cluster) -> dict[str, int]:
     """Every stopped worker's local state equals, key by key, its committed changelog up
     to the offsets stored with it: nothing aborted, nothing uncommitted reached a disk."""
-    from course_processor.state import LocalState
+    from course_processor.state.local import LocalState
 
     tables = ("courses", "seat_holders", "decided_signups")
     compared = keys = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from course_processor.state import LocalState
+from course_processor.state.local import LocalState
 
 pytestmark = pytest.mark.integration
 
