@@ -167,6 +167,14 @@ class Worker:
     def health(self) -> dict[str, Any] | None:
         return processor_health(self.port)
 
+    def status_of(self, path: str) -> int:
+        """The HTTP status of a GET of `path` on the worker's web server."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as err:
+            return int(err.code)
+
     def deciding(self) -> list[int]:
         """The partitions this worker decides now (none while rebalancing or recovering)."""
         return deciding(self.health())
@@ -737,6 +745,13 @@ def test_repeated_commands_write_nothing(cluster: Cluster) -> None:
         event_ids = [event_in(r.value).event_id for r in records]
         assert len(event_ids) == len(set(event_ids)) == 1 + len(w.signups)
         audit(log, w)
+        # The tables hold seat keys and decisions now: faust's own pages, which would
+        # list them, are not served; only the processor's three are.
+        faust_pages = ["/", "/table/", "/table/seat_holders/", f"/table/courses/{course}/",
+                       "/router/", f"/router/seat_holders/{course}/", "/stats/", "/graph/"]
+        assert {path: worker.status_of(path) for path in faust_pages} == dict.fromkeys(
+            faust_pages, 404)
+        assert [worker.status_of(p) for p in ("/healthz", "/readyz", "/metrics")] == [200] * 3
 
 
 def _counter(metrics: str, name: str) -> dict[str, float]:
