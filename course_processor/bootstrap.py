@@ -28,4 +28,5 @@ def state_config(settings: Settings) -> StateConfig:
         partitions=settings.partitions,
         secret=settings.secret,
         build_from_events=settings.build_from_events,
+        memory_bytes=settings.state_memory_mb << 20,
     )

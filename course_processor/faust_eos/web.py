@@ -20,6 +20,7 @@ def add_routes(p: Processor) -> None:
     @p.app.page("/metrics", name="processor_metrics")
     async def metrics(self: View, request: Request) -> Response:
         update_lag(p)
+        p.metrics.state_memory.set(p.runtime.local.memory.usage())
         return self.bytes(p.metrics.render(), content_type=CONTENT_TYPE_PLAIN)
 
     @p.app.page("/readyz", name="processor_readyz")

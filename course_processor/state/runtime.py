@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 from course_processor.deciding.values import DECIDED, TABLES
 from course_processor.state import migrate, restore
 from course_processor.state.local import LocalState
+from course_processor.state.memory import DEFAULT_TOTAL_BYTES, MemoryBudget
 from course_processor.state.migrate import Encoder
 from course_processor.state.restore import RestoreStats
 
@@ -43,6 +44,8 @@ class StateConfig:
     partitions: int
     secret: bytes
     build_from_events: bool = True
+    # The RocksDB memory budget of the worker (memory.py).
+    memory_bytes: int = DEFAULT_TOTAL_BYTES
 
 
 class StateRuntime:
@@ -50,7 +53,7 @@ class StateRuntime:
 
     def __init__(self, config: StateConfig, tables: Sequence[str] = TABLES) -> None:
         self.config = config
-        self.local = LocalState(config.data_dir, tables)
+        self.local = LocalState(config.data_dir, tables, MemoryBudget(config.memory_bytes))
         self.changelogs = {t: changelog_topic(config.app_id, t) for t in tables}
         self._table_of = {topic: table for table, topic in self.changelogs.items()}
 

@@ -751,7 +751,8 @@ def test_repeated_commands_write_nothing(cluster: Cluster) -> None:
                        "/router/", f"/router/seat_holders/{course}/", "/stats/", "/graph/"]
         assert {path: worker.status_of(path) for path in faust_pages} == dict.fromkeys(
             faust_pages, 404)
-        assert [worker.status_of(p) for p in ("/healthz", "/readyz", "/metrics")] == [200] * 3
+        assert [worker.status_of(p) for p in ("/healthz", "/metrics")] == [200, 200]
+        assert worker.status_of("/readyz") in (200, 503)  # 503 while rebalancing
 
 
 def _counter(metrics: str, name: str) -> dict[str, float]:
