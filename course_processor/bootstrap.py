@@ -13,6 +13,7 @@ from course_processor.failstop import fail_stop
 from course_processor.metrics import Metrics
 from course_processor.settings import Settings
 from course_processor.web import add_routes
+from service_kit.kafka_auth import client_config
 
 
 def bootstrap(settings: Settings, metrics: Metrics | None = None) -> Processor:
@@ -45,7 +46,7 @@ def restorer(p: Processor) -> Callable[[set[int]], None]:
     def bring_up_to_date(owned: set[int]) -> None:
         servers = settings.kafka_bootstrap_servers
         if settings.build_from_events and owned:
-            admin = AdminClient({"bootstrap.servers": servers})
+            admin = AdminClient({**client_config(), "bootstrap.servers": servers})
             todo = migrate.partitions_to_build(admin, changelogs[DECIDED],
                                                settings.events_topic, owned)
             if todo:

@@ -32,6 +32,7 @@ from course_processor.restore import committed_ends, end_offsets
 from schemas.codec import DecodeError, decode
 from schemas.messages import CourseCreated, StudentSignedUp
 from schemas.pseudonyms import seat_key
+from service_kit.kafka_auth import client_config
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,14 @@ def build(servers: str, app_id: str, events_topic: str, partitions: set[int],
           secret: bytes, today: date) -> int:
     """Fold course-events into the tables of `partitions` and commit their changelogs."""
     started = time.monotonic()
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient({**client_config(), "bootstrap.servers": servers})
     meta = admin.list_topics(events_topic, timeout=30).topics[events_topic]
     tps = [TopicPartition(events_topic, p) for p in meta.partitions]
     ends = committed_ends(admin, tps)
     tables = {p: PartitionTables() for p in partitions}
     events = 0
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"{app_id}-migrate",
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": servers, "group.id": f"{app_id}-migrate",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
     consumer.assign([TopicPartition(events_topic, p, 0) for p in meta.partitions
                      if ends[(events_topic, p)] > 0])
@@ -135,6 +137,7 @@ def build(servers: str, app_id: str, events_topic: str, partitions: set[int],
 def _commit_partition(servers: str, app_id: str, partition: int, tables: PartitionTables,
                       changelogs: Mapping[str, str], encode: Encoder) -> None:
     producer = Producer({
+        **client_config(),
         "bootstrap.servers": servers, "transactional.id": f"{app_id}-migrate-{partition}",
         "transaction.timeout.ms": 600_000, "linger.ms": 20, "acks": "all",
     })

@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from course_processor.failstop import fail_stop
 from course_processor.state import LocalState
+from service_kit.kafka_auth import client_config
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def restore(state: LocalState, servers: str, changelogs: Mapping[str, str],
     tps = [TopicPartition(topic, p) for topic in changelogs.values() for p in sorted(partitions)]
     if not tps:
         return RestoreStats(0, 0.0)
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient({**client_config(), "bootstrap.servers": servers})
     ends = committed_ends(admin, tps)
     starts: dict[tuple[str, int], int] = {}
     for topic, table in table_of.items():
@@ -122,6 +123,7 @@ def restore(state: LocalState, servers: str, changelogs: Mapping[str, str],
 def _read(state: LocalState, servers: str, table_of: Mapping[str, str],
           starts: Mapping[tuple[str, int], int], ends: Mapping[tuple[str, int], int]) -> int:
     consumer = Consumer({
+        **client_config(),
         "bootstrap.servers": servers, "group.id": "course-processor-restore",
         "enable.auto.commit": False, "isolation.level": "read_committed",
         "enable.partition.eof": False, "fetch.max.bytes": 64 << 20,

@@ -17,6 +17,7 @@ def dependencies(config: StackConfig, with_smtp: bool = False) -> Iterator[Stack
     try:
         kafka.start(config)
         kafka.ensure_topics(config)
+        kafka.ensure_access(config)
         postgres.start(config)
         postgres.migrate(config)
         if with_smtp:

@@ -7,9 +7,14 @@ ACLs are made by the same code as `make up`.
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
+from schemas import topics
 from stack.config import PG_OWNER, PG_SERVICE_ROLES, StackConfig
 from tests.infra import Infra
 
@@ -85,3 +90,87 @@ def test_the_owners_connection_string_is_written_privately(stack: StackConfig) -
     assert path.stat().st_mode & 0o777 == 0o600
     with psycopg.connect(stack.database_url) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (PG_OWNER,)
+
+
+# ------------------------------------------------------------------ Kafka
+
+
+def kafka_errors_of_produce(settings: dict[str, str], topic: str) -> list[str]:
+    producer = Producer({**settings, "acks": "all", "message.timeout.ms": 10000})
+    reports: list[str] = []
+    producer.produce(topic, key=b"intruder", value=b"x",
+                     on_delivery=lambda err, _: reports.append(err.name() if err else "OK"))
+    producer.flush(15)
+    return reports
+
+
+def kafka_errors_of_consume(settings: dict[str, str], topic: str, group: str) -> set[str]:
+    consumer = Consumer({**settings, "group.id": group, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    errors: set[str] = set()
+    try:
+        consumer.subscribe([topic], on_assign=lambda *_: None)
+        deadline = time.monotonic() + 20
+        while not errors and time.monotonic() < deadline:
+            try:
+                msg = consumer.poll(0.5)
+            except KafkaException as exc:
+                errors.add(exc.args[0].name())
+                continue
+            if msg is not None and msg.error() is not None:
+                errors.add(msg.error().name())
+    finally:
+        consumer.close()
+    return errors
+
+
+DENIED = {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED"}
+
+
+def test_a_client_without_credentials_is_refused(stack: StackConfig) -> None:
+    for login in ({}, {**stack.kafka_client_config("projector"), "sasl.password": "wrong"}):
+        settings = {**login, "bootstrap.servers": stack.kafka_bootstrap, "log_level": 0}
+        with pytest.raises(KafkaException):
+            AdminClient(settings).list_topics(timeout=5)
+
+
+@pytest.mark.parametrize(("principal", "topic"), [
+    ("command-api", topics.EVENTS), ("projector", topics.COMMANDS),
+    ("notifier", topics.EVENTS), ("projector", topics.NOTIFIER_DLQ),
+])
+def test_a_principal_may_not_write_outside_its_topics(stack: StackConfig, principal: str,
+                                                      topic: str) -> None:
+    assert kafka_errors_of_produce(stack.kafka_client_config(principal), topic) == [
+        "TOPIC_AUTHORIZATION_FAILED"]
+
+
+@pytest.mark.parametrize(("principal", "topic", "group"), [
+    ("notifier", topics.COMMANDS, "notifier"),      # not its topic
+    ("command-api", topics.EVENTS, "command-api"),  # reads nothing at all
+    ("projector", topics.EVENTS, "notifier"),       # its topic, another service's group
+])
+def test_a_principal_may_not_read_another_services_topic_or_group(
+        stack: StackConfig, principal: str, topic: str, group: str) -> None:
+    errors = kafka_errors_of_consume(stack.kafka_client_config(principal), topic, group)
+    assert errors and errors <= DENIED, errors
+
+
+def test_each_service_may_reach_its_own_topics(stack: StackConfig) -> None:
+    for principal, topic in [("command-api", topics.COMMANDS), ("processor", topics.EVENTS),
+                             ("projector", topics.EVENTS), ("notifier", topics.EVENTS)]:
+        metadata = AdminClient(stack.kafka_client_config(principal)).list_topics(
+            topic, timeout=10).topics[topic]
+        assert metadata.error is None and metadata.partitions, (principal, topic)
+
+
+def test_the_operators_client_configuration_is_written_privately(stack: StackConfig) -> None:
+    path = stack.kafka_admin_properties
+    assert path.stat().st_mode & 0o777 == 0o600
+    props = dict(line.split("=", 1) for line in path.read_text().splitlines())
+    assert {k: props[k] for k in ("bootstrap.servers", "security.protocol", "sasl.mechanism",
+                                  "sasl.username")} == {
+        "bootstrap.servers": stack.kafka_bootstrap, "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "admin"}
+    login = {k: props[k] for k in ("bootstrap.servers", "security.protocol", "sasl.mechanism",
+                                   "sasl.username", "sasl.password")}
+    assert topics.EVENTS in AdminClient(login).list_topics(timeout=10).topics
