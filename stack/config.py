@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -356,6 +357,26 @@ class StackConfig:
         if name in ("command-api", "processor"):
             found["PSEUDONYM_SECRET"] = self.pseudonym_secret()
         return found
+
+
+@contextlib.contextmanager
+def operator_login(config: StackConfig) -> Iterator[None]:
+    """While a stack of ours is in use by this very process (tests, bench, chaos), its
+    Kafka clients log in as the operator: KAFKA_SASL_* in os.environ, where every client
+    of the project finds its login (service_kit.kafka_auth); the old values come back
+    on exit. Services started meanwhile get their own principal (service_env)."""
+    names = ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+    saved = {name: os.environ.get(name) for name in names}
+    login = config.kafka_client_env()
+    os.environ.update({name: login[name] for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _brokers(raw: str | None) -> int:

@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas import topics
-from service_kit.kafka_auth import client_config
+from stack.config import StackConfig
 from stack.procs import owns_port, pid_alive
 from stack.waiting import wait_until
 from tests.infra import stack_config_for_tests
@@ -63,7 +63,8 @@ def test_three_brokers_replicate_every_topic_and_stop_together(run_dir: Path) ->
                         "KAFKA_MIN_INSYNC_REPLICAS=2", "PRODUCE_TIMEOUT_SECONDS=15"):
             assert f"export {setting}" in service_env, setting
 
-        admin = AdminClient({**client_config(), "bootstrap.servers": bootstrap})
+        login = StackConfig.from_env(env).kafka_client_config()
+        admin = AdminClient({**login, "bootstrap.servers": bootstrap})
         metadata = admin.list_topics(timeout=10)
         assert sorted(metadata.brokers) == [1, 2, 3]
         for name in PROJECT_TOPICS:
