@@ -177,6 +177,7 @@ def test_a_cluster_that_cannot_form_is_stopped_again_not_left_half_started(
     (data / "meta.properties").write_text(
         "node.id=7\ndirectory.id=AAAAAAAAAAAAAAAAAAAAAA\nversion=1\n"
         "cluster.id=q1Sh-9_ISia_zwGINzRvyQ\n")
+    (data.parent / "scram-formatted").touch()  # formatted by this version, with SASL
     env = _env(run_dir, 3, "kafka")
     try:
         failed = _stack("up", env)
