@@ -19,7 +19,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
-MECHANISM = "SCRAM-SHA-512"
+# confluent-kafka's type of a client's settings.
+ClientConfig = dict[str, str | int | float | bool]
+Mechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+MECHANISM: Mechanism = "SCRAM-SHA-512"
 PROTOCOL = "SASL_PLAINTEXT"  # TLS is not there yet (README, "Threat model")
 
 
@@ -30,7 +33,7 @@ class KafkaAuth(BaseModel):
 
     username: str | None = None
     password: SecretStr | None = None
-    mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = MECHANISM
+    mechanism: Mechanism = MECHANISM
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> KafkaAuth:
@@ -42,15 +45,15 @@ class KafkaAuth(BaseModel):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaAuth:
         env = os.environ if env is None else env
-        return cls(username=env.get("KAFKA_SASL_USERNAME") or None,
-                   password=env.get("KAFKA_SASL_PASSWORD") or None,
-                   mechanism=env.get("KAFKA_SASL_MECHANISM") or MECHANISM)  # type: ignore[arg-type]
+        return cls.model_validate({"username": env.get("KAFKA_SASL_USERNAME") or None,
+                                   "password": env.get("KAFKA_SASL_PASSWORD") or None,
+                                   "mechanism": env.get("KAFKA_SASL_MECHANISM") or MECHANISM})
 
     @property
     def enabled(self) -> bool:
         return self.username is not None
 
-    def confluent(self) -> dict[str, str]:
+    def confluent(self) -> ClientConfig:
         """librdkafka properties (empty without SASL)."""
         if self.username is None or self.password is None:
             return {}
@@ -77,7 +80,7 @@ class KafkaAuth(BaseModel):
                                      mechanism=self.mechanism)
 
 
-def client_config(env: Mapping[str, str] | None = None) -> dict[str, str]:
+def client_config(env: Mapping[str, str] | None = None) -> ClientConfig:
     """The login part of a confluent-kafka client's settings, from the environment:
     `{**client_config(), "bootstrap.servers": ..., ...}`."""
     return KafkaAuth.from_env(env).confluent()

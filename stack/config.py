@@ -239,7 +239,8 @@ class StackConfig:
                 "KAFKA_SASL_USERNAME": principal,
                 "KAFKA_SASL_PASSWORD": self.kafka_password(principal)}
 
-    def kafka_client_config(self, principal: str = KAFKA_ADMIN_PRINCIPAL) -> dict[str, str]:
+    def kafka_client_config(self, principal: str = KAFKA_ADMIN_PRINCIPAL
+                            ) -> dict[str, str | int | float | bool]:
         """confluent-kafka settings for a client of this cluster (the operator's by default)."""
         return {"bootstrap.servers": self.kafka_bootstrap, "security.protocol": "SASL_PLAINTEXT",
                 "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": principal,

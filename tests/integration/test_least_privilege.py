@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from schemas import topics
+from service_kit.kafka_auth import ClientConfig
 from stack.config import PG_OWNER, PG_SERVICE_ROLES, StackConfig
 from tests.infra import Infra
 
@@ -95,7 +96,7 @@ def test_the_owners_connection_string_is_written_privately(stack: StackConfig) -
 # ------------------------------------------------------------------ Kafka
 
 
-def kafka_errors_of_produce(settings: dict[str, str], topic: str) -> list[str]:
+def kafka_errors_of_produce(settings: ClientConfig, topic: str) -> list[str]:
     producer = Producer({**settings, "acks": "all", "message.timeout.ms": 10000})
     reports: list[str] = []
     producer.produce(topic, key=b"intruder", value=b"x",
@@ -104,7 +105,7 @@ def kafka_errors_of_produce(settings: dict[str, str], topic: str) -> list[str]:
     return reports
 
 
-def kafka_errors_of_consume(settings: dict[str, str], topic: str, group: str) -> set[str]:
+def kafka_errors_of_consume(settings: ClientConfig, topic: str, group: str) -> set[str]:
     consumer = Consumer({**settings, "group.id": group, "auto.offset.reset": "earliest",
                          "enable.auto.commit": False})
     errors: set[str] = set()
@@ -117,8 +118,9 @@ def kafka_errors_of_consume(settings: dict[str, str], topic: str, group: str) ->
             except KafkaException as exc:
                 errors.add(exc.args[0].name())
                 continue
-            if msg is not None and msg.error() is not None:
-                errors.add(msg.error().name())
+            error = msg.error() if msg is not None else None
+            if error is not None:
+                errors.add(error.name())
     finally:
         consumer.close()
     return errors
@@ -129,7 +131,8 @@ DENIED = {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED"}
 
 def test_a_client_without_credentials_is_refused(stack: StackConfig) -> None:
     for login in ({}, {**stack.kafka_client_config("projector"), "sasl.password": "wrong"}):
-        settings = {**login, "bootstrap.servers": stack.kafka_bootstrap, "log_level": 0}
+        settings: ClientConfig = {**login, "bootstrap.servers": stack.kafka_bootstrap,
+                                  "log_level": 0}
         with pytest.raises(KafkaException):
             AdminClient(settings).list_topics(timeout=5)
 
@@ -171,6 +174,7 @@ def test_the_operators_client_configuration_is_written_privately(stack: StackCon
                                   "sasl.username")} == {
         "bootstrap.servers": stack.kafka_bootstrap, "security.protocol": "SASL_PLAINTEXT",
         "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "admin"}
-    login = {k: props[k] for k in ("bootstrap.servers", "security.protocol", "sasl.mechanism",
-                                   "sasl.username", "sasl.password")}
+    names = ("bootstrap.servers", "security.protocol", "sasl.mechanism", "sasl.username",
+             "sasl.password")
+    login: ClientConfig = {k: props[k] for k in names}
     assert topics.EVENTS in AdminClient(login).list_topics(timeout=10).topics
