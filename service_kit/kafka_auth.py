@@ -53,7 +53,7 @@ class KafkaAuth(BaseModel):
     def enabled(self) -> bool:
         return self.username is not None
 
-    def confluent(self) -> ClientConfig:
+    def confluent(self) -> dict[str, str]:
         """librdkafka properties (empty without SASL)."""
         if self.username is None or self.password is None:
             return {}
@@ -83,4 +83,5 @@ class KafkaAuth(BaseModel):
 def client_config(env: Mapping[str, str] | None = None) -> ClientConfig:
     """The login part of a confluent-kafka client's settings, from the environment:
     `{**client_config(), "bootstrap.servers": ..., ...}`."""
-    return KafkaAuth.from_env(env).confluent()
+    login: ClientConfig = {**KafkaAuth.from_env(env).confluent()}
+    return login
