@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from command_api import routes
+from command_api.keybatch import BatchingKeyStore
 from command_api.keys import KeyStore, KeyStoreUnavailable, PostgresKeyStore
 from command_api.middleware import BodyLimitMiddleware
 from command_api.observability import Metrics
@@ -30,9 +31,10 @@ def create_app(settings: Settings, publisher: Publisher | None = None,
     bus = publisher or KafkaPublisher(
         settings.kafka_bootstrap_servers, settings.produce_timeout_seconds, topics.COMMANDS
     )
-    key_store = keys or PostgresKeyStore(
+    # Concurrent requests' key lookups share round trips (command_api/keybatch.py).
+    key_store = keys or BatchingKeyStore(PostgresKeyStore(
         settings.database_url, settings.key_store_timeout_seconds, settings.key_store_pool_size
-    )
+    ))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

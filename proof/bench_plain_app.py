@@ -8,11 +8,12 @@ API (`command_api.models.SignUpRequest`, so the same validation), the same uvico
 settings (one process, no access log, no server header), and per sign-up one
 transaction on a pool of as many connections as the command API's key store has:
 
-1. take a seat with a conditional `UPDATE ... WHERE seats_taken < capacity`, which locks
+1. insert the sign-up, unique per course and address among the accepted ones (a second
+   seat for the same student conflicts: the transaction is rolled back and the sign-up
+   recorded as rejected `already_enrolled`);
+2. take a seat with a conditional `UPDATE ... WHERE seats_taken < capacity`, which locks
    the course's row until the commit (the course's single writer, here a row lock);
-2. insert the sign-up, unique per course and address among the accepted ones (a second
-   seat for the same student conflicts, the transaction is rolled back, which gives the
-   seat back, and the sign-up is recorded as rejected `already_enrolled`);
+   without a seat the transaction is rolled back and the sign-up recorded as rejected;
 3. count the birth date per course (the statistics' upsert);
 4. write an outbox row, the e-mail to send.
 
@@ -122,22 +123,25 @@ async def decide(conn: psycopg.AsyncConnection, signup_id: str, course_id: str,
             return str(found[0]), found[1]
     row = (signup_id, course_id, body.email, body.name, body.date_of_birth)
     async with conn.transaction() as tx:
-        seat = await (await conn.execute(_TAKE_SEAT, (course_id,))).fetchone()
-        if seat is not None:
-            inserted = await (await conn.execute(_INSERT, (*row, "accepted", None))).fetchone()
-            if inserted is not None:
-                await conn.execute(_COUNT_BIRTH_DATE, (course_id, body.date_of_birth))
-                await conn.execute(_OUTBOX, (signup_id, "accepted", Jsonb(
-                    {"course_id": course_id, "seats_taken": seat[0]})))
-                return "accepted", None
-            # The student holds a seat already (or the id was decided meanwhile): give the
-            # seat back by rolling back, and record the rejection below.
+        # Inserted first, so that the course's row stays locked (from the UPDATE to the
+        # commit) for as few round trips as possible.
+        inserted = await (await conn.execute(_INSERT, (*row, "accepted", None))).fetchone()
+        if inserted is None:
+            # The student holds a seat already (or the id was decided meanwhile).
             reason = "already_enrolled"
             raise psycopg.Rollback(tx)
-        elif (await (await conn.execute(_COURSE_EXISTS, (course_id,))).fetchone()) is None:
+        seat = await (await conn.execute(_TAKE_SEAT, (course_id,))).fetchone()
+        if seat is not None:
+            await conn.execute(_COUNT_BIRTH_DATE, (course_id, body.date_of_birth))
+            await conn.execute(_OUTBOX, (signup_id, "accepted", Jsonb(
+                {"course_id": course_id, "seats_taken": seat[0]})))
+            return "accepted", None
+        # No seat: the sign-up is rolled back and recorded as rejected below.
+        if (await (await conn.execute(_COURSE_EXISTS, (course_id,))).fetchone()) is None:
             reason = "course_not_found"
         else:
             reason = "course_full"
+        raise psycopg.Rollback(tx)
     async with conn.transaction():
         inserted = await (await conn.execute(_INSERT, (*row, "rejected", reason))).fetchone()
         if inserted is None:  # a repeat of the same sign-up id, decided concurrently
