@@ -47,10 +47,8 @@ def create_app(settings: Settings, publisher: Publisher | None = None,
             await bus.stop()
 
     app = FastAPI(title="Course sign-up command API", version="1", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.publisher = bus
-    app.state.keys = key_store
-    app.state.metrics = metrics = Metrics()
+    metrics = Metrics()
+    app.state.services = routes.Services(settings, bus, key_store, metrics)
     app.include_router(routes.commands)
     app.include_router(routes.ops)
     app.add_exception_handler(RequestValidationError, _invalid_request)
