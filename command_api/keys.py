@@ -1,9 +1,9 @@
 """The key store (PostgreSQL `student_keys`) and the erasure queue (`erasures`), async.
 
 There is no cache of keys in any process: each sign-up reads its student's key (one
-primary-key probe), so an erasure takes effect everywhere the moment its transaction
-commits, and no process has a copy to drop. (The benchmark in proof/bench_erasure.py
-measures what that costs.)
+primary-key probe, shared with concurrent sign-ups by `command_api.keybatch`), so an
+erasure takes effect everywhere the moment its transaction commits, and no process has
+a copy to drop. (The benchmark in proof/bench_erasure.py measures what that costs.)
 
 Creating a key and erasing one take the same transaction-scoped advisory lock of the
 student, so an erasure never misses a key created concurrently: either the key is
