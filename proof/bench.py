@@ -1,14 +1,19 @@
 """The benchmarks (README, "Benchmarks"): `make bench` runs `python -m proof.bench`.
 
-Run: python -m proof.bench [--quick] [--publish] [--only 5]
+Run: python -m proof.bench [--quick] [--publish] [--only 1|5]
 
 Starts its own stack (`python -m stack up`, without the notifier) on free ports in a
 temporary directory, so synthetic history never reaches the real event log, and
 measures each figure next to its baseline, back to back, in the same run:
 
-1. end-to-end sign-ups/s at saturation (HTTP 202 to decision projected), held about a
-   minute with the lag sampled every second, vs a trivial FastAPI POST endpoint
-   (`proof.bench_baseline_app`) under the same uvicorn settings and load generator;
+1. end-to-end sign-ups/s at saturation (HTTP 202 to decision projected, notifier off),
+   held about a minute with the lag sampled every second, and the command API's HTTP
+   accept rate (the closed-loop probe), each vs the plain alternative: one FastAPI
+   endpoint deciding each sign-up in one PostgreSQL transaction
+   (`proof.bench_plain_app`) under the same uvicorn settings, PostgreSQL server and load
+   generator; then a burst with the notifier and SMTP sink on, first request to the last
+   decision projected and e-mailed, vs the same baseline. The trivial FastAPI POST
+   (`proof.bench_baseline_app`) is measured next to them as context;
 2. p50/p99/p99.9 from sending the request to the decision being visible to a
    read_committed consumer of course-events, at half the saturation rate, open loop,
    vs a plain confluent-kafka produce-to-consume round trip at the same rate;
@@ -35,9 +40,10 @@ state. Live traffic goes to courses of its own, over HTTP. The load generator
 Results: one JSON file per figure and summary.json under $RUN_DIR/bench/ (RUN_DIR as
 for `make up`), with README.md (the table) and saturation.png rendered from them.
 --publish also copies those to docs/bench/. --quick uses sizes ten times smaller.
---only 5 measures figure 5 alone, after growing the history it needs (about 5 minutes
-with a million sign-ups, instead of the whole run); --publish then merges its rows into
-docs/bench/summary.json in place of the old figure 5.
+--only 1 measures figures 1 and 2 alone (the write path) on the first history size
+(not published). --only 5 measures figure 5 alone, after growing the history it needs
+(about 5 minutes with a million sign-ups, instead of the whole run); --publish then
+merges its rows into docs/bench/summary.json in place of the old figure 5.
 """
 
 from __future__ import annotations
@@ -894,9 +900,11 @@ def main() -> None:
                 "figures": order(bench.figures),
                 "remarks": [
                     "The stack is `python -m stack up` without the notifier and its SMTP "
-                    "sink (not on the path from 202 to projected), one processor, 4 "
-                    "partitions, everything on these 2 cores together with the load "
-                    "generator, which is pinned to CPU 1 with taskset.",
+                    "sink (not on the path from 202 to projected; both are started for "
+                    "figure 1's burst with the notifier only, reading from the end of "
+                    "course-events), one processor, 4 partitions, everything on these 2 "
+                    "cores together with the load generator, which is pinned to CPU 1 "
+                    "with taskset.",
                 ],
             }
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
