@@ -19,7 +19,7 @@ commit), and a lookup that the key store does not answer within its timeout rais
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from command_api.keys import DataKey, KeyStoreUnavailable
@@ -42,8 +42,10 @@ class BatchingKeyStore:
     """A `KeyStore` whose `key_for` calls share round trips (see the module's docstring)."""
 
     def __init__(self, store: BulkKeyStore, max_batch: int = MAX_BATCH,
-                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self.store = store
+        self.on_batch = on_batch  # told the size of every batch the store answered
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self._waiting: dict[str, list[asyncio.Future[DataKey]]] = {}
@@ -100,6 +102,8 @@ class BatchingKeyStore:
         else:
             self.batches += 1
             self.served += len(batch)
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             for student, futures in batch.items():
                 key = keys.get(student)
                 if key is None:

@@ -127,3 +127,17 @@ async def test_a_key_erased_meanwhile_is_key_store_unavailable_for_that_student_
     with pytest.raises(KeyStoreUnavailable):
         await gone
     assert (await kept).key_id == "id-k"
+
+
+async def test_every_answered_batch_is_reported_with_its_size() -> None:
+    store = HeldStore()
+    sizes: list[int] = []
+    keys = BatchingKeyStore(store, max_in_flight=1, on_batch=sizes.append)
+    store.gate.clear()
+    first = asyncio.create_task(keys.key_for("a"))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(keys.key_for(s)) for s in ("b", "c", "c")]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(first, *rest)
+    assert sizes == [1, 2]  # students per round trip: "c" asked twice counts once
