@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
@@ -48,7 +48,7 @@ class ConsumerLagCollector(Collector):
     is 0 while polls fail (the lag then shows the last known values)."""
 
     def __init__(self, bootstrap_servers: str, interval: float = 5.0,
-                 extra_config: dict[str, str] | None = None) -> None:
+                 extra_config: Mapping[str, str | int | float | bool] | None = None) -> None:
         self.config: dict[str, str | int | float | bool] = {
             "bootstrap.servers": bootstrap_servers, "log_level": 3, **(extra_config or {})}
         self.interval = interval

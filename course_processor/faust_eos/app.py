@@ -117,6 +117,9 @@ def create_app(settings: Settings, runtime: StateRuntime,
 def faust_settings(settings: Settings) -> dict[str, Any]:
     return {
         "broker": settings.broker_url,
+        # faust hands these to every client it makes: the consumer, the producer, each
+        # transactional producer and its admin client.
+        "broker_credentials": settings.kafka_auth.faust(),
         "datadir": str(settings.data_dir),
         # Kafka transactions make table changes, decision events and the consumed
         # offsets one atomic write, and fence a paused worker (see transactions.py).

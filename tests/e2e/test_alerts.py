@@ -125,7 +125,7 @@ def test_a_stopped_processor_with_commands_waiting_mails_an_alert_then_its_resol
 def test_a_poison_command_mails_the_dead_letter_alert(full_stack: RunningStack) -> None:
     config = full_stack.config
     before = len(alert_subjects(config.mail_dir, "DeadLetterRecords"))
-    producer = Producer({"bootstrap.servers": config.kafka_bootstrap})
+    producer = Producer(config.kafka_client_config())  # the operator's login
     producer.produce(topics.COMMANDS, key=b"poison", value=b"\xc3\x01 not a command")
     assert producer.flush(30) == 0
     sent = time.monotonic()
