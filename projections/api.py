@@ -332,12 +332,15 @@ async def metrics(request: Request) -> Response:
 
 async def _read_erasures(request: Request) -> None:
     """Refresh the pending-erasure gauges; while PostgreSQL does not answer within a
-    second they keep their last values (the scrape itself must not fail for it)."""
+    second (or refuses the query) they are NaN, unknown: the scrape itself must not
+    fail for it, and a stale 0 must not pass for "none pending"."""
     gauges: ErasureMetrics = request.app.state.erasure_metrics
     try:
         async with request.app.state.pool.connection(timeout=1) as conn:
             count, oldest = await erasures.pending_erasures(conn)
     except (PoolTimeout, psycopg.Error):
+        gauges.pending.set(float("nan"))
+        gauges.oldest_pending.set(float("nan"))
         return
     gauges.pending.set(count)
     gauges.oldest_pending.set(oldest)

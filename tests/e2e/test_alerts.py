@@ -14,6 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -42,8 +43,10 @@ def _targets(stack: RunningStack) -> dict[str, str]:
     return {t["labels"]["component"]: t["health"] for t in data["activeTargets"]}
 
 
-def _query(stack: RunningStack, expr: str) -> object:
-    return _prometheus(stack, "/api/v1/query?query=" + urllib.parse.quote(expr))
+def _query(stack: RunningStack, expr: str) -> dict[str, Any]:
+    data = _prometheus(stack, "/api/v1/query?query=" + urllib.parse.quote(expr))
+    assert isinstance(data, dict)
+    return data
 
 
 def _diagnosis(stack: RunningStack, *exprs: str) -> str:
@@ -74,6 +77,12 @@ def test_prometheus_scrapes_every_component_and_the_broker(full_stack: RunningSt
     for name in (monitoring.PROMETHEUS, monitoring.ALERTMANAGER):
         pid = read_pid(full_stack.config, name)
         assert pid is not None and (full_stack.config.logs / f"{name}.log").exists()
+    # The query API reads the pending erasures as its own PostgreSQL role: a number, not
+    # NaN (which it reports when the read fails, e.g. for a missing grant).
+    metrics = httpx.get(f"{full_stack.config.query_url}/metrics", timeout=5).text
+    [oldest] = [line for line in metrics.splitlines()
+                if line.startswith("erasures_oldest_pending_seconds ")]
+    assert oldest.split()[1] != "NaN", oldest
     status = full_stack.cli("status")
     assert "prometheus" in status.stdout and "alertmanager" in status.stdout
 
@@ -125,9 +134,18 @@ def test_a_stopped_processor_with_commands_waiting_mails_an_alert_then_its_resol
 def test_a_poison_command_mails_the_dead_letter_alert(full_stack: RunningStack) -> None:
     config = full_stack.config
     before = len(alert_subjects(config.mail_dir, "DeadLetterRecords"))
+    # The rule compares the dead-letter topics' end offsets within its window: Prometheus
+    # needs a sample of every partition from before the record (a record older than its
+    # first scrape is history, not news).
+    wait_until(lambda: _query(full_stack, 'min(count_over_time(kafka_log_log_logendoffset'
+                                          '{topic="course-commands.dlq"}[1m])) >= 2')["result"],
+               60, "two scrapes of the dead-letter topic's end offsets", interval=0.5)
     producer = Producer(config.kafka_client_config())  # the operator's login
-    producer.produce(topics.COMMANDS, key=b"poison", value=b"\xc3\x01 not a command")
-    assert producer.flush(30) == 0
+    delivered: list[object] = []
+    producer.produce(topics.COMMANDS, key=b"poison", value=b"\xc3\x01 not a command",
+                     on_delivery=lambda error, _: delivered.append(error))
+    left = producer.flush(60)
+    assert left == 0 and delivered == [None], (left, delivered)
     sent = time.monotonic()
     fired = eventually(
         lambda: [s for s in alert_subjects(config.mail_dir, "DeadLetterRecords")[before:]
