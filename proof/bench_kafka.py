@@ -126,6 +126,20 @@ def consume_and_decode(bootstrap: str) -> dict[str, float]:
     return {"events": n, "seconds": round(seconds, 2), "events_per_s": round(n / seconds)}
 
 
+def skip_group_to_end(bootstrap: str, topic: str, group: str) -> None:
+    """Commit `group`'s offsets of `topic` at its end offsets, so that a consumer of that
+    group started now reads only what comes next (the notifier of the bench must not mail
+    the seeded history)."""
+    ends = end_offsets(bootstrap, topic)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, p, end) for p, end in ends.items()],
+                        asynchronous=False)
+    finally:
+        consumer.close()
+
+
 class OffsetProbe:
     """End offsets of a topic and a consumer group's committed offsets, on one consumer."""
 
