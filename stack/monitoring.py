@@ -123,16 +123,18 @@ def scaled(duration: str, scale: float, floor: float = 0) -> str:
 
 _FOR = re.compile(r"^(\s+for:\s*)(\S+)\s*$", re.MULTILINE)
 _RANGE = re.compile(r"\[(\d+(?:ms|s|m|h|d))(?=[\]:])")
+_OFFSET = re.compile(r"(\boffset\s+)(\d+(?:ms|s|m|h|d))")
 
 
 def render_rules(text: str, scale: float, interval: str) -> str:
-    """A rule file with every `for:` and every range selector multiplied by scale (the
-    tests' short alerts); a range keeps at least four scrape intervals, so that rate()
-    and increase() still see samples. Scale 1 is the file as written."""
+    """A rule file with every `for:`, range selector and `offset` multiplied by scale
+    (the tests' short alerts); a range or offset keeps at least four scrape intervals,
+    so that rate() and increase() still see samples. Scale 1 is the file as written."""
     if scale == 1:
         return text
     floor = 4 * seconds(interval)
     text = _FOR.sub(lambda m: m.group(1) + scaled(m.group(2), scale), text)
+    text = _OFFSET.sub(lambda m: m.group(1) + scaled(m.group(2), scale, floor), text)
     return _RANGE.sub(lambda m: "[" + scaled(m.group(1), scale, floor), text)
 
 

@@ -147,10 +147,15 @@ def test_a_poison_command_mails_the_dead_letter_alert(full_stack: RunningStack) 
     left = producer.flush(60)
     assert left == 0 and delivered == [None], (left, delivered)
     sent = time.monotonic()
-    fired = eventually(
-        lambda: [s for s in alert_subjects(config.mail_dir, "DeadLetterRecords")[before:]
-                 if s.startswith("[FIRING")] or None,
-        90, "the DeadLetterRecords mail", interval=0.5)
+    try:
+        fired = eventually(
+            lambda: [s for s in alert_subjects(config.mail_dir, "DeadLetterRecords")[before:]
+                     if s.startswith("[FIRING")] or None,
+            90, "the DeadLetterRecords mail", interval=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n" + _diagnosis(
+            full_stack, 'kafka_log_log_logendoffset{topic="course-commands.dlq"}',
+            "kafka:dlq_records:increase5m", "processor_dlq_total")) from None
     print(f"DeadLetterRecords mailed {time.monotonic() - sent:.1f}s after the poison command")
     assert f"{topics.COMMANDS_DLQ}" in fired[0]
 

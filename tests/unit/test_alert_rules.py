@@ -69,9 +69,9 @@ def test_every_alert_has_a_runbook_paragraph() -> None:
 
 
 def test_short_test_alerts_scale_every_for_and_range() -> None:
-    text = "    for: 1m\n    expr: increase(x[5m]) > 0 and y[30s:5s]\n"
+    text = "    for: 1m\n    expr: increase(x[5m]) > 0 and y[30s:5s] - z offset 5m\n"
     rendered = monitoring.render_rules(text, 0.1, "1s")
-    assert rendered == "    for: 6s\n    expr: increase(x[30s]) > 0 and y[4s:5s]\n"
+    assert rendered == ("    for: 6s\n    expr: increase(x[30s]) > 0 and y[4s:5s] - z offset 30s\n")
     assert monitoring.render_rules(text, 1, "5s") == text
 
 
