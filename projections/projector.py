@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import signal
 import threading
 import time
@@ -51,6 +52,7 @@ from projections.batch import EventRecord, build
 from projections.observability import ProjectorMetrics
 from projections.settings import ProjectorSettings
 from schemas import topics
+from service_kit.backoff import Backoff
 from service_kit.deadletter import DeadLetterError, DeadLetterProducer
 from service_kit.health import serve_health
 from service_kit.logs import configure_logging
@@ -99,6 +101,8 @@ class Projector:
         self.generation: int | None = None
         self.resync_needed = False
         self.failures = 0  # batches failed in a row on PostgreSQL
+        # 0.2 s after the first failure, doubling up to the cap, with jitter.
+        self.backoff = Backoff(initial=0.2, cap=settings.projector_max_backoff_seconds)
         self.heartbeat = time.monotonic()
         self.newest_event_at: datetime | None = None
         self.joined = False  # given partitions (or none) by the group at least once
@@ -190,7 +194,7 @@ class Projector:
             # the positions in PostgreSQL will say, once it answers again.
             self.failures += 1
             self.database_down = True
-            delay = min(0.1 * 2 ** self.failures, self.settings.projector_max_backoff_seconds)
+            delay = self.backoff.delay(self.failures, random.random)
             log.warning("batch not committed: PostgreSQL failed",
                         extra={"error": repr(exc), "retry_in_s": round(delay, 2)})
             self.metrics.db_failures.inc()
@@ -266,7 +270,7 @@ class Projector:
 
     def _stored_state(self) -> tuple[int, dict[int, int]]:
         """Generation and positions from PostgreSQL, waiting with backoff while it is away."""
-        delay = 0.2
+        attempt = 0
         while True:
             self.heartbeat = time.monotonic()
             try:
@@ -283,10 +287,11 @@ class Projector:
                 self._drop_connection()
                 if self.halt.is_set():
                     raise SystemExit(0) from exc
+                attempt += 1
+                delay = self.backoff.delay(attempt, random.random)
                 log.warning("PostgreSQL unavailable; retrying", extra={
                     "error": str(exc).strip()[:200], "retry_in_s": round(delay, 2)})
                 self._pause(delay)
-                delay = min(delay * 2, self.settings.projector_max_backoff_seconds)
 
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
