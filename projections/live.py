@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -67,7 +66,6 @@ class LiveStats:
         self.live = False
         self.fresh = asyncio.Event()  # set while no notice waits for its refresh
         self.fresh.set()
-        self.last_refresh = 0.0
         self._task: asyncio.Task[None] | None = None
 
     # -------------------------------------------------------------- for requests
@@ -143,7 +141,6 @@ class LiveStats:
                 self.fresh.set()
 
     def _refreshed(self, scope: str) -> None:
-        self.last_refresh = time.monotonic()
         self.metrics.refreshes.labels(scope).inc()
 
     def _set_live(self, live: bool) -> None:

@@ -31,7 +31,7 @@ def _failing_projector(pauses: list[float]) -> Projector:
         raise psycopg.OperationalError("connection refused")
 
     projector._connection = no_database  # type: ignore[method-assign]
-    projector._pause = pauses.append  # type: ignore[method-assign]
+    projector._pause = pauses.append  # type: ignore[method-assign,assignment]
     return projector
 
 
