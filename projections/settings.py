@@ -48,3 +48,5 @@ class QueryApiSettings(_Common):
 class ReplaySettings(_Common):
     kafka_bootstrap_servers: str = Field(min_length=1)
     replay_batch_size: int = Field(default=10_000, ge=1, le=500_000)
+    # Processes sharing the partitions; None: the cores this process may run on.
+    replay_workers: int | None = Field(default=None, ge=1, le=256)

@@ -39,10 +39,16 @@ reads). This package re-exports what the services use, so callers write `store.a
 """
 
 from projections.store.positions import (
+    REPLAY_FRESH_SECONDS,
+    REPLAY_PROGRESS,
     bump_generation,
+    end_replay,
     ensure_generation,
     read_generation,
     read_positions,
+    record_replay,
+    replay_progress,
+    start_replay,
     store_positions,
 )
 from projections.store.queries import (
@@ -54,7 +60,15 @@ from projections.store.queries import (
     fetch_global,
     fetch_page,
 )
-from projections.store.shadow import create_shadow, drop_shadow, swap
+from projections.store.shadow import (
+    apply_staged,
+    create_shadow,
+    drop_shadow,
+    fill_globals,
+    prepare_staging,
+    shadow_exists,
+    swap,
+)
 from projections.store.views import (
     CHANGES_CHANNEL,
     EVERYTHING,
@@ -72,6 +86,8 @@ from projections.store.views import (
 )
 
 __all__ = [
+    "REPLAY_FRESH_SECONDS", "REPLAY_PROGRESS", "apply_staged", "end_replay", "fill_globals",
+    "prepare_staging", "record_replay", "replay_progress", "shadow_exists", "start_replay",
     "CHANGES_CHANNEL", "EVERYTHING", "SHADOW_SUFFIX", "VIEWS", "Applied", "DecisionView",
     "Stale", "Target", "apply", "bump_generation", "create_shadow", "drop_shadow",
     "ensure_generation", "fetch_course", "fetch_courses", "fetch_decision",

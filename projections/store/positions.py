@@ -61,3 +61,39 @@ def store_positions(
         " DO UPDATE SET next_offset = EXCLUDED.next_offset",
         (projection, topic, parts, [positions[p] for p in parts]),
     )
+
+
+# ------------------------------------------------------------------ a replay in progress
+
+# A replay refreshes its row every second; one not refreshed for this long was killed.
+REPLAY_FRESH_SECONDS = 10
+
+# (running, the share of the log in the shadow copies): one row, read on every scrape.
+REPLAY_PROGRESS = (
+    "SELECT coalesce(bool_or(heartbeat_at > now() - make_interval(secs => %s)), false),"
+    " coalesce(max(done::float8 / greatest(total, 1)), 0)"
+    " FROM replay_runs WHERE projection = %s"
+)
+
+
+def record_replay(conn: psycopg.Connection, projection: str, workers: int, done: int,
+                  total: int) -> None:
+    conn.execute(
+        "INSERT INTO replay_runs (projection, workers, done, total) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (projection) DO UPDATE SET heartbeat_at = now(),"
+        " workers = EXCLUDED.workers, done = EXCLUDED.done, total = EXCLUDED.total",
+        (projection, workers, done, total))
+
+
+def start_replay(conn: psycopg.Connection, projection: str, workers: int) -> None:
+    conn.execute("DELETE FROM replay_runs WHERE projection = %s", (projection,))
+    record_replay(conn, projection, workers, 0, 0)
+
+
+def end_replay(conn: psycopg.Connection, projection: str) -> None:
+    conn.execute("DELETE FROM replay_runs WHERE projection = %s", (projection,))
+
+
+def replay_progress(conn: psycopg.Connection, projection: str) -> tuple[bool, float]:
+    row = conn.execute(REPLAY_PROGRESS, (REPLAY_FRESH_SECONDS, projection)).fetchone()
+    return (False, 0.0) if row is None else (bool(row[0]), float(row[1]))

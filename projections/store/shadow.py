@@ -1,4 +1,13 @@
-"""Shadow copies of the views, which a replay fills, and the swap that puts them in place."""
+"""Shadow copies of the views, which a replay fills, and the swap that puts them in place.
+
+A replay writes its batches with `apply_staged`: the batch's decisions go into a
+temporary table by one binary COPY, and one statement inserts the new ones and folds
+them into the per-course rows and birth-date counts, in PostgreSQL. The global rows,
+which every worker of a parallel replay would otherwise update (one row, one lock), are
+summed from the per-course ones once, before the swap (`fill_globals`). Each batch
+stores its partitions' positions in the same transaction, so a replay killed at any
+moment resumes from its last committed batch (`shadow_exists`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ from collections.abc import Mapping
 import psycopg
 from psycopg import sql
 
+from projections.staged import Staged
 from projections.store.positions import store_positions
 from projections.store.views import (
     CHANGES_CHANNEL,
@@ -16,8 +26,91 @@ from projections.store.views import (
     VIEWS,
     Target,
     fill_global_birth_dates,
+    insert_courses,
     shadow,
 )
+
+_STAGE = "replay_stage"
+
+
+def shadow_exists(conn: psycopg.Connection, projection: str) -> bool:
+    """Whether every shadow copy is there (`create_shadow` makes them in one transaction)."""
+    target = shadow(projection)
+    names = [name + target.suffix for name in VIEWS]
+    row = conn.execute("SELECT count(to_regclass(n)) FROM unnest(%s::text[]) AS n",
+                       (names,)).fetchone()
+    return row is not None and row[0] == len(VIEWS)
+
+
+def prepare_staging(conn: psycopg.Connection) -> None:
+    """The session's staging table: temporary (no WAL), emptied at every commit."""
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (signup_id text, course_id text,"
+        " reason text, event_id text, at_ms bigint, dob_days int) ON COMMIT DELETE ROWS")
+
+
+# One statement: the new decisions (the primary key keeps out those already there), then
+# their per-course aggregates and birth-date counts. Dates travel as epoch days and
+# timestamps as epoch milliseconds; date '0001-01-01' is day 1 of date.toordinal().
+_FOLD = """
+WITH new AS (
+    INSERT INTO {decisions} (signup_id, course_id, status, reason, event_id, decided_at)
+    SELECT signup_id, course_id,
+           CASE WHEN reason IS NULL THEN 'accepted' ELSE 'rejected' END, reason, event_id,
+           timestamptz 'epoch' + at_ms * interval '1 millisecond'
+    FROM {stage}
+    ON CONFLICT (signup_id) DO NOTHING
+    RETURNING signup_id
+), births AS (
+    SELECT s.course_id, date '1970-01-01' + s.dob_days AS dob
+    FROM {stage} s JOIN new USING (signup_id) WHERE s.dob_days IS NOT NULL
+), per_course AS (
+    INSERT INTO {courses} AS c (course_id, enrolled, dob_sum_days, dob_min, dob_max)
+    SELECT course_id, count(*), sum(dob - date '0001-01-01' + 1), min(dob), max(dob)
+    FROM births GROUP BY course_id
+    ON CONFLICT (course_id) DO UPDATE SET
+        enrolled = c.enrolled + EXCLUDED.enrolled,
+        dob_sum_days = c.dob_sum_days + EXCLUDED.dob_sum_days,
+        dob_min = LEAST(c.dob_min, EXCLUDED.dob_min),
+        dob_max = GREATEST(c.dob_max, EXCLUDED.dob_max),
+        updated_at = now()
+)
+INSERT INTO {births} AS b (course_id, dob, n)
+SELECT course_id, dob, count(*) FROM births GROUP BY course_id, dob
+ON CONFLICT (course_id, dob) DO UPDATE SET n = b.n + EXCLUDED.n
+"""
+
+
+def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
+                 topic: str) -> None:
+    """Write a replay batch and its positions; the caller owns the transaction.
+
+    A shadow copy has one writer per course (a course lives in one partition, a
+    partition in one worker), so these upserts never wait for another worker's.
+    """
+    insert_courses(conn, target, staged.courses)
+    if staged.decisions:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {_STAGE} FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "text", "text", "text", "int8", "int4"])
+                for row in staged.decisions:
+                    copy.write_row(row)
+            cur.execute(sql.SQL(_FOLD).format(
+                decisions=target.table("signup_decisions"), courses=target.table("course_stats"),
+                births=target.table("course_birth_dates"), stage=sql.Identifier(_STAGE)))
+    store_positions(conn, target.projection, topic, staged.next_offsets)
+
+
+def fill_globals(conn: psycopg.Connection, target: Target) -> None:
+    """The global row and birth-date counts as the sums of the per-course ones: how a
+    replay builds them, once, after its last batch (one pass over the courses and over
+    at most one row per course and birth date). A course counts once it has a title."""
+    fill_global_birth_dates(conn, target)
+    conn.execute(sql.SQL(
+        "UPDATE {g} SET (courses, enrollments, dob_sum_days, dob_min, dob_max, updated_at) ="
+        " (SELECT count(*) FILTER (WHERE title IS NOT NULL), coalesce(sum(enrolled), 0),"
+        " coalesce(sum(dob_sum_days), 0), min(dob_min), max(dob_max), now() FROM {c})"
+        " WHERE id").format(g=target.table("global_stats"), c=target.table("course_stats")))
 
 
 def create_shadow(conn: psycopg.Connection, projection: str) -> Target:
@@ -51,7 +144,7 @@ def swap(
     on a relation that was renamed meanwhile, and re-plans prepared statements.
     """
     # Before the lock below: reads of the live views go on meanwhile.
-    fill_global_birth_dates(conn, shadow(projection))
+    fill_globals(conn, shadow(projection))
     # A long read holding a view would make every query queue behind this lock: give up
     # instead, and let the caller try again.
     conn.execute("SET LOCAL lock_timeout = '5s'")

@@ -89,7 +89,7 @@ def apply(
         moved = {p for p in batch.next_offsets if stored.get(p) != expected.get(p)}
         if moved:
             raise Stale(f"positions of partitions {sorted(moved)} moved since the batch was read")
-    new_courses = _insert_courses(conn, target, batch.courses)
+    new_courses = insert_courses(conn, target, batch.courses)
     new = _insert_decisions(conn, target, batch.decisions)
     per_course = deltas(new)
     _add_to_courses(conn, target, per_course)
@@ -124,7 +124,7 @@ def notice_payloads(course_ids: Iterable[str]) -> Iterator[str]:
         yield ",".join(chunk)
 
 
-def _insert_courses(
+def insert_courses(
     conn: psycopg.Connection, target: Target, courses: Iterable[CourseRow]
 ) -> list[str]:
     rows = sorted(courses, key=lambda c: c.course_id)
