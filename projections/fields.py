@@ -44,10 +44,11 @@ class Unreadable(Exception):
 def read(data: bytes) -> tuple[str, tuple[Any, ...] | None]:
     """(record name, its wanted fields), with None for a record no view reads (such as
     CourseCreationRejected). Raises `Unreadable` for anything that is not a known record."""
-    if len(data) < codec.HEADER_SIZE or data[:2] != codec.MARKER:
-        raise Unreadable("not single-object encoding")
-    entry = _READERS.get(bytes(data[2:codec.HEADER_SIZE]))
+    # One slice holds the marker and the fingerprint: one lookup per record.
+    entry = _READERS.get(data[:codec.HEADER_SIZE])
     if entry is None:
+        if len(data) < codec.HEADER_SIZE or data[:2] != codec.MARKER:
+            raise Unreadable("not single-object encoding")
         raise Unreadable(f"unknown writer schema {bytes(data[2:codec.HEADER_SIZE]).hex()}")
     name, reader = entry
     if reader is None:
@@ -197,7 +198,7 @@ def _readers() -> dict[bytes, tuple[str, Reader | None]]:
         reader: Reader | None = None
         if name in WANTED:
             reader = _generate(name, schema, latest[name]) or _fallback(name)
-        out[codec.schema_fingerprint(schema)] = (name, reader)
+        out[codec.MARKER + codec.schema_fingerprint(schema)] = (name, reader)
     return out
 
 

@@ -78,7 +78,7 @@ from tqdm import tqdm
 
 import migrations
 from projections import deadletter, store
-from projections.batch import EventRecord, UnreadableRecord
+from projections.batch import UnreadableRecord
 from projections.settings import ReplaySettings
 from projections.staged import Staged, stage
 from schemas import topics
@@ -285,15 +285,16 @@ class Replay:
         """The next batch below `targets`, staged, or None when nothing moved."""
         messages = self.consumer.consume(self._batch_size, 1.0)
         records = []
+        stored = self.stored
         for msg in messages:
             err = msg.error()
             if err is not None:
                 log.warning("consumer error", extra={"error": str(err)})
                 continue
             p, offset = msg.partition(), msg.offset()
-            if p is None or offset is None or not self.stored[p] <= offset < targets[p]:
+            if p is None or offset is None or not stored[p] <= offset < targets[p]:
                 continue
-            records.append(EventRecord(p, offset, msg.key(), msg.value()))
+            records.append((p, offset, msg.key(), msg.value()))
         # The consumer's position steps over transaction markers, which carry no event;
         # capped at the target, it is what the shadow has read once this batch commits.
         advanced: dict[int, int] = {}

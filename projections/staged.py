@@ -11,7 +11,7 @@ compare a replay with the live projector's views row for row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from projections import fields
@@ -30,22 +30,25 @@ class Staged:
     next_offsets: dict[int, int] = field(default_factory=dict)
 
 
-def stage(records: Sequence[EventRecord]) -> Staged:
+def stage(records: Iterable[tuple[int, int, bytes | None, bytes | None]]) -> Staged:
+    """Records as (partition, offset, key, value), in offset order per partition: plain
+    tuples, since a replay makes one per record."""
     courses: dict[str, CourseRow] = {}
     decisions: list[Decision] = []
     seen: set[str] = set()
     failures: list[UnreadableRecord] = []
     next_offsets: dict[int, int] = {}
-    for record in records:
-        # Records of a partition come in offset order.
-        next_offsets[record.partition] = record.offset + 1
-        if record.value is None:
-            failures.append(UnreadableRecord(record, "empty record (tombstone)"))
+    for partition, offset, key, value in records:
+        next_offsets[partition] = offset + 1
+        if value is None:
+            failures.append(UnreadableRecord(EventRecord(partition, offset, key, value),
+                                             "empty record (tombstone)"))
             continue
         try:
-            name, values = fields.read(record.value)
+            name, values = fields.read(value)
         except fields.Unreadable as exc:
-            failures.append(UnreadableRecord(record, str(exc)))
+            failures.append(UnreadableRecord(EventRecord(partition, offset, key, value),
+                                             str(exc)))
             continue
         if values is None:
             continue

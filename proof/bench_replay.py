@@ -242,7 +242,7 @@ def _caught_up(database_url: str, ends: dict[int, int]) -> bool:
     with psycopg.connect(database_url) as conn:
         stored: dict[int, int] = dict(conn.execute(
             "SELECT partition, next_offset FROM projection_offsets"
-                                   " WHERE projection = 'views'").fetchall())
+            " WHERE projection = 'views'").fetchall())
     return all(stored.get(p, 0) >= end for p, end in ends.items())
 
 
