@@ -63,6 +63,8 @@ log = logging.getLogger("projections.projector")
 
 # /healthz fails when the loop has not come round for this long (a hung process).
 _STALL_SECONDS = 120.0
+# How often the replay gauges are read from PostgreSQL (replay_runs).
+_REPLAY_CHECK_SECONDS = 2.0
 
 
 def consumer_config(settings: ProjectorSettings) -> dict[str, object]:
@@ -106,6 +108,7 @@ class Projector:
         self.heartbeat = time.monotonic()
         self.newest_event_at: datetime | None = None
         self.joined = False  # given partitions (or none) by the group at least once
+        self.replay_checked = 0.0
         self.database_down = False
         self.halt = threading.Event()
 
@@ -144,6 +147,7 @@ class Projector:
                 if records:
                     self._project(records)
                 self._update_lag()
+                self._check_replay()
         finally:
             # A static member does not leave the group on close: a restart within the
             # session timeout gets the same partitions back without a rebalance.
@@ -307,6 +311,22 @@ class Projector:
 
     def _pause(self, seconds: float) -> None:
         self.halt.wait(seconds)
+
+    # -------------------------------------------------------------- a replay running
+
+    def _check_replay(self) -> None:
+        """Whether a replay rebuilds the views now, for /metrics (a row in replay_runs)."""
+        now = time.monotonic()
+        if now - self.replay_checked < _REPLAY_CHECK_SECONDS or self.database_down:
+            return
+        self.replay_checked = now
+        try:
+            running, progress = store.replay_progress(self._connection(),
+                                                      self.settings.projection)
+        except psycopg.Error:
+            return  # the next batch finds out and deals with it
+        self.metrics.replay_running.set(1 if running else 0)
+        self.metrics.replay_progress.set(progress if running else 0.0)
 
     # -------------------------------------------------------------- lag
 
