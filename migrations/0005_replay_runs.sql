@@ -11,3 +11,17 @@ CREATE TABLE replay_runs (
     done          bigint NOT NULL DEFAULT 0,  -- offsets in the shadow copies
     total         bigint NOT NULL DEFAULT 0   -- offsets to read up to the end of the log
 );
+
+-- Records a replay's workers could not decode, written in the transaction of the batch
+-- that read them: at the swap, those past the live projector's positions go to the
+-- dead-letter topic (the live projector never reads them). Dropped with the shadow
+-- copies; rare, so the bytes are kept.
+CREATE TABLE replay_failures (
+    projection  text NOT NULL,
+    partition   integer NOT NULL,
+    "offset"    bigint NOT NULL,
+    key         bytea,
+    value       bytea,
+    reason      text NOT NULL,
+    PRIMARY KEY (projection, partition, "offset")
+);

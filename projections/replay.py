@@ -150,7 +150,6 @@ class Replay:
         self.target = store.shadow(settings.projection)
         self.partitions = sorted(partitions)
         self.stored = {p: stored[p] for p in self.partitions}
-        self.failures: list[UnreadableRecord] = []
         self.read = 0
         store.prepare_staging(conn)
         consumer.assign([TopicPartition(topics.EVENTS, p, self.stored[p])
@@ -173,7 +172,7 @@ class Replay:
 
     def swap(self, producer: DeadLetterProducer | None) -> int:
         for attempt in range(1, _SWAP_ATTEMPTS + 1):
-            before = (dict(self.stored), len(self.failures), self.read)
+            before = (dict(self.stored), self.read)
             try:
                 with self.conn.transaction():
                     self.conn.execute("SET LOCAL lock_timeout = '30s'")
@@ -188,8 +187,7 @@ class Replay:
                 return generation
             except (psycopg.errors.LockNotAvailable, TimeoutError) as exc:
                 # Rolled back, shadow batches of this attempt included: start from before.
-                self.stored, failures, self.read = dict(before[0]), before[1], before[2]
-                del self.failures[failures:]
+                self.stored, self.read = dict(before[0]), before[1]
                 if self.bar is not None:
                     self.bar.n = self.read
                 log.warning("swap not possible now; retrying",
@@ -197,30 +195,9 @@ class Replay:
                 self.follow_live()
         raise ReplayError(f"could not swap in {_SWAP_ATTEMPTS} attempts")
 
-    def rescan_failures(self, since: Mapping[int, int]) -> None:
-        """Collect the undecodable records from `since` up to the shadow's positions.
-
-        The workers that read them are gone; those past the live positions at the swap
-        must go to the dead-letter topic, since the live projector will never read them.
-        Usually nothing to read: the live projector is ahead of the workers' end offsets."""
-        targets = dict(self.stored)
-        self.stored = {p: min(since.get(p, 0), targets[p]) for p in self.partitions}
-        try:
-            self._place(targets)
-            last_progress = time.monotonic()
-            while any(self.stored[p] < targets[p] for p in self.partitions):
-                if time.monotonic() - last_progress > _STALL_SECONDS:
-                    raise ReplayError(f"no progress for {_STALL_SECONDS:.0f}s at {self.stored}")
-                staged = self._read(targets)
-                if staged is not None:
-                    last_progress = time.monotonic()
-                    self.failures.extend(staged.failures)
-                    self.stored.update(staged.next_offsets)
-        finally:
-            self.stored = targets
-
     def _unseen_failures(self, live: Mapping[int, int]) -> list[UnreadableRecord]:
-        return [f for f in self.failures if f.record.offset >= live.get(f.record.partition, 0)]
+        # Recorded by every batch, this process's and the workers', in replay_failures.
+        return store.failures_since(self.conn, self.settings.projection, live)
 
     # -------------------------------------------------------------- consuming
 
@@ -256,7 +233,6 @@ class Replay:
                 if staged is None:
                     continue
                 last_progress = now
-                self.failures.extend(staged.failures)
                 writer.put(staged)
                 # `stored` runs ahead of the commits by at most two batches; leaving
                 # `catch_up` waits for them, and a failed write fails the replay (or
@@ -384,10 +360,15 @@ def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int,
     """A worker process: its partitions from the shadow's positions up to `ends`."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the replay process handles Ctrl-C
+    os.nice(settings.replay_nice)
     configure_logging(settings.log_level, "replay")
     kafka = consumer(settings)
     try:
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            # A commit need not wait for the disk: a crash of PostgreSQL loses the last
+            # batches and their positions together (and empties the unlogged copies,
+            # which the next replay notices), never one without the other.
+            conn.execute("SET synchronous_commit = off")
             _lock_partitions(conn, settings.projection, partitions)
             stored = store.read_positions(conn, store.shadow(settings.projection).projection,
                                           topics.EVENTS)
@@ -449,11 +430,14 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
                                 (f"replay:{settings.projection}",)).fetchone()
             if lock is None or not lock[0]:
                 raise ReplayError("another replay of this projection is running")
+            partitions, lows, ends = _extent(kafka)
             with conn.transaction():
                 store.ensure_generation(conn, settings.projection)
                 if restart or not store.shadow_exists(conn, settings.projection):
                     store.create_shadow(conn, settings.projection)
-            partitions, lows, ends = _extent(kafka)
+                    # Every partition has a position from the start, an empty one too, as
+                    # the swap gives every partition one among the live positions.
+                    store.store_positions(conn, shadow_name, topics.EVENTS, lows)
             stored = store.read_positions(conn, shadow_name, topics.EVENTS)
             stored = {p: max(stored.get(p, lows[p]), lows[p]) for p in partitions}
             resumed = sum(stored[p] - lows[p] for p in partitions)
@@ -479,16 +463,16 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
                 # Fresh tables have no planner statistics; give them some before they go live.
                 conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
                     replay.target.table(name) for name in store.VIEWS)))
-                replay.rescan_failures(replay._live_positions())
                 replay.follow_live()
+                skipped = len(store.failures_since(conn, settings.projection, {}))
                 generation = None
                 if swap:
+                    store.set_logged(conn, settings.projection)
                     generation = replay.swap(producer)
                 else:
                     replay.finish_without_swap()
             finally:
                 store.end_replay(conn, settings.projection)
-            skipped = len(replay.failures)
             if skipped:
                 log.warning("undecodable records skipped", extra={"count": skipped})
             return Result(read + replay.read, time.monotonic() - started, swap, generation,

@@ -64,8 +64,10 @@ from projections.store.shadow import (
     apply_staged,
     create_shadow,
     drop_shadow,
+    failures_since,
     fill_globals,
     prepare_staging,
+    set_logged,
     shadow_exists,
     swap,
 )
@@ -86,12 +88,12 @@ from projections.store.views import (
 )
 
 __all__ = [
-    "REPLAY_FRESH_SECONDS", "REPLAY_PROGRESS", "apply_staged", "end_replay", "fill_globals",
-    "prepare_staging", "record_replay", "replay_progress", "shadow_exists", "start_replay",
-    "CHANGES_CHANNEL", "EVERYTHING", "SHADOW_SUFFIX", "VIEWS", "Applied", "DecisionView",
-    "Stale", "Target", "apply", "bump_generation", "create_shadow", "drop_shadow",
-    "ensure_generation", "fetch_course", "fetch_courses", "fetch_decision",
-    "fetch_everything", "fetch_global", "fetch_page", "fill_global_birth_dates", "live",
-    "notice_payloads", "notify", "read_generation", "read_positions", "shadow",
+    "Applied", "CHANGES_CHANNEL", "DecisionView", "EVERYTHING", "REPLAY_FRESH_SECONDS",
+    "REPLAY_PROGRESS", "SHADOW_SUFFIX", "Stale", "Target", "VIEWS", "apply", "apply_staged",
+    "bump_generation", "create_shadow", "drop_shadow", "end_replay", "ensure_generation",
+    "failures_since", "fetch_course", "fetch_courses", "fetch_decision", "fetch_everything",
+    "fetch_global", "fetch_page", "fill_global_birth_dates", "fill_globals", "live",
+    "notice_payloads", "notify", "prepare_staging", "read_generation", "read_positions",
+    "record_replay", "replay_progress", "set_logged", "shadow", "shadow_exists", "start_replay",
     "store_positions", "swap",
 ]

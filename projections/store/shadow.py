@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import psycopg
 from psycopg import sql
 
+from projections.batch import EventRecord, UnreadableRecord
 from projections.staged import Staged
 from projections.store.positions import store_positions
 from projections.store.views import (
@@ -34,12 +35,27 @@ _STAGE = "replay_stage"
 
 
 def shadow_exists(conn: psycopg.Connection, projection: str) -> bool:
-    """Whether every shadow copy is there (`create_shadow` makes them in one transaction)."""
+    """Whether every shadow copy is there, intact (`create_shadow` makes them in one
+    transaction). They are UNLOGGED: after a crash of PostgreSQL they come back empty,
+    the global row that `create_shadow` inserts included, while the positions they were
+    written with survive; then they are no longer what their positions say."""
     target = shadow(projection)
     names = [name + target.suffix for name in VIEWS]
     row = conn.execute("SELECT count(to_regclass(n)) FROM unnest(%s::text[]) AS n",
                        (names,)).fetchone()
-    return row is not None and row[0] == len(VIEWS)
+    if row is None or row[0] != len(VIEWS):
+        return False
+    marker = conn.execute(sql.SQL("SELECT count(*) FROM {g}").format(
+        g=target.table("global_stats"))).fetchone()
+    return marker is not None and marker[0] == 1
+
+
+def set_logged(conn: psycopg.Connection, projection: str) -> None:
+    """Make the shadow copies crash-safe before they become the views: one sequential
+    write of each table to the WAL instead of one WAL record per row during the replay."""
+    target = shadow(projection)
+    for name in VIEWS:
+        conn.execute(sql.SQL("ALTER TABLE {s} SET LOGGED").format(s=target.table(name)))
 
 
 def prepare_staging(conn: psycopg.Connection) -> None:
@@ -89,6 +105,12 @@ def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
     partition in one worker), so these upserts never wait for another worker's.
     """
     insert_courses(conn, target, staged.courses)
+    if staged.failures:
+        conn.cursor().executemany(
+            "INSERT INTO replay_failures (projection, partition, \"offset\", key, value, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(target.projection, f.record.partition, f.record.offset, f.record.key,
+              f.record.value, f.reason) for f in staged.failures])
     if staged.decisions:
         with conn.cursor() as cur:
             with cur.copy(f"COPY {_STAGE} FROM STDIN (FORMAT BINARY)") as copy:
@@ -99,6 +121,17 @@ def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
                 decisions=target.table("signup_decisions"), courses=target.table("course_stats"),
                 births=target.table("course_birth_dates"), stage=sql.Identifier(_STAGE)))
     store_positions(conn, target.projection, topic, staged.next_offsets)
+
+
+def failures_since(conn: psycopg.Connection, projection: str,
+                   positions: Mapping[int, int]) -> list[UnreadableRecord]:
+    """What the replay could not decode at or past `positions` (per partition)."""
+    rows = conn.execute(
+        "SELECT partition, \"offset\", key, value, reason FROM replay_failures"
+        " WHERE projection = %s ORDER BY partition, \"offset\"",
+        (shadow(projection).projection,)).fetchall()
+    return [UnreadableRecord(EventRecord(p, o, k, v), why) for p, o, k, v, why in rows
+            if o >= positions.get(p, 0)]
 
 
 def fill_globals(conn: psycopg.Connection, target: Target) -> None:
@@ -114,15 +147,18 @@ def fill_globals(conn: psycopg.Connection, target: Target) -> None:
 
 
 def create_shadow(conn: psycopg.Connection, projection: str) -> Target:
-    """Empty copies of every view (same columns, constraints and indexes); drops old ones."""
+    """Empty copies of every view (same columns, constraints and indexes), unlogged; drops
+    old ones."""
     target = shadow(projection)
     for name in VIEWS:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {s}").format(s=target.table(name)))
-        conn.execute(sql.SQL("CREATE TABLE {s} (LIKE {t} INCLUDING ALL)").format(
+        # UNLOGGED: no WAL while the replay writes them (see shadow_exists, set_logged).
+        conn.execute(sql.SQL("CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING ALL)").format(
             s=target.table(name), t=sql.Identifier(name)))
     conn.execute(sql.SQL("INSERT INTO {s} (id) VALUES (true)").format(
         s=target.table("global_stats")))
     conn.execute("DELETE FROM projection_offsets WHERE projection = %s", (target.projection,))
+    conn.execute("DELETE FROM replay_failures WHERE projection = %s", (target.projection,))
     return target
 
 
@@ -131,6 +167,7 @@ def drop_shadow(conn: psycopg.Connection, projection: str) -> None:
     for name in VIEWS:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {s}").format(s=target.table(name)))
     conn.execute("DELETE FROM projection_offsets WHERE projection = %s", (target.projection,))
+    conn.execute("DELETE FROM replay_failures WHERE projection = %s", (target.projection,))
 
 
 def swap(
@@ -161,6 +198,7 @@ def swap(
         _rename_indexes(conn, name)
     conn.execute("DELETE FROM projection_offsets WHERE projection IN (%s, %s) AND topic = %s",
                  (projection, target.projection, topic))
+    conn.execute("DELETE FROM replay_failures WHERE projection = %s", (target.projection,))
     store_positions(conn, projection, topic, positions)
     conn.execute("UPDATE projection_generations SET swapped_at = now() WHERE projection = %s",
                  (projection,))
