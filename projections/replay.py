@@ -83,6 +83,7 @@ from projections.settings import ReplaySettings
 from projections.staged import Staged, stage
 from schemas import topics
 from service_kit.deadletter import DeadLetterProducer
+from service_kit.kafka_auth import client_config
 from service_kit.logs import configure_logging
 from service_kit.settings import load_settings
 
@@ -127,6 +128,7 @@ def shares(partitions: Sequence[int], workers: int) -> list[list[int]]:
 
 def consumer(settings: ReplaySettings) -> Consumer:
     return Consumer({
+        **client_config(),
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "group.id": f"replay-{uuid.uuid4()}",  # assign() only: the group is never joined
         "isolation.level": "read_committed",

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from stack.config import ROOT, StackConfig
+from stack.config import ROOT, StackConfig, operator_login
 from stack.ports import free_port
 from stack.probes import deciding, http_ok, processor_health
 from stack.procs import read_pid, stop, terminate
@@ -75,7 +75,8 @@ def running_stack() -> Iterator[BenchStack]:
     stack = BenchStack(config, stack_env(config))
     try:
         stack.cli("up", only=COMPONENTS)
-        yield stack
+        with operator_login(config):
+            yield stack
     finally:
         with contextlib.suppress(Exception):
             stack.cli("down")
@@ -217,4 +218,19 @@ def baseline_app(log: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with serving("the baseline app", [sys.executable, "-m", "proof.bench_baseline_app"],
                  {"BASELINE_PORT": str(port)}, url + "/healthz", log, timeout=30):
+        yield url
+
+
+@contextlib.contextmanager
+def plain_app(log: Path, database_url: str) -> Iterator[str]:
+    """The plain-PostgreSQL baseline (proof.bench_plain_app) on a free port, against the
+    stack's PostgreSQL server, with its tables empty."""
+    from proof.bench_plain_app import create_schema
+
+    create_schema(database_url)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with serving("the plain PostgreSQL app", [sys.executable, "-m", "proof.bench_plain_app"],
+                 {"PLAIN_PORT": str(port), "DATABASE_URL": database_url}, url + "/healthz", log,
+                 timeout=30):
         yield url

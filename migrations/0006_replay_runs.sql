@@ -25,3 +25,7 @@ CREATE TABLE replay_failures (
     reason      text NOT NULL,
     PRIMARY KEY (projection, partition, "offset")
 );
+
+-- Written by the replay (the schema's owner); the projector's and the query API's
+-- /metrics read whether one runs (migration 0005 made the roles).
+GRANT SELECT ON replay_runs TO projector, query_api;
