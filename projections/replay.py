@@ -72,7 +72,7 @@ from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 
 import psycopg
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from psycopg import sql
 from tqdm import tqdm
 
@@ -86,6 +86,7 @@ from service_kit.deadletter import DeadLetterProducer
 from service_kit.kafka_auth import client_config
 from service_kit.logs import configure_logging
 from service_kit.settings import load_settings
+from service_kit.topic_ends import TopicReadError, read_to_end
 
 log = logging.getLogger("projections.replay")
 
@@ -154,8 +155,6 @@ class Replay:
         self.stored = {p: stored[p] for p in self.partitions}
         self.read = 0
         store.prepare_staging(conn)
-        consumer.assign([TopicPartition(topics.EVENTS, p, self.stored[p])
-                         for p in self.partitions])
 
     # -------------------------------------------------------------- steps
 
@@ -219,56 +218,39 @@ class Replay:
             self.bar.refresh()
         return targets
 
-    def catch_up(self, targets: Mapping[int, int], deadline: float | None,
-                 tick: threading.Event | None = None) -> None:
+    def catch_up(self, targets: Mapping[int, int], deadline: float | None) -> None:
         """Apply every record below `targets` to the shadow copies."""
-        self._place(targets)
-        last_progress = time.monotonic()
+        starts = {(topics.EVENTS, p): self.stored[p] for p in self.partitions}
+        ends = {(topics.EVENTS, p): max(targets[p], self.stored[p]) for p in self.partitions}
         with _Writer(self.conn, self.target) as writer:
-            while any(self.stored[p] < targets[p] for p in self.partitions):
-                now = time.monotonic()
-                if deadline is not None and now > deadline:
+            for messages in read_to_end(self.consumer, starts, ends, batch=self._batch_size,
+                                        idle_limit=_STALL_SECONDS):
+                if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError("catching up under the swap lock took too long")
-                if now - last_progress > _STALL_SECONDS:
-                    raise ReplayError(f"no progress for {_STALL_SECONDS:.0f}s at {self.stored}")
-                staged = self._read(targets)
-                if staged is None:
-                    continue
-                last_progress = now
-                writer.put(staged)
-                # `stored` runs ahead of the commits by at most two batches; leaving
-                # `catch_up` waits for them, and a failed write fails the replay (or
-                # rolls the swap back).
-                moved = sum(o - self.stored[p] for p, o in staged.next_offsets.items())
-                self.stored.update(staged.next_offsets)
-                self.read += moved
-                if self.bar is not None:
-                    self.bar.update(moved)
+                self._put(writer, self._staged(messages, targets))
+            # Every position has reached its target, also where the last offsets were
+            # transaction markers, which no record stands for: the shadow is there too.
+            rest = {p: targets[p] for p in self.partitions if self.stored[p] < targets[p]}
+            if rest:
+                self._put(writer, Staged(next_offsets=rest))
 
-    def _place(self, targets: Mapping[int, int]) -> None:
-        # Each round may have read past its targets: go back to what the shadow holds, and
-        # read nothing from partitions that are done.
-        done = [TopicPartition(topics.EVENTS, p) for p in self.partitions
-                if self.stored[p] >= targets[p]]
-        todo = [TopicPartition(topics.EVENTS, p, self.stored[p]) for p in self.partitions
-                if self.stored[p] < targets[p]]
-        if done:
-            self.consumer.pause(done)
-        for tp in todo:
-            self.consumer.seek(tp)
-        if todo:
-            self.consumer.resume(todo)
+    def _put(self, writer: _Writer, staged: Staged) -> None:
+        if not staged.next_offsets:
+            return
+        writer.put(staged)
+        # `stored` runs ahead of the commits by at most two batches; leaving `catch_up`
+        # waits for them, and a failed write fails the replay (or rolls the swap back).
+        moved = sum(o - self.stored[p] for p, o in staged.next_offsets.items())
+        self.stored.update(staged.next_offsets)
+        self.read += moved
+        if self.bar is not None:
+            self.bar.update(moved)
 
-    def _read(self, targets: Mapping[int, int]) -> Staged | None:
-        """The next batch below `targets`, staged, or None when nothing moved."""
-        messages = self.consumer.consume(self._batch_size, 1.0)
+    def _staged(self, messages: Sequence[Message], targets: Mapping[int, int]) -> Staged:
+        """A batch's records below `targets` staged, with the positions it reaches."""
         records = []
         stored = self.stored
         for msg in messages:
-            err = msg.error()
-            if err is not None:
-                log.warning("consumer error", extra={"error": str(err)})
-                continue
             p, offset = msg.partition(), msg.offset()
             if p is None or offset is None or not stored[p] <= offset < targets[p]:
                 continue
@@ -279,12 +261,10 @@ class Replay:
         for tp in self.consumer.position([TopicPartition(topics.EVENTS, p)
                                           for p in self.partitions]):
             p = tp.partition
-            if tp.offset != _INVALID_OFFSET and self.stored[p] < targets[p]:
+            if tp.offset != _INVALID_OFFSET and stored[p] < targets[p]:
                 reached = min(tp.offset, targets[p])
-                if reached > self.stored[p]:
+                if reached > stored[p]:
                     advanced[p] = reached
-        if not advanced:
-            return None
         return replace(stage(records), next_offsets=advanced)
 
 
@@ -531,7 +511,7 @@ def main() -> None:
     try:
         result = rebuild(settings, swap=not args.no_swap, progress=not args.quiet,
                          workers=args.workers, restart=args.restart)
-    except (ReplayError, psycopg.Error, KafkaException) as exc:
+    except (ReplayError, TopicReadError, psycopg.Error, KafkaException) as exc:
         # Nothing live was touched: a failed replay leaves only shadow copies, with their
         # positions, from which the next replay goes on (--restart drops them).
         sys.exit(f"replay failed, the live views are unchanged: {exc}")
