@@ -202,8 +202,9 @@ class Bench:
                              "goal": goal, "met": met, "notes": notes,
                              "loadavg": bs.loadavg()})
 
-    def generate(self, url: str, name: str, timeout: float, **options: Any) -> dict[str, Any]:
-        return bs.generate(url, self.work / f"{name}.json", timeout, **options)
+    def generate(self, url: str, name: str, timeout: float, token: str | None = None,
+                 **options: Any) -> dict[str, Any]:
+        return bs.generate(url, self.work / f"{name}.json", timeout, token, **options)
 
     def tag(self) -> str:
         return uuid.uuid4().hex[:8]
@@ -677,7 +678,7 @@ class Bench:
         server, with the same generator and connections, in the same run: two alternating
         rounds, so that a change in the machine's other load weighs on every side alike."""
         assert self.history is not None
-        url = self.stack.config.query_url
+        url, token = self.stack.config.query_url, self.stack.config.analyst_token()
         with psycopg.connect(self.stack.database_url) as conn:
             ids = [r[0] for r in conn.execute(
                 "SELECT signup_id FROM signup_decisions TABLESAMPLE SYSTEM (1) LIMIT 2000")]
@@ -698,7 +699,7 @@ class Bench:
             files[name] = self.work / f"fig5-{name}.txt"
             files[name].write_text("\n".join(paths))
             # Once over every path first: answers rendered and cached, pages touched.
-            self.generate(url, f"fig5-warm-{name}", 120, paths=files[name],
+            self.generate(url, f"fig5-warm-{name}", 120, token=token, paths=files[name],
                           concurrency=QUERY_CONCURRENCY, seconds=60, max=len(paths))
         seconds = self.sizes.query_s
         signups = self.projected()
@@ -708,7 +709,7 @@ class Bench:
         for n in range(QUERY_ROUNDS):
             for name in endpoints:
                 runs[name].append(self.generate(
-                    url, f"fig5-{name}-{n}", seconds + 60, paths=files[name],
+                    url, f"fig5-{name}-{n}", seconds + 60, token=token, paths=files[name],
                     concurrency=QUERY_CONCURRENCY, seconds=seconds / QUERY_ROUNDS))
 
         def summary(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -160,21 +160,24 @@ def scalar(database_url: str, sql: str) -> Any:
 # ------------------------------------------------------------------ load generator
 
 
-def spawn_generator(url: str, out: Path, **kwargs: Any) -> subprocess.Popen[str]:
-    """Start `proof.bench_load` pinned to one core, with its options (--name value);
-    read what it measured with finish()."""
+def spawn_generator(url: str, out: Path, token: str | None = None,
+                    **kwargs: Any) -> subprocess.Popen[str]:
+    """Start `proof.bench_load` pinned to one core, with its options (--name value) and
+    the query API's token if given; read what it measured with finish()."""
     argv = [sys.executable, "-m", "proof.bench_load", "--url", url, "--out", str(out)]
     for key, value in kwargs.items():
         argv += [f"--{key}", str(value)]
     if shutil.which("taskset"):
         argv = ["taskset", "-c", GENERATOR_CPU, *argv]
+    env = {**os.environ, **({"QUERY_TOKEN": token} if token else {})}
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
 
 
-def generate(url: str, out: Path, timeout: float, **options: Any) -> dict[str, Any]:
+def generate(url: str, out: Path, timeout: float, token: str | None = None,
+             **options: Any) -> dict[str, Any]:
     """Run the generator to its end and return what it measured."""
-    return finish(spawn_generator(url, out, **options), out, timeout)
+    return finish(spawn_generator(url, out, token, **options), out, timeout)
 
 
 def finish(proc: subprocess.Popen[str], out: Path, timeout: float) -> dict[str, Any]:

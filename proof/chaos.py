@@ -1035,7 +1035,10 @@ async def suite(stack: Stack, profile: Profile, names: list[str],
     client = aiohttp.ClientSession(stack.config.command_url,
                                    timeout=aiohttp.ClientTimeout(total=30),
                                    connector=aiohttp.TCPConnector(limit=connections))
-    query = aiohttp.ClientSession(stack.config.query_url, timeout=aiohttp.ClientTimeout(total=30))
+    # The admin token opens every route of the query API (statistics and erasures).
+    query = aiohttp.ClientSession(stack.config.query_url, timeout=aiohttp.ClientTimeout(total=30),
+                                  headers={"Authorization":
+                                           f"Bearer {stack.config.admin_token()}"})
     results = []
     async with client, query:
         for name in names:

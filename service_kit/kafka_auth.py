@@ -5,10 +5,9 @@ over SASL_PLAINTEXT: the native stack's and compose's brokers). Both unset: no S
 for a cluster that authenticates nobody (an existing one the system is pointed at).
 One set without the other is a settings error, never a silent fall back to no login.
 
-The same object renders itself for each client library: confluent-kafka (librdkafka
-properties), aiokafka (keyword arguments) and faust (broker_credentials, which faust
-hands to the consumer, the producers, the transactional producers and its admin
-client alike).
+The same object renders itself for confluent-kafka (librdkafka properties) and
+aiokafka (keyword arguments); the processor's faust app makes its broker_credentials
+from it (course_processor/faust_eos/app.py), since only that wing imports faust.
 """
 
 from __future__ import annotations
@@ -68,16 +67,6 @@ class KafkaAuth(BaseModel):
         return {"security_protocol": PROTOCOL, "sasl_mechanism": self.mechanism,
                 "sasl_plain_username": self.username,
                 "sasl_plain_password": self.password.get_secret_value()}
-
-    def faust(self) -> Any:
-        """faust's broker_credentials (None without SASL)."""
-        if self.username is None or self.password is None:
-            return None
-        import faust
-
-        return faust.SASLCredentials(username=self.username,
-                                     password=self.password.get_secret_value(),
-                                     mechanism=self.mechanism)
 
 
 def client_config(env: Mapping[str, str] | None = None) -> ClientConfig:

@@ -32,6 +32,15 @@ class RunningStack:
         return subprocess.run([sys.executable, "-m", "stack", command], env=self.env,
                               text=True, capture_output=True, timeout=300)
 
+    @property
+    def analyst(self) -> dict[str, str]:
+        """The header that opens the query API's statistics and dashboard."""
+        return {"Authorization": f"Bearer {self.config.analyst_token()}"}
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.admin_token()}"}
+
     def create_course(self, prefix: str, capacity: int, title: str, lecturer: str) -> str:
         """POST /courses as the admin; the new course's id (accepted with a 202)."""
         course_id = f"{prefix}-{uuid.uuid4().hex[:10]}"

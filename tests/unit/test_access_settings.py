@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from course_processor.faust_eos.app import broker_credentials
 from service_kit.kafka_auth import KafkaAuth, client_config
 from stack import kafka, kafka_acls
 from stack.config import StackConfig
@@ -18,7 +19,7 @@ def _config(run_dir: Path) -> StackConfig:
 
 def test_without_credentials_a_client_speaks_plaintext() -> None:
     assert client_config({}) == {}
-    assert KafkaAuth.from_env({}).faust() is None
+    assert broker_credentials(KafkaAuth.from_env({})) is None
     assert KafkaAuth.from_env({}).aiokafka() == {"security_protocol": "PLAINTEXT"}
 
 
@@ -28,7 +29,8 @@ def test_credentials_render_for_every_client_library() -> None:
         "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
         "sasl.username": "notifier", "sasl.password": "pw"}
     assert auth.aiokafka()["sasl_plain_password"] == "pw"
-    faust_login = auth.faust()
+    faust_login = broker_credentials(auth)
+    assert faust_login is not None
     assert (faust_login.username, faust_login.password, faust_login.mechanism.value,
             faust_login.protocol.value) == ("notifier", "pw", "SCRAM-SHA-512", "SASL_PLAINTEXT")
     assert "pw" not in repr(auth)  # a settings dump in a log shows no password
