@@ -217,7 +217,8 @@ def main() -> None:
                                       work.decision_events(args.events - args.courses)))
             env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database,
                    "PROJECTOR_PORT": str(config.projector_port),
-                   "QUERY_API_PORT": str(config.query_api_port), "LOG_LEVEL": "WARNING"}
+                   "QUERY_API_PORT": str(config.query_api_port), "LOG_LEVEL": "WARNING",
+                   "ADMIN_TOKEN": config.admin_token(), "ANALYST_TOKEN": config.analyst_token()}
             processes.append(spawn("projections.projector", env, run_dir / "projector.log"))
             query_url = None
             if not args.no_query_api:
@@ -227,7 +228,7 @@ def main() -> None:
             ends = bk.end_offsets(bootstrap, "course-events")
             wait_until(lambda: _caught_up(database, ends), 1800, "the live projector")
             results = measure(bootstrap, database, query_url,
-                              {"Authorization": "Bearer bench-admin-token"})
+                              {"Authorization": f"Bearer {config.analyst_token()}"})
     finally:
         for proc in processes:
             terminate(proc, 30)
