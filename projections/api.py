@@ -387,7 +387,7 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
             await pool.close()
 
     metrics = query_api_metrics()
-    live = LiveStats(settings.database_url, LiveMetrics(metrics.registry))
+    live = LiveStats(settings.database_url, LiveMetrics(metrics.registry), settings.projection)
     app = FastAPI(title="Course sign-up: query API", lifespan=lifespan)
     app.state.pool = pool
     app.state.database = Database(pool)

@@ -17,8 +17,9 @@ delivers the notice at the commit, never for a rollback. So:
   the snapshot is not used at all: requests read PostgreSQL through the pool, as before,
   and get a 503 when it is away. No answer comes from memory that may have missed a
   notice.
-- The listener asks PostgreSQL `SELECT 1` after every quiet second, so a connection that
-  died without a word is noticed within about a second.
+- The listener asks PostgreSQL whether a replay runs (`replay_runs`, for /metrics) after
+  every quiet second, so a connection that died without a word is noticed within about
+  a second.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ class LiveMetrics:
         self.notices = Counter("query_api_cache_notices_total",
                                "Change notices received from the projector's commits.",
                                registry=registry)
+        self.replay_running = Gauge("query_api_replay_running",
+                                    "1 while a replay rebuilds the views (make replay).",
+                                    registry=registry)
+        self.replay_progress = Gauge("query_api_replay_progress_ratio",
+                                     "Share of the event log a running replay has rebuilt.",
+                                     registry=registry)
         self.disconnects = Counter("query_api_cache_disconnects_total",
                                    "Times the listener lost PostgreSQL.", registry=registry)
 
@@ -60,14 +67,15 @@ class LiveStats:
     """The snapshot and the task that keeps it fresh; `snapshot()` is None when it may not
     be used (not connected, or not refreshed in time)."""
 
-    def __init__(self, conninfo: str, metrics: LiveMetrics) -> None:
+    def __init__(self, conninfo: str, metrics: LiveMetrics, projection: str = "views") -> None:
         self.conninfo = conninfo
+        self.projection = projection
+        self._replay_checked = 0.0
         self.metrics = metrics
         self.data = Snapshot()
         self.live = False
         self.fresh = asyncio.Event()  # set while no notice waits for its refresh
         self.fresh.set()
-        self.last_refresh = 0.0
         self._task: asyncio.Task[None] | None = None
 
     # -------------------------------------------------------------- for requests
@@ -125,7 +133,7 @@ class LiveStats:
                 notices = [n async for n in conn.notifies(timeout=_QUIET_SECONDS,
                                                            stop_after=1)]
                 if not notices:
-                    await conn.execute("SELECT 1")  # still connected?
+                    await self._check_replay(conn)  # and still connected?
                     continue
                 self.fresh.clear()  # told about a commit: no answer from before it
                 notices += [n async for n in conn.notifies(timeout=_DRAIN_SECONDS)]
@@ -141,9 +149,20 @@ class LiveStats:
                     self.data.update(courses, overall)
                     self._refreshed("courses")
                 self.fresh.set()
+                if time.monotonic() - self._replay_checked > _QUIET_SECONDS:
+                    await self._check_replay(conn)  # notices keep coming: no quiet second
+
+    async def _check_replay(self, conn: psycopg.AsyncConnection) -> None:
+        """Whether a replay rebuilds the views now, for /metrics (a row in replay_runs)."""
+        self._replay_checked = time.monotonic()
+        cur = await conn.execute(store.REPLAY_PROGRESS,
+                                 (store.REPLAY_FRESH_SECONDS, self.projection))
+        row = await cur.fetchone()
+        running = bool(row and row[0])
+        self.metrics.replay_running.set(1 if running else 0)
+        self.metrics.replay_progress.set(float(row[1]) if row and running else 0.0)
 
     def _refreshed(self, scope: str) -> None:
-        self.last_refresh = time.monotonic()
         self.metrics.refreshes.labels(scope).inc()
 
     def _set_live(self, live: bool) -> None:

@@ -34,6 +34,12 @@ class ProjectorMetrics(ServiceMetrics):
         self.db_failures = Counter("projector_db_failures_total",
                                    "Batches not committed because PostgreSQL failed.",
                                    registry=r)
+        self.replay_running = Gauge("projector_replay_running",
+                                    "1 while a replay rebuilds the views (make replay).",
+                                    registry=r)
+        self.replay_progress = Gauge("projector_replay_progress_ratio",
+                                     "Share of the event log a running replay has rebuilt.",
+                                     registry=r)
         self.batch_seconds = Histogram("projector_batch_duration_seconds",
                                        "Time to write one batch to PostgreSQL.",
                                        buckets=LATENCY_BUCKETS, registry=r)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import signal
 import threading
 import time
@@ -51,6 +52,7 @@ from projections.batch import EventRecord, build
 from projections.observability import ProjectorMetrics
 from projections.settings import ProjectorSettings
 from schemas import topics
+from service_kit.backoff import Backoff
 from service_kit.deadletter import DeadLetterError, DeadLetterProducer
 from service_kit.health import serve_health
 from service_kit.kafka_auth import client_config
@@ -62,6 +64,8 @@ log = logging.getLogger("projections.projector")
 
 # /healthz fails when the loop has not come round for this long (a hung process).
 _STALL_SECONDS = 120.0
+# How often the replay gauges are read from PostgreSQL (replay_runs).
+_REPLAY_CHECK_SECONDS = 2.0
 
 
 def consumer_config(settings: ProjectorSettings) -> dict[str, object]:
@@ -101,9 +105,12 @@ class Projector:
         self.generation: int | None = None
         self.resync_needed = False
         self.failures = 0  # batches failed in a row on PostgreSQL
+        # 0.2 s after the first failure, doubling up to the cap, with jitter.
+        self.backoff = Backoff(initial=0.2, cap=settings.projector_max_backoff_seconds)
         self.heartbeat = time.monotonic()
         self.newest_event_at: datetime | None = None
         self.joined = False  # given partitions (or none) by the group at least once
+        self.replay_checked = 0.0
         self.database_down = False
         self.halt = threading.Event()
 
@@ -142,6 +149,7 @@ class Projector:
                 if records:
                     self._project(records)
                 self._update_lag()
+                self._check_replay()
         finally:
             # A static member does not leave the group on close: a restart within the
             # session timeout gets the same partitions back without a rebalance.
@@ -192,7 +200,7 @@ class Projector:
             # the positions in PostgreSQL will say, once it answers again.
             self.failures += 1
             self.database_down = True
-            delay = min(0.1 * 2 ** self.failures, self.settings.projector_max_backoff_seconds)
+            delay = self.backoff.delay(self.failures, random.random)
             log.warning("batch not committed: PostgreSQL failed",
                         extra={"error": repr(exc), "retry_in_s": round(delay, 2)})
             self.metrics.db_failures.inc()
@@ -268,7 +276,7 @@ class Projector:
 
     def _stored_state(self) -> tuple[int, dict[int, int]]:
         """Generation and positions from PostgreSQL, waiting with backoff while it is away."""
-        delay = 0.2
+        attempt = 0
         while True:
             self.heartbeat = time.monotonic()
             try:
@@ -285,10 +293,11 @@ class Projector:
                 self._drop_connection()
                 if self.halt.is_set():
                     raise SystemExit(0) from exc
+                attempt += 1
+                delay = self.backoff.delay(attempt, random.random)
                 log.warning("PostgreSQL unavailable; retrying", extra={
                     "error": str(exc).strip()[:200], "retry_in_s": round(delay, 2)})
                 self._pause(delay)
-                delay = min(delay * 2, self.settings.projector_max_backoff_seconds)
 
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
@@ -304,6 +313,22 @@ class Projector:
 
     def _pause(self, seconds: float) -> None:
         self.halt.wait(seconds)
+
+    # -------------------------------------------------------------- a replay running
+
+    def _check_replay(self) -> None:
+        """Whether a replay rebuilds the views now, for /metrics (a row in replay_runs)."""
+        now = time.monotonic()
+        if now - self.replay_checked < _REPLAY_CHECK_SECONDS or self.database_down:
+            return
+        self.replay_checked = now
+        try:
+            running, progress = store.replay_progress(self._connection(),
+                                                      self.settings.projection)
+        except psycopg.Error:
+            return  # the next batch finds out and deals with it
+        self.metrics.replay_running.set(1 if running else 0)
+        self.metrics.replay_progress.set(progress if running else 0.0)
 
     # -------------------------------------------------------------- lag
 

@@ -149,7 +149,6 @@ class Snapshot:
         self.courses: dict[str, CourseView] = {}
         self.ids: list[str] = []  # sorted
         self.overall = GlobalView(0, AgeAggregate())
-        self.version = 0  # bumped by every change
         self._rendered: OrderedDict[date, _Rendered] = OrderedDict()
 
     # -------------------------------------------------------------- changes
@@ -159,7 +158,6 @@ class Snapshot:
         self.ids = sorted(self.courses)
         self.overall = overall
         self._rendered.clear()
-        self.version += 1
 
     def update(self, courses: Iterable[CourseView], overall: GlobalView) -> None:
         for course in courses:
@@ -174,7 +172,6 @@ class Snapshot:
             rendered.page_bytes = 0
             rendered.orders.clear()
         self.overall = overall
-        self.version += 1
 
     # -------------------------------------------------------------- answers
 

@@ -3,29 +3,39 @@
 Settings: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (see `projections/settings.py`);
 `make replay` runs it as `python -m stack replay`, which sets them to the native stack's
 addresses (KAFKA_PORT, PG_PORT as `make up` reads them) where they are not set.
+`--workers N` (or REPLAY_WORKERS; default: the cores this process may run on) sets how
+many processes share the partitions. `--restart` drops what an interrupted replay left
+and starts from offset 0; without it, a replay continues from where the last one stood.
 `--no-swap` builds the shadow copies and leaves them beside the views (for checks);
 `--quiet` hides the progress bar. It works on a running stack: the query API and the
 projector keep running throughout.
 
 How it works:
 1. Build. Under a session advisory lock (one replay at a time) it creates empty shadow
-   copies of every view (`<view>_shadow`, `CREATE TABLE ... LIKE ... INCLUDING ALL`)
-   and reads `course-events` from offset 0 of every partition, read_committed, with the
-   projector's own batch code (`projections.batch`, `projections.store.apply`) writing
-   into the shadow copies, one transaction per batch, up to the end offsets taken at
-   the start. The progress bar counts offsets against those end offsets (events/s, ETA).
-2. Catch up. The live projector has moved on meanwhile: the replay reads the live
-   positions from `projection_offsets` and consumes up to them, a few rounds, without
-   locking anything, until less than one batch is left.
+   copies of every view (`<view>_shadow`, `CREATE TABLE ... LIKE ... INCLUDING ALL`), or,
+   when an interrupted replay left them, keeps them and their positions. N worker
+   processes each own a share of the `course-events` partitions and read them,
+   read_committed, from the shadow's positions up to the end offsets taken at the
+   start. Each batch is one transaction holding its shadow writes and its partitions'
+   next offsets (`store.apply_staged`), so a worker killed at any moment (kill -9 of
+   the replay kills its workers too) leaves every partition at a committed batch, and
+   the next replay goes on from there with the same result. A course lives in one
+   partition (key = course id), so no two workers write the same row; the global row
+   and birth-date counts, which sum over every course, are built once before the swap.
+   The progress bar counts the offsets in the shadow copies over all workers (events/s,
+   ETA), and a row in `replay_runs` tells the projector's and the query API's /metrics
+   that a replay runs.
+2. Catch up. The live projector has moved on meanwhile: the replay (one process now)
+   reads the live positions from `projection_offsets` and consumes up to them, a few
+   rounds, without locking anything, until less than one batch is left.
 3. Swap, in ONE transaction: bump the projection's row in `projection_generations`.
    Every live batch transaction locks that row first (FOR UPDATE), so the bump waits
    for the batch in flight and holds back the next one. With the live views now
    frozen, read their positions once more, apply the last few events to the shadow
    copies so that every partition stands at least where the live views stand, then
-   sum the per-course birth-date counts into the global ones (built once here rather
-   than per batch), rename each view to `<view>_retired`, each shadow copy to `<view>`,
-   drop the retired
-   ones, and store the shadow's positions as the live positions. Commit.
+   sum the per-course rows into the global ones, rename each view to
+   `<view>_retired`, each shadow copy to `<view>`, drop the retired ones, and store the
+   shadow's positions as the live positions. Commit.
    - The query API reads by table name in single-statement autocommit transactions. A
      read waits for the renames' ACCESS EXCLUSIVE locks (milliseconds), then PostgreSQL
      looks the name up again and it reads the new table: it answers from the old views
@@ -39,35 +49,44 @@ How it works:
    back; it is retried from step 2.
 
 The same mechanism builds a new projection from the whole history: add its table to
-`projections.store.VIEWS` (and its writes to `store.apply`), and a replay fills it.
+`projections.store.VIEWS` (and its writes to `store.apply` and `store.apply_staged`),
+and a replay fills it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
+import multiprocessing
+import os
 import queue
+import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
 
 import psycopg
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from psycopg import sql
 from tqdm import tqdm
 
 import migrations
 from projections import deadletter, store
-from projections.batch import Batch, EventRecord, UnreadableRecord, build
+from projections.batch import UnreadableRecord
 from projections.settings import ReplaySettings
+from projections.staged import Staged, stage
 from schemas import topics
 from service_kit.deadletter import DeadLetterProducer
 from service_kit.kafka_auth import client_config
 from service_kit.logs import configure_logging
 from service_kit.settings import load_settings
+from service_kit.topic_ends import TopicReadError, read_to_end
 
 log = logging.getLogger("projections.replay")
 
@@ -76,6 +95,8 @@ _SWAP_CATCH_UP_SECONDS = 30.0  # the live projector is held back meanwhile
 _SWAP_ATTEMPTS = 3
 _CATCH_UP_ROUNDS = 5
 _INVALID_OFFSET = -1001  # librdkafka's "no offset yet"
+_TICK_SECONDS = 0.5  # the progress bar and the replay_runs heartbeat
+_LOCK_WAIT_SECONDS = 30.0  # a worker of a killed replay may take a moment to die
 
 
 class ReplayError(RuntimeError):
@@ -84,51 +105,58 @@ class ReplayError(RuntimeError):
 
 @dataclass(frozen=True)
 class Result:
-    events: int  # offsets read (records and transaction markers)
+    events: int  # offsets read by this run (records and transaction markers)
     seconds: float
     swapped: bool
     generation: int | None
+    resumed_from: int = 0  # offsets already in the shadow copies when it started
+    workers: int = 1
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def shares(partitions: Sequence[int], workers: int) -> list[list[int]]:
+    """The partitions of each worker: round robin, no worker without one."""
+    n = max(1, min(workers, len(partitions)))
+    return [list(partitions[i::n]) for i in range(n)]
+
+
+def consumer(settings: ReplaySettings) -> Consumer:
+    return Consumer({
+        **client_config(),
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "group.id": f"replay-{uuid.uuid4()}",  # assign() only: the group is never joined
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+    }, logger=logging.getLogger("projections.replay.kafka"))
+
+
 class Replay:
+    """Reads partitions into the shadow copies: a worker's share, or all of them for the
+    catch-up and the swap. `stored` is, per partition, the shadow's next offset."""
+
     def __init__(self, settings: ReplaySettings, conn: psycopg.Connection,
-                 consumer: Consumer, bar: tqdm) -> None:
+                 consumer: Consumer, partitions: Sequence[int], stored: Mapping[int, int],
+                 bar: tqdm | None = None) -> None:
         self.settings = settings
         self.conn = conn
         self.consumer = consumer
         self.bar = bar
         self.target = store.shadow(settings.projection)
-        self.partitions: list[int] = []
-        self.stored: dict[int, int] = {}  # per partition, the shadow's next offset
-        self.failures: list[UnreadableRecord] = []
+        self.partitions = sorted(partitions)
+        self.stored = {p: stored[p] for p in self.partitions}
         self.read = 0
+        store.prepare_staging(conn)
 
     # -------------------------------------------------------------- steps
-
-    def start(self) -> None:
-        with self.conn.transaction():
-            store.ensure_generation(self.conn, self.settings.projection)
-            store.create_shadow(self.conn, self.settings.projection)
-        metadata = self.consumer.list_topics(topics.EVENTS, timeout=10).topics[topics.EVENTS]
-        if metadata.error is not None:
-            raise ReplayError(f"{topics.EVENTS}: {metadata.error}")
-        self.partitions = sorted(metadata.partitions)
-        ends: dict[int, int] = {}
-        for p in self.partitions:
-            low, high = self.consumer.get_watermark_offsets(
-                TopicPartition(topics.EVENTS, p), timeout=10)
-            self.stored[p], ends[p] = low, high
-        self.consumer.assign([TopicPartition(topics.EVENTS, p, self.stored[p])
-                              for p in self.partitions])
-        self.bar.reset(total=sum(ends[p] - self.stored[p] for p in self.partitions))
-        self.catch_up(ends, deadline=None)
-        # Fresh tables have no planner statistics; give them some before they go live.
-        self.conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
-            self.target.table(name) for name in store.VIEWS)))
 
     def follow_live(self) -> None:
         """Close in on the live positions without holding anything back."""
@@ -141,11 +169,11 @@ class Replay:
     def finish_without_swap(self) -> None:
         self.catch_up(self._targets(self._live_positions()), deadline=None)
         with self.conn.transaction():
-            store.fill_global_birth_dates(self.conn, self.target)
+            store.fill_globals(self.conn, self.target)
 
     def swap(self, producer: DeadLetterProducer | None) -> int:
         for attempt in range(1, _SWAP_ATTEMPTS + 1):
-            before = (dict(self.stored), len(self.failures), self.read)
+            before = (dict(self.stored), self.read)
             try:
                 with self.conn.transaction():
                     self.conn.execute("SET LOCAL lock_timeout = '30s'")
@@ -160,16 +188,17 @@ class Replay:
                 return generation
             except (psycopg.errors.LockNotAvailable, TimeoutError) as exc:
                 # Rolled back, shadow batches of this attempt included: start from before.
-                self.stored, failures, self.read = dict(before[0]), before[1], before[2]
-                del self.failures[failures:]
-                self.bar.n = self.read
+                self.stored, self.read = dict(before[0]), before[1]
+                if self.bar is not None:
+                    self.bar.n = self.read
                 log.warning("swap not possible now; retrying",
                             extra={"attempt": attempt, "error": str(exc).strip()})
                 self.follow_live()
         raise ReplayError(f"could not swap in {_SWAP_ATTEMPTS} attempts")
 
     def _unseen_failures(self, live: Mapping[int, int]) -> list[UnreadableRecord]:
-        return [f for f in self.failures if f.record.offset >= live.get(f.record.partition, 0)]
+        # Recorded by every batch, this process's and the workers', in replay_failures.
+        return store.failures_since(self.conn, self.settings.projection, live)
 
     # -------------------------------------------------------------- consuming
 
@@ -183,73 +212,60 @@ class Replay:
     def _targets(self, live: Mapping[int, int]) -> dict[int, int]:
         # Never behind the live views: an answer must not go backwards at the swap.
         targets = {p: max(self.stored[p], live.get(p, self.stored[p])) for p in self.partitions}
-        added = sum(targets[p] - self.stored[p] for p in self.partitions)
-        self.bar.total = self.bar.n + added
-        self.bar.refresh()
+        if self.bar is not None:
+            added = sum(targets[p] - self.stored[p] for p in self.partitions)
+            self.bar.total = self.bar.n + added
+            self.bar.refresh()
         return targets
 
     def catch_up(self, targets: Mapping[int, int], deadline: float | None) -> None:
         """Apply every record below `targets` to the shadow copies."""
-        self._place(targets)
-        last_progress = time.monotonic()
+        starts = {(topics.EVENTS, p): self.stored[p] for p in self.partitions}
+        ends = {(topics.EVENTS, p): max(targets[p], self.stored[p]) for p in self.partitions}
         with _Writer(self.conn, self.target) as writer:
-            while any(self.stored[p] < targets[p] for p in self.partitions):
-                now = time.monotonic()
-                if deadline is not None and now > deadline:
+            for messages in read_to_end(self.consumer, starts, ends, batch=self._batch_size,
+                                        idle_limit=_STALL_SECONDS):
+                if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError("catching up under the swap lock took too long")
-                if now - last_progress > _STALL_SECONDS:
-                    raise ReplayError(f"no progress for {_STALL_SECONDS:.0f}s at {self.stored}")
-                if self._step(targets, writer):
-                    last_progress = now
+                self._put(writer, self._staged(messages, targets))
+            # Every position has reached its target, also where the last offsets were
+            # transaction markers, which no record stands for: the shadow is there too.
+            rest = {p: targets[p] for p in self.partitions if self.stored[p] < targets[p]}
+            if rest:
+                self._put(writer, Staged(next_offsets=rest))
 
-    def _place(self, targets: Mapping[int, int]) -> None:
-        # Each round may have read past its targets: go back to what the shadow holds, and
-        # read nothing from partitions that are done.
-        done = [TopicPartition(topics.EVENTS, p) for p in self.partitions
-                if self.stored[p] >= targets[p]]
-        todo = [TopicPartition(topics.EVENTS, p, self.stored[p]) for p in self.partitions
-                if self.stored[p] < targets[p]]
-        if done:
-            self.consumer.pause(done)
-        for tp in todo:
-            self.consumer.seek(tp)
-        if todo:
-            self.consumer.resume(todo)
+    def _put(self, writer: _Writer, staged: Staged) -> None:
+        if not staged.next_offsets:
+            return
+        writer.put(staged)
+        # `stored` runs ahead of the commits by at most two batches; leaving `catch_up`
+        # waits for them, and a failed write fails the replay (or rolls the swap back).
+        moved = sum(o - self.stored[p] for p, o in staged.next_offsets.items())
+        self.stored.update(staged.next_offsets)
+        self.read += moved
+        if self.bar is not None:
+            self.bar.update(moved)
 
-    def _step(self, targets: Mapping[int, int], writer: _Writer) -> bool:
-        messages = self.consumer.consume(self._batch_size, 1.0)
+    def _staged(self, messages: Sequence[Message], targets: Mapping[int, int]) -> Staged:
+        """A batch's records below `targets` staged, with the positions it reaches."""
         records = []
+        stored = self.stored
         for msg in messages:
-            err = msg.error()
-            if err is not None:
-                log.warning("consumer error", extra={"error": str(err)})
-                continue
             p, offset = msg.partition(), msg.offset()
-            if p is None or offset is None or not self.stored[p] <= offset < targets[p]:
+            if p is None or offset is None or not stored[p] <= offset < targets[p]:
                 continue
-            records.append(EventRecord(p, offset, msg.key(), msg.value()))
+            records.append((p, offset, msg.key(), msg.value()))
         # The consumer's position steps over transaction markers, which carry no event;
         # capped at the target, it is what the shadow has read once this batch commits.
         advanced: dict[int, int] = {}
         for tp in self.consumer.position([TopicPartition(topics.EVENTS, p)
                                           for p in self.partitions]):
             p = tp.partition
-            if tp.offset != _INVALID_OFFSET and self.stored[p] < targets[p]:
+            if tp.offset != _INVALID_OFFSET and stored[p] < targets[p]:
                 reached = min(tp.offset, targets[p])
-                if reached > self.stored[p]:
+                if reached > stored[p]:
                     advanced[p] = reached
-        if not advanced:
-            return False
-        batch = replace(build(records), next_offsets=advanced)
-        self.failures.extend(batch.failures)
-        writer.put(batch)
-        # `stored` runs ahead of the commits by at most two batches; leaving `catch_up`
-        # waits for them, and a failed write fails the replay (or rolls the swap back).
-        moved = sum(advanced[p] - self.stored[p] for p in advanced)
-        self.stored.update(advanced)
-        self.read += moved
-        self.bar.update(moved)
-        return True
+        return replace(stage(records), next_offsets=advanced)
 
 
 class _Writer:
@@ -263,7 +279,7 @@ class _Writer:
     def __init__(self, conn: psycopg.Connection, target: store.Target) -> None:
         self.conn = conn
         self.target = target
-        self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=2)
+        self.queue: queue.Queue[Staged | None] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="shadow-writer", daemon=True)
 
@@ -277,82 +293,234 @@ class _Writer:
         if self.error is not None and exc[0] is None:
             raise self.error
 
-    def put(self, batch: Batch) -> None:
+    def put(self, staged: Staged) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put(batch)
+        self.queue.put(staged)
 
     def _run(self) -> None:
-        while (batch := self.queue.get()) is not None:
+        while (staged := self.queue.get()) is not None:
             if self.error is not None:
                 continue  # drain, so that `put` never blocks on a dead writer
             try:
                 with self.conn.transaction():
-                    store.apply(self.conn, self.target, batch, topic=topics.EVENTS,
-                                expected=None, generation=None)
+                    store.apply_staged(self.conn, self.target, staged, topic=topics.EVENTS)
             except BaseException as exc:  # handed to the reading thread
                 self.error = exc
 
 
-def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True) -> Result:
+# ------------------------------------------------------------------ worker processes
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this process when the replay that started it dies (Linux), so a replay
+    killed with kill -9 leaves no worker writing behind it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # died before the line above
+        os._exit(1)
+
+
+def _lock_partitions(conn: psycopg.Connection, projection: str,
+                     partitions: Sequence[int]) -> None:
+    """One session lock per partition: a worker of a killed replay that is still
+    exiting keeps its partitions until its connection is gone."""
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    for p in partitions:
+        while True:
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)",
+                               (f"replay-partition:{projection}", p)).fetchone()
+            if row is not None and row[0]:
+                break
+            if time.monotonic() > deadline:
+                raise ReplayError(f"partition {p} is still held by another replay worker")
+            time.sleep(0.2)
+
+
+def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int, int],
+         parent: int) -> None:
+    """A worker process: its partitions from the shadow's positions up to `ends`."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the replay process handles Ctrl-C
+    os.nice(settings.replay_nice)
+    configure_logging(settings.log_level, "replay")
+    kafka = consumer(settings)
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            # A commit need not wait for the disk: a crash of PostgreSQL loses the last
+            # batches and their positions together (and empties the unlogged copies,
+            # which the next replay notices), never one without the other.
+            conn.execute("SET synchronous_commit = off")
+            _lock_partitions(conn, settings.projection, partitions)
+            stored = store.read_positions(conn, store.shadow(settings.projection).projection,
+                                          topics.EVENTS)
+            replay = Replay(settings, conn, kafka, partitions,
+                            {p: stored.get(p, 0) for p in partitions})
+            replay.catch_up({p: ends[p] for p in partitions}, deadline=None)
+    finally:
+        kafka.close()
+
+
+class Workers:
+    """The worker processes of one replay, started and watched by the replay process."""
+
+    def __init__(self, settings: ReplaySettings, groups: list[list[int]],
+                 ends: Mapping[int, int]) -> None:
+        # spawn: a fresh interpreter per worker, with no copy of this process's Kafka
+        # client threads or PostgreSQL connection.
+        context = multiprocessing.get_context("spawn")
+        self.processes: list[BaseProcess] = [
+            context.Process(target=work, args=(settings, group, dict(ends), os.getpid()),
+                            name=f"replay-worker-{i}", daemon=True)
+            for i, group in enumerate(groups)]
+
+    def __enter__(self) -> Workers:
+        for process in self.processes:
+            process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
+            process.join(10)
+
+    def running(self) -> bool:
+        """True while a worker runs; raises once one has failed."""
+        for process in self.processes:
+            if process.exitcode not in (None, 0):
+                raise ReplayError(f"{process.name} exited with {process.exitcode}")
+        return any(process.exitcode is None for process in self.processes)
+
+
+# ------------------------------------------------------------------ the replay process
+
+
+def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
+            workers: int | None = None, restart: bool = False) -> Result:
     """Rebuild the views into shadow copies and, with `swap`, put them in place."""
     started = time.monotonic()
     migrations.apply(settings.database_url)
-    consumer = Consumer({
-        **client_config(),
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "group.id": f"replay-{uuid.uuid4()}",  # assign() only: the group is never joined
-        "isolation.level": "read_committed",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": False,
-    }, logger=logging.getLogger("projections.replay.kafka"))
+    workers = workers or settings.replay_workers or default_workers()
+    kafka = consumer(settings)
     producer = deadletter.producer(settings.kafka_bootstrap_servers)
-    bar = tqdm(unit="ev", unit_scale=True, desc="replay", disable=not progress,
-               dynamic_ncols=True, smoothing=0.05)
+    bar: tqdm | None = None
+    shadow_name = store.shadow(settings.projection).projection
     try:
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             lock = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
                                 (f"replay:{settings.projection}",)).fetchone()
             if lock is None or not lock[0]:
                 raise ReplayError("another replay of this projection is running")
-            replay = Replay(settings, conn, consumer, bar)
-            replay.start()
-            replay.follow_live()
-            generation = None
-            if swap:
-                generation = replay.swap(producer)
-            else:
-                replay.finish_without_swap()
-            skipped = len(replay.failures)
+            partitions, lows, ends = _extent(kafka)
+            with conn.transaction():
+                store.ensure_generation(conn, settings.projection)
+                if restart or not store.shadow_exists(conn, settings.projection):
+                    store.create_shadow(conn, settings.projection)
+                    # Every partition has a position from the start, an empty one too, as
+                    # the swap gives every partition one among the live positions.
+                    store.store_positions(conn, shadow_name, topics.EVENTS, lows)
+            stored = store.read_positions(conn, shadow_name, topics.EVENTS)
+            stored = {p: max(stored.get(p, lows[p]), lows[p]) for p in partitions}
+            resumed = sum(stored[p] - lows[p] for p in partitions)
+            if resumed:
+                log.info("resuming an interrupted replay", extra={"offsets_done": resumed})
+            groups = shares(partitions, workers)
+            total = sum(ends[p] - lows[p] for p in partitions)
+            # The rate and ETA count this run's work only: what was resumed is `initial`.
+            bar = tqdm(total=total, initial=resumed, unit="ev", unit_scale=True,
+                       desc=f"replay ({len(groups)} workers)", disable=not progress,
+                       dynamic_ncols=True, smoothing=0.1)
+            store.start_replay(conn, settings.projection, len(groups))
+            try:
+                done = resumed
+                with Workers(settings, groups, ends) as running:
+                    for done in _progress(conn, shadow_name, lows, running):
+                        bar.update(done - bar.n)
+                        store.record_replay(conn, settings.projection, len(groups), done, total)
+                read = done - resumed
+                stored = store.read_positions(conn, shadow_name, topics.EVENTS)
+                stored = {p: max(stored.get(p, lows[p]), lows[p]) for p in partitions}
+                replay = Replay(settings, conn, kafka, partitions, stored, bar)
+                # Fresh tables have no planner statistics; give them some before they go live.
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
+                    replay.target.table(name) for name in store.VIEWS)))
+                replay.follow_live()
+                skipped = len(store.failures_since(conn, settings.projection, {}))
+                generation = None
+                if swap:
+                    store.set_logged(conn, settings.projection)
+                    generation = replay.swap(producer)
+                else:
+                    replay.finish_without_swap()
+            finally:
+                store.end_replay(conn, settings.projection)
             if skipped:
                 log.warning("undecodable records skipped", extra={"count": skipped})
-            return Result(replay.read, time.monotonic() - started, swap, generation)
+            return Result(read + replay.read, time.monotonic() - started, swap, generation,
+                          resumed, len(groups))
     finally:
-        bar.close()
-        consumer.close()
+        if bar is not None:
+            bar.close()
+        kafka.close()
         producer.close()
+
+
+def _extent(kafka: Consumer) -> tuple[list[int], dict[int, int], dict[int, int]]:
+    """The event log's partitions, and the first and end offset of each."""
+    metadata = kafka.list_topics(topics.EVENTS, timeout=10).topics[topics.EVENTS]
+    if metadata.error is not None:
+        raise ReplayError(f"{topics.EVENTS}: {metadata.error}")
+    partitions = sorted(metadata.partitions)
+    lows, ends = {}, {}
+    for p in partitions:
+        lows[p], ends[p] = kafka.get_watermark_offsets(TopicPartition(topics.EVENTS, p),
+                                                       timeout=10)
+    return partitions, lows, ends
+
+
+def _progress(conn: psycopg.Connection, shadow_name: str, lows: Mapping[int, int],
+              workers: Workers) -> Iterator[int]:
+    """Offsets in the shadow copies, every tick while the workers run: what they have
+    committed, so the bar never counts a batch that a kill would lose."""
+    while True:
+        alive = workers.running()
+        stored = store.read_positions(conn, shadow_name, topics.EVENTS)
+        yield sum(max(0, stored.get(p, low) - low) for p, low in lows.items())
+        if not alive:
+            return
+        time.sleep(_TICK_SECONDS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m projections.replay", description=(
         "Rebuild every view from the first event of course-events and swap it in."))
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes sharing the partitions (default: REPLAY_WORKERS, "
+                             "else the cores available)")
+    parser.add_argument("--restart", action="store_true",
+                        help="start from offset 0 even if an interrupted replay left its work")
     parser.add_argument("--no-swap", action="store_true",
                         help="build the shadow copies (<view>_shadow) and leave them there")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args()
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     settings = load_settings(ReplaySettings, "replay")
     configure_logging(settings.log_level, "replay")
     try:
-        result = rebuild(settings, swap=not args.no_swap, progress=not args.quiet)
-    except (ReplayError, psycopg.Error, KafkaException) as exc:
-        # Nothing live was touched: a failed replay leaves only shadow copies, which the
-        # next replay drops.
+        result = rebuild(settings, swap=not args.no_swap, progress=not args.quiet,
+                         workers=args.workers, restart=args.restart)
+    except (ReplayError, TopicReadError, psycopg.Error, KafkaException) as exc:
+        # Nothing live was touched: a failed replay leaves only shadow copies, with their
+        # positions, from which the next replay goes on (--restart drops them).
         sys.exit(f"replay failed, the live views are unchanged: {exc}")
     where = (f"swapped in as generation {result.generation}" if result.swapped
              else "left in the *_shadow tables")
+    resumed = f", continuing from {result.resumed_from} offsets" if result.resumed_from else ""
     print(f"replayed {result.events} offsets in {result.seconds:.1f}s "
-          f"({result.rate:,.0f} events/s); {where}", flush=True)
+          f"({result.rate:,.0f} events/s, {result.workers} workers{resumed}); {where}",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -52,3 +52,8 @@ class QueryApiSettings(_Common):
 class ReplaySettings(_Common):
     kafka_bootstrap_servers: str = Field(min_length=1)
     replay_batch_size: int = Field(default=10_000, ge=1, le=500_000)
+    # Processes sharing the partitions; None: the cores this process may run on.
+    replay_workers: int | None = Field(default=None, ge=1, le=256)
+    # Niceness of the worker processes: the services on the same machine (the query API
+    # above all) go first when the cores are busy.
+    replay_nice: int = Field(default=10, ge=0, le=19)

@@ -582,7 +582,7 @@ def replay_views(kafka_bootstrap: str, database_url: str, courses: Collection[st
     from projections.settings import ReplaySettings
 
     settings = ReplaySettings(kafka_bootstrap_servers=kafka_bootstrap, database_url=database_url)
-    rebuild(settings, swap=False, progress=False)
+    rebuild(settings, swap=False, progress=False, restart=True)
     with psycopg.connect(database_url, autocommit=True) as conn:
         try:
             return read_views(conn, courses, store.SHADOW_SUFFIX)

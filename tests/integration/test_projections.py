@@ -689,3 +689,176 @@ def test_pages_walk_every_course_exactly_once_while_courses_are_added(
         answer = get(query_api + "/courses", params=params)
         assert answer.status_code == 422, params
         assert [d["loc"] for d in answer.json()["detail"]] == [["query", name]], params
+
+
+# ------------------------------------------------------------------ parallel and resumable replay
+
+
+def replay_command(*args: str, batch_size: int = 50) -> subprocess.Popen[str]:
+    """`python -m projections.replay` as `make replay` runs it, with small batches: many
+    commits, so that a kill lands between batches as well as inside one."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "projections.replay", "--quiet", *args], cwd=ROOT,
+        env={**os.environ, "REPLAY_BATCH_SIZE": str(batch_size)}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finished(proc: subprocess.Popen[str]) -> str:
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-2000:]
+    return out
+
+
+def shadow_done() -> int:
+    """Offsets in the shadow copies (0 when there are none)."""
+    with db() as conn:
+        row = conn.execute("SELECT coalesce(sum(next_offset), 0) FROM projection_offsets"
+                           " WHERE projection = 'views_shadow'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def reached(proc: subprocess.Popen[str], offsets: int) -> bool:
+    return shadow_done() >= offsets or proc.poll() is not None
+
+
+def all_dead(pids: list[int]) -> bool:
+    return not any(alive(pid) for pid in pids)
+
+
+def assert_shadow_equals_live() -> None:
+    with db() as conn:
+        for table, columns in _COMPARE.items():
+            differ = conn.execute(
+                f"SELECT count(*) FROM ((SELECT {columns} FROM {table}"
+                f" EXCEPT ALL SELECT {columns} FROM {table}_shadow) UNION ALL"
+                f" (SELECT {columns} FROM {table}_shadow"
+                f" EXCEPT ALL SELECT {columns} FROM {table})) AS d").fetchone()
+            assert differ == (0,), f"{table} differs from its replay"
+        live, shadow = (conn.execute(
+            "SELECT partition, next_offset FROM projection_offsets WHERE projection = %s"
+            " ORDER BY 1", (name,)).fetchall() for name in ("views", "views_shadow"))
+        assert live == shadow
+
+
+def drop_shadow_copies() -> None:
+    with db() as conn:
+        store.drop_shadow(conn, "views")
+
+
+def test_a_replay_killed_at_random_batches_resumes_to_the_views_of_an_uninterrupted_one(
+    projector: Service, log: Log
+) -> None:
+    log.write(random_load(random.Random(22), courses=20, decisions=3000, repeats=150))
+    wait_projected(log)
+    drop_shadow_copies()
+    rng = random.Random(2022)
+    total = sum(last + 1 for last in log.last.values())  # the log's offsets, about
+    kills: list[tuple[int, int]] = []  # (offsets in the shadow at the kill, after it)
+    for run, workers in enumerate((1, 2, 4, 2)):
+        proc = replay_command("--no-swap", f"--workers={workers}",
+                              *(("--restart",) if run == 0 else ()), batch_size=20)
+        done = shadow_done() if run else 0
+        target = done + int((total - done) * rng.uniform(0.1, 0.4))
+        wait_for(partial(reached, proc, target), 120, "the replay to move on",
+                 interval=0.005)
+        workers_of_run = children(proc.pid)
+        at_kill = shadow_done()
+        proc.kill()  # SIGKILL of the replay process: its workers die with it
+        proc.wait(10)
+        wait_for(partial(all_dead, workers_of_run), 10, "the workers to die with the replay")
+        kills.append((at_kill, shadow_done()))
+    out = finished(replay_command("--no-swap", "--workers=2"))
+    # Nothing committed was lost, nothing went back, and each run went on from the last.
+    assert all(after >= at for at, after in kills)
+    assert [after for _, after in kills] == sorted(after for _, after in kills)
+    assert sum(0 < after < total * 0.95 for _, after in kills) >= 3, kills
+    assert f"continuing from {kills[-1][1]} offsets" in out
+    assert_shadow_equals_live()  # the resumed replay equals the live views ...
+    drop_shadow_copies()
+    assert_live_equals_a_replay()  # ... which equal an uninterrupted replay
+
+
+def test_each_worker_count_gives_the_same_views(projector: Service, log: Log) -> None:
+    log.write(random_load(random.Random(23), courses=8, decisions=500, repeats=20))
+    wait_projected(log)
+    for workers in (1, 2, 4):
+        out = finished(replay_command("--no-swap", "--restart", f"--workers={workers}",
+                                      batch_size=500))
+        assert f"{workers} workers" in out
+        assert_shadow_equals_live()
+        drop_shadow_copies()
+
+
+def test_events_arriving_during_a_parallel_replay_are_in_the_views_after_the_swap(
+    projector: Service, log: Log, query_api: str
+) -> None:
+    course = new_course_id()
+    log.write([created(course)])
+    wait_projected(log)
+    before = generation()
+    arriving: list[Event] = []
+    replayed = threading.Event()
+
+    def trickle() -> None:
+        while not replayed.is_set():
+            batch: list[Event] = [accepted(course, date(1995, 5, 5)) for _ in range(5)]
+            batch += [rejected(course)]
+            log.write(batch)
+            arriving.extend(batch)
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=trickle)
+    writer.start()
+    try:
+        out = finished(replay_command("--workers=2", "--restart", batch_size=200))
+    finally:
+        replayed.set()
+        writer.join(60)
+    assert "2 workers" in out and "swapped in" in out
+    assert generation() == before + 1
+    assert len(arriving) > 0
+    wait_projected(log)
+    assert_views_equal_the_events(log.events)
+    assert enrolled(query_api, course) == sum(isinstance(e, StudentSignedUp) for e in arriving)
+    assert_live_equals_a_replay()
+
+
+def test_the_projector_and_the_query_api_show_a_replay_running(
+    projector: Service, query_api: str, log: Log
+) -> None:
+    log.write([created(new_course_id())])
+    wait_projected(log)
+    # Hold partition 0 the way a worker of a killed replay would: the new replay's worker
+    # waits for it, while the replay process keeps its heartbeat in replay_runs.
+    with db() as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext('replay-partition:views'), 0)")
+        proc = replay_command("--no-swap", "--restart", "--workers=1")
+        try:
+            wait_for(lambda: metric(projector, "projector_replay_running") == 1, 20,
+                     "the projector's replay gauge")
+            wait_for(lambda: cache_metric(query_api, "query_api_replay_running") == 1, 20,
+                     "the query API's replay gauge")
+        finally:
+            holder.execute("SELECT pg_advisory_unlock_all()")
+    finished(proc)
+    drop_shadow_copies()
+    wait_for(lambda: metric(projector, "projector_replay_running") == 0, 20,
+             "the projector's replay gauge back at 0")
+    wait_for(lambda: cache_metric(query_api, "query_api_replay_running") == 0, 20,
+             "the query API's replay gauge back at 0")

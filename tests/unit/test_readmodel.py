@@ -30,7 +30,7 @@ from projections.readmodel import (
     course_body,
 )
 from projections.stats import AgeAggregate, age_histogram
-from projections.store import _PAYLOAD_BYTES, notice_payloads
+from projections.store.views import _PAYLOAD_BYTES, notice_payloads
 
 AS_OF = date(2026, 5, 1)
 

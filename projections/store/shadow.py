@@ -1,0 +1,224 @@
+"""Shadow copies of the views, which a replay fills, and the swap that puts them in place.
+
+A replay writes its batches with `apply_staged`: the batch's decisions go into a
+temporary table by one binary COPY, and one statement inserts the new ones and folds
+them into the per-course rows and birth-date counts, in PostgreSQL. The global rows,
+which every worker of a parallel replay would otherwise update (one row, one lock), are
+summed from the per-course ones once, before the swap (`fill_globals`). Each batch
+stores its partitions' positions in the same transaction, so a replay killed at any
+moment resumes from its last committed batch (`shadow_exists`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import psycopg
+from psycopg import sql
+
+from projections.batch import EventRecord, UnreadableRecord
+from projections.staged import Staged
+from projections.store.positions import store_positions
+from projections.store.views import (
+    CHANGES_CHANNEL,
+    EVERYTHING,
+    RETIRED_SUFFIX,
+    SHADOW_SUFFIX,
+    VIEWS,
+    Target,
+    fill_global_birth_dates,
+    insert_courses,
+    shadow,
+)
+
+_STAGE = "replay_stage"
+
+
+def shadow_exists(conn: psycopg.Connection, projection: str) -> bool:
+    """Whether every shadow copy is there, intact (`create_shadow` makes them in one
+    transaction). They are UNLOGGED: after a crash of PostgreSQL they come back empty,
+    the global row that `create_shadow` inserts included, while the positions they were
+    written with survive; then they are no longer what their positions say."""
+    target = shadow(projection)
+    names = [name + target.suffix for name in VIEWS]
+    row = conn.execute("SELECT count(to_regclass(n)) FROM unnest(%s::text[]) AS n",
+                       (names,)).fetchone()
+    if row is None or row[0] != len(VIEWS):
+        return False
+    marker = conn.execute(sql.SQL("SELECT count(*) FROM {g}").format(
+        g=target.table("global_stats"))).fetchone()
+    return marker is not None and marker[0] == 1
+
+
+def set_logged(conn: psycopg.Connection, projection: str) -> None:
+    """Make the shadow copies crash-safe before they become the views: one sequential
+    write of each table to the WAL instead of one WAL record per row during the replay."""
+    target = shadow(projection)
+    for name in VIEWS:
+        conn.execute(sql.SQL("ALTER TABLE {s} SET LOGGED").format(s=target.table(name)))
+
+
+def prepare_staging(conn: psycopg.Connection) -> None:
+    """The session's staging table: temporary (no WAL), emptied at every commit."""
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (signup_id text, course_id text,"
+        " reason text, event_id text, at_ms bigint, dob_days int) ON COMMIT DELETE ROWS")
+
+
+# One statement: the new decisions (the primary key keeps out those already there), then
+# their per-course aggregates and birth-date counts. Dates travel as epoch days and
+# timestamps as epoch milliseconds; date '0001-01-01' is day 1 of date.toordinal().
+_FOLD = """
+WITH new AS (
+    INSERT INTO {decisions} (signup_id, course_id, status, reason, event_id, decided_at)
+    SELECT signup_id, course_id,
+           CASE WHEN reason IS NULL THEN 'accepted' ELSE 'rejected' END, reason, event_id,
+           timestamptz 'epoch' + at_ms * interval '1 millisecond'
+    FROM {stage}
+    ON CONFLICT (signup_id) DO NOTHING
+    RETURNING signup_id
+), births AS (
+    SELECT s.course_id, date '1970-01-01' + s.dob_days AS dob
+    FROM {stage} s JOIN new USING (signup_id) WHERE s.dob_days IS NOT NULL
+), per_course AS (
+    INSERT INTO {courses} AS c (course_id, enrolled, dob_sum_days, dob_min, dob_max)
+    SELECT course_id, count(*), sum(dob - date '0001-01-01' + 1), min(dob), max(dob)
+    FROM births GROUP BY course_id
+    ON CONFLICT (course_id) DO UPDATE SET
+        enrolled = c.enrolled + EXCLUDED.enrolled,
+        dob_sum_days = c.dob_sum_days + EXCLUDED.dob_sum_days,
+        dob_min = LEAST(c.dob_min, EXCLUDED.dob_min),
+        dob_max = GREATEST(c.dob_max, EXCLUDED.dob_max),
+        updated_at = now()
+)
+INSERT INTO {births} AS b (course_id, dob, n)
+SELECT course_id, dob, count(*) FROM births GROUP BY course_id, dob
+ON CONFLICT (course_id, dob) DO UPDATE SET n = b.n + EXCLUDED.n
+"""
+
+
+def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
+                 topic: str) -> None:
+    """Write a replay batch and its positions; the caller owns the transaction.
+
+    A shadow copy has one writer per course (a course lives in one partition, a
+    partition in one worker), so these upserts never wait for another worker's.
+    """
+    insert_courses(conn, target, staged.courses)
+    if staged.failures:
+        conn.cursor().executemany(
+            "INSERT INTO replay_failures (projection, partition, \"offset\", key, value, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(target.projection, f.record.partition, f.record.offset, f.record.key,
+              f.record.value, f.reason) for f in staged.failures])
+    if staged.decisions:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {_STAGE} FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "text", "text", "text", "int8", "int4"])
+                for row in staged.decisions:
+                    copy.write_row(row)
+            cur.execute(sql.SQL(_FOLD).format(
+                decisions=target.table("signup_decisions"), courses=target.table("course_stats"),
+                births=target.table("course_birth_dates"), stage=sql.Identifier(_STAGE)))
+    store_positions(conn, target.projection, topic, staged.next_offsets)
+
+
+def failures_since(conn: psycopg.Connection, projection: str,
+                   positions: Mapping[int, int]) -> list[UnreadableRecord]:
+    """What the replay could not decode at or past `positions` (per partition)."""
+    rows = conn.execute(
+        "SELECT partition, \"offset\", key, value, reason FROM replay_failures"
+        " WHERE projection = %s ORDER BY partition, \"offset\"",
+        (shadow(projection).projection,)).fetchall()
+    return [UnreadableRecord(EventRecord(p, o, k, v), why) for p, o, k, v, why in rows
+            if o >= positions.get(p, 0)]
+
+
+def fill_globals(conn: psycopg.Connection, target: Target) -> None:
+    """The global row and birth-date counts as the sums of the per-course ones: how a
+    replay builds them, once, after its last batch (one pass over the courses and over
+    at most one row per course and birth date). A course counts once it has a title."""
+    fill_global_birth_dates(conn, target)
+    conn.execute(sql.SQL(
+        "UPDATE {g} SET (courses, enrollments, dob_sum_days, dob_min, dob_max, updated_at) ="
+        " (SELECT count(*) FILTER (WHERE title IS NOT NULL), coalesce(sum(enrolled), 0),"
+        " coalesce(sum(dob_sum_days), 0), min(dob_min), max(dob_max), now() FROM {c})"
+        " WHERE id").format(g=target.table("global_stats"), c=target.table("course_stats")))
+
+
+def create_shadow(conn: psycopg.Connection, projection: str) -> Target:
+    """Empty copies of every view (same columns, constraints and indexes), unlogged; drops
+    old ones."""
+    target = shadow(projection)
+    for name in VIEWS:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {s}").format(s=target.table(name)))
+        # UNLOGGED: no WAL while the replay writes them (see shadow_exists, set_logged).
+        conn.execute(sql.SQL("CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING ALL)").format(
+            s=target.table(name), t=sql.Identifier(name)))
+    conn.execute(sql.SQL("INSERT INTO {s} (id) VALUES (true)").format(
+        s=target.table("global_stats")))
+    conn.execute("DELETE FROM projection_offsets WHERE projection = %s", (target.projection,))
+    conn.execute("DELETE FROM replay_failures WHERE projection = %s", (target.projection,))
+    return target
+
+
+def drop_shadow(conn: psycopg.Connection, projection: str) -> None:
+    target = shadow(projection)
+    for name in VIEWS:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {s}").format(s=target.table(name)))
+    conn.execute("DELETE FROM projection_offsets WHERE projection = %s", (target.projection,))
+    conn.execute("DELETE FROM replay_failures WHERE projection = %s", (target.projection,))
+
+
+def swap(
+    conn: psycopg.Connection, projection: str, topic: str, positions: Mapping[int, int]
+) -> None:
+    """Put the shadow copies in place of the views, with `positions` as the live offsets.
+
+    Runs inside the caller's transaction, after `bump_generation`. Renaming takes an
+    ACCESS EXCLUSIVE lock, so a query API read waits for the commit (milliseconds) and
+    then reads the new table: PostgreSQL looks a name up again after waiting on a lock
+    on a relation that was renamed meanwhile, and re-plans prepared statements.
+    """
+    # Before the lock below: reads of the live views go on meanwhile.
+    fill_globals(conn, shadow(projection))
+    # A long read holding a view would make every query queue behind this lock: give up
+    # instead, and let the caller try again.
+    conn.execute("SET LOCAL lock_timeout = '5s'")
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+        sql.SQL(", ").join(sql.Identifier(name) for name in VIEWS)))
+    target = shadow(projection)
+    for name in VIEWS:
+        retired = sql.Identifier(name + RETIRED_SUFFIX)
+        conn.execute(sql.SQL("ALTER TABLE {t} RENAME TO {r}").format(
+            t=sql.Identifier(name), r=retired))
+        conn.execute(sql.SQL("ALTER TABLE {s} RENAME TO {t}").format(
+            s=target.table(name), t=sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP TABLE {r}").format(r=retired))
+        _rename_indexes(conn, name)
+    # The swapped-in tables are new and have no grants: the services' roles get theirs
+    # back from the function their migration defined, in this same transaction.
+    conn.execute("SELECT grant_view_privileges()")
+    conn.execute("DELETE FROM projection_offsets WHERE projection IN (%s, %s) AND topic = %s",
+                 (projection, target.projection, topic))
+    conn.execute("DELETE FROM replay_failures WHERE projection = %s", (target.projection,))
+    store_positions(conn, projection, topic, positions)
+    conn.execute("UPDATE projection_generations SET swapped_at = now() WHERE projection = %s",
+                 (projection,))
+    # Every view is new: listeners re-read everything once this commits.
+    conn.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, EVERYTHING))
+
+
+def _rename_indexes(conn: psycopg.Connection, table: str) -> None:
+    # CREATE TABLE ... LIKE named the copies' indexes after the shadow table; give them
+    # the original names back, so the next shadow copy gets the same names again.
+    prefix = table + SHADOW_SUFFIX
+    rows = conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+        " AND tablename = %s",
+        (table,),
+    ).fetchall()
+    for (index,) in rows:
+        if index.startswith(prefix):
+            conn.execute(sql.SQL("ALTER INDEX {i} RENAME TO {n}").format(
+                i=sql.Identifier(index), n=sql.Identifier(table + index[len(prefix):])))

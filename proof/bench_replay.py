@@ -1,0 +1,251 @@
+"""Replay, figure 4: `python -m proof.bench_replay` alone, or `measure` from `proof.bench`.
+
+Against the same event log, back to back:
+1. the plain confluent-kafka consume-and-decode loop (`bench_kafka.consume_and_decode`):
+   the baseline;
+2. a replay with one worker (`projections.replay.rebuild`, in this process, swap
+   included): goal >= 0.8x the baseline;
+3. a replay with two workers, the same way: goal >= 1.6x one worker on two cores;
+4. `python -m projections.replay --workers 2` SIGKILLed once half the log is in the
+   shadow copies, then run again, which goes on from there: the two together against
+   an uninterrupted run of the same command, goal <= 1.2x;
+5. with a query API given: its p99, one request at a time (GET /stats, a course's
+   stats, a sign-up), idle and then during a two-worker replay: goal <= 2x.
+Every replay swaps its views in, as `make replay` does.
+
+Alone, it starts a private Kafka and PostgreSQL on free ports in a temporary directory
+(so no synthetic event reaches a real event log), writes --events events (courses, then
+decisions, 4 in 5 accepted; `proof.bench_projections`), starts the live projector and
+the query API, and writes $RUN_DIR/bench/fig4_replay.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from projections.replay import rebuild
+from projections.settings import ReplaySettings
+from proof import bench_kafka as bk
+from proof.bench_stack import results_dir
+from stack.config import ROOT, StackConfig
+from stack.procs import kill_now, terminate
+from stack.waiting import wait_until
+
+
+def _settings(bootstrap: str, database_url: str) -> ReplaySettings:
+    return ReplaySettings(kafka_bootstrap_servers=bootstrap, database_url=database_url,
+                          log_level="WARNING")
+
+
+def in_process(bootstrap: str, database_url: str, workers: int) -> dict[str, Any]:
+    result = rebuild(_settings(bootstrap, database_url), swap=True, progress=False,
+                     workers=workers, restart=True)
+    return {"workers": workers, "offsets": result.events, "seconds": round(result.seconds, 2),
+            "events_per_s": round(result.rate)}
+
+
+def _command(bootstrap: str, database_url: str, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
+           "LOG_LEVEL": "WARNING"}
+    return subprocess.Popen([sys.executable, "-m", "projections.replay", "--quiet", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _finish(proc: subprocess.Popen[bytes]) -> None:
+    _, err = proc.communicate(timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"replay failed: {err.decode()[-2000:]}")
+
+
+def _share_done(database_url: str) -> float:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT done::float8 / greatest(total, 1) FROM replay_runs"
+                           " WHERE projection = 'views' AND total > 0").fetchone()
+    return 0.0 if row is None else float(row[0])
+
+
+def killed_and_resumed(bootstrap: str, database_url: str, workers: int) -> dict[str, Any]:
+    """An uninterrupted `python -m projections.replay`, then one SIGKILLed at half way and
+    run again (without --restart): wall-clock times of the commands, start-up included."""
+    started = time.perf_counter()
+    _finish(_command(bootstrap, database_url, "--restart", f"--workers={workers}"))
+    whole = time.perf_counter() - started
+
+    started = time.perf_counter()
+    proc = _command(bootstrap, database_url, "--restart", f"--workers={workers}")
+    wait_until(lambda: _share_done(database_url) >= 0.5 or proc.poll() is not None, 600,
+               "the replay to reach half way")
+    if proc.poll() is not None:
+        raise RuntimeError("the replay ended before half way: use a longer log")
+    kill_now(proc)
+    killed_at = time.perf_counter() - started
+    share = _share_done(database_url)
+    resumed = time.perf_counter()
+    _finish(_command(bootstrap, database_url, f"--workers={workers}"))
+    rest = time.perf_counter() - resumed
+    return {"workers": workers, "uninterrupted_s": round(whole, 2),
+            "killed_after_s": round(killed_at, 2), "share_done_at_kill": round(share, 3),
+            "resumed_s": round(rest, 2), "total_s": round(killed_at + rest, 2),
+            "ratio": round((killed_at + rest) / whole, 3)}
+
+
+class Prober:
+    """GET requests one at a time on a thread, latencies kept, until stopped."""
+
+    def __init__(self, url: str, paths: list[str], headers: dict[str, str]) -> None:
+        self.url, self.paths, self.headers = url, paths, headers
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=10) as client:
+            i = 0
+            while not self.halt.is_set():
+                path = self.paths[i % len(self.paths)]
+                i += 1
+                started = time.perf_counter()
+                ok = client.get(path).status_code == 200
+                self.latencies.append(time.perf_counter() - started)
+                self.errors += not ok
+                time.sleep(0.002)  # a steady reader, not a load test
+
+    def __enter__(self) -> Prober:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.halt.set()
+        self.thread.join(15)
+
+    def summary(self) -> dict[str, Any]:
+        q = statistics.quantiles(self.latencies, n=100)
+        return {"requests": len(self.latencies), "errors": self.errors,
+                "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2)}
+
+
+def probe_paths(database_url: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        courses = [r[0] for r in conn.execute(
+            "SELECT course_id FROM course_stats WHERE title IS NOT NULL LIMIT 100")]
+        signups = [r[0] for r in conn.execute("SELECT signup_id FROM signup_decisions LIMIT 100")]
+    out = []
+    for i in range(100):
+        out += ["/stats", f"/courses/{courses[i % len(courses)]}/stats",
+                f"/signups/{signups[i % len(signups)]}"]
+    return out
+
+
+def query_p99(bootstrap: str, database_url: str, url: str, headers: dict[str, str],
+              workers: int, idle_s: float) -> dict[str, Any]:
+    paths = probe_paths(database_url)
+    with Prober(url, paths, headers) as idle:
+        time.sleep(idle_s)
+    with Prober(url, paths, headers) as busy:
+        replay = in_process(bootstrap, database_url, workers)
+    idle_q, busy_q = idle.summary(), busy.summary()
+    return {"idle": idle_q, "during_replay": busy_q, "replay": replay,
+            "ratio": round(busy_q["p99_ms"] / idle_q["p99_ms"], 2)}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def measure(bootstrap: str, database_url: str, query_url: str | None = None,
+            headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Figure 4 against the event log at `bootstrap`; see the module's docstring."""
+    out: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "load_before": load_average()}
+    out["plain_consume_decode"] = bk.consume_and_decode(bootstrap)
+    out["one_worker"] = in_process(bootstrap, database_url, 1)
+    out["two_workers"] = in_process(bootstrap, database_url, 2)
+    out["resume"] = killed_and_resumed(bootstrap, database_url, 2)
+    if query_url is not None:
+        seconds = max(10.0, out["two_workers"]["seconds"])
+        out["query_api"] = query_p99(bootstrap, database_url, query_url, headers or {}, 2,
+                                     seconds)
+    out["load_after"] = load_average()
+    plain = out["plain_consume_decode"]["events_per_s"]
+    one, two = out["one_worker"]["events_per_s"], out["two_workers"]["events_per_s"]
+    out["ratios"] = {"one_worker_vs_plain": round(one / plain, 3),
+                     "two_vs_one_worker": round(two / one, 3),
+                     "killed_and_resumed_vs_uninterrupted": out["resume"]["ratio"]}
+    if "query_api" in out:
+        out["ratios"]["query_p99_during_vs_idle"] = out["query_api"]["ratio"]
+    return out
+
+
+def main() -> None:
+    from proof.bench_projections import Workload, _chain, produce, spawn
+    from stack.infra import dependencies
+    from stack.probes import http_ok
+
+    parser = argparse.ArgumentParser(prog="python -m proof.bench_replay")
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--courses", type=int, default=1_000)
+    parser.add_argument("--no-query-api", action="store_true")
+    args = parser.parse_args()
+    import random
+
+    out_dir = results_dir()
+    run_dir = Path(tempfile.mkdtemp(prefix="replay-bench-"))
+    config = StackConfig.on_free_ports(run_dir, admin_token="bench-admin-token")
+    processes = []
+    try:
+        with dependencies(config):
+            bootstrap, database = config.kafka_bootstrap, config.database_url
+            work = Workload(random.Random(42), [f"bench-{i:05d}" for i in range(args.courses)])
+            print(f"writing {args.events:,} events ...", flush=True)
+            produce(bootstrap, _chain(work.course_events(),
+                                      work.decision_events(args.events - args.courses)))
+            env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database,
+                   "PROJECTOR_PORT": str(config.projector_port),
+                   "QUERY_API_PORT": str(config.query_api_port), "LOG_LEVEL": "WARNING",
+                   "ADMIN_TOKEN": config.admin_token(), "ANALYST_TOKEN": config.analyst_token()}
+            processes.append(spawn("projections.projector", env, run_dir / "projector.log"))
+            query_url = None
+            if not args.no_query_api:
+                processes.append(spawn("projections.api", env, run_dir / "api.log"))
+                query_url = config.query_url
+                wait_until(lambda: http_ok(config.query_url + "/readyz"), 60, "the query API")
+            ends = bk.end_offsets(bootstrap, "course-events")
+            wait_until(lambda: _caught_up(database, ends), 1800, "the live projector")
+            results = measure(bootstrap, database, query_url,
+                              {"Authorization": f"Bearer {config.analyst_token()}"})
+    finally:
+        for proc in processes:
+            terminate(proc, 30)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    results["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "fig4_replay.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+def _caught_up(database_url: str, ends: dict[int, int]) -> bool:
+    with psycopg.connect(database_url) as conn:
+        stored: dict[int, int] = dict(conn.execute(
+            "SELECT partition, next_offset FROM projection_offsets"
+            " WHERE projection = 'views'").fetchall())
+    return all(stored.get(p, 0) >= end for p, end in ends.items())
+
+
+if __name__ == "__main__":
+    main()
