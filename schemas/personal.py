@@ -21,7 +21,7 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from schemas.pseudonyms import normalise_email
+from schemas.addresses import same_student_form
 
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # GCM's standard nonce; random, so at most ~2**32 seals per key (a student)
@@ -38,7 +38,7 @@ def student_hash(secret: bytes, email: str) -> str:
     """
     if not secret:
         raise ValueError("the pseudonym secret is empty")
-    message = f"student\x00{normalise_email(email)}".encode()
+    message = f"student\x00{same_student_form(email)}".encode()
     digest = hmac.new(secret, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 

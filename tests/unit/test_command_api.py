@@ -22,6 +22,7 @@ from command_api.models import EMAIL_PATTERN, TEXT_PATTERN, canonical_email
 from command_api.publisher import PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
+from schemas.addresses import same_student_form
 from schemas.messages import CreateCourse, SignUp, signup_id_for
 from schemas.personal import new_data_key, student_hash, unseal
 from schemas.pseudonyms import seat_key
@@ -229,14 +230,16 @@ def test_an_erasure_needs_the_admin_token_and_a_valid_address(
     assert keys.erasures == {}
 
 
-def test_the_email_is_normalised_to_lower_case_and_the_name_stripped(
+def test_the_email_keeps_its_local_part_and_the_name_is_stripped(
     client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
 ) -> None:
+    # The mail goes to the address as given (its domain in lower case); which addresses
+    # are one student is schemas.addresses' rule, applied to the hashes, not to this.
     given = student(email="  Ada.Lovelace@Example.ORG ", name="  Ada Lovelace\u00a0 ")
 
     assert client.post("/courses/intro-python/signups", json=given).status_code == 202
 
-    assert opened(publisher.sent[0].command, keys) == ("ada.lovelace@example.org", "Ada Lovelace")
+    assert opened(publisher.sent[0].command, keys) == ("Ada.Lovelace@example.org", "Ada Lovelace")
 
 
 def test_the_same_idempotency_key_gives_the_same_signup_and_the_same_command(
@@ -465,7 +468,61 @@ def test_every_address_the_declared_pattern_allows_is_accepted(
 ) -> None:
     assert (re.search(EMAIL_PATTERN, address) is not None) == declared
     if declared:
-        assert canonical_email(address) == address.lower()
+        assert canonical_email(address) == address
+
+
+INVISIBLE_ONLY = ["\u200b", "\u200b\u200c\u200d", "\u2060\ufeff", "\u00ad", "\u3164",
+                  "\ufe0f", "\U000e0041\U000e0064\U000e0061", " \u200b \u2800 "]
+BIDI_CONTROLS = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067",
+                 "\u2068", "\u2069", "\u200e", "\u200f", "\u061c"]
+
+
+@pytest.mark.parametrize("name", INVISIBLE_ONLY,
+                         ids=lambda n: "+".join(f"U+{ord(c):04X}" for c in n))
+def test_a_name_without_a_visible_character_is_refused_naming_it(
+    client: TestClient, publisher: MemoryPublisher, name: str
+) -> None:
+    response = client.post("/courses/intro-python/signups", json=student(name=name))
+    title = client.post("/courses", json=course(title=name), headers=admin())
+
+    assert (response.status_code, title.status_code) == (422, 422)
+    assert (fields_named(response), fields_named(title)) == ({"name"}, {"title"})
+    assert re.search(TEXT_PATTERN, name) is None and publisher.sent == []
+
+
+@pytest.mark.parametrize("char", BIDI_CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+def test_a_name_with_a_bidi_control_is_refused_naming_it(
+    client: TestClient, publisher: MemoryPublisher, char: str
+) -> None:
+    response = client.post("/courses/intro-python/signups",
+                           json=student(name=f"Ada {char}ecalevoL"))
+    lecturer = client.post("/courses", json=course(lecturer=f"{char}G. van Rossum"),
+                           headers=admin())
+
+    assert (response.status_code, lecturer.status_code) == (422, 422)
+    assert (fields_named(response), fields_named(lecturer)) == ({"name"}, {"lecturer"})
+    assert re.search(TEXT_PATTERN, f"Ada {char}") is None and publisher.sent == []
+
+
+@pytest.mark.parametrize("name", ["Zoë Ångström", "a\u200db", "\u05d3\u05df", "Ana\u00adMaría"])
+def test_names_with_visible_characters_and_joiners_inside_are_accepted(
+    client: TestClient, name: str
+) -> None:
+    assert client.post("/courses/intro-python/signups", json=student(name=name)).status_code == 202
+    assert re.search(TEXT_PATTERN, name)
+
+
+def test_one_case_rule_for_addresses_everywhere(client: TestClient,
+                                                publisher: MemoryPublisher) -> None:
+    # Caseless matching (casefold): "STRASSE" and "straße" are one student for the key
+    # store and the seat key alike, and the mail goes to the address as given.
+    for address in ("straße@example.org", "STRASSE@example.org"):
+        assert client.post("/courses/intro-python/signups",
+                           json=student(email=address)).status_code == 202
+    first, second = (sent.command for sent in publisher.sent)
+    assert isinstance(first, SignUp) and isinstance(second, SignUp)
+    assert first.key_id == second.key_id and first.seat_key == second.seat_key
+    assert same_student_form("straße@example.org") == same_student_form("STRASSE@Example.ORG")
 
 
 def test_a_capacity_written_as_a_whole_json_number_with_a_fraction_point_is_accepted(
