@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -38,6 +40,45 @@ ERASURES_PER_TRANSACTION = 100
 VACUUM_TIMEOUT_SECONDS = 600.0
 
 
+# A keyed sign-up request being produced holds its record this long; a retry meanwhile
+# is answered 409. Longer than a produce may take (PRODUCE_TIMEOUT_SECONDS, 5 s).
+LEASE_SECONDS = 30.0
+# A record never marked produced may still have been produced, by a process that died
+# between Kafka's acknowledgement and the mark. Within the processor's memory of
+# decisions (7 days, course_processor/values.py) producing it again is harmless, as
+# the processor recognises the repeat; after that a copy could be decided a second
+# time, so past this age such a record is never produced again.
+TAKEOVER_LIMIT = timedelta(days=6)
+
+# What a keyed sign-up request may do: produce its command (claimed), answer with the
+# sign-up produced before (produced), wait (in_flight), never be produced (in_doubt), or
+# be refused as another body under the same key (mismatch).
+Verdict = Literal["claimed", "produced", "in_flight", "in_doubt", "mismatch"]
+
+
+@dataclass(frozen=True)
+class SignupRequest:
+    """A keyed sign-up request as recorded (table signup_requests)."""
+
+    fingerprint: str
+    created_at: datetime
+    lease_until: datetime
+    produced: bool
+
+
+def verdict(found: SignupRequest, fingerprint: str, now: datetime) -> Verdict:
+    """What a retry of a recorded request may do at `now` (the database's clock)."""
+    if not hmac.compare_digest(found.fingerprint, fingerprint):
+        return "mismatch"
+    if found.produced:
+        return "produced"
+    if now < found.lease_until:
+        return "in_flight"
+    if now - found.created_at >= TAKEOVER_LIMIT:
+        return "in_doubt"
+    return "claimed"
+
+
 class KeyStoreUnavailable(Exception):
     """PostgreSQL did not answer in time: the request is answered 503 with Retry-After."""
 
@@ -54,6 +95,9 @@ class KeyStore(Protocol):
     async def ready(self) -> bool: ...
     async def key_for(self, student: str) -> DataKey: ...
     async def request_erasure(self, student: str) -> str: ...
+    async def claim_signup(self, signup_id: str, key_id: str, fingerprint: str) -> Verdict: ...
+    async def signup_produced(self, signup_id: str) -> None: ...
+    async def release_signup(self, signup_id: str) -> None: ...
 
 
 class PostgresKeyStore:
@@ -90,6 +134,24 @@ class PostgresKeyStore:
     async def key_for(self, student: str) -> DataKey:
         """The student's data key, created on their first sign-up."""
         return await self._run(lambda conn: _key_for(conn, student))
+
+    async def claim_signup(self, signup_id: str, key_id: str, fingerprint: str) -> Verdict:
+        """Record a keyed sign-up request, or say what its earlier record allows."""
+        return await self._run(lambda conn: _claim(conn, signup_id, key_id, fingerprint))
+
+    async def signup_produced(self, signup_id: str) -> None:
+        """Kafka holds the sign-up's command: no retry produces it again."""
+        await self._run(lambda conn: conn.execute(
+            "UPDATE signup_requests SET produced_at = now() WHERE signup_id = %s",
+            (signup_id,)))
+
+    async def release_signup(self, signup_id: str) -> None:
+        """The produce failed (503): a retry may produce it at once, without waiting
+        out the lease. (A produce that timed out may still have been written; the
+        processor recognises the repeat, see TAKEOVER_LIMIT.)"""
+        await self._run(lambda conn: conn.execute(
+            "UPDATE signup_requests SET lease_until = now()"
+            " WHERE signup_id = %s AND produced_at IS NULL", (signup_id,)))
 
     async def request_erasure(self, student: str) -> str:
         """Record a pending erasure (committed when this returns) and wake the worker."""
@@ -187,6 +249,32 @@ def key_for_sync(conn: psycopg.Connection, student: str) -> DataKey:
     if found is None:
         found = conn.execute(_SELECT_KEY, (student,)).fetchone()
     return _data_key(found)
+
+
+async def _claim(conn: psycopg.AsyncConnection, signup_id: str, key_id: str,
+                 fingerprint: str) -> Verdict:
+    lease = timedelta(seconds=LEASE_SECONDS)
+    async with conn.transaction():
+        # A concurrent first request with the same id waits here for the other's commit,
+        # then finds its record below.
+        inserted = await (await conn.execute(
+            "INSERT INTO signup_requests (signup_id, key_id, fingerprint, lease_until)"
+            " VALUES (%s, %s, %s, now() + %s) ON CONFLICT (signup_id) DO NOTHING RETURNING 1",
+            (signup_id, key_id, fingerprint, lease))).fetchone()
+        if inserted is not None:
+            return "claimed"
+        row = await (await conn.execute(
+            "SELECT fingerprint, created_at, lease_until, produced_at IS NOT NULL, now()"
+            " FROM signup_requests WHERE signup_id = %s FOR UPDATE", (signup_id,))).fetchone()
+        if row is None:
+            raise KeyStoreUnavailable("the sign-up's record vanished (erased meanwhile); retry")
+        found = verdict(SignupRequest(str(row[0]), row[1], row[2], bool(row[3])),
+                        fingerprint, row[4])
+        if found == "claimed":  # the lease of an earlier attempt ran out: take it over
+            await conn.execute(
+                "UPDATE signup_requests SET lease_until = now() + %s WHERE signup_id = %s",
+                (lease, signup_id))
+        return found
 
 
 async def _erase_batch(conn: psycopg.AsyncConnection) -> int:

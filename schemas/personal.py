@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import os
+import uuid
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,6 +42,46 @@ def student_hash(secret: bytes, email: str) -> str:
     message = f"student\x00{same_student_form(email)}".encode()
     digest = hmac.new(secret, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+# Values derived from a student's own data key, each under its own label. They are
+# stable while the key exists (so a retry finds its sign-up and one student holds one
+# seat per course) and cannot be recomputed by anyone once the key is deleted, not
+# even with every secret of the deployment: nothing derived from the address outlives
+# an erasure. (The student hash above is derived from the address under
+# PSEUDONYM_SECRET; it is only kept next to the key and with a pending erasure.)
+SIGNUP_NAMESPACE = uuid.UUID("5d2e7c1a-9b64-4f0e-b3a8-2c7f91e4d605")
+
+
+def _derived(key: bytes, label: str, *parts: str) -> bytes:
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"a data key has {KEY_BYTES} bytes, not {len(key)}")
+    return hmac.new(key, "\x00".join((label, *parts)).encode(), hashlib.sha256).digest()
+
+
+def _text(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def seat_key(key: bytes, course_id: str) -> str:
+    """The key of one student's seat in one course: 43 url-safe characters.
+
+    The course id takes part, so a student's seat keys in two courses are unrelated.
+    """
+    return _text(_derived(key, "seat", course_id))
+
+
+def signup_id_for(key: bytes, course_id: str, idempotency_key: str) -> str:
+    """The sign-up of a request with an Idempotency-Key: the same student's retry finds
+    the same sign-up; another student's request with the same key is their own."""
+    return str(uuid.uuid5(SIGNUP_NAMESPACE, _text(_derived(key, "signup", course_id,
+                                                             idempotency_key))))
+
+
+def request_fingerprint(key: bytes, name: str, date_of_birth: str) -> str:
+    """What a keyed sign-up's retry must repeat (the student's address is the key
+    itself): the same Idempotency-Key with another body is refused."""
+    return _text(_derived(key, "request", name, date_of_birth))
 
 
 def new_data_key() -> bytes:

@@ -8,7 +8,7 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -17,15 +17,29 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from command_api.app import create_app
-from command_api.keys import DataKey, KeyStoreUnavailable
+from command_api.keys import (
+    LEASE_SECONDS,
+    TAKEOVER_LIMIT,
+    DataKey,
+    KeyStoreUnavailable,
+    SignupRequest,
+    Verdict,
+    verdict,
+)
 from command_api.models import EMAIL_PATTERN, TEXT_PATTERN, canonical_email
 from command_api.publisher import PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
 from schemas.addresses import same_student_form
-from schemas.messages import CreateCourse, SignUp, signup_id_for
-from schemas.personal import new_data_key, student_hash, unseal
-from schemas.pseudonyms import seat_key
+from schemas.messages import CreateCourse, SignUp
+from schemas.personal import (
+    new_data_key,
+    request_fingerprint,
+    seat_key,
+    signup_id_for,
+    student_hash,
+    unseal,
+)
 from service_kit.logs import JsonFormatter
 from service_kit.records import Headers
 
@@ -77,7 +91,9 @@ class MemoryKeyStore:
 
     keys: dict[str, DataKey] = field(default_factory=dict)
     erasures: dict[str, str] = field(default_factory=dict)
+    requests: dict[str, SignupRequest] = field(default_factory=dict)
     down: bool = False
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     async def start(self) -> None:
         pass
@@ -99,6 +115,25 @@ class MemoryKeyStore:
         erasure_id = str(uuid.uuid4())
         self.erasures[erasure_id] = student
         return erasure_id
+
+    async def claim_signup(self, signup_id: str, key_id: str, fingerprint: str) -> Verdict:
+        if self.down:
+            raise KeyStoreUnavailable("PoolTimeout")
+        lease = self.now + timedelta(seconds=LEASE_SECONDS)
+        found = self.requests.get(signup_id)
+        if found is None:
+            self.requests[signup_id] = SignupRequest(fingerprint, self.now, lease, False)
+            return "claimed"
+        answer = verdict(found, fingerprint, self.now)
+        if answer == "claimed":
+            self.requests[signup_id] = replace(found, lease_until=lease)
+        return answer
+
+    async def signup_produced(self, signup_id: str) -> None:
+        self.requests[signup_id] = replace(self.requests[signup_id], produced=True)
+
+    async def release_signup(self, signup_id: str) -> None:
+        self.requests[signup_id] = replace(self.requests[signup_id], lease_until=self.now)
 
 
 def settings(**changes: Any) -> Settings:
@@ -174,7 +209,9 @@ def test_a_sign_up_is_published_as_a_command_keyed_by_its_course(
     assert (command.course_id, command.email, command.name, command.date_of_birth) == (
         "intro-python", "", "", date(2001, 12, 10))
     assert opened(command, keys) == ("ada@example.org", "Ada Lovelace")
-    assert command.seat_key == seat_key(SECRET.encode(), "intro-python", "ada@example.org")
+    [key] = keys.keys.values()
+    # Derived from the student's own key: gone with it, not recomputable from the address.
+    assert command.seat_key == seat_key(key.key, "intro-python")
     assert b"ada" not in sent.value.lower() and b"lovelace" not in sent.value.lower()
     assert sent.headers["command_type"] == b"SignUp"
 
@@ -242,21 +279,120 @@ def test_the_email_keeps_its_local_part_and_the_name_is_stripped(
     assert opened(publisher.sent[0].command, keys) == ("Ada.Lovelace@example.org", "Ada Lovelace")
 
 
-def test_the_same_idempotency_key_gives_the_same_signup_and_the_same_command(
-    client: TestClient, publisher: MemoryPublisher
+def keyed(client: TestClient, key: str, course_id: str = "intro-python",
+          **changes: Any) -> Any:
+    return client.post(f"/courses/{course_id}/signups", json=student(**changes),
+                       headers={"Idempotency-Key": key})
+
+
+def test_the_same_idempotency_key_gives_the_same_signup_and_one_command(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
 ) -> None:
     def sign_up(course_id: str, key: str) -> str:
-        response = client.post(f"/courses/{course_id}/signups", json=student(),
-                               headers={"Idempotency-Key": key})
+        response = keyed(client, key, course_id)
         assert response.status_code == 202
+        assert response.headers["Location"] == f"/signups/{response.json()['signup_id']}"
         return str(response.json()["signup_id"])
 
     first, again = sign_up("intro-python", "key-1"), sign_up("intro-python", "key-1")
 
-    assert first == again == signup_id_for("intro-python", "key-1")
-    assert publisher.sent[0].command.command_id == publisher.sent[1].command.command_id == first
+    [data_key] = keys.keys.values()
+    assert first == again == signup_id_for(data_key.key, "intro-python", "key-1")
+    # The retry answers from the record: no second command, so no second decision.
+    assert [sent.command.command_id for sent in publisher.sent] == [first]
     assert sign_up("intro-python", "key-2") != first
     assert sign_up("advanced-python", "key-1") != first
+
+
+def test_a_retry_long_after_is_answered_without_producing_again(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    first = keyed(client, "key-1").json()["signup_id"]
+    keys.now += timedelta(days=30)  # past the processor's memory of decisions
+
+    late = keyed(client, "key-1")
+
+    assert (late.status_code, late.json()["signup_id"]) == (202, first)
+    assert len(publisher.sent) == 1
+
+
+def test_an_idempotency_key_belongs_to_one_student(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    ada = keyed(client, "shared-key").json()["signup_id"]
+    bob = keyed(client, "shared-key", email="bob@example.org", name="Bob")
+
+    assert bob.status_code == 202 and bob.json()["signup_id"] != ada
+    # Bob's request is his own sign-up: his sealed data, not a repeat of Ada's.
+    ada_command, bob_command = (sent.command for sent in publisher.sent)
+    assert bob_command.signup_id == bob.json()["signup_id"]
+    assert bob_command.key_id != ada_command.key_id
+
+
+@pytest.mark.parametrize("changes", [{"name": "Ada King"}, {"date_of_birth": "2001-12-11"}])
+def test_the_same_key_with_another_body_is_422_naming_the_header(
+    client: TestClient, publisher: MemoryPublisher, changes: dict[str, str]
+) -> None:
+    assert keyed(client, "key-1").status_code == 202
+
+    response = keyed(client, "key-1", **changes)
+
+    assert response.status_code == 422
+    assert fields_named(response) == {"Idempotency-Key"}
+    assert len(publisher.sent) == 1
+    # The same student in another spelling of the address is the same request.
+    assert keyed(client, "key-1", email="ADA@Example.org").status_code == 202
+
+
+def test_a_request_in_flight_is_409_until_its_lease_runs_out(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    # A first attempt claimed the record and died before producing (or is still at it).
+    keyed(client, "key-0")  # creates Ada's key
+    [data_key] = keys.keys.values()
+    signup_id = signup_id_for(data_key.key, "intro-python", "key-1")
+    fingerprint = request_fingerprint(data_key.key, "Ada Lovelace", "2001-12-10")
+    keys.requests[signup_id] = SignupRequest(fingerprint, keys.now,
+                                             keys.now + timedelta(seconds=LEASE_SECONDS), False)
+
+    busy = keyed(client, "key-1")
+    assert (busy.status_code, busy.headers["Retry-After"]) == (409, "5")
+    keys.now += timedelta(seconds=LEASE_SECONDS)
+    taken_over = keyed(client, "key-1")
+
+    assert (taken_over.status_code, taken_over.json()["signup_id"]) == (202, signup_id)
+    assert [s.command.signup_id for s in publisher.sent][-1] == signup_id
+    assert keys.requests[signup_id].produced
+
+
+def test_an_unfinished_request_older_than_the_processors_memory_is_never_produced(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    keyed(client, "key-0")
+    [data_key] = keys.keys.values()
+    signup_id = signup_id_for(data_key.key, "intro-python", "key-1")
+    old = keys.now - TAKEOVER_LIMIT
+    keys.requests[signup_id] = SignupRequest(
+        request_fingerprint(data_key.key, "Ada Lovelace", "2001-12-10"), old,
+        old + timedelta(seconds=LEASE_SECONDS), False)
+    sent_before = len(publisher.sent)
+
+    response = keyed(client, "key-1")
+
+    assert response.status_code == 409 and "new Idempotency-Key" in response.json()["detail"]
+    assert len(publisher.sent) == sent_before
+
+
+def test_a_failed_produce_releases_the_record_for_an_immediate_retry(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    publisher.down = True
+    assert keyed(client, "key-1").status_code == 503
+    publisher.down = False
+
+    retried = keyed(client, "key-1")
+
+    assert retried.status_code == 202 and len(publisher.sent) == 1
 
 
 def test_without_an_idempotency_key_every_request_is_a_new_signup(client: TestClient) -> None:
