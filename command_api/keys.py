@@ -27,7 +27,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 import migrations
-from schemas.personal import new_data_key
+from schemas.personal import KEY_IN_USE_LOCK, new_data_key
 
 log = logging.getLogger("command_api.keys")
 T = TypeVar("T")
@@ -38,6 +38,9 @@ T = TypeVar("T")
 SWEEP_SECONDS = 2.0
 ERASURES_PER_TRANSACTION = 100
 VACUUM_TIMEOUT_SECONDS = 600.0
+# How long an erasure waits for a notifier to finish a send to that student (the SMTP
+# timeout is 15 s per step) before it leaves the erasure pending for the next round.
+KEY_IN_USE_WAIT_SECONDS = 60.0
 
 
 # A keyed sign-up request being produced holds its record this long; a retry meanwhile
@@ -166,7 +169,7 @@ class PostgresKeyStore:
         """Do every pending erasure; the number done."""
         done = 0
         while True:
-            batch = await self._run(_erase_batch)
+            batch = await self._run(_erase_batch, timeout=KEY_IN_USE_WAIT_SECONDS + 10)
             done += batch
             if batch < ERASURES_PER_TRANSACTION:
                 break
@@ -291,8 +294,21 @@ async def _erase_batch(conn: psycopg.AsyncConnection) -> int:
         students = sorted({str(r[1]) for r in rows})
         for student in students:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (student,))
+        # A notifier holds a key in use (shared) from reading it until its e-mail is sent
+        # or failed: wait for that, so `done` is reported only once no mail to the
+        # student can still go out. Bounded: a send stalled longer leaves the erasure
+        # pending, and the next round tries again.
+        await conn.execute(f"SET LOCAL lock_timeout = '{int(KEY_IN_USE_WAIT_SECONDS)}s'")
+        key_ids = await (await conn.execute(
+            "SELECT key_id::text FROM student_keys WHERE student_hash = ANY(%s) ORDER BY 1",
+            (students,))).fetchall()
+        for (key_id,) in key_ids:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                               (KEY_IN_USE_LOCK, key_id))
+        # signup_requests rows go with their key (ON DELETE CASCADE).
         await conn.execute("DELETE FROM student_keys WHERE student_hash = ANY(%s)", (students,))
         await conn.execute(
-            "UPDATE erasures SET status = 'done', completed_at = now(), student_hash = NULL"
-            " WHERE erasure_id = ANY(%s)", ([r[0] for r in rows],))
+            # clock_timestamp(): when the keys were deleted, after any wait for a send.
+            "UPDATE erasures SET status = 'done', completed_at = clock_timestamp(),"
+            " student_hash = NULL WHERE erasure_id = ANY(%s)", ([r[0] for r in rows],))
     return len(rows)

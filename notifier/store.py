@@ -8,6 +8,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from notifier.emails import CourseInfo
+from schemas.personal import KEY_IN_USE_LOCK
 
 
 class PostgresStore:
@@ -21,6 +22,7 @@ class PostgresStore:
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[TupleRow] | None = None
         self._courses: dict[str, CourseInfo] = {}
+        self._held: str | None = None  # the key id whose key-in-use lock this session holds
 
     def already_handled(self, event_id: str) -> bool:
         row = self._execute("SELECT 1 FROM sent_notifications WHERE event_id = %s", (event_id,))
@@ -34,11 +36,33 @@ class PostgresStore:
             (event_id, signup_id),
         )
 
-    def data_key(self, key_id: str) -> bytes | None:
-        """The student's data key; None once the student is erased. Not cached: an
-        erasure takes effect at its commit, with no copy left here to drop."""
+    def hold_key(self, key_id: str) -> bytes | None:
+        """The student's data key, held until `release_key`; None once the student is
+        erased. Not cached: an erasure takes effect at its commit, with no copy left
+        here to drop.
+
+        Held means the key-in-use lock, shared, on this session (no transaction stays
+        open): an erasure waits for it before deleting the key, so it cannot report
+        `done` while this process may still send to the student. The lock comes first,
+        then the read, in its own statement: a deletion committed meanwhile is seen.
+        Needs no privilege beyond SELECT on student_keys (advisory locks are PUBLIC).
+        """
+        self.release_key()
+        self._execute("SELECT pg_advisory_lock_shared(%s, hashtext(%s))",
+                      (KEY_IN_USE_LOCK, key_id))
+        self._held = key_id
         row = self._execute("SELECT key FROM student_keys WHERE key_id = %s", (key_id,))
-        return None if row is None else bytes(row[0])
+        if row is None:
+            self.release_key()
+            return None
+        return bytes(row[0])
+
+    def release_key(self) -> None:
+        """Let an erasure of the held key go ahead (a closed session released it already)."""
+        held, self._held = self._held, None
+        if held is not None and self._conn is not None and not self._conn.closed:
+            self._execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))",
+                          (KEY_IN_USE_LOCK, held))
 
     def save_course(self, course_id: str, course: CourseInfo) -> None:
         self._execute(
@@ -64,6 +88,8 @@ class PostgresStore:
         return course
 
     def close(self) -> None:
+        # Closing the session releases its advisory locks.
+        self._held = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()

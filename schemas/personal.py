@@ -44,6 +44,12 @@ def student_hash(secret: bytes, email: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+# The advisory-lock class (PostgreSQL's two-int form: class, hashtext(key_id)) under
+# which a data key is in use. The notifier holds it shared from reading the key until
+# the e-mail is sent or has failed; an erasure takes it exclusive before it deletes the
+# key, so `done` is reported only once no mail to that student can still go out.
+KEY_IN_USE_LOCK = 0x6B657973  # "keys"
+
 # Values derived from a student's own data key, each under its own label. They are
 # stable while the key exists (so a retry finds its sign-up and one student holds one
 # seat per course) and cannot be recomputed by anyone once the key is deleted, not
