@@ -88,8 +88,12 @@ class KeyStoreUnavailable(Exception):
 
 @dataclass(frozen=True)
 class DataKey:
-    key_id: str
+    key_id: str  # the student's key, in student_keys
     key: bytes
+    # This sign-up's reference to the key (signup_keys): what its records carry in their
+    # `key_id` field. A new one per sign-up, so the log does not link a student's
+    # sign-ups to each other, and it points nowhere once the key is erased.
+    ref: str
 
 
 class KeyStore(Protocol):
@@ -135,7 +139,8 @@ class PostgresKeyStore:
         return True
 
     async def key_for(self, student: str) -> DataKey:
-        """The student's data key, created on their first sign-up."""
+        """The student's data key, created on their first sign-up, with a new reference
+        to it for one sign-up (committed when this returns)."""
         return await self._run(lambda conn: _key_for(conn, student))
 
     async def claim_signup(self, signup_id: str, key_id: str, fingerprint: str) -> Verdict:
@@ -213,15 +218,28 @@ class PostgresKeyStore:
             raise KeyStoreUnavailable(type(exc).__name__) from None
 
 
-_SELECT_KEY = "SELECT key_id, key FROM student_keys WHERE student_hash = %s"
+# The student's key and a new reference to it for one sign-up, in one statement (its
+# own transaction). The reference's foreign key locks the key row (KEY SHARE): an
+# erasure's DELETE either comes first (no row: the key is created again, for this new
+# sign-up) or waits and deletes the reference with the key.
+_REFERENCE_KEY = (
+    "WITH found AS (SELECT key_id, key FROM student_keys WHERE student_hash = %(student)s),"
+    " ref AS (INSERT INTO signup_keys (key_ref, key_id)"
+    "  SELECT %(ref)s, key_id FROM found RETURNING key_ref)"
+    " SELECT found.key_id, found.key, ref.key_ref FROM found, ref"
+)
 # One statement (autocommit: its own transaction) that takes the student's advisory
 # lock before it inserts, and holds it until it commits: an erasure takes the same lock
 # before its DELETE, so it sees this key or comes first.
 _CREATE_KEY = (
     "INSERT INTO student_keys (key_id, student_hash, key)"
     " SELECT %s, %s, %s FROM (SELECT pg_advisory_xact_lock(hashtext(%s))) AS locked"
-    " ON CONFLICT (student_hash) DO NOTHING RETURNING key_id, key"
+    " ON CONFLICT (student_hash) DO NOTHING"
 )
+
+
+def _reference_params(student: str) -> dict[str, str]:
+    return {"student": student, "ref": str(uuid.uuid4())}
 
 
 def _new_key_params(student: str) -> tuple[str, str, bytes, str]:
@@ -231,26 +249,26 @@ def _new_key_params(student: str) -> tuple[str, str, bytes, str]:
 def _data_key(row: tuple[Any, ...] | None) -> DataKey:
     if row is None:
         raise KeyStoreUnavailable("the student's key vanished (erased meanwhile); retry")
-    return DataKey(str(row[0]), bytes(row[1]))
+    return DataKey(str(row[0]), bytes(row[1]), str(row[2]))
 
 
 async def _key_for(conn: psycopg.AsyncConnection, student: str) -> DataKey:
-    found = await (await conn.execute(_SELECT_KEY, (student,))).fetchone()
+    found = await (await conn.execute(_REFERENCE_KEY, _reference_params(student))).fetchone()
     if found is None:
-        found = await (await conn.execute(_CREATE_KEY, _new_key_params(student))).fetchone()
-    if found is None:
-        # A concurrent first sign-up of the same student inserted it; a new statement sees it.
-        found = await (await conn.execute(_SELECT_KEY, (student,))).fetchone()
+        # The student's first sign-up (or a concurrent one created it: a new statement
+        # sees it).
+        await conn.execute(_CREATE_KEY, _new_key_params(student))
+        found = await (await conn.execute(_REFERENCE_KEY,
+                                          _reference_params(student))).fetchone()
     return _data_key(found)
 
 
 def key_for_sync(conn: psycopg.Connection, student: str) -> DataKey:
     """`key_for` on a blocking autocommit connection (the one-off reseal migration)."""
-    found = conn.execute(_SELECT_KEY, (student,)).fetchone()
+    found = conn.execute(_REFERENCE_KEY, _reference_params(student)).fetchone()
     if found is None:
-        found = conn.execute(_CREATE_KEY, _new_key_params(student)).fetchone()
-    if found is None:
-        found = conn.execute(_SELECT_KEY, (student,)).fetchone()
+        conn.execute(_CREATE_KEY, _new_key_params(student))
+        found = conn.execute(_REFERENCE_KEY, _reference_params(student)).fetchone()
     return _data_key(found)
 
 
@@ -305,7 +323,7 @@ async def _erase_batch(conn: psycopg.AsyncConnection) -> int:
         for (key_id,) in key_ids:
             await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
                                (KEY_IN_USE_LOCK, key_id))
-        # signup_requests rows go with their key (ON DELETE CASCADE).
+        # signup_requests and signup_keys rows go with their key (ON DELETE CASCADE).
         await conn.execute("DELETE FROM student_keys WHERE student_hash = ANY(%s)", (students,))
         await conn.execute(
             # clock_timestamp(): when the keys were deleted, after any wait for a send.

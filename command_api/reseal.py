@@ -52,7 +52,7 @@ def resealed(value: bytes, secret: bytes, key_for: KeyFor) -> bytes | None:
         return None
     key = key_for(student_hash(secret, event.email))
     return encode(dataclasses.replace(
-        event, email="", name="", key_id=key.key_id,
+        event, email="", name="", key_id=key.ref,
         email_sealed=seal(key.key, event.signup_id, "email", event.email),
         name_sealed=seal(key.key, event.signup_id, "name", event.name),
         # A seat key the student's own key derives, as the command API's: an older one

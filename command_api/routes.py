@@ -223,7 +223,7 @@ async def sign_up(
         issued_at=_now(),
         correlation_id=correlation_id,
         seat_key=seat_key(key.key, course_id),
-        key_id=key.key_id,
+        key_id=key.ref,  # this sign-up's own reference to the key: links no other sign-up
         email_sealed=seal(key.key, signup_id, "email", body.email),
         name_sealed=seal(key.key, signup_id, "name", body.name),
     )

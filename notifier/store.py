@@ -36,18 +36,27 @@ class PostgresStore:
             (event_id, signup_id),
         )
 
-    def hold_key(self, key_id: str) -> bytes | None:
-        """The student's data key, held until `release_key`; None once the student is
-        erased. Not cached: an erasure takes effect at its commit, with no copy left
-        here to drop.
+    def hold_key(self, key_ref: str) -> bytes | None:
+        """The data key a decision's `key_id` refers to, held until `release_key`; None
+        once the student is erased. Not cached: an erasure takes effect at its commit,
+        with no copy left here to drop.
 
-        Held means the key-in-use lock, shared, on this session (no transaction stays
-        open): an erasure waits for it before deleting the key, so it cannot report
-        `done` while this process may still send to the student. The lock comes first,
-        then the read, in its own statement: a deletion committed meanwhile is seen.
-        Needs no privilege beyond SELECT on student_keys (advisory locks are PUBLIC).
+        `key_ref` is the sign-up's own reference (signup_keys), or, in records from
+        before those, the student's key id itself. Held means the key-in-use lock,
+        shared, on this session (no transaction stays open): an erasure waits for it
+        before deleting the key, so it cannot report `done` while this process may
+        still send to the student. The lock comes first, then the read of the key, in
+        its own statement: a deletion committed meanwhile is seen. Needs SELECT on
+        signup_keys and student_keys, nothing more (advisory locks are PUBLIC).
         """
         self.release_key()
+        found = self._execute(
+            "SELECT key_id::text FROM signup_keys WHERE key_ref = %(ref)s UNION ALL"
+            " SELECT key_id::text FROM student_keys WHERE key_id = %(ref)s LIMIT 1",
+            {"ref": key_ref})
+        if found is None:
+            return None
+        key_id = str(found[0])
         self._execute("SELECT pg_advisory_lock_shared(%s, hashtext(%s))",
                       (KEY_IN_USE_LOCK, key_id))
         self._held = key_id
@@ -94,7 +103,8 @@ class PostgresStore:
         if conn is not None:
             conn.close()
 
-    def _execute(self, sql: LiteralString, params: tuple[object, ...]) -> TupleRow | None:
+    def _execute(self, sql: LiteralString,
+                 params: tuple[object, ...] | dict[str, object]) -> TupleRow | None:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(

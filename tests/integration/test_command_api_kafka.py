@@ -173,7 +173,10 @@ def test_an_accepted_sign_up_is_in_the_topic_keyed_by_course_with_its_headers(
     with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
         row = conn.execute("SELECT key_id::text, key FROM student_keys WHERE student_hash = %s",
                            (student_hash(SECRET.encode(), "student.7@example.org"),)).fetchone()
-    assert row is not None and row[0] == sign_up.key_id
+        # The command carries this sign-up's own reference to that key.
+        ref = conn.execute("SELECT key_id::text FROM signup_keys WHERE key_ref = %s",
+                           (sign_up.key_id,)).fetchone()
+    assert row is not None and ref == (row[0],) and sign_up.key_id != row[0]
     assert signup_id == signup_id_for(row[1], course_id, "attempt-1")
     assert sign_up.seat_key == seat_key(row[1], course_id)
     assert sign_up.email_sealed is not None and sign_up.name_sealed is not None

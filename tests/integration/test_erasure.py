@@ -244,7 +244,7 @@ def _decision_for(email: str, key: DataKey) -> Job:
         event_id=str(uuid.uuid4()), event_type="StudentSignedUp",
         occurred_at=datetime.now(UTC), course_id=course_id, causation_id=signup_id,
         correlation_id=str(uuid.uuid4()), signup_id=signup_id, email="", name="",
-        date_of_birth=date(1999, 9, 9), seats_taken=1, capacity=10, key_id=key.key_id,
+        date_of_birth=date(1999, 9, 9), seats_taken=1, capacity=10, key_id=key.ref,
         email_sealed=seal(key.key, signup_id, "email", email),
         name_sealed=seal(key.key, signup_id, "name", "Stella Stalled"),
         seat_key=seat_key(key.key, course_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -92,6 +93,7 @@ class MemoryKeyStore:
     keys: dict[str, DataKey] = field(default_factory=dict)
     erasures: dict[str, str] = field(default_factory=dict)
     requests: dict[str, SignupRequest] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)  # key reference -> key id
     down: bool = False
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -107,7 +109,14 @@ class MemoryKeyStore:
     async def key_for(self, student: str) -> DataKey:
         if self.down:
             raise KeyStoreUnavailable("PoolTimeout")
-        return self.keys.setdefault(student, DataKey(str(uuid.uuid4()), new_data_key()))
+        key = self.keys.setdefault(student, DataKey(str(uuid.uuid4()), new_data_key(), ""))
+        ref = str(uuid.uuid4())  # a new reference per sign-up, as signup_keys holds them
+        self.refs[ref] = key.key_id
+        return dataclasses.replace(key, ref=ref)
+
+    def key_of(self, ref: str | None) -> DataKey:
+        [key] = [k for k in self.keys.values() if k.key_id == self.refs[ref or ""]]
+        return key
 
     async def request_erasure(self, student: str) -> str:
         if self.down:
@@ -144,7 +153,7 @@ def settings(**changes: Any) -> Settings:
 
 def opened(command: SignUp, keys: MemoryKeyStore) -> tuple[str, str]:
     """The e-mail and name sealed in `command`, opened with its key."""
-    [key] = [k for k in keys.keys.values() if k.key_id == command.key_id]
+    key = keys.key_of(command.key_id)
     assert command.email_sealed is not None and command.name_sealed is not None
     return (unseal(key.key, command.signup_id, "email", command.email_sealed),
             unseal(key.key, command.signup_id, "name", command.name_sealed))
@@ -221,8 +230,11 @@ def test_one_student_has_one_key_and_another_student_another(
 ) -> None:
     for email in ("ada@example.org", "ADA@example.org", "bob@example.org"):
         assert client.post("/courses/c/signups", json=student(email=email)).status_code == 202
-    ada, ada_again, bob = (sent.command.key_id for sent in publisher.sent)
+    refs = [sent.command.key_id for sent in publisher.sent]
+    ada, ada_again, bob = (keys.key_of(ref).key_id for ref in refs)
     assert ada == ada_again != bob
+    # Each sign-up carries its own reference to the key: the log links none of them.
+    assert len(set(refs)) == 3
     assert list(keys.keys) == [student_hash(SECRET.encode(), "ada@example.org"),
                                student_hash(SECRET.encode(), "bob@example.org")]
 
@@ -317,7 +329,7 @@ def test_a_retry_long_after_is_answered_without_producing_again(
 
 
 def test_an_idempotency_key_belongs_to_one_student(
-    client: TestClient, publisher: MemoryPublisher
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
 ) -> None:
     ada = keyed(client, "shared-key").json()["signup_id"]
     bob = keyed(client, "shared-key", email="bob@example.org", name="Bob")
@@ -326,7 +338,7 @@ def test_an_idempotency_key_belongs_to_one_student(
     # Bob's request is his own sign-up: his sealed data, not a repeat of Ada's.
     ada_command, bob_command = (sent.command for sent in publisher.sent)
     assert bob_command.signup_id == bob.json()["signup_id"]
-    assert bob_command.key_id != ada_command.key_id
+    assert keys.key_of(bob_command.key_id) != keys.key_of(ada_command.key_id)
 
 
 @pytest.mark.parametrize("changes", [{"name": "Ada King"}, {"date_of_birth": "2001-12-11"}])
@@ -648,8 +660,9 @@ def test_names_with_visible_characters_and_joiners_inside_are_accepted(
     assert re.search(TEXT_PATTERN, name)
 
 
-def test_one_case_rule_for_addresses_everywhere(client: TestClient,
-                                                publisher: MemoryPublisher) -> None:
+def test_one_case_rule_for_addresses_everywhere(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
     # Caseless matching (casefold): "STRASSE" and "straße" are one student for the key
     # store and the seat key alike, and the mail goes to the address as given.
     for address in ("straße@example.org", "STRASSE@example.org"):
@@ -657,7 +670,9 @@ def test_one_case_rule_for_addresses_everywhere(client: TestClient,
                            json=student(email=address)).status_code == 202
     first, second = (sent.command for sent in publisher.sent)
     assert isinstance(first, SignUp) and isinstance(second, SignUp)
-    assert first.key_id == second.key_id and first.seat_key == second.seat_key
+    assert first.key_id is not None and second.key_id is not None
+    assert keys.key_of(first.key_id) == keys.key_of(second.key_id)
+    assert first.seat_key == second.seat_key
     assert same_student_form("straße@example.org") == same_student_form("STRASSE@Example.ORG")
 
 

@@ -13,3 +13,14 @@ CREATE TABLE signup_requests (
     produced_at   timestamptz
 );
 CREATE INDEX signup_requests_key ON signup_requests (key_id);
+
+-- One row per sealed sign-up: the key reference its records carry (their `key_id`
+-- field) -> the student's key. A fresh random id per sign-up, so the log does not link
+-- one student's sign-ups to each other; the rows go with the key (ON DELETE CASCADE),
+-- and after an erasure the references in the log point nowhere.
+CREATE TABLE signup_keys (
+    key_ref       uuid PRIMARY KEY,
+    key_id        uuid NOT NULL REFERENCES student_keys (key_id) ON DELETE CASCADE,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX signup_keys_key ON signup_keys (key_id);
