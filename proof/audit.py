@@ -47,6 +47,7 @@ from schemas.messages import (
     SignUpRejected,
     StudentSignedUp,
 )
+from service_kit.kafka_auth import client_config
 
 _MAX_EXAMPLES = 5
 
@@ -466,6 +467,7 @@ def read_log(
     the start (records of other keys than `keys` are skipped undecoded, when given)."""
     began = time.monotonic()
     consumer = Consumer({
+        **client_config(),
         "bootstrap.servers": bootstrap,
         "group.id": f"chaos-audit-{uuid.uuid4()}",  # assign() only: the group is never joined
         "isolation.level": "read_committed",  # aborted transactions are not decisions

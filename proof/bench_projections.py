@@ -47,6 +47,7 @@ from proof import bench_kafka as bk
 from proof.bench_stack import results_dir
 from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
+from service_kit.kafka_auth import client_config
 from stack.config import ROOT, StackConfig
 from stack.infra import dependencies
 from stack.probes import http_ok
@@ -84,7 +85,7 @@ class Workload:
 
 
 def produce(bootstrap: str, events: Iterator[Event]) -> tuple[int, float]:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+    producer = Producer({**client_config(), "bootstrap.servers": bootstrap, "linger.ms": 20,
                          "batch.size": 1_000_000, "compression.type": "lz4",
                          "queue.buffering.max.messages": 500_000})
     started, n = time.perf_counter(), 0

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from stack.config import ROOT, StackConfig
+from stack.config import ROOT, StackConfig, operator_login
 from stack.ports import free_port
 from stack.probes import deciding, http_ok, processor_health
 from stack.procs import read_pid, stop, terminate
@@ -75,7 +75,8 @@ def running_stack() -> Iterator[BenchStack]:
     stack = BenchStack(config, stack_env(config))
     try:
         stack.cli("up", only=COMPONENTS)
-        yield stack
+        with operator_login(config):
+            yield stack
     finally:
         with contextlib.suppress(Exception):
             stack.cli("down")

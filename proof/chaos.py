@@ -101,7 +101,7 @@ from proof.demo import table
 from schemas import topics
 from schemas.messages import SignUp, SignUpRejected, StudentSignedUp
 from stack import kafka
-from stack.config import StackConfig
+from stack.config import StackConfig, operator_login
 from stack.procs import pid_alive, port_open
 from stack.services import services
 
@@ -1116,7 +1116,8 @@ def main(argv: list[str] | None = None) -> int:
             if skipped:
                 print(f"not run on this {config.kafka_brokers}-broker stack: {skipped}")
             names = [n for n in names if n not in skipped]
-            results = run_on(stacks[0], profile, names, results_path.parent, args.keep)
+            with operator_login(config):
+                results = run_on(stacks[0], profile, names, results_path.parent, args.keep)
         else:
             # One stack of its own per cluster shape: single broker, then three brokers.
             for brokers in sorted({SCENARIOS[n].brokers for n in names}):
@@ -1124,7 +1125,9 @@ def main(argv: list[str] | None = None) -> int:
                 config = temporary_config(
                     Path(tempfile.mkdtemp(prefix="course-signup-chaos-")), brokers)
                 stacks.append(Stack(config, config.stack_env(), owned=True))
-                results += run_on(stacks[-1], profile, group, results_path.parent, args.keep)
+                with operator_login(config):
+                    results += run_on(stacks[-1], profile, group, results_path.parent,
+                                      args.keep)
     finally:
         write_results(results_path, profile, results, began, stacks)
     print(f"\nChaos ({profile.name}) in {time.time() - began:.0f}s; results in {results_path}\n")

@@ -48,6 +48,7 @@ def up(config: StackConfig, only: set[str] | None = None) -> None:
         _step("kafka" if config.kafka_brokers == 1 else f"kafka x{config.kafka_brokers}",
               lambda: kafka.start(config))
         kafka.report(kafka.ensure_topics(config))
+        kafka.ensure_access(config)
     if wanted("postgres"):
         _step("postgres", lambda: postgres.start(config))
         postgres.migrate(config)

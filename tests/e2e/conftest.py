@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack.config import StackConfig
+from stack.config import StackConfig, operator_login
 from tests.infra import stack_config_for_tests
 
 
@@ -51,7 +51,8 @@ def full_stack() -> Iterator[RunningStack]:
     try:
         started = running.cli("up")
         assert started.returncode == 0, f"stack up failed:\n{started.stdout}\n{started.stderr}"
-        yield running
+        with operator_login(config):
+            yield running
     finally:
         running.cli("down")
         if os.environ.get("KEEP_TEST_RUN_DIR") is None:

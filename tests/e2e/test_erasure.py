@@ -32,6 +32,7 @@ from schemas import topics
 from schemas.codec import decode
 from schemas.messages import StudentSignedUp
 from schemas.personal import unseal
+from service_kit.kafka_auth import client_config
 from stack import postgres
 from stack.waiting import eventually
 from tests.e2e.conftest import RunningStack
@@ -80,9 +81,10 @@ def _pid(stack: RunningStack, name: str) -> int:
 
 def _every_kafka_record(servers: str) -> bytes:
     """Keys, values and headers of every record of every topic, aborted ones included."""
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient({**client_config(), "bootstrap.servers": servers})
     meta = admin.list_topics(timeout=30)
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
                          "isolation.level": "read_uncommitted", "enable.auto.commit": False})
     chunks: list[bytes] = []
     try:
@@ -241,7 +243,7 @@ def test_an_erased_student_is_unreadable_everywhere_and_nothing_else_changes(
         keys = {str(k): bytes(v) for k, v in conn.execute(
             "SELECT s.key_ref::text, k.key FROM signup_keys s JOIN student_keys k USING (key_id)")}
     opened, erin_refs = [], set()
-    consumer = Consumer({"bootstrap.servers": config.kafka_bootstrap,
+    consumer = Consumer({**client_config(), "bootstrap.servers": config.kafka_bootstrap,
                          "group.id": str(uuid.uuid4()), "isolation.level": "read_committed",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topics.EVENTS])

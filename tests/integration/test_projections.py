@@ -33,6 +33,7 @@ from projections.readmodel import published_ages
 from projections.stats import AgeAggregate, age_histogram, age_stats, birth_dates, fold
 from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
+from service_kit.kafka_auth import client_config
 from stack import postgres
 from stack.config import ROOT
 from stack.ports import free_port
@@ -282,7 +283,8 @@ def query_api(infra: Infra, run_dir: Path) -> Iterator[str]:
 
 @pytest.fixture
 def log(infra: Infra) -> Log:
-    return Log(Producer({"bootstrap.servers": infra.kafka_bootstrap, "acks": "all",
+    return Log(Producer({**client_config(),
+                         "bootstrap.servers": infra.kafka_bootstrap, "acks": "all",
                          "linger.ms": 5}))
 
 
@@ -396,7 +398,8 @@ def test_an_undecodable_event_goes_to_the_dlq_and_later_ones_are_projected(
 
     wait_projected(log)
     assert_views_equal_the_events(log.events)
-    consumer = Consumer({"bootstrap.servers": infra.kafka_bootstrap, "group.id": "t",
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": infra.kafka_bootstrap, "group.id": "t",
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(topics.EVENTS_DLQ, p, OFFSET_BEGINNING)
                      for p in consumer.list_topics(topics.EVENTS_DLQ, timeout=10)
