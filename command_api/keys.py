@@ -48,7 +48,7 @@ KEY_IN_USE_WAIT_SECONDS = 60.0
 LEASE_SECONDS = 30.0
 # A record never marked produced may still have been produced, by a process that died
 # between Kafka's acknowledgement and the mark. Within the processor's memory of
-# decisions (7 days, course_processor/values.py) producing it again is harmless, as
+# decisions (7 days, course_processor/deciding/values.py) producing it again is harmless, as
 # the processor recognises the repeat; after that a copy could be decided a second
 # time, so past this age such a record is never produced again.
 TAKEOVER_LIMIT = timedelta(days=6)
