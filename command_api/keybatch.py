@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from command_api.keys import DataKey, KeyStoreUnavailable
+from command_api.keys import DataKey, KeyStoreUnavailable, Verdict
 
 MAX_BATCH = 256  # students per round trip
 MAX_IN_FLIGHT = 2  # batches at once: one filling while the other is out
@@ -34,8 +34,11 @@ class BulkKeyStore(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def ready(self) -> bool: ...
-    async def keys_for(self, students: Sequence[str]) -> dict[str, DataKey]: ...
+    async def keys_for(self, students: Sequence[str]) -> list[DataKey | None]: ...
     async def request_erasure(self, student: str) -> str: ...
+    async def claim_signup(self, signup_id: str, key_id: str, fingerprint: str) -> Verdict: ...
+    async def signup_produced(self, signup_id: str) -> None: ...
+    async def release_signup(self, signup_id: str) -> None: ...
 
 
 class BatchingKeyStore:
@@ -67,6 +70,15 @@ class BatchingKeyStore:
     async def request_erasure(self, student: str) -> str:
         return await self.store.request_erasure(student)
 
+    async def claim_signup(self, signup_id: str, key_id: str, fingerprint: str) -> Verdict:
+        return await self.store.claim_signup(signup_id, key_id, fingerprint)
+
+    async def signup_produced(self, signup_id: str) -> None:
+        await self.store.signup_produced(signup_id)
+
+    async def release_signup(self, signup_id: str) -> None:
+        await self.store.release_signup(signup_id)
+
     async def key_for(self, student: str) -> DataKey:
         """The student's data key, created (and committed) on their first sign-up."""
         future: asyncio.Future[DataKey] = asyncio.get_running_loop().create_future()
@@ -93,7 +105,8 @@ class BatchingKeyStore:
 
     async def _fetch(self, batch: dict[str, list[asyncio.Future[DataKey]]]) -> None:
         try:
-            keys = await self.store.keys_for(list(batch))
+            students = [s for s, futures in batch.items() for _ in futures]
+            keys = iter(await self.store.keys_for(students))
         except Exception as exc:  # noqa: BLE001 - every waiter of the batch gets the failure
             failure = exc if isinstance(exc, KeyStoreUnavailable) else KeyStoreUnavailable(
                 type(exc).__name__)
@@ -104,15 +117,16 @@ class BatchingKeyStore:
             self.served += len(batch)
             if self.on_batch is not None:
                 self.on_batch(len(batch))
-            for student, futures in batch.items():
-                key = keys.get(student)
-                if key is None:
-                    # Created and erased between the INSERT and the SELECT that looked
-                    # again: as in `keys._data_key`, the request is retried by the client.
-                    _settle(futures, exception=KeyStoreUnavailable(
-                        "the student's key vanished (erased meanwhile); retry"))
-                else:
-                    _settle(futures, result=key)
+            for futures in batch.values():
+                for future in futures:  # each request has a key reference of its own
+                    key = next(keys)
+                    if key is None:
+                        # Erased between the key's creation and the reference's INSERT:
+                        # as in `keys._data_key`, the request is retried by the client.
+                        _settle([future], exception=KeyStoreUnavailable(
+                            "the student's key vanished (erased meanwhile); retry"))
+                    else:
+                        _settle([future], result=key)
         finally:
             self._in_flight -= 1
             self._dispatch()  # what gathered meanwhile goes out now

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 import migrations
-from schemas.personal import new_data_key
+from schemas.personal import KEY_IN_USE_LOCK, new_data_key
 
 log = logging.getLogger("command_api.keys")
 T = TypeVar("T")
@@ -36,6 +38,48 @@ T = TypeVar("T")
 SWEEP_SECONDS = 2.0
 ERASURES_PER_TRANSACTION = 100
 VACUUM_TIMEOUT_SECONDS = 600.0
+# How long an erasure waits for a notifier to finish a send to that student (the SMTP
+# timeout is 15 s per step) before it leaves the erasure pending for the next round.
+KEY_IN_USE_WAIT_SECONDS = 60.0
+
+
+# A keyed sign-up request being produced holds its record this long; a retry meanwhile
+# is answered 409. Longer than a produce may take (PRODUCE_TIMEOUT_SECONDS, 5 s).
+LEASE_SECONDS = 30.0
+# A record never marked produced may still have been produced, by a process that died
+# between Kafka's acknowledgement and the mark. Within the processor's memory of
+# decisions (7 days, course_processor/deciding/values.py) producing it again is harmless, as
+# the processor recognises the repeat; after that a copy could be decided a second
+# time, so past this age such a record is never produced again.
+TAKEOVER_LIMIT = timedelta(days=6)
+
+# What a keyed sign-up request may do: produce its command (claimed), answer with the
+# sign-up produced before (produced), wait (in_flight), never be produced (in_doubt), or
+# be refused as another body under the same key (mismatch).
+Verdict = Literal["claimed", "produced", "in_flight", "in_doubt", "mismatch"]
+
+
+@dataclass(frozen=True)
+class SignupRequest:
+    """A keyed sign-up request as recorded (table signup_requests)."""
+
+    fingerprint: str
+    created_at: datetime
+    lease_until: datetime
+    produced: bool
+
+
+def verdict(found: SignupRequest, fingerprint: str, now: datetime) -> Verdict:
+    """What a retry of a recorded request may do at `now` (the database's clock)."""
+    if not hmac.compare_digest(found.fingerprint, fingerprint):
+        return "mismatch"
+    if found.produced:
+        return "produced"
+    if now < found.lease_until:
+        return "in_flight"
+    if now - found.created_at >= TAKEOVER_LIMIT:
+        return "in_doubt"
+    return "claimed"
 
 
 class KeyStoreUnavailable(Exception):
@@ -44,8 +88,12 @@ class KeyStoreUnavailable(Exception):
 
 @dataclass(frozen=True)
 class DataKey:
-    key_id: str
+    key_id: str  # the student's key, in student_keys
     key: bytes
+    # This sign-up's reference to the key (signup_keys): what its records carry in their
+    # `key_id` field. A new one per sign-up, so the log does not link a student's
+    # sign-ups to each other, and it points nowhere once the key is erased.
+    ref: str
 
 
 class KeyStore(Protocol):
@@ -54,6 +102,9 @@ class KeyStore(Protocol):
     async def ready(self) -> bool: ...
     async def key_for(self, student: str) -> DataKey: ...
     async def request_erasure(self, student: str) -> str: ...
+    async def claim_signup(self, signup_id: str, key_id: str, fingerprint: str) -> Verdict: ...
+    async def signup_produced(self, signup_id: str) -> None: ...
+    async def release_signup(self, signup_id: str) -> None: ...
 
 
 class PostgresKeyStore:
@@ -88,13 +139,34 @@ class PostgresKeyStore:
         return True
 
     async def key_for(self, student: str) -> DataKey:
-        """The student's data key, created on their first sign-up."""
+        """The student's data key, created on their first sign-up, with a new reference
+        to it for one sign-up (committed when this returns)."""
         return await self._run(lambda conn: _key_for(conn, student))
 
-    async def keys_for(self, students: Sequence[str]) -> dict[str, DataKey]:
-        """The data keys of several students, those missing created, on one connection:
-        one SELECT, and for new students one INSERT (one commit) for all of them."""
+    async def keys_for(self, students: Sequence[str]) -> list[DataKey | None]:
+        """One key per entry of `students` (a student may come more than once), each with
+        a reference of its own, those missing created, on one connection: one SELECT, for
+        new students one INSERT (one commit), and one INSERT of every reference. None where
+        the student's key was erased meanwhile."""
         return await self._run(lambda conn: _keys_for(conn, students))
+
+    async def claim_signup(self, signup_id: str, key_id: str, fingerprint: str) -> Verdict:
+        """Record a keyed sign-up request, or say what its earlier record allows."""
+        return await self._run(lambda conn: _claim(conn, signup_id, key_id, fingerprint))
+
+    async def signup_produced(self, signup_id: str) -> None:
+        """Kafka holds the sign-up's command: no retry produces it again."""
+        await self._run(lambda conn: conn.execute(
+            "UPDATE signup_requests SET produced_at = now() WHERE signup_id = %s",
+            (signup_id,)))
+
+    async def release_signup(self, signup_id: str) -> None:
+        """The produce failed (503): a retry may produce it at once, without waiting
+        out the lease. (A produce that timed out may still have been written; the
+        processor recognises the repeat, see TAKEOVER_LIMIT.)"""
+        await self._run(lambda conn: conn.execute(
+            "UPDATE signup_requests SET lease_until = now()"
+            " WHERE signup_id = %s AND produced_at IS NULL", (signup_id,)))
 
     async def request_erasure(self, student: str) -> str:
         """Record a pending erasure (committed when this returns) and wake the worker."""
@@ -109,7 +181,7 @@ class PostgresKeyStore:
         """Do every pending erasure; the number done."""
         done = 0
         while True:
-            batch = await self._run(_erase_batch)
+            batch = await self._run(_erase_batch, timeout=KEY_IN_USE_WAIT_SECONDS + 10)
             done += batch
             if batch < ERASURES_PER_TRANSACTION:
                 break
@@ -153,15 +225,28 @@ class PostgresKeyStore:
             raise KeyStoreUnavailable(type(exc).__name__) from None
 
 
-_SELECT_KEY = "SELECT key_id, key FROM student_keys WHERE student_hash = %s"
+# The student's key and a new reference to it for one sign-up, in one statement (its
+# own transaction). The reference's foreign key locks the key row (KEY SHARE): an
+# erasure's DELETE either comes first (no row: the key is created again, for this new
+# sign-up) or waits and deletes the reference with the key.
+_REFERENCE_KEY = (
+    "WITH found AS (SELECT key_id, key FROM student_keys WHERE student_hash = %(student)s),"
+    " ref AS (INSERT INTO signup_keys (key_ref, key_id)"
+    "  SELECT %(ref)s, key_id FROM found RETURNING key_ref)"
+    " SELECT found.key_id, found.key, ref.key_ref FROM found, ref"
+)
 # One statement (autocommit: its own transaction) that takes the student's advisory
 # lock before it inserts, and holds it until it commits: an erasure takes the same lock
 # before its DELETE, so it sees this key or comes first.
 _CREATE_KEY = (
     "INSERT INTO student_keys (key_id, student_hash, key)"
     " SELECT %s, %s, %s FROM (SELECT pg_advisory_xact_lock(hashtext(%s))) AS locked"
-    " ON CONFLICT (student_hash) DO NOTHING RETURNING key_id, key"
+    " ON CONFLICT (student_hash) DO NOTHING"
 )
+
+
+def _reference_params(student: str) -> dict[str, str]:
+    return {"student": student, "ref": str(uuid.uuid4())}
 
 
 def _new_key_params(student: str) -> tuple[str, str, bytes, str]:
@@ -171,16 +256,17 @@ def _new_key_params(student: str) -> tuple[str, str, bytes, str]:
 def _data_key(row: tuple[Any, ...] | None) -> DataKey:
     if row is None:
         raise KeyStoreUnavailable("the student's key vanished (erased meanwhile); retry")
-    return DataKey(str(row[0]), bytes(row[1]))
+    return DataKey(str(row[0]), bytes(row[1]), str(row[2]))
 
 
 async def _key_for(conn: psycopg.AsyncConnection, student: str) -> DataKey:
-    found = await (await conn.execute(_SELECT_KEY, (student,))).fetchone()
+    found = await (await conn.execute(_REFERENCE_KEY, _reference_params(student))).fetchone()
     if found is None:
-        found = await (await conn.execute(_CREATE_KEY, _new_key_params(student))).fetchone()
-    if found is None:
-        # A concurrent first sign-up of the same student inserted it; a new statement sees it.
-        found = await (await conn.execute(_SELECT_KEY, (student,))).fetchone()
+        # The student's first sign-up (or a concurrent one created it: a new statement
+        # sees it).
+        await conn.execute(_CREATE_KEY, _new_key_params(student))
+        found = await (await conn.execute(_REFERENCE_KEY,
+                                          _reference_params(student))).fetchone()
     return _data_key(found)
 
 
@@ -194,37 +280,68 @@ _CREATE_KEYS = (
     " SELECT k.key_id, k.student_hash, k.key"
     " FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) AS k(key_id, student_hash, key)"
     " CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock(hashtext(k.student_hash))) AS locked"
-    " ON CONFLICT (student_hash) DO NOTHING RETURNING student_hash, key_id, key"
+    " ON CONFLICT (student_hash) DO NOTHING"
+)
+_REFERENCE_KEYS = (
+    "WITH r AS (SELECT r.ref, k.key_id, k.key"
+    "  FROM unnest(%s::uuid[], %s::text[]) AS r(ref, student)"
+    "  JOIN student_keys k ON k.student_hash = r.student),"
+    " ins AS (INSERT INTO signup_keys (key_ref, key_id) SELECT ref, key_id FROM r"
+    "  RETURNING key_ref)"
+    " SELECT r.ref, r.key_id, r.key FROM r JOIN ins ON ins.key_ref = r.ref"
 )
 
 
-async def _keys_for(conn: psycopg.AsyncConnection, students: Sequence[str]) -> dict[str, DataKey]:
+async def _keys_for(conn: psycopg.AsyncConnection,
+                    students: Sequence[str]) -> list[DataKey | None]:
     wanted = sorted(set(students))
     rows = await (await conn.execute(_SELECT_KEYS, (wanted,))).fetchall()
-    found = {str(r[0]): DataKey(str(r[1]), bytes(r[2])) for r in rows}
+    found = {str(r[0]) for r in rows}
     missing = [s for s in wanted if s not in found]
     if missing:
         new = [(uuid.uuid4(), new_data_key()) for _ in missing]
-        rows = await (await conn.execute(_CREATE_KEYS, (
-            [k for k, _ in new], missing, [key for _, key in new]))).fetchall()
-        found.update((str(r[0]), DataKey(str(r[1]), bytes(r[2]))) for r in rows)
-        raced = [s for s in missing if s not in found]
-        if raced:
-            # Concurrent first sign-ups of these students inserted them; a new statement
-            # sees their keys.
-            rows = await (await conn.execute(_SELECT_KEYS, (raced,))).fetchall()
-            found.update((str(r[0]), DataKey(str(r[1]), bytes(r[2]))) for r in rows)
-    return found
+        await conn.execute(_CREATE_KEYS, ([k for k, _ in new], missing, [key for _, key in new]))
+    # One reference per request, inserted only where the student's key is there now (a
+    # concurrent erasure may have taken it: that request gets None, a 503, and retries).
+    refs = [str(uuid.uuid4()) for _ in students]
+    rows = await (await conn.execute(_REFERENCE_KEYS, (refs, list(students)))).fetchall()
+    by_ref = {str(r[0]): DataKey(str(r[1]), bytes(r[2]), str(r[0])) for r in rows}
+    return [by_ref.get(ref) for ref in refs]
 
 
 def key_for_sync(conn: psycopg.Connection, student: str) -> DataKey:
     """`key_for` on a blocking autocommit connection (the one-off reseal migration)."""
-    found = conn.execute(_SELECT_KEY, (student,)).fetchone()
+    found = conn.execute(_REFERENCE_KEY, _reference_params(student)).fetchone()
     if found is None:
-        found = conn.execute(_CREATE_KEY, _new_key_params(student)).fetchone()
-    if found is None:
-        found = conn.execute(_SELECT_KEY, (student,)).fetchone()
+        conn.execute(_CREATE_KEY, _new_key_params(student))
+        found = conn.execute(_REFERENCE_KEY, _reference_params(student)).fetchone()
     return _data_key(found)
+
+
+async def _claim(conn: psycopg.AsyncConnection, signup_id: str, key_id: str,
+                 fingerprint: str) -> Verdict:
+    lease = timedelta(seconds=LEASE_SECONDS)
+    async with conn.transaction():
+        # A concurrent first request with the same id waits here for the other's commit,
+        # then finds its record below.
+        inserted = await (await conn.execute(
+            "INSERT INTO signup_requests (signup_id, key_id, fingerprint, lease_until)"
+            " VALUES (%s, %s, %s, now() + %s) ON CONFLICT (signup_id) DO NOTHING RETURNING 1",
+            (signup_id, key_id, fingerprint, lease))).fetchone()
+        if inserted is not None:
+            return "claimed"
+        row = await (await conn.execute(
+            "SELECT fingerprint, created_at, lease_until, produced_at IS NOT NULL, now()"
+            " FROM signup_requests WHERE signup_id = %s FOR UPDATE", (signup_id,))).fetchone()
+        if row is None:
+            raise KeyStoreUnavailable("the sign-up's record vanished (erased meanwhile); retry")
+        found = verdict(SignupRequest(str(row[0]), row[1], row[2], bool(row[3])),
+                        fingerprint, row[4])
+        if found == "claimed":  # the lease of an earlier attempt ran out: take it over
+            await conn.execute(
+                "UPDATE signup_requests SET lease_until = now() + %s WHERE signup_id = %s",
+                (lease, signup_id))
+        return found
 
 
 async def _erase_batch(conn: psycopg.AsyncConnection) -> int:
@@ -241,8 +358,21 @@ async def _erase_batch(conn: psycopg.AsyncConnection) -> int:
         students = sorted({str(r[1]) for r in rows})
         for student in students:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (student,))
+        # A notifier holds a key in use (shared) from reading it until its e-mail is sent
+        # or failed: wait for that, so `done` is reported only once no mail to the
+        # student can still go out. Bounded: a send stalled longer leaves the erasure
+        # pending, and the next round tries again.
+        await conn.execute(f"SET LOCAL lock_timeout = '{int(KEY_IN_USE_WAIT_SECONDS)}s'")
+        key_ids = await (await conn.execute(
+            "SELECT key_id::text FROM student_keys WHERE student_hash = ANY(%s) ORDER BY 1",
+            (students,))).fetchall()
+        for (key_id,) in key_ids:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                               (KEY_IN_USE_LOCK, key_id))
+        # signup_requests and signup_keys rows go with their key (ON DELETE CASCADE).
         await conn.execute("DELETE FROM student_keys WHERE student_hash = ANY(%s)", (students,))
         await conn.execute(
-            "UPDATE erasures SET status = 'done', completed_at = now(), student_hash = NULL"
-            " WHERE erasure_id = ANY(%s)", ([r[0] for r in rows],))
+            # clock_timestamp(): when the keys were deleted, after any wait for a send.
+            "UPDATE erasures SET status = 'done', completed_at = clock_timestamp(),"
+            " student_hash = NULL WHERE erasure_id = ANY(%s)", ([r[0] for r in rows],))
     return len(rows)

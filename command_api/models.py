@@ -28,9 +28,24 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # LF above all, would let a caller inject headers. Checked after the surrounding white
 # space is stripped; in the OpenAPI, where nothing is stripped, the pattern is stricter.
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
+# Bidirectional controls (embeddings, overrides, isolates, marks) reorder what is shown,
+# so a name could display as something else (a spoofed lecturer, a reversed address in
+# a mail): refused anywhere in the text.
+_BIDI = r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 # What pydantic strips (Unicode White_Space) less the control characters among it.
 _SPACE = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-TEXT_PATTERN = rf"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
+# Characters that show nothing: format characters (zero-width space and joiners, word
+# joiner, invisible operators, BOM, soft hyphen, ...), fillers, variation selectors and
+# tags. Allowed next to visible ones (a ZWJ inside a name is legitimate), but a text
+# needs at least one character outside them and outside the white space.
+_INVISIBLE = (
+    r"\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200d\u2060-\u2065"
+    r"\u206a-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb"
+    r"\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+)
+TEXT_PATTERN = (
+    rf"^[^{_CONTROL}{_BIDI}]*[^{_CONTROL}{_BIDI}{_SPACE}{_INVISIBLE}][^{_CONTROL}{_BIDI}]*$"
+)
 EMAIL_MAX_LENGTH = 320
 # The ASCII addresses `canonical_email` accepts, for the OpenAPI: dot-atom local part of at
 # most 64 characters, host-name labels (none with "--" in 3rd and 4th place, which IDNA
@@ -48,14 +63,14 @@ EMAIL_ADDRESS_MAX_LENGTH = 254
 
 
 def canonical_email(value: str) -> str:
-    """The address in the one spelling the whole system compares on."""
+    """The address as mail goes to it: email_validator's normalised form (NFC, the
+    domain in lower case). Which addresses are one student is decided elsewhere, by
+    the one rule `schemas.addresses.same_student_form`."""
     try:
         result = validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
-    # One student holds one seat per course, compared case-insensitively: lower-casing the
-    # whole address here makes "Ada@X.org" and "ada@x.org" the same student downstream.
-    return result.normalized.lower()
+    return result.normalized
 
 
 def _iso_date_text(value: object) -> object:

@@ -32,8 +32,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from command_api.keys import DataKey, key_for_sync
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import SignUpRejected, StudentSignedUp
-from schemas.personal import seal, student_hash
-from schemas.pseudonyms import seat_key
+from schemas.personal import seal, seat_key, student_hash
 from service_kit.kafka_auth import client_config
 from service_kit.topic_ends import end_offsets, read_to_end
 
@@ -55,10 +54,13 @@ def resealed(value: bytes, secret: bytes, key_for: KeyFor) -> bytes | None:
         return None
     key = key_for(student_hash(secret, event.email))
     return encode(dataclasses.replace(
-        event, email="", name="", key_id=key.key_id,
+        event, email="", name="", key_id=key.ref,
         email_sealed=seal(key.key, event.signup_id, "email", event.email),
         name_sealed=seal(key.key, event.signup_id, "name", event.name),
-        seat_key=event.seat_key or seat_key(secret, event.course_id, event.email)))
+        # A seat key the student's own key derives, as the command API's: an older one
+        # (HMAC under PSEUDONYM_SECRET) is replaced, as it stays recomputable from a
+        # guessed address after an erasure.
+        seat_key=seat_key(key.key, event.course_id)))
 
 
 def copy(servers: str, database_url: str, secret: bytes, source: str, target: str) -> dict:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from command_api.keys import KeyStore
+from command_api.keys import KeyStore, KeyStoreUnavailable, Verdict
 from command_api.models import (
     CourseAccepted,
     CreateCourseRequest,
@@ -30,11 +33,12 @@ from command_api.observability import Metrics
 from command_api.publisher import Publisher, PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
-from schemas.messages import COURSE_ID_PATTERN, Command, CreateCourse, SignUp, signup_id_for
-from schemas.personal import seal, student_hash
-from schemas.pseudonyms import seat_key
+from schemas.messages import COURSE_ID_PATTERN, Command, CreateCourse, SignUp
+from schemas.personal import request_fingerprint, seal, seat_key, signup_id_for, student_hash
 
 RETRY_AFTER_SECONDS = 5
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+log = logging.getLogger("command_api")
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ Admin = Annotated[None, Depends(_require_admin)]
 CourseIdPath = Annotated[str, Path(pattern=COURSE_ID_PATTERN)]
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
+    Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
 ]
 
 
@@ -159,7 +163,12 @@ async def create_course(
     return CourseAccepted(course_id=command.course_id, command_id=command.command_id)
 
 
-@commands.post("/courses/{course_id}/signups", status_code=202, response_model=SignUpAccepted)
+_IN_FLIGHT = _error(409, "A request with this Idempotency-Key is being produced now (retry "
+                        "after Retry-After), or an old one is in doubt (use a new key).")
+
+
+@commands.post("/courses/{course_id}/signups", status_code=202, response_model=SignUpAccepted,
+               responses=_IN_FLIGHT)
 async def sign_up(
     request: Request,
     course_id: CourseIdPath,
@@ -170,12 +179,25 @@ async def sign_up(
 ) -> SignUpAccepted:
     """Queue a sign-up for a course; 202 once Kafka holds the command."""
     settings = services.settings
-    signup_id = (
-        signup_id_for(course_id, idempotency_key) if idempotency_key else str(uuid.uuid4())
-    )
     # The address and name leave this process only sealed under the student's own key:
     # erasing the student deletes the key, and every copy in Kafka becomes unreadable.
+    # The seat key and a keyed sign-up's id are derived from that key too, so once it is
+    # gone nobody can recompute them from a guessed address, whatever secret they hold.
     key = await services.keys.key_for(student_hash(settings.secret, body.email))
+    if idempotency_key:
+        # The key belongs to the student: another student's request with the same key
+        # gets a sign-up of their own.
+        signup_id = signup_id_for(key.key, course_id, idempotency_key)
+        fingerprint = request_fingerprint(key.key, body.name, body.date_of_birth.isoformat())
+        found = await services.keys.claim_signup(signup_id, key.key_id, fingerprint)
+        request.state.log_ids = {"course_id": course_id, "signup_id": signup_id}
+        if found == "produced":
+            # Produced before: the same answer, and no second command, however late.
+            response.headers["Location"] = f"/signups/{signup_id}"
+            return SignUpAccepted(signup_id=signup_id)
+        _refuse_unless_claimed(found)
+    else:
+        signup_id = str(uuid.uuid4())
     command = SignUp(
         # A retry with the same Idempotency-Key is the very same command, so the
         # processor can recognise it and decide it only once.
@@ -187,16 +209,46 @@ async def sign_up(
         date_of_birth=body.date_of_birth,
         issued_at=_now(),
         correlation_id=_correlation_id(request),
-        seat_key=seat_key(settings.secret, course_id, body.email),
-        key_id=key.key_id,
+        seat_key=seat_key(key.key, course_id),
+        key_id=key.ref,  # this sign-up's own reference to the key: links no other sign-up
         email_sealed=seal(key.key, signup_id, "email", body.email),
         name_sealed=seal(key.key, signup_id, "name", body.name),
     )
-    await _send(command, services.publisher, services.metrics)
+    try:
+        await _send(command, services.publisher, services.metrics)
+    except PublishError:
+        if idempotency_key:
+            with contextlib.suppress(KeyStoreUnavailable):
+                await services.keys.release_signup(signup_id)
+        raise
+    if idempotency_key:
+        try:
+            await services.keys.signup_produced(signup_id)
+        except KeyStoreUnavailable:
+            # Kafka has it: the answer is 202. A retry finds the record unmarked and,
+            # within TAKEOVER_LIMIT, produces the same command again, which the
+            # processor recognises.
+            log.warning("sign-up produced but not marked", extra={"signup_id": signup_id})
     # Ids only: the access log line lets one grep go from a sign-up id to its correlation id.
     request.state.log_ids = {"course_id": course_id, "signup_id": signup_id}
     response.headers["Location"] = f"/signups/{signup_id}"
     return SignUpAccepted(signup_id=signup_id)
+
+
+def _refuse_unless_claimed(found: Verdict) -> None:
+    if found == "mismatch":
+        raise RequestValidationError([{
+            "loc": ("header", IDEMPOTENCY_HEADER), "type": "idempotency_key_reused",
+            "msg": "this Idempotency-Key was used by this student for another request body",
+        }])
+    if found == "in_flight":
+        raise HTTPException(status_code=409, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                            detail="a request with this Idempotency-Key is in flight; retry "
+                                   "after Retry-After seconds")
+    if found == "in_doubt":
+        # Produced or not, nobody knows; producing it now could decide it twice.
+        raise HTTPException(status_code=409, detail="an old request with this "
+                            "Idempotency-Key never completed; use a new Idempotency-Key")
 
 
 @commands.post(

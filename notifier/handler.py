@@ -38,7 +38,8 @@ KIND = {StudentSignedUp: "accepted", SignUpRejected: "rejected"}
 class Store(Protocol):
     """The record of handled decisions and the courses learned (`notifier.store`)."""
 
-    def data_key(self, key_id: str) -> bytes | None: ...
+    def hold_key(self, key_id: str) -> bytes | None: ...
+    def release_key(self) -> None: ...
     def already_handled(self, event_id: str) -> bool: ...
     def record_handled(self, event_id: str, signup_id: str) -> None: ...
     def save_course(self, course_id: str, course: CourseInfo) -> None: ...
@@ -155,8 +156,12 @@ class Handler:
         if self.store.already_handled(decision.event_id):
             self.metrics.skipped.inc()
             return Done("skipped")
-        if decision.key_id is not None:
-            key = self.store.data_key(decision.key_id)
+        if decision.key_id is None:  # from before sealing: the address is in clear
+            return self._send(job, decision)
+        # The key stays held until the send has finished or failed: an erasure of this
+        # student waits for it, so once an erasure is done no mail to them can go out.
+        key = self.store.hold_key(decision.key_id)
+        try:
             if key is None:
                 # Erased: the address is unreadable for good. Recorded as handled, so the
                 # offset moves on, and counted.
@@ -168,6 +173,11 @@ class Handler:
                 decision = opened(decision, key)
             except SealError as exc:
                 return self.dead_letter(job, "unreadable_personal_data", str(exc))
+            return self._send(job, decision)
+        finally:
+            self.store.release_key()
+
+    def _send(self, job: Job, decision: StudentSignedUp | SignUpRejected) -> Outcome:
         try:
             email = render(decision, self.store.course(decision.course_id), self.sender)
         except Exception as exc:  # noqa: BLE001 - a decision that cannot be rendered

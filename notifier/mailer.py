@@ -9,6 +9,7 @@ text is kept apart, as it often quotes the recipient's address.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 import time
@@ -26,13 +27,24 @@ Kind = Literal["transient", "permanent"]
 IDLE_CHECK_SECONDS = 5.0
 
 
+# An enhanced status code opens a reply's text: class.subject.detail (RFC 3463).
+_ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+
+
 @dataclass(frozen=True)
 class SendFailure:
     kind: Kind
     reason: str
     code: int | None = None
     server_wide: bool = False
-    detail: str = ""  # the server's text; may name the recipient, so never logged
+    enhanced: str | None = None  # e.g. "5.1.1"; the rest of the server's text is dropped
+    exception: str | None = None  # the type's name only: an exception's text may quote input
+
+    @property
+    def status(self) -> str:
+        """What may be stored or logged of the failure: `550 5.1.1`, `550`, a type name or ''."""
+        parts = (self.code, self.enhanced, self.exception)
+        return " ".join(str(part) for part in parts if part is not None)
 
 
 class MailError(Exception):
@@ -41,46 +53,50 @@ class MailError(Exception):
         self.failure = failure
 
 
-def _by_code(code: int, reason: str, detail: str, server_wide: bool = False) -> SendFailure:
+def _by_code(code: int, reason: str, text: bytes | str, server_wide: bool = False
+             ) -> SendFailure:
     kind: Kind = "permanent" if code >= 500 else "transient"
-    return SendFailure(kind, reason, code, server_wide, detail)
+    return SendFailure(kind, reason, code, server_wide, enhanced_status(text))
 
 
-def _text(raw: bytes | str) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+def enhanced_status(text: bytes | str) -> str | None:
+    """The enhanced status code a reply's text starts with, and nothing else of it."""
+    raw = text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
+    found = _ENHANCED.match(raw.lstrip())
+    return found.group(1) if found else None
 
 
 def classify(exc: BaseException) -> SendFailure:
     """What a failure of one send means for retrying it."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         answers = list(exc.recipients.values())
-        code = max((c for c, _ in answers), default=550)
-        detail = "; ".join(f"{c} {_text(m)}" for c, m in answers)
+        code, text = max(answers, default=(550, b""), key=lambda answer: answer[0])
         # Any 4xx among them: the server may take it later.
         transient = any(400 <= c < 500 for c, _ in answers)
         return SendFailure("transient" if transient else "permanent", "recipient_refused",
-                       code, False, detail)
+                           code, False, enhanced_status(text))
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         # E.g. an internationalised address and a server without SMTPUTF8.
-        return SendFailure("permanent", "not_supported", None, False, str(exc))
+        return SendFailure("permanent", "not_supported")
     if isinstance(exc, (smtplib.SMTPAuthenticationError, smtplib.SMTPHeloError,
                         smtplib.SMTPConnectError)):
         # The session, not the message: dead-lettering every e-mail because of a wrong
         # password or a refused greeting would be wrong, so wait for the server.
         return SendFailure("transient", "server_refused_session", exc.smtp_code, True,
-                       _text(exc.smtp_error))
+                           enhanced_status(exc.smtp_error))
     if isinstance(exc, smtplib.SMTPSenderRefused):
-        return _by_code(exc.smtp_code, "sender_refused", _text(exc.smtp_error))
+        return _by_code(exc.smtp_code, "sender_refused", exc.smtp_error)
     if isinstance(exc, smtplib.SMTPDataError):
-        return _by_code(exc.smtp_code, "data_rejected", _text(exc.smtp_error))
+        return _by_code(exc.smtp_code, "data_rejected", exc.smtp_error)
     if isinstance(exc, smtplib.SMTPResponseException):
         # 421 means the server is closing the session for everyone.
-        return _by_code(exc.smtp_code, "smtp_error", _text(exc.smtp_error),
+        return _by_code(exc.smtp_code, "smtp_error", exc.smtp_error,
                         server_wide=exc.smtp_code == 421)
     if isinstance(exc, (smtplib.SMTPServerDisconnected, OSError)):
         # Refused or reset connection, timeout, TLS failure, DNS: nothing reached the server.
-        return SendFailure("transient", "connection_failed", None, True, type(exc).__name__)
-    return SendFailure("permanent", "unexpected_error", None, False, type(exc).__name__)
+        return SendFailure("transient", "connection_failed", None, True,
+                           exception=type(exc).__name__)
+    return SendFailure("permanent", "unexpected_error", exception=type(exc).__name__)
 
 
 class SmtpMailer:

@@ -8,6 +8,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from notifier.emails import CourseInfo
+from schemas.personal import KEY_IN_USE_LOCK
 
 
 class PostgresStore:
@@ -21,6 +22,7 @@ class PostgresStore:
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[TupleRow] | None = None
         self._courses: dict[str, CourseInfo] = {}
+        self._held: str | None = None  # the key id whose key-in-use lock this session holds
 
     def already_handled(self, event_id: str) -> bool:
         row = self._execute("SELECT 1 FROM sent_notifications WHERE event_id = %s", (event_id,))
@@ -34,11 +36,42 @@ class PostgresStore:
             (event_id, signup_id),
         )
 
-    def data_key(self, key_id: str) -> bytes | None:
-        """The student's data key; None once the student is erased. Not cached: an
-        erasure takes effect at its commit, with no copy left here to drop."""
+    def hold_key(self, key_ref: str) -> bytes | None:
+        """The data key a decision's `key_id` refers to, held until `release_key`; None
+        once the student is erased. Not cached: an erasure takes effect at its commit,
+        with no copy left here to drop.
+
+        `key_ref` is the sign-up's own reference (signup_keys), or, in records from
+        before those, the student's key id itself. Held means the key-in-use lock,
+        shared, on this session (no transaction stays open): an erasure waits for it
+        before deleting the key, so it cannot report `done` while this process may
+        still send to the student. The lock comes first, then the read of the key, in
+        its own statement: a deletion committed meanwhile is seen. Needs SELECT on
+        signup_keys and student_keys, nothing more (advisory locks are PUBLIC).
+        """
+        self.release_key()
+        found = self._execute(
+            "SELECT key_id::text FROM signup_keys WHERE key_ref = %(ref)s UNION ALL"
+            " SELECT key_id::text FROM student_keys WHERE key_id = %(ref)s LIMIT 1",
+            {"ref": key_ref})
+        if found is None:
+            return None
+        key_id = str(found[0])
+        self._execute("SELECT pg_advisory_lock_shared(%s, hashtext(%s))",
+                      (KEY_IN_USE_LOCK, key_id))
+        self._held = key_id
         row = self._execute("SELECT key FROM student_keys WHERE key_id = %s", (key_id,))
-        return None if row is None else bytes(row[0])
+        if row is None:
+            self.release_key()
+            return None
+        return bytes(row[0])
+
+    def release_key(self) -> None:
+        """Let an erasure of the held key go ahead (a closed session released it already)."""
+        held, self._held = self._held, None
+        if held is not None and self._conn is not None and not self._conn.closed:
+            self._execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))",
+                          (KEY_IN_USE_LOCK, held))
 
     def save_course(self, course_id: str, course: CourseInfo) -> None:
         self._execute(
@@ -64,11 +97,14 @@ class PostgresStore:
         return course
 
     def close(self) -> None:
+        # Closing the session releases its advisory locks.
+        self._held = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
-    def _execute(self, sql: LiteralString, params: tuple[object, ...]) -> TupleRow | None:
+    def _execute(self, sql: LiteralString,
+                 params: tuple[object, ...] | dict[str, object]) -> TupleRow | None:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(

@@ -224,7 +224,8 @@ class Worker:
         self.metrics.retried.inc()
         log.warning("send failed, will retry", extra={
             **job.context(), "reason": failure.reason, "smtp_code": failure.code,
-            "attempt": job.attempts, "retry_in": round(due - now, 3)})
+            "smtp_status": failure.enhanced, "attempt": job.attempts,
+            "retry_in": round(due - now, 3)})
         self._park(job, due)
 
     def _give_up(self, job: Job, failure: SendFailure, now: float) -> bool:
@@ -235,7 +236,8 @@ class Worker:
 
     def _dead_letter(self, job: Job, failure: SendFailure) -> None:
         reason = failure.reason if failure.kind == "permanent" else "retries_exhausted"
-        detail = f"{failure.reason}: {failure.detail}".strip()
+        # Codes only (`recipient_refused: 550 5.1.1`): the server's text may quote the address.
+        detail = f"{failure.reason}: {failure.status}".strip(" :")
         try:
             self.handler.dead_letter(job, reason, detail)
         except (psycopg.Error, DeadLetterError) as exc:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from projections.stats import AgeAggregate, age_histogram, age_stats
+from projections.stats import AgeAggregate, AgeStats, age_histogram, age_stats
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -76,22 +76,40 @@ class CourseFigures:
 # ------------------------------------------------------------------ JSON
 
 
+# Age figures of fewer students than this are not published: min, max and average are
+# null and the histogram is empty, as with no students at all. On a course of one, the
+# average age at as_of pins the birth date to a day or two, and scanning as_of over a
+# year shows the day each student's age changes: their birthday. With at least k
+# students that scan shows k birth dates, none of them tied to a person.
+AGES_FROM_STUDENTS = 5
+
+
+def published_ages(agg: AgeAggregate, as_of: date) -> AgeStats:
+    """The age figures the query API shows: null below AGES_FROM_STUDENTS students."""
+    return age_stats(agg, as_of) if agg.count >= AGES_FROM_STUDENTS else AgeStats(None, None,
+                                                                                   None)
+
+
 def course_body(view: CourseView, as_of: date) -> dict[str, Any]:
-    ages = age_stats(view.ages, as_of)
+    ages = published_ages(view.ages, as_of)
     return {"course_id": view.course_id, "title": view.title, "lecturer": view.lecturer,
             "capacity": view.capacity, "enrolled": view.ages.count, "min_age": ages.min_age,
             "max_age": ages.max_age, "average_age": ages.average_age,
-            "age_histogram": _histogram(view.births, as_of), "as_of": as_of.isoformat()}
+            "age_histogram": _histogram(view.ages, view.births, as_of),
+            "as_of": as_of.isoformat()}
 
 
 def global_body(view: GlobalView, as_of: date) -> dict[str, Any]:
-    ages = age_stats(view.ages, as_of)
+    ages = published_ages(view.ages, as_of)
     return {"courses": view.courses, "enrollments": view.ages.count, "min_age": ages.min_age,
             "max_age": ages.max_age, "average_age": ages.average_age,
-            "age_histogram": _histogram(view.births, as_of), "as_of": as_of.isoformat()}
+            "age_histogram": _histogram(view.ages, view.births, as_of),
+            "as_of": as_of.isoformat()}
 
 
-def _histogram(births: Births, as_of: date) -> dict[str, int]:
+def _histogram(agg: AgeAggregate, births: Births, as_of: date) -> dict[str, int]:
+    if agg.count < AGES_FROM_STUDENTS:
+        return {}
     return {str(age): n for age, n in age_histogram(births.pairs(), as_of).items()}
 
 
@@ -230,7 +248,7 @@ class Snapshot:
         view = self.courses.get(course_id)
         if view is None:
             return None
-        ages = age_stats(view.ages, as_of)
+        ages = published_ages(view.ages, as_of)
         return CourseFigures(view, ages.min_age, ages.max_age, ages.average_age)
 
     def sorted_page(self, as_of: date, sort: str, descending: bool, after: str | None,

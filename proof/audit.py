@@ -37,6 +37,7 @@ from psycopg import sql
 
 from projections.stats import AgeAggregate, birth_dates, fold
 from schemas import topics
+from schemas.addresses import same_student_form
 from schemas.codec import DecodeError, Message, decode
 from schemas.messages import (
     CourseCreated,
@@ -52,8 +53,8 @@ _MAX_EXAMPLES = 5
 
 
 def student_key(email: str) -> str:
-    """One student per e-mail address, compared case-insensitively (as the processor does)."""
-    return email.strip().casefold()
+    """One student per e-mail address, by the system's one rule for comparing them."""
+    return same_student_form(email)
 
 
 def student_in_course(decision: Decision) -> str:

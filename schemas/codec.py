@@ -211,7 +211,10 @@ def decode_fields(data: bytes) -> tuple[str, dict[str, Any]]:
     # fastavro signals a malformed body with EOFError, IndexError, ValueError and more;
     # whatever it raises, the bytes are not a readable message.
     except Exception as exc:
-        raise DecodeError(f"unreadable {reader.name} body: {exc!r}") from exc
+        # The type only: a decoder's message may quote the bytes it read (a
+        # UnicodeDecodeError's repr holds the whole string), and this text is logged
+        # and kept in dead letters.
+        raise DecodeError(f"unreadable {reader.name} body: {type(exc).__name__}") from exc
     if body.tell() != len(data):
         raise DecodeError(f"{len(data) - body.tell()} trailing bytes after a {reader.name} body")
     return reader.name, record

@@ -14,17 +14,11 @@ from typing import Literal, get_args
 # Deterministic ids: a command processed twice must yield an event with the same id,
 # so every reader can drop the repeat. uuid5 over a fixed namespace gives that.
 EVENT_NAMESPACE = uuid.UUID("6f1c7a52-3b8e-4d1e-9a57-2d4f0c9b8e11")
-SIGNUP_NAMESPACE = uuid.UUID("0b9a1f4e-58c2-4f7d-8e0a-91d3c6b2a7f4")
 
 
 def event_id_for(command_id: str) -> str:
     """The id of the one event that a command produces."""
     return str(uuid.uuid5(EVENT_NAMESPACE, command_id))
-
-
-def signup_id_for(course_id: str, idempotency_key: str) -> str:
-    """A retried request with the same Idempotency-Key becomes the same sign-up."""
-    return str(uuid.uuid5(SIGNUP_NAMESPACE, f"{course_id}\x00{idempotency_key}"))
 
 
 # ---------------------------------------------------------------- commands

@@ -17,11 +17,12 @@ import base64
 import hashlib
 import hmac
 import os
+import uuid
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from schemas.pseudonyms import normalise_email
+from schemas.addresses import same_student_form
 
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # GCM's standard nonce; random, so at most ~2**32 seals per key (a student)
@@ -38,9 +39,55 @@ def student_hash(secret: bytes, email: str) -> str:
     """
     if not secret:
         raise ValueError("the pseudonym secret is empty")
-    message = f"student\x00{normalise_email(email)}".encode()
+    message = f"student\x00{same_student_form(email)}".encode()
     digest = hmac.new(secret, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+# The advisory-lock class (PostgreSQL's two-int form: class, hashtext(key_id)) under
+# which a data key is in use. The notifier holds it shared from reading the key until
+# the e-mail is sent or has failed; an erasure takes it exclusive before it deletes the
+# key, so `done` is reported only once no mail to that student can still go out.
+KEY_IN_USE_LOCK = 0x6B657973  # "keys"
+
+# Values derived from a student's own data key, each under its own label. They are
+# stable while the key exists (so a retry finds its sign-up and one student holds one
+# seat per course) and cannot be recomputed by anyone once the key is deleted, not
+# even with every secret of the deployment: nothing derived from the address outlives
+# an erasure. (The student hash above is derived from the address under
+# PSEUDONYM_SECRET; it is only kept next to the key and with a pending erasure.)
+SIGNUP_NAMESPACE = uuid.UUID("5d2e7c1a-9b64-4f0e-b3a8-2c7f91e4d605")
+
+
+def _derived(key: bytes, label: str, *parts: str) -> bytes:
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"a data key has {KEY_BYTES} bytes, not {len(key)}")
+    return hmac.new(key, "\x00".join((label, *parts)).encode(), hashlib.sha256).digest()
+
+
+def _text(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def seat_key(key: bytes, course_id: str) -> str:
+    """The key of one student's seat in one course: 43 url-safe characters.
+
+    The course id takes part, so a student's seat keys in two courses are unrelated.
+    """
+    return _text(_derived(key, "seat", course_id))
+
+
+def signup_id_for(key: bytes, course_id: str, idempotency_key: str) -> str:
+    """The sign-up of a request with an Idempotency-Key: the same student's retry finds
+    the same sign-up; another student's request with the same key is their own."""
+    return str(uuid.uuid5(SIGNUP_NAMESPACE, _text(_derived(key, "signup", course_id,
+                                                             idempotency_key))))
+
+
+def request_fingerprint(key: bytes, name: str, date_of_birth: str) -> str:
+    """What a keyed sign-up's retry must repeat (the student's address is the key
+    itself): the same Idempotency-Key with another body is refused."""
+    return _text(_derived(key, "request", name, date_of_birth))
 
 
 def new_data_key() -> bytes:

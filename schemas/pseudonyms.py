@@ -12,9 +12,7 @@ import base64
 import hashlib
 import hmac
 
-
-def normalise_email(email: str) -> str:
-    return email.strip().casefold()
+from schemas.addresses import same_student_form
 
 
 def seat_key(secret: bytes, course_id: str, email: str) -> str:
@@ -25,6 +23,6 @@ def seat_key(secret: bytes, course_id: str, email: str) -> str:
     """
     if not secret:
         raise ValueError("the pseudonym secret is empty")
-    message = f"seat\x00{course_id}\x00{normalise_email(email)}".encode()
+    message = f"seat\x00{course_id}\x00{same_student_form(email)}".encode()
     digest = hmac.new(secret, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()

@@ -25,7 +25,7 @@ SECRETS = ("ADMIN_TOKEN", "ANALYST_TOKEN", "PSEUDONYM_SECRET", "DATABASE_URL",
 
 # PostgreSQL: the superuser (only the stack uses it, to create roles and the database),
 # the owner of the schema (migrations, replay, operators' tools) and one login role per
-# service that uses the database, with the grants of migrations/0005_service_roles.sql.
+# service that uses the database, with the grants of migrations/0006_service_roles.sql.
 PG_SUPERUSER = "postgres"
 PG_OWNER = "course_owner"
 PG_DATABASE = "coursesignup"

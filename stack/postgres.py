@@ -158,7 +158,7 @@ def create_database(config: StackConfig) -> None:
     """The owner and the services' login roles, each with its generated password (set
     again at every start, so the files under $RUN_DIR/secrets stay the truth), and the
     database, owned by the owner (so is its public schema, PostgreSQL 15's
-    pg_database_owner). Grants are the migrations' business (0005_service_roles.sql)."""
+    pg_database_owner). Grants are the migrations' business (0006_service_roles.sql)."""
     import psycopg
     from psycopg import sql
 

@@ -4,8 +4,10 @@ Run: python -m stack.smtp_sink --port 2525 --mail-dir .run/mail
 
 Every accepted message becomes `<mail-dir>/<received>-<uuid>.eml`, written to a
 temporary name and renamed, so a reader never sees half a message. Recipients in
-a domain listed in SMTP_SINK_REJECT_DOMAINS (default `rejected.invalid`) get a
-permanent `550`, to exercise the senders' dead-letter path.
+a domain listed in SMTP_SINK_REJECT_DOMAINS (default `rejected.invalid` and
+`refused.example.org`, which the command API accepts) get a permanent `550` that
+quotes the address, as Postfix's does, to exercise the senders' dead-letter path and
+prove that no server text is kept.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+DEFAULT_REJECT_DOMAINS = "rejected.invalid,refused.example.org"
+
 
 class FileSink:
     def __init__(self, mail_dir: Path, reject_domains: set[str]) -> None:
@@ -32,7 +36,7 @@ class FileSink:
     ) -> str:
         domain = address.rsplit("@", 1)[-1].lower()
         if domain in self.reject_domains:
-            return "550 5.1.1 mailbox unavailable"
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -82,7 +86,7 @@ def main() -> None:
     parser.add_argument("--mail-dir", type=Path, required=True)
     args = parser.parse_args()
     args.mail_dir.mkdir(parents=True, exist_ok=True)
-    reject = os.environ.get("SMTP_SINK_REJECT_DOMAINS", "rejected.invalid")
+    reject = os.environ.get("SMTP_SINK_REJECT_DOMAINS", DEFAULT_REJECT_DOMAINS)
     sink = FileSink(args.mail_dir, {d.strip().lower() for d in reject.split(",") if d.strip()})
     asyncio.run(serve(args.host, args.port, sink))
 

@@ -16,7 +16,8 @@ from stack.waiting import eventually
 from tests.e2e.conftest import RunningStack
 
 AS_OF = "2026-06-01"
-BORN = ["2000-02-29", "1999-12-31", "2001-01-01", "1980-07-15", "2000-02-29"]
+# Five enrolled, the fewest whose age figures are published; the sixth finds no seat.
+BORN = ["2000-02-29", "1999-12-31", "2001-01-01", "1980-07-15", "1995-06-01", "2000-02-29"]
 
 
 def _course(stack: RunningStack, capacity: int) -> str:
@@ -41,18 +42,19 @@ def test_the_dashboard_shows_what_the_api_says_and_draws_the_charts(
     full_stack: RunningStack,
 ) -> None:
     query = full_stack.config.query_url
-    course = _course(full_stack, capacity=4)
-    signups = [_sign_up(full_stack, course, born) for born in BORN]  # the fifth: course_full
+    course = _course(full_stack, capacity=5)
+    signups = [_sign_up(full_stack, course, born) for born in BORN]  # the sixth: course_full
     eventually(lambda: all(httpx.get(f"{query}/signups/{s}").status_code == 200
                            for s in signups) or None, 90, "every decision")
     stats = eventually(
-        lambda: (lambda s: s if s["enrolled"] == 4 else None)(
+        lambda: (lambda s: s if s["enrolled"] == 5 else None)(
             httpx.get(f"{query}/courses/{course}/stats", params={"as_of": AS_OF},
                       headers=full_stack.analyst).json()),
         30, "the course's statistics")
-    # At 2026-06-01: born 29 Feb 2000 and 31 Dec 1999 are 26, 1 Jan 2001 is 25, and
-    # 15 Jul 1980 is 45 (the birthday is still to come); the fifth sign-up found no seat.
-    assert stats["age_histogram"] == {"25": 1, "26": 2, "45": 1}
+    # At 2026-06-01: born 29 Feb 2000 and 31 Dec 1999 are 26, 1 Jan 2001 is 25, 1 Jun
+    # 1995 is 31 that day, and 15 Jul 1980 is 45 (the birthday is still to come); the
+    # sixth sign-up found no seat.
+    assert stats["age_histogram"] == {"25": 1, "26": 2, "31": 1, "45": 1}
 
     overall = httpx.get(f"{query}/stats", params={"as_of": AS_OF},
                         headers=full_stack.analyst).json()

@@ -96,7 +96,7 @@ def _every_kafka_record(servers: str) -> bytes:
                 if high <= low:
                     continue
                 consumer.assign([TopicPartition(name, p, low)])
-                position = low
+                position = low - 1  # the last offset read: a partition of one record is read too
                 while position < high - 1:
                     batch = consumer.consume(1000, 2.0)
                     if not batch:
@@ -127,6 +127,25 @@ def _files(root: Path, skip: tuple[Path, ...]) -> dict[Path, bytes]:
     return found
 
 
+def _metric(stack: RunningStack, name: str) -> float | None:
+    text = httpx.get(f"http://127.0.0.1:{stack.config.notifier_port}/metrics", timeout=5).text
+    values = [float(x.split()[-1]) for x in text.splitlines() if x.startswith(name)]
+    return values[0] if values and values[0] >= 1 else None
+
+
+def _assert_nowhere(stack: RunningStack, words: list[str], kafka_bytes: bytes) -> None:
+    """No word, in any letter case, in Kafka, a pg_dump, or any file under $RUN_DIR but
+    the mail sink's folder (the students' own mailboxes) and PostgreSQL's data files."""
+    config = stack.config
+    places = {"kafka records": kafka_bytes, "pg_dump": _pg_dump(stack)}
+    places.update({str(p): b for p, b in _files(
+        config.run_dir, skip=(config.mail_dir, postgres.data_dir(config))).items()})
+    for where, data in places.items():
+        lowered = data.lower()
+        for word in words:
+            assert word.encode() not in lowered, f"{word!r} found in {where}"
+
+
 def test_an_erased_student_is_unreadable_everywhere_and_nothing_else_changes(
     full_stack: RunningStack,
 ) -> None:
@@ -142,17 +161,30 @@ def test_an_erased_student_is_unreadable_everywhere_and_nothing_else_changes(
     olga_ids = [_post(stack, f"/courses/{c}/signups", olga)["signup_id"] for c in courses[:2]]
     # Erin took the only seat of the third course; Olga asks for it too and is refused.
     olga_ids.append(_post(stack, f"/courses/{courses[2]}/signups", olga)["signup_id"])
-    for signup_id in erin_ids + olga_ids:
+    # Rita's mail server refuses her, quoting her address in its answer (as Postfix does).
+    rita = {"email": f"Rita.Quell{tag}@refused.example.org", "name": f"Rita Xandrel{tag}",
+            "date_of_birth": "1995-05-05"}
+    rita_id = _post(stack, f"/courses/{courses[0]}/signups", rita)["signup_id"]
+    for signup_id in [*erin_ids, *olga_ids, rita_id]:
         eventually(partial(_get, stack, f"/signups/{signup_id}"), 60, "a decision")
     eventually(lambda: _mailed(stack, set(erin_ids + olga_ids)), 60, "the e-mails")
+    eventually(lambda: _metric(stack, 'notifier_emails_dead_lettered_total{reason='
+                                      '"recipient_refused"}'), 60, "Rita's dead letter")
     before = _stats(stack, courses)
     assert all(s is not None for s in before)
+    rita_words = [rita["email"].lower(), f"rita.quell{tag}", rita["name"].lower(),
+                  f"xandrel{tag}"]
+    # Before any erasure: her refused address is nowhere, only the reply's codes are.
+    kafka_bytes = _every_kafka_record(config.kafka_bootstrap)
+    assert b"dlq.errorrecipient_refused: 550 5.1.1\x00" in kafka_bytes + b"\x00"
+    _assert_nowhere(stack, rita_words, kafka_bytes)
 
     # A decision of Erin's in flight: the processor is paused when she signs up again.
     os.kill(_pid(stack, "processor"), signal.SIGSTOP)
     late_id = _post(stack, f"/courses/{late_course}/signups", erin)["signup_id"]
     erasure = _post(stack, "/erasures", {"email": erin["email"].upper()}, admin=True)
     assert erasure["status"] == "pending"
+    rita_erasure = _post(stack, "/erasures", {"email": rita["email"]}, admin=True)
     for name in ("command-api", "processor", "notifier"):
         os.kill(_pid(stack, name), signal.SIGKILL)
     restarted = stack.cli("up")
@@ -164,6 +196,8 @@ def test_an_erased_student_is_unreadable_everywhere_and_nothing_else_changes(
 
     done = eventually(erasure_done, 60, "the erasure to be done")
     assert done["completed_at"] is not None
+    eventually(lambda: (_get(stack, f"/erasures/{rita_erasure['erasure_id']}") or {}).get(
+        "status") == "done" or None, 60, "Rita's erasure")
     assert httpx.get(f"{config.query_url}/erasures/{uuid.uuid4()}",
                      headers=stack.admin).status_code == 404
 
@@ -192,17 +226,12 @@ def test_an_erased_student_is_unreadable_everywhere_and_nothing_else_changes(
     assert _stats(stack, courses) == before
     assert (_get(stack, f"/signups/{late_id}") or {}).get("status") == "accepted"
 
-    # Nowhere the system keeps data holds her address or name, in any letter case.
+    # Nowhere the system keeps data holds her address or name, in any letter case; nor
+    # Rita's, whose mail server had quoted her address.
     kafka_bytes = _every_kafka_record(config.kafka_bootstrap)
-    places = {"kafka records": kafka_bytes, "pg_dump": _pg_dump(stack)}
-    places.update({str(p): b for p, b in _files(
-        config.run_dir, skip=(config.mail_dir, postgres.data_dir(config))).items()})
     forbidden = [erin["email"].lower(), erin["email"].split("@")[0].lower(),
-                 erin["name"].lower(), f"quorvald{tag}", f"vashti{tag}"]
-    for where, data in places.items():
-        lowered = data.lower()
-        for word in forbidden:
-            assert word.encode() not in lowered, f"{word!r} found in {where}"
+                 erin["name"].lower(), f"quorvald{tag}", f"vashti{tag}", *rita_words]
+    _assert_nowhere(stack, forbidden, kafka_bytes)
     # The scan reads what it should: her sign-ups are in Kafka under their ids, and the
     # words searched for are those the mail sink (her mailbox, not ours) did receive.
     assert all(s.encode() in kafka_bytes for s in [*erin_ids, late_id])
@@ -214,8 +243,8 @@ def test_an_erased_student_is_unreadable_everywhere_and_nothing_else_changes(
     # Olga's data still opens with her key.
     with psycopg.connect(config.database_url) as conn:
         keys = {str(k): bytes(v) for k, v in conn.execute(
-            "SELECT key_id::text, key FROM student_keys")}
-    opened = []
+            "SELECT s.key_ref::text, k.key FROM signup_keys s JOIN student_keys k USING (key_id)")}
+    opened, erin_refs = [], set()
     consumer = Consumer({**client_config(), "bootstrap.servers": config.kafka_bootstrap,
                          "group.id": str(uuid.uuid4()), "isolation.level": "read_committed",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -226,12 +255,17 @@ def test_an_erased_student_is_unreadable_everywhere_and_nothing_else_changes(
                 value = msg.value()
                 if msg.error() is None and value:
                     event = decode(value)
+                    if isinstance(event, StudentSignedUp) and event.signup_id in erin_ids:
+                        erin_refs.add(event.key_id)
                     if isinstance(event, StudentSignedUp) and event.signup_id in olga_ids \
                             and event.key_id in keys and event.email_sealed:
                         opened.append(unseal(keys[event.key_id], event.signup_id, "email",
                                              event.email_sealed))
-            if len(opened) >= 2:
+            if len(opened) >= 2 and len(erin_refs) == len(erin_ids):
                 break
     finally:
         consumer.close()
     assert opened[:2] == [olga["email"].lower()] * 2
+    # Each of Erin's sign-ups carries its own key reference (the log does not link them
+    # to each other), and none of them points anywhere now.
+    assert len(erin_refs) == len(erin_ids) and not erin_refs & set(keys)

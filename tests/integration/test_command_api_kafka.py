@@ -21,8 +21,8 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import codec, topics
-from schemas.messages import CreateCourse, SignUp, signup_id_for
-from schemas.personal import student_hash, unseal
+from schemas.messages import CreateCourse, SignUp
+from schemas.personal import seat_key, signup_id_for, student_hash, unseal
 from service_kit.kafka_auth import client_config
 from stack.ports import free_port
 from stack.procs import terminate
@@ -161,7 +161,6 @@ def test_an_accepted_sign_up_is_in_the_topic_keyed_by_course_with_its_headers(
 
     assert (created.status_code, signed.status_code) == (202, 202)
     signup_id = signed.json()["signup_id"]
-    assert signup_id == signup_id_for(course_id, "attempt-1")
     create_message, signup_message = _read_commands(bootstrap, start, course_id, 2)
     # One key, one partition: the processor sees a course's commands in order.
     assert create_message.partition() == signup_message.partition()
@@ -177,9 +176,15 @@ def test_an_accepted_sign_up_is_in_the_topic_keyed_by_course_with_its_headers(
     with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
         row = conn.execute("SELECT key_id::text, key FROM student_keys WHERE student_hash = %s",
                            (student_hash(SECRET.encode(), "student.7@example.org"),)).fetchone()
-    assert row is not None and row[0] == sign_up.key_id
+        # The command carries this sign-up's own reference to that key.
+        ref = conn.execute("SELECT key_id::text FROM signup_keys WHERE key_ref = %s",
+                           (sign_up.key_id,)).fetchone()
+    assert row is not None and ref == (row[0],) and sign_up.key_id != row[0]
+    assert signup_id == signup_id_for(row[1], course_id, "attempt-1")
+    assert sign_up.seat_key == seat_key(row[1], course_id)
     assert sign_up.email_sealed is not None and sign_up.name_sealed is not None
-    assert unseal(row[1], signup_id, "email", sign_up.email_sealed) == "student.7@example.org"
+    # As given, the domain in lower case: the mail goes to the spelling the student chose.
+    assert unseal(row[1], signup_id, "email", sign_up.email_sealed) == "Student.7@example.org"
     assert unseal(row[1], signup_id, "name", sign_up.name_sealed) == "Student 7"
     assert b"student.7" not in value_of(signup_message).lower()
     assert headers_of(signup_message) == {"correlation_id": b"corr-7", "command_type": b"SignUp"}
@@ -258,3 +263,49 @@ async def test_with_kafka_unreachable_every_command_is_a_prompt_503_and_never_a_
         assert int(response.headers["Retry-After"]) > 0
         assert took < produce_timeout + 3
     assert "command_api_publish_failures_total 21.0" in metrics
+
+
+def test_a_keyed_sign_up_is_one_command_of_one_student_however_late_the_retry(
+    api: str, bootstrap: str
+) -> None:
+    course_id = _course_id()
+    start = _end_offsets(bootstrap)
+
+    def post(i: int, key: str, **changes: str) -> httpx.Response:
+        return httpx.post(f"{api}/courses/{course_id}/signups", json={**_student(i), **changes},
+                          headers={"Idempotency-Key": key}, timeout=30)
+
+    first, other = post(11, "shared-key"), post(12, "shared-key")
+    assert (first.status_code, other.status_code) == (202, 202)
+    ada_id = first.json()["signup_id"]
+    # Another student's request with the same key is that student's own sign-up.
+    assert other.json()["signup_id"] != ada_id
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        # A retry a month later, long past the processor's memory of decisions.
+        aged = conn.execute("UPDATE signup_requests SET created_at = created_at - interval "
+                            "'30 days', lease_until = lease_until - interval '30 days'"
+                            " WHERE signup_id = %s", (ada_id,)).rowcount
+        assert aged == 1
+        late = post(11, "shared-key")
+        changed = post(11, "shared-key", name="Somebody Else")
+        marker = post(13, "marker")
+
+        assert (late.status_code, late.json()["signup_id"]) == (202, ada_id)
+        assert changed.status_code == 422
+        assert [e["field"] for e in changed.json()["detail"]] == ["Idempotency-Key"]
+        assert marker.status_code == 202
+        # In the topic: Ada's one command, the other student's, then the marker, produced
+        # last on the same partition: a repeat of Ada's would come before it.
+        commands = _read_commands(bootstrap, start, course_id, 3)
+        ids = [codec.decode(value_of(m)).signup_id for m in commands]  # type: ignore[union-attr]
+        assert ids == [ada_id, other.json()["signup_id"], marker.json()["signup_id"]]
+
+        # The record goes with the student's key: after the erasure nothing links to her.
+        erased = httpx.post(f"{api}/erasures", json={"email": _student(11)["email"]},
+                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert erased.status_code == 202
+        wait_until(lambda: conn.execute(
+            "SELECT status FROM erasures WHERE erasure_id = %s",
+            (erased.json()["erasure_id"],)).fetchone() == ("done",), 30, "the erasure")
+        assert conn.execute("SELECT count(*) FROM signup_requests WHERE signup_id = %s",
+                            (ada_id,)).fetchone() == (0,)

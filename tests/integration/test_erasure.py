@@ -7,21 +7,36 @@ and the restarted API finishes it. Without PostgreSQL the API answers 503 prompt
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope
 
-from schemas.personal import student_hash
+from command_api.keys import DataKey, key_for_sync
+from notifier.handler import Done, Handler, Job
+from notifier.mailer import SmtpMailer
+from notifier.observability import Metrics
+from notifier.settings import Settings as NotifierSettings
+from notifier.store import PostgresStore
+from schemas import topics
+from schemas.codec import encode
+from schemas.messages import StudentSignedUp
+from schemas.personal import seal, seat_key, student_hash
+from service_kit.records import Headers, SourceRecord
 from stack.ports import free_port
 from stack.waiting import wait_until
 
@@ -144,3 +159,93 @@ def test_without_the_key_store_sign_ups_and_erasures_are_prompt_503s(tmp_path: P
             assert response.status_code == 503, (path, response.text)
             assert int(response.headers["Retry-After"]) > 0
             assert time.monotonic() - began < 5, f"{path} took too long"
+
+
+class StallingSink:
+    """A real SMTP server (aiosmtpd) that holds its answer to DATA until released."""
+
+    def __init__(self) -> None:
+        self.receiving = threading.Event()
+        self.release = threading.Event()
+        self.answered_at: datetime | None = None
+        self.recipients: list[str] = []
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd hook name
+        self, server: object, session: object, envelope: Envelope
+    ) -> str:
+        self.receiving.set()
+        await asyncio.to_thread(self.release.wait, 30)
+        self.recipients += envelope.rcpt_tos
+        self.answered_at = datetime.now(UTC)
+        return "250 OK"
+
+
+def test_an_erasure_is_done_only_after_a_send_to_that_student_has_finished(
+    tmp_path: Path,
+) -> None:
+    email = f"stella.{uuid.uuid4().hex[:8]}@example.org"
+    database_url = os.environ["DATABASE_URL"]
+    sink = StallingSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    settings = NotifierSettings(kafka_bootstrap_servers="unused:9092",  # type: ignore[call-arg]
+                                database_url=database_url, smtp_host="127.0.0.1",
+                                smtp_port=controller.port, smtp_timeout_seconds=60)
+    store, mailer = PostgresStore(database_url), SmtpMailer(settings)
+    handler = Handler(store, mailer, NoDeadLetters(), Metrics(), settings.mail_from)
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn, \
+                command_api(tmp_path / "command-api.log") as (url, _):
+            wait_until(lambda: _status(f"{url}/readyz") == 200, 30, "ready")
+            key = key_for_sync(conn, student_hash(SECRET.encode(), email))
+            outcomes: list[object] = []
+            sending = threading.Thread(
+                target=lambda: outcomes.append(handler.advance(_decision_for(email, key))))
+            sending.start()
+            assert sink.receiving.wait(30), "the notifier never reached DATA"
+
+            # The notifier read the key and is sending; now the student is erased.
+            accepted = httpx.post(f"{url}/erasures", json={"email": email}, headers=ADMIN)
+            assert accepted.status_code == 202
+            erasure_id = accepted.json()["erasure_id"]
+            wait_until(lambda: conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'SELECT pg_advisory_xact_lock(%'").fetchone() == (1,), 15,
+                "the erasure to wait for the send")
+            time.sleep(1)
+            assert _erasure(conn, erasure_id)[0] == "pending", "done while a mail may go out"
+            assert _has_key(conn, email)
+
+            sink.release.set()
+            sending.join(30)
+            wait_until(lambda: _erasure(conn, erasure_id)[0] == "done", 30, "the erasure")
+            completed = _erasure(conn, erasure_id)[2]
+            assert outcomes == [Done("sent")] and sink.recipients == [email]
+            assert isinstance(completed, datetime) and sink.answered_at is not None
+            assert completed >= sink.answered_at
+            # Once done, a decision still in flight finds no key and sends nothing.
+            assert handler.advance(_decision_for(email, key)) == Done("erased")
+            assert sink.recipients == [email]
+    finally:
+        sink.release.set()
+        store.close()
+        mailer.close()
+        controller.stop()
+
+
+class NoDeadLetters:
+    def send(self, record: SourceRecord, headers: Headers) -> None:
+        raise AssertionError("nothing is dead-lettered here")
+
+
+def _decision_for(email: str, key: DataKey) -> Job:
+    signup_id, course_id = str(uuid.uuid4()), "erasure-it"
+    decision = StudentSignedUp(
+        event_id=str(uuid.uuid4()), event_type="StudentSignedUp",
+        occurred_at=datetime.now(UTC), course_id=course_id, causation_id=signup_id,
+        correlation_id=str(uuid.uuid4()), signup_id=signup_id, email="", name="",
+        date_of_birth=date(1999, 9, 9), seats_taken=1, capacity=10, key_id=key.ref,
+        email_sealed=seal(key.key, signup_id, "email", email),
+        name_sealed=seal(key.key, signup_id, "name", "Stella Stalled"),
+        seat_key=seat_key(key.key, course_id))
+    return Job.of(SourceRecord(topics.EVENTS, 0, 0, course_id.encode(), encode(decision), []))

@@ -58,8 +58,21 @@ def test_notifier_reads_a_key_by_id_but_never_which_student_it_belongs_to(
     url = stack.service_database_url("notifier")
     assert refused(url, "SELECT student_hash FROM student_keys") == "InsufficientPrivilege"
     assert refused(url, "DELETE FROM student_keys") == "InsufficientPrivilege"
+    assert refused(url, "SELECT * FROM signup_requests") == "InsufficientPrivilege"
+    assert refused(url, "INSERT INTO signup_keys (key_ref, key_id) VALUES"
+                        " (gen_random_uuid(), gen_random_uuid())") == "InsufficientPrivilege"
     with psycopg.connect(url) as conn:
         conn.execute("SELECT key FROM student_keys WHERE key_id = gen_random_uuid()").fetchall()
+        # A decision's key reference leads to its key; the lock while sending needs no grant.
+        conn.execute("SELECT key_id FROM signup_keys WHERE key_ref = gen_random_uuid()").fetchall()
+        conn.execute("SELECT pg_advisory_lock_shared(1, 2), pg_advisory_unlock_shared(1, 2)")
+
+
+@pytest.mark.parametrize("service", ["query-api", "projector"])
+def test_the_read_side_may_not_see_the_sign_up_records(stack: StackConfig, service: str) -> None:
+    url = stack.service_database_url(service)
+    for table in ("signup_keys", "signup_requests"):
+        assert refused(url, f"SELECT * FROM {table}") == "InsufficientPrivilege", table
 
 
 def test_command_api_may_not_touch_the_read_side(stack: StackConfig) -> None:

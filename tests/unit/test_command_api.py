@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import unicodedata
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -17,14 +18,29 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from command_api.app import create_app
-from command_api.keys import DataKey, KeyStoreUnavailable
+from command_api.keys import (
+    LEASE_SECONDS,
+    TAKEOVER_LIMIT,
+    DataKey,
+    KeyStoreUnavailable,
+    SignupRequest,
+    Verdict,
+    verdict,
+)
 from command_api.models import EMAIL_PATTERN, TEXT_PATTERN, canonical_email
 from command_api.publisher import PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
-from schemas.messages import CreateCourse, SignUp, signup_id_for
-from schemas.personal import new_data_key, student_hash, unseal
-from schemas.pseudonyms import seat_key
+from schemas.addresses import same_student_form
+from schemas.messages import CreateCourse, SignUp
+from schemas.personal import (
+    new_data_key,
+    request_fingerprint,
+    seat_key,
+    signup_id_for,
+    student_hash,
+    unseal,
+)
 from service_kit.logs import JsonFormatter
 from service_kit.records import Headers
 
@@ -76,7 +92,10 @@ class MemoryKeyStore:
 
     keys: dict[str, DataKey] = field(default_factory=dict)
     erasures: dict[str, str] = field(default_factory=dict)
+    requests: dict[str, SignupRequest] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)  # key reference -> key id
     down: bool = False
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     async def start(self) -> None:
         pass
@@ -90,7 +109,14 @@ class MemoryKeyStore:
     async def key_for(self, student: str) -> DataKey:
         if self.down:
             raise KeyStoreUnavailable("PoolTimeout")
-        return self.keys.setdefault(student, DataKey(str(uuid.uuid4()), new_data_key()))
+        key = self.keys.setdefault(student, DataKey(str(uuid.uuid4()), new_data_key(), ""))
+        ref = str(uuid.uuid4())  # a new reference per sign-up, as signup_keys holds them
+        self.refs[ref] = key.key_id
+        return dataclasses.replace(key, ref=ref)
+
+    def key_of(self, ref: str | None) -> DataKey:
+        [key] = [k for k in self.keys.values() if k.key_id == self.refs[ref or ""]]
+        return key
 
     async def request_erasure(self, student: str) -> str:
         if self.down:
@@ -98,6 +124,25 @@ class MemoryKeyStore:
         erasure_id = str(uuid.uuid4())
         self.erasures[erasure_id] = student
         return erasure_id
+
+    async def claim_signup(self, signup_id: str, key_id: str, fingerprint: str) -> Verdict:
+        if self.down:
+            raise KeyStoreUnavailable("PoolTimeout")
+        lease = self.now + timedelta(seconds=LEASE_SECONDS)
+        found = self.requests.get(signup_id)
+        if found is None:
+            self.requests[signup_id] = SignupRequest(fingerprint, self.now, lease, False)
+            return "claimed"
+        answer = verdict(found, fingerprint, self.now)
+        if answer == "claimed":
+            self.requests[signup_id] = replace(found, lease_until=lease)
+        return answer
+
+    async def signup_produced(self, signup_id: str) -> None:
+        self.requests[signup_id] = replace(self.requests[signup_id], produced=True)
+
+    async def release_signup(self, signup_id: str) -> None:
+        self.requests[signup_id] = replace(self.requests[signup_id], lease_until=self.now)
 
 
 def settings(**changes: Any) -> Settings:
@@ -108,7 +153,7 @@ def settings(**changes: Any) -> Settings:
 
 def opened(command: SignUp, keys: MemoryKeyStore) -> tuple[str, str]:
     """The e-mail and name sealed in `command`, opened with its key."""
-    [key] = [k for k in keys.keys.values() if k.key_id == command.key_id]
+    key = keys.key_of(command.key_id)
     assert command.email_sealed is not None and command.name_sealed is not None
     return (unseal(key.key, command.signup_id, "email", command.email_sealed),
             unseal(key.key, command.signup_id, "name", command.name_sealed))
@@ -173,7 +218,9 @@ def test_a_sign_up_is_published_as_a_command_keyed_by_its_course(
     assert (command.course_id, command.email, command.name, command.date_of_birth) == (
         "intro-python", "", "", date(2001, 12, 10))
     assert opened(command, keys) == ("ada@example.org", "Ada Lovelace")
-    assert command.seat_key == seat_key(SECRET.encode(), "intro-python", "ada@example.org")
+    [key] = keys.keys.values()
+    # Derived from the student's own key: gone with it, not recomputable from the address.
+    assert command.seat_key == seat_key(key.key, "intro-python")
     assert b"ada" not in sent.value.lower() and b"lovelace" not in sent.value.lower()
     assert sent.headers["command_type"] == b"SignUp"
 
@@ -183,8 +230,11 @@ def test_one_student_has_one_key_and_another_student_another(
 ) -> None:
     for email in ("ada@example.org", "ADA@example.org", "bob@example.org"):
         assert client.post("/courses/c/signups", json=student(email=email)).status_code == 202
-    ada, ada_again, bob = (sent.command.key_id for sent in publisher.sent)
+    refs = [sent.command.key_id for sent in publisher.sent]
+    ada, ada_again, bob = (keys.key_of(ref).key_id for ref in refs)
     assert ada == ada_again != bob
+    # Each sign-up carries its own reference to the key: the log links none of them.
+    assert len(set(refs)) == 3
     assert list(keys.keys) == [student_hash(SECRET.encode(), "ada@example.org"),
                                student_hash(SECRET.encode(), "bob@example.org")]
 
@@ -229,31 +279,132 @@ def test_an_erasure_needs_the_admin_token_and_a_valid_address(
     assert keys.erasures == {}
 
 
-def test_the_email_is_normalised_to_lower_case_and_the_name_stripped(
+def test_the_email_keeps_its_local_part_and_the_name_is_stripped(
     client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
 ) -> None:
+    # The mail goes to the address as given (its domain in lower case); which addresses
+    # are one student is schemas.addresses' rule, applied to the hashes, not to this.
     given = student(email="  Ada.Lovelace@Example.ORG ", name="  Ada Lovelace\u00a0 ")
 
     assert client.post("/courses/intro-python/signups", json=given).status_code == 202
 
-    assert opened(publisher.sent[0].command, keys) == ("ada.lovelace@example.org", "Ada Lovelace")
+    assert opened(publisher.sent[0].command, keys) == ("Ada.Lovelace@example.org", "Ada Lovelace")
 
 
-def test_the_same_idempotency_key_gives_the_same_signup_and_the_same_command(
-    client: TestClient, publisher: MemoryPublisher
+def keyed(client: TestClient, key: str, course_id: str = "intro-python",
+          **changes: Any) -> Any:
+    return client.post(f"/courses/{course_id}/signups", json=student(**changes),
+                       headers={"Idempotency-Key": key})
+
+
+def test_the_same_idempotency_key_gives_the_same_signup_and_one_command(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
 ) -> None:
     def sign_up(course_id: str, key: str) -> str:
-        response = client.post(f"/courses/{course_id}/signups", json=student(),
-                               headers={"Idempotency-Key": key})
+        response = keyed(client, key, course_id)
         assert response.status_code == 202
+        assert response.headers["Location"] == f"/signups/{response.json()['signup_id']}"
         return str(response.json()["signup_id"])
 
     first, again = sign_up("intro-python", "key-1"), sign_up("intro-python", "key-1")
 
-    assert first == again == signup_id_for("intro-python", "key-1")
-    assert publisher.sent[0].command.command_id == publisher.sent[1].command.command_id == first
+    [data_key] = keys.keys.values()
+    assert first == again == signup_id_for(data_key.key, "intro-python", "key-1")
+    # The retry answers from the record: no second command, so no second decision.
+    assert [sent.command.command_id for sent in publisher.sent] == [first]
     assert sign_up("intro-python", "key-2") != first
     assert sign_up("advanced-python", "key-1") != first
+
+
+def test_a_retry_long_after_is_answered_without_producing_again(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    first = keyed(client, "key-1").json()["signup_id"]
+    keys.now += timedelta(days=30)  # past the processor's memory of decisions
+
+    late = keyed(client, "key-1")
+
+    assert (late.status_code, late.json()["signup_id"]) == (202, first)
+    assert len(publisher.sent) == 1
+
+
+def test_an_idempotency_key_belongs_to_one_student(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    ada = keyed(client, "shared-key").json()["signup_id"]
+    bob = keyed(client, "shared-key", email="bob@example.org", name="Bob")
+
+    assert bob.status_code == 202 and bob.json()["signup_id"] != ada
+    # Bob's request is his own sign-up: his sealed data, not a repeat of Ada's.
+    ada_command, bob_command = (sent.command for sent in publisher.sent)
+    assert bob_command.signup_id == bob.json()["signup_id"]
+    assert keys.key_of(bob_command.key_id) != keys.key_of(ada_command.key_id)
+
+
+@pytest.mark.parametrize("changes", [{"name": "Ada King"}, {"date_of_birth": "2001-12-11"}])
+def test_the_same_key_with_another_body_is_422_naming_the_header(
+    client: TestClient, publisher: MemoryPublisher, changes: dict[str, str]
+) -> None:
+    assert keyed(client, "key-1").status_code == 202
+
+    response = keyed(client, "key-1", **changes)
+
+    assert response.status_code == 422
+    assert fields_named(response) == {"Idempotency-Key"}
+    assert len(publisher.sent) == 1
+    # The same student in another spelling of the address is the same request.
+    assert keyed(client, "key-1", email="ADA@Example.org").status_code == 202
+
+
+def test_a_request_in_flight_is_409_until_its_lease_runs_out(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    # A first attempt claimed the record and died before producing (or is still at it).
+    keyed(client, "key-0")  # creates Ada's key
+    [data_key] = keys.keys.values()
+    signup_id = signup_id_for(data_key.key, "intro-python", "key-1")
+    fingerprint = request_fingerprint(data_key.key, "Ada Lovelace", "2001-12-10")
+    keys.requests[signup_id] = SignupRequest(fingerprint, keys.now,
+                                             keys.now + timedelta(seconds=LEASE_SECONDS), False)
+
+    busy = keyed(client, "key-1")
+    assert (busy.status_code, busy.headers["Retry-After"]) == (409, "5")
+    keys.now += timedelta(seconds=LEASE_SECONDS)
+    taken_over = keyed(client, "key-1")
+
+    assert (taken_over.status_code, taken_over.json()["signup_id"]) == (202, signup_id)
+    assert [s.command.signup_id for s in publisher.sent][-1] == signup_id
+    assert keys.requests[signup_id].produced
+
+
+def test_an_unfinished_request_older_than_the_processors_memory_is_never_produced(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    keyed(client, "key-0")
+    [data_key] = keys.keys.values()
+    signup_id = signup_id_for(data_key.key, "intro-python", "key-1")
+    old = keys.now - TAKEOVER_LIMIT
+    keys.requests[signup_id] = SignupRequest(
+        request_fingerprint(data_key.key, "Ada Lovelace", "2001-12-10"), old,
+        old + timedelta(seconds=LEASE_SECONDS), False)
+    sent_before = len(publisher.sent)
+
+    response = keyed(client, "key-1")
+
+    assert response.status_code == 409 and "new Idempotency-Key" in response.json()["detail"]
+    assert len(publisher.sent) == sent_before
+
+
+def test_a_failed_produce_releases_the_record_for_an_immediate_retry(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    publisher.down = True
+    assert keyed(client, "key-1").status_code == 503
+    publisher.down = False
+
+    retried = keyed(client, "key-1")
+
+    assert retried.status_code == 202 and len(publisher.sent) == 1
 
 
 def test_without_an_idempotency_key_every_request_is_a_new_signup(client: TestClient) -> None:
@@ -465,7 +616,64 @@ def test_every_address_the_declared_pattern_allows_is_accepted(
 ) -> None:
     assert (re.search(EMAIL_PATTERN, address) is not None) == declared
     if declared:
-        assert canonical_email(address) == address.lower()
+        assert canonical_email(address) == address
+
+
+INVISIBLE_ONLY = ["\u200b", "\u200b\u200c\u200d", "\u2060\ufeff", "\u00ad", "\u3164",
+                  "\ufe0f", "\U000e0041\U000e0064\U000e0061", " \u200b \u2800 "]
+BIDI_CONTROLS = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067",
+                 "\u2068", "\u2069", "\u200e", "\u200f", "\u061c"]
+
+
+@pytest.mark.parametrize("name", INVISIBLE_ONLY,
+                         ids=lambda n: "+".join(f"U+{ord(c):04X}" for c in n))
+def test_a_name_without_a_visible_character_is_refused_naming_it(
+    client: TestClient, publisher: MemoryPublisher, name: str
+) -> None:
+    response = client.post("/courses/intro-python/signups", json=student(name=name))
+    title = client.post("/courses", json=course(title=name), headers=admin())
+
+    assert (response.status_code, title.status_code) == (422, 422)
+    assert (fields_named(response), fields_named(title)) == ({"name"}, {"title"})
+    assert re.search(TEXT_PATTERN, name) is None and publisher.sent == []
+
+
+@pytest.mark.parametrize("char", BIDI_CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+def test_a_name_with_a_bidi_control_is_refused_naming_it(
+    client: TestClient, publisher: MemoryPublisher, char: str
+) -> None:
+    response = client.post("/courses/intro-python/signups",
+                           json=student(name=f"Ada {char}ecalevoL"))
+    lecturer = client.post("/courses", json=course(lecturer=f"{char}G. van Rossum"),
+                           headers=admin())
+
+    assert (response.status_code, lecturer.status_code) == (422, 422)
+    assert (fields_named(response), fields_named(lecturer)) == ({"name"}, {"lecturer"})
+    assert re.search(TEXT_PATTERN, f"Ada {char}") is None and publisher.sent == []
+
+
+@pytest.mark.parametrize("name", ["Zoë Ångström", "a\u200db", "\u05d3\u05df", "Ana\u00adMaría"])
+def test_names_with_visible_characters_and_joiners_inside_are_accepted(
+    client: TestClient, name: str
+) -> None:
+    assert client.post("/courses/intro-python/signups", json=student(name=name)).status_code == 202
+    assert re.search(TEXT_PATTERN, name)
+
+
+def test_one_case_rule_for_addresses_everywhere(
+    client: TestClient, publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    # Caseless matching (casefold): "STRASSE" and "straße" are one student for the key
+    # store and the seat key alike, and the mail goes to the address as given.
+    for address in ("straße@example.org", "STRASSE@example.org"):
+        assert client.post("/courses/intro-python/signups",
+                           json=student(email=address)).status_code == 202
+    first, second = (sent.command for sent in publisher.sent)
+    assert isinstance(first, SignUp) and isinstance(second, SignUp)
+    assert first.key_id is not None and second.key_id is not None
+    assert keys.key_of(first.key_id) == keys.key_of(second.key_id)
+    assert first.seat_key == second.seat_key
+    assert same_student_form("straße@example.org") == same_student_form("STRASSE@Example.ORG")
 
 
 def test_a_capacity_written_as_a_whole_json_number_with_a_fraction_point_is_accepted(

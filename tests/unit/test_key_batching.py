@@ -24,6 +24,7 @@ class HeldStore:
         self.gate.set()
         self.fail: Exception | None = None
         self.forget: set[str] = set()  # students whose key "vanished" (erased meanwhile)
+        self.refs = 0
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -33,14 +34,17 @@ class HeldStore:
     async def request_erasure(self, student: str) -> str:
         return "erasure"
 
-    async def keys_for(self, students: Sequence[str]) -> dict[str, DataKey]:
+    async def keys_for(self, students: Sequence[str]) -> list[DataKey | None]:
         self.calls.append(list(students))
         await self.gate.wait()
         if self.fail is not None:
             raise self.fail
         for s in students:
-            self.keys.setdefault(s, DataKey(f"id-{s}", s.encode().ljust(32, b"\0")))
-        return {s: self.keys[s] for s in students if s not in self.forget}
+            self.keys.setdefault(s, DataKey(f"id-{s}", s.encode().ljust(32, b"\0"), ""))
+        self.refs += 1
+        return [None if s in self.forget else
+                DataKey(self.keys[s].key_id, self.keys[s].key, f"ref-{self.refs}-{i}")
+                for i, s in enumerate(students)]
 
 
 async def test_a_lone_lookup_goes_out_at_once() -> None:
@@ -78,7 +82,7 @@ async def test_batches_are_bounded_and_in_flight_bounded() -> None:
     assert all(len(c) <= 10 for c in store.calls)
 
 
-async def test_one_student_twice_in_a_batch_is_asked_once_and_both_get_the_key() -> None:
+async def test_one_student_twice_in_a_batch_gets_one_key_with_a_reference_each() -> None:
     store = HeldStore()
     keys = BatchingKeyStore(store, max_in_flight=1)
     store.gate.clear()
@@ -88,8 +92,9 @@ async def test_one_student_twice_in_a_batch_is_asked_once_and_both_get_the_key()
     await asyncio.sleep(0)
     store.gate.set()
     await first
-    assert await a == await b
-    assert store.calls[1] == ["bob"]
+    ka, kb = await a, await b
+    assert (ka.key_id, ka.key) == (kb.key_id, kb.key) and ka.ref != kb.ref
+    assert store.calls[1] == ["bob", "bob"]  # one round trip: one reference per request
 
 
 async def test_a_failed_round_trip_fails_every_waiter_with_key_store_unavailable() -> None:

@@ -30,9 +30,15 @@ class FakeStore:
         self.courses: dict[str, CourseInfo] = {}
         self.keys: dict[str, bytes] = {}
         self.down = False
+        self.held: str | None = None
 
-    def data_key(self, key_id: str) -> bytes | None:
+    def hold_key(self, key_id: str) -> bytes | None:
+        assert self.held is None, "a key held twice"
+        self.held = key_id
         return self.keys.get(key_id)
+
+    def release_key(self) -> None:
+        self.held = None
 
     def already_handled(self, event_id: str) -> bool:
         return event_id in self.handled
@@ -50,11 +56,15 @@ class FakeStore:
 
 
 class FakeMailer:
-    def __init__(self) -> None:
+    def __init__(self, store: FakeStore | None = None) -> None:
         self.sent: list[tuple[EmailMessage, str]] = []
         self.fail_with: BaseException | None = None
+        self.store = store
+        self.held_while_sending: list[str | None] = []
 
     def send(self, msg: EmailMessage, recipient: str) -> None:
+        if self.store is not None:
+            self.held_while_sending.append(self.store.held)
         if self.fail_with is not None:
             raise MailError(classify(self.fail_with))
         self.sent.append((msg, recipient))
@@ -227,3 +237,24 @@ def test_a_decision_sealed_under_another_key_is_dead_lettered(parts: Parts) -> N
     assert handler.advance(job(sealed(accepted(), new_data_key()))) == Done("dead_lettered")
     assert mailer.sent == []
     assert dict(letters.letters[0][1])["dlq.reason"] == b"unreadable_personal_data"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_key_is_held_from_reading_it_until_the_send_has_finished_or_failed(
+    parts: Parts, fails: bool
+) -> None:
+    handler, store, mailer, _ = parts
+    mailer.store = store
+    mailer.fail_with = smtplib.SMTPServerDisconnected("gone") if fails else None
+    store.keys["k-1"] = key = new_data_key()
+
+    handler.advance(job(sealed(accepted(), key)))
+
+    assert mailer.held_while_sending == ["k-1"]
+    assert store.held is None  # released after
+
+
+def test_an_erased_students_key_is_released_too(parts: Parts) -> None:
+    handler, store, _, _ = parts
+    assert handler.advance(job(sealed(accepted(), new_data_key()))) == Done("erased")
+    assert store.held is None

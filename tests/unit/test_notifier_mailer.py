@@ -6,7 +6,7 @@ import smtplib
 
 import pytest
 
-from notifier.mailer import classify
+from notifier.mailer import classify, enhanced_status
 
 
 @pytest.mark.parametrize("exc", [
@@ -34,10 +34,32 @@ def test_a_greylisted_recipient_is_transient() -> None:
     assert classify(exc).kind == "transient"
 
 
-def test_the_address_stays_out_of_the_loggable_fields() -> None:
-    exc = smtplib.SMTPRecipientsRefused({"ann@example.org": (550, b"<ann@example.org> unknown")})
+POSTFIX_REFUSAL = b"5.1.1 <ann@example.org>: Recipient address rejected: User unknown"
+
+
+@pytest.mark.parametrize("exc", [
+    smtplib.SMTPRecipientsRefused({"ann@example.org": (550, POSTFIX_REFUSAL)}),
+    smtplib.SMTPDataError(550, POSTFIX_REFUSAL),
+    smtplib.SMTPResponseException(550, POSTFIX_REFUSAL),
+    smtplib.SMTPSenderRefused(550, POSTFIX_REFUSAL, "no-reply@x"),
+    smtplib.SMTPAuthenticationError(550, POSTFIX_REFUSAL),
+])
+def test_only_the_codes_of_a_reply_are_kept_never_its_text(exc: BaseException) -> None:
     failure = classify(exc)
-    assert "ann@" not in failure.reason and "ann@" in failure.detail
+    assert (failure.code, failure.enhanced, failure.status) == (550, "5.1.1", "550 5.1.1")
+    assert "ann" not in repr(failure)
+
+
+@pytest.mark.parametrize("text, enhanced", [
+    (b"5.1.1 mailbox unavailable", "5.1.1"),
+    (b" 4.7.1 greylisted, try later", "4.7.1"),
+    (b"Requested action not taken: mailbox unavailable", None),
+    (b"<ann@example.org> 5.1.1 unknown", None),
+    (b"5.1.1.7 not a code", None),
+    (b"", None),
+])
+def test_the_enhanced_status_is_only_read_from_the_start(text: bytes, enhanced: str | None) -> None:
+    assert enhanced_status(text) == enhanced
 
 
 @pytest.mark.parametrize("exc, kind", [
@@ -76,6 +98,12 @@ def test_no_smtputf8_is_permanent() -> None:
 
 
 def test_an_unknown_error_is_permanent_and_says_only_its_type() -> None:
-    failure = classify(UnicodeEncodeError("ascii", "ä", 0, 1, "no"))
-    assert (failure.kind, failure.reason, failure.detail) == (
+    failure = classify(UnicodeEncodeError("ascii", "ann@exämple.org", 0, 1, "no"))
+    assert (failure.kind, failure.reason, failure.status) == (
         "permanent", "unexpected_error", "UnicodeEncodeError")
+    assert "ann" not in repr(failure)
+
+
+def test_an_unsupported_feature_keeps_no_text() -> None:
+    failure = classify(smtplib.SMTPNotSupportedError("SMTPUTF8 not supported for zoë@x.org"))
+    assert (failure.reason, failure.status) == ("not_supported", "")

@@ -22,12 +22,14 @@ from projections.api import (
 )
 from projections.dashboard import Page, View, render_page
 from projections.readmodel import (
+    AGES_FROM_STUDENTS,
     SORT_KEYS,
     Births,
     CourseView,
     GlobalView,
     Snapshot,
     course_body,
+    global_body,
 )
 from projections.stats import AgeAggregate, age_histogram
 from projections.store.views import _PAYLOAD_BYTES, notice_payloads
@@ -203,3 +205,31 @@ def test_the_dashboard_escapes_what_it_shows() -> None:
                        {}))
     assert "<script>alert" not in html and "&lt;script&gt;" in html and "A &amp; B" in html
     assert course_body(odd, AS_OF)["age_histogram"] == {}
+
+
+def test_a_course_of_one_does_not_reveal_its_students_birthday_over_a_year_of_as_of() -> None:
+    # The attack: ask for every as_of of a year and watch the figures change on one day.
+    alone = course("tiny", [date(2001, 8, 17)])
+    answers = {json.dumps({k: v for k, v in course_body(alone, AS_OF + timedelta(days=d)).items()
+                           if k != "as_of"}) for d in range(366)}
+    assert len(answers) == 1
+    body = course_body(alone, AS_OF)
+    assert (body["enrolled"], body["min_age"], body["max_age"], body["average_age"],
+            body["age_histogram"]) == (1, None, None, None, {})
+
+
+@pytest.mark.parametrize("students", range(1, AGES_FROM_STUDENTS + 2))
+def test_age_figures_are_published_from_k_students_on(students: int) -> None:
+    dobs = [date(1990 + i, 3, 4) for i in range(students)]
+    view = course("c-k", dobs)
+    snapshot = Snapshot()
+    snapshot.replace([view], overall([view]))
+    body, stats = course_body(view, AS_OF), global_body(overall([view]), AS_OF)
+    figures = snapshot.figures("c-k", AS_OF)
+    assert figures is not None
+    shown = students >= AGES_FROM_STUDENTS
+    for answer in (body, stats):
+        assert (answer["min_age"] is not None) is shown
+        assert sum(answer["age_histogram"].values()) == (students if shown else 0)
+    assert (figures.average_age is not None) is shown
+    assert body["enrolled"] == stats["enrollments"] == students

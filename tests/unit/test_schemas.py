@@ -443,3 +443,14 @@ def test_the_documented_course_id_slug_is_the_pattern_every_service_checks(
     (field,) = (f for f in version[2]["fields"] if f["name"] == "course_id")
     slug = COURSE_ID_PATTERN.removeprefix("^").removesuffix("$")
     assert f"a slug {slug} or UUID text" in field["doc"]
+
+
+def test_a_decode_error_never_quotes_the_bytes_it_read() -> None:
+    # A clear address (an event from before sealing) with one byte that is not UTF-8:
+    # the error's text goes to logs and dead-letter headers, so it names the failure only.
+    event = dataclasses.replace(example_message("StudentSignedUp", 3, LATEST["StudentSignedUp"]),
+                                email="ann.secret@example.org")
+    data = codec.encode(event).replace(b"secret@", b"secret\xff")
+    with pytest.raises(codec.DecodeError) as caught:
+        codec.decode(data)
+    assert "ann" not in str(caught.value) and "secret" not in str(caught.value)

@@ -31,10 +31,18 @@ GRANT SELECT ON schema_migrations TO command_api, projector, notifier, query_api
 -- and the erasure requests. No UPDATE of keys: a key is created once and deleted once.
 GRANT SELECT, INSERT, DELETE ON student_keys TO command_api;
 GRANT SELECT, INSERT, UPDATE ON erasures TO command_api;
+-- A key reference per sign-up, and the record of each keyed sign-up request (0005).
+-- Their rows go with the key by ON DELETE CASCADE, which PostgreSQL runs as the
+-- tables' owner: no DELETE here.
+GRANT SELECT, INSERT ON signup_keys TO command_api;
+GRANT SELECT, INSERT, UPDATE ON signup_requests TO command_api;
 
 -- Notifier: a key by its id to open a student's sealed address, never the hash that
 -- links a key to an address; what it sent, and the courses' titles.
 GRANT SELECT (key_id, key) ON student_keys TO notifier;
+-- A decision names its key by the sign-up's reference. While sending, the notifier
+-- holds the key's in-use advisory lock (shared), which needs no grant.
+GRANT SELECT (key_ref, key_id) ON signup_keys TO notifier;
 GRANT SELECT, INSERT ON sent_notifications TO notifier;
 GRANT SELECT, INSERT, UPDATE ON notifier_courses TO notifier;
 
