@@ -559,7 +559,7 @@ class Bench:
         from proof.bench_memory import PARTITIONS, run_memory_bench
 
         sizes = list(self.sizes.state)
-        live = min(50_000, sizes[0] // 2)
+        live = min(10_000, sizes[0] // 2)
         log(f"figure 11: processor RSS while deciding, {sizes} sign-ups, {PARTITIONS} "
             "partitions (proof.bench_memory)")
         report = run_memory_bench(self.stack.bootstrap, sizes, self.out / "fig11_memory.json",

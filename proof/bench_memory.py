@@ -28,6 +28,7 @@ import statistics
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -42,7 +43,7 @@ from schemas.messages import SignUp
 from stack.waiting import wait_until
 
 PARTITIONS = 16
-LIVE = 50_000
+LIVE = 10_000
 
 
 def send_live(run: Run, count: int, tag: str) -> None:
@@ -72,11 +73,14 @@ def send_live(run: Run, count: int, tag: str) -> None:
 
 
 def decided(processor: Processor) -> float:
-    """Sign-ups this processor has decided so far (its processor_decisions_total)."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{processor.port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+    """Sign-ups this processor has decided so far (its processor_decisions_total); 0
+    before its web server answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{processor.port}/metrics",
+                                    timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("processor_decisions_total{"))
 
@@ -98,11 +102,7 @@ def measure(run: Run, size: int, live: int, decided_before: int) -> dict[str, An
     def sample() -> None:
         # Only while it decides: from its first live decision until it has decided all.
         while not stop.is_set():
-            try:
-                count = decided(processor)
-            except OSError:
-                count = 0.0
-            if count > 0:
+            if decided(processor) > 0:
                 first[:1] = first[:1] or [time.monotonic()]
                 samples.append(processor.memory()["rss_mb"])
             stop.wait(0.25)
