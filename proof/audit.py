@@ -46,6 +46,7 @@ from schemas.messages import (
     SignUpRejected,
     StudentSignedUp,
 )
+from service_kit.kafka_auth import client_config
 
 _MAX_EXAMPLES = 5
 
@@ -465,6 +466,7 @@ def read_log(
     the start (records of other keys than `keys` are skipped undecoded, when given)."""
     began = time.monotonic()
     consumer = Consumer({
+        **client_config(),
         "bootstrap.servers": bootstrap,
         "group.id": f"chaos-audit-{uuid.uuid4()}",  # assign() only: the group is never joined
         "isolation.level": "read_committed",  # aborted transactions are not decisions
