@@ -40,6 +40,7 @@ from proof.bench_stack import broker_from_env, loadavg, results_dir
 from proof.bench_state import SIGNUPS_PER_COURSE, Processor, Run, grow, log
 from schemas.codec import encode
 from schemas.messages import SignUp
+from service_kit.kafka_auth import client_config
 from stack.waiting import wait_until
 
 PARTITIONS = 16
@@ -51,7 +52,8 @@ def send_live(run: Run, count: int, tag: str) -> None:
     every course and so over every partition."""
     courses = list(run.courses)
     rng = random.Random(tag)
-    producer = Producer({"bootstrap.servers": run.servers, "acks": "all", "linger.ms": 50,
+    producer = Producer({**client_config(), "bootstrap.servers": run.servers, "acks": "all",
+                         "linger.ms": 50,
                          "batch.size": 1_000_000, "partitioner": "consistent_random",
                          "queue.buffering.max.messages": 1_000_000})
     now = datetime.now(UTC)
