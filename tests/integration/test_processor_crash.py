@@ -676,8 +676,9 @@ def assert_disk_is_committed_changelog(cluster: Cluster) -> dict[str, int]:
 def changelog_records(cluster: Cluster, table: str, key: str) -> int:
     """How many committed records of a table's changelog carry `key`."""
     topic = f"{cluster.app_id}-{table}-changelog"
-    consumer = Consumer({"bootstrap.servers": cluster.servers, "group.id": str(uuid.uuid4()),
-                         "isolation.level": "read_committed", "enable.auto.commit": False})
+    consumer = Consumer({**client_config(), "bootstrap.servers": cluster.servers,
+                         "group.id": str(uuid.uuid4()), "isolation.level": "read_committed",
+                         "enable.auto.commit": False})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
