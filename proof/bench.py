@@ -31,7 +31,9 @@ measures each figure next to its baseline, back to back, in the same run:
    already in the log;
 8-10. the processor's state (`proof.bench_state`): restart after SIGKILL and memory
    with 0.1 M and 1 M sign-ups, the full restore onto an empty disk vs a plain read
-   of the same changelogs, and the failover of one of two processors.
+   of the same changelogs, and the failover of one of two processors;
+11. the processor's resident memory while it decides, 16 partitions owned, with 0.1 M
+   and 1 M sign-ups decided (`proof.bench_memory`).
 
 History (the 10k, 100k, 1M sign-ups) is decided ahead of time by the processor's own
 Decider and written where the processor would write it (see
@@ -652,6 +654,31 @@ class Bench:
                      f"restored {failover['survivor_restored_records']} records in "
                      f"{failover['survivor_restore_s']}s")
 
+    # -------------------------------------------------------------- figure 11
+
+    def fig11_memory(self) -> None:
+        from proof.bench_memory import PARTITIONS, run_memory_bench
+
+        sizes = list(self.sizes.state)
+        live = min(10_000, sizes[0] // 2)
+        log(f"figure 11: processor RSS while deciding, {sizes} sign-ups, {PARTITIONS} "
+            "partitions (proof.bench_memory)")
+        report = run_memory_bench(self.stack.bootstrap, sizes, self.out / "fig11_memory.json",
+                                  live)
+        small, large = report["points"][0], report["points"][-1]
+        m_small = small["rss_while_deciding_mb"]["peak"]
+        m_large = large["rss_while_deciding_mb"]["peak"]
+        self.row(f"11. processor RSS while deciding, {large['signups']:,} vs "
+                 f"{small['signups']:,} sign-ups decided, {PARTITIONS} partitions owned",
+                 m_large, "MB", m_small, "<= 250 MB and <= 1.2x",
+                 m_large is not None and m_small is not None and m_large <= 250
+                 and m_large <= 1.2 * m_small,
+                 f"peak VmRSS sampled every 0.25 s while the processor decides {live:,} live "
+                 f"sign-ups on top of the restored history (median "
+                 f"{large['rss_while_deciding_mb']['median']} MB vs "
+                 f"{small['rss_while_deciding_mb']['median']} MB); "
+                 f"{large['decisions_per_s']} decisions/s; PROCESSOR_STATE_MEMORY_MB default")
+
     # -------------------------------------------------------------- figure 6
 
     def fig6_memory(self, restart: dict[str, Any]) -> None:
@@ -858,6 +885,8 @@ def run(bench: Bench) -> None:
         bench.fig4_replay()
     with step(bench, "8-10. processor state"):
         bench.fig8_state()
+    with step(bench, "11. processor memory while deciding"):
+        bench.fig11_memory()
 
 
 def run_only_write_path(bench: Bench) -> None:

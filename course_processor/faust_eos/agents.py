@@ -21,8 +21,9 @@ from course_processor.deciding.wire import event_headers, outcome
 from course_processor.faust_eos.app import Processor
 from course_processor.faust_eos.continuity import Continuity
 from course_processor.faust_eos.failstop import fail_stop
-from course_processor.faust_eos.tables import StagedStore
+from course_processor.faust_eos.tables import StagedStore, TableView
 from schemas.codec import encode
+from schemas.messages import Command
 from service_kit.deadletter import dead_letter_headers
 from service_kit.records import SourceRecord, header_pairs
 
@@ -56,7 +57,8 @@ class CommandHandler:
         self.metrics = p.metrics
         # The tables are co-partitioned with course-commands: the worker that owns a
         # course's partition is the only reader and writer of that course's entries.
-        self.decider = Decider(p.courses, p.seats, p.decided, p.settings.secret,
+        self.decider = Decider(TableView(p.courses), TableView(p.seats),
+                               TableView(p.decided), p.settings.secret,
                                oldest=_oldest(p.decided))
         self.continuity = Continuity()
 
@@ -74,13 +76,10 @@ class CommandHandler:
         plan = self.decider.plan(cmd)
         event = plan.event
         self.metrics.commands.labels(type(cmd).__name__).inc()
-        fields = {"correlation_id": cmd.correlation_id, "command_id": cmd.command_id,
-                  "signup_id": getattr(cmd, "signup_id", None), "course_id": cmd.course_id,
-                  "partition": message.partition, "offset": message.offset,
-                  "generation": generation}
         if event is None:
             self.metrics.repeats.inc()
-            log.info("already decided", extra=fields)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("already decided", extra=self._fields(cmd, message, generation))
             return
         headers = event_headers(event, self.p.processor_id, generation)
         # The event first, then the table changes. A commit may run while this command
@@ -92,14 +91,27 @@ class CommandHandler:
         # event in the log, and it would have no decision at all. A transaction that
         # holds the event but not the changes is redone into the same decision: the
         # repeated record (same event_id) that the contract allows after a crash.
+        # (The changes are only staged here; the commit writes their changelog
+        # records: transactions.py.)
         await self.p.events.send(key=message.key, value=encode(event), headers=headers)
         self.decider.apply(plan)
         decided, reason = outcome(event)
         self.metrics.decisions.labels(decided, reason).inc()
         self.metrics.processing.observe(perf_counter() - started)
-        log.info("decided", extra={**fields, "event_id": event.event_id,
-                                   "event_type": event.event_type, "outcome": decided,
-                                   "reason": reason or None})
+        # No line per decision at INFO: at a thousand decisions a second it cost more
+        # than deciding. processor_decisions_total counts them; LOG_LEVEL=DEBUG logs
+        # each (the event on course-events carries the correlation id anyway).
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("decided", extra={
+                **self._fields(cmd, message, generation), "event_id": event.event_id,
+                "event_type": event.event_type, "outcome": decided, "reason": reason or None})
+
+    @staticmethod
+    def _fields(cmd: Command, message: Message, generation: int) -> dict[str, object]:
+        return {"correlation_id": cmd.correlation_id, "command_id": cmd.command_id,
+                "signup_id": getattr(cmd, "signup_id", None), "course_id": cmd.course_id,
+                "partition": message.partition, "offset": message.offset,
+                "generation": generation}
 
     async def dead_letter(self, message: Message, exc: Unprocessable) -> None:
         source = SourceRecord(message.topic, message.partition, message.offset,

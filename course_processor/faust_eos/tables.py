@@ -9,13 +9,13 @@ committed the partition's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 import faust
 from faust.stores.base import SerializedStore
 from faust.streams import current_event
-from faust.types import TP, EventT, StoreT
+from faust.types import TP, EventT, StoreT, TableT
 
 from course_processor.state.local import LocalState
 
@@ -131,3 +131,41 @@ class StagedTable(faust.Table):
             key_serializer=self.key_serializer, value_serializer=self.value_serializer,
             value_type=self.value_type, loop=self.loop, options=self.options,
         )
+
+
+class TableView(MutableMapping[Any, Any]):
+    """One table as the decider reads and writes it, in the current command's partition.
+
+    Reads go to the store (staged writes first, then the disk). Writes are staged in
+    the local state only: unlike a faust table, which hands a changelog record to
+    faust's producer buffer for every write (one at a time, three per decision), the
+    commit writes one changelog record per key it carries, in its transaction
+    (transactions.py), so a course's seat counter written by every sign-up of a
+    commit interval goes to the changelog once.
+    """
+
+    def __init__(self, table: TableT) -> None:
+        store = table.data  # type: ignore[attr-defined]
+        assert isinstance(store, StagedStore)
+        self.name, self.store = table.name, store
+
+    def __getitem__(self, key: Any) -> Any:
+        raw = self.store._get(self.store._encode_key(key))  # noqa: SLF001
+        if raw is None:
+            raise KeyError(key)
+        return self.store._decode_value(raw)  # noqa: SLF001
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.store.local.stage(self.store._writing_partition(), self.name,  # noqa: SLF001
+                               self.store._encode_key(key),  # noqa: SLF001
+                               self.store._encode_value(value))  # noqa: SLF001
+
+    def __delitem__(self, key: Any) -> None:
+        self.store.local.stage(self.store._writing_partition(), self.name,  # noqa: SLF001
+                               self.store._encode_key(key), None)  # noqa: SLF001
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.store._decode_key(k) for k in self.store._iterkeys())  # noqa: SLF001
+
+    def __len__(self) -> int:
+        return self.store._size()  # noqa: SLF001

@@ -154,19 +154,23 @@ class SourcePartitionTransactionManager(TransactionManager):
         local = self.runtime.local
         producer = cast(DurableProducer, self.producer)
         partitions = {tp.partition for tp in offsets}
-        # Every table write staged so far had its changelog record handed to the
-        # producer already (the store stages and the table sends in one synchronous
-        # step), and the flush below puts those records into the transaction: they are
-        # what this commit carries to disk. Writes staged from here on wait for the next.
-        local.begin_commit(partitions, producer.sequence)
-        await producer.flush()
+        # The table writes staged so far are what this commit carries: taken aside now,
+        # they go into the transaction as changelog records below, one per key however
+        # often the key was written since the last commit (a course's seat counter).
+        # Writes staged from here on wait for the next commit. Every command whose
+        # writes are carried had its event sent before it staged them (agents.py), so
+        # the event is in this transaction or an earlier one.
+        sequence = producer.sequence
+        local.begin_commit(partitions, sequence)
         by_transactional_id: MutableMapping[str, dict[TP, int]] = {}
         for tp, offset in offsets.items():
             by_transactional_id.setdefault(self.transactional_id(tp), {})[tp] = offset
         if not by_transactional_id:
             return True
-        log.debug("commit %s", {tp.partition: o for tp, o in offsets.items()})
         try:
+            await self._send_changelogs(producer, offsets, sequence)
+            await producer.flush()
+            log.debug("commit %s", {tp.partition: o for tp, o in offsets.items()})
             await producer.commit_transactions(
                 by_transactional_id, self.app.conf.id,
                 start_new_transaction=start_new_transaction,
@@ -179,6 +183,24 @@ class SourcePartitionTransactionManager(TransactionManager):
         local.finish_commit(partitions)
         return True
 
+    async def _send_changelogs(self, producer: DurableProducer, offsets: Mapping[TP, int],
+                               sequence: int) -> None:
+        """The carried table writes of each committed partition, as changelog records in
+        that partition's transaction; their offsets are stored with them on disk (noted
+        under the commit's own sequence number, so finish_commit counts them)."""
+        local = self.runtime.local
+        pending: list[tuple[str, int, Awaitable[RecordMetadata]]] = []
+        for tp in offsets:
+            tid = self.transactional_id(tp)
+            for table, entries in local.carried(tp.partition).items():
+                topic = self.runtime.changelogs[table]
+                for key, value in entries.items():
+                    future = await producer.send(topic, key, value, tp.partition, None, None,
+                                                 transactional_id=tid)
+                    pending.append((table, tp.partition, future))
+        for table, partition, future in pending:
+            metadata = await future
+            local.written(table, partition, metadata.offset, sequence)
 
 class FencedTransport(faust_aiokafka.Transport):
     """faust's aiokafka transport, building the producer and transaction manager above

@@ -286,6 +286,10 @@ class LocalState:
                     into.setdefault(table, {}).update(entries)
         self._commit_sequence = sequence
 
+    def carried(self, partition: int) -> Changes:
+        """The writes the commit under way carries for `partition` (begin_commit)."""
+        return self._committing.get(partition, {})
+
     def finish_commit(self, partitions: Iterable[int]) -> None:
         """Kafka committed: what the commit carried goes to disk, with its offsets."""
         for partition in partitions:
