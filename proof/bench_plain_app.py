@@ -39,7 +39,6 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from command_api.models import SignUpRequest
-from schemas.messages import signup_id_for
 
 SCHEMA = "plain_baseline"
 POOL_SIZE = 10  # the command API's KEY_STORE_POOL_SIZE default
@@ -173,7 +172,9 @@ def create_app(conninfo: str, pool_size: int = POOL_SIZE) -> FastAPI:
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> dict[str, Any]:
         """Decide the sign-up in one transaction and answer the decision."""
-        signup_id = (signup_id_for(course_id, idempotency_key) if idempotency_key
+        # An Idempotency-Key belongs to one student, as in the command API.
+        signup_id = (str(uuid.uuid5(uuid.NAMESPACE_URL, "\x00".join(
+            (course_id, body.email.lower(), idempotency_key)))) if idempotency_key
                      else str(uuid.uuid4()))
         async with pool.connection() as conn:
             status, reason = await decide(conn, signup_id, course_id, body,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from command_api.keybatch import BatchingKeyStore
-from command_api.keys import DataKey, KeyStoreUnavailable
+from command_api.keys import DataKey, KeyStoreUnavailable, Verdict
 
 
 class HeldStore:
@@ -33,6 +33,13 @@ class HeldStore:
 
     async def request_erasure(self, student: str) -> str:
         return "erasure"
+
+    async def claim_signup(self, signup_id: str, key_id: str, fingerprint: str) -> Verdict:
+        return "claimed"
+
+    async def signup_produced(self, signup_id: str) -> None: ...
+
+    async def release_signup(self, signup_id: str) -> None: ...
 
     async def keys_for(self, students: Sequence[str]) -> list[DataKey | None]:
         self.calls.append(list(students))
