@@ -24,9 +24,9 @@ from typing import Any, TypeAlias, cast, get_args
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas.messages import Command, Event
+from schemas.messages import AVRO_NAMES, Command, Event, TermCommand
 
-Message: TypeAlias = Command | Event
+Message: TypeAlias = Command | TermCommand | Event
 Schema: TypeAlias = dict[str, Any]
 
 MARKER = b"\xc3\x01"
@@ -122,7 +122,10 @@ def _latest(versions: list[_Version]) -> dict[str, _Version]:
 
 
 def _message_classes() -> dict[str, type[Message]]:
-    return {cls.__name__: cls for cls in (*get_args(Command), *get_args(Event))}
+    return {
+        cls.__name__: cls
+        for cls in (*get_args(Command), *get_args(TermCommand), *get_args(Event))
+    }
 
 
 def _timestamp_fields(schema: Schema) -> tuple[str, ...]:
@@ -177,7 +180,7 @@ def encode(message: Message) -> bytes:
     writer = _WRITERS.get(type(message))
     if writer is None:
         raise TypeError(f"{type(message).__name__} is not a message type of schemas.messages")
-    record = {name: getattr(message, name) for name in writer.field_names}
+    record = {AVRO_NAMES.get(name, name): getattr(message, name) for name in writer.field_names}
     for name in writer.timestamp_fields:
         _require_aware(name, record[name])
     out = BytesIO()
@@ -196,7 +199,13 @@ def _require_aware(name: str, value: datetime) -> None:
 def decode(data: bytes) -> Message:
     """The message in `data`, written with any kept version, as the latest dataclass."""
     name, record = decode_fields(data)
-    return _CLASSES[name](**record)
+    return _CLASSES[name](**python_names(record))
+
+
+def python_names(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with each Avro field name that is a Python keyword as its dataclass name."""
+    renamed = {avro: python for python, avro in AVRO_NAMES.items()}
+    return {renamed.get(name, name): value for name, value in record.items()}
 
 
 def decode_fields(data: bytes) -> tuple[str, dict[str, Any]]:
