@@ -69,6 +69,7 @@ class StackConfig:
     admin_token_override: str | None = None
     pseudonym_secret_override: str | None = None
     kafka_brokers: int = 1
+    withdrawal_secret_override: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> StackConfig:
@@ -97,6 +98,7 @@ class StackConfig:
             admin_token_override=env.get("ADMIN_TOKEN") or None,
             pseudonym_secret_override=env.get("PSEUDONYM_SECRET") or None,
             kafka_brokers=brokers,
+            withdrawal_secret_override=env.get("WITHDRAWAL_SECRET") or None,
         )
 
     @classmethod
@@ -216,6 +218,11 @@ class StackConfig:
         $RUN_DIR/pseudonym-secret. Changing it makes every stored seat key unfindable."""
         return self.pseudonym_secret_override or self._secret("pseudonym-secret")
 
+    def withdrawal_secret(self) -> str:
+        """The key of the withdrawal tokens' HMAC: WITHDRAWAL_SECRET, else generated once
+        into $RUN_DIR/withdrawal-secret. Changing it voids every token already sent."""
+        return self.withdrawal_secret_override or self._secret("withdrawal-secret")
+
     def _secret(self, name: str) -> str:
         path = self.run_dir / name
         if not path.exists():
@@ -240,6 +247,7 @@ class StackConfig:
             "NOTIFIER_PORT": str(self.notifier_port),
             "ADMIN_TOKEN": self.admin_token(), "PARTITIONS": str(self.partitions),
             "PSEUDONYM_SECRET": self.pseudonym_secret(),
+            "WITHDRAWAL_SECRET": self.withdrawal_secret(),
             "KAFKA_VERSION": self.kafka_version, "KAFKA_HEAP": self.kafka_heap,
             "KAFKA_BROKERS": str(self.kafka_brokers),
         })
@@ -264,6 +272,7 @@ class StackConfig:
             "PARTITIONS": str(self.partitions),
             "ADMIN_TOKEN": self.admin_token(),
             "PSEUDONYM_SECRET": self.pseudonym_secret(),
+            "WITHDRAWAL_SECRET": self.withdrawal_secret(),
             "COMMAND_API_PORT": str(self.command_api_port),
             "QUERY_API_PORT": str(self.query_api_port),
             "PROCESSOR_PORT": str(self.processor_port),

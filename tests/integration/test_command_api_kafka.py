@@ -77,6 +77,7 @@ def running_api(bootstrap: str, log_file: Path, **env: str) -> Iterator[str]:
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "ADMIN_TOKEN": TOKEN,
                  "PSEUDONYM_SECRET": SECRET, "COMMAND_API_PORT": str(port),
+                 "WITHDRAWAL_SECRET": "integration-withdrawal-secret",
                  "HOST": "127.0.0.1", **env},
         )
     url = f"http://127.0.0.1:{port}"
