@@ -50,6 +50,8 @@ class CourseView:
     capacity: int
     ages: AgeAggregate
     births: Births = field(default_factory=Births)
+    waitlist_capacity: int = 0
+    waitlisted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,9 @@ class CourseFigures:
 def course_body(view: CourseView, as_of: date) -> dict[str, Any]:
     ages = age_stats(view.ages, as_of)
     return {"course_id": view.course_id, "title": view.title, "lecturer": view.lecturer,
-            "capacity": view.capacity, "enrolled": view.ages.count, "min_age": ages.min_age,
+            "capacity": view.capacity, "enrolled": view.ages.count,
+            "waitlist_capacity": view.waitlist_capacity, "waitlisted": view.waitlisted,
+            "min_age": ages.min_age,
             "max_age": ages.max_age, "average_age": ages.average_age,
             "age_histogram": _histogram(view.births, as_of), "as_of": as_of.isoformat()}
 

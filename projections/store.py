@@ -48,6 +48,7 @@ from psycopg import sql
 from projections.batch import Batch, CourseRow, DecisionRow, birth_counts, deltas, total
 from projections.readmodel import Births, CourseView, GlobalView
 from projections.stats import AgeAggregate
+from projections.term_store import apply_term, global_min_max
 
 VIEWS = ("signup_decisions", "course_stats", "global_stats", "course_birth_dates",
          "global_birth_dates")
@@ -180,9 +181,11 @@ def apply(
     everything = total(per_course.values())
     _add_to_global(conn, target, len(new_courses), everything)
     _add_birth_dates(conn, target, birth_counts(new), overall=target.live)
+    # Waiting lists, promotions, withdrawals and course changes (issue 20).
+    term_courses = apply_term(conn, target, batch, new, overall=target.live)
     _store_positions(conn, target.projection, topic, batch.next_offsets)
     if target.live:
-        notify(conn, set(new_courses) | set(per_course))
+        notify(conn, set(new_courses) | set(per_course) | term_courses)
     return Applied(len(new_courses), len(new), len(batch.decisions) - len(new),
                    everything.count)
 
@@ -219,15 +222,16 @@ def _insert_courses(
     # yields exactly the courses created now, so the global count stays exact.
     cur = conn.execute(
         sql.SQL(
-            "INSERT INTO {t} AS c (course_id, title, lecturer, capacity)"
-            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[])"
+            "INSERT INTO {t} AS c (course_id, title, lecturer, capacity, waitlist_capacity)"
+            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::int[])"
             " ON CONFLICT (course_id) DO UPDATE SET title = EXCLUDED.title,"
-            " lecturer = EXCLUDED.lecturer, capacity = EXCLUDED.capacity, updated_at = now()"
+            " lecturer = EXCLUDED.lecturer, capacity = EXCLUDED.capacity,"
+            " waitlist_capacity = EXCLUDED.waitlist_capacity, updated_at = now()"
             " WHERE c.title IS NULL"
             " RETURNING course_id"
         ).format(t=target.table("course_stats")),
         ([c.course_id for c in rows], [c.title for c in rows], [c.lecturer for c in rows],
-         [c.capacity for c in rows]),
+         [c.capacity for c in rows], [c.waitlist_capacity for c in rows]),
     )
     return [r[0] for r in cur.fetchall()]
 
@@ -242,13 +246,14 @@ def _insert_decisions(
     # same event read again, or repeated in the log) returns nothing and adds nothing.
     cur = conn.execute(
         sql.SQL(
-            "INSERT INTO {t} (signup_id, course_id, status, reason, event_id, decided_at)"
-            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
-            " %b::text[], %b::timestamptz[])"
+            "INSERT INTO {t} (signup_id, course_id, status, reason, event_id, decided_at,"
+            " ticket) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+            " %b::text[], %b::timestamptz[], %b::bigint[])"
             " ON CONFLICT (signup_id) DO NOTHING RETURNING signup_id"
         ).format(t=target.table("signup_decisions")),
         ([d.signup_id for d in rows], [d.course_id for d in rows], [d.status for d in rows],
-         [d.reason for d in rows], [d.event_id for d in rows], [d.decided_at for d in rows]),
+         [d.reason for d in rows], [d.event_id for d in rows], [d.decided_at for d in rows],
+         [d.ticket for d in rows]),
     )
     new_ids = {r[0] for r in cur.fetchall()}
     return [d for d in rows if d.signup_id in new_ids]
@@ -334,6 +339,9 @@ def fill_global_birth_dates(conn: psycopg.Connection, target: Target) -> None:
     conn.execute(sql.SQL(
         "INSERT INTO {g} (dob, n) SELECT dob, sum(n) FROM {c} GROUP BY dob").format(
             g=target.table("global_birth_dates"), c=target.table("course_birth_dates")))
+    # Withdrawals took birth dates away during the replay, which the per-batch LEAST and
+    # GREATEST could not undo: the youngest and oldest as the counts say now.
+    global_min_max(conn, target.table)
 
 
 # ------------------------------------------------------------------ shadow copies and the swap
@@ -417,12 +425,18 @@ class DecisionView:
     course_id: str
     status: str
     reason: str | None
+    position: int | None = None  # waitlisted: the 1-based place on the waiting list now
 
 
 async def fetch_decision(conn: psycopg.AsyncConnection, signup_id: str) -> DecisionView | None:
+    # A waiting student's place: one more than those of its course waiting with a lower
+    # ticket, counted on the partial index signup_decisions_waiting (the waiting list
+    # ahead of it, never the course's other sign-ups).
     cur = await conn.execute(
-        "SELECT signup_id, course_id, status, reason FROM signup_decisions"
-        " WHERE signup_id = %s",
+        "SELECT d.signup_id, d.course_id, d.status, d.reason, CASE WHEN d.status ="
+        " 'waitlisted' THEN 1 + (SELECT count(*) FROM signup_decisions w"
+        " WHERE w.course_id = d.course_id AND w.status = 'waitlisted'"
+        " AND w.ticket < d.ticket) END FROM signup_decisions d WHERE d.signup_id = %s",
         (signup_id,),
     )
     row = await cur.fetchone()
@@ -436,7 +450,8 @@ async def fetch_decision(conn: psycopg.AsyncConnection, signup_id: str) -> Decis
 # is not known yet. Course ids compare in "C" collation (bytes), as Python compares them.
 _COURSES = (
     "SELECT c.course_id, c.title, c.lecturer, c.capacity, c.enrolled, c.dob_sum_days,"
-    " c.dob_min, c.dob_max, b.days, b.counts FROM course_stats c"
+    " c.dob_min, c.dob_max, b.days, b.counts, c.waitlist_capacity, c.waitlisted"
+    " FROM course_stats c"
     " LEFT JOIN LATERAL (SELECT array_agg(d.dob - date '0001-01-01' + 1 ORDER BY d.dob)"
     " AS days, array_agg(d.n ORDER BY d.dob) AS counts FROM course_birth_dates d"
     ' WHERE d.course_id = c.course_id COLLATE "C") b ON true'
@@ -445,10 +460,11 @@ _COURSES = (
 
 
 def _course(row: tuple[Any, ...]) -> CourseView:
-    cid, title, lecturer, capacity, enrolled, sum_days, dob_min, dob_max, days, counts = row
+    (cid, title, lecturer, capacity, enrolled, sum_days, dob_min, dob_max, days, counts,
+     waitlist_capacity, waitlisted) = row
     return CourseView(cid, title, lecturer, capacity,
                       AgeAggregate(enrolled, sum_days, dob_min, dob_max),
-                      Births.of(days, counts))
+                      Births.of(days, counts), waitlist_capacity, waitlisted)
 
 
 async def fetch_course(conn: psycopg.AsyncConnection, course_id: str) -> CourseView | None:
