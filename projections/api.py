@@ -271,7 +271,8 @@ async def get_stats(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-Sort = Literal["course_id", "title", "lecturer", "enrolled", "capacity", "fill", "min_age",
+Sort = Literal["course_id", "title", "lecturer", "enrolled", "capacity", "fill", "waitlisted",
+               "min_age",
                "max_age", "average_age"]  # the keys of readmodel.SORT_KEYS
 
 

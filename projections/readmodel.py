@@ -119,6 +119,7 @@ SORT_KEYS: dict[str, Callable[[CourseFigures], Any]] = {
     "enrolled": lambda f: f.view.ages.count,
     "capacity": lambda f: f.view.capacity,
     "fill": lambda f: f.fill,
+    "waitlisted": lambda f: (f.view.waitlisted, f.view.waitlist_capacity),
     # Courses with nobody enrolled (no ages) sort after every course with ages.
     "min_age": lambda f: (f.min_age is None, f.min_age or 0),
     "max_age": lambda f: (f.max_age is None, f.max_age or 0),

@@ -64,7 +64,8 @@ def test_the_dashboard_shows_what_the_api_says_and_draws_the_charts(
     rows = re.findall(r'<tr data-course-id="([^"]+)">(.*?)</tr>', dom, re.S)
     assert [r[0] for r in rows] == [c["course_id"] for c in page["courses"]]
     for (course_id, row), api in zip(rows, page["courses"], strict=True):
-        for key in ("enrolled", "capacity", "min_age", "max_age", "average_age"):
+        for key in ("enrolled", "capacity", "waitlisted", "waitlist_capacity", "min_age",
+                    "max_age", "average_age"):
             shown = _field(row, rf'data-field="{key}">([^<]*)<')
             assert shown == ("–" if api[key] is None else str(api[key])), (course_id, key)
     if page["next"] is not None:
