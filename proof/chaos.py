@@ -94,12 +94,19 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from proof import audit, chaos_cluster
+from proof import audit, chaos_cluster, term_audit
 from proof.chaos_load import CourseSpec, Load, Plan, create_courses, now
 from proof.chaos_stack import UP_TIMEOUT, ChaosError, Stack, temporary_config
 from proof.demo import table
 from schemas import topics
-from schemas.messages import SignUp, SignUpRejected, StudentSignedUp
+from schemas.messages import (
+    SignUp,
+    SignUpRejected,
+    StudentPromoted,
+    StudentSignedUp,
+    StudentWithdrew,
+    WithdrawalRejected,
+)
 from stack import kafka
 from stack.config import StackConfig
 from stack.procs import pid_alive, port_open
@@ -825,6 +832,13 @@ def examine(run: Run, log: audit.LogSnapshot) -> tuple[list[Check], Evidence, in
                         "; ".join(decisions.violations) or
                         f"{decisions.decided}/{decisions.signups} decided, "
                         f"{decisions.decisions} decisions, {decisions.duplicates} repeats"))
+    in_scope_events = [e for e in events if e.course_id in set(scope)]
+    term = term_audit.audit_term(in_scope_events)
+    checks.append(Check("term: capacity and waiting list at every prefix, FIFO promotions "
+                        "in the transaction of the freed seat, one place per student",
+                        term.ok, "; ".join(term.violations) or
+                        f"{term.waitlisted} waitlisted, {term.withdrawals} withdrawals, "
+                        f"{term.promotions} promotions"))
     checks.append(Check("every record of the event log decodes", not log.undecodable,
                         "; ".join(log.undecodable[:5])))
     expected = audit.expected_views(events, scope)
@@ -836,8 +850,12 @@ def examine(run: Run, log: audit.LogSnapshot) -> tuple[list[Check], Evidence, in
     checks.append(Check("views equal the log and a full replay", not problems,
                         "; ".join(problems) or f"{len(expected.decisions)} decisions, "
                         f"{len(expected.courses)} courses, global row equal"))
-    mail_audit = audit.audit_mails({d.event_id: d.signup_id for d in expected.decisions.values()},
-                                   run.mails.refresh(), run.notifier_kills)
+    # One e-mail per decision about a student: the first decisions, and the promotions
+    # and withdrawals after them (every withdrawal of the load names its own sign-up).
+    notices = {d.event_id: d.signup_id for d in expected.decisions.values()} | {
+        e.event_id: e.signup_id for e in in_scope_events
+        if isinstance(e, StudentPromoted | StudentWithdrew | WithdrawalRejected)}
+    mail_audit = audit.audit_mails(notices, run.mails.refresh(), run.notifier_kills)
     checks.append(Check(f"one e-mail per decision (at most {run.notifier_kills} extra)",
                         mail_audit.ok, "; ".join(mail_audit.violations) or
                         f"{mail_audit.mailed} decisions mailed, {mail_audit.extra} extra"))
