@@ -183,6 +183,14 @@ class Evidence:
     accepted: dict[str, str]
 
 
+# A registration term in the load: the two small courses keep a waiting list, and a
+# share of the accepted sign-ups withdraw, freeing seats that go to the waiting
+# students. Both 0 until the processor decides withdrawals (issue 20, phase 2): a
+# processor without them dead-letters the commands.
+WAITLIST = 0
+WITHDRAW_SHARE = 0.0
+
+
 class Run:
     """One scenario: its courses, load, faults, checks and notes."""
 
@@ -193,12 +201,12 @@ class Run:
         self.client, self.query, self.mails = client, query, mails
         self.rng = random.Random()
         tag = uuid.uuid4().hex[:8]
-        self.courses = [CourseSpec(f"{name}-{slug}-{tag}", capacity, weight)
-                        for slug, capacity, weight in
-                        (("tiny", 5, 3), ("small", 25, 3), ("medium", 150, 2),
-                         ("large", 100_000, 2))]
+        self.courses = [CourseSpec(f"{name}-{slug}-{tag}", capacity, weight, waiting)
+                        for slug, capacity, weight, waiting in
+                        (("tiny", 5, 3, WAITLIST), ("small", 25, 3, WAITLIST),
+                         ("medium", 150, 2, 0), ("large", 100_000, 2, 0))]
         self.load = Load(client, Plan(self.courses, self.rng, tag), profile.rate,
-                         profile.concurrency, profile.give_up)
+                         profile.concurrency, profile.give_up, WITHDRAW_SHARE)
         self.faults: list[Fault] = []
         self.checks: list[Check] = []
         self.notes: list[str] = []
