@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import codec, topics
-from schemas.messages import CreateCourse, SignUp, signup_id_for
+from schemas.messages import ChangeCourse, CreateCourse, SignUp, Withdraw, signup_id_for
 from schemas.personal import student_hash, unseal
 from stack.ports import free_port
 from stack.procs import terminate
@@ -256,3 +256,27 @@ async def test_with_kafka_unreachable_every_command_is_a_prompt_503_and_never_a_
         assert int(response.headers["Retry-After"]) > 0
         assert took < produce_timeout + 3
     assert "command_api_publish_failures_total 21.0" in metrics
+
+
+def test_a_course_change_and_a_withdrawal_with_its_token_land_after_the_sign_up(
+    api: str, bootstrap: str
+) -> None:
+    course_id = _course_id()
+    start = _end_offsets(bootstrap)
+    signed = httpx.post(f"{api}/courses/{course_id}/signups", json=_student(8))
+    assert signed.status_code == 202
+    signup_id, token = signed.json()["signup_id"], signed.json()["withdrawal_token"]
+    url = f"{api}/courses/{course_id}/signups/{signup_id}/withdrawal"
+    assert httpx.post(url, json={"withdrawal_token": "x" * 43}).status_code == 401
+    withdrawn = httpx.post(url, json={"withdrawal_token": token})
+    changed = httpx.patch(f"{api}/courses/{course_id}", json={"capacity": 9},
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (withdrawn.status_code, changed.status_code) == (202, 202)
+    commands = [codec.decode(value_of(m))
+                for m in _read_commands(bootstrap, start, course_id, 3)]
+    assert [type(c).__name__ for c in commands] == ["SignUp", "Withdraw", "ChangeCourse"]
+    withdraw = commands[1]
+    assert isinstance(withdraw, Withdraw) and withdraw.signup_id == signup_id
+    assert withdraw.command_id == withdrawn.json()["command_id"]
+    change = commands[2]
+    assert isinstance(change, ChangeCourse) and (change.capacity, change.title) == (9, None)
