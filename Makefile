@@ -45,4 +45,5 @@ chaos: $(STAMP)
 
 lint: $(STAMP)
 	@$(PY) -m ruff check .
+	@$(VENV)/bin/lint-imports
 	@$(PY) -m mypy schemas service_kit command_api course_processor projections notifier stack migrations proof tests

@@ -34,6 +34,7 @@ from schemas.codec import DecodeError, decode, encode
 from schemas.messages import SignUpRejected, StudentSignedUp
 from schemas.personal import seal, student_hash
 from schemas.pseudonyms import seat_key
+from service_kit.topic_ends import end_offsets, read_to_end
 
 COMMIT_EVERY = 5_000
 # Give up when no record came for this long while partitions still lack their end.
@@ -65,25 +66,22 @@ def copy(servers: str, database_url: str, secret: bytes, source: str, target: st
     _create_target(admin, target, len(partitions))
     consumer = Consumer({"bootstrap.servers": servers, "group.id": f"reseal-{target}",
                          "isolation.level": "read_committed", "enable.auto.commit": False})
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(source, p), timeout=30)[1]
-            for p in partitions}
+    # The source has no writer now (the processor is stopped), so its high watermarks
+    # are where it ends.
+    ends = end_offsets(admin, [TopicPartition(source, p) for p in partitions])
     producer = Producer({"bootstrap.servers": servers, "transactional.id": f"reseal-{target}",
                          "acks": "all", "linger.ms": 20})
     producer.init_transactions(60)
     counts = {"copied": 0, "sealed": 0}
-    started = last_record = time.monotonic()
+    started = time.monotonic()
     with psycopg.connect(database_url, autocommit=True) as conn:
         def key_for(student: str) -> DataKey:
             return key_for_sync(conn, student)
 
-        consumer.assign([TopicPartition(source, p, 0) for p in partitions if ends[p] > 0])
-        remaining = {p for p in partitions if ends[p] > 0}
         producer.begin_transaction()
-        while remaining:
-            for msg in consumer.consume(1000, 1.0):
-                last_record = time.monotonic()
-                if msg.error() is not None:
-                    raise RuntimeError(str(msg.error()))
+        for messages in read_to_end(consumer, dict.fromkeys(ends, 0), ends, 1000, 1.0,
+                                    idle_limit=IDLE_LIMIT_SECONDS):
+            for msg in messages:
                 value = msg.value()
                 new = resealed(value, secret, key_for) if value else None
                 counts["sealed"] += new is not None
@@ -93,13 +91,6 @@ def copy(servers: str, database_url: str, secret: bytes, source: str, target: st
                 if counts["copied"] % COMMIT_EVERY == 0:
                     producer.commit_transaction(120)
                     producer.begin_transaction()
-            # The position steps over transaction markers, so it reaches the high
-            # watermark; the source has no writer now, so no transaction is pending.
-            for pos in consumer.position([TopicPartition(source, p) for p in remaining]):
-                if pos.offset >= ends[pos.partition]:
-                    remaining.discard(pos.partition)
-            if time.monotonic() - last_record > IDLE_LIMIT_SECONDS:
-                raise RuntimeError(f"partitions {sorted(remaining)} never reached their end")
         producer.commit_transaction(120)
     consumer.close()
     return {**counts, "source": source, "target": target,

@@ -5,7 +5,8 @@
 Environment: KAFKA_BOOTSTRAP_SERVERS and PSEUDONYM_SECRET (the key of the seat keys'
 HMAC, the same for every worker) are required; PARTITIONS (4), PROCESSOR_PORT (6066,
 serves GET /metrics, /healthz and /readyz), PROCESSOR_DATA_DIR (the local state: one
-RocksDB per owned partition), LOG_LEVEL (INFO), PROCESSOR_APP_ID (course-processor:
+RocksDB per owned partition), PROCESSOR_STATE_MEMORY_MB (64: the RocksDB memory of
+the worker, all partitions together), LOG_LEVEL (INFO), PROCESSOR_APP_ID (course-processor:
 also the consumer group and the transactional.id prefix), PROCESSOR_SESSION_TIMEOUT
 (10 s), PROCESSOR_COMMIT_INTERVAL (0.1 s), PROCESSOR_LINGER (0.02 s),
 PROCESSOR_BUILD_FROM_EVENTS (true). Start more workers with the same PROCESSOR_APP_ID

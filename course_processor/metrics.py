@@ -34,7 +34,11 @@ class Metrics(ServiceMetrics):
             "processor_processing_seconds", "Time to decide one command and queue its event.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
-
+        self.state_memory = Gauge(
+            "processor_state_memory_bytes",
+            "RocksDB memory held in the worker's one budget: blocks, indexes, filters and "
+            "memtables (PROCESSOR_STATE_MEMORY_MB).", registry=r,
+        )
         self.lag = Gauge(
             "processor_consumer_lag",
             "Commands in course-commands not yet read by this worker, per owned partition.",

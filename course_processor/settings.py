@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # One RocksDB per owned partition lives here (state.py); it survives restarts.
     data_dir: Path = Field(default=Path(".run/processor"),
                            validation_alias=_env("PROCESSOR_DATA_DIR"))
+    # One bound on the RocksDB memory of the worker, whatever the partitions it owns:
+    # block cache, index and filter blocks and memtables together (state/memory.py).
+    state_memory_mb: int = Field(default=64, ge=8,
+                                 validation_alias=_env("PROCESSOR_STATE_MEMORY_MB"))
     log_level: LogLevel = Field(default="INFO", validation_alias=_env("LOG_LEVEL"))
     app_id: str = Field(default="course-processor", min_length=1,
                         validation_alias=_env("PROCESSOR_APP_ID"))

@@ -18,11 +18,11 @@ from typing import Any
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from course_processor.decider import Decider
-from course_processor.values import memory_key, outcome_of
-from course_processor.wire import event_headers
+from course_processor.deciding.handler import Decider
+from course_processor.deciding.values import memory_key, outcome_of
+from course_processor.deciding.wire import event_headers
 from schemas import codec, topics
-from schemas.messages import Command, CreateCourse, SignUp, StudentSignedUp
+from schemas.messages import Command, CreateCourse, Event, SignUp, StudentSignedUp
 from schemas.pseudonyms import seat_key
 
 CLOCK = time.CLOCK_MONOTONIC  # one clock for every process on this machine
@@ -153,12 +153,20 @@ class OffsetProbe:
 # ------------------------------------------------------------------ processor state
 
 
+def decide(decider: Decider, cmd: Command) -> Event | None:
+    """A decision of seeded history, its changes applied at once (the benches write the
+    event and the changelog records themselves, in one go)."""
+    plan = decider.plan(cmd)
+    decider.apply(plan)
+    return plan.event
+
+
 def seed_tables(courses: list[str], capacity: int) -> tuple[dict, dict, dict]:
     """The processor's tables right after it decided the CreateCourse commands."""
     course_table: dict = {}
     decider = Decider(course_table, {}, {}, b"unused: no sign-ups")
     for cmd in create_commands(courses, capacity):
-        decider.decide(cmd)
+        decide(decider, cmd)
     return course_table, {}, {}
 
 
@@ -355,7 +363,7 @@ def grow_history(bootstrap: str, history: History, count: int, rng: random.Rando
         produce(producer, topic, key, value, **extra)
 
     for i, cmd in enumerate(signup_commands(history.courses, count, rng, tag)):
-        event = decider.decide(cmd)
+        event = decide(decider, cmd)
         assert isinstance(cmd, SignUp) and event is not None
         part = history.partition_of[cmd.course_id]
         send(topics.EVENTS, cmd.course_id.encode(), codec.encode(event),

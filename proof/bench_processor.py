@@ -39,9 +39,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from course_processor.commands import Unprocessable, read_command
-from course_processor.decider import Decider
-from course_processor.wire import event_headers
+from course_processor.deciding.commands import Unprocessable, read_command
+from course_processor.deciding.handler import Decider
+from course_processor.deciding.wire import event_headers
 from proof.bench_stack import broker_from_env, results_dir
 from schemas.codec import encode
 from schemas.messages import CreateCourse, SignUp
@@ -198,13 +198,16 @@ def bench_loop(run: Run, n: int, transactional: bool) -> dict[str, Any]:
                 cmd = read_command(msg.key(), msg.value())
             except Unprocessable:
                 continue
-            event = decider.decide(cmd)
+            plan = decider.plan(cmd)
+            event = plan.event
             if event is None:
                 continue  # a repeated request: nothing written, as in the processor
             value = encode(event)
             headers: list[tuple[str, str | bytes | None]] = [
                 *event_headers(event, "baseline", 0)]
+            # The processor's order: the event first, then the table changes.
             producer.produce(events, key=msg.key(), value=value, headers=headers)
+            decider.apply(plan)
         producer.poll(0)
         if time.monotonic() - last_commit >= 0.1:
             commit()

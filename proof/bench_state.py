@@ -45,11 +45,11 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from course_processor.decider import Decider
-from course_processor.migrate import command_partition
-from course_processor.values import memory_key, outcome_of
-from course_processor.wire import event_headers
-from proof.bench_kafka import produce
+from course_processor.deciding.handler import Decider
+from course_processor.deciding.values import memory_key, outcome_of
+from course_processor.deciding.wire import event_headers
+from course_processor.state.migrate import command_partition
+from proof.bench_kafka import decide, produce
 from proof.bench_stack import broker_from_env, memory, results_dir
 from schemas.codec import decode, encode
 from schemas.messages import CreateCourse, SignUp, StudentSignedUp
@@ -130,7 +130,7 @@ def grow(run: Run, total: int) -> float:
     course_ids = [f"h{i:05d}" for i in range(needed)]
     touched: set[str] = set()
     for course in course_ids[len(run.courses):]:
-        event = decider.decide(CreateCourse(str(uuid.uuid4()), course, "History", "Dr. Disk",
+        event = decide(decider, CreateCourse(str(uuid.uuid4()), course, "History", "Dr. Disk",
                                             CAPACITY, now, "history"))
         assert event is not None
         send(run.events, course.encode(), encode(event))
@@ -140,7 +140,7 @@ def grow(run: Run, total: int) -> float:
         sid = str(uuid.uuid4())
         cmd = SignUp(sid, sid, course, f"h{i}@example.org", "History Student",
                      date(1990, 1, 1) + timedelta(days=i % 9000), now, sid)
-        event = decider.decide(cmd)
+        event = decide(decider, cmd)
         assert event is not None
         part = command_partition(course, run.partitions)
         send(run.events, course.encode(), encode(event),

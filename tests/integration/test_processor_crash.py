@@ -167,6 +167,14 @@ class Worker:
     def health(self) -> dict[str, Any] | None:
         return processor_health(self.port)
 
+    def status_of(self, path: str) -> int:
+        """The HTTP status of a GET of `path` on the worker's web server."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as err:
+            return int(err.code)
+
     def deciding(self) -> list[int]:
         """The partitions this worker decides now (none while rebalancing or recovering)."""
         return deciding(self.health())
@@ -621,7 +629,7 @@ def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> Non
 def assert_disk_is_committed_changelog(cluster: Cluster) -> dict[str, int]:
     """Every stopped worker's local state equals, key by key, its committed changelog up
     to the offsets stored with it: nothing aborted, nothing uncommitted reached a disk."""
-    from course_processor.state import LocalState
+    from course_processor.state.local import LocalState
 
     tables = ("courses", "seat_holders", "decided_signups")
     compared = keys = 0
@@ -737,6 +745,14 @@ def test_repeated_commands_write_nothing(cluster: Cluster) -> None:
         event_ids = [event_in(r.value).event_id for r in records]
         assert len(event_ids) == len(set(event_ids)) == 1 + len(w.signups)
         audit(log, w)
+        # The tables hold seat keys and decisions now: faust's own pages, which would
+        # list them, are not served; only the processor's three are.
+        faust_pages = ["/", "/table/", "/table/seat_holders/", f"/table/courses/{course}/",
+                       "/router/", f"/router/seat_holders/{course}/", "/stats/", "/graph/"]
+        assert {path: worker.status_of(path) for path in faust_pages} == dict.fromkeys(
+            faust_pages, 404)
+        assert [worker.status_of(p) for p in ("/healthz", "/metrics")] == [200, 200]
+        assert worker.status_of("/readyz") in (200, 503)  # 503 while rebalancing
 
 
 def _counter(metrics: str, name: str) -> dict[str, float]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from course_processor.state import LocalState
+from course_processor.state.local import LocalState
+from course_processor.state.memory import MemoryBudget
 
 pytestmark = pytest.mark.integration
 
@@ -242,3 +243,29 @@ def test_a_bulk_load_lost_in_a_crash_takes_its_offset_with_it(tmp_path: Path,
         assert (data, offset) == ({b"committed": b"1", b"loaded": b"2"}, 9)
     else:  # the load is gone, and so is its offset: the restore reads it again
         assert (data, offset) == ({b"committed": b"1"}, 3)
+
+
+def test_every_partition_draws_on_one_memory_budget(tmp_path: Path) -> None:
+    """16 partitions committing small batches, as the processor does, stay within one
+    budget: the memtables of every column family of every database together, and the
+    block cache they are charged to (per-database settings would allow 16 x 4 families
+    x 2 memtables of 4 MB)."""
+    budget = MemoryBudget(32 << 20)
+    s = LocalState(tmp_path / "state", TABLES, budget)
+    value = os.urandom(60)
+    peak_memtables = peak_cache = 0
+    for round_ in range(120):
+        for p in range(16):
+            s.open(p)
+            for i in range(50):
+                s.stage(p, "seat_holders", f"{round_:04d}-{i}-{p}".encode() * 2, value)
+                s.stage(p, "decided_signups", f"{round_:04d}/{i}-{p}".encode() * 2, value)
+            s.written("seat_holders", p, round_, 1)
+            s.commit({p})
+        peak_memtables = max(peak_memtables, budget.write_buffers.get_usage())
+        peak_cache = max(peak_cache, budget.usage())
+    assert 2 * budget.memtable_bytes < 120 * 16 * 100 * 90  # written: 2 memtable budgets
+    assert peak_memtables <= budget.memtable_bytes * 1.25
+    assert peak_cache <= budget.total_bytes * 1.25
+    assert s.get(7, "seat_holders", b"0119-49-70119-49-7") == value
+    assert s.persisted_offset("seat_holders", 15) == 119

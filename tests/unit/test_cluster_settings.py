@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from command_api.publisher import producer_config
-from course_processor.app import faust_settings
+from course_processor.faust_eos.app import faust_settings
 from course_processor.settings import Settings
 from proof.chaos import SCENARIOS, fits, longest_stall, resumed_everywhere
 from stack import kafka

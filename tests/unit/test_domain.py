@@ -4,7 +4,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from functools import reduce
 
-from course_processor.domain import (
+from course_processor.deciding.domain import (
     Course,
     decide_create,
     decide_signup,

@@ -1,4 +1,7 @@
-"""The decider against plain dicts: what the tables hold, repeats, and the bounded memory."""
+"""The decider against plain dicts: what the tables hold, repeats, and the bounded memory.
+
+Every test decides as the agent does: plan, send the event, then apply the changes.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,16 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
-from course_processor.decider import Decider
-from course_processor.values import MEMORY_DAYS, MIGRATED_KEY, SignupOutcome
-from schemas.messages import CreateCourse, SignUp, SignUpRejected, StudentSignedUp
+from course_processor.deciding.handler import Decider
+from course_processor.deciding.values import MEMORY_DAYS, MIGRATED_KEY, SignupOutcome
+from schemas.messages import (
+    Command,
+    CreateCourse,
+    Event,
+    SignUp,
+    SignUpRejected,
+    StudentSignedUp,
+)
 from schemas.pseudonyms import seat_key
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -29,6 +39,18 @@ def decider(clock: Clock | None = None) -> Decider:
     return Decider({}, {}, {}, SECRET, now=clock or Clock())
 
 
+SENT: list[Event] = []  # what the tests' "agent" sent, in order
+
+
+def decide(d: Decider, cmd: Command) -> Event | None:
+    """The agent's order (faust_eos/agents.py): plan, send the event, apply the changes."""
+    plan = d.plan(cmd)
+    if plan.event is not None:
+        SENT.append(plan.event)
+    d.apply(plan)
+    return plan.event
+
+
 def create(capacity: int = 2) -> CreateCourse:
     return CreateCourse(str(uuid.uuid4()), "intro", "Intro", "Ada", capacity, T0, "corr")
 
@@ -40,48 +62,48 @@ def signup(email: str, name: str = "Ann Example") -> SignUp:
 
 def test_a_repeated_command_writes_nothing() -> None:
     d = decider()
-    d.decide(create())
+    decide(d, create())
     cmd = signup("ann@example.org")
-    first = d.decide(cmd)
+    first = decide(d, cmd)
     tables_after_first = json.dumps([d.courses, d.seats, d.decided], sort_keys=True)
 
     assert isinstance(first, StudentSignedUp) and first.seats_taken == 1
-    assert d.decide(cmd) is None
-    assert d.decide(replace(cmd, command_id=str(uuid.uuid4()))) is None
+    assert decide(d, cmd) is None
+    assert decide(d, replace(cmd, command_id=str(uuid.uuid4()))) is None
     assert json.dumps([d.courses, d.seats, d.decided], sort_keys=True) == tables_after_first
 
 
 def test_a_repeated_create_writes_nothing() -> None:
     d = decider()
     cmd = create()
-    assert d.decide(cmd) is not None
-    assert d.decide(replace(cmd, command_id=str(uuid.uuid4()))) is None
+    assert decide(d, cmd) is not None
+    assert decide(d, replace(cmd, command_id=str(uuid.uuid4()))) is None
 
 
 def test_a_repeated_rejection_stays_a_rejection_after_the_course_is_created() -> None:
     d = decider()
     cmd = signup("ann@example.org")
-    first = d.decide(cmd)
-    d.decide(create())
+    first = decide(d, cmd)
+    decide(d, create())
 
     assert isinstance(first, SignUpRejected) and first.reason == "course_not_found"
-    assert d.decide(replace(cmd, command_id=str(uuid.uuid4()))) is None
+    assert decide(d, replace(cmd, command_id=str(uuid.uuid4()))) is None
     assert d.courses["intro"]["seats_taken"] == 0
 
 
 def test_a_student_holds_one_seat_whatever_the_letter_case() -> None:
     d = decider()
-    d.decide(create(capacity=5))
-    d.decide(signup("Ann@Example.org"))
-    event = d.decide(signup("  ann@EXAMPLE.ORG"))
+    decide(d, create(capacity=5))
+    decide(d, signup("Ann@Example.org"))
+    event = decide(d, signup("  ann@EXAMPLE.ORG"))
     assert isinstance(event, SignUpRejected) and event.reason == "already_enrolled"
     assert len(d.seats) == 1
 
 
 def test_seats_never_exceed_capacity_and_each_student_is_one_entry() -> None:
     d = decider()
-    d.decide(create(capacity=3))
-    events = [d.decide(signup(f"s{i}@example.org")) for i in range(10)]
+    decide(d, create(capacity=3))
+    events = [decide(d, signup(f"s{i}@example.org")) for i in range(10)]
     accepted = [e for e in events if isinstance(e, StudentSignedUp)]
     assert [e.seats_taken for e in accepted] == [1, 2, 3]
     assert {e.reason for e in events if isinstance(e, SignUpRejected)} == {"course_full"}
@@ -91,9 +113,9 @@ def test_seats_never_exceed_capacity_and_each_student_is_one_entry() -> None:
 
 def test_the_tables_hold_no_personal_data_and_compact_outcomes() -> None:
     d = decider()
-    d.decide(create(capacity=1))
-    d.decide(signup("Ann.Person@example.org", name="Ann Person"))
-    d.decide(signup("bob.other@example.org", name="Bob Other"))
+    decide(d, create(capacity=1))
+    decide(d, signup("Ann.Person@example.org", name="Ann Person"))
+    decide(d, signup("bob.other@example.org", name="Bob Other"))
     dumped = json.dumps([d.courses, d.seats, d.decided]).casefold()
 
     for secret in ("ann.person", "bob.other", "example.org", "ann person", "bob other",
@@ -107,30 +129,30 @@ def test_the_tables_hold_no_personal_data_and_compact_outcomes() -> None:
 def test_decisions_are_forgotten_after_the_window_but_seats_never() -> None:
     clock = Clock()
     d = decider(clock)
-    d.decide(create(capacity=100))
+    decide(d, create(capacity=100))
     old = signup("old@example.org")
     rejected = signup("bad@example.org")
-    d.decide(old)
-    d.decide(replace(rejected, course_id="nope"))
+    decide(d, old)
+    decide(d, replace(rejected, course_id="nope"))
     clock.t += timedelta(days=MEMORY_DAYS + 2)
     for i in range(5):  # each new decision forgets up to two expired ones
-        d.decide(signup(f"new{i}@example.org"))
+        decide(d, signup(f"new{i}@example.org"))
 
     assert len(d.decided) == 5
     assert all(not k.startswith(old.issued_at.date().isoformat()) for k in d.decided)
     assert len(d.seats) == 6
     # The accepted sign-up is still recognised by its seat: no second decision.
-    assert d.decide(replace(old, command_id=str(uuid.uuid4()))) is None
+    assert decide(d, replace(old, command_id=str(uuid.uuid4()))) is None
 
 
 def test_the_memory_stays_as_large_as_the_window_under_steady_load() -> None:
     clock = Clock()
     d = decider(clock)
-    d.decide(create(capacity=10**6))
+    decide(d, create(capacity=10**6))
     per_day = 20
     for _day in range(3 * MEMORY_DAYS):
         for i in range(per_day):
-            d.decide(signup(f"s{uuid.uuid4()}-{i}@example.org"))
+            decide(d, signup(f"s{uuid.uuid4()}-{i}@example.org"))
         clock.t += timedelta(days=1)
     assert len(d.decided) <= (MEMORY_DAYS + 1) * per_day
     assert len(d.seats) == 3 * MEMORY_DAYS * per_day
@@ -140,10 +162,10 @@ def test_the_migration_mark_is_never_forgotten() -> None:
     clock = Clock()
     d = decider(clock)
     d.decided[MIGRATED_KEY] = "built from course-events"
-    d.decide(create(capacity=10))
+    decide(d, create(capacity=10))
     clock.t += timedelta(days=100)
     for i in range(5):
-        d.decide(signup(f"s{i}@example.org"))
+        decide(d, signup(f"s{i}@example.org"))
     assert MIGRATED_KEY in d.decided
 
 
@@ -155,9 +177,9 @@ def sealed_signup(email: str) -> SignUp:
 
 def test_a_sealed_sign_up_takes_its_seat_by_the_commands_seat_key_and_copies_the_seal() -> None:
     d = decider()
-    d.decide(create())
+    decide(d, create())
     cmd = sealed_signup("ann@example.org")
-    event = d.decide(cmd)
+    event = decide(d, cmd)
 
     assert isinstance(event, StudentSignedUp)
     assert (event.email, event.name, event.key_id) == ("", "", "k-1")
@@ -168,9 +190,9 @@ def test_a_sealed_sign_up_takes_its_seat_by_the_commands_seat_key_and_copies_the
 
 def test_the_same_student_sealed_and_in_clear_holds_one_seat() -> None:
     d = decider()
-    d.decide(create())
-    d.decide(signup("ann@example.org"))  # an old command, still in course-commands
-    again = d.decide(sealed_signup("ANN@example.org"))
+    decide(d, create())
+    decide(d, signup("ann@example.org"))  # an old command, still in course-commands
+    again = decide(d, sealed_signup("ANN@example.org"))
 
     assert isinstance(again, SignUpRejected) and again.reason == "already_enrolled"
     assert again.key_id == "k-1" and again.email == ""

@@ -7,11 +7,16 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from course_processor.commands import Unprocessable, read_command
-from course_processor.continuity import Continuity
-from course_processor.domain import Course
-from course_processor.values import SignupOutcome, course_from_value, course_to_value, outcome_of
-from course_processor.wire import event_headers, outcome
+from course_processor.deciding.commands import Unprocessable, read_command
+from course_processor.deciding.domain import Course
+from course_processor.deciding.values import (
+    SignupOutcome,
+    course_from_value,
+    course_to_value,
+    outcome_of,
+)
+from course_processor.deciding.wire import event_headers, outcome
+from course_processor.faust_eos.continuity import Continuity
 from schemas.codec import encode
 from schemas.messages import (
     CourseCreated,

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from course_processor.app import create_app
+from course_processor.bootstrap import state_config
+from course_processor.faust_eos.app import Processor, create_app
 from course_processor.logs import formatter, logging_config
 from course_processor.metrics import Metrics
 from course_processor.settings import Settings, SettingsError
+from course_processor.state.runtime import StateRuntime
 
 REQUIRED = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "PSEUDONYM_SECRET": "s3cret"}
 
@@ -53,8 +55,14 @@ def test_settings_refuse_nonsense(name: str, value: str) -> None:
         Settings.from_env({**REQUIRED, name: value})
 
 
+def app_only() -> Processor:
+    """The app with its tables, not connected (no agent: nothing runs)."""
+    settings = Settings.from_env({**REQUIRED, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    return create_app(settings, StateRuntime(state_config(settings)))
+
+
 def test_tables_write_their_changelogs_with_the_right_serializers() -> None:
-    p = create_app(Settings.from_env({**REQUIRED, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}))
+    p = app_only()
     # faust types changelog_topic as TopicT, which does not declare the serializers.
     serializers = {t.name: (t.changelog_topic.key_serializer,  # type: ignore[attr-defined]
                             t.changelog_topic.value_serializer)  # type: ignore[attr-defined]
@@ -121,7 +129,7 @@ async def test_a_crashed_producer_buffer_ends_the_process_instead_of_a_graceful_
     def fail_stop(reason: str, exc: BaseException | None = None) -> None:
         raise FailStopped(reason)
 
-    monkeypatch.setattr("course_processor.app.fail_stop", fail_stop)
-    p = create_app(Settings.from_env({**REQUIRED, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}))
+    monkeypatch.setattr("course_processor.faust_eos.app.fail_stop", fail_stop)
+    p = app_only()
     with pytest.raises(FailStopped, match="IllegalOperation"):
         await p.app.producer.buffer.crash(RuntimeError("IllegalOperation: not in transaction"))

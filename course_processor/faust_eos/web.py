@@ -1,4 +1,8 @@
-"""HTTP endpoints on the faust web server: GET /metrics (Prometheus) and GET /healthz."""
+"""HTTP endpoints on the faust web server: GET /metrics (Prometheus), /healthz and /readyz.
+
+These are the only pages served: faust's own (its table and router views among
+them) are off (app.py, OwnPagesWeb).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from course_processor.app import Processor
+from course_processor.faust_eos.app import Processor
 
 # aiohttp takes the charset apart from the content type.
 CONTENT_TYPE_PLAIN = CONTENT_TYPE_LATEST.split("; charset")[0]
@@ -16,6 +20,7 @@ def add_routes(p: Processor) -> None:
     @p.app.page("/metrics", name="processor_metrics")
     async def metrics(self: View, request: Request) -> Response:
         update_lag(p)
+        p.metrics.state_memory.set(p.runtime.local.memory.usage())
         return self.bytes(p.metrics.render(), content_type=CONTENT_TYPE_PLAIN)
 
     @p.app.page("/readyz", name="processor_readyz")
@@ -39,8 +44,8 @@ def add_routes(p: Processor) -> None:
                                if tp.topic == p.settings.commands_topic),
             "rebalancing": bool(p.app.rebalancing),
             "recovering": bool(p.app.in_recovery),
-            "local_state": {"partitions": sorted(p.app.local_state.partitions),
-                            "staged": p.app.local_state.staged_count()},
+            "local_state": {"partitions": sorted(p.runtime.local.partitions),
+                            "staged": p.runtime.local.staged_count()},
         })
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from course_processor.domain import validate
+from course_processor.deciding.domain import validate
 from schemas.codec import DecodeError, UnknownSchemaError, decode
 from schemas.messages import Command, CreateCourse, SignUp
 

@@ -1,50 +1,53 @@
 """The faust app of the course processor: topics and tables, built by create_app().
 
-The agent that decides is added by agents.register(); bootstrap.py puts the two
-together.
+The app is given the worker's StateRuntime (state/runtime.py) and metrics in its
+constructor and hands them to the adapters faust builds from it: the tables' store
+(tables.py), the transport's producer and transaction manager (transactions.py) and
+the table recovery (recovery.py). The agent that decides is added by
+agents.register(); bootstrap.py puts the two together.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from faust.transport.base import Transport
 from faust.types import TableT
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from course_processor.failstop import fail_stop
+from course_processor.deciding.values import COURSES, DECIDED, SEATS
+from course_processor.faust_eos.failstop import fail_stop
+from course_processor.faust_eos.recovery import LocalStateTableManager
+from course_processor.faust_eos.tables import StagedTable
+from course_processor.faust_eos.transactions import FencedTransport
 from course_processor.metrics import Metrics
-from course_processor.recovery import LocalStateTableManager
 from course_processor.settings import Settings
-from course_processor.state import LocalState
-from course_processor.tables import StagedTable
-from course_processor.transactions import FencedTransport
-
-# Table names; each one's changelog topic is "<app id>-<name>-changelog". They are
-# not the names of the in-memory tables of earlier versions (`seats`, `decisions`),
-# whose changelogs held personal data: those are left alone (see migrate.py).
-COURSES, SEATS, DECIDED = "courses", "seat_holders", "decided_signups"
-TABLES = (COURSES, SEATS, DECIDED)
+from course_processor.state.runtime import StateRuntime
 
 
 class ProcessorApp(faust.App):
-    """A faust.App whose tables live in a LocalState and whose writes stay in the
-    transaction of their command (transactions.py)."""
+    """A faust.App whose tables live in the StateRuntime's local state and whose writes
+    stay in the transaction of their command (transactions.py)."""
 
-    local_state: LocalState
-    # Brings the owned partitions' local state up to date on assignment (bootstrap.py).
-    restorer: Callable[[set[int]], None]
-    commands_topic: str
+    def __init__(self, id: str, *, runtime: StateRuntime, metrics: Metrics,
+                 **options: Any) -> None:
+        # Set before faust's own __init__: the adapters it builds read them.
+        self.runtime = runtime
+        self.metrics = metrics
+        super().__init__(id, **options)
+
+    def _new_web(self) -> AiohttpWeb:
+        return OwnPagesWeb(self)
 
     def _new_transport(self) -> Transport:
-        return FencedTransport(self.conf.broker_consumer, self)
+        return FencedTransport(self.conf.broker_consumer, self, self.runtime)
 
     def _new_producer_transport(self) -> Transport:
-        return FencedTransport(self.conf.broker_producer, self)
+        return FencedTransport(self.conf.broker_producer, self, self.runtime)
 
     def _crash(self, reason: BaseException) -> None:
         # mode marks every service above a crashed one as crashed (this app too), and
@@ -56,10 +59,19 @@ class ProcessorApp(faust.App):
         fail_stop(f"a faust service crashed: {reason!r}", reason)
 
 
+class OwnPagesWeb(AiohttpWeb):
+    """faust's web server without faust's own pages: no /table (it would list every
+    seat key and decision of the tables), no /router, no statistics and no index page.
+    Only the routes the processor adds (web.py) are served."""
+
+    default_blueprints = debug_blueprints = production_blueprints = optional_blueprints = ()
+
+
 @dataclass(frozen=True)
 class Processor:
     app: ProcessorApp
     settings: Settings
+    runtime: StateRuntime
     metrics: Metrics
     commands: faust.TopicT
     events: faust.TopicT
@@ -82,14 +94,17 @@ class Processor:
         return {name: t.changelog_topic.get_topic_name() for name, t in self.tables.items()}
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> Processor:
+def create_app(settings: Settings, runtime: StateRuntime,
+               metrics: Metrics | None = None) -> Processor:
     """Build the app, its topics and tables; nothing connects before the worker starts."""
-    app = ProcessorApp(settings.app_id, **faust_settings(settings))
-    app.local_state = LocalState(settings.data_dir, TABLES)
+    metrics = metrics or Metrics()
+    app = ProcessorApp(settings.app_id, runtime=runtime, metrics=metrics,
+                       **faust_settings(settings))
     return Processor(
         app=app,
         settings=settings,
-        metrics=metrics or Metrics(),
+        runtime=runtime,
+        metrics=metrics,
         commands=_raw_topic(app, settings.commands_topic),
         events=_raw_topic(app, settings.events_topic),
         dead_letters=_raw_topic(app, settings.dlq_topic),
@@ -122,6 +137,10 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "producer_linger": settings.linger,
         "consumer_auto_offset_reset": "earliest",
         "web_port": settings.port,
+        # faust's table and router views would serve the tables' contents (OwnPagesWeb
+        # removes every faust page; these say so where faust's settings are read).
+        "web_router_enabled": False,
+        "web_tables_enabled": False,
         "web_bind": settings.host,
         "Table": StagedTable,
         "TableManager": LocalStateTableManager,

@@ -26,12 +26,12 @@ from datetime import UTC, date, datetime
 from confluent_kafka import Consumer, IsolationLevel, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from course_processor import values
-from course_processor.domain import Course, evolve
-from course_processor.restore import committed_ends, end_offsets
+from course_processor.deciding import values
+from course_processor.deciding.domain import Course, evolve
 from schemas.codec import DecodeError, decode
 from schemas.messages import CourseCreated, StudentSignedUp
 from schemas.pseudonyms import seat_key
+from service_kit.topic_ends import end_offsets, read_to_end, settled_end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -89,27 +89,24 @@ def partitions_to_build(admin: AdminClient, decided_changelog: str, events_topic
     return {p for p in owned if ends[(decided_changelog, p)] == 0}
 
 
-def build(servers: str, app_id: str, events_topic: str, partitions: set[int],
+def build(kafka: Mapping[str, str], app_id: str, events_topic: str, partitions: set[int],
           total_partitions: int, changelogs: Mapping[str, str], encode: Encoder,
           secret: bytes, today: date) -> int:
     """Fold course-events into the tables of `partitions` and commit their changelogs."""
     started = time.monotonic()
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient(dict(kafka))
     meta = admin.list_topics(events_topic, timeout=30).topics[events_topic]
     tps = [TopicPartition(events_topic, p) for p in meta.partitions]
-    ends = committed_ends(admin, tps)
+    ends = settled_end_offsets(admin, tps)
     tables = {p: PartitionTables() for p in partitions}
     events = 0
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"{app_id}-migrate",
+    consumer = Consumer({**kafka, "group.id": f"{app_id}-migrate",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
-    consumer.assign([TopicPartition(events_topic, p, 0) for p in meta.partitions
-                     if ends[(events_topic, p)] > 0])
-    remaining = {p for p in meta.partitions if ends[(events_topic, p)] > 0}
     try:
-        while remaining:
-            for msg in consumer.consume(10_000, 0.5):
+        for messages in read_to_end(consumer, dict.fromkeys(ends, 0), ends):
+            for msg in messages:
                 value = msg.value()
-                if msg.error() is not None or value is None:
+                if value is None:
                     continue
                 try:
                     event = decode(value)
@@ -120,22 +117,20 @@ def build(servers: str, app_id: str, events_topic: str, partitions: set[int],
                 if p in tables:
                     fold(tables[p], event, secret, today)
                     events += 1
-            for pos in consumer.position([TopicPartition(events_topic, p) for p in remaining]):
-                if pos.offset >= ends[(events_topic, pos.partition)]:
-                    remaining.discard(pos.partition)
     finally:
         consumer.close()
     for p, built in sorted(tables.items()):
-        _commit_partition(servers, app_id, p, built, changelogs, encode)
+        _commit_partition(kafka, app_id, p, built, changelogs, encode)
     log.info("tables built from course-events: %d events in %.1fs", events,
              time.monotonic() - started, extra={"kind": "migrate"})
     return events
 
 
-def _commit_partition(servers: str, app_id: str, partition: int, tables: PartitionTables,
-                      changelogs: Mapping[str, str], encode: Encoder) -> None:
+def _commit_partition(kafka: Mapping[str, str], app_id: str, partition: int,
+                      tables: PartitionTables, changelogs: Mapping[str, str],
+                      encode: Encoder) -> None:
     producer = Producer({
-        "bootstrap.servers": servers, "transactional.id": f"{app_id}-migrate-{partition}",
+        **kafka, "transactional.id": f"{app_id}-migrate-{partition}",
         "transaction.timeout.ms": 600_000, "linger.ms": 20, "acks": "all",
     })
     producer.init_transactions(60)

@@ -2,13 +2,14 @@
 
 On every assignment, before faust looks at the changelogs, `LocalStateRecovery`
 brings the local state of the owned partitions up to the end of their committed
-changelogs (restore.py, and migrate.py once after an upgrade). faust then finds
+changelogs (StateRuntime.bring_up_to_date: state/restore.py, and state/migrate.py
+once after an upgrade). faust then finds
 nothing left to read: its highwater of each changelog partition is the offset the
 local state already holds.
 
 There is no "empty the tables and restore from offset 0" any more. Its reason was
 that values written by a command whose transaction then aborted survived in memory;
-such values are now only staged, and dropped with the transaction (state.py).
+such values are now only staged, and dropped with the transaction (state/local.py).
 
 The stream seek also moves before the first fetch. After restoring, faust-streaming
 0.15 resumes the command partitions and only then seeks them to the committed
@@ -22,18 +23,24 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import TYPE_CHECKING, cast
+from typing import Any
 
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
 from faust.types.transports import ConsumerT
 
-if TYPE_CHECKING:
-    from course_processor.app import ProcessorApp
+from course_processor.faust_eos.failstop import fail_stop
+from course_processor.metrics import Metrics
+from course_processor.state.runtime import StateRuntime
 
 
 class LocalStateRecovery(Recovery):
+    def __init__(self, *args: Any, runtime: StateRuntime, metrics: Metrics,
+                 **kwargs: Any) -> None:
+        self.runtime, self.metrics = runtime, metrics
+        super().__init__(*args, **kwargs)
+
     async def on_rebalance(
         self,
         assigned: set[TP],
@@ -42,13 +49,28 @@ class LocalStateRecovery(Recovery):
         generation_id: int = 0,
     ) -> None:
         if generation_id == self.app.consumer_generation_id:
-            app = cast("ProcessorApp", self.app)
-            owned = {tp.partition for tp in assigned if tp.topic == app.commands_topic}
+            commands = self.runtime.config.commands_topic
+            owned = {tp.partition for tp in assigned if tp.topic == commands}
             # In a thread: the restore reads Kafka and writes RocksDB synchronously,
             # and the consumer's heartbeats must go on meanwhile. The agent is stopped
             # for the whole rebalance, so nothing else touches the local state.
-            await asyncio.get_running_loop().run_in_executor(None, app.restorer, owned)
+            await asyncio.get_running_loop().run_in_executor(None, self._restore, owned)
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+    def _restore(self, owned: set[int]) -> None:
+        try:
+            stats = self.runtime.bring_up_to_date(owned, self._encode)
+        except Exception as exc:
+            # Deciding from a state not brought up to date could overbook a course;
+            # a restart tries again from the disk and the committed changelogs.
+            fail_stop("the local state could not be brought up to date", exc)
+        self.metrics.restored.inc(stats.records)
+
+    def _encode(self, table: str, key: object, value: object) -> tuple[bytes, bytes]:
+        """A table's changelog record, serialized as the faust table writes it (the
+        rebuild from course-events writes the changelogs itself)."""
+        store: Any = self.tables[table].data  # type: ignore[attr-defined]
+        return store._encode_key(key), store._encode_value(value)  # noqa: SLF001
 
     async def _build_highwaters(
         self, consumer: ConsumerT, tps: set[TP], destination: Counter[TP], title: str
@@ -57,8 +79,9 @@ class LocalStateRecovery(Recovery):
         # on_rebalance above); telling faust so leaves it nothing to read.
         destination.clear()
         for tp in tps:
-            table = self.tables._changelogs.get(tp.topic)  # noqa: SLF001
-            offset = table.persisted_offset(tp) if table is not None else None
+            table = self.runtime.table_of(tp.topic)
+            offset = (None if table is None
+                      else self.runtime.local.persisted_offset(table, tp.partition))
             destination[tp] = -1 if offset is None else offset
 
     async def _resume_streams(self, generation_id: int = 0) -> None:
@@ -74,6 +97,9 @@ class LocalStateTableManager(TableManager):
     @property
     def recovery(self) -> Recovery:
         if self._recovery is None:
+            # The app was given the runtime and metrics in its constructor (app.py).
+            app: Any = self.app
             self._recovery = LocalStateRecovery(self.app, self, beacon=self.beacon,
-                                                loop=self.loop)
+                                                loop=self.loop, runtime=app.runtime,
+                                                metrics=app.metrics)
         return self._recovery

@@ -21,8 +21,15 @@ from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from typing import Any, Literal
 
-from course_processor.domain import Course
+from course_processor.deciding.domain import Course
 from schemas.messages import Event, SignUpRejected, StudentSignedUp
+
+# The tables' names; each one's changelog topic is "<app id>-<name>-changelog". They
+# are not the names of the in-memory tables of earlier versions (`seats`,
+# `decisions`), whose changelogs held personal data: those are left alone
+# (state/migrate.py).
+COURSES, SEATS, DECIDED = "courses", "seat_holders", "decided_signups"
+TABLES = (COURSES, SEATS, DECIDED)
 
 # The contract promises the same answer to a repeated request for 7 days; one day
 # more covers a decision made just before midnight.

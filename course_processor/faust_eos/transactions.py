@@ -28,7 +28,7 @@ ends the process at once (`fail_stop`): nothing is committed, and a restart, or 
 worker that took over, redoes the uncommitted work from the last commit, which is
 the path the kill -9 tests prove.
 
-The local state (state.py) follows the transactions: the offset of every changelog
+The local state (state/local.py) follows the transactions: the offset of every changelog
 record delivered is noted, a commit moves the committed partitions' staged writes to
 disk with those offsets, and a rebalance, which aborts every open transaction, drops
 what they staged.
@@ -40,25 +40,29 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Mapping, MutableMapping
-from typing import TYPE_CHECKING, cast
+from typing import Any, cast
 
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, RecordMetadata
+from faust.types import TP, AppT, RecordMetadata
 from faust.types.core import HeadersArg
+from faust.types.transports import ConsumerT, ProducerT, TransactionManagerT
 from faust.types.tuples import FutureMessage
+from yarl import URL
 
-from course_processor.failstop import fail_stop
-
-if TYPE_CHECKING:
-    from course_processor.app import ProcessorApp
+from course_processor.faust_eos.failstop import fail_stop
+from course_processor.state.runtime import StateRuntime
 
 log = logging.getLogger(__name__)
 
 
 class DurableProducer(faust_aiokafka.Producer):
     """A producer whose flush() really waits for the buffered table changes."""
+
+    def __init__(self, transport: Any, *, runtime: StateRuntime, **kwargs: Any) -> None:
+        self.runtime = runtime
+        super().__init__(transport, **kwargs)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,12 +86,11 @@ class DurableProducer(faust_aiokafka.Producer):
                 self._failure = fut.exception()
             return
         # Only table changes go through send_soon: note where each landed, so the
-        # commit stores the offset with the data (state.py).
+        # commit stores the offset with the data (state/local.py).
         metadata = cast(RecordMetadata, fut.result())
-        app = cast("ProcessorApp", self.app)
-        table = app.tables._changelogs.get(metadata.topic)  # type: ignore[attr-defined]  # noqa: SLF001
+        table = self.runtime.table_of(metadata.topic)
         if table is not None:
-            app.local_state.written(table.name, metadata.partition, metadata.offset, sequence)
+            self.runtime.local.written(table, metadata.partition, metadata.offset, sequence)
 
     async def flush(self) -> None:
         # Only what was handed in so far: later records belong to commands whose
@@ -102,6 +105,10 @@ class DurableProducer(faust_aiokafka.Producer):
 
 class SourcePartitionTransactionManager(TransactionManager):
     """Faust's transaction manager with the record routing and commit fixed (see above)."""
+
+    def __init__(self, transport: Any, *, runtime: StateRuntime, **kwargs: Any) -> None:
+        self.runtime = runtime
+        super().__init__(transport, **kwargs)
 
     def transactional_id(self, tp: TP) -> str:
         # The same format Faust uses for the producers it starts and commits.
@@ -140,18 +147,18 @@ class SourcePartitionTransactionManager(TransactionManager):
         producers = cast(faust_aiokafka.Producer, self.producer)._transaction_producers
         await self._stop_transactions(sorted(producers))
         # Those transactions are aborted now: so is everything they staged.
-        cast("ProcessorApp", self.app).local_state.drop_staged()
+        self.runtime.local.drop_staged()
         await super().on_rebalance(assigned, revoked, newly_assigned)
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        app = cast("ProcessorApp", self.app)
+        local = self.runtime.local
         producer = cast(DurableProducer, self.producer)
         partitions = {tp.partition for tp in offsets}
         # Every table write staged so far had its changelog record handed to the
         # producer already (the store stages and the table sends in one synchronous
         # step), and the flush below puts those records into the transaction: they are
         # what this commit carries to disk. Writes staged from here on wait for the next.
-        app.local_state.begin_commit(partitions, producer.sequence)
+        local.begin_commit(partitions, producer.sequence)
         await producer.flush()
         by_transactional_id: MutableMapping[str, dict[TP, int]] = {}
         for tp, offset in offsets.items():
@@ -169,10 +176,22 @@ class SourcePartitionTransactionManager(TransactionManager):
             # the transaction aborts, so this worker's uncommitted work never shows.
             fail_stop("transaction commit failed", exc)
         # Committed in Kafka: now, and only now, the same changes go to disk.
-        app.local_state.finish_commit(partitions)
+        local.finish_commit(partitions)
         return True
 
 
 class FencedTransport(faust_aiokafka.Transport):
-    Producer = DurableProducer
-    TransactionManager = SourcePartitionTransactionManager
+    """faust's aiokafka transport, building the producer and transaction manager above
+    with the worker's StateRuntime."""
+
+    def __init__(self, url: list[URL], app: AppT, runtime: StateRuntime) -> None:
+        self.runtime = runtime
+        super().__init__(url, app)
+
+    def create_producer(self, **kwargs: Any) -> ProducerT:
+        return DurableProducer(self, runtime=self.runtime, **kwargs)
+
+    def create_transaction_manager(self, consumer: ConsumerT, producer: ProducerT,
+                                   **kwargs: Any) -> TransactionManagerT:
+        return SourcePartitionTransactionManager(
+            self, runtime=self.runtime, consumer=consumer, producer=producer, **kwargs)

@@ -36,15 +36,9 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from rocksdict import (
-    AccessType,
-    BlockBasedOptions,
-    Cache,
-    Options,
-    Rdict,
-    WriteBatch,
-    WriteOptions,
-)
+from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
+
+from course_processor.state.memory import MemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -58,43 +52,18 @@ STALE_AFTER_SECONDS = 12 * 3600
 # Key -> value, or None for a deletion; per table.
 Changes = dict[str, dict[bytes, bytes | None]]
 
-# Shared by every partition's databases, so memory stays bounded however many
-# partitions a worker owns: the block cache holds what reads touch, the memtables
-# what was written since the last flush to an SST file.
-_BLOCK_CACHE_BYTES = 32 << 20
-_WRITE_BUFFER_BYTES = 4 << 20
-
-
 _NO_WAL = WriteOptions()
 _NO_WAL.disable_wal = True  # type: ignore[method-assign,assignment]  # a property at run time
-
-
-def _options(cache: Cache) -> Options:
-    table = BlockBasedOptions()
-    table.set_block_cache(cache)
-    table.set_bloom_filter(10, False)
-    table.set_cache_index_and_filter_blocks(True)
-    opts = Options(raw_mode=True)
-    opts.create_if_missing(True)
-    opts.create_missing_column_families(True)
-    opts.set_block_based_table_factory(table)
-    opts.set_write_buffer_size(_WRITE_BUFFER_BYTES)
-    opts.set_max_write_buffer_number(2)
-    opts.set_max_open_files(64)
-    # Column families flush together, so a crash can never leave the offsets of a
-    # bulk load (written without the WAL, see load) on disk without their data.
-    opts.set_atomic_flush(True)
-    return opts
 
 
 class PartitionDB:
     """One partition's RocksDB: a column family per table, plus the changelog offsets."""
 
-    def __init__(self, path: Path, tables: Sequence[str], cache: Cache) -> None:
+    def __init__(self, path: Path, tables: Sequence[str], memory: MemoryBudget) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        families = {name: _options(cache) for name in (*tables, OFFSETS)}
+        families = {name: memory.options() for name in (*tables, OFFSETS)}
         self.path = path
-        self.db = Rdict(str(path), _options(cache), column_families=families,
+        self.db = Rdict(str(path), memory.options(), column_families=families,
                         access_type=AccessType.read_write())
         self.families = {name: self.db.get_column_family(name) for name in families}
         self.handles = {name: self.db.get_column_family_handle(name) for name in families}
@@ -158,10 +127,12 @@ class PartitionDB:
 class LocalState:
     """Every table of the partitions this worker owns: staged writes over committed disk."""
 
-    def __init__(self, directory: Path, tables: Sequence[str]) -> None:
+    def __init__(self, directory: Path, tables: Sequence[str],
+                 memory: MemoryBudget | None = None) -> None:
         self.directory = directory
         self.tables = tuple(tables)
-        self._cache = Cache(_BLOCK_CACHE_BYTES)
+        # One budget for every partition's database (memory.py).
+        self.memory = memory or MemoryBudget()
         self._dbs: dict[int, PartitionDB] = {}
         self._staged: dict[int, Changes] = {}
         # Taken aside by the commit under way, until Kafka has committed it.
@@ -192,8 +163,11 @@ class LocalState:
         db = self._dbs.get(partition)
         if db is None:
             db = self._dbs[partition] = PartitionDB(self.path_of(partition), self.tables,
-                                                    self._cache)
+                                                    self.memory)
             self._open = frozenset(self._dbs)
+            if self.memory.crowded(len(self._dbs) * (len(self.tables) + 1)):
+                log.warning("the RocksDB memory budget is small for %d partitions: raise "
+                            "PROCESSOR_STATE_MEMORY_MB", len(self._dbs))
         return db
 
     def retain(self, partitions: Iterable[int]) -> None:

@@ -1,7 +1,10 @@
-"""One command against the processor's three tables: get, decide, evolve, put. No I/O.
+"""One command against the processor's three tables: get, decide, put. No I/O.
 
-The tables are any mutable mappings: faust tables in the agent, plain dicts in the
-benchmark's baseline loop and in the unit tests (values.py says what they hold).
+`Decider.plan` reads the tables and asks domain.py (the one file that decides a
+sign-up) for the event; `Decider.apply` writes the changes that event makes. The
+agent sends the event between the two (faust_eos/agents.py says why), and so do the
+tests. The tables are any mutable mappings: faust tables in the agent, plain dicts
+in the benchmark's baseline loop and in the unit tests (values.py says what they hold).
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from course_processor import domain
-from course_processor.values import (
+from course_processor.deciding import domain
+from course_processor.deciding.values import (
+    COURSES,
+    DECIDED,
+    SEATS,
     course_from_value,
     course_to_value,
     expired,
@@ -42,7 +48,7 @@ def sorted_keys(table: MutableMapping[str, Any]) -> Callable[[int], list[str]]:
 class Plan:
     """A decision not yet applied: the event to send, then the table changes to make.
 
-    The agent sends the event before it makes the changes (agents.py says why); a
+    The agent sends the event before it makes the changes (faust_eos/agents.py says why); a
     change is (table, key, value), with None for a deletion.
     """
 
@@ -60,16 +66,10 @@ class Decider:
         oldest: Callable[[int], list[str]] | None = None,  # decided's first keys in order
         now: Callable[[], datetime] = utc_now,
     ) -> None:
-        self.tables = {"courses": courses, "seat_holders": seats, "decided_signups": decided}
+        self.tables = {COURSES: courses, SEATS: seats, DECIDED: decided}
         self.courses, self.seats, self.decided = courses, seats, decided
         self.secret, self.now = secret, now
         self.oldest = oldest or sorted_keys(decided)
-
-    def decide(self, cmd: Command) -> Event | None:
-        """The event for `cmd`, with the tables already updated; None for a repeat."""
-        plan = self.plan(cmd)
-        self.apply(plan)
-        return plan.event
 
     def plan(self, cmd: Command) -> Plan:
         """The event for `cmd` and the changes it makes; reads the tables, writes nothing."""
@@ -101,12 +101,12 @@ class Decider:
             return Plan(None)
         changes = list(self.course_change(course, event))
         if isinstance(event, StudentSignedUp):
-            changes.append(("seat_holders", key, cmd.signup_id))
+            changes.append((SEATS, key, cmd.signup_id))
         outcome = outcome_of(event)
         if outcome is not None:
-            changes.append(("decided_signups", memory_key(today, cmd.signup_id),
+            changes.append((DECIDED, memory_key(today, cmd.signup_id),
                             outcome.encode()))
-        changes += [("decided_signups", k, None) for k in self.oldest(FORGET_PER_DECISION)
+        changes += [(DECIDED, k, None) for k in self.oldest(FORGET_PER_DECISION)
                     if expired(k, today)]
         return Plan(event, tuple(changes))
 
@@ -115,4 +115,4 @@ class Decider:
         evolved = domain.evolve(course, event) if event is not None else course
         if evolved is None or evolved == course:
             return ()
-        return (("courses", evolved.course_id, course_to_value(evolved)),)
+        return ((COURSES, evolved.course_id, course_to_value(evolved)),)

@@ -1,4 +1,4 @@
-"""faust tables whose store is the processor's LocalState (state.py).
+"""faust tables whose store is the processor's LocalState (state/local.py).
 
 A faust table writes a changelog record for every change, in the partition of the
 command being processed (the tables are co-partitioned with course-commands), and
@@ -17,7 +17,7 @@ from faust.stores.base import SerializedStore
 from faust.streams import current_event
 from faust.types import TP, EventT, StoreT
 
-from course_processor.state import LocalState
+from course_processor.state.local import LocalState
 
 
 def _partition() -> int | None:
@@ -28,10 +28,10 @@ def _partition() -> int | None:
 class StagedStore(SerializedStore):
     """A faust store over one table of the LocalState; writes only inside a command."""
 
-    @property
-    def local(self) -> LocalState:
-        local: LocalState = self.app.local_state  # type: ignore[attr-defined]
-        return local
+    def __init__(self, url: str, app: faust.types.AppT, table: faust.types.CollectionT,
+                 *, local: LocalState, **kwargs: Any) -> None:
+        self.local = local
+        super().__init__(url, app, table, **kwargs)
 
     def _get(self, key: bytes) -> bytes | None:
         partition = _partition()
@@ -123,8 +123,11 @@ class StagedTable(faust.Table):
     """A faust.Table kept in the LocalState (set as the app's `Table` class)."""
 
     def _new_store(self) -> StoreT:
+        # The app was given the runtime in its constructor (app.py).
+        runtime = self.app.runtime  # type: ignore[attr-defined]
         return StagedStore(
-            "staged://", self.app, self, table_name=self.name, key_type=self.key_type,
+            "staged://", self.app, self, local=runtime.local,
+            table_name=self.name, key_type=self.key_type,
             key_serializer=self.key_serializer, value_serializer=self.value_serializer,
             value_type=self.value_type, loop=self.loop, options=self.options,
         )

@@ -1,9 +1,9 @@
 """The agent: each command on course-commands becomes at most one event on course-events.
 
-Per command: read it, decide it against the tables (decider.py, domain.py), send the
-event. The table changes, the event and the command's offset are one Kafka
-transaction (transactions.py). A command already decided (a repeated request) is
-acknowledged and writes nothing.
+Per command: read it, decide it against the tables (deciding/handler.py, which asks
+deciding/domain.py), send the event. The table changes, the event and the command's
+offset are one Kafka transaction (transactions.py). A command already decided (a
+repeated request) is acknowledged and writes nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from time import perf_counter
 import faust
 from faust.types import Message
 
-from course_processor.app import Processor
-from course_processor.commands import Unprocessable, read_command
-from course_processor.continuity import Continuity
-from course_processor.decider import Decider, utc_now
-from course_processor.failstop import fail_stop
-from course_processor.tables import StagedStore
-from course_processor.wire import event_headers, outcome
+from course_processor.deciding.commands import Unprocessable, read_command
+from course_processor.deciding.handler import Decider, utc_now
+from course_processor.deciding.wire import event_headers, outcome
+from course_processor.faust_eos.app import Processor
+from course_processor.faust_eos.continuity import Continuity
+from course_processor.faust_eos.failstop import fail_stop
+from course_processor.faust_eos.tables import StagedStore
 from schemas.codec import encode
 from service_kit.deadletter import dead_letter_headers
 from service_kit.records import SourceRecord, header_pairs

@@ -1,0 +1,1 @@
+"""The faust side of the processor: the only modules that import faust."""

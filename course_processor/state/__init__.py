@@ -1,0 +1,1 @@
+"""The processor's tables on local disk, their restore and rebuild: no faust."""

@@ -1,0 +1,81 @@
+"""One memory budget for every RocksDB a worker opens, whatever the partitions it owns.
+
+As Kafka Streams' `BoundedMemoryRocksDBConfig`: one block cache and one write-buffer
+manager, shared by every column family of every partition's database. The memtables
+are charged to the same cache, so the block cache, the memtables and the index and
+filter blocks (kept in the cache too) together stay near one number: `total_bytes`.
+Per-database settings alone would multiply with the partitions (16 partitions x 4
+column families x 2 memtables of 4 MB was 512 MB of memtables at worst).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rocksdict import BlockBasedOptions, Cache, Options, WriteBufferManager
+
+# The default budget of a worker's RocksDB memory (PROCESSOR_STATE_MEMORY_MB).
+DEFAULT_TOTAL_BYTES = 64 << 20
+# The share of the budget the memtables may take before RocksDB flushes them.
+MEMTABLE_SHARE = 0.25
+# A memtable fills to this at most, so a flush writes small SST files often instead
+# of holding large memtables per column family.
+WRITE_BUFFER_BYTES = 4 << 20
+# The unit a memtable allocates memory in (RocksDB's default: an eighth of the write
+# buffer). Every column family of every partition holds at least one block, and the
+# write-buffer manager counts them all: with 16 partitions x 4 families the default
+# 512 KB blocks alone were 32 MB, over a 16 MB memtable budget, so every write flushed.
+ARENA_BLOCK_BYTES = 64 << 10
+
+
+@dataclass
+class MemoryBudget:
+    """The block cache and write-buffer manager every database of a worker shares."""
+
+    total_bytes: int = DEFAULT_TOTAL_BYTES
+    cache: Cache = field(init=False)
+    write_buffers: WriteBufferManager = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.total_bytes < 8 << 20:
+            raise ValueError("a RocksDB memory budget under 8 MB cannot hold the memtables")
+        self.cache = Cache(self.total_bytes)
+        # allow_stall=False: over budget, RocksDB flushes memtables sooner rather than
+        # stalling the writer (a stalled commit would hold every partition's decisions).
+        self.write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
+            int(self.total_bytes * MEMTABLE_SHARE), False, self.cache)
+
+    @property
+    def memtable_bytes(self) -> int:
+        return self.write_buffers.get_buffer_size()
+
+    def crowded(self, column_families: int) -> bool:
+        """True when this many column families' smallest memtables (one arena block
+        each) take over half the memtable budget: every write would then flush."""
+        return column_families * ARENA_BLOCK_BYTES * 2 > self.memtable_bytes
+
+    def usage(self) -> int:
+        """Bytes held now in the shared cache (blocks, indexes, filters, memtables)."""
+        return self.cache.get_usage()
+
+    def options(self) -> Options:
+        """Options of one database or column family, drawing on this budget."""
+        table = BlockBasedOptions()
+        table.set_block_cache(self.cache)
+        table.set_bloom_filter(10, False)
+        # Index and filter blocks in the cache too, so they count against the budget
+        # instead of growing with the SST files outside it.
+        table.set_cache_index_and_filter_blocks(True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        opts.set_block_based_table_factory(table)
+        opts.set_write_buffer_manager(self.write_buffers)
+        opts.set_write_buffer_size(min(WRITE_BUFFER_BYTES, self.memtable_bytes // 4))
+        opts.set_arena_block_size(ARENA_BLOCK_BYTES)
+        opts.set_max_write_buffer_number(2)
+        opts.set_max_open_files(64)
+        # Column families flush together, so a crash can never leave the offsets of a
+        # bulk load (written without the WAL, see local.py) on disk without their data.
+        opts.set_atomic_flush(True)
+        return opts

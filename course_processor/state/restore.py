@@ -1,0 +1,114 @@
+"""Bring the local state of newly owned partitions up to the end of their changelogs.
+
+Runs on every partition assignment, before the worker decides anything there. The
+disk holds a prefix of each committed changelog (state.py) and the offset where it
+ends, so only the records after that offset are read: none after a clean restart,
+the tail after a crash, everything for a partition this worker never held or whose
+disk was lost. The read bypasses faust's record-by-record recovery: confluent-kafka
+`consume(n)` batches, read_committed, written to RocksDB in one WriteBatch per batch
+and partition (with the offset of the batch's last record, so a restore cut short
+resumes where it stopped).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from course_processor.state.local import LocalState
+from service_kit.topic_ends import Where, read_to_end, settled_end_offsets
+
+log = logging.getLogger(__name__)
+
+# The previous owner of a restored partition is fenced by then (the producers of the
+# new assignment were initialised before the restore), so its transactions settle at
+# once; this long without progress means something else is wrong.
+PENDING_TRANSACTIONS_TIMEOUT = 60.0
+BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class RestoreStats:
+    records: int
+    seconds: float
+
+
+def restore(state: LocalState, kafka: Mapping[str, str], changelogs: Mapping[str, str],
+            partitions: set[int]) -> RestoreStats:
+    """Read every changelog record after the stored offsets into the local state.
+
+    `kafka` is the client configuration (bootstrap.servers and credentials);
+    `changelogs` maps each table to its changelog topic; the changelog partitions are
+    the command partitions (co-partitioned). Raises when the changelogs cannot be
+    read to their ends (service_kit.topic_ends.TopicReadError).
+    """
+    started = time.monotonic()
+    state.retain(partitions)
+    for partition in partitions:
+        if state.stale(partition):
+            log.warning("local state too old to trust: restoring it whole",
+                        extra={"partition": partition})
+            state.wipe(partition)
+        state.open(partition)
+    table_of = {topic: table for table, topic in changelogs.items()}
+    tps = [TopicPartition(topic, p) for topic in changelogs.values() for p in sorted(partitions)]
+    if not tps:
+        return RestoreStats(0, 0.0)
+    ends = settled_end_offsets(AdminClient(dict(kafka)), tps, PENDING_TRANSACTIONS_TIMEOUT)
+    starts: dict[Where, int] = {}
+    for topic, table in table_of.items():
+        for partition in partitions:
+            stored = state.persisted_offset(table, partition)
+            start = 0 if stored is None else stored + 1
+            if stored is not None and stored >= ends[(topic, partition)]:
+                # The disk is ahead of the log: the topic was deleted and created
+                # again (a reset), so the disk describes another history.
+                log.warning("local state ahead of its changelog: wiping it",
+                            extra={"topic": topic, "partition": partition})
+                state.wipe(partition)
+                return restore(state, kafka, changelogs, partitions)
+            if start < ends[(topic, partition)]:
+                starts[(topic, partition)] = start
+    records = _read(state, kafka, table_of, starts, ends) if starts else 0
+    if records:
+        state.persist()
+    seconds = time.monotonic() - started
+    log.info("local state restored: %d changelog records in %.2fs", records, seconds,
+             extra={"kind": "restore"})
+    return RestoreStats(records, seconds)
+
+
+def _read(state: LocalState, kafka: Mapping[str, str], table_of: Mapping[str, str],
+          starts: Mapping[Where, int], ends: Mapping[Where, int]) -> int:
+    consumer = Consumer({
+        **kafka, "group.id": "course-processor-restore",
+        "enable.auto.commit": False, "isolation.level": "read_committed",
+        "enable.partition.eof": False, "fetch.max.bytes": 64 << 20,
+        "max.partition.fetch.bytes": 16 << 20, "queued.max.messages.kbytes": 256 << 10,
+    })
+    total = 0
+    try:
+        for messages in read_to_end(consumer, starts, ends, BATCH,
+                                    idle_limit=PENDING_TRANSACTIONS_TIMEOUT):
+            # One WriteBatch per batch and partition, with the offset of its last record,
+            # so a restore cut short resumes where it stopped.
+            batch: dict[Where, dict[bytes, bytes | None]] = {}
+            last: dict[Where, int] = {}
+            for msg in messages:
+                where = (msg.topic(), msg.partition())
+                entries = batch.get(where)  # type: ignore[arg-type]
+                if entries is None:
+                    entries = batch[where] = {}  # type: ignore[index]
+                entries[msg.key()] = msg.value()  # type: ignore[index]
+                last[where] = msg.offset()  # type: ignore[index,assignment]
+            total += len(messages)
+            for (topic, partition), entries in batch.items():
+                state.load(partition, table_of[topic], entries, last[(topic, partition)])
+    finally:
+        consumer.close()
+    return total
