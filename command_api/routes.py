@@ -38,7 +38,6 @@ from schemas.messages import (
     Command,
     CreateCourse,
     SignUp,
-    TermCommand,
     Withdraw,
     signup_id_for,
     withdrawal_id_for,
@@ -134,7 +133,7 @@ _UNAVAILABLE = _error(503, "Kafka did not acknowledge the command, or the key st
                            "answer; retry after Retry-After.")
 
 
-async def _send(command: Command | TermCommand, publisher: Publisher, metrics: Metrics) -> None:
+async def _send(command: Command, publisher: Publisher, metrics: Metrics) -> None:
     kind = type(command).__name__
     try:
         await publisher.publish(

@@ -24,9 +24,9 @@ from typing import Any, TypeAlias, cast, get_args
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas.messages import AVRO_NAMES, Command, Event, TermCommand
+from schemas.messages import AVRO_NAMES, Command, Event
 
-Message: TypeAlias = Command | TermCommand | Event
+Message: TypeAlias = Command | Event
 Schema: TypeAlias = dict[str, Any]
 
 MARKER = b"\xc3\x01"
@@ -122,10 +122,7 @@ def _latest(versions: list[_Version]) -> dict[str, _Version]:
 
 
 def _message_classes() -> dict[str, type[Message]]:
-    return {
-        cls.__name__: cls
-        for cls in (*get_args(Command), *get_args(TermCommand), *get_args(Event))
-    }
+    return {cls.__name__: cls for cls in (*get_args(Command), *get_args(Event))}
 
 
 def _timestamp_fields(schema: Schema) -> tuple[str, ...]:

@@ -100,10 +100,7 @@ class SignUp:
     name_sealed: bytes | None = None
 
 
-Command = CreateCourse | SignUp
-# The commands of a registration term (issue 20); they join Command once the processor
-# decides them.
-TermCommand = Withdraw | ChangeCourse
+Command = CreateCourse | SignUp | Withdraw | ChangeCourse
 
 
 # ---------------------------------------------------------------- events

@@ -30,7 +30,6 @@ from schemas.messages import (
     Event,
     RejectionReason,
     StudentSignedUp,
-    TermCommand,
     WithdrawalRejectionReason,
     WithdrawnFrom,
 )
@@ -40,7 +39,7 @@ Schema = dict[str, Any]
 EXAMPLES_DIR = codec.AVRO_DIR.parent / "examples"
 VERSIONS = codec.schema_versions()
 LATEST = {name: schema for name, _, schema in VERSIONS}
-COMMANDS = (*get_args(Command), *get_args(TermCommand))
+COMMANDS = get_args(Command)
 CLASSES = {cls.__name__: cls for cls in (*COMMANDS, *get_args(Event))}
 NAMESPACES = {
     **{cls.__name__: "edu.coursesignup.commands" for cls in COMMANDS},

@@ -11,10 +11,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_processor.term import TermCourse
-from course_processor.term_tables import TermCommand, TermDecider, course_from_value
+from course_processor.deciding.domain import Course
+from course_processor.deciding.handler import Decider, course_from_value
 from schemas.messages import (
     ChangeCourse,
+    Command,
     CourseChanged,
     CourseChangeRejected,
     CourseCreated,
@@ -35,10 +36,8 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 COURSE = "intro"
 
 
-def new_decider() -> TermDecider:
-    tables: dict[str, Any] = {name: {} for name in
-                              ("courses", "seat_holders", "places", "waiting", "decided_signups")}
-    return TermDecider(tables, b"unit-test-secret", now=lambda: T0)
+def new_decider() -> Decider:
+    return Decider({}, {}, {}, b"unit-test-secret", now=lambda: T0, places={}, waiting={})
 
 
 def create(capacity: int, waitlist: int = 0) -> CreateCourse:
@@ -69,7 +68,7 @@ def kinds(events: tuple[Event, ...]) -> list[tuple[str, str]]:
     return [(type(e).__name__, getattr(e, "signup_id", "")) for e in events]
 
 
-def course_of(d: TermDecider) -> TermCourse:
+def course_of(d: Decider) -> Course:
     course = course_from_value(d.courses.get(COURSE))
     assert course is not None
     return course
@@ -127,14 +126,25 @@ def test_a_repeated_withdrawal_adds_nothing_and_a_new_sign_up_is_a_new_place() -
     assert kinds(d.decide(signup(1, attempt=1))) == [("StudentSignedUp", "s1-a1")]
 
 
-def test_withdrawing_a_rejected_or_unknown_sign_up_is_rejected_each_time() -> None:
+def test_withdrawing_a_rejected_or_unknown_sign_up_is_rejected_once() -> None:
     d = new_decider()
     d.decide(create(1))
     d.decide(signup(1))
     d.decide(signup(2))  # course_full
-    for signup_id in ("s2-a0", "nobody", "s2-a0"):
+    for signup_id in ("s2-a0", "nobody"):
         (event,) = d.decide(withdraw(signup_id))
         assert isinstance(event, WithdrawalRejected) and event.reason == "not_enrolled"
+    assert d.decide(withdraw("s2-a0")) == ()  # the same command again adds nothing
+
+
+def test_the_same_change_command_twice_is_decided_once() -> None:
+    d = new_decider()
+    d.decide(create(1, waitlist=2))
+    d.decide(signup(1))
+    d.decide(signup(2))
+    cmd = change(capacity=2)
+    assert kinds(d.decide(cmd)) == [("CourseChanged", ""), ("StudentPromoted", "s2-a0")]
+    assert d.decide(cmd) == ()
 
 
 def test_a_raised_capacity_promotes_one_waiting_student_per_new_seat_in_order() -> None:
@@ -222,7 +232,8 @@ class Model:
     waiting: list[str] = field(default_factory=list)
     student_of: dict[str, int] = field(default_factory=dict)
     decided: set[str] = field(default_factory=set)
-    withdrawn: set[str] = field(default_factory=set)
+    withdrawn: set[str] = field(default_factory=set)  # sign-ups whose withdrawal was decided
+    changes: set[str] = field(default_factory=set)  # change commands decided
 
     def holder(self, student: int) -> str | None:
         live = [s for s in self.enrolled + self.waiting if self.student_of[s] == student]
@@ -246,18 +257,21 @@ class Model:
 
     def withdraw(self, signup_id: str) -> list[tuple[str, str]]:
         if signup_id in self.withdrawn:
-            return []
+            return []  # every withdrawal of a sign-up is the same command: decided once
+        self.withdrawn.add(signup_id)
         if signup_id in self.waiting:
-            self.withdrawn.add(signup_id)
             self.waiting.remove(signup_id)
             return [("StudentWithdrew", signup_id)]
         if signup_id not in self.enrolled:
             return [("WithdrawalRejected", signup_id)]
-        self.withdrawn.add(signup_id)
         self.enrolled.remove(signup_id)
         return [("StudentWithdrew", signup_id), *self.fill(1)]
 
-    def change(self, capacity: int | None, waitlist: int | None) -> list[tuple[str, str]]:
+    def change(self, command_id: str, capacity: int | None,
+               waitlist: int | None) -> list[tuple[str, str]]:
+        if command_id in self.changes:
+            return []  # the same command again: decided once
+        self.changes.add(command_id)
         if capacity is not None and capacity < len(self.enrolled):
             return [("CourseChangeRejected", "")]
         self.capacity = self.capacity if capacity is None else capacity
@@ -291,11 +305,11 @@ def test_random_terms_match_the_reference_model(
     d = new_decider()
     d.decide(create(capacity, waitlist))
     model = Model(capacity, waitlist)
-    sent: list[TermCommand] = []
+    sent: list[Command] = []
     signup_ids: list[str] = ["never-sent"]
     log: list[Event] = []
     for op, a, b in steps:
-        cmd: TermCommand
+        cmd: Command
         if op == "repeat":
             if not sent:
                 continue
@@ -315,16 +329,16 @@ def test_random_terms_match_the_reference_model(
         _check_invariants(d, model, log)
 
 
-def _expect(model: Model, cmd: TermCommand) -> list[tuple[str, str]]:
+def _expect(model: Model, cmd: Command) -> list[tuple[str, str]]:
     if isinstance(cmd, SignUp):
         return model.sign_up(cmd.signup_id, int((cmd.seat_key or "").removeprefix("seat-")))
     if isinstance(cmd, Withdraw):
         return model.withdraw(cmd.signup_id)
     assert isinstance(cmd, ChangeCourse)
-    return model.change(cmd.capacity, cmd.waitlist_capacity)
+    return model.change(cmd.command_id, cmd.capacity, cmd.waitlist_capacity)
 
 
-def _check_invariants(d: TermDecider, model: Model, log: list[Event]) -> None:
+def _check_invariants(d: Decider, model: Model, log: list[Event]) -> None:
     course = course_of(d)
     assert (course.capacity, course.waitlist_capacity) == (model.capacity, model.waitlist)
     assert course.seats_taken == len(model.enrolled) <= course.capacity

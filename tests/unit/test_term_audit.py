@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from course_processor.term_tables import TermCommand
 from proof.term_audit import audit_term
 from schemas.messages import (
+    Command,
     CourseCreated,
     Event,
     StudentPromoted,
@@ -25,7 +25,7 @@ def term_log(seed: int, steps: int = 300) -> list[Event]:
     signups: list[str] = []
     for _ in range(steps):
         roll = rng.random()
-        cmd: TermCommand
+        cmd: Command
         if roll < 0.55 or not signups:
             cmd = signup(rng.randrange(12), rng.randrange(3))
             signups.append(cmd.signup_id)
