@@ -102,14 +102,21 @@ def test_a_term_over_http_keeps_every_invariant_and_mails_every_decision(
     ids = set(tokens)
     eventually(lambda: all(_signup(full_stack, s) for s in ids) or None, 90, "every decision")
 
+    seen: list[Counter[str]] = []
+
     def settled() -> audit.LogSnapshot | None:
         snapshot = audit.read_log(config.kafka_bootstrap, keys=[course_id.encode()])
         kinds = Counter(type(e).__name__ for e in snapshot.events())
+        seen[:] = [kinds]
         return snapshot if kinds["CourseChanged"] == 1 and (
             kinds["StudentWithdrew"] + kinds["WithdrawalRejected"]) >= (STUDENTS + 2) // 3 \
             else None
 
-    events = eventually(settled, 90, "the withdrawals and the change decided").events()
+    try:
+        events = eventually(settled, 90, "the withdrawals and the change decided").events()
+    except AssertionError:
+        print("event types in the log:", seen)
+        raise
     result = audit_term(events)
     assert result.ok, result.violations
     assert result.waitlisted > 0
