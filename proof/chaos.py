@@ -184,11 +184,10 @@ class Evidence:
 
 
 # A registration term in the load: the two small courses keep a waiting list, and a
-# share of the accepted sign-ups withdraw, freeing seats that go to the waiting
-# students. Both 0 until the processor decides withdrawals (issue 20, phase 2): a
-# processor without them dead-letters the commands.
-WAITLIST = 0
-WITHDRAW_SHARE = 0.0
+# share of the accepted sign-ups withdraw with their tokens, freeing seats that go to
+# the waiting students; the term audit checks FIFO at every prefix of the log.
+WAITLIST = 10
+WITHDRAW_SHARE = 0.1
 
 
 class Run:

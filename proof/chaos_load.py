@@ -49,6 +49,7 @@ class Request:
     signup_id: str | None = None
     resent: bool = False  # sent once more with the same key after its 202
     withdrawal_token: str | None = None
+    withdrawing: bool = False  # a withdrawal of it was started
     withdrawn: bool = False  # its withdrawal got a 202
     attempts: list[Attempt] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
@@ -157,7 +158,14 @@ class Load:
             if again.status == 202 and signup_id != request.signup_id:
                 request.unexpected.append(f"resent key got {signup_id}, not {request.signup_id}")
         if request.signup_id is not None and self.plan.rng.random() < self.withdraw_share:
-            await self._withdraw(request, deadline)
+            # A student who signed up earlier drops the course (or its waiting list) now,
+            # while others wait: their freed seats are what the waiting list is for.
+            earlier = [r for r in self.requests if r.course_id == request.course_id
+                       and r.withdrawal_token and not r.withdrawing]
+            if earlier:
+                leaving = self.plan.rng.choice(earlier)
+                leaving.withdrawing = True
+                await self._withdraw(leaving, deadline)
 
     async def _withdraw(self, request: Request, deadline: float) -> None:
         url = f"/courses/{request.course_id}/signups/{request.signup_id}/withdrawal"
