@@ -93,6 +93,17 @@ def mails_for(mail_dir: Path, signup_ids: set[str]) -> int:
     return count
 
 
+def mail_kinds(mail_dir: Path, signup_ids: set[str]) -> Counter[str]:
+    """The e-mails about these sign-ups by kind (the subject before the course title)."""
+    kinds: Counter[str] = Counter()
+    for path in mail_dir.glob("*.eml"):
+        with open(path, "rb") as handle:
+            msg = email.message_from_bytes(handle.read(4096), policy=email.policy.default)
+        if msg.get("X-Signup-Id") in signup_ids:
+            kinds[str(msg.get("Subject", "")).split(":")[0]] += 1
+    return kinds
+
+
 async def wait_mails(mail_dir: Path, signup_ids: set[str], timeout: float,
                      expected: int) -> int:
     deadline = time.monotonic() + timeout
@@ -149,8 +160,11 @@ async def main() -> int:
         print("\nAfter the withdrawals and the bigger room:")
         await print_stats(query, courses)
         equal = await recount(query, courses, final)
-        print(f"\nE-mails sent: {mails} (one per decision about a student expected: "
-              f"{expected_mails})")
+        kinds = mail_kinds(config.mail_dir, unique)
+        print(f"\nE-mails sent: {mails}, one per decision about a student: "
+              + ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))
+              + f" (at least {expected_mails}: {len(unique)} decisions, {withdrawn} "
+              "withdrawals, and the promotions of students still enrolled)")
     print(urls(config))
     missing = len(unique) - len(decisions)
     return 0 if missing == 0 and mails >= expected_mails and equal else 1
