@@ -149,6 +149,8 @@ class CreateCourseRequest(_Request):
 class ChangeCourseRequest(_Request):
     """One or more of the fields; those left out keep their value."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"minProperties": 1})
+
     title: Text | None = None
     lecturer: Text | None = None
     capacity: Capacity | None = None

@@ -783,3 +783,9 @@ def test_a_malformed_withdrawal_is_422_naming_the_field(client: TestClient) -> N
     assert fields_named(client.post(url, json={"token": token_of()})) >= {"token"}
     bad_id = client.post("/courses/intro-python/signups/NOT-A-UUID/withdrawal", headers=ADMIN)
     assert bad_id.status_code == 422 and fields_named(bad_id) == {"signup_id"}
+
+
+def test_the_openapi_says_a_course_change_names_at_least_one_field(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["ChangeCourseRequest"]["minProperties"] == 1
+    assert schemas["ChangeCourseRequest"]["additionalProperties"] is False
