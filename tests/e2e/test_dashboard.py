@@ -20,7 +20,8 @@ BORN = ["2000-02-29", "1999-12-31", "2001-01-01", "1980-07-15", "2000-02-29"]
 
 
 def _course(stack: RunningStack, capacity: int) -> str:
-    return stack.create_course("dash", capacity, "Charts & <Tables>", "Dr. Tufte")
+    return stack.create_course("dash", capacity, "Charts & <Tables>", "Dr. Tufte",
+                               waitlist_capacity=3)
 
 
 def _sign_up(stack: RunningStack, course_id: str, born: str) -> str:
@@ -42,7 +43,7 @@ def test_the_dashboard_shows_what_the_api_says_and_draws_the_charts(
 ) -> None:
     query = full_stack.config.query_url
     course = _course(full_stack, capacity=4)
-    signups = [_sign_up(full_stack, course, born) for born in BORN]  # the fifth: course_full
+    signups = [_sign_up(full_stack, course, born) for born in BORN]  # the fifth waits
     eventually(lambda: all(httpx.get(f"{query}/signups/{s}").status_code == 200
                            for s in signups) or None, 90, "every decision")
     stats = eventually(
@@ -50,8 +51,10 @@ def test_the_dashboard_shows_what_the_api_says_and_draws_the_charts(
             httpx.get(f"{query}/courses/{course}/stats", params={"as_of": AS_OF}).json()),
         30, "the course's statistics")
     # At 2026-06-01: born 29 Feb 2000 and 31 Dec 1999 are 26, 1 Jan 2001 is 25, and
-    # 15 Jul 1980 is 45 (the birthday is still to come); the fifth sign-up found no seat.
+    # 15 Jul 1980 is 45 (the birthday is still to come); the fifth sign-up found no seat
+    # and waits, first on a list of three.
     assert stats["age_histogram"] == {"25": 1, "26": 2, "45": 1}
+    assert (stats["waitlisted"], stats["waitlist_capacity"]) == (1, 3)
 
     overall = httpx.get(f"{query}/stats", params={"as_of": AS_OF}).json()
     page = httpx.get(f"{query}/courses", params={"as_of": AS_OF}).json()
@@ -77,6 +80,11 @@ def test_the_dashboard_shows_what_the_api_says_and_draws_the_charts(
         assert f'data-bars="{len(histogram)}"' in tag
         assert f'data-drawn="{len(histogram)}"' in tag, f"{chart} not drawn: {tag}"
     assert "Charts &amp; &lt;Tables&gt;" in dom  # shown as text, not markup
+    # This course's waiting list, as the browser shows it (a test stack has far fewer
+    # courses than a page of 100, so the course is on the first page).
+    mine = dict(rows)[course]
+    assert _field(mine, r'data-field="waitlisted">([^<]*)<') == "1"
+    assert _field(mine, r'data-field="waitlist_capacity">([^<]*)<') == "3"
 
     run_dir = Path(os.environ.get("RUN_DIR") or full_stack.config.run_dir)
     shot = browser.screenshot(url, run_dir / "screenshots" / "dashboard.png")
