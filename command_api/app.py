@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from command_api import routes
+from command_api.keybatch import BatchingKeyStore
 from command_api.keys import KeyStore, KeyStoreUnavailable, PostgresKeyStore
 from command_api.middleware import BodyLimitMiddleware
 from command_api.observability import Metrics
@@ -30,9 +31,16 @@ def create_app(settings: Settings, publisher: Publisher | None = None,
     bus = publisher or KafkaPublisher(
         settings.kafka_bootstrap_servers, settings.produce_timeout_seconds, topics.COMMANDS
     )
-    key_store = keys or PostgresKeyStore(
+    metrics = Metrics()
+
+    def counted(students: int) -> None:
+        metrics.key_store_round_trips.inc()
+        metrics.key_lookups.inc(students)
+
+    # Concurrent requests' key lookups share round trips (command_api/keybatch.py).
+    key_store = keys or BatchingKeyStore(PostgresKeyStore(
         settings.database_url, settings.key_store_timeout_seconds, settings.key_store_pool_size
-    )
+    ), on_batch=counted)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -45,10 +53,7 @@ def create_app(settings: Settings, publisher: Publisher | None = None,
             await bus.stop()
 
     app = FastAPI(title="Course sign-up command API", version="1", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.publisher = bus
-    app.state.keys = key_store
-    app.state.metrics = metrics = Metrics()
+    app.state.services = routes.Services(settings, bus, key_store, metrics)
     app.include_router(routes.commands)
     app.include_router(routes.ops)
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -1,9 +1,9 @@
 """The key store (PostgreSQL `student_keys`) and the erasure queue (`erasures`), async.
 
 There is no cache of keys in any process: each sign-up reads its student's key (one
-primary-key probe), so an erasure takes effect everywhere the moment its transaction
-commits, and no process has a copy to drop. (The benchmark in proof/bench_erasure.py
-measures what that costs.)
+primary-key probe, shared with concurrent sign-ups by `command_api.keybatch`), so an
+erasure takes effect everywhere the moment its transaction commits, and no process has
+a copy to drop. (The benchmark in proof/bench_erasure.py measures what that costs.)
 
 Creating a key and erasing one take the same transaction-scoped advisory lock of the
 student, so an erasure never misses a key created concurrently: either the key is
@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -90,6 +90,11 @@ class PostgresKeyStore:
     async def key_for(self, student: str) -> DataKey:
         """The student's data key, created on their first sign-up."""
         return await self._run(lambda conn: _key_for(conn, student))
+
+    async def keys_for(self, students: Sequence[str]) -> dict[str, DataKey]:
+        """The data keys of several students, those missing created, on one connection:
+        one SELECT, and for new students one INSERT (one commit) for all of them."""
+        return await self._run(lambda conn: _keys_for(conn, students))
 
     async def request_erasure(self, student: str) -> str:
         """Record a pending erasure (committed when this returns) and wake the worker."""
@@ -177,6 +182,39 @@ async def _key_for(conn: psycopg.AsyncConnection, student: str) -> DataKey:
         # A concurrent first sign-up of the same student inserted it; a new statement sees it.
         found = await (await conn.execute(_SELECT_KEY, (student,))).fetchone()
     return _data_key(found)
+
+
+_SELECT_KEYS = "SELECT student_hash, key_id, key FROM student_keys WHERE student_hash = ANY(%s)"
+# _CREATE_KEY for many students in one statement, so one commit makes all of them durable
+# (a group commit). Each row's advisory lock is taken before that row is inserted and held
+# to the commit; the students come sorted, as the erasure worker takes its locks, so two
+# such statements, or one and an erasure, wait for each other rather than deadlock.
+_CREATE_KEYS = (
+    "INSERT INTO student_keys (key_id, student_hash, key)"
+    " SELECT k.key_id, k.student_hash, k.key"
+    " FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) AS k(key_id, student_hash, key)"
+    " CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock(hashtext(k.student_hash))) AS locked"
+    " ON CONFLICT (student_hash) DO NOTHING RETURNING student_hash, key_id, key"
+)
+
+
+async def _keys_for(conn: psycopg.AsyncConnection, students: Sequence[str]) -> dict[str, DataKey]:
+    wanted = sorted(set(students))
+    rows = await (await conn.execute(_SELECT_KEYS, (wanted,))).fetchall()
+    found = {str(r[0]): DataKey(str(r[1]), bytes(r[2])) for r in rows}
+    missing = [s for s in wanted if s not in found]
+    if missing:
+        new = [(uuid.uuid4(), new_data_key()) for _ in missing]
+        rows = await (await conn.execute(_CREATE_KEYS, (
+            [k for k, _ in new], missing, [key for _, key in new]))).fetchall()
+        found.update((str(r[0]), DataKey(str(r[1]), bytes(r[2]))) for r in rows)
+        raced = [s for s in missing if s not in found]
+        if raced:
+            # Concurrent first sign-ups of these students inserted them; a new statement
+            # sees their keys.
+            rows = await (await conn.execute(_SELECT_KEYS, (raced,))).fetchall()
+            found.update((str(r[0]), DataKey(str(r[1]), bytes(r[2]))) for r in rows)
+    return found
 
 
 def key_for_sync(conn: psycopg.Connection, student: str) -> DataKey:

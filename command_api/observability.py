@@ -15,6 +15,15 @@ class Metrics(ApiMetrics):
             "command_api_commands_published_total", "Commands acknowledged by Kafka.",
             ["kind"], registry=self.registry,
         )
+        self.key_lookups = Counter(
+            "command_api_key_lookups_total",
+            "Students whose key a sign-up asked the key store for.", registry=self.registry,
+        )
+        self.key_store_round_trips = Counter(
+            "command_api_key_store_round_trips_total",
+            "Batches of key lookups sent to the key store (each one SELECT, and one INSERT "
+            "for new students).", registry=self.registry,
+        )
         self.publish_failures = Counter(
             "command_api_publish_failures_total",
             "Commands Kafka did not acknowledge in time (answered 503).",

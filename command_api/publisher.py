@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from service_kit.kafka_auth import client_config
 from service_kit.records import Headers
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def producer_config(bootstrap_servers: str, timeout_seconds: float) -> dict[str,
     """librdkafka settings for durable, batched, bounded-time publishing."""
     timeout_ms = max(1000, int(timeout_seconds * 1000))
     return {
+        **client_config(),
         "bootstrap.servers": bootstrap_servers,
         "client.id": "command-api",
         # A 202 promises the command survives a broker loss: every in-sync replica has it.

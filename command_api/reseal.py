@@ -34,6 +34,7 @@ from schemas.codec import DecodeError, decode, encode
 from schemas.messages import SignUpRejected, StudentSignedUp
 from schemas.personal import seal, student_hash
 from schemas.pseudonyms import seat_key
+from service_kit.kafka_auth import client_config
 from service_kit.topic_ends import end_offsets, read_to_end
 
 COMMIT_EVERY = 5_000
@@ -61,15 +62,17 @@ def resealed(value: bytes, secret: bytes, key_for: KeyFor) -> bytes | None:
 
 
 def copy(servers: str, database_url: str, secret: bytes, source: str, target: str) -> dict:
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient({**client_config(), "bootstrap.servers": servers})
     partitions = sorted(admin.list_topics(source, timeout=30).topics[source].partitions)
     _create_target(admin, target, len(partitions))
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"reseal-{target}",
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": servers, "group.id": f"reseal-{target}",
                          "isolation.level": "read_committed", "enable.auto.commit": False})
     # The source has no writer now (the processor is stopped), so its high watermarks
     # are where it ends.
     ends = end_offsets(admin, [TopicPartition(source, p) for p in partitions])
-    producer = Producer({"bootstrap.servers": servers, "transactional.id": f"reseal-{target}",
+    producer = Producer({**client_config(),
+                         "bootstrap.servers": servers, "transactional.id": f"reseal-{target}",
                          "acks": "all", "linger.ms": 20})
     producer.init_transactions(60)
     counts = {"copied": 0, "sealed": 0}
@@ -100,7 +103,8 @@ def copy(servers: str, database_url: str, secret: bytes, source: str, target: st
 def _create_target(admin: AdminClient, target: str, partitions: int) -> None:
     existing = admin.list_topics(timeout=30).topics
     if target in existing:
-        consumer = Consumer({"bootstrap.servers": admin_servers(admin), "group.id": "reseal"})
+        consumer = Consumer({**client_config(), "bootstrap.servers": admin_servers(admin),
+                             "group.id": "reseal"})
         try:
             ends = [consumer.get_watermark_offsets(TopicPartition(target, p), timeout=30)[1]
                     for p in existing[target].partitions]

@@ -19,7 +19,8 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> int:
     Topics are created by the launcher (stack/kafka.py); the processor only checks,
     since auto-creation is off and a typo must not create a stray topic.
     """
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient({**settings.kafka_auth.confluent(),
+                         "bootstrap.servers": settings.kafka_bootstrap_servers})
     found = admin.list_topics(timeout=timeout).topics
     wanted = (settings.commands_topic, settings.events_topic, settings.dlq_topic)
     missing = [name for name in wanted if name not in found]
@@ -41,7 +42,8 @@ def ensure_changelogs(settings: Settings, names: list[str], timeout: float = 30.
     (PartitionsMismatch). A changelog with another partition count than the
     command topic cannot be co-partitioned with it: refuse to start.
     """
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient({**settings.kafka_auth.confluent(),
+                         "bootstrap.servers": settings.kafka_bootstrap_servers})
     found = admin.list_topics(timeout=timeout).topics
     wrong = {n: len(found[n].partitions) for n in names
              if n in found and len(found[n].partitions) != settings.partitions}

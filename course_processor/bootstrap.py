@@ -22,7 +22,8 @@ def state_config(settings: Settings) -> StateConfig:
     return StateConfig(
         data_dir=settings.data_dir,
         app_id=settings.app_id,
-        kafka={"bootstrap.servers": settings.kafka_bootstrap_servers},
+        kafka={**settings.kafka_auth.confluent(),
+               "bootstrap.servers": settings.kafka_bootstrap_servers},
         commands_topic=settings.commands_topic,
         events_topic=settings.events_topic,
         partitions=settings.partitions,

@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas import topics
+from service_kit.kafka_auth import KafkaAuth
 from service_kit.settings import LogLevel, describe
 
 
@@ -27,6 +28,11 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = Field(min_length=1,
                                          validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"))
+    # The processor's own Kafka principal (service_kit.kafka_auth); unset: no SASL.
+    kafka_sasl_username: str | None = Field(default=None,
+                                            validation_alias=_env("KAFKA_SASL_USERNAME"))
+    kafka_sasl_password: SecretStr | None = Field(default=None,
+                                                  validation_alias=_env("KAFKA_SASL_PASSWORD"))
     # The key of the seat keys' HMAC (schemas.pseudonyms). Every worker of the group
     # needs the same one; `make up` generates it once into $RUN_DIR/pseudonym-secret.
     pseudonym_secret: SecretStr = Field(validation_alias=_env("PSEUDONYM_SECRET"))
@@ -86,6 +92,10 @@ class Settings(BaseSettings):
         """Faust's broker URL list: kafka://host:port;kafka://host:port."""
         hosts = [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
         return ";".join(f"kafka://{h}" for h in hosts)
+
+    @property
+    def kafka_auth(self) -> KafkaAuth:
+        return KafkaAuth(username=self.kafka_sasl_username, password=self.kafka_sasl_password)
 
     @property
     def secret(self) -> bytes:

@@ -39,6 +39,7 @@ from notifier.settings import Settings
 from schemas import topics
 from service_kit.backoff import Backoff
 from service_kit.deadletter import DeadLetterError
+from service_kit.kafka_auth import client_config
 from service_kit.records import SourceRecord, header_pairs
 
 log = logging.getLogger("notifier")
@@ -72,6 +73,7 @@ class Policy:
 
 def consumer_config(s: Settings) -> dict[str, object]:
     config: dict[str, object] = {
+        **client_config(),
         "bootstrap.servers": s.kafka_bootstrap_servers,
         "group.id": s.notifier_group_id,
         # Only decisions of committed transactions: an aborted one never becomes an e-mail.

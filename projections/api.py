@@ -1,7 +1,8 @@
 """Run the query API: `python -m projections.api` (`make up` starts it this way).
 
 Answers the read side of the contract from the views the projector keeps in
-PostgreSQL. Settings (see `projections/settings.py`): DATABASE_URL is required; it
+PostgreSQL. Settings (see `projections/settings.py`): DATABASE_URL, ADMIN_TOKEN and
+ANALYST_TOKEN (who may read what: `projections/access.py`) are required; it
 listens on HOST:QUERY_API_PORT (default 127.0.0.1:8001). Logs go to stderr as JSON
 lines, one per request with its correlation id (X-Correlation-Id) and no personal data.
 
@@ -25,14 +26,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
 import uvicorn
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, Field
 
-from projections import dashboard, erasures, store
+from projections import access, dashboard, erasures, store
 from projections.live import LiveMetrics, LiveStats
 from projections.observability import query_api_metrics
 from projections.readmodel import Snapshot, course_body, dump, global_body, page_json
@@ -186,8 +187,12 @@ def _documented(*names: str) -> dict[str, Any]:
     return {"parameters": [_PARAMETERS[name] for name in names]}
 
 
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No valid token: the analyst's or the admin's, as Bearer or as the "
+                         "HTTP Basic password (WWW-Authenticate names both)"}}
 _INVALID_QUERY: dict[int | str, dict[str, Any]] = {
-    422: {"description": "An invalid query parameter, named in `loc`", "model": InvalidQueryOut}}
+    422: {"description": "An invalid query parameter, named in `loc`", "model": InvalidQueryOut},
+    **_UNAUTHORIZED}
 
 
 _PARAMETERS: dict[str, dict[str, Any]] = {
@@ -207,6 +212,7 @@ AsOf = Annotated[str | None, Query(description="YYYY-MM-DD; default today (UTC)"
 CourseIdPath = Annotated[str, Path(json_schema_extra={"pattern": COURSE_ID_PATTERN})]
 
 router = APIRouter()
+ANALYST = [Depends(access.require_analyst)]
 
 
 # ------------------------------------------------------------------ routes
@@ -226,6 +232,7 @@ async def get_signup(signup_id: str, request: Request) -> Response:
 
 
 @router.get("/courses/{course_id}/stats", response_model=CourseStatsOut,
+            dependencies=ANALYST,
             responses={404: {"description": "Unknown course"}, **_INVALID_QUERY},
             openapi_extra=_documented("as_of"))
 async def get_course_stats(course_id: CourseIdPath, request: Request) -> Response:
@@ -243,6 +250,7 @@ async def get_course_stats(course_id: CourseIdPath, request: Request) -> Respons
 
 
 @router.get("/courses", response_model=CoursesPageOut, responses=_INVALID_QUERY,
+            dependencies=ANALYST,
             openapi_extra=_documented("as_of", "after", "limit"))
 async def get_courses(request: Request) -> Response:
     """A page of every course's statistics at `as_of`, in course id order (keyset
@@ -259,6 +267,7 @@ async def get_courses(request: Request) -> Response:
 
 
 @router.get("/stats", response_model=GlobalStatsOut, responses=_INVALID_QUERY,
+            dependencies=ANALYST,
             openapi_extra=_documented("as_of"))
 async def get_stats(request: Request) -> Response:
     """Courses, enrollments and ages at `as_of` over every accepted enrollment."""
@@ -276,7 +285,7 @@ Sort = Literal["course_id", "title", "lecturer", "enrolled", "capacity", "fill",
                "max_age", "average_age"]  # the keys of readmodel.SORT_KEYS
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+@router.get("/", response_class=HTMLResponse, include_in_schema=False, dependencies=ANALYST)
 async def get_dashboard(
     request: Request, as_of: AsOf = None, sort: Sort = "course_id",
     dir: Literal["asc", "desc"] = "asc",  # noqa: A002 (the query parameter's name)
@@ -374,6 +383,8 @@ def create_app(settings: QueryApiSettings) -> FastAPI:
     app.state.database = Database(pool)
     app.state.metrics = metrics
     app.state.live = live
+    app.state.tokens = access.Tokens(settings.admin_token.get_secret_value(),
+                                     settings.analyst_token.get_secret_value())
     app.include_router(router)
     app.include_router(erasures.router)
     app.add_exception_handler(PoolTimeout, _database_unavailable)

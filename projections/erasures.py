@@ -11,8 +11,10 @@ from datetime import datetime
 from typing import Literal
 
 import psycopg
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel
+
+from projections import access
 
 
 class ErasureOut(BaseModel):
@@ -34,7 +36,10 @@ async def fetch_erasure(conn: psycopg.AsyncConnection, erasure_id: str) -> Erasu
 
 
 @router.get("/erasures/{erasure_id}", response_model=ErasureOut,
-            responses={404: {"description": "Unknown erasure"}})
+            dependencies=[Depends(access.require_admin)],
+            responses={404: {"description": "Unknown erasure"},
+                       401: {"description": "No valid admin token (Bearer, or the HTTP "
+                                            "Basic password)"}})
 async def get_erasure(erasure_id: str, request: Request) -> Response:
     """Whether an erasure is still pending or done, and when it was done."""
     try:

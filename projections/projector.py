@@ -53,6 +53,7 @@ from projections.settings import ProjectorSettings
 from schemas import topics
 from service_kit.deadletter import DeadLetterError, DeadLetterProducer
 from service_kit.health import serve_health
+from service_kit.kafka_auth import client_config
 from service_kit.logs import configure_logging
 from service_kit.postgres import migrate_when_up
 from service_kit.settings import load_settings
@@ -68,6 +69,7 @@ def consumer_config(settings: ProjectorSettings) -> dict[str, object]:
               if settings.projector_instance_id else {})
     return {
         **static,
+        **client_config(),
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "group.id": settings.projector_group_id,
         "isolation.level": "read_committed",  # never project an aborted transaction

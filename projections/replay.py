@@ -65,6 +65,7 @@ from projections.batch import Batch, EventRecord, UnreadableRecord, build
 from projections.settings import ReplaySettings
 from schemas import topics
 from service_kit.deadletter import DeadLetterProducer
+from service_kit.kafka_auth import client_config
 from service_kit.logs import configure_logging
 from service_kit.settings import load_settings
 
@@ -298,6 +299,7 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True) 
     started = time.monotonic()
     migrations.apply(settings.database_url)
     consumer = Consumer({
+        **client_config(),
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "group.id": f"replay-{uuid.uuid4()}",  # assign() only: the group is never joined
         "isolation.level": "read_committed",

@@ -6,7 +6,7 @@ nothing is read at import time. Field names are the environment variables, upper
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service_kit.settings import LogLevel
@@ -38,6 +38,10 @@ class ProjectorSettings(_Common):
 
 
 class QueryApiSettings(_Common):
+    # The statistics and the dashboard need the analyst token (or the admin token); an
+    # erasure's status needs the admin token (projections/access.py).
+    admin_token: SecretStr = Field(min_length=8)
+    analyst_token: SecretStr = Field(min_length=8)
     host: str = "127.0.0.1"
     query_api_port: int = Field(default=8001, ge=1, le=65535)
     query_api_pool_size: int = Field(default=8, ge=1, le=100)

@@ -393,6 +393,9 @@ def swap(
             s=target.table(name), t=sql.Identifier(name)))
         conn.execute(sql.SQL("DROP TABLE {r}").format(r=retired))
         _rename_indexes(conn, name)
+    # The swapped-in tables are new and have no grants: the services' roles get theirs
+    # back from the function their migration defined, in this same transaction.
+    conn.execute("SELECT grant_view_privileges()")
     conn.execute("DELETE FROM projection_offsets WHERE projection IN (%s, %s) AND topic = %s",
                  (projection, target.projection, topic))
     _store_positions(conn, projection, topic, positions)

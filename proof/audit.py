@@ -50,6 +50,7 @@ from schemas.messages import (
     StudentWaitlisted,
     StudentWithdrew,
 )
+from service_kit.kafka_auth import client_config
 
 Decision = SignupDecision  # every first decision: accepted, waitlisted or rejected
 # Events that make a course a term's (waiting list, withdrawals, changes): its seats then
@@ -515,6 +516,7 @@ def read_log(
     the start (records of other keys than `keys` are skipped undecoded, when given)."""
     began = time.monotonic()
     consumer = Consumer({
+        **client_config(),
         "bootstrap.servers": bootstrap,
         "group.id": f"chaos-audit-{uuid.uuid4()}",  # assign() only: the group is never joined
         "isolation.level": "read_committed",  # aborted transactions are not decisions

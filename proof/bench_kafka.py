@@ -24,6 +24,7 @@ from course_processor.deciding.wire import event_headers
 from schemas import codec, topics
 from schemas.messages import Command, CreateCourse, Event, SignUp, StudentSignedUp
 from schemas.pseudonyms import seat_key
+from service_kit.kafka_auth import client_config
 
 CLOCK = time.CLOCK_MONOTONIC  # one clock for every process on this machine
 
@@ -64,13 +65,14 @@ def _issued_at() -> datetime:
 
 
 def bulk_producer(bootstrap: str) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
+    return Producer({**client_config(),
+                     "bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
                      "batch.size": 1_000_000,
                      "queue.buffering.max.messages": 500_000})
 
 
 def ensure_topic(bootstrap: str, name: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({**client_config(), "bootstrap.servers": bootstrap})
     if name in admin.list_topics(timeout=10).topics:
         return
     for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
@@ -90,7 +92,8 @@ def ensure_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """High watermarks (for a transactional topic: one past the last commit marker)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-probe"})
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": bootstrap, "group.id": "bench-probe"})
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
@@ -104,7 +107,8 @@ def consume_and_decode(bootstrap: str) -> dict[str, float]:
     nothing else. It ends on the consumer's position: the event log is transactional,
     and a partition that ends with a commit marker has no record at its last offset to see."""
     ends = end_offsets(bootstrap, topics.EVENTS)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
     tps = [TopicPartition(topics.EVENTS, p, 0) for p in ends]
     consumer.assign(tps)
@@ -122,12 +126,27 @@ def consume_and_decode(bootstrap: str) -> dict[str, float]:
     return {"events": n, "seconds": round(seconds, 2), "events_per_s": round(n / seconds)}
 
 
+def skip_group_to_end(bootstrap: str, topic: str, group: str) -> None:
+    """Commit `group`'s offsets of `topic` at its end offsets, so that a consumer of that
+    group started now reads only what comes next (the notifier of the bench must not mail
+    the seeded history)."""
+    ends = end_offsets(bootstrap, topic)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, p, end) for p, end in ends.items()],
+                        asynchronous=False)
+    finally:
+        consumer.close()
+
+
 class OffsetProbe:
     """End offsets of a topic and a consumer group's committed offsets, on one consumer."""
 
     def __init__(self, bootstrap: str, topic: str, group: str) -> None:
         self.topic = topic
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+        self.consumer = Consumer({**client_config(),
+                                  "bootstrap.servers": bootstrap, "group.id": group,
                                   "enable.auto.commit": False})
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
         self.partitions = sorted(meta.partitions)
@@ -199,7 +218,8 @@ def round_trip(bootstrap: str, topic: str, rate: float, seconds: float) -> dict[
     latencies: list[float] = []
     total = int(rate * seconds)
     stop = threading.Event()
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
                          "enable.auto.commit": False, "isolation.level": "read_committed",
                          "fetch.wait.max.ms": 10, "auto.offset.reset": "latest"})
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -213,7 +233,8 @@ def round_trip(bootstrap: str, topic: str, rate: float, seconds: float) -> dict[
                     if began is not None:
                         latencies.append((now() - began) * 1000)
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
+    producer = Producer({**client_config(),
+                         "bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
                          "enable.idempotence": True})
     # Warm up until a message makes the round trip: metadata, leaders, producer id and
     # the consumer's position are all settled before the clock starts.
@@ -255,7 +276,7 @@ class DecisionWatch:
     (signup_id, monotonic receive time) for each decision it sees."""
 
     def __init__(self, bootstrap: str) -> None:
-        self.consumer = Consumer({"bootstrap.servers": bootstrap,
+        self.consumer = Consumer({**client_config(), "bootstrap.servers": bootstrap,
                                   "group.id": f"bench-{uuid.uuid4()}",
                                   "enable.auto.commit": False,
                                   "isolation.level": "read_committed",
@@ -350,7 +371,8 @@ def grow_history(bootstrap: str, history: History, count: int, rng: random.Rando
     started = time.perf_counter()
     # murmur2: the partitioner of the processor's own (aiokafka) producer, so a course's
     # seeded decisions share a partition of course-events with its CourseCreated.
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "acks": "all",
+    producer = Producer({**client_config(),
+                         "bootstrap.servers": bootstrap, "linger.ms": 50, "acks": "all",
                          "batch.size": 1_000_000, "partitioner": "murmur2_random",
                          "queue.buffering.max.messages": 1_000_000})
     seats: dict[str, Any] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import time
 from collections.abc import Awaitable, Callable
@@ -57,9 +58,14 @@ def signup_job(client: aiohttp.ClientSession, courses: list[str], tag: str,
 
 def get_job(client: aiohttp.ClientSession,
             paths: list[str]) -> Callable[[int], Awaitable[tuple[int, str | None]]]:
+    # The query API's statistics need a token: QUERY_TOKEN from the environment (not
+    # an argument, which every user of the machine could read in the process list).
+    token = os.environ.get("QUERY_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
     async def one(i: int) -> tuple[int, str | None]:
         try:
-            async with client.get(paths[i % len(paths)]) as response:
+            async with client.get(paths[i % len(paths)], headers=headers) as response:
                 await response.read()
                 return response.status, None
         except (aiohttp.ClientError, TimeoutError):

@@ -46,6 +46,7 @@ from proof.bench_stack import broker_from_env, results_dir
 from schemas.codec import encode
 from schemas.messages import CreateCourse, SignUp
 from schemas.topics import dlq_of
+from service_kit.kafka_auth import client_config
 from stack.config import ROOT
 from stack.ports import free_port
 from stack.probes import deciding, processor_health
@@ -59,7 +60,7 @@ class Run:
         self.partitions = partitions
         self.id = f"bench-{uuid.uuid4().hex[:8]}"
         self.commands = f"{self.id}-commands"
-        self.admin = AdminClient({"bootstrap.servers": servers})
+        self.admin = AdminClient({**client_config(), "bootstrap.servers": servers})
 
     def topic(self, name: str, partitions: int | None = None) -> str:
         futures = self.admin.create_topics([NewTopic(name, partitions or self.partitions, 1)])
@@ -73,7 +74,8 @@ class Run:
                 future.exception()
 
     def producer(self, **extra: Any) -> Producer:
-        return Producer({"bootstrap.servers": self.servers, "partitioner": "murmur2_random",
+        return Producer({**client_config(),
+                         "bootstrap.servers": self.servers, "partitioner": "murmur2_random",
                          "linger.ms": 5, "acks": "all", "enable.idempotence": True, **extra})
 
 
@@ -102,7 +104,8 @@ def fill(run: Run, courses: int, signups: int, seed: int = 7) -> int:
 def count_events(servers: str, topic: str, expected: int, timeout: float,
                  alive: Callable[[], bool] = lambda: True) -> tuple[int, int, int]:
     """Wait until `expected` event records are committed; (count, first_ts_ms, last_ts_ms)."""
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
                          "isolation.level": "read_committed", "enable.auto.commit": False})
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
@@ -163,7 +166,7 @@ def bench_loop(run: Run, n: int, transactional: bool) -> dict[str, Any]:
     name = "transactional" if transactional else "plain"
     events = run.topic(f"{run.id}-events-loop-{name}")
     group = f"{run.id}-loop-{name}"
-    consumer = Consumer({"bootstrap.servers": run.servers, "group.id": group,
+    consumer = Consumer({**client_config(), "bootstrap.servers": run.servers, "group.id": group,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "isolation.level": "read_committed"})
     extra = {"transactional.id": group} if transactional else {}
@@ -235,7 +238,8 @@ def bench_latency(run: Run, logs: Path, commit_interval: float,
         wait_until(lambda: len(deciding(processor_health(int(env["PROCESSOR_PORT"]))))
                    == run.partitions, 90, "the processor to decide every partition")
         producer = run.producer()
-        consumer = Consumer({"bootstrap.servers": run.servers, "group.id": str(uuid.uuid4()),
+        consumer = Consumer({**client_config(),
+                             "bootstrap.servers": run.servers, "group.id": str(uuid.uuid4()),
                              "isolation.level": "read_committed", "auto.offset.reset": "latest",
                              "enable.auto.commit": False})
         consumer.assign([TopicPartition(events, p, 0) for p in range(run.partitions)])

@@ -47,6 +47,7 @@ from proof import bench_kafka as bk
 from proof.bench_stack import results_dir
 from schemas import codec, topics
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
+from service_kit.kafka_auth import client_config
 from stack.config import ROOT, StackConfig
 from stack.infra import dependencies
 from stack.probes import http_ok
@@ -84,7 +85,7 @@ class Workload:
 
 
 def produce(bootstrap: str, events: Iterator[Event]) -> tuple[int, float]:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+    producer = Producer({**client_config(), "bootstrap.servers": bootstrap, "linger.ms": 20,
                          "batch.size": 1_000_000, "compression.type": "lz4",
                          "queue.buffering.max.messages": 500_000})
     started, n = time.perf_counter(), 0
@@ -126,9 +127,9 @@ def paths(work: Workload, n: int) -> list[str]:
     return out
 
 
-def sequential(url: str, todo: list[str]) -> dict[str, float]:
+def sequential(url: str, todo: list[str], headers: dict[str, str]) -> dict[str, float]:
     latencies = []
-    with httpx.Client(base_url=url) as client:
+    with httpx.Client(base_url=url, headers=headers) as client:
         for path in todo:
             started = time.perf_counter()
             response = client.get(path)
@@ -138,7 +139,8 @@ def sequential(url: str, todo: list[str]) -> dict[str, float]:
     return percentiles(latencies)
 
 
-async def concurrent(url: str, todo: list[str], in_flight: int) -> dict[str, float]:
+async def concurrent(url: str, todo: list[str], in_flight: int,
+                     headers: dict[str, str]) -> dict[str, float]:
     latencies: list[float] = []
     queue = list(reversed(todo))
     limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
@@ -153,7 +155,7 @@ async def concurrent(url: str, todo: list[str], in_flight: int) -> dict[str, flo
                 raise RuntimeError(f"{path}: {response.status_code}")
 
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, headers=headers) as client:
         await asyncio.gather(*(worker(client) for _ in range(in_flight)))
     seconds = time.perf_counter() - started
     return {**percentiles(latencies), "in_flight": in_flight,
@@ -170,7 +172,9 @@ def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
     bootstrap, database = config.kafka_bootstrap, config.database_url
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database,
            "PROJECTOR_PORT": str(config.projector_port),
-           "QUERY_API_PORT": str(config.query_api_port), "LOG_LEVEL": "WARNING"}
+           "QUERY_API_PORT": str(config.query_api_port), "LOG_LEVEL": "WARNING",
+           "ADMIN_TOKEN": config.admin_token(), "ANALYST_TOKEN": config.analyst_token()}
+    analyst = {"Authorization": f"Bearer {config.analyst_token()}"}
     work = Workload(random.Random(42), [f"bench-{i:05d}" for i in range(args.courses)])
     results: dict[str, Any] = {"cpus": os.cpu_count(), "partitions": config.partitions}
 
@@ -206,18 +210,18 @@ def run(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
     url = config.query_url
     try:
         wait_until(lambda: http_ok(url + "/readyz"), 60, "the query API")
-        sequential(url, paths(work, 300))  # warm-up: connections, prepared statements
+        sequential(url, paths(work, 300), analyst)  # warm-up: connections, prepared statements
         with psycopg.connect(database) as conn:
             row = conn.execute("SELECT count(*) FROM signup_decisions").fetchone()
         results["query_api"] = {
             "signups_projected": row[0] if row else None,
-            "sequential": sequential(url, paths(work, args.requests)),
+            "sequential": sequential(url, paths(work, args.requests), analyst),
             "concurrent": asyncio.run(concurrent(url, paths(work, args.requests * 2),
-                                                 args.concurrency)),
+                                                 args.concurrency, analyst)),
             # The same client against GET /healthz (no database): what HTTP alone costs
             # on this machine, client included.
             "concurrent_healthz_baseline": asyncio.run(concurrent(
-                url, ["/healthz"] * args.requests * 2, args.concurrency)),
+                url, ["/healthz"] * args.requests * 2, args.concurrency, analyst)),
         }
         print(json.dumps(results["query_api"]), flush=True)
     finally:

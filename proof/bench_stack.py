@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from stack.config import ROOT, StackConfig
+from stack.config import ROOT, StackConfig, operator_login
 from stack.ports import free_port
 from stack.probes import deciding, http_ok, processor_health
 from stack.procs import read_pid, stop, terminate
@@ -75,7 +75,8 @@ def running_stack() -> Iterator[BenchStack]:
     stack = BenchStack(config, stack_env(config))
     try:
         stack.cli("up", only=COMPONENTS)
-        yield stack
+        with operator_login(config):
+            yield stack
     finally:
         with contextlib.suppress(Exception):
             stack.cli("down")
@@ -159,21 +160,24 @@ def scalar(database_url: str, sql: str) -> Any:
 # ------------------------------------------------------------------ load generator
 
 
-def spawn_generator(url: str, out: Path, **kwargs: Any) -> subprocess.Popen[str]:
-    """Start `proof.bench_load` pinned to one core, with its options (--name value);
-    read what it measured with finish()."""
+def spawn_generator(url: str, out: Path, token: str | None = None,
+                    **kwargs: Any) -> subprocess.Popen[str]:
+    """Start `proof.bench_load` pinned to one core, with its options (--name value) and
+    the query API's token if given; read what it measured with finish()."""
     argv = [sys.executable, "-m", "proof.bench_load", "--url", url, "--out", str(out)]
     for key, value in kwargs.items():
         argv += [f"--{key}", str(value)]
     if shutil.which("taskset"):
         argv = ["taskset", "-c", GENERATOR_CPU, *argv]
+    env = {**os.environ, **({"QUERY_TOKEN": token} if token else {})}
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
 
 
-def generate(url: str, out: Path, timeout: float, **options: Any) -> dict[str, Any]:
+def generate(url: str, out: Path, timeout: float, token: str | None = None,
+             **options: Any) -> dict[str, Any]:
     """Run the generator to its end and return what it measured."""
-    return finish(spawn_generator(url, out, **options), out, timeout)
+    return finish(spawn_generator(url, out, token, **options), out, timeout)
 
 
 def finish(proc: subprocess.Popen[str], out: Path, timeout: float) -> dict[str, Any]:
@@ -217,4 +221,19 @@ def baseline_app(log: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with serving("the baseline app", [sys.executable, "-m", "proof.bench_baseline_app"],
                  {"BASELINE_PORT": str(port)}, url + "/healthz", log, timeout=30):
+        yield url
+
+
+@contextlib.contextmanager
+def plain_app(log: Path, database_url: str) -> Iterator[str]:
+    """The plain-PostgreSQL baseline (proof.bench_plain_app) on a free port, against the
+    stack's PostgreSQL server, with its tables empty."""
+    from proof.bench_plain_app import create_schema
+
+    create_schema(database_url)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with serving("the plain PostgreSQL app", [sys.executable, "-m", "proof.bench_plain_app"],
+                 {"PLAIN_PORT": str(port), "DATABASE_URL": database_url}, url + "/healthz", log,
+                 timeout=30):
         yield url

@@ -55,6 +55,7 @@ from schemas.codec import decode, encode
 from schemas.messages import CreateCourse, SignUp, StudentSignedUp
 from schemas.pseudonyms import seat_key
 from schemas.topics import dlq_of
+from service_kit.kafka_auth import client_config
 from stack.config import ROOT
 from stack.ports import free_port
 from stack.probes import deciding, processor_health
@@ -93,7 +94,7 @@ class Run:
         return f"{self.id}-{table}-changelog"
 
     def create_topics(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self.servers})
+        admin = AdminClient({**client_config(), "bootstrap.servers": self.servers})
         new = [NewTopic(t, self.partitions, 1) for t in
                (self.commands, self.events, dlq_of(self.commands))]
         new += [NewTopic(self.changelog(t), self.partitions, 1,
@@ -102,7 +103,7 @@ class Run:
             future.result(30)
 
     def delete_topics(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self.servers})
+        admin = AdminClient({**client_config(), "bootstrap.servers": self.servers})
         mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.id)]
         for future in admin.delete_topics(mine).values():
             future.exception()
@@ -115,7 +116,8 @@ class Run:
 def grow(run: Run, total: int) -> float:
     """Decide sign-ups ahead of time until `total` are in the history. Seconds."""
     started = time.monotonic()
-    producer = Producer({"bootstrap.servers": run.servers, "linger.ms": 50, "acks": "all",
+    producer = Producer({**client_config(),
+                         "bootstrap.servers": run.servers, "linger.ms": 50, "acks": "all",
                          "batch.size": 1_000_000, "partitioner": "murmur2_random",
                          "queue.buffering.max.messages": 1_000_000})
 
@@ -171,7 +173,8 @@ def grow(run: Run, total: int) -> float:
 
 def plain_read(run: Run) -> dict[str, Any]:
     """Every record of the changelog topics, read as fast as confluent-kafka reads."""
-    consumer = Consumer({"bootstrap.servers": run.servers, "group.id": f"{run.id}-plain",
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": run.servers, "group.id": f"{run.id}-plain",
                          "enable.auto.commit": False, "isolation.level": "read_committed",
                          "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20,
                          "queued.max.messages.kbytes": 256 << 10})
@@ -273,7 +276,8 @@ class Trickle:
         return courses
 
     def start(self) -> None:
-        producer = Producer({"bootstrap.servers": self.run.servers, "acks": "all",
+        producer = Producer({**client_config(),
+                             "bootstrap.servers": self.run.servers, "acks": "all",
                              "linger.ms": 5, "partitioner": "consistent_random"})
         now = datetime.now(UTC)
         for course in self.courses:
@@ -300,7 +304,7 @@ class Trickle:
         producer.flush(10)
 
     def _watch(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.run.servers,
+        consumer = Consumer({**client_config(), "bootstrap.servers": self.run.servers,
                              "group.id": f"{self.run.id}-watch", "enable.auto.commit": False,
                              "isolation.level": "read_committed", "fetch.wait.max.ms": 10})
         consumer.assign([TopicPartition(self.run.events, p, 0)

@@ -108,7 +108,7 @@ from schemas.messages import (
     WithdrawalRejected,
 )
 from stack import kafka
-from stack.config import StackConfig
+from stack.config import StackConfig, operator_login
 from stack.procs import pid_alive, port_open
 from stack.services import services
 
@@ -1060,7 +1060,10 @@ async def suite(stack: Stack, profile: Profile, names: list[str],
     client = aiohttp.ClientSession(stack.config.command_url,
                                    timeout=aiohttp.ClientTimeout(total=30),
                                    connector=aiohttp.TCPConnector(limit=connections))
-    query = aiohttp.ClientSession(stack.config.query_url, timeout=aiohttp.ClientTimeout(total=30))
+    # The admin token opens every route of the query API (statistics and erasures).
+    query = aiohttp.ClientSession(stack.config.query_url, timeout=aiohttp.ClientTimeout(total=30),
+                                  headers={"Authorization":
+                                           f"Bearer {stack.config.admin_token()}"})
     results = []
     async with client, query:
         for name in names:
@@ -1141,7 +1144,8 @@ def main(argv: list[str] | None = None) -> int:
             if skipped:
                 print(f"not run on this {config.kafka_brokers}-broker stack: {skipped}")
             names = [n for n in names if n not in skipped]
-            results = run_on(stacks[0], profile, names, results_path.parent, args.keep)
+            with operator_login(config):
+                results = run_on(stacks[0], profile, names, results_path.parent, args.keep)
         else:
             # One stack of its own per cluster shape: single broker, then three brokers.
             for brokers in sorted({SCENARIOS[n].brokers for n in names}):
@@ -1149,7 +1153,9 @@ def main(argv: list[str] | None = None) -> int:
                 config = temporary_config(
                     Path(tempfile.mkdtemp(prefix="course-signup-chaos-")), brokers)
                 stacks.append(Stack(config, config.stack_env(), owned=True))
-                results += run_on(stacks[-1], profile, group, results_path.parent, args.keep)
+                with operator_login(config):
+                    results += run_on(stacks[-1], profile, group, results_path.parent,
+                                      args.keep)
     finally:
         write_results(results_path, profile, results, began, stacks)
     print(f"\nChaos ({profile.name}) in {time.time() - began:.0f}s; results in {results_path}\n")

@@ -13,11 +13,12 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from schemas import topics
+from service_kit.kafka_auth import client_config
 
 
 def _metadata(bootstrap: str) -> Any:
     # log_level 0: a broker the suite just killed refuses connections; that is the point.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = AdminClient({**client_config(), "bootstrap.servers": bootstrap, "log_level": 0})
     return admin.list_topics(timeout=10)
 
 
@@ -75,7 +76,7 @@ def elect_preferred_leaders(bootstrap: str) -> None:
     ELECTION_NOT_NEEDED, which is no error here."""
     from confluent_kafka import ElectionType
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = AdminClient({**client_config(), "bootstrap.servers": bootstrap, "log_level": 0})
     admin.elect_leaders(ElectionType.PREFERRED, None).result(timeout=30)
 
 

@@ -129,7 +129,7 @@ async def main() -> int:
     run = uuid.uuid4().hex[:6]
     rng = random.Random(run)
     command = session(config.command_url, concurrency)
-    query = session(config.query_url, 32)
+    query = session(config.query_url, 32, config.analyst_token())
     async with command, query:
         courses = await create_courses(command, config.admin_token(), run)
         requests = plan(list(courses), total, rng, run)
@@ -256,11 +256,18 @@ async def print_stats(query: aiohttp.ClientSession, courses: dict[str, dict]) ->
 
 
 def urls(config: StackConfig) -> str:
-    return (f"\nExplore:\n  dashboard    {config.query_url}/\n"
-            f"  command API  {config.command_url}/docs\n"
-            f"  query API    {config.query_url}/docs\n"
-            f"  stats        {config.query_url}/stats\n"
-            f"  e-mails      {config.mail_dir}\n")
+    token = config.analyst_token()
+    with_login = config.query_url.replace("http://", f"http://analyst:{token}@")
+    return (f"\nExplore (the statistics and the dashboard need the analyst token):\n"
+            f"  analyst token  {token}"
+            + ("" if config.analyst_token_override else
+               f"  (also in {config.run_dir / 'analyst-token'})") + "\n"
+            f"  dashboard      {with_login}/  (any user name, the token as password)\n"
+            f"  stats          curl -H 'Authorization: Bearer {token}' "
+            f"{config.query_url}/stats\n"
+            f"  command API    {config.command_url}/docs\n"
+            f"  query API      {config.query_url}/docs\n"
+            f"  e-mails        {config.mail_dir}\n")
 
 
 if __name__ == "__main__":

@@ -49,11 +49,14 @@ class Outcome:
     withdrawal_token: str | None = None
 
 
-def session(base_url: str, concurrency: int) -> aiohttp.ClientSession:
-    """One pooled client; aiohttp costs far less CPU per request than httpx, which
-    matters when the generator shares two cores with the system under test."""
+def session(base_url: str, concurrency: int, token: str | None = None) -> aiohttp.ClientSession:
+    """One pooled client (with `token` as Bearer on every request, if given); aiohttp
+    costs far less CPU per request than httpx, which matters when the generator shares
+    two cores with the system under test."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     return aiohttp.ClientSession(base_url, timeout=aiohttp.ClientTimeout(total=60),
-                                 connector=aiohttp.TCPConnector(limit=concurrency))
+                                 connector=aiohttp.TCPConnector(limit=concurrency),
+                                 headers=headers)
 
 
 async def sign_up(client: aiohttp.ClientSession, course_id: str, student: Student,

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from service_kit.kafka_auth import client_config
 from service_kit.records import Headers, SourceRecord
 
 _PREFIX = "dlq."
@@ -58,6 +59,7 @@ class DeadLetterProducer:
         self.topic = topic
         self._timeout = timeout
         self._producer = Producer({
+            **client_config(),
             "bootstrap.servers": bootstrap_servers,
             "acks": "all",
             "enable.idempotence": True,

@@ -1,4 +1,4 @@
-"""What both HTTP APIs do around every request: a correlation id, metrics, one log line.
+"""What both HTTP APIs do around every request: a correlation id, metrics, an access line.
 
 The log line holds no body, query or path, only the route template: a path could carry
 personal data, and the contract forbids e-mail, name and birth date in logs.
@@ -40,7 +40,9 @@ class ApiMetrics(ServiceMetrics):
 
 
 class RequestContextMiddleware:
-    """Gives each request a correlation id, records its metrics and writes one access line.
+    """Gives each request a correlation id, records its metrics and writes one access line:
+    at INFO for a request that came with its own correlation id or failed (status >= 400),
+    else at DEBUG.
 
     A route may add ids to the line through `request.state.log_ids` (a dict).
     """
@@ -57,7 +59,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        correlation_id = correlation_id_of(Headers(scope=scope).get(CORRELATION_HEADER))
+        given = Headers(scope=scope).get(CORRELATION_HEADER)
+        correlation_id = correlation_id_of(given)
         scope.setdefault("state", {})["correlation_id"] = correlation_id
         status = 500  # what the server answers if the app raises before responding
 
@@ -75,10 +78,17 @@ class RequestContextMiddleware:
             route, method = self._route_of(scope), scope["method"]
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.duration.labels(route, method).observe(elapsed)
-            self.log.info("request", extra={
-                "correlation_id": correlation_id, "method": method, "route": route,
-                "status": status, "latency_ms": round(elapsed * 1000, 2),
-                **scope["state"].get("log_ids", {})})
+            # Not a line per request at INFO: under load, formatting and writing it was a
+            # visible share of a request's CPU, and the counters above already count every
+            # request. A request whose caller traces it (its own correlation id) and every
+            # failure still get their line; the rest only at DEBUG.
+            traced = given is not None and given == correlation_id
+            level = logging.INFO if traced or status >= 400 else logging.DEBUG
+            if self.log.isEnabledFor(level):
+                self.log.log(level, "request", extra={
+                    "correlation_id": correlation_id, "method": method, "route": route,
+                    "status": status, "latency_ms": round(elapsed * 1000, 2),
+                    **scope["state"].get("log_ids", {})})
 
     def _route_of(self, scope: Scope) -> str:
         # A template, not the path, keeps metric labels few (and paths out of the logs).

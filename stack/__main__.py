@@ -48,6 +48,7 @@ def up(config: StackConfig, only: set[str] | None = None) -> None:
         _step("kafka" if config.kafka_brokers == 1 else f"kafka x{config.kafka_brokers}",
               lambda: kafka.start(config))
         kafka.report(kafka.ensure_topics(config))
+        kafka.ensure_access(config)
     if wanted("postgres"):
         _step("postgres", lambda: postgres.start(config))
         postgres.migrate(config)
@@ -109,7 +110,8 @@ def summary(config: StackConfig) -> str:
         f"Kafka bootstrap   {config.kafka_bootstrap}  ({config.kafka_brokers} broker(s), "
         f"replication factor {config.replication_factor}, "
         f"min.insync.replicas {config.min_insync_replicas})",
-        f"PostgreSQL        {config.database_url}",
+        f"PostgreSQL        127.0.0.1:{config.pg_port}/{postgres.DATABASE}  (roles with "
+        "passwords; the owner's connection string is in the file below)",
         f"SMTP sink         127.0.0.1:{config.smtp_port}  (mail in {config.mail_dir})",
     ]
     for service in services(config):
@@ -117,6 +119,10 @@ def summary(config: StackConfig) -> str:
     lines.append(f"Dashboard         {config.query_url}/")
     lines.append(f"OpenAPI           {config.command_url}/docs  {config.query_url}/docs")
     lines.append(f"Admin token       {config.admin_token()}")
+    lines.append(f"Analyst token     {config.analyst_token()}  (statistics and dashboard: "
+                 "Bearer, or any user name with it as the password)")
+    lines.append(f"Operator logins   {config.kafka_admin_properties} (Kafka), "
+                 f"{config.postgres_admin_url_file} (PostgreSQL)")
     return "\n".join(lines)
 
 

@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stack.ports import PortPicker, port_free
+from stack.secrets import generated_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 # Not passed on to a stack of ours: servers set for tests or operators elsewhere, and a
 # subset selection meant for another `python -m stack up`.
 NOT_INHERITED = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SMTP_HOST", "SMTP_PORT",
-                 "STACK_ONLY")
+                 "STACK_ONLY", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+# Secrets a service is given only when it uses them (service_env); never inherited from
+# the environment of whoever runs `make up`.
+SECRETS = ("ADMIN_TOKEN", "ANALYST_TOKEN", "PSEUDONYM_SECRET", "WITHDRAWAL_SECRET",
+           "DATABASE_URL", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+
+# PostgreSQL: the superuser (only the stack uses it, to create roles and the database),
+# the owner of the schema (migrations, replay, operators' tools) and one login role per
+# service that uses the database, with the grants of migrations/0005_service_roles.sql.
+PG_SUPERUSER = "postgres"
+PG_OWNER = "course_owner"
+PG_DATABASE = "coursesignup"
+PG_SERVICE_ROLES = {"command-api": "command_api", "projector": "projector",
+                    "notifier": "notifier", "query-api": "query_api"}
+# Kafka: one SCRAM principal per service that talks to Kafka, the brokers themselves
+# and the operator (tests, bench, chaos, `stack topics`, replay); the ACLs are in
+# stack/kafka_acls.py.
+KAFKA_BROKER_PRINCIPAL = "broker"
+KAFKA_ADMIN_PRINCIPAL = "admin"
+KAFKA_SERVICE_PRINCIPALS = {"processor": "processor", "projector": "projector",
+                            "notifier": "notifier", "command-api": "command-api"}
 
 
 def _cache_home(env: Mapping[str, str]) -> Path:
@@ -69,6 +90,7 @@ class StackConfig:
     admin_token_override: str | None = None
     pseudonym_secret_override: str | None = None
     kafka_brokers: int = 1
+    analyst_token_override: str | None = None
     withdrawal_secret_override: str | None = None
 
     @classmethod
@@ -98,6 +120,7 @@ class StackConfig:
             admin_token_override=env.get("ADMIN_TOKEN") or None,
             pseudonym_secret_override=env.get("PSEUDONYM_SECRET") or None,
             kafka_brokers=brokers,
+            analyst_token_override=env.get("ANALYST_TOKEN") or None,
             withdrawal_secret_override=env.get("WITHDRAWAL_SECRET") or None,
         )
 
@@ -195,7 +218,47 @@ class StackConfig:
 
     @property
     def database_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/coursesignup"
+        """The schema owner's connection string: migrations, replay, operators' tools and
+        tests. Also in $RUN_DIR/postgres-admin.url. Services get their own role's."""
+        return self.pg_url(PG_OWNER)
+
+    def pg_url(self, role: str, database: str = PG_DATABASE) -> str:
+        return (f"postgresql://{role}:{self.pg_password(role)}@127.0.0.1:{self.pg_port}"
+                f"/{database}")
+
+    def service_database_url(self, service: str) -> str:
+        return self.pg_url(PG_SERVICE_ROLES[service])
+
+    def pg_password(self, role: str) -> str:
+        return generated_secret(self.secrets_dir / f"postgres-{role}")
+
+    def kafka_password(self, principal: str) -> str:
+        return generated_secret(self.secrets_dir / f"kafka-{principal}")
+
+    def kafka_client_env(self, principal: str = KAFKA_ADMIN_PRINCIPAL) -> dict[str, str]:
+        """The settings a client of ours reads (service_kit.kafka_auth) to log in."""
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+                "KAFKA_SASL_USERNAME": principal,
+                "KAFKA_SASL_PASSWORD": self.kafka_password(principal)}
+
+    def kafka_client_config(self, principal: str = KAFKA_ADMIN_PRINCIPAL
+                            ) -> dict[str, str | int | float | bool]:
+        """confluent-kafka settings for a client of this cluster (the operator's by default)."""
+        return {"bootstrap.servers": self.kafka_bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": principal,
+                "sasl.password": self.kafka_password(principal)}
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.run_dir / "secrets"
+
+    @property
+    def kafka_admin_properties(self) -> Path:
+        return self.run_dir / "kafka-admin.properties"
+
+    @property
+    def postgres_admin_url_file(self) -> Path:
+        return self.run_dir / "postgres-admin.url"
 
     @property
     def command_url(self) -> str:
@@ -213,6 +276,11 @@ class StackConfig:
         """The token from ADMIN_TOKEN, else one generated once into $RUN_DIR/admin-token."""
         return self.admin_token_override or self._secret("admin-token")
 
+    def analyst_token(self) -> str:
+        """The query API's read token: ANALYST_TOKEN, else generated once into
+        $RUN_DIR/analyst-token."""
+        return self.analyst_token_override or self._secret("analyst-token")
+
     def pseudonym_secret(self) -> str:
         """The key of the seat keys' HMAC: PSEUDONYM_SECRET, else generated once into
         $RUN_DIR/pseudonym-secret. Changing it makes every stored seat key unfindable."""
@@ -224,12 +292,7 @@ class StackConfig:
         return self.withdrawal_secret_override or self._secret("withdrawal-secret")
 
     def _secret(self, name: str) -> str:
-        path = self.run_dir / name
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32) + "\n")
-            path.chmod(0o600)
-        return path.read_text().strip()
+        return generated_secret(self.run_dir / name)
 
     def stack_env(self, base: Mapping[str, str] = os.environ) -> dict[str, str]:
         """The environment under which `python -m stack` addresses this very stack:
@@ -245,7 +308,8 @@ class StackConfig:
             "PROCESSOR_PORT": str(self.processor_port),
             "PROJECTOR_PORT": str(self.projector_port),
             "NOTIFIER_PORT": str(self.notifier_port),
-            "ADMIN_TOKEN": self.admin_token(), "PARTITIONS": str(self.partitions),
+            "ADMIN_TOKEN": self.admin_token(), "ANALYST_TOKEN": self.analyst_token(),
+            "PARTITIONS": str(self.partitions),
             "PSEUDONYM_SECRET": self.pseudonym_secret(),
             "WITHDRAWAL_SECRET": self.withdrawal_secret(),
             "KAFKA_VERSION": self.kafka_version, "KAFKA_HEAP": self.kafka_heap,
@@ -253,26 +317,27 @@ class StackConfig:
         })
         return env
 
-    def service_env(self) -> dict[str, str]:
-        """The 12-factor settings every service reads; the same names work under compose."""
+    def service_env(self, service: str | None = None) -> dict[str, str]:
+        """The 12-factor settings a service reads; the same names work under compose.
+
+        With a service's name (`processor`, `projector`, ...): only the secrets that
+        service uses, its own Kafka principal and PostgreSQL role. Without one: the
+        operator's environment (schema owner, Kafka admin, every token), for tools that
+        act for the operator (replay, reseal, a test's own command API)."""
         # With more than one broker a lost one is fenced after broker.session.timeout.ms
         # (6 s, stack/kafka.py) and its partitions get new leaders; a request waits that
         # out instead of answering 503. A hung broker (SIGSTOP) costs one client-side
         # request timeout (5 s, command_api/publisher.py) or two before the retry finds
         # the new leader: 15 s covers both and the election, under load.
         extra = {"PRODUCE_TIMEOUT_SECONDS": "15"} if self.kafka_brokers > 1 else {}
-        return extra | {
+        base = extra | {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
             "KAFKA_REPLICATION_FACTOR": str(self.replication_factor),
             "KAFKA_MIN_INSYNC_REPLICAS": str(self.min_insync_replicas),
-            "DATABASE_URL": self.database_url,
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.smtp_port),
             "SMTP_SECURITY": "none",
             "PARTITIONS": str(self.partitions),
-            "ADMIN_TOKEN": self.admin_token(),
-            "PSEUDONYM_SECRET": self.pseudonym_secret(),
-            "WITHDRAWAL_SECRET": self.withdrawal_secret(),
             "COMMAND_API_PORT": str(self.command_api_port),
             "QUERY_API_PORT": str(self.query_api_port),
             "PROCESSOR_PORT": str(self.processor_port),
@@ -280,6 +345,51 @@ class StackConfig:
             "NOTIFIER_PORT": str(self.notifier_port),
             "PROCESSOR_DATA_DIR": str(self.run_dir / "processor"),
         }
+        return base | self.service_secrets(service)
+
+    def service_secrets(self, service: str | None) -> dict[str, str]:
+        """What `service` may know (None: the operator, who may know everything)."""
+        if service is None:
+            return {**self.kafka_client_env(), "DATABASE_URL": self.database_url,
+                    "ADMIN_TOKEN": self.admin_token(), "ANALYST_TOKEN": self.analyst_token(),
+                    "PSEUDONYM_SECRET": self.pseudonym_secret(),
+                    "WITHDRAWAL_SECRET": self.withdrawal_secret()}
+        name = "processor" if service.startswith("processor") else service
+        found: dict[str, str] = {}
+        if name in KAFKA_SERVICE_PRINCIPALS:
+            found |= self.kafka_client_env(KAFKA_SERVICE_PRINCIPALS[name])
+        if name in PG_SERVICE_ROLES:
+            found["DATABASE_URL"] = self.service_database_url(name)
+        if name in ("command-api", "query-api"):
+            found["ADMIN_TOKEN"] = self.admin_token()
+        if name == "query-api":
+            found["ANALYST_TOKEN"] = self.analyst_token()
+        if name in ("command-api", "processor"):
+            found["PSEUDONYM_SECRET"] = self.pseudonym_secret()
+        if name in ("command-api", "notifier"):
+            # The command API checks withdrawal tokens, the notifier puts them in e-mails.
+            found["WITHDRAWAL_SECRET"] = self.withdrawal_secret()
+        return found
+
+
+@contextlib.contextmanager
+def operator_login(config: StackConfig) -> Iterator[None]:
+    """While a stack of ours is in use by this very process (tests, bench, chaos), its
+    Kafka clients log in as the operator: KAFKA_SASL_* in os.environ, where every client
+    of the project finds its login (service_kit.kafka_auth); the old values come back
+    on exit. Services started meanwhile get their own principal (service_env)."""
+    names = ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+    saved = {name: os.environ.get(name) for name in names}
+    login = config.kafka_client_env()
+    os.environ.update({name: login[name] for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _brokers(raw: str | None) -> int:

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 
 from stack import kafka, postgres, smtp
-from stack.config import StackConfig
+from stack.config import StackConfig, operator_login
 from stack.procs import stop
 
 
@@ -17,11 +17,13 @@ def dependencies(config: StackConfig, with_smtp: bool = False) -> Iterator[Stack
     try:
         kafka.start(config)
         kafka.ensure_topics(config)
+        kafka.ensure_access(config)
         postgres.start(config)
         postgres.migrate(config)
         if with_smtp:
             smtp.start(config)
-        yield config
+        with operator_login(config):
+            yield config
     finally:
         if with_smtp:
             stop(config, smtp.NAME)

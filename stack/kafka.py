@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from stack import packages
-from stack.config import ROOT, KafkaNode, StackConfig
+from stack.config import (
+    KAFKA_ADMIN_PRINCIPAL,
+    KAFKA_BROKER_PRINCIPAL,
+    KAFKA_SERVICE_PRINCIPALS,
+    ROOT,
+    KafkaNode,
+    StackConfig,
+)
 from stack.procs import (
     StackError,
     is_running,
@@ -28,6 +35,7 @@ from stack.procs import (
     tail,
     taken_message,
 )
+from stack.secrets import write_secret
 
 POM = ROOT / "stack" / "kafka-pom.xml"
 LOG4J = ROOT / "stack" / "kafka-log4j2.properties"
@@ -90,14 +98,37 @@ def server_properties(config: StackConfig, node: KafkaNode) -> str:
         # N voters fixed at format time: a majority of them elects the active controller.
         quorum = "controller.quorum.voters=" + ",".join(
             f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
+    broker_password = config.kafka_password(KAFKA_BROKER_PRINCIPAL)
     return "\n".join([
         "process.roles=broker,controller",
         f"node.id={node.node_id}",
-        f"listeners=PLAINTEXT://127.0.0.1:{node.port},"
+        # Clients and the brokers among themselves: SASL/SCRAM-SHA-512, every principal
+        # created at format time (format_storage). The controllers' listener takes PLAIN
+        # with the brokers' own password (KRaft controllers cannot check SCRAM: the
+        # credentials live in the metadata log they serve). No TLS yet: README.
+        f"listeners=CLIENT://127.0.0.1:{node.port},"
         f"CONTROLLER://127.0.0.1:{node.controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+        f"advertised.listeners=CLIENT://127.0.0.1:{node.port}",
+        "inter.broker.listener.name=CLIENT",
         "controller.listener.names=CONTROLLER",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+        "listener.name.client.sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "listener.name.client.scram-sha-512.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{KAFKA_BROKER_PRINCIPAL}" password="{broker_password}";',
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config="
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{KAFKA_BROKER_PRINCIPAL}" password="{broker_password}" '
+        f'user_{KAFKA_BROKER_PRINCIPAL}="{broker_password}";',
+        # ACLs (stack/kafka_acls.py): a principal may do only what is granted to it;
+        # the brokers and the operator may do everything.
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        f"super.users=User:{KAFKA_BROKER_PRINCIPAL};User:{KAFKA_ADMIN_PRINCIPAL}",
+        "allow.everyone.if.no.acl.found=false",
         quorum,
         f"log.dirs={node.home / 'data'}",
         f"num.partitions={config.partitions}",
@@ -146,21 +177,61 @@ def java_command(config: StackConfig, main: str, *args: str) -> list[str]:
 def format_storage(config: StackConfig, node: KafkaNode, cluster_id: str) -> Path:
     props = node.home / "server.properties"
     node.home.mkdir(parents=True, exist_ok=True)
-    props.write_text(server_properties(config, node))
+    write_secret(props, server_properties(config, node))  # it holds the brokers' password
     if (node.home / "data" / "meta.properties").exists():
+        if not (node.home / "scram-formatted").exists():
+            raise StackError(f"{node.name}: {node.home} was formatted by an older version of "
+                             "the stack, without SASL principals. Move "
+                             f"{config.run_dir} away (or `make down` and delete it) and start "
+                             "again.")
         return props
     # One node: a quorum of itself (--standalone); more: the voters are in the config.
     standalone = ["--standalone"] if config.kafka_brokers == 1 else []
+    # Every principal's SCRAM credential goes into the cluster's first metadata, so the
+    # brokers can check a login from their first second. The passwords pass on the
+    # command line of this short-lived local process only (the StorageTool has no
+    # other way in); nothing logs them.
+    scram = [arg for name in principals()
+             for arg in ("--add-scram",
+                         f"SCRAM-SHA-512=[name={name},password={config.kafka_password(name)}]")]
     result = subprocess.run(
         java_command(config, "kafka.tools.StorageTool", "format", *standalone,
-                     f"--cluster-id={cluster_id}", "-c", str(props)),
+                     f"--cluster-id={cluster_id}", "-c", str(props), *scram),
         capture_output=True, text=True,
     )
     if result.returncode != 0:
         raise StackError(
             f"{node.name}: formatting the KRaft log dir failed:\n{result.stdout}{result.stderr}"
         )
+    (node.home / "scram-formatted").touch()
     return props
+
+
+def principals() -> list[str]:
+    """Every SCRAM principal of the cluster: the brokers, the operator, each service."""
+    return [KAFKA_BROKER_PRINCIPAL, KAFKA_ADMIN_PRINCIPAL,
+            *sorted(set(KAFKA_SERVICE_PRINCIPALS.values()))]
+
+
+def admin_properties(config: StackConfig) -> str:
+    """The operator's client configuration: Java tools (`--command-config`), librdkafka."""
+    settings = config.kafka_client_config(KAFKA_ADMIN_PRINCIPAL)
+    java_jaas = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+                 f'username="{settings["sasl.username"]}" '
+                 f'password="{settings["sasl.password"]}";')
+    return "".join(f"{k}={v}\n" for k, v in settings.items()) + f"sasl.jaas.config={java_jaas}\n"
+
+
+def write_admin_properties(config: StackConfig) -> None:
+    write_secret(config.kafka_admin_properties, admin_properties(config))
+
+
+def ensure_access(config: StackConfig) -> None:
+    """The services' ACLs, and $RUN_DIR/kafka-admin.properties for the operator."""
+    from stack import kafka_acls
+
+    kafka_acls.ensure_acls(config)
+    write_admin_properties(config)
 
 
 def _kraft_cluster_id() -> str:
@@ -278,7 +349,8 @@ def _metadata_ok(config: StackConfig, node: KafkaNode) -> bool:
     if not port_open(node.port):
         return False
     # log_level 0: a refused connection while the broker boots is expected, not news.
-    admin = AdminClient({"bootstrap.servers": node.address, "log_level": 0})
+    admin = AdminClient({**config.kafka_client_config(), "bootstrap.servers": node.address,
+                         "log_level": 0})
     brokers = admin.list_topics(timeout=2).brokers
     return len(brokers) >= config.kafka_brokers and node.node_id in brokers
 
@@ -304,6 +376,16 @@ INTERNAL_TOPICS = ("__consumer_offsets", "__transaction_state")
 CHANGELOG_PREFIX = "course-processor-"
 
 
+def admin_config(config: StackConfig, bootstrap: str | None = None) -> dict[str, Any]:
+    """The operator's client settings for this stack, or for `bootstrap` with the login
+    of the environment (KAFKA_SASL_*: service_kit.kafka_auth) when another cluster is
+    named."""
+    from service_kit.kafka_auth import client_config
+
+    login = client_config() if bootstrap else config.kafka_client_config()
+    return {**login, "bootstrap.servers": bootstrap or config.kafka_bootstrap, "log_level": 3}
+
+
 def ensure_topics(config: StackConfig, bootstrap: str | None = None,
                   replicas: int | None = None, min_isr: int | None = None) -> list[str]:
     """Create the project's topics with their settings, replicas and min.insync.replicas;
@@ -314,8 +396,7 @@ def ensure_topics(config: StackConfig, bootstrap: str | None = None,
 
     replicas = replicas or config.replication_factor
     min_isr = min_isr or config.min_insync_replicas
-    admin = AdminClient({"bootstrap.servers": bootstrap or config.kafka_bootstrap,
-                         "log_level": 3})
+    admin = AdminClient(admin_config(config, bootstrap))
     existing = admin.list_topics(timeout=10).topics
     wanted = [
         NewTopic(name, config.partitions, replicas,

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from stack import packages
-from stack.config import StackConfig
+from stack.config import PG_DATABASE, PG_OWNER, PG_SERVICE_ROLES, PG_SUPERUSER, StackConfig
 from stack.procs import (
     StackError,
     as_user,
@@ -22,9 +22,14 @@ from stack.procs import (
     taken_message,
     wait_ready,
 )
+from stack.secrets import write_secret
 
 NAME = "postgres"
-DATABASE = "coursesignup"
+DATABASE = PG_DATABASE
+# Every connection authenticates with a password (SCRAM), also from loopback; there is
+# no Unix socket (unix_socket_directories is empty), hence no `local` line.
+HBA = ("host all all 127.0.0.1/32 scram-sha-256\n"
+       "host all all ::1/128 scram-sha-256\n")
 
 
 def bin_dir() -> Path:
@@ -87,18 +92,26 @@ def init_cluster(config: StackConfig) -> None:
     data.mkdir(mode=0o700)
     _hand_over(data.parent, user)
     _hand_over(data, user)
-    result = subprocess.run(
-        [str(bins / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-         "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
-        capture_output=True, text=True, **as_user(user),
-    )
+    # The superuser's password goes in through a private file that only initdb's user
+    # reads (a pipe of root's is not readable by the `postgres` user), removed at once.
+    pwfile = data.parent / "initdb-password"
+    write_secret(pwfile, config.pg_password(PG_SUPERUSER) + "\n")
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+    try:
+        result = subprocess.run(
+            [str(bins / "initdb"), "-D", str(data), "-U", PG_SUPERUSER,
+             "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
+             "--locale=C.UTF-8", "--no-instructions"],
+            capture_output=True, text=True, **as_user(user),
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
     if result.returncode != 0:
         shutil.rmtree(data, ignore_errors=True)
         raise StackError(f"postgres: initdb failed:\n{result.stdout}{result.stderr}")
-    # Trust is limited to loopback: the server listens on 127.0.0.1 only.
-    (data / "pg_hba.conf").write_text(
-        "host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n"
-    )
+    (data / "pg_hba.conf").write_text(HBA)
 
 
 def start(config: StackConfig) -> bool:
@@ -115,6 +128,10 @@ def start(config: StackConfig) -> bool:
         "-c", "unix_socket_directories=", "-c", "max_connections=200",
         "-c", "shared_buffers=256MB", "-c", "log_min_messages=warning",
     ]
+    if "trust" in (data / "pg_hba.conf").read_text():
+        raise StackError(f"postgres: {data} was made by an older version of the stack, which "
+                         "trusted every local connection; this one needs passwords. Move "
+                         f"{config.run_dir} away (or `make down` and delete it) and start again.")
     pid = spawn(config, NAME, argv, user=run_as())
     wait_ready(lambda: _connectable(config), 60, "postgres", log_file(config, NAME), pid)
     create_database(config)
@@ -134,17 +151,29 @@ def _connectable(config: StackConfig) -> bool:
 
 
 def _admin_url(config: StackConfig) -> str:
-    return f"postgresql://postgres@127.0.0.1:{config.pg_port}/postgres"
+    return config.pg_url(PG_SUPERUSER, "postgres")
 
 
 def create_database(config: StackConfig) -> None:
+    """The owner and the services' login roles, each with its generated password (set
+    again at every start, so the files under $RUN_DIR/secrets stay the truth), and the
+    database, owned by the owner (so is its public schema, PostgreSQL 15's
+    pg_database_owner). Grants are the migrations' business (0005_service_roles.sql)."""
     import psycopg
+    from psycopg import sql
 
     with psycopg.connect(_admin_url(config), autocommit=True) as conn:
+        for role in (PG_OWNER, *PG_SERVICE_ROLES.values()):
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(sql.SQL(verb + " ROLE {} WITH LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(config.pg_password(role))))
         query = "SELECT 1 FROM pg_database WHERE datname = %s"
         exists = conn.execute(query, (DATABASE,)).fetchone()
         if not exists:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(DATABASE), sql.Identifier(PG_OWNER)))
+    write_secret(config.postgres_admin_url_file, config.database_url + "\n")
 
 
 def migrate(config: StackConfig) -> list[str]:

@@ -57,8 +57,10 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     user: str | None = None,
+    drop: Sequence[str] = (),
 ) -> int:
-    """Start argv detached in its own session, logging to $RUN_DIR/logs/<name>.log."""
+    """Start argv detached in its own session, logging to $RUN_DIR/logs/<name>.log.
+    Our environment is inherited except the names in `drop` (secrets not meant for it)."""
     config.pids.mkdir(parents=True, exist_ok=True)
     config.logs.mkdir(parents=True, exist_ok=True)
     with open(log_file(config, name), "ab") as log:
@@ -67,7 +69,7 @@ def spawn(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})},
             cwd=cwd,
             start_new_session=True,
             **as_user(user),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stack.config import ROOT, StackConfig
+from stack.config import ROOT, SECRETS, StackConfig
 from stack.probes import http_ok
 from stack.procs import (
     StackError,
@@ -76,8 +76,10 @@ def start(config: StackConfig, service: Service, timeout: float = 90) -> bool:
     if port_open(service.port):
         raise StackError(taken_message(service.name, service.port, service.port_setting))
     module = service.module.removesuffix(".__main__")
-    env = {**config.service_env(), **dict(service.extra_env)}
-    pid = spawn(config, service.name, [config.python, "-m", module], env=env, cwd=ROOT)
+    # Only the secrets this service uses: none inherited from whoever runs `make up`.
+    env = {**config.service_env(service.name), **dict(service.extra_env)}
+    pid = spawn(config, service.name, [config.python, "-m", module], env=env, cwd=ROOT,
+                drop=SECRETS)
     health = service.url + service.health_path
     wait_ready(lambda: owns_port(pid, service.port) and http_ok(health),
                timeout, f"{service.name} (port {service.port})", log, pid)

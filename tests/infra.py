@@ -37,9 +37,13 @@ class Infra:
     # The native stack, whose parts a test may stop and start; None when Kafka and
     # PostgreSQL are not ours to restart (outside servers, containers).
     config: StackConfig | None
+    # KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD of the operator (every right), or none
+    # for a cluster without SASL.
+    kafka_login: tuple[tuple[str, str], ...] = ()
 
     def env(self) -> dict[str, str]:
         return {
+            **dict(self.kafka_login),
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
             "DATABASE_URL": self.database_url,
             "SMTP_HOST": self.smtp_host,
@@ -79,8 +83,10 @@ def outside_infra(env: Mapping[str, str]) -> Infra | None:
     database = env.get("DATABASE_URL")
     if not (bootstrap and database):
         return None
+    login = tuple((k, env[k]) for k in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+                  if env.get(k))
     return Infra(bootstrap, database, env.get("SMTP_HOST", "127.0.0.1"),
-                 int(env.get("SMTP_PORT", "25")), None, None)
+                 int(env.get("SMTP_PORT", "25")), None, None, login)
 
 
 @contextlib.contextmanager
@@ -106,8 +112,10 @@ def started_infra(env: Mapping[str, str] = os.environ) -> Iterator[Infra]:
 @contextlib.contextmanager
 def _native(config: StackConfig) -> Iterator[Infra]:
     with dependencies(config, with_smtp=True):
+        login = config.kafka_client_env()
         yield Infra(config.kafka_bootstrap, config.database_url, "127.0.0.1",
-                    config.smtp_port, config.mail_dir, config)
+                    config.smtp_port, config.mail_dir, config,
+                    tuple((k, login[k]) for k in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")))
 
 
 @contextlib.contextmanager

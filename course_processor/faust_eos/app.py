@@ -27,6 +27,7 @@ from course_processor.faust_eos.transactions import FencedTransport
 from course_processor.metrics import Metrics
 from course_processor.settings import Settings
 from course_processor.state.runtime import StateRuntime
+from service_kit.kafka_auth import KafkaAuth
 
 
 class ProcessorApp(faust.App):
@@ -119,9 +120,22 @@ def create_app(settings: Settings, runtime: StateRuntime,
     )
 
 
+def broker_credentials(auth: KafkaAuth) -> faust.SASLCredentials | None:
+    """SASL/SCRAM for every client faust makes: the consumer, the producer, each
+    transactional producer and its admin client (faust passes them all the same)."""
+    if auth.username is None or auth.password is None:
+        return None
+    return faust.SASLCredentials(username=auth.username,
+                                 password=auth.password.get_secret_value(),
+                                 mechanism=auth.mechanism)
+
+
 def faust_settings(settings: Settings) -> dict[str, Any]:
     return {
         "broker": settings.broker_url,
+        # faust hands these to every client it makes: the consumer, the producer, each
+        # transactional producer and its admin client.
+        "broker_credentials": broker_credentials(settings.kafka_auth),
         "datadir": str(settings.data_dir),
         # Kafka transactions make table changes, decision events and the consumed
         # offsets one atomic write, and fence a paused worker (see transactions.py).

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack.config import StackConfig
+from stack.config import StackConfig, operator_login
 from tests.infra import stack_config_for_tests
 
 
@@ -31,6 +31,15 @@ class RunningStack:
     def cli(self, command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "stack", command], env=self.env,
                               text=True, capture_output=True, timeout=300)
+
+    @property
+    def analyst(self) -> dict[str, str]:
+        """The header that opens the query API's statistics and dashboard."""
+        return {"Authorization": f"Bearer {self.config.analyst_token()}"}
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.admin_token()}"}
 
     def create_course(self, prefix: str, capacity: int, title: str, lecturer: str,
                       waitlist_capacity: int = 0) -> str:
@@ -53,7 +62,8 @@ def full_stack() -> Iterator[RunningStack]:
     try:
         started = running.cli("up")
         assert started.returncode == 0, f"stack up failed:\n{started.stdout}\n{started.stderr}"
-        yield running
+        with operator_login(config):
+            yield running
     finally:
         running.cli("down")
         if os.environ.get("KEEP_TEST_RUN_DIR") is None:

@@ -38,7 +38,8 @@ def test_2000_concurrent_signups_from_1500_students_fill_50_seats(
     assert len(signup_ids) == 2000
 
     def all_decided() -> dict | None:
-        stats = httpx.get(f"{full_stack.config.query_url}/courses/{course_id}/stats", timeout=10)
+        stats = httpx.get(f"{full_stack.config.query_url}/courses/{course_id}/stats",
+                          headers=full_stack.analyst, timeout=10)
         if stats.status_code != 200 or stats.json()["enrolled"] < 50:
             return None
         return stats.json()

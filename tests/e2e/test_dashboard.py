@@ -48,7 +48,8 @@ def test_the_dashboard_shows_what_the_api_says_and_draws_the_charts(
                            for s in signups) or None, 90, "every decision")
     stats = eventually(
         lambda: (lambda s: s if s["enrolled"] == 4 else None)(
-            httpx.get(f"{query}/courses/{course}/stats", params={"as_of": AS_OF}).json()),
+            httpx.get(f"{query}/courses/{course}/stats", params={"as_of": AS_OF},
+                      headers=full_stack.analyst).json()),
         30, "the course's statistics")
     # At 2026-06-01: born 29 Feb 2000 and 31 Dec 1999 are 26, 1 Jan 2001 is 25, and
     # 15 Jul 1980 is 45 (the birthday is still to come); the fifth sign-up found no seat
@@ -56,9 +57,13 @@ def test_the_dashboard_shows_what_the_api_says_and_draws_the_charts(
     assert stats["age_histogram"] == {"25": 1, "26": 2, "45": 1}
     assert (stats["waitlisted"], stats["waitlist_capacity"]) == (1, 3)
 
-    overall = httpx.get(f"{query}/stats", params={"as_of": AS_OF}).json()
-    page = httpx.get(f"{query}/courses", params={"as_of": AS_OF}).json()
-    url = f"{query}/?as_of={AS_OF}&course={course}"
+    overall = httpx.get(f"{query}/stats", params={"as_of": AS_OF},
+                        headers=full_stack.analyst).json()
+    page = httpx.get(f"{query}/courses", params={"as_of": AS_OF},
+                     headers=full_stack.analyst).json()
+    # The browser logs in with HTTP Basic: any user name, the analyst token as password.
+    with_login = query.replace("http://", f"http://analyst:{full_stack.config.analyst_token()}@")
+    url = f"{with_login}/?as_of={AS_OF}&course={course}"
     dom = browser.dom(url)
 
     for key in ("courses", "enrollments", "min_age", "max_age", "average_age"):

@@ -32,6 +32,7 @@ from schemas import topics
 from schemas.codec import decode
 from schemas.messages import StudentSignedUp
 from schemas.personal import unseal
+from service_kit.kafka_auth import client_config
 from stack import postgres
 from stack.waiting import eventually
 from tests.e2e.conftest import RunningStack
@@ -48,7 +49,8 @@ def _post(stack: RunningStack, path: str, body: dict, admin: bool = False) -> di
 
 
 def _get(stack: RunningStack, path: str) -> dict | None:
-    response = httpx.get(stack.config.query_url + path, timeout=10)
+    # The admin token opens every route of the query API (the erasures' too).
+    response = httpx.get(stack.config.query_url + path, headers=stack.admin, timeout=10)
     return dict(response.json()) if response.status_code == 200 else None
 
 
@@ -80,9 +82,10 @@ def _pid(stack: RunningStack, name: str) -> int:
 
 def _every_kafka_record(servers: str) -> bytes:
     """Keys, values and headers of every record of every topic, aborted ones included."""
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient({**client_config(), "bootstrap.servers": servers})
     meta = admin.list_topics(timeout=30)
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
                          "isolation.level": "read_uncommitted", "enable.auto.commit": False})
     chunks: list[bytes] = []
     try:
@@ -161,7 +164,8 @@ def test_an_erased_student_is_unreadable_everywhere_and_nothing_else_changes(
 
     done = eventually(erasure_done, 60, "the erasure to be done")
     assert done["completed_at"] is not None
-    assert httpx.get(f"{config.query_url}/erasures/{uuid.uuid4()}").status_code == 404
+    assert httpx.get(f"{config.query_url}/erasures/{uuid.uuid4()}",
+                     headers=stack.admin).status_code == 404
 
     # Her seats stay taken, her decisions still answer, the late one was decided too.
     late = eventually(lambda: _get(stack, f"/signups/{late_id}"), 90, "the late decision")
@@ -212,7 +216,7 @@ def test_an_erased_student_is_unreadable_everywhere_and_nothing_else_changes(
         keys = {str(k): bytes(v) for k, v in conn.execute(
             "SELECT key_id::text, key FROM student_keys")}
     opened = []
-    consumer = Consumer({"bootstrap.servers": config.kafka_bootstrap,
+    consumer = Consumer({**client_config(), "bootstrap.servers": config.kafka_bootstrap,
                          "group.id": str(uuid.uuid4()), "isolation.level": "read_committed",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topics.EVENTS])

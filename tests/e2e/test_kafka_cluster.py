@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas import topics
+from stack.config import StackConfig
 from stack.procs import owns_port, pid_alive
 from stack.waiting import wait_until
 from tests.infra import stack_config_for_tests
@@ -62,7 +63,8 @@ def test_three_brokers_replicate_every_topic_and_stop_together(run_dir: Path) ->
                         "KAFKA_MIN_INSYNC_REPLICAS=2", "PRODUCE_TIMEOUT_SECONDS=15"):
             assert f"export {setting}" in service_env, setting
 
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        login = StackConfig.from_env(env).kafka_client_config()
+        admin = AdminClient({**login, "bootstrap.servers": bootstrap})
         metadata = admin.list_topics(timeout=10)
         assert sorted(metadata.brokers) == [1, 2, 3]
         for name in PROJECT_TOPICS:
@@ -175,6 +177,7 @@ def test_a_cluster_that_cannot_form_is_stopped_again_not_left_half_started(
     (data / "meta.properties").write_text(
         "node.id=7\ndirectory.id=AAAAAAAAAAAAAAAAAAAAAA\nversion=1\n"
         "cluster.id=q1Sh-9_ISia_zwGINzRvyQ\n")
+    (data.parent / "scram-formatted").touch()  # formatted by this version, with SASL
     env = _env(run_dir, 3, "kafka")
     try:
         failed = _stack("up", env)

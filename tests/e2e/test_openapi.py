@@ -35,7 +35,8 @@ def test_the_command_api_keeps_its_openapi(full_stack: RunningStack) -> None:
 
 
 def test_the_query_api_keeps_its_openapi(full_stack: RunningStack) -> None:
-    assert_keeps_its_openapi(f"{full_stack.config.query_url}/openapi.json", {})
+    admin = {"Authorization": f"Bearer {full_stack.config.admin_token()}"}
+    assert_keeps_its_openapi(f"{full_stack.config.query_url}/openapi.json", admin)
 
 
 def assert_keeps_its_openapi(url: str, headers: dict[str, str]) -> None:

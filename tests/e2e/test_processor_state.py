@@ -10,6 +10,7 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from schemas import topics
+from service_kit.kafka_auth import client_config
 from stack.waiting import eventually
 from tests.e2e.conftest import RunningStack
 from tests.support import event_in
@@ -37,7 +38,8 @@ def _decided(stack: RunningStack, signup_ids: list[str]) -> bool | None:
 
 def _records(servers: str, topic_filter: str) -> list[tuple[str, bytes | None, bytes | None]]:
     """Every record of every topic whose name contains `topic_filter`, from the start."""
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
                          "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
     names = [t for t in consumer.list_topics(timeout=10).topics if topic_filter in t]
     tps, ends = [], {}

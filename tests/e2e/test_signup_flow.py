@@ -56,7 +56,8 @@ def test_a_signup_is_decided_projected_and_mailed(full_stack: RunningStack) -> N
     assert (rejected["status"], rejected["reason"]) == ("rejected", "course_full")
 
     stats = httpx.get(f"{full_stack.config.query_url}/courses/{course_id}/stats",
-                      params={"as_of": "2026-05-17"}, timeout=10).json()
+                      params={"as_of": "2026-05-17"}, headers=full_stack.analyst,
+                      timeout=10).json()
     assert (stats["enrolled"], stats["capacity"], stats["min_age"], stats["max_age"]) == \
         (1, 1, 26, 26)
 

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from schemas import codec, topics
 from schemas.messages import ChangeCourse, CreateCourse, SignUp, Withdraw, signup_id_for
 from schemas.personal import student_hash, unseal
+from service_kit.kafka_auth import client_config
 from stack.ports import free_port
 from stack.procs import terminate
 from stack.waiting import wait_until
@@ -49,7 +50,7 @@ def bootstrap() -> str:
 
 
 def _ensure_topic(servers: str, name: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient({**client_config(), "bootstrap.servers": servers})
     if name in admin.list_topics(timeout=10).topics:
         return
     future = admin.create_topics([NewTopic(name, partitions, 1)])[name]
@@ -100,7 +101,8 @@ def api(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 
 
 def _end_offsets(bootstrap: str) -> list[TopicPartition]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}"})
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}"})
     try:
         partitions = consumer.list_topics(topics.COMMANDS, timeout=10).topics[topics.COMMANDS]
         return [
@@ -118,6 +120,7 @@ def _read_commands(
 ) -> list[Message]:
     """The first `count` messages keyed `course_id` written after `start`."""
     consumer = Consumer({
+        **client_config(),
         "bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}",
         "enable.auto.commit": False, "isolation.level": "read_committed",
     })

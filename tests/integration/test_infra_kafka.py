@@ -9,12 +9,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from schemas import topics
+from service_kit.kafka_auth import client_config
 from tests.infra import Infra
 from tests.support import position_of
 
 
 def test_produce_consume_round_trip_with_acks_all(infra: Infra) -> None:
-    producer = Producer({"bootstrap.servers": infra.kafka_bootstrap, "acks": "all",
+    producer = Producer({**client_config(),
+                         "bootstrap.servers": infra.kafka_bootstrap, "acks": "all",
                          "enable.idempotence": True})
     key, value = f"course-{uuid.uuid4()}".encode(), uuid.uuid4().bytes
     reports = []
@@ -24,7 +26,8 @@ def test_produce_consume_round_trip_with_acks_all(infra: Infra) -> None:
     err, msg = reports[0]
     assert err is None
 
-    consumer = Consumer({"bootstrap.servers": infra.kafka_bootstrap, "group.id": str(uuid.uuid4()),
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": infra.kafka_bootstrap, "group.id": str(uuid.uuid4()),
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(topics.COMMANDS, *position_of(msg))])
     deadline, got = time.monotonic() + 15, None
@@ -37,7 +40,7 @@ def test_produce_consume_round_trip_with_acks_all(infra: Infra) -> None:
 
 
 def test_topics_exist_with_the_project_settings(infra: Infra) -> None:
-    admin = AdminClient({"bootstrap.servers": infra.kafka_bootstrap})
+    admin = AdminClient({**client_config(), "bootstrap.servers": infra.kafka_bootstrap})
     metadata = admin.list_topics(timeout=10).topics
     for name in (topics.COMMANDS, topics.EVENTS, topics.COMMANDS_DLQ, topics.EVENTS_DLQ,
                  topics.NOTIFIER_DLQ):
@@ -53,7 +56,7 @@ def test_topics_exist_with_the_project_settings(infra: Infra) -> None:
 
 
 def test_topics_are_never_auto_created(infra: Infra) -> None:
-    producer = Producer({"bootstrap.servers": infra.kafka_bootstrap,
+    producer = Producer({**client_config(), "bootstrap.servers": infra.kafka_bootstrap,
                          "message.timeout.ms": 3000, "log_level": 0})
     errors: list[object] = []
     producer.produce(f"typo-{uuid.uuid4()}", b"x", on_delivery=lambda err, _: errors.append(err))

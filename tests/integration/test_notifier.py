@@ -50,6 +50,7 @@ from schemas.messages import (
 )
 from schemas.personal import new_data_key, seal
 from schemas.withdrawal import withdrawal_token
+from service_kit.kafka_auth import client_config
 from stack import smtp
 from stack.config import ROOT
 from stack.ports import free_port
@@ -168,7 +169,8 @@ class Course:
 
 @pytest.fixture
 def log(infra: Infra) -> Iterator[Log]:
-    producer = Producer({"bootstrap.servers": infra.kafka_bootstrap, "acks": "all",
+    producer = Producer({**client_config(),
+                         "bootstrap.servers": infra.kafka_bootstrap, "acks": "all",
                          "enable.idempotence": True, "linger.ms": 5})
     yield Log(producer)
     producer.flush(10)
@@ -178,7 +180,8 @@ def log(infra: Infra) -> Iterator[Log]:
 
 
 def end_offsets(bootstrap: str, topic: str) -> list[TopicPartition]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4()}"})
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4()}"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return [TopicPartition(topic, p, consumer.get_watermark_offsets(
@@ -189,7 +192,7 @@ def end_offsets(bootstrap: str, topic: str) -> list[TopicPartition]:
 
 def start_group_at_the_end(bootstrap: str, group: str, timeout: float = 30) -> None:
     """Commit the current end of course-events for `group`: earlier tests' events stay unread."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+    consumer = Consumer({**client_config(), "bootstrap.servers": bootstrap, "group.id": group,
                          "enable.auto.commit": False})
     deadline = time.monotonic() + timeout
     try:
@@ -388,7 +391,8 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_at_most_one_per_kill(
 def dead_letters(bootstrap: str, start: list[TopicPartition], want: set[str],
                  timeout: float = 30) -> dict[str, Message]:
     """DLQ records from `start` on whose course-events key or event id is in `want`."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dlq-{uuid.uuid4()}",
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": bootstrap, "group.id": f"dlq-{uuid.uuid4()}",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
     consumer.assign(start)
     found: dict[str, Message] = {}

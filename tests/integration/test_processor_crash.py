@@ -49,6 +49,7 @@ from schemas.messages import (
     StudentSignedUp,
     event_id_for,
 )
+from service_kit.kafka_auth import client_config
 from stack.ports import free_port
 from stack.probes import deciding, processor_health
 from stack.procs import kill_now, terminate
@@ -75,7 +76,7 @@ def ensure_topics(servers: str) -> int:
     """The project's topics exist (created as stack/kafka.py does); their partition count."""
     from stack.kafka import topic_configs
 
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient({**client_config(), "bootstrap.servers": servers})
     existing = admin.list_topics(timeout=10).topics
     wanted = [NewTopic(name, int(os.environ.get("PARTITIONS") or 4), 1, config=cfg)
               for name, cfg in topic_configs().items() if name not in existing]
@@ -90,7 +91,7 @@ def ensure_topics(servers: str) -> int:
 
 def start_group_at_end(servers: str, group: str) -> None:
     """Commit the group's offsets at the present end, so it sees only this test's commands."""
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": group,
+    consumer = Consumer({**client_config(), "bootstrap.servers": servers, "group.id": group,
                          "enable.auto.commit": False})
     meta = consumer.list_topics(topics.COMMANDS, timeout=10).topics[topics.COMMANDS]
     partitions = meta.partitions
@@ -103,7 +104,7 @@ def start_group_at_end(servers: str, group: str) -> None:
 
 
 def delete_topics_of(servers: str, app_id: str) -> None:
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient({**client_config(), "bootstrap.servers": servers})
     mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{app_id}-")]
     if mine:
         for future in admin.delete_topics(mine).values():
@@ -302,7 +303,7 @@ class CommandProducer:
     def __init__(self, servers: str, partitioner: str = "murmur2_random") -> None:
         # murmur2: the same partition for a key as the Java client and faust would pick;
         # the command API's is consistent_random (CRC-32).
-        self.producer = Producer({"bootstrap.servers": servers, "acks": "all",
+        self.producer = Producer({**client_config(), "bootstrap.servers": servers, "acks": "all",
                                   "enable.idempotence": True, "linger.ms": 5,
                                   "partitioner": partitioner})
         self.delivered: list[tuple[int, int]] = []
@@ -340,7 +341,8 @@ class EventLog:
     def __init__(self, servers: str, courses: list[str],
                  isolation: str = "read_committed") -> None:
         self.courses = {c.encode() for c in courses}
-        self.consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
+        self.consumer = Consumer({**client_config(),
+                                  "bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
                                   "isolation.level": isolation,
                                   "enable.auto.commit": False})
         meta = self.consumer.list_topics(topics.EVENTS, timeout=10).topics[topics.EVENTS]
@@ -583,7 +585,8 @@ def test_undecodable_and_invalid_commands_go_to_the_dlq(cluster: Cluster) -> Non
     w, courses = make_workload(courses=1, signups=20, seed=4)
     course = courses[0]
     producer, log = CommandProducer(cluster.servers), EventLog(cluster.servers, courses)
-    dlq = Consumer({"bootstrap.servers": cluster.servers, "group.id": str(uuid.uuid4()),
+    dlq = Consumer({**client_config(),
+                    "bootstrap.servers": cluster.servers, "group.id": str(uuid.uuid4()),
                     "isolation.level": "read_committed", "enable.auto.commit": False})
     ends = {p: dlq.get_watermark_offsets(TopicPartition(topics.COMMANDS_DLQ, p), timeout=10)[1]
             for p in dlq.list_topics(topics.COMMANDS_DLQ, timeout=10)
@@ -659,7 +662,8 @@ def assert_disk_is_committed_changelog(cluster: Cluster) -> dict[str, int]:
 def committed_changelog(servers: str, topic: str, partition: int, upto: int
                         ) -> dict[bytes, bytes]:
     """A changelog partition folded to key -> last value, committed records up to `upto`."""
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
                          "isolation.level": "read_committed", "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, partition, 0)])
     table: dict[bytes, bytes] = {}
@@ -776,7 +780,8 @@ def test_an_upgraded_processor_builds_its_state_from_the_event_log(cluster: Clus
     lost = SignUp(str(uuid.uuid4()), str(uuid.uuid4()), later, "early@example.org", "Early",
                   date(2001, 2, 3), _now(), str(uuid.uuid4()))
     history.append((later, _rejected(lost, "course_not_found")))
-    old_processor = Producer({"bootstrap.servers": cluster.servers, "acks": "all",
+    old_processor = Producer({**client_config(),
+                              "bootstrap.servers": cluster.servers, "acks": "all",
                               "partitioner": "murmur2_random"})
     for course, event in history:
         old_processor.produce(topics.EVENTS, key=course.encode(), value=encode(event))  # type: ignore[arg-type]

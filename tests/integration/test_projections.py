@@ -41,6 +41,7 @@ from schemas.messages import (
     StudentWaitlisted,
     StudentWithdrew,
 )
+from service_kit.kafka_auth import client_config
 from stack import postgres
 from stack.config import ROOT
 from stack.ports import free_port
@@ -242,7 +243,7 @@ def assert_live_equals_a_replay() -> None:
 
 def metric(service: Service, sample: str) -> float:
     """One sample of the projector's /metrics, e.g. 'projector_resyncs_total{reason="stale"}'."""
-    for line in httpx.get(service.url + "/metrics").text.splitlines():
+    for line in get(service.url + "/metrics").text.splitlines():
         if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -271,26 +272,38 @@ def projector(infra: Infra, run_dir: Path) -> Iterator[Service]:
                                                 "PROJECTOR_BATCH_SIZE": "100"},
                       run_dir / "projector.log", f"http://127.0.0.1:{port}")
     service.start()
-    wait_for(lambda: httpx.get(service.url + "/healthz").status_code == 200, 60,
+    wait_for(lambda: get(service.url + "/healthz").status_code == 200, 60,
              "the projector's /healthz")
     yield service
     service.stop()
+
+
+QUERY_TOKENS = {"ADMIN_TOKEN": "test-admin-token", "ANALYST_TOKEN": "test-analyst-token"}
+ANALYST = {"Authorization": f"Bearer {QUERY_TOKENS['ANALYST_TOKEN']}"}
+
+
+def get(url: str, **kwargs: Any) -> httpx.Response:
+    """A GET with the analyst token: the query API's statistics need it; the probes and
+    the projector's endpoints ignore it."""
+    return httpx.get(url, headers=ANALYST, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def query_api(infra: Infra, run_dir: Path) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    service = Service("projections.api", {"QUERY_API_PORT": str(port)}, run_dir / "api.log", url)
+    service = Service("projections.api", {"QUERY_API_PORT": str(port), **QUERY_TOKENS},
+                      run_dir / "api.log", url)
     service.start()
-    wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 60, "the query API")
+    wait_for(lambda: get(url + "/readyz").status_code == 200, 60, "the query API")
     yield url
     service.stop()
 
 
 @pytest.fixture
 def log(infra: Infra) -> Log:
-    return Log(Producer({"bootstrap.servers": infra.kafka_bootstrap, "acks": "all",
+    return Log(Producer({**client_config(),
+                         "bootstrap.servers": infra.kafka_bootstrap, "acks": "all",
                          "linger.ms": 5}))
 
 
@@ -326,7 +339,7 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
     # And the API says what the events say.
     as_of = date(2026, 6, 30)
     for course, agg in list(fold(log.events).items())[:5]:
-        body = httpx.get(f"{query_api}/courses/{course}/stats",
+        body = get(f"{query_api}/courses/{course}/stats",
                          params={"as_of": as_of.isoformat()}).json()
         stats = age_stats(agg, as_of)
         assert (body["enrolled"], body["min_age"], body["max_age"], body["average_age"]) == (
@@ -334,7 +347,7 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
 
 
 def readyz(service: Service) -> tuple[int, str]:
-    answer = httpx.get(service.url + "/readyz")
+    answer = get(service.url + "/readyz")
     return answer.status_code, answer.json().get("reason", "")
 
 
@@ -345,14 +358,15 @@ def test_postgres_restarted_under_load_loses_nothing(
         pytest.skip("outside servers: the test cannot restart PostgreSQL")
     events = random_load(random.Random(5), courses=10, decisions=3000, repeats=200)
     chunks = [events[i:i + 100] for i in range(0, len(events), 100)]
-    wait_for(lambda: httpx.get(projector.url + "/healthz").status_code == 200, 30,
+    wait_for(lambda: get(projector.url + "/healthz").status_code == 200, 30,
              "the projector")
     outages_seen = metric(projector, 'projector_resyncs_total{reason="database"}')
     some_course = events[0].course_id
     log.write(chunks.pop(0))  # the course exists before the outage
-    wait_for(lambda: httpx.get(f"{query_api}/courses/{some_course}/stats").status_code == 200,
+    wait_for(lambda: get(f"{query_api}/courses/{some_course}/stats").status_code == 200,
              30, "the course in the query API")
-    with httpx.Client() as client, ThreadPoolExecutor(8) as pool:  # several pooled connections
+    # Several pooled connections.
+    with httpx.Client(headers=ANALYST) as client, ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: client.get(f"{query_api}/stats").status_code, range(64)))
     held = chunks.pop()  # written while PostgreSQL is down, whatever the writer's pace
 
@@ -370,7 +384,7 @@ def test_postgres_restarted_under_load_loses_nothing(
              "the projector's /readyz to say 503 in the outage")
     # No statistic from memory while the database is away: it may have missed a notice.
     for path in ("/stats", f"/courses/{some_course}/stats", "/courses"):
-        answer = httpx.get(query_api + path)
+        answer = get(query_api + path)
         assert (answer.status_code, answer.headers.get("Retry-After")) == (503, "2"), path
     postgres.start(infra.config)
     writer.join(60)
@@ -382,16 +396,16 @@ def test_postgres_restarted_under_load_loses_nothing(
     assert_views_equal_the_events(log.events)
     # The query API's pooled connections died with the server. Not one request fails for
     # that: the first query on a dead connection drops the dead ones and runs again.
-    answers = [httpx.get(f"{query_api}/courses/{some_course}/stats").status_code
+    answers = [get(f"{query_api}/courses/{some_course}/stats").status_code
                for _ in range(5)]
     assert answers == [200] * 5
-    assert httpx.get(query_api + "/readyz").status_code == 200
+    assert get(query_api + "/readyz").status_code == 200
     # The cache is back (it re-read everything, since notices were lost meanwhile) and
     # follows the projector's commits again.
-    wait_for(lambda: httpx.get(query_api + "/readyz").json()["cache"] is True, 10,
+    wait_for(lambda: get(query_api + "/readyz").json()["cache"] is True, 10,
              "the statistics cache to reconnect")
     expected = fold(log.events)[some_course].count
-    assert httpx.get(f"{query_api}/courses/{some_course}/stats").json()["enrolled"] == expected
+    assert get(f"{query_api}/courses/{some_course}/stats").json()["enrolled"] == expected
     assert_a_commit_shows_within_a_second(log, query_api, some_course, expected)
 
 
@@ -404,7 +418,8 @@ def test_an_undecodable_event_goes_to_the_dlq_and_later_ones_are_projected(
 
     wait_projected(log)
     assert_views_equal_the_events(log.events)
-    consumer = Consumer({"bootstrap.servers": infra.kafka_bootstrap, "group.id": "t",
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": infra.kafka_bootstrap, "group.id": "t",
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(topics.EVENTS_DLQ, p, OFFSET_BEGINNING)
                      for p in consumer.list_topics(topics.EVENTS_DLQ, timeout=10)
@@ -426,7 +441,7 @@ def test_an_undecodable_event_goes_to_the_dlq_and_later_ones_are_projected(
     assert found["dlq.source.topic"] == topics.EVENTS.encode()
     assert found["dlq.reason"]
     datetime.fromisoformat(found["dlq.failed_at"].decode())
-    metrics = httpx.get(projector.url + "/metrics").text
+    metrics = get(projector.url + "/metrics").text
     for name in ("projector_events_total", "projector_batches_total", "projector_lag_events",
                  "projector_lag_seconds", "projector_dlq_total"):
         assert name in metrics
@@ -448,7 +463,7 @@ def test_replay_swaps_in_while_clients_read_without_an_error_or_an_empty_answer(
 
     def hammer() -> None:
         nonlocal answered
-        with httpx.Client(base_url=query_api, timeout=10) as client:
+        with httpx.Client(base_url=query_api, timeout=10, headers=ANALYST) as client:
             while not stop.is_set():
                 for path, good in (
                     (f"/signups/{signups[answered % len(signups)]}",
@@ -510,10 +525,10 @@ def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
     log.write([created(empty, capacity=12), created(leap), born_on_leap_day, older, turned_away])
     wait_projected(log)
 
-    def get(path: str, **params: str) -> httpx.Response:
-        return httpx.get(query_api + path, params=params)
+    def ask(path: str, **params: str) -> httpx.Response:
+        return get(query_api + path, params=params)
 
-    body = get(f"/courses/{empty}/stats").json()
+    body = ask(f"/courses/{empty}/stats").json()
     assert body == {"course_id": empty, "title": f"Course {empty[-4:]}",
                     "lecturer": "Grace Hopper", "capacity": 12, "enrolled": 0,
                     "waitlist_capacity": 0, "waitlisted": 0, "min_age": None,
@@ -522,7 +537,7 @@ def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
 
     for as_of, youngest in (("2024-02-28", 23), ("2024-02-29", 24), ("2023-02-28", 22),
                             ("2023-03-01", 23)):
-        body = get(f"/courses/{leap}/stats", as_of=as_of).json()
+        body = ask(f"/courses/{leap}/stats", as_of=as_of).json()
         agg = AgeAggregate().add(born_on_leap_day.date_of_birth).add(older.date_of_birth)
         expected = age_stats(agg, date.fromisoformat(as_of))
         assert (body["enrolled"], body["min_age"], body["max_age"], body["average_age"],
@@ -531,25 +546,25 @@ def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
             [(born_on_leap_day.date_of_birth, 1), (older.date_of_birth, 1)],
             date.fromisoformat(as_of)).items()}
 
-    assert get(f"/signups/{born_on_leap_day.signup_id}").json() == {
+    assert ask(f"/signups/{born_on_leap_day.signup_id}").json() == {
         "signup_id": born_on_leap_day.signup_id, "course_id": leap, "status": "accepted",
         "position": None, "reason": None}
-    assert get(f"/signups/{turned_away.signup_id}").json()["reason"] == "already_enrolled"
-    assert get(f"/signups/{uuid.uuid4()}").status_code == 404
-    assert get(f"/courses/{new_course_id()}/stats").status_code == 404
+    assert ask(f"/signups/{turned_away.signup_id}").json()["reason"] == "already_enrolled"
+    assert ask(f"/signups/{uuid.uuid4()}").status_code == 404
+    assert ask(f"/courses/{new_course_id()}/stats").status_code == 404
     for bad in ("2024-02-30", "2024-2-1", "yesterday", "2024-02-29T00:00:00"):
         for path in (f"/courses/{leap}/stats", "/stats", "/courses"):
-            response = get(path, as_of=bad)
+            response = ask(path, as_of=bad)
             assert response.status_code == 422, (path, bad)
             assert response.json()["detail"][0]["loc"] == ["query", "as_of"]
-    overall = get("/stats", as_of="2024-02-29").json()
+    overall = ask("/stats", as_of="2024-02-29").json()
     assert overall["courses"] >= 2 and overall["enrollments"] >= 2
     assert overall["as_of"] == "2024-02-29"
     assert set(overall) == {"courses", "enrollments", "min_age", "max_age", "average_age",
                             "age_histogram", "as_of"}
     assert sum(overall["age_histogram"].values()) == overall["enrollments"]
-    assert get("/healthz").status_code == 200
-    assert "query_api_requests_total" in get("/metrics").text
+    assert ask("/healthz").status_code == 200
+    assert "query_api_requests_total" in ask("/metrics").text
 
 
 # ------------------------------------------------------------------ a registration term
@@ -584,11 +599,11 @@ def test_a_term_moves_statuses_positions_and_figures_and_a_replay_agrees(
     wait_projected(log)
 
     def signup(event: StudentSignedUp | StudentWaitlisted) -> tuple[str, int | None]:
-        body = httpx.get(f"{query_api}/signups/{event.signup_id}").json()
+        body = get(f"{query_api}/signups/{event.signup_id}").json()
         return body["status"], body["position"]
 
     def stats() -> dict[str, Any]:
-        return httpx.get(f"{query_api}/courses/{course}/stats", params={"as_of": "2026-01-01"}
+        return get(f"{query_api}/courses/{course}/stats", params={"as_of": "2026-01-01"}
                          ).json()
 
     assert [signup(e) for e in queue] == [("waitlisted", 1), ("waitlisted", 2),
@@ -627,11 +642,11 @@ def test_a_term_moves_statuses_positions_and_figures_and_a_replay_agrees(
 
 
 def enrolled(query_api: str, course: str) -> int:
-    return int(httpx.get(f"{query_api}/courses/{course}/stats").json()["enrolled"])
+    return int(get(f"{query_api}/courses/{course}/stats").json()["enrolled"])
 
 
 def cache_metric(query_api: str, sample: str) -> float:
-    for line in httpx.get(query_api + "/metrics").text.splitlines():
+    for line in get(query_api + "/metrics").text.splitlines():
         if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -662,7 +677,7 @@ def test_the_cache_shows_each_commit_within_a_second_and_never_an_older_value(
     course = new_course_id()
     log.write([created(course)])
     wait_projected(log)
-    wait_for(lambda: httpx.get(query_api + "/readyz").json()["cache"] is True, 30,
+    wait_for(lambda: get(query_api + "/readyz").json()["cache"] is True, 30,
              "the statistics cache")
     for n in range(3):
         assert_a_commit_shows_within_a_second(log, query_api, course, n)
@@ -719,7 +734,7 @@ def test_pages_walk_every_course_exactly_once_while_courses_are_added(
         after: str | None = None
         while True:
             params = {"limit": "7", **({"after": after} if after else {})}
-            body = httpx.get(query_api + "/courses", params=params).json()
+            body = get(query_api + "/courses", params=params).json()
             assert len(body["courses"]) <= 7
             walked += [c["course_id"] for c in body["courses"]]
             pages += 1
@@ -733,10 +748,10 @@ def test_pages_walk_every_course_exactly_once_while_courses_are_added(
     assert pages > 5
     assert walked == sorted(walked) and len(walked) == len(set(walked))  # none twice
     assert before <= set(walked)  # every course there from the start, exactly once
-    page = httpx.get(query_api + "/courses", params={"after": ours[0], "limit": "1",
+    page = get(query_api + "/courses", params={"after": ours[0], "limit": "1",
                                                      "as_of": "2025-03-01"}).json()
     one = page["courses"][0]
-    assert one == httpx.get(f"{query_api}/courses/{one['course_id']}/stats",
+    assert one == get(f"{query_api}/courses/{one['course_id']}/stats",
                             params={"as_of": "2025-03-01"}).json()
     assert page["as_of"] == "2025-03-01"
     # What the API reads from PostgreSQL while its cache is not connected says the same.
@@ -747,11 +762,11 @@ def test_pages_walk_every_course_exactly_once_while_courses_are_added(
         ("/courses", {"after": ours[0], "limit": "5"}, direct[0]),
         (f"/courses/{ours[1]}/stats", {}, direct[1]), ("/stats", {}, direct[2]),
     ):
-        assert httpx.get(query_api + path, params={**params, "as_of": day.isoformat()}
+        assert get(query_api + path, params={**params, "as_of": day.isoformat()}
                          ).content == body, path
     for params, name in (({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"),
                          ({"limit": "ten"}, "limit"), ({"after": "NOT a course!"}, "after"),
                          ({"as_of": "2025-13-01"}, "as_of")):
-        answer = httpx.get(query_api + "/courses", params=params)
+        answer = get(query_api + "/courses", params=params)
         assert answer.status_code == 422, params
         assert [d["loc"] for d in answer.json()["detail"]] == [["query", name]], params

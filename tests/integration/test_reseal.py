@@ -20,6 +20,7 @@ from schemas.codec import encode
 from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
 from schemas.personal import unseal
 from schemas.pseudonyms import seat_key
+from service_kit.kafka_auth import client_config
 from tests.support import event_in
 
 pytestmark = pytest.mark.integration
@@ -51,7 +52,8 @@ def _history(tag: str) -> list[tuple[int, Event]]:
 
 
 def _read(servers: str, topic: str) -> dict[int, list[bytes]]:
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
+    consumer = Consumer({**client_config(),
+                         "bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
                          "isolation.level": "read_committed", "enable.auto.commit": False})
     found: dict[int, list[bytes]] = {0: [], 1: []}
     try:
@@ -79,10 +81,11 @@ def test_a_clear_event_log_is_copied_with_every_decision_sealed_and_nothing_else
     servers = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     tag = uuid.uuid4().hex[:8]
     source, target = f"reseal-src-{tag}", f"reseal-dst-{tag}"
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient({**client_config(), "bootstrap.servers": servers})
     admin.create_topics([NewTopic(source, 2, 1)])[source].result(30)
     history = _history(tag)
-    producer = Producer({"bootstrap.servers": servers, "transactional.id": f"hist-{tag}"})
+    producer = Producer({**client_config(),
+                         "bootstrap.servers": servers, "transactional.id": f"hist-{tag}"})
     producer.init_transactions(30)
     for p, event in history:  # one transaction per event: markers between the records
         producer.begin_transaction()

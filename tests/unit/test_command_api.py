@@ -662,19 +662,39 @@ def test_no_personal_data_reaches_any_log_record(
             assert secret.lower() not in line, record
 
 
-def test_one_access_log_line_per_request_with_id_route_status_and_latency(
+def test_one_access_log_line_per_traced_request_with_id_route_status_and_latency(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="command_api.access")
 
-    response = client.post("/courses/intro-python/signups", json=student())
+    response = client.post("/courses/intro-python/signups", json=student(),
+                           headers={"X-Correlation-Id": "trace-me-1"})
 
     [record] = [r for r in caplog.records if r.name == "command_api.access"]
     line = json.loads(JsonFormatter("command-api").format(record))
-    assert line["correlation_id"] == response.headers["X-Correlation-Id"]
-    assert (line["route"], line["method"], line["status"]) == (
-        "/courses/{course_id}/signups", "POST", 202)
+    assert line["correlation_id"] == response.headers["X-Correlation-Id"] == "trace-me-1"
+    assert (line["level"], line["route"], line["method"], line["status"]) == (
+        "info", "/courses/{course_id}/signups", "POST", 202)
     assert line["latency_ms"] >= 0
+
+
+def test_an_untraced_success_is_logged_at_debug_only_and_a_failure_at_info(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="command_api.access")
+    client.post("/courses/intro-python/signups", json=student())
+    assert [r for r in caplog.records if r.name == "command_api.access"] == []
+
+    client.post("/courses/intro-python/signups", json={"email": "nope"})
+    [failed] = [r for r in caplog.records if r.name == "command_api.access"]
+    assert (failed.levelno, failed.status) == (logging.INFO, 422)  # type: ignore[attr-defined]
+
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="command_api.access")
+    response = client.post("/courses/intro-python/signups", json=student())
+    [record] = [r for r in caplog.records if r.name == "command_api.access"]
+    assert record.levelno == logging.DEBUG
+    assert record.correlation_id == response.headers["X-Correlation-Id"]  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------ a registration term

@@ -162,3 +162,16 @@ def test_rendering_is_deterministic_to_the_byte() -> None:
         render(accepted(), COURSE, SENDER).as_bytes()
         == render(accepted(), COURSE, SENDER).as_bytes()
     )
+
+
+@pytest.mark.parametrize("decision", [accepted(), accepted("Zoë Ångström"),
+                                      rejected("course_full", "李小龙")])
+def test_header_classes_are_built_once_and_the_bytes_are_the_stock_policys(
+    decision: Decision,
+) -> None:
+    first, second = render(decision, COURSE, SENDER), render(decision, COURSE, SENDER)
+    # The stock registry makes a new class for every header of every message (slow).
+    assert type(first["To"]) is type(second["To"])
+    assert type(first["Subject"]) is type(second["Subject"])
+    stock = email.policy.default.clone(utf8=first.policy.utf8)  # type: ignore[attr-defined]
+    assert first.as_bytes() == first.as_bytes(policy=stock)

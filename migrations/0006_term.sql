@@ -29,3 +29,8 @@ CREATE TABLE notifier_contacts (
     email_sealed  bytea,
     name_sealed   bytea
 );
+
+-- The notifier keeps and reads its contacts (migrations/0005_service_roles.sql gives each
+-- service only what its code runs). The views' new columns are covered by the view
+-- grants, which every replay swap renews (grant_view_privileges).
+GRANT SELECT, INSERT ON notifier_contacts TO notifier;
