@@ -89,7 +89,8 @@ def test_a_term_over_http_keeps_every_invariant_and_mails_every_decision(
     config = full_stack.config
     course_id = _create(full_stack)
     eventually(lambda: httpx.get(f"{config.query_url}/courses/{course_id}/stats",
-                                 timeout=10).status_code == 200 or None, 60, "the course")
+                                 headers=full_stack.analyst, timeout=10).status_code == 200
+               or None, 60, "the course")
     tokens = asyncio.run(_concurrently(full_stack, course_id, {}))
     raised = httpx.patch(f"{config.command_url}/courses/{course_id}", json={"capacity": 6},
                          headers={"Authorization": f"Bearer {config.admin_token()}"},
@@ -125,7 +126,8 @@ def test_a_term_over_http_keeps_every_invariant_and_mails_every_decision(
     expected = audit.expected_views(events, [course_id])
 
     def views_agree() -> bool | None:
-        stats = httpx.get(f"{config.query_url}/courses/{course_id}/stats", timeout=10).json()
+        stats = httpx.get(f"{config.query_url}/courses/{course_id}/stats",
+                          headers=full_stack.analyst, timeout=10).json()
         row = expected.courses[course_id]
         return (stats["enrolled"], stats["waitlisted"], stats["capacity"]) == (
             row.enrolled, row.waitlisted, 6) or None
