@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    model_validator,
 )
 
 from schemas.ages import completed_years
@@ -137,6 +138,15 @@ BirthDate = Annotated[
     ),
 ]
 Capacity = Annotated[int, Field(ge=1, le=MAX_CAPACITY), BeforeValidator(_json_integer)]
+WaitlistCapacity = Annotated[
+    int,
+    Field(ge=0, le=MAX_CAPACITY, description="How many students may wait for a seat once the "
+          "course is full; with 0 a full course rejects with course_full."),
+    BeforeValidator(_json_integer),
+]
+# A withdrawal token (schemas.withdrawal): 43 url-safe base64 characters.
+WITHDRAWAL_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{43}$"
+WithdrawalToken = Annotated[str, Field(pattern=WITHDRAWAL_TOKEN_PATTERN)]
 
 
 class _Request(BaseModel):
@@ -148,6 +158,28 @@ class CreateCourseRequest(_Request):
     title: Text
     lecturer: Text
     capacity: Capacity
+    waitlist_capacity: WaitlistCapacity = 0
+
+
+class ChangeCourseRequest(_Request):
+    """One or more of the fields; those left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"minProperties": 1})
+
+    title: Text | None = None
+    lecturer: Text | None = None
+    capacity: Capacity | None = None
+    waitlist_capacity: WaitlistCapacity | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> ChangeCourseRequest:
+        if not self.model_fields_set:
+            raise ValueError("name one or more of title, lecturer, capacity, waitlist_capacity")
+        return self
+
+
+class WithdrawalRequest(_Request):
+    withdrawal_token: WithdrawalToken
 
 
 class SignUpRequest(_Request):
@@ -173,6 +205,13 @@ class CourseAccepted(BaseModel):
 class SignUpAccepted(BaseModel):
     signup_id: str
     status: Literal["pending"] = "pending"
+    withdrawal_token: str = Field(description="Lets its holder withdraw this sign-up "
+                                  "(POST .../withdrawal); also in every e-mail about it.")
+
+
+class WithdrawalAccepted(BaseModel):
+    signup_id: str
+    command_id: str
 
 
 class Status(BaseModel):

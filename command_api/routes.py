@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from command_api.keys import KeyStore, KeyStoreUnavailable, Verdict
 from command_api.models import (
+    ChangeCourseRequest,
     CourseAccepted,
     CreateCourseRequest,
     ErasureAccepted,
@@ -28,13 +29,24 @@ from command_api.models import (
     SignUpAccepted,
     SignUpRequest,
     Status,
+    WithdrawalAccepted,
+    WithdrawalRequest,
 )
 from command_api.observability import Metrics
 from command_api.publisher import Publisher, PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
-from schemas.messages import COURSE_ID_PATTERN, Command, CreateCourse, SignUp
+from schemas.messages import (
+    COURSE_ID_PATTERN,
+    ChangeCourse,
+    Command,
+    CreateCourse,
+    SignUp,
+    Withdraw,
+    withdrawal_id_for,
+)
 from schemas.personal import request_fingerprint, seal, seat_key, signup_id_for, student_hash
+from schemas.withdrawal import is_withdrawal_token, withdrawal_token
 
 RETRY_AFTER_SECONDS = 5
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -69,23 +81,31 @@ ServicesDep = Annotated[Services, Depends(_services)]
 _bearer = HTTPBearer(auto_error=False, description="The ADMIN_TOKEN of the deployment.")
 
 
-async def _require_admin(
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    expected = services.settings.admin_token.get_secret_value().encode()
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _is_admin(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    expected = settings.admin_token.get_secret_value().encode()
     given = credentials.credentials.encode() if credentials is not None else b""
     # Constant time, so response timing reveals nothing about the token's prefix.
-    if not hmac.compare_digest(given, expected):
-        raise HTTPException(
-            status_code=401,
-            detail="missing or wrong admin token",
-            headers={"WWW-Authenticate": 'Bearer realm="command-api"'},
-        )
+    return hmac.compare_digest(given, expected)
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=detail,
+                         headers={"WWW-Authenticate": 'Bearer realm="command-api"'})
+
+
+async def _require_admin(services: ServicesDep, credentials: BearerDep) -> None:
+    if not _is_admin(services.settings, credentials):
+        raise _unauthorized("missing or wrong admin token")
 
 
 Admin = Annotated[None, Depends(_require_admin)]
 CourseIdPath = Annotated[str, Path(pattern=COURSE_ID_PATTERN)]
+# Sign-up ids are UUID text as the command API writes it (lower case).
+SIGNUP_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+SignupIdPath = Annotated[str, Path(pattern=SIGNUP_ID_PATTERN)]
 IdempotencyKey = Annotated[
     str | None,
     Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
@@ -157,10 +177,74 @@ async def create_course(
         capacity=body.capacity,
         issued_at=_now(),
         correlation_id=_correlation_id(request),
+        waitlist_capacity=body.waitlist_capacity,
     )
     await _send(command, services.publisher, services.metrics)
     request.state.log_ids = {"course_id": command.course_id, "command_id": command.command_id}
     return CourseAccepted(course_id=command.course_id, command_id=command.command_id)
+
+
+@commands.patch(
+    "/courses/{course_id}",
+    status_code=202,
+    response_model=CourseAccepted,
+    responses=_error(401, "Missing or wrong admin token."),
+)
+async def change_course(
+    request: Request,
+    _: Admin,
+    course_id: CourseIdPath,
+    body: ChangeCourseRequest,
+    services: ServicesDep,
+) -> CourseAccepted:
+    """Queue a change of a course (admin only); the processor decides it."""
+    command = ChangeCourse(
+        command_id=str(uuid.uuid4()),
+        course_id=course_id,
+        issued_at=_now(),
+        correlation_id=_correlation_id(request),
+        title=body.title,
+        lecturer=body.lecturer,
+        capacity=body.capacity,
+        waitlist_capacity=body.waitlist_capacity,
+    )
+    await _send(command, services.publisher, services.metrics)
+    request.state.log_ids = {"course_id": course_id, "command_id": command.command_id}
+    return CourseAccepted(course_id=course_id, command_id=command.command_id)
+
+
+@commands.post(
+    "/courses/{course_id}/signups/{signup_id}/withdrawal",
+    status_code=202,
+    response_model=WithdrawalAccepted,
+    responses=_error(401, "Neither the sign-up's withdrawal token nor the admin token."),
+)
+async def withdraw(
+    request: Request,
+    course_id: CourseIdPath,
+    signup_id: SignupIdPath,
+    services: ServicesDep,
+    credentials: BearerDep,
+    body: WithdrawalRequest | None = None,
+) -> WithdrawalAccepted:
+    """Queue the withdrawal of a sign-up, with its withdrawal token or the admin token."""
+    settings = services.settings
+    token_ok = body is not None and is_withdrawal_token(
+        settings.withdrawal_key, course_id, signup_id, body.withdrawal_token)
+    if not token_ok and not _is_admin(settings, credentials):
+        raise _unauthorized("missing or wrong withdrawal token")
+    command = Withdraw(
+        # One command id per sign-up: a repeated withdrawal is the same command, and the
+        # processor decides it once.
+        command_id=withdrawal_id_for(course_id, signup_id),
+        signup_id=signup_id,
+        course_id=course_id,
+        issued_at=_now(),
+        correlation_id=_correlation_id(request),
+    )
+    await _send(command, services.publisher, services.metrics)
+    request.state.log_ids = {"course_id": course_id, "signup_id": signup_id}
+    return WithdrawalAccepted(signup_id=signup_id, command_id=command.command_id)
 
 
 _IN_FLIGHT = _error(409, "A request with this Idempotency-Key is being produced now (retry "
@@ -194,7 +278,10 @@ async def sign_up(
         if found == "produced":
             # Produced before: the same answer, and no second command, however late.
             response.headers["Location"] = f"/signups/{signup_id}"
-            return SignUpAccepted(signup_id=signup_id)
+            return SignUpAccepted(
+                signup_id=signup_id,
+                withdrawal_token=withdrawal_token(settings.withdrawal_key, course_id, signup_id),
+            )
         _refuse_unless_claimed(found)
     else:
         signup_id = str(uuid.uuid4())
@@ -232,7 +319,10 @@ async def sign_up(
     # Ids only: the access log line lets one grep go from a sign-up id to its correlation id.
     request.state.log_ids = {"course_id": course_id, "signup_id": signup_id}
     response.headers["Location"] = f"/signups/{signup_id}"
-    return SignUpAccepted(signup_id=signup_id)
+    return SignUpAccepted(
+        signup_id=signup_id,
+        withdrawal_token=withdrawal_token(settings.withdrawal_key, course_id, signup_id),
+    )
 
 
 def _refuse_unless_claimed(found: Verdict) -> None:

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     # Key of the keyed hashes that stand for a student (schemas.pseudonyms,
     # schemas.personal); the processor needs the same one. `make up` generates it.
     pseudonym_secret: SecretStr = Field(min_length=8)
+    # Key of the withdrawal tokens' HMAC (schemas.withdrawal); the notifier needs the same
+    # one to put the token in its e-mails. `make up` generates it.
+    withdrawal_secret: SecretStr = Field(min_length=8)
     # Upper bound on a key store round trip before the request is answered 503.
     key_store_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     key_store_pool_size: int = Field(default=10, ge=1, le=100)
@@ -38,3 +41,7 @@ class Settings(BaseSettings):
     @property
     def secret(self) -> bytes:
         return self.pseudonym_secret.get_secret_value().encode()
+
+    @property
+    def withdrawal_key(self) -> bytes:
+        return self.withdrawal_secret.get_secret_value().encode()

@@ -45,5 +45,7 @@ def bootstrap(settings: Settings, metrics: Metrics | None = None, *,
         store = postgres
         closers.append(postgres.close)
     metrics = metrics or Metrics()
-    handler = Handler(store, mailer, dead_letters, metrics, settings.mail_from, now)
+    secret = settings.withdrawal_secret
+    handler = Handler(store, mailer, dead_letters, metrics, settings.mail_from, now,
+                      None if secret is None else secret.get_secret_value().encode())
     return Worker(consumer, handler, metrics, Policy.of(settings), closers=closers)

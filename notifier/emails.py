@@ -1,4 +1,9 @@
-"""Decision events rendered as e-mails to the student: pure, deterministic, no sending."""
+"""Decision events rendered as e-mails to the student: pure, deterministic, no sending.
+
+One e-mail per decision about a student: accepted, waitlisted (with the position),
+rejected, promoted, withdrawn, withdrawal rejected. Each carries the sign-up's withdrawal
+token when the notifier has the secret to compute it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,20 @@ from email.message import EmailMessage
 from email.policy import default as stock_policy
 from email.utils import format_datetime
 
-from schemas.messages import REJECTION_REASONS, Decision, RejectionReason, StudentSignedUp
+from schemas.messages import (
+    REJECTION_REASONS,
+    Decision,
+    RejectionReason,
+    SignUpRejected,
+    StudentPromoted,
+    StudentSignedUp,
+    StudentWaitlisted,
+    StudentWithdrew,
+    WithdrawalRejected,
+)
+
+# Every event about a student that gets an e-mail.
+Notice = Decision | StudentWaitlisted | StudentPromoted | StudentWithdrew | WithdrawalRejected
 
 # A fixed right-hand side, so the Message-ID depends on the event alone and a re-sent
 # decision carries the same id whatever the sender setting.
@@ -66,10 +84,23 @@ def message_id(event_id: str) -> str:
     return f"<{event_id}@{MESSAGE_ID_DOMAIN}>"
 
 
-def render(decision: Decision, course: CourseInfo | None, sender: str) -> EmailMessage:
-    msg = EmailMessage(policy=default_policy if decision.email.isascii() else utf8_policy)
+@dataclass(frozen=True)
+class Recipient:
+    email: str
+    name: str
+
+
+def render(decision: Notice, course: CourseInfo | None, sender: str,
+           to: Recipient | None = None, withdrawal_token: str | None = None) -> EmailMessage:
+    """The e-mail about `decision` to `to` (by default the address in the decision itself,
+    which only the first decisions carry)."""
+    if to is None:
+        if not isinstance(decision, StudentSignedUp | SignUpRejected | StudentWaitlisted):
+            raise ValueError(f"a {type(decision).__name__} names no recipient")
+        to = Recipient(decision.email, decision.name)
+    msg = EmailMessage(policy=default_policy if to.email.isascii() else utf8_policy)
     msg["From"] = sender
-    msg["To"] = _recipient(decision)
+    msg["To"] = _recipient(to)
     msg["Subject"] = _one_line(_subject(decision, course))
     msg["Date"] = format_datetime(decision.occurred_at)
     msg["Message-ID"] = message_id(decision.event_id)
@@ -77,18 +108,19 @@ def render(decision: Decision, course: CourseInfo | None, sender: str) -> EmailM
     msg["X-Event-Id"] = decision.event_id
     msg["X-Correlation-Id"] = decision.correlation_id
     msg["X-Signup-Id"] = decision.signup_id
-    msg.set_content(_text(decision, course), cte="quoted-printable")
-    msg.add_alternative(_html(decision, course), subtype="html", cte="quoted-printable")
+    msg.set_content(_text(decision, course, to, withdrawal_token), cte="quoted-printable")
+    msg.add_alternative(_html(decision, course, to, withdrawal_token), subtype="html",
+                        cte="quoted-printable")
     # Quoted-printable bodies never contain "=_", so this boundary cannot clash.
     msg.set_boundary(f"=_{decision.event_id}")
     return msg
 
 
-def _recipient(decision: Decision) -> Address:
-    name = _one_line(decision.name)
-    if decision.email.isascii():
-        return Address(display_name=name, addr_spec=decision.email)
-    local, _, domain = decision.email.rpartition("@")
+def _recipient(to: Recipient) -> Address:
+    name = _one_line(to.name)
+    if to.email.isascii():
+        return Address(display_name=name, addr_spec=to.email)
+    local, _, domain = to.email.rpartition("@")
     return Address(display_name=name, username=local, domain=domain)
 
 
@@ -97,38 +129,67 @@ def _one_line(value: str) -> str:
     return " ".join(printable.split())
 
 
-def _subject(decision: Decision, course: CourseInfo | None) -> str:
-    title = _title(decision, course)
-    if isinstance(decision, StudentSignedUp):
-        return f"Sign-up accepted: {title}"
-    return f"Sign-up not accepted: {title}"
+SUBJECTS = {
+    StudentSignedUp: "Sign-up accepted",
+    SignUpRejected: "Sign-up not accepted",
+    StudentWaitlisted: "On the waiting list",
+    StudentPromoted: "A seat for you",
+    StudentWithdrew: "Withdrawal confirmed",
+    WithdrawalRejected: "Withdrawal not possible",
+}
 
 
-def _title(decision: Decision, course: CourseInfo | None) -> str:
+def _subject(decision: Notice, course: CourseInfo | None) -> str:
+    return f"{SUBJECTS[type(decision)]}: {_title(decision, course)}"
+
+
+def _title(decision: Notice, course: CourseInfo | None) -> str:
     return course.title if course is not None else decision.course_id
 
 
-def _text(decision: Decision, course: CourseInfo | None) -> str:
-    return "\n\n".join(_paragraphs(decision, course, str)) + "\n"
+def _text(decision: Notice, course: CourseInfo | None, to: Recipient,
+          token: str | None) -> str:
+    return "\n\n".join(_paragraphs(decision, course, to, token, str)) + "\n"
 
 
-def _html(decision: Decision, course: CourseInfo | None) -> str:
-    body = "\n".join(f"<p>{p}</p>" for p in _paragraphs(decision, course, html.escape))
+def _html(decision: Notice, course: CourseInfo | None, to: Recipient,
+          token: str | None) -> str:
+    paragraphs = _paragraphs(decision, course, to, token, html.escape)
+    body = "\n".join(f"<p>{p}</p>" for p in paragraphs)
     return HTML_PAGE.format(body=body)
 
 
-def _paragraphs(decision: Decision, course: CourseInfo | None, esc: Escape) -> list[str]:
-    return [
-        f"Hello {esc(decision.name)},",
+def _paragraphs(decision: Notice, course: CourseInfo | None, to: Recipient,
+                token: str | None, esc: Escape) -> list[str]:
+    paragraphs = [
+        f"Hello {esc(to.name)},",
         _outcome(decision, course, esc),
         f"Sign-up id: {esc(decision.signup_id)}",
     ]
+    if token is not None:
+        paragraphs.append(
+            f"Withdrawal token: {esc(token)} (to leave the course or its waiting list, POST"
+            f" it as withdrawal_token to /courses/{esc(decision.course_id)}/signups/"
+            f"{esc(decision.signup_id)}/withdrawal of the sign-up service)")
+    return paragraphs
 
 
-def _outcome(decision: Decision, course: CourseInfo | None, esc: Escape) -> str:
+def _outcome(decision: Notice, course: CourseInfo | None, esc: Escape) -> str:
     what = _course_phrase(decision, course, esc)
     if isinstance(decision, StudentSignedUp):
         return f"You are enrolled in {what}. {_seat(decision)}"
+    if isinstance(decision, StudentWaitlisted):
+        return (f"{what} is full, so you are on its waiting list, at place "
+                f"{decision.position}. A seat that frees up goes to whoever has waited "
+                "longest.")
+    if isinstance(decision, StudentPromoted):
+        return f"A seat in {what} freed up and it is yours: you are enrolled now."
+    if isinstance(decision, StudentWithdrew):
+        left = "the course" if decision.from_ == "enrolled" else "its waiting list"
+        return f"You have withdrawn from {what}: you left {left}."
+    if isinstance(decision, WithdrawalRejected):
+        return (f"Your withdrawal from {what} was not possible: the sign-up holds no seat "
+                "and no place on the waiting list (rejected, unknown or withdrawn already).")
     return f"We could not enroll you in {what}: {esc(_reason(decision.reason))}."
 
 
@@ -140,7 +201,7 @@ def _reason(reason: str) -> str:
     return f"the sign-up was rejected ({reason})"
 
 
-def _course_phrase(decision: Decision, course: CourseInfo | None, esc: Escape) -> str:
+def _course_phrase(decision: Notice, course: CourseInfo | None, esc: Escape) -> str:
     title = f"“{esc(_title(decision, course))}”"
     if course is None or not course.lecturer.strip():
         return title

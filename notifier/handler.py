@@ -15,24 +15,43 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Literal, Protocol
 
-from notifier.emails import CourseInfo, render
+from notifier.emails import CourseInfo, Notice, Recipient, render
 from notifier.mailer import MailError, SendFailure
 from notifier.observability import Metrics
 from schemas.codec import DecodeError, Message, decode
 from schemas.messages import (
+    CourseChanged,
+    CourseChangeRejected,
     CourseCreated,
     CourseCreationRejected,
-    Decision,
     SignUpRejected,
+    StudentPromoted,
     StudentSignedUp,
+    StudentWaitlisted,
+    StudentWithdrew,
+    WithdrawalRejected,
 )
 from schemas.personal import SealError, unseal
+from schemas.withdrawal import withdrawal_token
 from service_kit.deadletter import dead_letter_headers
 from service_kit.records import Headers, SourceRecord
 
 log = logging.getLogger("notifier")
 
-KIND = {StudentSignedUp: "accepted", SignUpRejected: "rejected"}
+KIND = {StudentSignedUp: "accepted", SignUpRejected: "rejected",
+        StudentWaitlisted: "waitlisted", StudentPromoted: "promoted",
+        StudentWithdrew: "withdrawn", WithdrawalRejected: "withdrawal_rejected"}
+FirstDecision = StudentSignedUp | SignUpRejected | StudentWaitlisted
+LaterNotice = StudentPromoted | StudentWithdrew | WithdrawalRejected
+
+
+@dataclass(frozen=True)
+class Contact:
+    """How to reach the student of a sign-up, sealed as in its first decision."""
+
+    key_id: str
+    email_sealed: bytes
+    name_sealed: bytes
 
 
 class Store(Protocol):
@@ -40,6 +59,8 @@ class Store(Protocol):
 
     def hold_key(self, key_id: str) -> bytes | None: ...
     def release_key(self) -> None: ...
+    def save_contact(self, signup_id: str, course_id: str, contact: Contact) -> None: ...
+    def contact(self, signup_id: str) -> Contact | None: ...
     def already_handled(self, event_id: str) -> bool: ...
     def record_handled(self, event_id: str, signup_id: str) -> None: ...
     def save_course(self, course_id: str, course: CourseInfo) -> None: ...
@@ -98,7 +119,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Done:
-    outcome: Literal["sent", "skipped", "erased", "dead_lettered", "learned", "ignored"]
+    outcome: Literal["sent", "skipped", "erased", "dead_lettered", "learned", "ignored",
+                     "no_recipient"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +145,9 @@ class Handler:
     metrics: Metrics
     sender: str  # the From: of every e-mail
     now: Callable[[], datetime] = utc_now
+    # WITHDRAWAL_SECRET, shared with the command API: every e-mail carries the sign-up's
+    # withdrawal token, computed here so that it never travels through Kafka.
+    withdrawal_secret: bytes | None = None
 
     def advance(self, job: Job) -> Outcome:
         if job.delivered_as is not None:
@@ -131,12 +156,14 @@ class Handler:
         msg = job.message
         if msg is None:
             return self.dead_letter(job, "undecodable", job.decode_error)
-        if isinstance(msg, StudentSignedUp | SignUpRejected):
+        if isinstance(msg, StudentSignedUp | SignUpRejected | StudentWaitlisted):
             return self._notify(job, msg)
-        if isinstance(msg, CourseCreated):
+        if isinstance(msg, StudentPromoted | StudentWithdrew | WithdrawalRejected):
+            return self._notify_later(job, msg)
+        if isinstance(msg, CourseCreated | CourseChanged):
             self.store.save_course(msg.course_id, CourseInfo(msg.title, msg.lecturer))
             return Done("learned")
-        if isinstance(msg, CourseCreationRejected):
+        if isinstance(msg, CourseCreationRejected | CourseChangeRejected):
             return Done("ignored")
         # A command on the event log: somebody wrote to the wrong topic.
         return self.dead_letter(job, "unexpected_message", type(msg).__name__)
@@ -152,12 +179,16 @@ class Handler:
         self._record(job)
         return Done("dead_lettered")
 
-    def _notify(self, job: Job, decision: StudentSignedUp | SignUpRejected) -> Outcome:
+    def _notify(self, job: Job, decision: FirstDecision) -> Outcome:
         if self.store.already_handled(decision.event_id):
             self.metrics.skipped.inc()
             return Done("skipped")
         if decision.key_id is None:  # from before sealing: the address is in clear
-            return self._send(job, decision)
+            return self._send(job, decision, Recipient(decision.email, decision.name))
+        if decision.email_sealed and decision.name_sealed:
+            # Later events about this sign-up (promoted, withdrew) name only its id.
+            self.store.save_contact(decision.signup_id, decision.course_id, Contact(
+                decision.key_id, decision.email_sealed, decision.name_sealed))
         # The key stays held until the send has finished or failed: an erasure of this
         # student waits for it, so once an erasure is done no mail to them can go out.
         key = self.store.hold_key(decision.key_id)
@@ -173,23 +204,53 @@ class Handler:
                 decision = opened(decision, key)
             except SealError as exc:
                 return self.dead_letter(job, "unreadable_personal_data", str(exc))
-            return self._send(job, decision)
+            return self._send(job, decision, Recipient(decision.email, decision.name))
         finally:
             self.store.release_key()
 
-    def _send(self, job: Job, decision: StudentSignedUp | SignUpRejected) -> Outcome:
+    def _notify_later(self, job: Job, notice: LaterNotice) -> Outcome:
+        if self.store.already_handled(notice.event_id):
+            self.metrics.skipped.inc()
+            return Done("skipped")
+        contact = self.store.contact(notice.signup_id)
+        if contact is None:
+            # An unknown sign-up (a withdrawal of an id nobody signed up with), or one
+            # decided before sealing: no address to write to.
+            log.info("no recipient for this sign-up, e-mail not sent", extra=job.context())
+            self._record(job)
+            return Done("no_recipient")
+        key = self.store.hold_key(contact.key_id)
         try:
-            email = render(decision, self.store.course(decision.course_id), self.sender)
+            if key is None:
+                # Erased while waiting: still promoted in order (the seat counts), no e-mail.
+                self.metrics.erased.inc()
+                log.info("student erased, e-mail not sent", extra=job.context())
+                self._record(job)
+                return Done("erased")
+            try:
+                to = Recipient(unseal(key, notice.signup_id, "email", contact.email_sealed),
+                               unseal(key, notice.signup_id, "name", contact.name_sealed))
+            except SealError as exc:
+                return self.dead_letter(job, "unreadable_personal_data", str(exc))
+            return self._send(job, notice, to)
+        finally:
+            self.store.release_key()
+
+    def _send(self, job: Job, notice: Notice, to: Recipient) -> Outcome:
+        token = (None if self.withdrawal_secret is None else
+                 withdrawal_token(self.withdrawal_secret, notice.course_id, notice.signup_id))
+        try:
+            email = render(notice, self.store.course(notice.course_id), self.sender, to, token)
         except Exception as exc:  # noqa: BLE001 - a decision that cannot be rendered
             return self.dead_letter(job, "render_failed", type(exc).__name__)
         try:
-            self.mailer.send(email, decision.email)
+            self.mailer.send(email, to.email)
         except MailError as exc:
             return Failed(exc.failure)
         # From here until the record below is the only window in which a crash
         # sends this e-mail twice.
         job.delivered_as = "sent"
-        self.metrics.sent.labels(KIND[type(decision)]).inc()
+        self.metrics.sent.labels(KIND[type(notice)]).inc()
         log.info("e-mail sent", extra=job.context())
         self._record(job)
         return Done("sent")
@@ -200,7 +261,7 @@ class Handler:
             self.store.record_handled(event_id, str(getattr(job.message, "signup_id", "")))
 
 
-def opened(decision: Decision, key: bytes) -> Decision:
+def opened(decision: FirstDecision, key: bytes) -> FirstDecision:
     """The decision with its sealed e-mail and name opened into the clear fields, in
     memory only, for rendering the e-mail."""
     if decision.email_sealed is None or decision.name_sealed is None:

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
     mail_from: str = "Course Sign-up <no-reply@courses.example.org>"
+    # The command API's key of the withdrawal tokens (schemas.withdrawal): with it every
+    # e-mail carries the sign-up's token; without it the e-mails have none.
+    withdrawal_secret: SecretStr | None = None
 
     # HOST is what every service of the docker-compose file reads (0.0.0.0 there).
     notifier_host: str = Field(default="127.0.0.1",

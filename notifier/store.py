@@ -8,6 +8,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from notifier.emails import CourseInfo
+from notifier.handler import Contact
 from schemas.personal import KEY_IN_USE_LOCK
 
 
@@ -73,6 +74,19 @@ class PostgresStore:
             self._execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))",
                           (KEY_IN_USE_LOCK, held))
 
+    def save_contact(self, signup_id: str, course_id: str, contact: Contact) -> None:
+        self._execute(
+            "INSERT INTO notifier_contacts (signup_id, course_id, key_id, email_sealed,"
+            " name_sealed) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (signup_id) DO NOTHING",
+            (signup_id, course_id, contact.key_id, contact.email_sealed, contact.name_sealed),
+        )
+
+    def contact(self, signup_id: str) -> Contact | None:
+        row = self._execute(
+            "SELECT key_id, email_sealed, name_sealed FROM notifier_contacts"
+            " WHERE signup_id = %s", (signup_id,))
+        return None if row is None else Contact(str(row[0]), bytes(row[1]), bytes(row[2]))
+
     def save_course(self, course_id: str, course: CourseInfo) -> None:
         self._execute(
             "INSERT INTO notifier_courses (course_id, title, lecturer) VALUES (%s, %s, %s)"
@@ -83,7 +97,9 @@ class PostgresStore:
         self._courses[course_id] = course
 
     def course(self, course_id: str) -> CourseInfo | None:
-        # Courses never change once created, so a cached one stays right.
+        # A course changes only by CourseChanged, which save_course puts here too. After a
+        # rebalance another notifier may have learned a change this cache missed: titles
+        # in e-mails may then lag until a restart, which is all they are used for.
         cached = self._courses.get(course_id)
         if cached is not None:
             return cached

@@ -57,7 +57,9 @@ T = TypeVar("T")
 class SignupOut(BaseModel):
     signup_id: str
     course_id: str
-    status: Literal["accepted", "rejected"]
+    status: Literal["accepted", "waitlisted", "rejected", "withdrawn"]
+    position: int | None = Field(description="1-based place on the waiting list now; "
+                                 "null unless waitlisted.")
     reason: RejectionReason | None
 
 
@@ -67,6 +69,8 @@ class CourseStatsOut(BaseModel):
     lecturer: str
     capacity: int
     enrolled: int
+    waitlist_capacity: int
+    waitlisted: int
     min_age: int | None
     max_age: int | None
     average_age: float | None
@@ -222,7 +226,9 @@ async def get_signup(signup_id: str, request: Request) -> Response:
     if found is None:
         raise HTTPException(404, "no decision for this sign-up (yet)")
     return _json(SignupOut(signup_id=found.signup_id, course_id=found.course_id,
-                           status=found.status, reason=found.reason))  # type: ignore[arg-type]
+                           status=found.status,  # type: ignore[arg-type]
+                           position=found.position,
+                           reason=found.reason))  # type: ignore[arg-type]
 
 
 @router.get("/courses/{course_id}/stats", response_model=CourseStatsOut,
@@ -274,7 +280,8 @@ async def get_stats(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-Sort = Literal["course_id", "title", "lecturer", "enrolled", "capacity", "fill", "min_age",
+Sort = Literal["course_id", "title", "lecturer", "enrolled", "capacity", "fill", "waitlisted",
+               "min_age",
                "max_age", "average_age"]  # the keys of readmodel.SORT_KEYS
 
 

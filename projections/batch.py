@@ -16,12 +16,15 @@ from typing import Any, NamedTuple, get_args
 
 from projections.stats import AgeAggregate
 from schemas.codec import DecodeError, decode_fields
-from schemas.messages import Event, SignUpRejected, StudentSignedUp
+from schemas.messages import Event, SignUpRejected, StudentSignedUp, StudentWaitlisted
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
+WAITLISTED = "waitlisted"
+WITHDRAWN = "withdrawn"
 _EVENT_NAMES = frozenset(cls.__name__ for cls in get_args(Event))
-_DECISION_TYPES = frozenset((StudentSignedUp.__name__, SignUpRejected.__name__))
+_DECISION_TYPES = frozenset((StudentSignedUp.__name__, SignUpRejected.__name__,
+                             StudentWaitlisted.__name__))
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,7 @@ class CourseRow(NamedTuple):  # immutable like a frozen dataclass, built three t
     title: str
     lecturer: str
     capacity: int
+    waitlist_capacity: int = 0
 
 
 class DecisionRow(NamedTuple):  # one per decision read: a million in a replay
@@ -58,6 +62,26 @@ class DecisionRow(NamedTuple):  # one per decision read: a million in a replay
     decided_at: datetime
     date_of_birth: date | None  # accepted sign-ups only
     correlation_id: str = ""
+    ticket: int | None = None  # waitlisted ones: the record's offset (FIFO along the partition)
+
+
+class Transition(NamedTuple):
+    """A later event about a decided sign-up, which moves it on in its lifecycle:
+    promoted (waitlisted -> accepted), or withdrawn from its seat or the waiting list."""
+
+    signup_id: str
+    course_id: str
+    was: str  # the status it leaves; a transition from any other status is a repeat
+    becomes: str
+    date_of_birth: date
+
+
+# What each later event does to a sign-up's status.
+_TRANSITIONS = {
+    ("StudentPromoted", None): (WAITLISTED, ACCEPTED),
+    ("StudentWithdrew", "enrolled"): (ACCEPTED, WITHDRAWN),
+    ("StudentWithdrew", "waitlist"): (WAITLISTED, WITHDRAWN),
+}
 
 
 @dataclass(frozen=True)
@@ -70,12 +94,17 @@ class Batch:
     # a failure is dealt with (dead-lettered) and must not be read again.
     next_offsets: dict[int, int] = field(default_factory=dict)
     newest_event_at: datetime | None = None
+    # Promotions and withdrawals in log order, after the decisions they follow.
+    transitions: tuple[Transition, ...] = ()
+    changed: tuple[CourseRow, ...] = ()  # the last CourseChanged per course id
 
 
 def build(records: Sequence[EventRecord]) -> Batch:
     """Decode records into the courses, decisions and failures they carry."""
     courses: dict[str, CourseRow] = {}
     decisions: dict[str, DecisionRow] = {}
+    transitions: list[Transition] = []
+    changed: dict[str, CourseRow] = {}
     failures: list[UnreadableRecord] = []
     counts: Counter[str] = Counter()
     next_offsets: dict[int, int] = {}
@@ -98,9 +127,15 @@ def build(records: Sequence[EventRecord]) -> Batch:
         elif name in _DECISION_TYPES and event["signup_id"] not in decisions:
             # A decision repeated after a processor crash has the same sign-up id (and
             # event id): the first one stands, in the batch as in the database.
-            decisions[event["signup_id"]] = decision_of(name, event)
+            decisions[event["signup_id"]] = decision_of(name, event, record.offset)
+        elif name == "CourseChanged":
+            changed[event["course_id"]] = course_of(event)
+        elif (name, event.get("from")) in _TRANSITIONS:
+            was, becomes = _TRANSITIONS[name, event.get("from")]
+            transitions.append(Transition(event["signup_id"], event["course_id"], was,
+                                          becomes, event["date_of_birth"]))
     return Batch(tuple(courses.values()), tuple(decisions.values()), tuple(failures),
-                 dict(counts), next_offsets, newest)
+                 dict(counts), next_offsets, newest, tuple(transitions), tuple(changed.values()))
 
 
 def read_fields(record: EventRecord) -> tuple[str, dict[str, Any]] | UnreadableRecord:
@@ -118,10 +153,15 @@ def read_fields(record: EventRecord) -> tuple[str, dict[str, Any]] | UnreadableR
 
 
 def course_of(event: dict[str, Any]) -> CourseRow:
-    return CourseRow(event["course_id"], event["title"], event["lecturer"], event["capacity"])
+    return CourseRow(event["course_id"], event["title"], event["lecturer"], event["capacity"],
+                     event.get("waitlist_capacity", 0))
 
 
-def decision_of(name: str, event: dict[str, Any]) -> DecisionRow:
+def decision_of(name: str, event: dict[str, Any], offset: int = 0) -> DecisionRow:
+    if name == "StudentWaitlisted":
+        return DecisionRow(event["signup_id"], event["course_id"], WAITLISTED, None,
+                           event["event_id"], event["occurred_at"], event["date_of_birth"],
+                           event["correlation_id"], offset)
     if name == "StudentSignedUp":
         return DecisionRow(event["signup_id"], event["course_id"], ACCEPTED, None,
                         event["event_id"], event["occurred_at"], event["date_of_birth"],

@@ -19,7 +19,8 @@ from projections.readmodel import CourseFigures
 DEFAULT_LIMIT = 100
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("course_id", "Course"), ("title", "Title"), ("lecturer", "Lecturer"),
-    ("enrolled", "Enrolled / capacity"), ("fill", "Fill"), ("min_age", "Min age"),
+    ("enrolled", "Enrolled / capacity"), ("fill", "Fill"),
+    ("waitlisted", "Waiting / list"), ("min_age", "Min age"),
     ("max_age", "Max age"), ("average_age", "Avg age"),
 )
 
@@ -126,6 +127,8 @@ def _row(view: View, f: CourseFigures) -> str:
         f'<span data-field="capacity">{c.capacity}</span></td>'
         f'<td><span class="fill"><span style="width:{percent:.1f}%"></span></span> '
         f"{100 * f.fill:.0f}%</td>"
+        f'<td class="num"><span data-field="waitlisted">{c.waitlisted}</span> / '
+        f'<span data-field="waitlist_capacity">{c.waitlist_capacity}</span></td>'
         f'<td class="num" data-field="min_age">{_shown(f.min_age)}</td>'
         f'<td class="num" data-field="max_age">{_shown(f.max_age)}</td>'
         f'<td class="num" data-field="average_age">{_shown(f.average_age)}</td></tr>'

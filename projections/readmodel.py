@@ -50,6 +50,8 @@ class CourseView:
     capacity: int
     ages: AgeAggregate
     births: Births = field(default_factory=Births)
+    waitlist_capacity: int = 0
+    waitlisted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,9 @@ def published_ages(agg: AgeAggregate, as_of: date) -> AgeStats:
 def course_body(view: CourseView, as_of: date) -> dict[str, Any]:
     ages = published_ages(view.ages, as_of)
     return {"course_id": view.course_id, "title": view.title, "lecturer": view.lecturer,
-            "capacity": view.capacity, "enrolled": view.ages.count, "min_age": ages.min_age,
+            "capacity": view.capacity, "enrolled": view.ages.count,
+            "waitlist_capacity": view.waitlist_capacity, "waitlisted": view.waitlisted,
+            "min_age": ages.min_age,
             "max_age": ages.max_age, "average_age": ages.average_age,
             "age_histogram": _histogram(view.ages, view.births, as_of),
             "as_of": as_of.isoformat()}
@@ -133,6 +137,7 @@ SORT_KEYS: dict[str, Callable[[CourseFigures], Any]] = {
     "enrolled": lambda f: f.view.ages.count,
     "capacity": lambda f: f.view.capacity,
     "fill": lambda f: f.fill,
+    "waitlisted": lambda f: (f.view.waitlisted, f.view.waitlist_capacity),
     # Courses with nobody enrolled (no ages) sort after every course with ages.
     "min_age": lambda f: (f.min_age is None, f.min_age or 0),
     "max_age": lambda f: (f.max_age is None, f.max_age or 0),

@@ -30,24 +30,34 @@ from datetime import date
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
+from typing import get_args
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
-from projections.stats import AgeAggregate, birth_dates, fold
+from projections.stats import AgeAggregate
 from schemas import topics
 from schemas.addresses import same_student_form
 from schemas.codec import DecodeError, Message, decode
 from schemas.messages import (
+    CourseChanged,
     CourseCreated,
-    CourseCreationRejected,
-    Decision,
     Event,
+    SignupDecision,
     SignUpRejected,
+    StudentPromoted,
     StudentSignedUp,
+    StudentWaitlisted,
+    StudentWithdrew,
 )
 from service_kit.kafka_auth import client_config
+
+Decision = SignupDecision  # every first decision: accepted, waitlisted or rejected
+# Events that make a course a term's (waiting list, withdrawals, changes): its seats then
+# come and go, and `proof.term_audit` checks them at every prefix of the log instead of
+# the "accepted = min(capacity, students)" of a course that only fills up.
+TERM_EVENTS = (StudentWaitlisted, StudentWithdrew, StudentPromoted, CourseChanged)
 
 _MAX_EXAMPLES = 5
 
@@ -115,12 +125,15 @@ def audit_decisions(
     by_signup: dict[str, dict[str, Decision]] = {}  # signup_id -> event_id -> first record
     duplicates = 0
     violations: list[str] = []
+    term_courses: set[str] = set()
     for event in events:
         if event.course_id not in scope:
             continue
         if isinstance(event, CourseCreated):
             capacity.setdefault(event.course_id, event.capacity)
-        elif isinstance(event, StudentSignedUp | SignUpRejected):
+        elif isinstance(event, TERM_EVENTS):
+            term_courses.add(event.course_id)
+        if isinstance(event, StudentSignedUp | SignUpRejected | StudentWaitlisted):
             seen = by_signup.setdefault(event.signup_id, {})
             first = seen.get(event.event_id)
             if first is None:
@@ -150,7 +163,8 @@ def audit_decisions(
     audits = []
     for course_id in sorted(scope):
         course_audit, problems = _audit_course(
-            course_id, capacity.get(course_id), [e for e in firsts if e.course_id == course_id])
+            course_id, capacity.get(course_id), [e for e in firsts if e.course_id == course_id],
+            course_id in term_courses)
         audits.append(course_audit)
         violations.extend(problems)
     return DecisionAudit(
@@ -164,13 +178,15 @@ def audit_decisions(
 
 
 def _audit_course(
-    course_id: str, capacity: int | None, decisions: list[Decision]
+    course_id: str, capacity: int | None, decisions: list[Decision], term: bool = False
 ) -> tuple[CourseAudit, list[str]]:
     problems: list[str] = []
     signed_up = [e for e in decisions if isinstance(e, StudentSignedUp)]
     rejected = Counter(e.reason for e in decisions if isinstance(e, SignUpRejected))
     students = {student_in_course(e) for e in decisions}
     audit = CourseAudit(course_id, capacity, len(signed_up), len(students), dict(rejected))
+    if term:
+        return audit, problems  # proof.term_audit checks it, at every prefix
     holders = Counter(student_in_course(e) for e in signed_up)
     twice = [s for s, n in holders.items() if n > 1]
     if twice:
@@ -218,6 +234,8 @@ class CourseRow:
     dob_sum_days: int
     dob_min: date | None
     dob_max: date | None
+    waitlist_capacity: int = 0
+    waitlisted: int = 0
 
 
 @dataclass(frozen=True)
@@ -252,40 +270,72 @@ class Views:
 
 
 def expected_views(events: Iterable[Event], courses: Collection[str]) -> Views:
-    """The views a projection of the whole log must hold, restricted to `courses`."""
+    """The views a projection of the whole log must hold, restricted to `courses`.
+
+    A sign-up's first decision stands (as in the projector); a promotion or withdrawal
+    then moves it on only from the status it leaves, so a repeat changes nothing; the
+    statistics count the students enrolled at the end, with the birth date each
+    decision or promotion carried."""
     scope = set(courses)
     created: dict[str, CourseCreated] = {}
-    firsts: dict[str, Decision] = {}  # the projector keeps the first decision per sign-up
+    changed: dict[str, CourseChanged] = {}
+    firsts: dict[str, Decision] = {}
+    status: dict[str, str] = {}
+    born: dict[str, date] = {}
     for event in events:
         if isinstance(event, CourseCreated):
             created.setdefault(event.course_id, event)
-        elif isinstance(event, StudentSignedUp | SignUpRejected):
-            firsts.setdefault(event.signup_id, event)
-    per_course = fold(e for e in firsts.values() if isinstance(e, StudentSignedUp))
-    born = birth_dates(e for e in firsts.values() if isinstance(e, StudentSignedUp))
+        elif isinstance(event, CourseChanged) and event.course_id in created:
+            changed[event.course_id] = event
+        elif isinstance(event, StudentSignedUp | SignUpRejected | StudentWaitlisted):
+            if event.signup_id not in firsts:
+                firsts[event.signup_id] = event
+                status[event.signup_id] = _STATUS[type(event)]
+                if not isinstance(event, SignUpRejected):
+                    born[event.signup_id] = event.date_of_birth
+        elif isinstance(event, StudentPromoted | StudentWithdrew):
+            was, becomes = _moves(event)
+            if status.get(event.signup_id) == was:
+                status[event.signup_id] = becomes
+    enrolled = [(firsts[s].course_id, born[s]) for s, st in status.items() if st == "accepted"]
+    per_course: dict[str, AgeAggregate] = {}
+    births: dict[str, Counter[date]] = {}
     global_births: Counter[date] = Counter()
-    for counts in born.values():
-        global_births.update(counts)
     everything = AgeAggregate()
-    for agg in per_course.values():
-        everything = everything.merge(agg)
+    for course_id, dob in enrolled:
+        per_course[course_id] = per_course.get(course_id, AgeAggregate()).add(dob)
+        births.setdefault(course_id, Counter())[dob] += 1
+        global_births[dob] += 1
+        everything = everything.add(dob)
+    waiting = Counter(firsts[s].course_id for s, st in status.items() if st == "waitlisted")
     rows = {}
     for course_id in scope & (set(created) | set(per_course)):
-        c, agg = created.get(course_id), per_course.get(course_id, AgeAggregate())
+        c = changed.get(course_id) or created.get(course_id)
+        agg = per_course.get(course_id, AgeAggregate())
         rows[course_id] = CourseRow(
             course_id, c.title if c else None, c.lecturer if c else None,
-            c.capacity if c else None, agg.count, agg.sum_days, agg.min_dob, agg.max_dob)
+            c.capacity if c else None, agg.count, agg.sum_days, agg.min_dob, agg.max_dob,
+            c.waitlist_capacity if c else 0, waiting[course_id])
     decisions = {
         e.signup_id: DecisionRow(
-            e.signup_id, e.course_id,
-            "accepted" if isinstance(e, StudentSignedUp) else "rejected",
+            e.signup_id, e.course_id, status[e.signup_id],
             e.reason if isinstance(e, SignUpRejected) else None, e.event_id)
         for e in firsts.values() if e.course_id in scope
     }
     return Views(rows, GlobalRow(len(created), everything.count, everything.sum_days,
                                  everything.min_dob, everything.max_dob), decisions,
-                 {c: dict(counts) for c, counts in born.items() if c in scope},
+                 {c: dict(counts) for c, counts in births.items() if c in scope},
                  dict(global_births))
+
+
+_STATUS = {StudentSignedUp: "accepted", SignUpRejected: "rejected",
+           StudentWaitlisted: "waitlisted"}
+
+
+def _moves(event: StudentPromoted | StudentWithdrew) -> tuple[str, str]:
+    if isinstance(event, StudentPromoted):
+        return "waitlisted", "accepted"
+    return ("accepted" if event.from_ == "enrolled" else "waitlisted"), "withdrawn"
 
 
 def compare_views(expected: Views, actual: Views, label: str) -> list[str]:
@@ -453,7 +503,7 @@ class LogSnapshot:
         return [r.message for r in self.records if isinstance(r.message, _EVENT_TYPES)]
 
 
-_EVENT_TYPES = (CourseCreated, CourseCreationRejected, StudentSignedUp, SignUpRejected)
+_EVENT_TYPES = get_args(Event)  # every event type: a term's too
 
 
 _INVALID_OFFSET = -1001  # librdkafka's "no position yet"
@@ -546,10 +596,11 @@ def read_views(conn: psycopg.Connection, courses: Collection[str], suffix: str =
         return sql.Identifier(name + suffix)
 
     rows = conn.execute(sql.SQL(
-        "SELECT course_id, title, lecturer, capacity, enrolled, dob_sum_days, dob_min, dob_max"
-        " FROM {} WHERE course_id = ANY(%s)").format(table("course_stats")), (ids,)).fetchall()
-    course_rows = {r[0]: CourseRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7])
-                   for r in rows}
+        "SELECT course_id, title, lecturer, capacity, enrolled, dob_sum_days, dob_min, dob_max,"
+        " waitlist_capacity, waitlisted FROM {} WHERE course_id = ANY(%s)").format(
+            table("course_stats")), (ids,)).fetchall()
+    course_rows = {r[0]: CourseRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7],
+                                   int(r[8]), int(r[9])) for r in rows}
     g = conn.execute(sql.SQL(
         "SELECT courses, enrollments, dob_sum_days, dob_min, dob_max FROM {} WHERE id"
     ).format(table("global_stats"))).fetchone()

@@ -94,12 +94,19 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from proof import audit, chaos_cluster
+from proof import audit, chaos_cluster, term_audit
 from proof.chaos_load import CourseSpec, Load, Plan, create_courses, now
 from proof.chaos_stack import UP_TIMEOUT, ChaosError, Stack, temporary_config
 from proof.demo import table
 from schemas import topics
-from schemas.messages import SignUp, SignUpRejected, StudentSignedUp
+from schemas.messages import (
+    SignUp,
+    SignUpRejected,
+    StudentPromoted,
+    StudentSignedUp,
+    StudentWithdrew,
+    WithdrawalRejected,
+)
 from stack import kafka
 from stack.config import StackConfig, operator_login
 from stack.procs import pid_alive, port_open
@@ -176,6 +183,13 @@ class Evidence:
     accepted: dict[str, str]
 
 
+# A registration term in the load: the two small courses keep a waiting list, and a
+# share of the accepted sign-ups withdraw with their tokens, freeing seats that go to
+# the waiting students; the term audit checks FIFO at every prefix of the log.
+WAITLIST = 10
+WITHDRAW_SHARE = 0.1
+
+
 class Run:
     """One scenario: its courses, load, faults, checks and notes."""
 
@@ -186,12 +200,12 @@ class Run:
         self.client, self.query, self.mails = client, query, mails
         self.rng = random.Random()
         tag = uuid.uuid4().hex[:8]
-        self.courses = [CourseSpec(f"{name}-{slug}-{tag}", capacity, weight)
-                        for slug, capacity, weight in
-                        (("tiny", 5, 3), ("small", 25, 3), ("medium", 150, 2),
-                         ("large", 100_000, 2))]
+        self.courses = [CourseSpec(f"{name}-{slug}-{tag}", capacity, weight, waiting)
+                        for slug, capacity, weight, waiting in
+                        (("tiny", 5, 3, WAITLIST), ("small", 25, 3, WAITLIST),
+                         ("medium", 150, 2, 0), ("large", 100_000, 2, 0))]
         self.load = Load(client, Plan(self.courses, self.rng, tag), profile.rate,
-                         profile.concurrency, profile.give_up)
+                         profile.concurrency, profile.give_up, WITHDRAW_SHARE)
         self.faults: list[Fault] = []
         self.checks: list[Check] = []
         self.notes: list[str] = []
@@ -825,6 +839,13 @@ def examine(run: Run, log: audit.LogSnapshot) -> tuple[list[Check], Evidence, in
                         "; ".join(decisions.violations) or
                         f"{decisions.decided}/{decisions.signups} decided, "
                         f"{decisions.decisions} decisions, {decisions.duplicates} repeats"))
+    in_scope_events = [e for e in events if e.course_id in set(scope)]
+    term = term_audit.audit_term(in_scope_events)
+    checks.append(Check("term: capacity and waiting list at every prefix, FIFO promotions "
+                        "in the transaction of the freed seat, one place per student",
+                        term.ok, "; ".join(term.violations) or
+                        f"{term.waitlisted} waitlisted, {term.withdrawals} withdrawals, "
+                        f"{term.promotions} promotions"))
     checks.append(Check("every record of the event log decodes", not log.undecodable,
                         "; ".join(log.undecodable[:5])))
     expected = audit.expected_views(events, scope)
@@ -836,8 +857,12 @@ def examine(run: Run, log: audit.LogSnapshot) -> tuple[list[Check], Evidence, in
     checks.append(Check("views equal the log and a full replay", not problems,
                         "; ".join(problems) or f"{len(expected.decisions)} decisions, "
                         f"{len(expected.courses)} courses, global row equal"))
-    mail_audit = audit.audit_mails({d.event_id: d.signup_id for d in expected.decisions.values()},
-                                   run.mails.refresh(), run.notifier_kills)
+    # One e-mail per decision about a student: the first decisions, and the promotions
+    # and withdrawals after them (every withdrawal of the load names its own sign-up).
+    notices = {d.event_id: d.signup_id for d in expected.decisions.values()} | {
+        e.event_id: e.signup_id for e in in_scope_events
+        if isinstance(e, StudentPromoted | StudentWithdrew | WithdrawalRejected)}
+    mail_audit = audit.audit_mails(notices, run.mails.refresh(), run.notifier_kills)
     checks.append(Check(f"one e-mail per decision (at most {run.notifier_kills} extra)",
                         mail_audit.ok, "; ".join(mail_audit.violations) or
                         f"{mail_audit.mailed} decisions mailed, {mail_audit.extra} extra"))

@@ -1,5 +1,7 @@
 """The chaos suite's client: sign-ups at a steady rate with bounded concurrency, each
-retried with its Idempotency-Key until it gets a 202, every attempt recorded."""
+retried with its Idempotency-Key until it gets a 202, every attempt recorded; a share
+of the accepted sign-ups is then withdrawn with its withdrawal token (retried the same
+way: every withdrawal of one sign-up is the same command)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class CourseSpec:
     course_id: str
     capacity: int
     weight: float
+    waitlist_capacity: int = 0
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Request:
     email: str | None  # an override: the same student in other letter case
     signup_id: str | None = None
     resent: bool = False  # sent once more with the same key after its 202
+    withdrawal_token: str | None = None
+    withdrawing: bool = False  # a withdrawal of it was started
+    withdrawn: bool = False  # its withdrawal got a 202
     attempts: list[Attempt] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
 
@@ -77,9 +83,10 @@ class Load:
     """Sign-ups at a steady rate with bounded concurrency, each retried until a 202."""
 
     def __init__(self, client: aiohttp.ClientSession, plan: Plan, rate: float,
-                 concurrency: int, give_up: float) -> None:
+                 concurrency: int, give_up: float, withdraw_share: float = 0.0) -> None:
         self.client, self.plan = client, plan
         self.rate, self.concurrency, self.give_up = rate, concurrency, give_up
+        self.withdraw_share = withdraw_share
         self.requests: list[Request] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.resent = 0  # requests repeated with the same key after their 202
@@ -151,6 +158,36 @@ class Load:
             request.attempts.append(again)
             if again.status == 202 and signup_id != request.signup_id:
                 request.unexpected.append(f"resent key got {signup_id}, not {request.signup_id}")
+        if request.signup_id is not None and self.plan.rng.random() < self.withdraw_share:
+            # A student who signed up earlier drops the course (or its waiting list) now,
+            # while others wait: their freed seats are what the waiting list is for.
+            earlier = [r for r in self.requests if r.course_id == request.course_id
+                       and r.withdrawal_token and not r.withdrawing]
+            if earlier:
+                leaving = self.plan.rng.choice(earlier)
+                leaving.withdrawing = True
+                await self._withdraw(leaving, deadline)
+
+    async def _withdraw(self, request: Request, deadline: float) -> None:
+        url = f"/courses/{request.course_id}/signups/{request.signup_id}/withdrawal"
+        while time.monotonic() < deadline + self.give_up:
+            began = now()
+            try:
+                async with self.client.post(url, json={
+                        "withdrawal_token": request.withdrawal_token}) as response:
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+                    await response.read()
+            except (aiohttp.ClientError, TimeoutError):
+                status, retry_after = 0, None
+            request.attempts.append(Attempt(began, now(), status, retry_after))
+            if status == 202:
+                request.withdrawn = True
+                return
+            if status not in RETRYABLE:
+                request.unexpected.append(f"withdrawal: HTTP {status}")
+                return
+            await asyncio.sleep(0.5)
 
     def _accepted(self, request: Request, signup_id: str | None) -> None:
         # The id derives from the student's own key (unknown here): a retry of the same
@@ -168,7 +205,9 @@ class Load:
                                         headers={"Idempotency-Key": request.key}) as response:
                 status, retry_after = response.status, response.headers.get("Retry-After")
                 if status == 202:
-                    signup_id = (await response.json(content_type=None)).get("signup_id")
+                    answer = await response.json(content_type=None)
+                    signup_id = answer.get("signup_id")
+                    request.withdrawal_token = answer.get("withdrawal_token")
                 else:
                     await response.read()
         except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -177,6 +216,11 @@ class Load:
 
     def accepted(self) -> dict[str, str]:
         return {r.signup_id: r.course_id for r in self.requests if r.signup_id}
+
+    def withdrawn(self) -> dict[str, str]:
+        """The sign-ups whose withdrawal got a 202, and their courses."""
+        return {r.signup_id: r.course_id for r in self.requests
+                if r.signup_id and r.withdrawn}
 
     def attempts(self) -> list[Attempt]:
         return [a for r in self.requests for a in r.attempts]
@@ -189,7 +233,8 @@ async def create_courses(client: aiohttp.ClientSession, query: aiohttp.ClientSes
     for spec in specs:
         while True:
             body = {"course_id": spec.course_id, "title": f"Chaos {spec.course_id}",
-                    "lecturer": "Dr. Chaos Monkey", "capacity": spec.capacity}
+                    "lecturer": "Dr. Chaos Monkey", "capacity": spec.capacity,
+                    "waitlist_capacity": spec.waitlist_capacity}
             try:
                 async with client.post("/courses", json=body,
                                        headers={"Authorization": f"Bearer {token}"}) as r:

@@ -46,6 +46,7 @@ class Outcome:
     status: int
     signup_id: str | None
     seconds: float
+    withdrawal_token: str | None = None
 
 
 def session(base_url: str, concurrency: int, token: str | None = None) -> aiohttp.ClientSession:
@@ -70,8 +71,10 @@ async def sign_up(client: aiohttp.ClientSession, course_id: str, student: Studen
             status = response.status
     except (aiohttp.ClientError, TimeoutError):
         return Outcome(0, None, time.perf_counter() - began)
-    signup_id = payload.get("signup_id") if status == 202 else None
-    return Outcome(status, signup_id, time.perf_counter() - began)
+    if status != 202:
+        return Outcome(status, None, time.perf_counter() - began)
+    return Outcome(status, payload.get("signup_id"), time.perf_counter() - began,
+                   payload.get("withdrawal_token"))
 
 
 async def bounded(jobs: Iterable[Callable[[], Awaitable[Outcome]]], concurrency: int,

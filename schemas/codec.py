@@ -24,7 +24,7 @@ from typing import Any, TypeAlias, cast, get_args
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas.messages import Command, Event
+from schemas.messages import AVRO_NAMES, Command, Event
 
 Message: TypeAlias = Command | Event
 Schema: TypeAlias = dict[str, Any]
@@ -177,7 +177,7 @@ def encode(message: Message) -> bytes:
     writer = _WRITERS.get(type(message))
     if writer is None:
         raise TypeError(f"{type(message).__name__} is not a message type of schemas.messages")
-    record = {name: getattr(message, name) for name in writer.field_names}
+    record = {AVRO_NAMES.get(name, name): getattr(message, name) for name in writer.field_names}
     for name in writer.timestamp_fields:
         _require_aware(name, record[name])
     out = BytesIO()
@@ -196,7 +196,13 @@ def _require_aware(name: str, value: datetime) -> None:
 def decode(data: bytes) -> Message:
     """The message in `data`, written with any kept version, as the latest dataclass."""
     name, record = decode_fields(data)
-    return _CLASSES[name](**record)
+    return _CLASSES[name](**python_names(record))
+
+
+def python_names(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with each Avro field name that is a Python keyword as its dataclass name."""
+    renamed = {avro: python for python, avro in AVRO_NAMES.items()}
+    return {renamed.get(name, name): value for name, value in record.items()}
 
 
 def decode_fields(data: bytes) -> tuple[str, dict[str, Any]]:

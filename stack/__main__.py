@@ -190,8 +190,8 @@ def status(config: StackConfig) -> int:
 
 def replay_env(config: StackConfig, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment, with the addresses replay reads set to this stack's where unset."""
-    defaults = {"KAFKA_BOOTSTRAP_SERVERS": config.kafka_bootstrap,
-                "DATABASE_URL": config.database_url}
+    # The operator's Kafka login too: the native broker refuses a client without one.
+    defaults = {**config.kafka_client_env(), "DATABASE_URL": config.database_url}
     return {**defaults, **{k: v for k, v in environ.items() if v or k not in defaults}}
 
 

@@ -20,8 +20,8 @@ NOT_INHERITED = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SMTP_HOST", "SMTP_P
                  "STACK_ONLY", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
 # Secrets a service is given only when it uses them (service_env); never inherited from
 # the environment of whoever runs `make up`.
-SECRETS = ("ADMIN_TOKEN", "ANALYST_TOKEN", "PSEUDONYM_SECRET", "DATABASE_URL",
-           "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+SECRETS = ("ADMIN_TOKEN", "ANALYST_TOKEN", "PSEUDONYM_SECRET", "WITHDRAWAL_SECRET",
+           "DATABASE_URL", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
 
 # PostgreSQL: the superuser (only the stack uses it, to create roles and the database),
 # the owner of the schema (migrations, replay, operators' tools) and one login role per
@@ -107,6 +107,7 @@ class StackConfig:
     alert_time_scale: float = 1.0
     alert_group_wait: str = "30s"
     alert_group_interval: str = "5m"
+    withdrawal_secret_override: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> StackConfig:
@@ -146,6 +147,7 @@ class StackConfig:
             alert_time_scale=float(env.get("ALERT_TIME_SCALE") or 1),
             alert_group_wait=env.get("ALERT_GROUP_WAIT") or "30s",
             alert_group_interval=env.get("ALERT_GROUP_INTERVAL") or "5m",
+            withdrawal_secret_override=env.get("WITHDRAWAL_SECRET") or None,
         )
 
     @classmethod
@@ -321,6 +323,11 @@ class StackConfig:
         $RUN_DIR/pseudonym-secret. Changing it makes every stored seat key unfindable."""
         return self.pseudonym_secret_override or self._secret("pseudonym-secret")
 
+    def withdrawal_secret(self) -> str:
+        """The key of the withdrawal tokens' HMAC: WITHDRAWAL_SECRET, else generated once
+        into $RUN_DIR/withdrawal-secret. Changing it voids every token already sent."""
+        return self.withdrawal_secret_override or self._secret("withdrawal-secret")
+
     def _secret(self, name: str) -> str:
         return generated_secret(self.run_dir / name)
 
@@ -341,6 +348,7 @@ class StackConfig:
             "ADMIN_TOKEN": self.admin_token(), "ANALYST_TOKEN": self.analyst_token(),
             "PARTITIONS": str(self.partitions),
             "PSEUDONYM_SECRET": self.pseudonym_secret(),
+            "WITHDRAWAL_SECRET": self.withdrawal_secret(),
             "KAFKA_VERSION": self.kafka_version, "KAFKA_HEAP": self.kafka_heap,
             "KAFKA_BROKERS": str(self.kafka_brokers),
             "PROMETHEUS_PORT": str(self.prometheus_port),
@@ -389,7 +397,8 @@ class StackConfig:
         if service is None:
             return {**self.kafka_client_env(), "DATABASE_URL": self.database_url,
                     "ADMIN_TOKEN": self.admin_token(), "ANALYST_TOKEN": self.analyst_token(),
-                    "PSEUDONYM_SECRET": self.pseudonym_secret()}
+                    "PSEUDONYM_SECRET": self.pseudonym_secret(),
+                    "WITHDRAWAL_SECRET": self.withdrawal_secret()}
         name = "processor" if service.startswith("processor") else service
         found: dict[str, str] = {}
         if name in KAFKA_SERVICE_PRINCIPALS:
@@ -402,6 +411,9 @@ class StackConfig:
             found["ANALYST_TOKEN"] = self.analyst_token()
         if name in ("command-api", "processor"):
             found["PSEUDONYM_SECRET"] = self.pseudonym_secret()
+        if name in ("command-api", "notifier"):
+            # The command API checks withdrawal tokens, the notifier puts them in e-mails.
+            found["WITHDRAWAL_SECRET"] = self.withdrawal_secret()
         return found
 
 

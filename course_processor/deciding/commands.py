@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from course_processor.deciding.domain import validate
 from schemas.codec import DecodeError, UnknownSchemaError, decode
-from schemas.messages import Command, CreateCourse, SignUp
+from schemas.messages import ChangeCourse, Command, CreateCourse, SignUp, Withdraw
 
 
 class Unprocessable(Exception):
@@ -26,7 +26,7 @@ def read_command(key: bytes | None, value: bytes | None) -> Command:
         raise Unprocessable("unknown_schema", str(exc)) from exc
     except DecodeError as exc:
         raise Unprocessable("undecodable", str(exc)) from exc
-    if not isinstance(message, CreateCourse | SignUp):
+    if not isinstance(message, CreateCourse | SignUp | Withdraw | ChangeCourse):
         raise Unprocessable("not_a_command", f"{type(message).__name__} is an event")
     problems = validate(message)
     if problems:

@@ -8,7 +8,11 @@ Only what deciding needs, and no personal data:
   `schemas.pseudonyms.seat_key`) -> the sign-up id holding that seat. Never forgotten:
   it is what keeps one student to one seat.
 * `decided_signups`: "<day>/<sign-up id>" -> the compact outcome of that sign-up
-  ("accepted 17", "rejected course_full"). It makes a repeated request write nothing
+  ("accepted 17", "rejected course_full", "waitlisted 3"), and "<day>/<command id>" of
+  a withdrawal or a course change ("withdrawn enrolled", "rejected not_enrolled",
+  "changed 40").
+* `places`, `waiting`: a registration term's live places and waiting lists
+  (handler.py). It makes a repeated request write nothing
   and never change its answer. The day in front of the key (the day of the decision)
   orders the table by age, so the entries older than `MEMORY_DAYS` are found from
   the start of the table and forgotten, and the table stays as large as a week of
@@ -22,14 +26,16 @@ from datetime import date, timedelta
 from typing import Any, Literal
 
 from course_processor.deciding.domain import Course
-from schemas.messages import Event, SignUpRejected, StudentSignedUp
+from schemas.messages import Event, SignUpRejected, StudentSignedUp, StudentWaitlisted
 
 # The tables' names; each one's changelog topic is "<app id>-<name>-changelog". They
 # are not the names of the in-memory tables of earlier versions (`seats`,
 # `decisions`), whose changelogs held personal data: those are left alone
 # (state/migrate.py).
 COURSES, SEATS, DECIDED = "courses", "seat_holders", "decided_signups"
-TABLES = (COURSES, SEATS, DECIDED)
+# A registration term's live places and waiting lists (handler.py says what they hold).
+PLACES, WAITING = "places", "waiting"
+TABLES = (COURSES, SEATS, DECIDED, PLACES, WAITING)
 
 # The contract promises the same answer to a repeated request for 7 days; one day
 # more covers a decision made just before midnight.
@@ -49,8 +55,12 @@ def course_from_value(value: dict[str, Any] | None) -> Course | None:
 
 @dataclass(frozen=True)
 class SignupOutcome:
-    status: Literal["accepted", "rejected"]
-    detail: str  # the seat number when accepted, the reason when rejected
+    status: Literal["accepted", "rejected", "waitlisted", "withdrawn", "changed"]
+    # The seat number when accepted, the reason when rejected, the position when
+    # waitlisted, what was left (enrolled, waitlist) when withdrawn, the capacity when a
+    # course change went through. Keyed by sign-up id, or by command id for a
+    # withdrawal or a course change.
+    detail: str
 
     def encode(self) -> str:
         return f"{self.status} {self.detail}"
@@ -58,7 +68,8 @@ class SignupOutcome:
     @classmethod
     def decode(cls, value: str) -> SignupOutcome:
         status, _, detail = value.partition(" ")
-        if status not in ("accepted", "rejected") or not detail:
+        if status not in ("accepted", "rejected", "waitlisted", "withdrawn", "changed") \
+                or not detail:
             raise ValueError(f"not an outcome: {value!r}")
         return cls(status, detail)  # type: ignore[arg-type]
 
@@ -69,6 +80,8 @@ def outcome_of(event: Event) -> SignupOutcome | None:
         return SignupOutcome("accepted", str(event.seats_taken))
     if isinstance(event, SignUpRejected):
         return SignupOutcome("rejected", event.reason)
+    if isinstance(event, StudentWaitlisted):
+        return SignupOutcome("waitlisted", str(event.position))
     return None
 
 

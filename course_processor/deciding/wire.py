@@ -6,7 +6,19 @@ decoding its Avro value.
 
 from __future__ import annotations
 
-from schemas.messages import CourseCreationRejected, Event, SignUpRejected, StudentSignedUp
+from schemas.messages import (
+    CourseChanged,
+    CourseChangeRejected,
+    CourseCreated,
+    CourseCreationRejected,
+    Event,
+    SignUpRejected,
+    StudentPromoted,
+    StudentSignedUp,
+    StudentWaitlisted,
+    StudentWithdrew,
+    WithdrawalRejected,
+)
 from service_kit.records import Headers
 
 
@@ -26,12 +38,15 @@ def event_headers(event: Event, processor_id: str, generation: int) -> Headers:
     ]
 
 
+_OUTCOMES: dict[type, str] = {
+    StudentSignedUp: "accepted", SignUpRejected: "rejected", StudentWaitlisted: "waitlisted",
+    StudentPromoted: "promoted", StudentWithdrew: "withdrew",
+    WithdrawalRejected: "withdrawal_rejected", CourseCreated: "course_created",
+    CourseCreationRejected: "course_rejected", CourseChanged: "course_changed",
+    CourseChangeRejected: "change_rejected",
+}
+
+
 def outcome(event: Event) -> tuple[str, str]:
     """(outcome, reason) labels of a decision, for metrics and logs."""
-    if isinstance(event, StudentSignedUp):
-        return "accepted", ""
-    if isinstance(event, SignUpRejected):
-        return "rejected", event.reason
-    if isinstance(event, CourseCreationRejected):
-        return "course_rejected", event.reason
-    return "course_created", ""
+    return _OUTCOMES[type(event)], str(getattr(event, "reason", ""))

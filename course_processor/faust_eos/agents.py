@@ -16,7 +16,7 @@ import faust
 from faust.types import Message
 
 from course_processor.deciding.commands import Unprocessable, read_command
-from course_processor.deciding.handler import Decider, utc_now
+from course_processor.deciding.handler import Decider, Plan, utc_now
 from course_processor.deciding.wire import event_headers, outcome
 from course_processor.faust_eos.app import Processor
 from course_processor.faust_eos.continuity import Continuity
@@ -51,6 +51,18 @@ def _oldest(table: faust.types.TableT) -> Callable[[int], list[str]]:
     return lambda limit: [store._decode_key(k) for k in store.oldest_keys(limit)]  # noqa: SLF001
 
 
+def _first(table: faust.types.TableT) -> Callable[[str, int], list[str]]:
+    store = table.data
+    assert isinstance(store, StagedStore)
+
+    def first(prefix: str, limit: int) -> list[str]:
+        # Keys are JSON text ('"<course>/<ticket>"'): the encoded prefix without its
+        # closing quote is a byte prefix of every key that starts with `prefix`.
+        raw = store._encode_key(prefix)[:-1]  # noqa: SLF001
+        return [store._decode_key(k) for k in store.first_keys(raw, limit)]  # noqa: SLF001
+    return first
+
+
 class CommandHandler:
     def __init__(self, p: Processor) -> None:
         self.p = p
@@ -59,7 +71,8 @@ class CommandHandler:
         # course's partition is the only reader and writer of that course's entries.
         self.decider = Decider(TableView(p.courses), TableView(p.seats),
                                TableView(p.decided), p.settings.secret,
-                               oldest=_oldest(p.decided))
+                               oldest=_oldest(p.decided), places=TableView(p.places),
+                               waiting=TableView(p.waiting), first=_first(p.waiting))
         self.continuity = Continuity()
 
     async def handle(self, message: Message) -> None:
@@ -74,15 +87,13 @@ class CommandHandler:
             await self.dead_letter(message, exc)
             return
         plan = self.decider.plan(cmd)
-        event = plan.event
         self.metrics.commands.labels(type(cmd).__name__).inc()
-        if event is None:
+        if not plan.events:
             self.metrics.repeats.inc()
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("already decided", extra=self._fields(cmd, message, generation))
             return
-        headers = event_headers(event, self.p.processor_id, generation)
-        # The event first, then the table changes. A commit may run while this command
+        # The events first, then the table changes. A commit may run while this command
         # is decided (faust commits from another task), and a crash may follow it, so
         # a transaction can end between any two of the command's records. Sent in this
         # order, a transaction that holds the command's table changes ("decided") also
@@ -93,18 +104,28 @@ class CommandHandler:
         # repeated record (same event_id) that the contract allows after a crash.
         # (The changes are only staged here; the commit writes their changelog
         # records: transactions.py.)
-        await self.p.events.send(key=message.key, value=encode(event), headers=headers)
+        # A withdrawal and the promotion into the seat it frees are sent holding the
+        # commit lock (state/runtime.py): the two are in one transaction, never split.
+        if len(plan.events) > 1:
+            async with self.p.runtime.atomic:
+                await self.send(message, plan, generation)
+        else:
+            await self.send(message, plan, generation)
         self.decider.apply(plan)
-        decided, reason = outcome(event)
-        self.metrics.decisions.labels(decided, reason).inc()
+        for event in plan.events:
+            decided, reason = outcome(event)
+            self.metrics.decisions.labels(decided, reason).inc()
         self.metrics.processing.observe(perf_counter() - started)
         # No line per decision at INFO: at a thousand decisions a second it cost more
         # than deciding. processor_decisions_total counts them; LOG_LEVEL=DEBUG logs
         # each (the event on course-events carries the correlation id anyway).
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("decided", extra={
-                **self._fields(cmd, message, generation), "event_id": event.event_id,
-                "event_type": event.event_type, "outcome": decided, "reason": reason or None})
+            for event in plan.events:
+                decided, reason = outcome(event)
+                log.debug("decided", extra={
+                    **self._fields(cmd, message, generation), "event_id": event.event_id,
+                    "event_type": event.event_type, "outcome": decided,
+                    "reason": reason or None})
 
     @staticmethod
     def _fields(cmd: Command, message: Message, generation: int) -> dict[str, object]:
@@ -112,6 +133,11 @@ class CommandHandler:
                 "signup_id": getattr(cmd, "signup_id", None), "course_id": cmd.course_id,
                 "partition": message.partition, "offset": message.offset,
                 "generation": generation}
+
+    async def send(self, message: Message, plan: Plan, generation: int) -> None:
+        for event in plan.events:
+            headers = event_headers(event, self.p.processor_id, generation)
+            await self.p.events.send(key=message.key, value=encode(event), headers=headers)
 
     async def dead_letter(self, message: Message, exc: Unprocessable) -> None:
         source = SourceRecord(message.topic, message.partition, message.offset,

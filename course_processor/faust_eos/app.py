@@ -19,7 +19,7 @@ from faust.transport.base import Transport
 from faust.types import TableT
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from course_processor.deciding.values import COURSES, DECIDED, SEATS
+from course_processor.deciding.values import COURSES, DECIDED, PLACES, SEATS, WAITING
 from course_processor.faust_eos.failstop import fail_stop
 from course_processor.faust_eos.recovery import LocalStateTableManager
 from course_processor.faust_eos.tables import StagedTable
@@ -83,12 +83,15 @@ class Processor:
     courses: TableT
     seats: TableT
     decided: TableT
+    places: TableT
+    waiting: TableT
     # Names this worker process in the "processor_id" header of what it writes.
     processor_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @property
     def tables(self) -> dict[str, TableT]:
-        return {COURSES: self.courses, SEATS: self.seats, DECIDED: self.decided}
+        return {COURSES: self.courses, SEATS: self.seats, DECIDED: self.decided,
+                PLACES: self.places, WAITING: self.waiting}
 
     def changelog_topics(self) -> dict[str, str]:
         """Table name -> its changelog topic."""
@@ -112,6 +115,8 @@ def create_app(settings: Settings, runtime: StateRuntime,
         courses=_table(app, settings, COURSES),
         seats=_table(app, settings, SEATS, value_type=str),
         decided=_table(app, settings, DECIDED, value_type=str),
+        places=_table(app, settings, PLACES),
+        waiting=_table(app, settings, WAITING, value_type=str),
     )
 
 

@@ -57,6 +57,10 @@ class StagedStore(SerializedStore):
         """The first live keys of this table in the current command's partition."""
         return self.local.oldest_keys(self._writing_partition(), self.table_name, limit)
 
+    def first_keys(self, prefix: bytes, limit: int) -> list[bytes]:
+        """The first live keys starting with `prefix` in the current command's partition."""
+        return self.local.first_keys(self._writing_partition(), self.table_name, prefix, limit)
+
     def _contains(self, key: bytes) -> bool:
         return self._get(key) is not None
 

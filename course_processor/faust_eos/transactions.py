@@ -151,6 +151,12 @@ class SourcePartitionTransactionManager(TransactionManager):
         await super().on_rebalance(assigned, revoked, newly_assigned)
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        # A command sending several events (a withdrawal and its promotion) holds the
+        # lock while it sends them: they land in one transaction, never split by this one.
+        async with self.runtime.atomic:
+            return await self._commit(offsets, start_new_transaction)
+
+    async def _commit(self, offsets: Mapping[TP, int], start_new_transaction: bool) -> bool:
         local = self.runtime.local
         producer = cast(DurableProducer, self.producer)
         partitions = {tp.partition for tp in offsets}

@@ -242,6 +242,25 @@ class LocalState:
         self._oldest[(partition, table)] = (limit, list(found))
         return found
 
+    def first_keys(self, partition: int, table: str, prefix: bytes, limit: int) -> list[bytes]:
+        """The first `limit` live keys of a table partition that start with `prefix`, in
+        key order, staged writes included: the head of a course's waiting list. Not
+        cached: the waiting list changes with every promotion."""
+        staged = {**self._committing.get(partition, {}).get(table, {}),
+                  **self._staged.get(partition, {}).get(table, {})}
+        on_disk: list[bytes] = []
+        for key in self.open(partition).keys_from(table, prefix):
+            if not key.startswith(prefix):
+                break
+            if key in staged and staged[key] is None:
+                continue
+            on_disk.append(key)
+            if len(on_disk) >= limit:
+                break
+        live = {*on_disk, *(k for k, v in staged.items()
+                           if v is not None and k.startswith(prefix))}
+        return sorted(live)[:limit]
+
     def stale(self, partition: int, now: float | None = None) -> bool:
         """True when the partition's disk was last brought forward too long ago to be
         trusted (STALE_AFTER_SECONDS); an empty disk is not stale, just empty."""

@@ -18,12 +18,15 @@ class DecisionView:
     course_id: str
     status: str
     reason: str | None
+    position: int | None = None  # waitlisted: the 1-based place on the waiting list now
 
 
 async def fetch_decision(conn: psycopg.AsyncConnection, signup_id: str) -> DecisionView | None:
     cur = await conn.execute(
-        "SELECT signup_id, course_id, status, reason FROM signup_decisions"
-        " WHERE signup_id = %s",
+        "SELECT d.signup_id, d.course_id, d.status, d.reason, CASE WHEN d.status ="
+        " 'waitlisted' THEN 1 + (SELECT count(*) FROM signup_decisions w"
+        " WHERE w.course_id = d.course_id AND w.status = 'waitlisted'"
+        " AND w.ticket < d.ticket) END FROM signup_decisions d WHERE d.signup_id = %s",
         (signup_id,),
     )
     row = await cur.fetchone()
@@ -37,7 +40,8 @@ async def fetch_decision(conn: psycopg.AsyncConnection, signup_id: str) -> Decis
 # is not known yet. Course ids compare in "C" collation (bytes), as Python compares them.
 _COURSES = (
     "SELECT c.course_id, c.title, c.lecturer, c.capacity, c.enrolled, c.dob_sum_days,"
-    " c.dob_min, c.dob_max, b.days, b.counts FROM course_stats c"
+    " c.dob_min, c.dob_max, b.days, b.counts, c.waitlist_capacity, c.waitlisted"
+    " FROM course_stats c"
     " LEFT JOIN LATERAL (SELECT array_agg(d.dob - date '0001-01-01' + 1 ORDER BY d.dob)"
     " AS days, array_agg(d.n ORDER BY d.dob) AS counts FROM course_birth_dates d"
     ' WHERE d.course_id = c.course_id COLLATE "C") b ON true'
@@ -46,10 +50,11 @@ _COURSES = (
 
 
 def _course(row: tuple[Any, ...]) -> CourseView:
-    cid, title, lecturer, capacity, enrolled, sum_days, dob_min, dob_max, days, counts = row
+    (cid, title, lecturer, capacity, enrolled, sum_days, dob_min, dob_max, days, counts,
+     waitlist_capacity, waitlisted) = row
     return CourseView(cid, title, lecturer, capacity,
                       AgeAggregate(enrolled, sum_days, dob_min, dob_max),
-                      Births.of(days, counts))
+                      Births.of(days, counts), waitlist_capacity, waitlisted)
 
 
 async def fetch_course(conn: psycopg.AsyncConnection, course_id: str) -> CourseView | None:

@@ -20,6 +20,7 @@ from psycopg import sql
 from projections.batch import Batch, CourseRow, DecisionRow, birth_counts, deltas, total
 from projections.stats import AgeAggregate
 from projections.store.positions import read_generation, read_positions, store_positions
+from projections.term_store import apply_term, global_min_max
 
 VIEWS = ("signup_decisions", "course_stats", "global_stats", "course_birth_dates",
          "global_birth_dates")
@@ -96,9 +97,11 @@ def apply(
     everything = total(per_course.values())
     _add_to_global(conn, target, len(new_courses), everything)
     _add_birth_dates(conn, target, birth_counts(new), overall=target.live)
+    # Waiting lists, promotions, withdrawals and course changes (issue 20).
+    term_courses = apply_term(conn, target, batch, new, overall=target.live)
     store_positions(conn, target.projection, topic, batch.next_offsets)
     if target.live:
-        notify(conn, set(new_courses) | set(per_course))
+        notify(conn, set(new_courses) | set(per_course) | term_courses)
     return Applied(len(new_courses), len(new), len(batch.decisions) - len(new),
                    everything.count)
 
@@ -135,15 +138,16 @@ def insert_courses(
     # yields exactly the courses created now, so the global count stays exact.
     cur = conn.execute(
         sql.SQL(
-            "INSERT INTO {t} AS c (course_id, title, lecturer, capacity)"
-            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[])"
+            "INSERT INTO {t} AS c (course_id, title, lecturer, capacity, waitlist_capacity)"
+            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::int[])"
             " ON CONFLICT (course_id) DO UPDATE SET title = EXCLUDED.title,"
-            " lecturer = EXCLUDED.lecturer, capacity = EXCLUDED.capacity, updated_at = now()"
+            " lecturer = EXCLUDED.lecturer, capacity = EXCLUDED.capacity,"
+            " waitlist_capacity = EXCLUDED.waitlist_capacity, updated_at = now()"
             " WHERE c.title IS NULL"
             " RETURNING course_id"
         ).format(t=target.table("course_stats")),
         ([c.course_id for c in rows], [c.title for c in rows], [c.lecturer for c in rows],
-         [c.capacity for c in rows]),
+         [c.capacity for c in rows], [c.waitlist_capacity for c in rows]),
     )
     return [r[0] for r in cur.fetchall()]
 
@@ -158,13 +162,14 @@ def _insert_decisions(
     # same event read again, or repeated in the log) returns nothing and adds nothing.
     cur = conn.execute(
         sql.SQL(
-            "INSERT INTO {t} (signup_id, course_id, status, reason, event_id, decided_at)"
-            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
-            " %b::text[], %b::timestamptz[])"
+            "INSERT INTO {t} (signup_id, course_id, status, reason, event_id, decided_at,"
+            " ticket) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+            " %b::text[], %b::timestamptz[], %b::bigint[])"
             " ON CONFLICT (signup_id) DO NOTHING RETURNING signup_id"
         ).format(t=target.table("signup_decisions")),
         ([d.signup_id for d in rows], [d.course_id for d in rows], [d.status for d in rows],
-         [d.reason for d in rows], [d.event_id for d in rows], [d.decided_at for d in rows]),
+         [d.reason for d in rows], [d.event_id for d in rows], [d.decided_at for d in rows],
+         [d.ticket for d in rows]),
     )
     new_ids = {r[0] for r in cur.fetchall()}
     return [d for d in rows if d.signup_id in new_ids]
@@ -250,3 +255,6 @@ def fill_global_birth_dates(conn: psycopg.Connection, target: Target) -> None:
     conn.execute(sql.SQL(
         "INSERT INTO {g} (dob, n) SELECT dob, sum(n) FROM {c} GROUP BY dob").format(
             g=target.table("global_birth_dates"), c=target.table("course_birth_dates")))
+    # Withdrawals took birth dates away during the replay, which the per-batch LEAST and
+    # GREATEST could not undo: the youngest and oldest as the counts say now.
+    global_min_max(conn, target.table)

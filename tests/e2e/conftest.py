@@ -41,13 +41,15 @@ class RunningStack:
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config.admin_token()}"}
 
-    def create_course(self, prefix: str, capacity: int, title: str, lecturer: str) -> str:
+    def create_course(self, prefix: str, capacity: int, title: str, lecturer: str,
+                      waitlist_capacity: int = 0) -> str:
         """POST /courses as the admin; the new course's id (accepted with a 202)."""
         course_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
         response = httpx.post(f"{self.config.command_url}/courses",
                               headers={"Authorization": f"Bearer {self.config.admin_token()}"},
                               json={"course_id": course_id, "title": title,
-                                    "lecturer": lecturer, "capacity": capacity}, timeout=30)
+                                    "lecturer": lecturer, "capacity": capacity,
+                                    "waitlist_capacity": waitlist_capacity}, timeout=30)
         assert response.status_code == 202, response.text
         return course_id
 

@@ -47,7 +47,7 @@ def test_a_signup_is_decided_projected_and_mailed(full_stack: RunningStack) -> N
     assert first.headers["Location"] == f"/signups/{accepted_id}"
     decided = eventually(lambda: _decision(full_stack, accepted_id), 60, "the first decision")
     assert decided == {"signup_id": accepted_id, "course_id": course_id, "status": "accepted",
-                       "reason": None}
+                       "position": None, "reason": None}
 
     second = httpx.post(f"{full_stack.config.command_url}/courses/{course_id}/signups",
                         json=bodies[1], timeout=30)

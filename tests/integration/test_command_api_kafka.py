@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import codec, topics
-from schemas.messages import CreateCourse, SignUp
+from schemas.messages import ChangeCourse, CreateCourse, SignUp, Withdraw
 from schemas.personal import seat_key, signup_id_for, student_hash, unseal
 from service_kit.kafka_auth import client_config
 from stack.ports import free_port
@@ -78,6 +78,7 @@ def running_api(bootstrap: str, log_file: Path, **env: str) -> Iterator[str]:
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "ADMIN_TOKEN": TOKEN,
                  "PSEUDONYM_SECRET": SECRET, "COMMAND_API_PORT": str(port),
+                 "WITHDRAWAL_SECRET": "integration-withdrawal-secret",
                  "HOST": "127.0.0.1", **env},
         )
     url = f"http://127.0.0.1:{port}"
@@ -309,3 +310,27 @@ def test_a_keyed_sign_up_is_one_command_of_one_student_however_late_the_retry(
             (erased.json()["erasure_id"],)).fetchone() == ("done",), 30, "the erasure")
         assert conn.execute("SELECT count(*) FROM signup_requests WHERE signup_id = %s",
                             (ada_id,)).fetchone() == (0,)
+
+
+def test_a_course_change_and_a_withdrawal_with_its_token_land_after_the_sign_up(
+    api: str, bootstrap: str
+) -> None:
+    course_id = _course_id()
+    start = _end_offsets(bootstrap)
+    signed = httpx.post(f"{api}/courses/{course_id}/signups", json=_student(8))
+    assert signed.status_code == 202
+    signup_id, token = signed.json()["signup_id"], signed.json()["withdrawal_token"]
+    url = f"{api}/courses/{course_id}/signups/{signup_id}/withdrawal"
+    assert httpx.post(url, json={"withdrawal_token": "x" * 43}).status_code == 401
+    withdrawn = httpx.post(url, json={"withdrawal_token": token})
+    changed = httpx.patch(f"{api}/courses/{course_id}", json={"capacity": 9},
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (withdrawn.status_code, changed.status_code) == (202, 202)
+    commands = [codec.decode(value_of(m))
+                for m in _read_commands(bootstrap, start, course_id, 3)]
+    assert [type(c).__name__ for c in commands] == ["SignUp", "Withdraw", "ChangeCourse"]
+    withdraw = commands[1]
+    assert isinstance(withdraw, Withdraw) and withdraw.signup_id == signup_id
+    assert withdraw.command_id == withdrawn.json()["command_id"]
+    change = commands[2]
+    assert isinstance(change, ChangeCourse) and (change.capacity, change.title) == (9, None)

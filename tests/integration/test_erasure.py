@@ -63,6 +63,7 @@ def command_api(log_file: Path, **env: str) -> Iterator[tuple[str, subprocess.Po
             [sys.executable, "-m", "command_api"], cwd=ROOT, stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "ADMIN_TOKEN": TOKEN, "PSEUDONYM_SECRET": SECRET,
+                 "WITHDRAWAL_SECRET": "integration-withdrawal-secret",
                  "COMMAND_API_PORT": str(port), "HOST": "127.0.0.1",
                  "KEY_STORE_TIMEOUT_SECONDS": "1", **env})
     url = f"http://127.0.0.1:{port}"

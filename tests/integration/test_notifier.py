@@ -25,6 +25,7 @@ from email.headerregistry import AddressHeader
 from functools import partial
 from pathlib import Path
 
+import psycopg
 import pytest
 from confluent_kafka import (
     Consumer,
@@ -36,7 +37,19 @@ from confluent_kafka import (
 )
 
 from schemas import codec, topics
-from schemas.messages import CourseCreated, Decision, SignUpRejected, StudentSignedUp
+from schemas.messages import (
+    CourseCreated,
+    Decision,
+    Event,
+    SignUpRejected,
+    StudentPromoted,
+    StudentSignedUp,
+    StudentWaitlisted,
+    StudentWithdrew,
+    WithdrawalRejected,
+)
+from schemas.personal import new_data_key, seal
+from schemas.withdrawal import withdrawal_token
 from service_kit.kafka_auth import client_config
 from stack import smtp
 from stack.config import ROOT
@@ -451,3 +464,57 @@ def test_an_undecodable_event_is_dead_lettered_and_the_next_one_is_sent(
     assert headers["dlq.reason"] == "undecodable"
     assert headers["correlation_id"] == "corr-garbage"
     assert notifier.metric('notifier_emails_dead_lettered_total{reason="undecodable"}') >= 1
+
+
+# ---------------------------------------------------------------- a registration term
+
+WITHDRAWAL_SECRET = "integration-withdrawal-secret"
+
+
+def test_each_decision_of_a_term_is_one_e_mail_with_a_valid_withdrawal_token(
+    notifier_factory: Callable[..., Notifier], log: Log, mailbox: Mailbox
+) -> None:
+    notifier = notifier_factory(WITHDRAWAL_SECRET=WITHDRAWAL_SECRET)
+    course = Course(log).create()
+    key_id, key = str(uuid.uuid4()), new_data_key()
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("INSERT INTO student_keys (key_id, student_hash, key) VALUES (%s, %s, %s)",
+                     (key_id, f"test-{uuid.uuid4().hex}", key))
+    signup_id, address = str(uuid.uuid4()), f"wait.{uuid.uuid4().hex[:8]}@example.org"
+    waiting = StudentWaitlisted(
+        **course.meta("StudentWaitlisted"), signup_id=signup_id, email="", name="",  # type: ignore[arg-type]
+        date_of_birth=date(2000, 1, 2), position=1, key_id=key_id,
+        email_sealed=seal(key, signup_id, "email", address),
+        name_sealed=seal(key, signup_id, "name", "Wai Ting"))
+    base = {**course.meta("x"), "signup_id": signup_id}
+    later: list[Event] = [
+        StudentPromoted(**{**base, "event_id": str(uuid.uuid4()),  # type: ignore[arg-type]
+                           "event_type": "StudentPromoted"}, seats_taken=1,
+                        date_of_birth=date(2000, 1, 2)),
+        StudentWithdrew(**{**base, "event_id": str(uuid.uuid4()),  # type: ignore[arg-type]
+                           "event_type": "StudentWithdrew"}, from_="enrolled", seats_taken=0,
+                        date_of_birth=date(2000, 1, 2)),
+        WithdrawalRejected(**{**base, "event_id": str(uuid.uuid4()),  # type: ignore[arg-type]
+                              "event_type": "WithdrawalRejected"}, reason="not_enrolled"),
+    ]
+    for event in (waiting, *later, later[0]):  # the promotion repeated, as after a crash
+        log.produce(course.course_id, codec.encode(event), event.event_id,
+                    event.correlation_id)
+    log.flush()
+    ids = [waiting.event_id, *(e.event_id for e in later)]
+    wait_until(lambda: mailbox.has_all(ids), 30, "four e-mails")
+    token = withdrawal_token(WITHDRAWAL_SECRET.encode(), course.course_id, signup_id)
+    found = mailbox.by_event()
+    subjects = []
+    for event_id in ids:
+        [msg] = found[event_id]
+        assert msg["X-Envelope-To"] == address
+        subjects.append(str(msg["Subject"]).split(":")[0])
+        whole = email.message_from_string(msg.as_string(), policy=email.policy.default)
+        plain = [part.get_payload(decode=True) for part in whole.walk()
+                 if part.get_content_type() == "text/plain"]
+        assert f"Withdrawal token: {token}".encode() in b"".join(
+            p for p in plain if isinstance(p, bytes))
+    assert subjects == ["On the waiting list", "A seat for you", "Withdrawal confirmed",
+                        "Withdrawal not possible"]
+    assert notifier.metric('notifier_emails_sent_total{kind="promoted"}') == 1

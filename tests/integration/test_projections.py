@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -32,7 +32,16 @@ from projections import readmodel, store
 from projections.readmodel import published_ages
 from projections.stats import AgeAggregate, age_histogram, age_stats, birth_dates, fold
 from schemas import codec, topics
-from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
+from schemas.messages import (
+    CourseChanged,
+    CourseCreated,
+    Event,
+    SignUpRejected,
+    StudentPromoted,
+    StudentSignedUp,
+    StudentWaitlisted,
+    StudentWithdrew,
+)
 from service_kit.kafka_auth import client_config
 from stack import postgres
 from stack.config import ROOT
@@ -203,9 +212,9 @@ def assert_views_equal_the_events(events: list[Event]) -> None:
 
 
 _COMPARE = {
-    "signup_decisions": "signup_id, course_id, status, reason, event_id, decided_at",
+    "signup_decisions": "signup_id, course_id, status, reason, event_id, decided_at, ticket",
     "course_stats": "course_id, title, lecturer, capacity, enrolled, dob_sum_days, dob_min,"
-                    " dob_max",
+                    " dob_max, waitlist_capacity, waitlisted",
     "global_stats": "courses, enrollments, dob_sum_days, dob_min, dob_max",
     "course_birth_dates": "course_id, dob, n",
     "global_birth_dates": "dob, n",
@@ -525,7 +534,8 @@ def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
 
     body = ask(f"/courses/{empty}/stats").json()
     assert body == {"course_id": empty, "title": f"Course {empty[-4:]}",
-                    "lecturer": "Grace Hopper", "capacity": 12, "enrolled": 0, "min_age": None,
+                    "lecturer": "Grace Hopper", "capacity": 12, "enrolled": 0,
+                    "waitlist_capacity": 0, "waitlisted": 0, "min_age": None,
                     "max_age": None, "average_age": None, "age_histogram": {},
                     "as_of": datetime.now(UTC).date().isoformat()}
 
@@ -544,7 +554,7 @@ def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
 
     assert ask(f"/signups/{born_on_leap_day.signup_id}").json() == {
         "signup_id": born_on_leap_day.signup_id, "course_id": leap, "status": "accepted",
-        "reason": None}
+        "position": None, "reason": None}
     assert ask(f"/signups/{turned_away.signup_id}").json()["reason"] == "already_enrolled"
     assert ask(f"/signups/{uuid.uuid4()}").status_code == 404
     assert ask(f"/courses/{new_course_id()}/stats").status_code == 404
@@ -561,6 +571,77 @@ def test_the_query_api_answers_as_the_contract_says(log: Log, query_api: str,
     assert sum(overall["age_histogram"].values()) == overall["enrollments"]
     assert ask("/healthz").status_code == 200
     assert "query_api_requests_total" in ask("/metrics").text
+
+
+# ------------------------------------------------------------------ a registration term
+
+
+def waitlisted(course_id: str, dob: date, position: int) -> StudentWaitlisted:
+    return StudentWaitlisted(str(uuid.uuid4()), "StudentWaitlisted", NOW, course_id,
+                             str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), "", "",
+                             dob, position)
+
+
+def withdrew(signup: StudentSignedUp | StudentWaitlisted, seats: int,
+             from_: str = "enrolled") -> StudentWithdrew:
+    return StudentWithdrew(str(uuid.uuid4()), "StudentWithdrew", NOW, signup.course_id,
+                           str(uuid.uuid4()), "corr", signup.signup_id, from_, seats,
+                           signup.date_of_birth)
+
+
+def promoted(signup: StudentWaitlisted, seats: int, cause: str) -> StudentPromoted:
+    return StudentPromoted(str(uuid.uuid4()), "StudentPromoted", NOW, signup.course_id, cause,
+                           "corr", signup.signup_id, seats, signup.date_of_birth)
+
+
+def test_a_term_moves_statuses_positions_and_figures_and_a_replay_agrees(
+    log: Log, query_api: str, projector: Service
+) -> None:
+    course = new_course_id()
+    first, second = accepted(course, date(1980, 1, 1)), accepted(course, date(2001, 5, 5))
+    queue = [waitlisted(course, date(1990 + n, 3, 3), n + 1) for n in range(3)]
+    log.write([replace(created(course, capacity=2), waitlist_capacity=3), first, second,
+               *queue])
+    wait_projected(log)
+
+    def signup(event: StudentSignedUp | StudentWaitlisted) -> tuple[str, int | None]:
+        body = get(f"{query_api}/signups/{event.signup_id}").json()
+        return body["status"], body["position"]
+
+    def stats() -> dict[str, Any]:
+        return get(f"{query_api}/courses/{course}/stats", params={"as_of": "2026-01-01"}
+                         ).json()
+
+    assert [signup(e) for e in queue] == [("waitlisted", 1), ("waitlisted", 2),
+                                          ("waitlisted", 3)]
+    assert (stats()["enrolled"], stats()["waitlisted"], stats()["waitlist_capacity"]) == (2, 3, 3)
+
+    # The second in line leaves the queue; the oldest student leaves the course and the
+    # head of the queue takes the seat (repeated records, as after a crash, count once).
+    leave_queue = withdrew(queue[1], 2, "waitlist")
+    leave_course = withdrew(first, 1)
+    promotion = promoted(queue[0], 2, leave_course.causation_id)
+    log.write([leave_queue, leave_course, promotion, leave_course, promotion])
+    wait_projected(log)
+    assert [signup(first)] + [signup(e) for e in queue] == [
+        ("withdrawn", None), ("accepted", None), ("withdrawn", None), ("waitlisted", 1)]
+    body = stats()
+    kept = AgeAggregate().add(second.date_of_birth).add(queue[0].date_of_birth)
+    ages = age_stats(kept, date(2026, 1, 1))
+    assert (body["enrolled"], body["waitlisted"], body["max_age"], body["min_age"],
+            body["average_age"]) == (2, 1, ages.max_age, ages.min_age, ages.average_age)
+
+    # A bigger room: the last one waiting is promoted in the same breath.
+    change = CourseChanged(str(uuid.uuid4()), "CourseChanged", NOW, course, str(uuid.uuid4()),
+                           "corr", "Bigger room", "Ada", 4, 1)
+    log.write([change, promoted(queue[2], 3, change.causation_id)])
+    wait_projected(log)
+    body = stats()
+    assert (body["title"], body["lecturer"], body["capacity"], body["waitlist_capacity"],
+            body["enrolled"], body["waitlisted"]) == ("Bigger room", "Ada", 4, 1, 3, 0)
+    assert sum(body["age_histogram"].values()) == 3
+    assert signup(queue[2]) == ("accepted", None)
+    assert_live_equals_a_replay()
 
 
 # ------------------------------------------------------------------ the statistics cache

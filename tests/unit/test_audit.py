@@ -4,6 +4,7 @@ catches every kind of broken guarantee it is there to catch."""
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
@@ -199,3 +200,20 @@ def test_generations_may_only_grow_along_a_partition() -> None:
     zombie = [logged(0, 0, 1), logged(0, 1, 3), logged(0, 2, 1), logged(1, 0, 1)]
     assert generation_regressions(list(reversed(zombie))) == [
         "partition 0 offset 2: generation 1 after 3 at offset 1"]
+
+
+def test_the_expected_views_of_a_term_count_who_is_enrolled_and_waiting_at_the_end() -> None:
+    from tests.unit.test_term_audit import term_log
+
+    log = term_log(7)
+    views = expected_views(log, ["intro"])
+    row = views.courses["intro"]
+    last_seats = [e.seats_taken for e in log if hasattr(e, "seats_taken")][-1]
+    statuses = Counter(d.status for d in views.decisions.values())
+    assert row.enrolled == statuses["accepted"] == last_seats
+    assert row.waitlisted == statuses["waitlisted"]
+    assert statuses["withdrawn"] > 0 and views.global_row.enrollments >= row.enrolled
+    assert sum(views.births["intro"].values()) == row.enrolled
+    # The decisions audit leaves a term's course to the term audit: no false alarm.
+    signups = {d.signup_id: "intro" for d in views.decisions.values()}
+    assert audit_decisions(log, signups, ["intro"]).ok

@@ -118,12 +118,14 @@ def test_the_stall_is_the_longest_gap_in_one_partition_while_the_load_ran() -> N
     assert longest_stall(run, ev) == 8.0  # 2 -> 10 in partition 0; 3 -> 40 is after the load
 
 
-def test_make_replay_finds_the_native_stack_unless_told_otherwise() -> None:
-    config = _config(KAFKA_PORT="19092", PG_PORT="15432")
+def test_make_replay_finds_the_native_stack_unless_told_otherwise(tmp_path: Path) -> None:
+    config = _config(KAFKA_PORT="19092", PG_PORT="15432", RUN_DIR=str(tmp_path))
     native = replay_env(config, {"PATH": "/bin", "DATABASE_URL": ""})
     assert native["KAFKA_BOOTSTRAP_SERVERS"] == config.kafka_bootstrap
     assert native["DATABASE_URL"] == config.database_url
     assert native["PATH"] == "/bin"
+    assert (native["KAFKA_SASL_USERNAME"], native["KAFKA_SASL_PASSWORD"]) == (
+        "admin", config.kafka_password("admin"))
     told = replay_env(config, {"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
                                "DATABASE_URL": "postgresql://db/x"})
     assert (told["KAFKA_BOOTSTRAP_SERVERS"], told["DATABASE_URL"]) == (

@@ -32,7 +32,7 @@ from command_api.publisher import PublishError
 from command_api.settings import Settings
 from schemas import codec, topics
 from schemas.addresses import same_student_form
-from schemas.messages import CreateCourse, SignUp
+from schemas.messages import ChangeCourse, CreateCourse, SignUp, Withdraw
 from schemas.personal import (
     new_data_key,
     request_fingerprint,
@@ -41,12 +41,14 @@ from schemas.personal import (
     student_hash,
     unseal,
 )
+from schemas.withdrawal import withdrawal_token
 from service_kit.logs import JsonFormatter
 from service_kit.records import Headers
 
 TOKEN = "unit-test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 SECRET = "unit-test-pseudonym-secret"
+WITHDRAWAL_SECRET = "unit-test-withdrawal-secret"
 MAX_BODY = 2048
 TODAY = datetime.now(UTC).date()
 
@@ -148,7 +150,7 @@ class MemoryKeyStore:
 def settings(**changes: Any) -> Settings:
     return Settings(kafka_bootstrap_servers="unused:9092", admin_token=SecretStr(TOKEN),
                     database_url="postgresql://unused", pseudonym_secret=SecretStr(SECRET),
-                    **changes)
+                    withdrawal_secret=SecretStr(WITHDRAWAL_SECRET), **changes)
 
 
 def opened(command: SignUp, keys: MemoryKeyStore) -> tuple[str, str]:
@@ -901,3 +903,117 @@ def test_an_untraced_success_is_logged_at_debug_only_and_a_failure_at_info(
     [record] = [r for r in caplog.records if r.name == "command_api.access"]
     assert record.levelno == logging.DEBUG
     assert record.correlation_id == response.headers["X-Correlation-Id"]  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ a registration term
+
+SIGNUP = "5e9d1c3b-7a2f-4e6d-8b0c-9a1f2e3d4c5b"
+
+
+def token_of(signup_id: str = SIGNUP, course_id: str = "intro-python") -> str:
+    return withdrawal_token(WITHDRAWAL_SECRET.encode(), course_id, signup_id)
+
+
+def test_a_course_takes_a_waiting_list_capacity_default_zero(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    assert client.post("/courses", json=course(), headers=ADMIN).status_code == 202
+    assert client.post("/courses", json=course(waitlist_capacity=25),
+                       headers=ADMIN).status_code == 202
+    assert [s.command.waitlist_capacity for s in publisher.sent] == [0, 25]
+
+
+@pytest.mark.parametrize("value", [-1, 100_001, "5", 2.5, True])
+def test_a_bad_waiting_list_capacity_is_named(client: TestClient, value: Any) -> None:
+    response = client.post("/courses", json=course(waitlist_capacity=value), headers=ADMIN)
+    assert response.status_code == 422 and fields_named(response) == {"waitlist_capacity"}
+
+
+def test_the_sign_up_answer_carries_its_withdrawal_token(client: TestClient) -> None:
+    body = client.post("/courses/intro-python/signups", json=student()).json()
+    assert body["withdrawal_token"] == token_of(body["signup_id"])
+    again = client.post("/courses/intro-python/signups", json=student(),
+                        headers={"Idempotency-Key": "k-1"}).json()
+    repeat = client.post("/courses/intro-python/signups", json=student(),
+                         headers={"Idempotency-Key": "k-1"}).json()
+    assert again == repeat
+
+
+def test_an_admin_changes_a_course(client: TestClient, publisher: MemoryPublisher) -> None:
+    response = client.patch("/courses/intro-python", json={"capacity": 40}, headers=ADMIN)
+    assert response.status_code == 202
+    [sent] = publisher.sent
+    command = sent.command
+    assert isinstance(command, ChangeCourse) and sent.key == b"intro-python"
+    assert (command.capacity, command.title, command.lecturer, command.waitlist_capacity) == (
+        40, None, None, None)
+    assert response.json() == {"course_id": "intro-python", "command_id": command.command_id}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "body"),
+    ({"capacity": 0}, "capacity"),
+    ({"waitlist_capacity": -1}, "waitlist_capacity"),
+    ({"title": " "}, "title"),
+    ({"room": "B1"}, "room"),
+])
+def test_a_bad_course_change_is_named_and_never_published(
+    client: TestClient, publisher: MemoryPublisher, body: dict[str, Any], field: str
+) -> None:
+    response = client.patch("/courses/intro-python", json=body, headers=ADMIN)
+    assert response.status_code == 422 and field in fields_named(response)
+    assert publisher.sent == []
+
+
+def test_changing_a_course_needs_the_admin_token(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    for headers in ({}, admin("wrong-token-x")):
+        response = client.patch("/courses/intro-python", json={"capacity": 4}, headers=headers)
+        assert response.status_code == 401 and "WWW-Authenticate" in response.headers
+    assert publisher.sent == []
+
+
+def test_a_withdrawal_with_its_token_is_published_as_one_command_per_sign_up(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    url = f"/courses/intro-python/signups/{SIGNUP}/withdrawal"
+    first = client.post(url, json={"withdrawal_token": token_of()})
+    second = client.post(url, headers=ADMIN)
+    assert first.status_code == second.status_code == 202
+    assert first.json() == second.json()
+    one, two = (s.command for s in publisher.sent)
+    assert isinstance(one, Withdraw) and one.command_id == two.command_id
+    assert (one.signup_id, one.course_id) == (SIGNUP, "intro-python")
+    assert publisher.sent[0].key == b"intro-python"
+    assert first.json() == {"signup_id": SIGNUP, "command_id": one.command_id}
+
+
+@pytest.mark.parametrize(("body", "headers"), [
+    (None, {}),
+    ({"withdrawal_token": token_of(course_id="other-course")}, {}),
+    ({"withdrawal_token": token_of(signup_id=str(uuid.uuid4()))}, {}),
+    ({"withdrawal_token": "A" * 43}, admin("wrong-token-x")),
+])
+def test_a_withdrawal_without_its_token_or_the_admin_token_is_401(
+    client: TestClient, publisher: MemoryPublisher, body: Any, headers: dict[str, str]
+) -> None:
+    url = f"/courses/intro-python/signups/{SIGNUP}/withdrawal"
+    response = client.post(url, json=body, headers=headers)
+    assert response.status_code == 401 and "WWW-Authenticate" in response.headers
+    assert publisher.sent == []
+
+
+def test_a_malformed_withdrawal_is_422_naming_the_field(client: TestClient) -> None:
+    url = f"/courses/intro-python/signups/{SIGNUP}/withdrawal"
+    assert fields_named(client.post(url, json={"withdrawal_token": "short"})) == {
+        "withdrawal_token"}
+    assert fields_named(client.post(url, json={"token": token_of()})) >= {"token"}
+    bad_id = client.post("/courses/intro-python/signups/NOT-A-UUID/withdrawal", headers=ADMIN)
+    assert bad_id.status_code == 422 and fields_named(bad_id) == {"signup_id"}
+
+
+def test_the_openapi_says_a_course_change_names_at_least_one_field(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["ChangeCourseRequest"]["minProperties"] == 1
+    assert schemas["ChangeCourseRequest"]["additionalProperties"] is False

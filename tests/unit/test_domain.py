@@ -15,11 +15,13 @@ from schemas.messages import (
     CourseCreated,
     CourseCreationRejected,
     CreateCourse,
-    Decision,
     SignUp,
     SignUpRejected,
     StudentSignedUp,
     event_id_for,
+)
+from schemas.messages import (
+    SignupDecision as Decision,
 )
 from schemas.pseudonyms import seat_key
 

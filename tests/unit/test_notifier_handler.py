@@ -10,18 +10,31 @@ from typing import Any
 
 import psycopg
 import pytest
+from pydantic import SecretStr
 
 from notifier.bootstrap import bootstrap
 from notifier.emails import CourseInfo
-from notifier.handler import Done, Failed, Handler, Job
+from notifier.handler import Contact, Done, Failed, Handler, Job
 from notifier.mailer import MailError, classify
 from notifier.settings import Settings
 from schemas import codec
-from schemas.messages import CourseCreated, Event, SignUpRejected, StudentSignedUp
+from schemas.messages import (
+    CourseChanged,
+    CourseCreated,
+    Event,
+    SignUpRejected,
+    StudentPromoted,
+    StudentSignedUp,
+    StudentWaitlisted,
+    StudentWithdrew,
+    WithdrawalRejected,
+)
 from schemas.personal import new_data_key, seal
+from schemas.withdrawal import withdrawal_token
 from service_kit.records import Headers, SourceRecord
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+WITHDRAWAL_SECRET = "unit-test-withdrawal-secret"
 
 
 class FakeStore:
@@ -29,8 +42,15 @@ class FakeStore:
         self.handled: dict[str, str] = {}
         self.courses: dict[str, CourseInfo] = {}
         self.keys: dict[str, bytes] = {}
+        self.contacts: dict[str, Contact] = {}
         self.down = False
         self.held: str | None = None
+
+    def save_contact(self, signup_id: str, course_id: str, contact: Contact) -> None:
+        self.contacts.setdefault(signup_id, contact)
+
+    def contact(self, signup_id: str) -> Contact | None:
+        return self.contacts.get(signup_id)
 
     def hold_key(self, key_id: str) -> bytes | None:
         assert self.held is None, "a key held twice"
@@ -113,7 +133,8 @@ Parts = tuple[Handler, FakeStore, FakeMailer, FakeDeadLetters]
 def parts() -> Parts:
     store, mailer, letters = FakeStore(), FakeMailer(), FakeDeadLetters()
     settings = Settings(kafka_bootstrap_servers="unused:9092", database_url="unused",  # type: ignore[call-arg]
-                        mail_from="Courses <no-reply@example.org>")
+                        mail_from="Courses <no-reply@example.org>",
+                        withdrawal_secret=SecretStr(WITHDRAWAL_SECRET))
     # The service's own composition root, with fakes for every adapter.
     worker = bootstrap(settings, store=store, mailer=mailer, dead_letters=letters,
                        consumer=NoConsumer(), now=lambda: NOW)  # type: ignore[arg-type]
@@ -258,3 +279,78 @@ def test_an_erased_students_key_is_released_too(parts: Parts) -> None:
     handler, store, _, _ = parts
     assert handler.advance(job(sealed(accepted(), new_data_key()))) == Done("erased")
     assert store.held is None
+
+
+# ------------------------------------------------------------------ a registration term
+
+
+def waitlisted(n: int, key: bytes) -> StudentWaitlisted:
+    return StudentWaitlisted(
+        **meta("StudentWaitlisted", n), signup_id=f"s-{n}", email="", name="",
+        date_of_birth=date(2001, 2, 3), position=2, key_id="k-1",
+        email_sealed=seal(key, f"s-{n}", "email", f"wait{n}@example.org"),
+        name_sealed=seal(key, f"s-{n}", "name", "Wai Ting"))
+
+
+def later(n: int) -> list[Event]:
+    cmd = f"cmd-later-{n}"
+    base = dict(occurred_at=NOW, course_id="intro-python", causation_id=cmd,
+                correlation_id=f"corr-{n}", signup_id=f"s-{n}")
+    return [
+        StudentPromoted(event_id=f"ev-p-{n}", event_type="StudentPromoted", seats_taken=3,
+                        date_of_birth=date(2001, 2, 3), **base),  # type: ignore[arg-type]
+        StudentWithdrew(event_id=f"ev-w-{n}", event_type="StudentWithdrew", from_="enrolled",
+                        seats_taken=2, date_of_birth=date(2001, 2, 3), **base),  # type: ignore[arg-type]
+        WithdrawalRejected(event_id=f"ev-r-{n}", event_type="WithdrawalRejected",
+                           reason="not_enrolled", **base),  # type: ignore[arg-type]
+    ]
+
+
+def test_every_decision_about_a_student_is_one_e_mail_with_the_withdrawal_token(
+    parts: Parts,
+) -> None:
+    handler, store, mailer, _ = parts
+    store.keys["k-1"] = key = new_data_key()
+    events = [waitlisted(1, key), *later(1)]
+    assert [handler.advance(job(e)) for e in events] == [Done("sent")] * 4
+    assert [handler.advance(job(e)) for e in events] == [Done("skipped")] * 4
+    subjects = [m["Subject"].split(":")[0] for m, _ in mailer.sent]
+    assert subjects == ["On the waiting list", "A seat for you", "Withdrawal confirmed",
+                        "Withdrawal not possible"]
+    assert {r for _, r in mailer.sent} == {"wait1@example.org"}
+    token = withdrawal_token(WITHDRAWAL_SECRET.encode(), "intro-python", "s-1")
+    for msg, _ in mailer.sent:
+        body = msg.get_body(("plain",))
+        assert body is not None and f"Withdrawal token: {token}" in body.get_content()
+    first = mailer.sent[0][0].get_body(("plain",))
+    assert first is not None and "at place 2" in first.get_content()
+    metrics = handler.metrics.render().decode()
+    for kind in ("waitlisted", "promoted", "withdrawn", "withdrawal_rejected"):
+        assert f'notifier_emails_sent_total{{kind="{kind}"}} 1.0' in metrics
+
+
+def test_a_student_erased_while_waiting_is_promoted_without_an_e_mail(parts: Parts) -> None:
+    handler, store, mailer, _ = parts
+    store.keys["k-1"] = key = new_data_key()
+    assert handler.advance(job(waitlisted(2, key))) == Done("sent")
+    del store.keys["k-1"]  # the erasure
+    promotion = later(2)[0]
+    assert handler.advance(job(promotion)) == Done("erased")
+    assert len(mailer.sent) == 1 and promotion.event_id in store.handled
+
+
+def test_a_withdrawal_of_a_sign_up_nobody_made_sends_nothing(parts: Parts) -> None:
+    handler, store, mailer, _ = parts
+    rejected_withdrawal = later(3)[2]
+    assert handler.advance(job(rejected_withdrawal)) == Done("no_recipient")
+    assert mailer.sent == [] and rejected_withdrawal.event_id in store.handled
+
+
+def test_a_course_change_renames_the_course_in_later_e_mails(parts: Parts) -> None:
+    handler, store, mailer, _ = parts
+    store.keys["k-1"] = key = new_data_key()
+    change = CourseChanged(**meta("CourseChanged"), title="Python, the sequel",
+                           lecturer="Ada", capacity=40, waitlist_capacity=5)
+    assert handler.advance(job(change)) == Done("learned")
+    assert handler.advance(job(waitlisted(4, key))) == Done("sent")
+    assert mailer.sent[0][0]["Subject"] == "On the waiting list: Python, the sequel"

@@ -68,7 +68,8 @@ def test_tables_write_their_changelogs_with_the_right_serializers() -> None:
                             t.changelog_topic.value_serializer)  # type: ignore[attr-defined]
                    for t in p.tables.values()}
     assert serializers == {"courses": ("json", "json"), "seat_holders": ("json", "json"),
-                           "decided_signups": ("json", "json")}
+                           "decided_signups": ("json", "json"), "places": ("json", "json"),
+                           "waiting": ("json", "json")}
     assert all(t.partitions == 4 for t in p.tables.values())
     assert p.changelog_topics()["seat_holders"] == "course-processor-seat_holders-changelog"
 

@@ -6,16 +6,30 @@ import random
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
-from projections.batch import ACCEPTED, REJECTED, EventRecord, build, deltas, total
+from projections.batch import (
+    ACCEPTED,
+    REJECTED,
+    WAITLISTED,
+    WITHDRAWN,
+    EventRecord,
+    Transition,
+    build,
+    deltas,
+    total,
+)
 from projections.stats import AgeAggregate, fold
 from schemas import codec
 from schemas.messages import (
+    CourseChanged,
     CourseCreated,
     CourseCreationRejected,
     Event,
     SignUp,
     SignUpRejected,
+    StudentPromoted,
     StudentSignedUp,
+    StudentWaitlisted,
+    StudentWithdrew,
 )
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -121,3 +135,27 @@ def test_deltas_of_a_whole_log_equal_the_fold_of_its_accepted_sign_ups() -> None
 
 def test_total_of_nothing_is_empty() -> None:
     assert total([]) == AgeAggregate()
+
+
+def test_a_term_batch_reads_waiting_entries_transitions_and_the_last_change() -> None:
+    course, dob = "term", date(2000, 1, 2)
+    waiting = StudentWaitlisted(str(uuid.uuid4()), "StudentWaitlisted", NOW, course, "c", "r",
+                                "w-1", "", "", dob, 1)
+    seat = accepted(course, date(1990, 5, 5), "s-1")
+    left = StudentWithdrew(str(uuid.uuid4()), "StudentWithdrew", NOW, course, "c2", "r", "s-1",
+                           "enrolled", 0, date(1990, 5, 5))
+    up = StudentPromoted(str(uuid.uuid4()), "StudentPromoted", NOW, course, "c2", "r", "w-1",
+                         1, dob)
+    changes = [CourseChanged(str(uuid.uuid4()), "CourseChanged", NOW, course, f"c{n}", "r",
+                             f"Title {n}", "Ada", 3 + n, n) for n in (1, 2)]
+    batch = build(records([created(course), seat, waiting, left, up, *changes], first_offset=40))
+    assert [(d.signup_id, d.status, d.ticket) for d in batch.decisions] == [
+        ("s-1", ACCEPTED, None), ("w-1", WAITLISTED, 42)]
+    assert batch.transitions == (
+        Transition("s-1", course, ACCEPTED, WITHDRAWN, date(1990, 5, 5)),
+        Transition("w-1", course, WAITLISTED, ACCEPTED, dob))
+    assert [(c.title, c.capacity, c.waitlist_capacity) for c in batch.changed] == [
+        ("Title 2", 5, 2)]
+    assert batch.courses[0].waitlist_capacity == 0  # a CourseCreated v2 of the default
+    # Only accepted first decisions count in the age deltas: the promotion is a transition.
+    assert deltas(batch.decisions)[course].count == 1

@@ -233,3 +233,16 @@ def test_age_figures_are_published_from_k_students_on(students: int) -> None:
         assert sum(answer["age_histogram"].values()) == (students if shown else 0)
     assert (figures.average_age is not None) is shown
     assert body["enrolled"] == stats["enrollments"] == students
+def test_the_dashboard_shows_each_waiting_list_and_sorts_by_it() -> None:
+    courses = [CourseView(f"w-{n}", "T", "L", 2, AgeAggregate(), waitlist_capacity=5,
+                          waitlisted=n) for n in (3, 0, 5)]
+    snapshot = Snapshot()
+    snapshot.replace(courses, overall(courses))
+    rows, _ = snapshot.sorted_page(AS_OF, "waitlisted", True, None, 10)
+    assert [r.view.course_id for r in rows] == ["w-5", "w-3", "w-0"]
+    html = render_page(Page(View(AS_OF, "waitlisted", True),
+                            json.loads(snapshot.global_json(AS_OF)), rows, None, None, {}))
+    assert re.findall(r'data-field="waitlisted">(\d+)<', html) == ["5", "3", "0"]
+    assert html.count('data-field="waitlist_capacity">5<') == 3
+    body = json.loads(snapshot.course_json("w-3", AS_OF) or b"")
+    assert (body["waitlisted"], body["waitlist_capacity"]) == (3, 5)

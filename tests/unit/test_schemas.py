@@ -20,13 +20,18 @@ from fastavro.schema import to_parsing_canonical_form
 
 from schemas import codec
 from schemas.messages import (
+    AVRO_NAMES,
     COURSE_ID_PATTERN,
     REJECTION_REASONS,
     Command,
+    CourseChangeRejectionReason,
+    CourseCreated,
     CourseRejectionReason,
     Event,
     RejectionReason,
     StudentSignedUp,
+    WithdrawalRejectionReason,
+    WithdrawnFrom,
 )
 
 Schema = dict[str, Any]
@@ -34,9 +39,10 @@ Schema = dict[str, Any]
 EXAMPLES_DIR = codec.AVRO_DIR.parent / "examples"
 VERSIONS = codec.schema_versions()
 LATEST = {name: schema for name, _, schema in VERSIONS}
-CLASSES = {cls.__name__: cls for cls in (*get_args(Command), *get_args(Event))}
+COMMANDS = get_args(Command)
+CLASSES = {cls.__name__: cls for cls in (*COMMANDS, *get_args(Event))}
 NAMESPACES = {
-    **{cls.__name__: "edu.coursesignup.commands" for cls in get_args(Command)},
+    **{cls.__name__: "edu.coursesignup.commands" for cls in COMMANDS},
     **{cls.__name__: "edu.coursesignup.events" for cls in get_args(Event)},
 }
 PAIRS = [
@@ -100,7 +106,7 @@ def example_record(name: str, version: int, schema: Schema) -> dict[str, Any]:
 
 
 def example_message(name: str, version: int, schema: Schema) -> Any:
-    return CLASSES[name](**example_record(name, version, schema))
+    return CLASSES[name](**codec.python_names(example_record(name, version, schema)))
 
 
 def avro_body(schema: Schema, record: dict[str, Any]) -> bytes:
@@ -205,7 +211,9 @@ def _annotation(avro_type: Any) -> str:
 def test_dataclass_fields_equal_latest_schema_fields(name: str) -> None:
     schema_fields = LATEST[name]["fields"]
     data_fields = dataclasses.fields(CLASSES[name])
-    assert [f.name for f in data_fields] == [f["name"] for f in schema_fields]
+    assert [AVRO_NAMES.get(f.name, f.name) for f in data_fields] == [
+        f["name"] for f in schema_fields
+    ]
     # messages.py uses postponed annotations, so each type is its source text.
     assert [f.type for f in data_fields] == [_annotation(f["type"]) for f in schema_fields]
     assert [f.default for f in data_fields] == [
@@ -271,7 +279,7 @@ def test_fields_of_any_version_are_those_of_the_latest_dataclass(
     data = single_object(schema, example_record(name, number, schema))
     decoded_name, fields = codec.decode_fields(data)
     assert decoded_name == name
-    assert fields == dataclasses.asdict(codec.decode(data))
+    assert codec.python_names(fields) == dataclasses.asdict(codec.decode(data))
 
 
 def test_v1_student_signed_up_decodes_with_capacity_none() -> None:
@@ -429,12 +437,42 @@ def test_the_rejection_reasons_are_the_ones_the_schema_documents(version: int) -
     assert get_args(RejectionReason) == REJECTION_REASONS
 
 
-@pytest.mark.parametrize(("name", "literal"), [("SignUpRejected", RejectionReason),
-                                               ("CourseCreationRejected", CourseRejectionReason)])
+@pytest.mark.parametrize(("name", "literal"), [
+    ("SignUpRejected", RejectionReason),
+    ("CourseCreationRejected", CourseRejectionReason),
+    ("WithdrawalRejected", WithdrawalRejectionReason),
+    ("CourseChangeRejected", CourseChangeRejectionReason),
+])
 def test_every_example_reason_is_in_its_vocabulary(name: str, literal: object) -> None:
     examples = [json.loads((EXAMPLES_DIR / f"{n}.v{v}.json").read_text(encoding="utf-8"))
                 for n, v, _ in VERSIONS if n == name]
     assert examples and {e["reason"] for e in examples} <= set(get_args(literal))
+
+
+@pytest.mark.parametrize(("name", "literal"), [
+    ("WithdrawalRejected", WithdrawalRejectionReason),
+    ("CourseChangeRejected", CourseChangeRejectionReason),
+    ("StudentWithdrew", WithdrawnFrom),
+])
+def test_the_new_vocabularies_are_the_ones_the_schema_documents(name: str, literal: object) -> None:
+    (field,) = (f for f in LATEST[name]["fields"] if f["name"] in ("reason", "from"))
+    assert set(re.findall(r"[a-z]+(?:_[a-z]+)*(?= \(|,| or|$)", field["doc"])) >= set(
+        get_args(literal))
+
+
+def test_a_course_created_before_waiting_lists_decodes_with_none_waiting() -> None:
+    schema = _version("CourseCreated", 1)
+    data = single_object(schema, example_record("CourseCreated", 1, schema))
+    decoded = codec.decode(data)
+    assert isinstance(decoded, CourseCreated) and decoded.waitlist_capacity == 0
+
+
+def test_student_withdrew_writes_its_from_field_under_the_avro_name() -> None:
+    schema = LATEST["StudentWithdrew"]
+    message = example_message("StudentWithdrew", 1, schema)
+    assert message.from_ == "enrolled"
+    name, fields = codec.decode_fields(codec.encode(message))
+    assert (name, fields["from"]) == ("StudentWithdrew", "enrolled")
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=_version_id)
