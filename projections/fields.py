@@ -25,7 +25,7 @@ from schemas.messages import Event
 
 # The fields each view reads, per event type, in the order `read` returns them.
 WANTED: dict[str, tuple[str, ...]] = {
-    "CourseCreated": ("course_id", "title", "lecturer", "capacity"),
+    "CourseCreated": ("course_id", "title", "lecturer", "capacity", "waitlist_capacity"),
     "StudentSignedUp": ("signup_id", "course_id", "event_id", "occurred_at", "date_of_birth"),
     "SignUpRejected": ("signup_id", "course_id", "event_id", "occurred_at", "reason"),
 }

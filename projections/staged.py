@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 from projections import fields
 from projections.batch import CourseRow, EventRecord, UnreadableRecord
 
+# A term's events (issue 20) move sign-ups already decided and read their course's
+# figures back: a batch holding any of them is folded as the live projector folds it
+# (`projections.batch.build`, `store.apply`), in the same transaction, in log order.
+LIVE_FOLD = frozenset({"StudentWaitlisted", "StudentPromoted", "StudentWithdrew",
+                       "CourseChanged"})
+
 # (signup_id, course_id, reason (None: accepted), event_id, occurred_at in epoch ms,
 #  date_of_birth in epoch days (None: rejected))
 Decision = tuple[str, str, str | None, str, int, int | None]
@@ -28,6 +34,8 @@ class Staged:
     decisions: list[Decision] = field(default_factory=list)  # the first per sign-up id
     failures: tuple[UnreadableRecord, ...] = ()
     next_offsets: dict[int, int] = field(default_factory=dict)
+    # Set when the batch holds a LIVE_FOLD event: every record, for the live fold.
+    live: tuple[EventRecord, ...] | None = None
 
 
 def stage(records: Iterable[tuple[int, int, bytes | None, bytes | None]]) -> Staged:
@@ -38,6 +46,7 @@ def stage(records: Iterable[tuple[int, int, bytes | None, bytes | None]]) -> Sta
     seen: set[str] = set()
     failures: list[UnreadableRecord] = []
     next_offsets: dict[int, int] = {}
+    records = list(records)
     for partition, offset, key, value in records:
         next_offsets[partition] = offset + 1
         if value is None:
@@ -50,6 +59,9 @@ def stage(records: Iterable[tuple[int, int, bytes | None, bytes | None]]) -> Sta
             failures.append(UnreadableRecord(EventRecord(partition, offset, key, value),
                                              str(exc)))
             continue
+        if name in LIVE_FOLD:
+            return Staged(live=tuple(EventRecord(*r) for r in records),
+                          next_offsets={p: o + 1 for p, o, _, _ in records})
         if values is None:
             continue
         if name == "StudentSignedUp":

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import psycopg
 from psycopg import sql
 
-from projections.batch import EventRecord, UnreadableRecord
+from projections.batch import EventRecord, UnreadableRecord, build
 from projections.staged import Staged
 from projections.store.positions import store_positions
 from projections.store.views import (
@@ -26,6 +26,7 @@ from projections.store.views import (
     SHADOW_SUFFIX,
     VIEWS,
     Target,
+    apply,
     fill_global_birth_dates,
     insert_courses,
     shadow,
@@ -103,7 +104,12 @@ def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
 
     A shadow copy has one writer per course (a course lives in one partition, a
     partition in one worker), so these upserts never wait for another worker's.
+    A batch with a term's events is folded as the live projector folds it.
     """
+    if staged.live is not None:
+        batch = build(staged.live)
+        apply(conn, target, batch, topic=topic, expected=None, generation=None)
+        staged = Staged(failures=batch.failures, next_offsets=staged.next_offsets)
     insert_courses(conn, target, staged.courses)
     if staged.failures:
         conn.cursor().executemany(
