@@ -599,9 +599,11 @@ def test_a_term_moves_statuses_positions_and_figures_and_a_replay_agrees(
 ) -> None:
     course = new_course_id()
     first, second = accepted(course, date(1980, 1, 1)), accepted(course, date(2001, 5, 5))
+    # Four more seated students: ages are published from AGES_FROM_STUDENTS (5) on.
+    others = [accepted(course, date(1985 + n, 7, 7)) for n in range(4)]
     queue = [waitlisted(course, date(1990 + n, 3, 3), n + 1) for n in range(3)]
-    log.write([replace(created(course, capacity=2), waitlist_capacity=3), first, second,
-               *queue])
+    log.write([replace(created(course, capacity=6), waitlist_capacity=3), first, second,
+               *others, *queue])
     wait_projected(log)
 
     def signup(event: StudentSignedUp | StudentWaitlisted) -> tuple[str, int | None]:
@@ -614,7 +616,7 @@ def test_a_term_moves_statuses_positions_and_figures_and_a_replay_agrees(
 
     assert [signup(e) for e in queue] == [("waitlisted", 1), ("waitlisted", 2),
                                           ("waitlisted", 3)]
-    assert (stats()["enrolled"], stats()["waitlisted"], stats()["waitlist_capacity"]) == (2, 3, 3)
+    assert (stats()["enrolled"], stats()["waitlisted"], stats()["waitlist_capacity"]) == (6, 3, 3)
 
     # The second in line leaves the queue; the oldest student leaves the course and the
     # head of the queue takes the seat (repeated records, as after a crash, count once).
@@ -627,19 +629,21 @@ def test_a_term_moves_statuses_positions_and_figures_and_a_replay_agrees(
         ("withdrawn", None), ("accepted", None), ("withdrawn", None), ("waitlisted", 1)]
     body = stats()
     kept = AgeAggregate().add(second.date_of_birth).add(queue[0].date_of_birth)
+    for other in others:
+        kept = kept.add(other.date_of_birth)
     ages = age_stats(kept, date(2026, 1, 1))
     assert (body["enrolled"], body["waitlisted"], body["max_age"], body["min_age"],
-            body["average_age"]) == (2, 1, ages.max_age, ages.min_age, ages.average_age)
+            body["average_age"]) == (6, 1, ages.max_age, ages.min_age, ages.average_age)
 
     # A bigger room: the last one waiting is promoted in the same breath.
     change = CourseChanged(str(uuid.uuid4()), "CourseChanged", NOW, course, str(uuid.uuid4()),
-                           "corr", "Bigger room", "Ada", 4, 1)
+                           "corr", "Bigger room", "Ada", 8, 1)
     log.write([change, promoted(queue[2], 3, change.causation_id)])
     wait_projected(log)
     body = stats()
     assert (body["title"], body["lecturer"], body["capacity"], body["waitlist_capacity"],
-            body["enrolled"], body["waitlisted"]) == ("Bigger room", "Ada", 4, 1, 3, 0)
-    assert sum(body["age_histogram"].values()) == 3
+            body["enrolled"], body["waitlisted"]) == ("Bigger room", "Ada", 8, 1, 7, 0)
+    assert sum(body["age_histogram"].values()) == 7
     assert signup(queue[2]) == ("accepted", None)
     assert_live_equals_a_replay()
 
