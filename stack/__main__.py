@@ -170,6 +170,11 @@ def replay_env(config: StackConfig, environ: Mapping[str, str]) -> dict[str, str
     """The environment, with the addresses replay reads set to this stack's where unset."""
     defaults = {"KAFKA_BOOTSTRAP_SERVERS": config.kafka_bootstrap,
                 "DATABASE_URL": config.database_url}
+    if not environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        # Our own cluster: replay reads and writes as the operator. Another cluster
+        # named in the environment comes with its own login there (or none).
+        defaults |= {k: v for k, v in config.kafka_client_env().items()
+                     if k.startswith("KAFKA_SASL_")}
     return {**defaults, **{k: v for k, v in environ.items() if v or k not in defaults}}
 
 
