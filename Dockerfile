@@ -1,5 +1,5 @@
 # One image for every service; docker-compose.yml picks the entry point per container.
-FROM python:3.11-slim
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOST=0.0.0.0
 WORKDIR /app
 # The same lock as `make install`: exactly these files (pip checks every hash), nothing

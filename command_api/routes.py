@@ -128,18 +128,20 @@ _UNAVAILABLE = _error(503, "Kafka did not acknowledge the command, or the key st
                            "answer; retry after Retry-After.")
 
 
-async def _send(command: Command, publisher: Publisher, metrics: Metrics) -> None:
+async def _send(command: Command, publisher: Publisher, metrics: Metrics,
+                traced: bool = False) -> None:
     kind = type(command).__name__
+    headers = [("correlation_id", command.correlation_id.encode()),
+               ("command_type", kind.encode())]
+    if traced:  # the caller follows it by its own correlation id: log its decision at INFO
+        headers.append(("traced", b"1"))
     try:
         await publisher.publish(
             topics.COMMANDS,
             # Key = course id: every command of a course lands on one partition, in order.
             key=command.course_id.encode(),
             value=codec.encode(command),
-            headers=[
-                ("correlation_id", command.correlation_id.encode()),
-                ("command_type", kind.encode()),
-            ],
+            headers=headers,
         )
     except PublishError:
         metrics.publish_failures.inc()
@@ -179,7 +181,8 @@ async def create_course(
         correlation_id=_correlation_id(request),
         waitlist_capacity=body.waitlist_capacity,
     )
-    await _send(command, services.publisher, services.metrics)
+    await _send(command, services.publisher, services.metrics,
+                traced=bool(request.state.traced))
     request.state.log_ids = {"course_id": command.course_id, "command_id": command.command_id}
     return CourseAccepted(course_id=command.course_id, command_id=command.command_id)
 
@@ -302,7 +305,8 @@ async def sign_up(
         name_sealed=seal(key.key, signup_id, "name", body.name),
     )
     try:
-        await _send(command, services.publisher, services.metrics)
+        await _send(command, services.publisher, services.metrics,
+                    traced=bool(request.state.traced))
     except PublishError:
         if idempotency_key:
             with contextlib.suppress(KeyStoreUnavailable):

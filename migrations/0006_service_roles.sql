@@ -1,6 +1,6 @@
 -- Least privilege (issue 18): one login role per service, holding only what its code
 -- runs. The roles and their passwords are made by whoever deploys (stack/postgres.py,
--- docker/postgres-init.sh); here they are only created, without login, when missing,
+-- ops/compose/postgres-init.sh); here they are only created, without login, when missing,
 -- so that a database of a superuser (a test container) migrates too. The owner of
 -- the schema (who runs this file) keeps every right; no service role creates or alters
 -- anything, and none but the command API reads the students' keys by their hash.

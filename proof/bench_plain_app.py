@@ -39,6 +39,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from command_api.models import SignUpRequest
+from schemas.addresses import same_student_form
 
 SCHEMA = "plain_baseline"
 POOL_SIZE = 10  # the command API's KEY_STORE_POOL_SIZE default
@@ -120,7 +121,8 @@ async def decide(conn: psycopg.AsyncConnection, signup_id: str, course_id: str,
         found = await (await conn.execute(_DECIDED, (signup_id,))).fetchone()
         if found is not None:
             return str(found[0]), found[1]
-    row = (signup_id, course_id, body.email, body.name, body.date_of_birth)
+    # One student, one seat: the address in the form the system compares students in.
+    row = (signup_id, course_id, same_student_form(body.email), body.name, body.date_of_birth)
     async with conn.transaction() as tx:
         # Inserted first, so that the course's row stays locked (from the UPDATE to the
         # commit) for as few round trips as possible.
@@ -174,7 +176,7 @@ def create_app(conninfo: str, pool_size: int = POOL_SIZE) -> FastAPI:
         """Decide the sign-up in one transaction and answer the decision."""
         # An Idempotency-Key belongs to one student, as in the command API.
         signup_id = (str(uuid.uuid5(uuid.NAMESPACE_URL, "\x00".join(
-            (course_id, body.email.lower(), idempotency_key)))) if idempotency_key
+            (course_id, same_student_form(body.email), idempotency_key)))) if idempotency_key
                      else str(uuid.uuid4()))
         async with pool.connection() as conn:
             status, reason = await decide(conn, signup_id, course_id, body,

@@ -61,7 +61,12 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         given = Headers(scope=scope).get(CORRELATION_HEADER)
         correlation_id = correlation_id_of(given)
-        scope.setdefault("state", {})["correlation_id"] = correlation_id
+        traced = given is not None and given == correlation_id
+        state = scope.setdefault("state", {})
+        state["correlation_id"] = correlation_id
+        # The caller follows this request by its own id: the services downstream log its
+        # steps at INFO too (the command carries a `traced` header; see the processor).
+        state["traced"] = traced
         status = 500  # what the server answers if the app raises before responding
 
         async def send_with_id(message: Message) -> None:
@@ -82,7 +87,6 @@ class RequestContextMiddleware:
             # visible share of a request's CPU, and the counters above already count every
             # request. A request whose caller traces it (its own correlation id) and every
             # failure still get their line; the rest only at DEBUG.
-            traced = given is not None and given == correlation_id
             level = logging.INFO if traced or status >= 400 else logging.DEBUG
             if self.log.isEnabledFor(level):
                 self.log.log(level, "request", extra={

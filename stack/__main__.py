@@ -1,8 +1,10 @@
 """Brings the native stack up and down.
 
 Run: python -m stack up | down | status   (the Makefile's `make up` and `make down`)
-     python -m stack topics | migrate     (only create the topics / apply the migrations,
-                                           on KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set)
+     python -m stack topics | acls | migrate  (only create the topics / the services' ACLs /
+                                           apply the migrations, on KAFKA_BOOTSTRAP_SERVERS
+                                           (logging in with KAFKA_SASL_*) / DATABASE_URL
+                                           if set)
 
 Settings come from the environment: RUN_DIR, KAFKA_PORT (the first broker's),
 KAFKA_BROKERS (number of Kafka nodes, default 1), PG_PORT, SMTP_PORT, COMMAND_API_PORT,
@@ -190,8 +192,13 @@ def status(config: StackConfig) -> int:
 
 def replay_env(config: StackConfig, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment, with the addresses replay reads set to this stack's where unset."""
-    # The operator's Kafka login too: the native broker refuses a client without one.
-    defaults = {**config.kafka_client_env(), "DATABASE_URL": config.database_url}
+    defaults = {"KAFKA_BOOTSTRAP_SERVERS": config.kafka_bootstrap,
+                "DATABASE_URL": config.database_url}
+    if not environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        # Our own cluster: replay reads and writes as the operator. Another cluster
+        # named in the environment comes with its own login there (or none).
+        defaults |= {k: v for k, v in config.kafka_client_env().items()
+                     if k.startswith("KAFKA_SASL_")}
     return {**defaults, **{k: v for k, v in environ.items() if v or k not in defaults}}
 
 
@@ -204,7 +211,7 @@ def replay(config: StackConfig, args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description="native stack control")
-    commands = ["up", "down", "status", "env", "prepare", "topics", "migrate", "replay",
+    commands = ["up", "down", "status", "env", "prepare", "topics", "acls", "migrate", "replay",
                 "checksums"]
     parser.add_argument("command", choices=commands)
     args, rest = parser.parse_known_args(argv)
@@ -226,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                 config, os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
                 int(os.environ.get("KAFKA_REPLICATION_FACTOR") or config.replication_factor),
                 int(os.environ.get("KAFKA_MIN_INSYNC_REPLICAS") or config.min_insync_replicas)))
+        elif args.command == "acls":
+            from stack import kafka_acls
+
+            count = kafka_acls.ensure_acls(config, os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+            print(f"ACLs in place: {count}")
         elif args.command == "migrate":
             import migrations
 

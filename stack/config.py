@@ -267,10 +267,15 @@ class StackConfig:
         return self.pg_url(PG_SERVICE_ROLES[service])
 
     def pg_password(self, role: str) -> str:
-        return generated_secret(self.secrets_dir / f"postgres-{role}")
+        return self._password(f"postgres-{role}")
 
     def kafka_password(self, principal: str) -> str:
-        return generated_secret(self.secrets_dir / f"kafka-{principal}")
+        return self._password(f"kafka-{principal}")
+
+    def _password(self, name: str) -> str:
+        # The folder of the passwords is its owner's alone too (not only each file).
+        self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return generated_secret(self.secrets_dir / name)
 
     def kafka_client_env(self, principal: str = KAFKA_ADMIN_PRINCIPAL) -> dict[str, str]:
         """The settings a client of ours reads (service_kit.kafka_auth) to log in."""

@@ -90,14 +90,15 @@ def bindings() -> list[Any]:
     return found
 
 
-def ensure_acls(config: StackConfig, timeout: float = 30) -> int:
-    """Create every binding (creating an existing one changes nothing); their number."""
+def ensure_acls(config: StackConfig, bootstrap: str | None = None, timeout: float = 30) -> int:
+    """Create every binding (creating an existing one changes nothing); their number. On
+    `bootstrap` (another cluster: compose's) with the login of the environment."""
     from confluent_kafka.admin import AdminClient
 
     from stack import kafka
     from stack.procs import StackError
 
-    admin = AdminClient(kafka.admin_config(config))
+    admin = AdminClient(kafka.admin_config(config, bootstrap))
     wanted = bindings()
     for binding, future in admin.create_acls(wanted, request_timeout=timeout).items():
         try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 from pathlib import Path
 
@@ -158,23 +157,47 @@ def home(config: StackConfig, name: str) -> Path:
     return config.run_dir / name
 
 
-def write_configs(config: StackConfig, wanted: set[str] | None = None) -> None:
+def _write_if_changed(path: Path, text: str) -> bool:
+    """Write `text` unless the file holds it already; whether it changed."""
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
+
+
+def write_configs(config: StackConfig, wanted: set[str] | None = None) -> set[str]:
+    """Write both configurations; the components whose configuration changed.
+
+    A running Prometheus or Alertmanager is told to re-read its configuration only when it
+    changed: after a reload Prometheus re-discovers its Alertmanager (throttled to every
+    5 s) and drops the alerts that fire meanwhile, and a short alert that it never sends
+    again (it resends once a minute) would be lost."""
+    changed: set[str] = set()
     prom = home(config, PROMETHEUS)
     rules = prom / "rules"
-    shutil.rmtree(rules, ignore_errors=True)
-    rules.mkdir(parents=True)
+    rules.mkdir(parents=True, exist_ok=True)
+    wanted_rules: set[str] = set()
     for source in sorted(RULES.glob("*.yml")):
         if source.name.endswith("_test.yml"):
             continue
+        wanted_rules.add(source.name)
         rendered = render_rules(source.read_text(), config.alert_time_scale,
                                 config.prometheus_interval)
-        (rules / source.name).write_text(rendered)
-    (prom / "prometheus.yml").write_text(json.dumps(prometheus_config(config, wanted),
-                                                    indent=2) + "\n")
+        if _write_if_changed(rules / source.name, rendered):
+            changed.add(PROMETHEUS)
+    for stale in rules.glob("*.yml"):
+        if stale.name not in wanted_rules:
+            stale.unlink()
+            changed.add(PROMETHEUS)
+    if _write_if_changed(prom / "prometheus.yml",
+                         json.dumps(prometheus_config(config, wanted), indent=2) + "\n"):
+        changed.add(PROMETHEUS)
     am = home(config, ALERTMANAGER)
     am.mkdir(parents=True, exist_ok=True)
-    (am / "alertmanager.yml").write_text(json.dumps(alertmanager_config(config), indent=2)
-                                         + "\n")
+    if _write_if_changed(am / "alertmanager.yml",
+                         json.dumps(alertmanager_config(config), indent=2) + "\n"):
+        changed.add(ALERTMANAGER)
+    return changed
 
 
 # ---------------------------------------------------------------------------- processes
@@ -184,10 +207,10 @@ def start_prometheus(config: StackConfig, wanted: set[str] | None = None) -> boo
     """Start Prometheus unless it runs; a running one re-reads the new configuration
     (SIGHUP), so `make up` after a change of PROCESSORS scrapes the new workers."""
     ensure_installed()
-    write_configs(config, wanted)
+    changed = write_configs(config, wanted)
     if is_running(config, PROMETHEUS):
         pid = read_pid(config, PROMETHEUS)
-        if pid is not None:
+        if pid is not None and PROMETHEUS in changed:
             signal_group(pid, signal.SIGHUP)
         return False
     if port_open(config.prometheus_port):
@@ -206,10 +229,10 @@ def start_prometheus(config: StackConfig, wanted: set[str] | None = None) -> boo
 
 def start_alertmanager(config: StackConfig) -> bool:
     ensure_installed()
-    write_configs(config)
+    changed = write_configs(config)
     if is_running(config, ALERTMANAGER):
         pid = read_pid(config, ALERTMANAGER)
-        if pid is not None:
+        if pid is not None and ALERTMANAGER in changed:
             signal_group(pid, signal.SIGHUP)
         return False
     if port_open(config.alertmanager_port):

@@ -118,11 +118,14 @@ class CommandHandler:
         self.metrics.processing.observe(perf_counter() - started)
         # No line per decision at INFO: at a thousand decisions a second it cost more
         # than deciding. processor_decisions_total counts them; LOG_LEVEL=DEBUG logs
-        # each (the event on course-events carries the correlation id anyway).
-        if log.isEnabledFor(logging.DEBUG):
+        # each. A command whose caller traces it (the command API's `traced` header: a
+        # request with its own X-Correlation-Id) is logged at INFO, so one grep of that
+        # id still follows it through every component.
+        level = logging.INFO if _traced(message) else logging.DEBUG
+        if log.isEnabledFor(level):
             for event in plan.events:
                 decided, reason = outcome(event)
-                log.debug("decided", extra={
+                log.log(level, "decided", extra={
                     **self._fields(cmd, message, generation), "event_id": event.event_id,
                     "event_type": event.event_type, "outcome": decided,
                     "reason": reason or None})
@@ -151,3 +154,7 @@ class CommandHandler:
             "reason": exc.reason, "topic": message.topic,
             "partition": message.partition, "offset": message.offset,
         })
+
+
+def _traced(message: Message) -> bool:
+    return any(key == "traced" for key, _ in header_pairs(message.headers))

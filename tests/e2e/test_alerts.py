@@ -140,6 +140,13 @@ def test_a_poison_command_mails_the_dead_letter_alert(full_stack: RunningStack) 
     wait_until(lambda: _query(full_stack, 'min(count_over_time(kafka_log_log_logendoffset'
                                           '{topic="course-commands.dlq"}[1m])) >= 2')["result"],
                60, "two scrapes of the dead-letter topic's end offsets", interval=0.5)
+    # An alert that fires while Prometheus knows no Alertmanager is dropped (and this one
+    # lasts less than the minute after which Prometheus sends it again).
+    def alertmanagers() -> object:
+        found = _prometheus(full_stack, "/api/v1/alertmanagers")
+        return found.get("activeAlertmanagers") if isinstance(found, dict) else None
+
+    wait_until(alertmanagers, 30, "Prometheus sending to the Alertmanager", interval=0.5)
     producer = Producer(config.kafka_client_config())  # the operator's login
     delivered: list[object] = []
     producer.produce(topics.COMMANDS, key=b"poison", value=b"\xc3\x01 not a command",

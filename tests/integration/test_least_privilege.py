@@ -7,6 +7,7 @@ ACLs are made by the same code as `make up`.
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import psycopg
@@ -16,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from schemas import topics
 from service_kit.kafka_auth import ClientConfig
+from stack import kafka
 from stack.config import PG_OWNER, PG_SERVICE_ROLES, StackConfig
 from tests.infra import Infra
 
@@ -191,3 +193,15 @@ def test_the_operators_client_configuration_is_written_privately(stack: StackCon
              "sasl.password")
     login: ClientConfig = {k: props[k] for k in names}
     assert topics.EVENTS in AdminClient(login).list_topics(timeout=10).topics
+
+
+def test_the_java_tools_work_with_the_operators_configuration(stack: StackConfig) -> None:
+    """`kafka-configs.sh --command-config $RUN_DIR/kafka-admin.properties`, as an operator
+    runs it (the same class, from the jars the broker runs on)."""
+    argv = kafka.java_command(stack, "kafka.admin.ConfigCommand", "--bootstrap-server",
+                              stack.kafka_bootstrap, "--command-config",
+                              str(stack.kafka_admin_properties), "--describe",
+                              "--entity-type", "topics", "--entity-name", topics.EVENTS)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "retention.ms=-1" in done.stdout

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from course_processor.faust_eos.app import broker_credentials
 from service_kit.kafka_auth import KafkaAuth, client_config
 from stack import kafka, kafka_acls
+from stack.__main__ import replay_env
 from stack.config import StackConfig
 
 
@@ -60,6 +61,7 @@ def test_each_service_gets_only_its_own_secrets(tmp_path: Path) -> None:
     assert env["notifier"]["KAFKA_SASL_USERNAME"] == "notifier"
     assert len({e.get("KAFKA_SASL_PASSWORD") for e in env.values()}) == 5  # 4 + none
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in (tmp_path / "secrets").iterdir())
+    assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700
 
 
 def test_the_broker_properties_authenticate_and_authorize(tmp_path: Path) -> None:
@@ -82,3 +84,13 @@ def test_no_service_principal_may_write_course_events_but_the_processor() -> Non
     # What it may see for the consumer lag it reports is metadata: groups and offsets.
     assert {(t, n, op) for t, n, op in command_api if t == "GROUP"} == {("GROUP", "*", "DESCRIBE")}
     assert ("TOPIC", "course-events", "DESCRIBE") in command_api
+
+
+def test_make_replay_logs_in_as_the_operator_on_its_own_stack_only(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    native = replay_env(config, {"PATH": "/bin"})
+    assert native["KAFKA_SASL_USERNAME"] == "admin"
+    assert native["KAFKA_SASL_PASSWORD"] == config.kafka_password("admin")
+    assert native["DATABASE_URL"].startswith("postgresql://course_owner:")
+    elsewhere = replay_env(config, {"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"})
+    assert "KAFKA_SASL_USERNAME" not in elsewhere
