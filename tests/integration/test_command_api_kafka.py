@@ -188,7 +188,9 @@ def test_an_accepted_sign_up_is_in_the_topic_keyed_by_course_with_its_headers(
     assert unseal(row[1], signup_id, "email", sign_up.email_sealed) == "Student.7@example.org"
     assert unseal(row[1], signup_id, "name", sign_up.name_sealed) == "Student 7"
     assert b"student.7" not in value_of(signup_message).lower()
-    assert headers_of(signup_message) == {"correlation_id": b"corr-7", "command_type": b"SignUp"}
+    # Sent with its own X-Correlation-Id: traced, so the processor logs its decision at INFO.
+    assert headers_of(signup_message) == {"correlation_id": b"corr-7", "command_type": b"SignUp",
+                                          "traced": b"1"}
 
 
 async def test_two_thousand_concurrent_sign_ups_are_all_accepted_and_all_in_the_topic(
