@@ -118,6 +118,27 @@ def start_group_at_end(servers: str, group: str) -> None:
         consumer.close()
 
 
+def wait_group_caught_up(servers: str, group: str, timeout: float = 60) -> None:
+    """Until the group has committed offsets at the end of every command partition: each
+    command read, decided and its offset committed, so the workers hold nothing."""
+    consumer = Consumer({**client_config(), "bootstrap.servers": servers, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        partitions = [TopicPartition(topics.COMMANDS, p) for p in
+                      consumer.list_topics(topics.COMMANDS, timeout=10)
+                      .topics[topics.COMMANDS].partitions]
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1]
+                for tp in partitions}
+
+        def caught_up() -> bool:
+            done = consumer.committed(partitions, timeout=10)
+            return all(tp.offset >= ends[tp.partition] for tp in done)
+
+        wait_until(caught_up, timeout, f"group {group} to commit every command's offset")
+    finally:
+        consumer.close()
+
+
 def delete_topics_of(servers: str, app_id: str) -> None:
     admin = AdminClient({**client_config(), "bootstrap.servers": servers})
     mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{app_id}-")]
@@ -577,6 +598,11 @@ def test_paused_idle_worker_rejoins_in_a_new_generation(cluster: Cluster) -> Non
     with showing_logs(cluster, log):
         producer.send_all(first)
         log.wait_all_decided(signups_in(first), timeout=60)
+        # Idle means the offsets are committed too: a decision's events commit with its
+        # state, and its offset can follow in the next transaction. Paused before that
+        # one, the worker would resume straight into a fenced commit and stop for good,
+        # which is the busy-worker case above, not this one.
+        wait_group_caught_up(cluster.servers, cluster.app_id)
         health = a.health()
         a_id, paused_generation = health["processor_id"], health["generation"]  # type: ignore[index]
         a.signal(signal.SIGSTOP)
