@@ -98,10 +98,20 @@ def test_no_personal_data_in_any_changelog_topic(full_stack: RunningStack) -> No
     changelogs = _records(full_stack.config.kafka_bootstrap, "-changelog")
     assert {t for t, _, _ in changelogs} >= {"course-processor-seat_holders-changelog",
                                              "course-processor-decided_signups-changelog"}
-    blob = b"\n".join((k or b"") + b"\x00" + (v or b"") for _, k, v in changelogs).lower()
+    def joined(records: list[tuple[str, bytes | None, bytes | None]]) -> bytes:
+        return b"\n".join((k or b"") + b"\x00" + (v or b"") for _, k, v in records).lower()
+
+    blob = joined(changelogs)
+    # A live place (a seat or a waiting entry of a term) keeps the student's birth date,
+    # which its promotion or withdrawal carries for the statistics, as course-events does
+    # in clear; it goes when the place goes. Nothing else holds one, and no changelog
+    # holds an address or a name.
+    without_places = joined([r for r in changelogs if not r[0].endswith("-places-changelog")])
     for email, name, born in people:
         for secret in (email.lower(), email.split("@")[0].lower(), name.lower(),
-                       name.split()[1].lower(), born.isoformat()):
+                       name.split()[1].lower()):
             assert secret.encode() not in blob, f"{secret!r} found in a changelog topic"
+        assert born.isoformat().encode() not in without_places, (
+            f"{born} found in a changelog topic other than places")
     # The sign-ups are in there all the same, under their ids.
     assert all(i.encode() in blob for i in ids)
