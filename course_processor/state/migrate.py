@@ -32,8 +32,10 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, IsolationLevel, Producer, TopicPartition
@@ -68,6 +70,9 @@ log = logging.getLogger(__name__)
 # (table, key, value) -> the changelog record's key and value, as the table writes them.
 Encoder = Callable[[str, object, object], tuple[bytes, bytes]]
 BUILT_VALUE = "built from course-events, with the registration term"
+# How long a transaction pending on an owned changelog may take to settle by itself
+# before fence_unfinished takes it for a rebuild cut short.
+SETTLE_SECONDS = 2.0
 
 
 def utc_today() -> date:
@@ -172,18 +177,26 @@ def fence_unfinished(kafka: Mapping[str, str], app_id: str, changelogs: Iterable
     """Abort the open rebuild transaction of every owned partition whose changelogs have
     one pending, so that the restore need not wait for it to time out (10 minutes).
 
-    A pending transaction there is either the previous owner's, fenced already by the
-    new assignment's producers, or a rebuild that crashed (or lost the partition): to
-    start a producer with the same transactional.id aborts the latter, and costs
-    nothing where there is none. Returns the partitions fenced.
+    A transaction pending there is either the previous owner's, which the new
+    assignment's producers have fenced already and which therefore settles within
+    moments, or a rebuild that crashed or lost the partition. What is still pending
+    after SETTLE_SECONDS is fenced: a producer started with the rebuild's
+    transactional.id aborts it. Returns the partitions fenced.
     """
     if not owned:
         return set()
     admin = AdminClient(dict(kafka))
     tps = [TopicPartition(topic, p) for topic in changelogs for p in sorted(owned)]
-    stable = end_offsets(admin, tps, IsolationLevel.READ_COMMITTED)
-    high = end_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED)
-    pending = {p for (topic, p), end in high.items() if stable[(topic, p)] < end}
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        stable = end_offsets(admin, tps, IsolationLevel.READ_COMMITTED)
+        high = end_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED)
+        tps = [tp for tp in tps if stable[(tp.topic, tp.partition)]
+               < high[(tp.topic, tp.partition)]]
+        if not tps or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    pending = {tp.partition for tp in tps}
     for partition in sorted(pending):
         _producer(kafka, app_id, partition)  # initialising it is the fencing
     if pending:
@@ -228,8 +241,13 @@ def build(kafka: Mapping[str, str], app_id: str, events_topic: str, partitions: 
                     events += 1
     finally:
         consumer.close()
-    for p, built in sorted(tables.items()):
-        _commit_partition(kafka, app_id, p, built, changelogs, encode, existing)
+    records = {p: changelog_records(built, encode, partial(existing, p))
+               for p, built in tables.items()}
+    # One transaction per partition, side by side: each waits mostly on the broker.
+    with ThreadPoolExecutor(min(8, len(records) or 1)) as pool:
+        for done in [pool.submit(_commit_partition, kafka, app_id, p, rows, changelogs)
+                     for p, rows in sorted(records.items())]:
+            done.result()
     log.info("tables built from course-events: %d events for %d partitions in %.1fs",
              events, len(partitions), time.monotonic() - started, extra={"kind": "migrate"})
     return events
@@ -263,10 +281,8 @@ def changelog_records(tables: PartitionTables, encode: Encoder,
 
 
 def _commit_partition(kafka: Mapping[str, str], app_id: str, partition: int,
-                      tables: PartitionTables, changelogs: Mapping[str, str],
-                      encode: Encoder, existing: Callable[[int, str], Iterable[bytes]]
-                      ) -> None:
-    records = changelog_records(tables, encode, lambda table: existing(partition, table))
+                      records: list[tuple[str, bytes, bytes | None]],
+                      changelogs: Mapping[str, str]) -> None:
     producer = _producer(kafka, app_id, partition)
     producer.begin_transaction()
     for table, key, value in records:

@@ -1029,16 +1029,19 @@ def test_a_processor_from_before_the_term_builds_places_and_redoes_a_cut_short_r
         finally:
             state.close()
         assert "cut short" not in json.dumps(disk)
-        assert set(disk[DECIDED]) == {
-            *old_state[DECIDED], BUILT_KEY, *(f"{today}/{c.signup_id}" for c in waiting),
-            f"{today}/{again.signup_id}", f"{today}/{change.command_id}",
-            f"{today}/{withdrawal.command_id}"} - {"2020-01-01/forgotten-later", MIGRATED_KEY}
+        # (The partition holds other tests' courses too, rebuilt from the same log.)
+        assert {*old_state[DECIDED], BUILT_KEY, *(f"{today}/{c.signup_id}" for c in waiting),
+                f"{today}/{again.signup_id}", f"{today}/{change.command_id}",
+                f"{today}/{withdrawal.command_id}"} - {"2020-01-01/forgotten-later",
+                                                       MIGRATED_KEY} <= set(disk[DECIDED])
+        assert not {"2020-01-01/forgotten-later", MIGRATED_KEY} & set(disk[DECIDED])
         assert disk["courses"][course] == {
             "course_id": course, "title": "Old course", "lecturer": "Ada", "capacity": 2,
             "seats_taken": 2, "waitlist_capacity": 2, "waiting": 1, "tickets": 2}
-        assert sorted(disk["places"]) == sorted(
+        assert sorted(k for k in disk["places"] if k.startswith(f"{course}/")) == sorted(
             f"{course}/{s}" for s in (old[1].signup_id, *(c.signup_id for c in waiting)))
-        assert list(disk["waiting"].values()) == [waiting[1].signup_id]
+        assert [v for k, v in disk["waiting"].items() if k.startswith(f"{course}/")] == [
+            waiting[1].signup_id]
         assert disk["seat_holders"][old[0].seat_key] == "~" + old[0].signup_id
 
 
