@@ -40,8 +40,11 @@ TABLES = (COURSES, SEATS, DECIDED, PLACES, WAITING)
 # The contract promises the same answer to a repeated request for 7 days; one day
 # more covers a decision made just before midnight.
 MEMORY_DAYS = 7
-# Sorts after every "<day>/..." key, so expiry, which walks the table from its
-# start, never reaches it: it records that the table was built from course-events.
+# Sort after every "<day>/..." key, so expiry, which walks the table from its start,
+# never reaches them. BUILT_KEY records that this version built the partition's tables
+# from course-events (state/migrate.py); MIGRATED_KEY was the mark of the version
+# before the registration term, which a rebuild deletes.
+BUILT_KEY = "~built-from-course-events-with-term"
 MIGRATED_KEY = "~migrated-from-course-events"
 
 

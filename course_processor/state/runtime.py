@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
-
-from course_processor.deciding.values import DECIDED, TABLES
+from course_processor.deciding.values import TABLES
 from course_processor.state import migrate, restore
 from course_processor.state.local import LocalState
 from course_processor.state.memory import DEFAULT_TOTAL_BYTES, MemoryBudget
@@ -70,20 +68,27 @@ class StateRuntime:
                          today: date | None = None) -> RestoreStats:
         """Make the local state of `owned` exactly the committed changelogs.
 
-        Runs on every assignment, before any of those partitions decides anything:
-        first the rebuild from course-events of partitions whose changelogs were never
-        written (migrate.py, with `encode` writing records as the tables do), then the
-        restore of everything after the stored offsets (restore.py). Raises when it
-        cannot finish; deciding from a state not brought up to date could overbook.
+        Runs on every assignment, before any of those partitions decides anything: the
+        restore of everything after the stored offsets (restore.py), then the rebuild
+        from course-events of the partitions no rebuild of this version has marked
+        (migrate.py, with `encode` writing records as the tables do), and the restore
+        of what the rebuild wrote. Raises when it cannot finish; deciding from a state
+        not brought up to date could overbook.
         """
         c = self.config
-        if c.build_from_events and owned:
-            todo = migrate.partitions_to_build(AdminClient(dict(c.kafka)),
-                                               self.changelogs[DECIDED], c.events_topic, owned)
-            if todo:
-                migrate.build(c.kafka, c.app_id, c.events_topic, todo, c.partitions,
-                              self.changelogs, encode, c.secret, today or migrate.utc_today())
-        return restore.restore(self.local, c.kafka, self.changelogs, owned)
+        if c.build_from_events:
+            migrate.fence_unfinished(c.kafka, c.app_id, self.changelogs.values(), owned)
+        stats = restore.restore(self.local, c.kafka, self.changelogs, owned)
+        todo = migrate.unbuilt(self.local, owned, encode) if c.build_from_events else set()
+        if not todo:
+            return stats
+        migrate.build(c.kafka, c.app_id, c.events_topic, todo, c.partitions, self.changelogs,
+                      encode, c.secret, today or migrate.utc_today(), self._keys)
+        built = restore.restore(self.local, c.kafka, self.changelogs, owned)
+        return RestoreStats(stats.records + built.records, stats.seconds + built.seconds)
+
+    def _keys(self, partition: int, table: str) -> Iterator[bytes]:
+        return (key for key, _ in self.local.items(partition, table))
 
     def close(self) -> None:
         self.local.close()

@@ -36,11 +36,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import topics
-from schemas.codec import decode, encode
+from schemas.codec import decode, encode, schema_versions
 from schemas.messages import (
     CourseCreated,
     CreateCourse,
@@ -894,6 +901,150 @@ def test_an_upgraded_processor_builds_its_state_from_the_event_log(cluster: Clus
         assert "tables built from course-events" in worker.log_path.read_text()
 
 
+# A rebuild by this version that dies inside its transaction, every record sent (run in
+# a process of its own, which kills itself as a kill -9 would).
+CUT_SHORT_REBUILD = """
+import json, os, signal, sys
+from datetime import date
+from confluent_kafka import Producer
+from course_processor.state import migrate
+from course_processor.state.runtime import changelog_topic
+from course_processor.deciding.values import TABLES
+from service_kit.kafka_auth import client_config
+
+class DiesBeforeCommitting(Producer):
+    def commit_transaction(self, *args):
+        assert self.flush(30) == 0
+        os.kill(os.getpid(), signal.SIGKILL)
+
+migrate.Producer = DiesBeforeCommitting
+servers, app_id, partitions, partition = sys.argv[1:]
+migrate.build({**client_config(), "bootstrap.servers": servers}, app_id, "course-events",
+              {int(partition)}, int(partitions),
+              {t: changelog_topic(app_id, t) for t in TABLES},
+              lambda table, key, value: (json.dumps(key).encode(), b'"cut short"'),
+              b"integration-test-secret", date.today())
+"""
+
+
+def test_a_processor_from_before_the_term_builds_places_and_redoes_a_cut_short_rebuild(
+        cluster: Cluster) -> None:
+    """What the processor before the registration term left: its changelogs (courses,
+    seat holders and decisions; no places, no waiting lists), with an expired decision it
+    had not forgotten yet and the mark of its own rebuild, and the events it wrote. Then
+    a rebuild by this version dies inside its transaction. The new processor aborts that
+    transaction, builds the partition again, replacing the old state whole, and a student
+    enrolled before the upgrade can withdraw: the head of the waiting list takes the seat."""
+    from course_processor.deciding.values import BUILT_KEY, DECIDED, MIGRATED_KEY, TABLES
+    from course_processor.state.local import LocalState
+    from course_processor.state.migrate import command_partition
+    from schemas.messages import (
+        ChangeCourse,
+        StudentPromoted,
+        StudentWithdrew,
+        Withdraw,
+        withdrawal_id_for,
+    )
+    from service_kit.topic_ends import end_offsets
+
+    course = f"p-{uuid.uuid4().hex[:10]}"
+    partition = command_partition(course, cluster.partitions)
+    old = [_signed_up_v3(course, n, seat=n, capacity=2) for n in (1, 2)]
+    events = [encode_as(_created(course, 2), version=1), *(encode(e) for e in old)]
+    old_processor = Producer({**client_config(), "bootstrap.servers": cluster.servers,
+                              "acks": "all"})
+    for value in events:
+        old_processor.produce(topics.EVENTS, key=course.encode(), value=value)
+    today = _now().date().isoformat()
+    old_state: dict[str, dict[str, Any]] = {
+        "courses": {course: {"course_id": course, "title": "Old course", "lecturer": "Ada",
+                             "capacity": 2, "seats_taken": 2}},
+        "seat_holders": {str(e.seat_key): e.signup_id for e in old},
+        DECIDED: {**{f"{today}/{e.signup_id}": f"accepted {e.seats_taken}" for e in old},
+                  "2020-01-01/forgotten-later": "accepted 1",
+                  MIGRATED_KEY: "built from course-events"},
+    }
+    changelog = {t: f"{cluster.app_id}-{t}-changelog" for t in TABLES}
+    admin = AdminClient({**client_config(), "bootstrap.servers": cluster.servers})
+    for future in admin.create_topics([
+            NewTopic(topic, cluster.partitions, 1, config={"cleanup.policy": "compact"})
+            for topic in changelog.values()]).values():
+        future.result()
+    for table, entries in old_state.items():
+        for key, value in entries.items():
+            old_processor.produce(changelog[table], key=json.dumps(key).encode(),
+                                  value=json.dumps(value).encode(), partition=partition)
+    assert old_processor.flush(30) == 0
+
+    cut_short = subprocess.run(
+        [sys.executable, "-c", CUT_SHORT_REBUILD, cluster.servers, cluster.app_id,
+         str(cluster.partitions), str(partition)], cwd=ROOT, capture_output=True, timeout=120)
+    assert cut_short.returncode == -signal.SIGKILL, cut_short.stderr.decode()[-2000:]
+    tps = [TopicPartition(changelog[DECIDED], partition)]
+    stable, high = (end_offsets(admin, tps, isolation)[(changelog[DECIDED], partition)]
+                    for isolation in (IsolationLevel.READ_COMMITTED,
+                                      IsolationLevel.READ_UNCOMMITTED))
+    assert stable < high, "the rebuild cut short left no transaction open"
+
+    waiting = [_signup_sealed(course, f"seat-new-{n}") for n in (1, 2)]
+    again = _signup_sealed(course, old[1].seat_key or "")
+    withdrawal = Withdraw(withdrawal_id_for(course, old[0].signup_id), old[0].signup_id,
+                          course, _now(), str(uuid.uuid4()))
+    change = ChangeCourse(str(uuid.uuid4()), course, _now(), "c", waitlist_capacity=2)
+    commands: list[ChangeCourse | SignUp | Withdraw] = [change, *waiting, again, withdrawal]
+    producer = CommandProducer(cluster.servers, partitioner="consistent_random")
+    log = EventLog(cluster.servers, [course])
+    worker = cluster.start("upgraded")
+    with showing_logs(cluster, log):
+        cluster.wait_sharing(worker, timeout=90)
+        producer.send_all([(course, encode(cmd)) for cmd in commands])
+
+        def promoted() -> bool:
+            log.read(0.2)
+            return any(isinstance(event_in(r.value), StudentPromoted)
+                       for r in log.records[course.encode()])
+        wait_until(promoted, 60, "the promotion into the seat the old student freed")
+        decided = [event_in(r.value) for r in log.records[course.encode()]][len(events):]
+        assert [(type(e).__name__, getattr(e, "signup_id", None)) for e in decided] == [
+            ("CourseChanged", None),
+            ("StudentWaitlisted", waiting[0].signup_id),
+            ("StudentWaitlisted", waiting[1].signup_id),
+            ("SignUpRejected", again.signup_id),
+            ("StudentWithdrew", old[0].signup_id),
+            ("StudentPromoted", waiting[0].signup_id),
+        ]
+        withdrew, promotion = decided[-2:]
+        assert isinstance(withdrew, StudentWithdrew) and withdrew.seats_taken == 1
+        assert isinstance(promotion, StudentPromoted) and promotion.seats_taken == 2
+        assert getattr(decided[3], "reason", None) == "already_enrolled"
+        worker_log = worker.log_path.read_text()
+        assert "a rebuild from course-events may have been cut short" in worker_log
+        assert "tables built from course-events" in worker_log
+        cluster.stop_all()
+        assert_disk_is_committed_changelog(cluster)
+        state = LocalState(worker.data_dir, TABLES)
+        try:
+            disk = {t: {json.loads(k): json.loads(v) for k, v in state.items(partition, t)}
+                    for t in TABLES}
+        finally:
+            state.close()
+        assert "cut short" not in json.dumps(disk)
+        # (The partition holds other tests' courses too, rebuilt from the same log.)
+        assert {*old_state[DECIDED], BUILT_KEY, *(f"{today}/{c.signup_id}" for c in waiting),
+                f"{today}/{again.signup_id}", f"{today}/{change.command_id}",
+                f"{today}/{withdrawal.command_id}"} - {"2020-01-01/forgotten-later",
+                                                       MIGRATED_KEY} <= set(disk[DECIDED])
+        assert not {"2020-01-01/forgotten-later", MIGRATED_KEY} & set(disk[DECIDED])
+        assert disk["courses"][course] == {
+            "course_id": course, "title": "Old course", "lecturer": "Ada", "capacity": 2,
+            "seats_taken": 2, "waitlist_capacity": 2, "waiting": 1, "tickets": 2}
+        assert sorted(k for k in disk["places"] if k.startswith(f"{course}/")) == sorted(
+            f"{course}/{s}" for s in (old[1].signup_id, *(c.signup_id for c in waiting)))
+        assert [v for k, v in disk["waiting"].items() if k.startswith(f"{course}/")] == [
+            waiting[1].signup_id]
+        assert disk["seat_holders"][old[0].seat_key] == "~" + old[0].signup_id
+
+
 def replace_command(cmd: SignUp) -> SignUp:
     """The same sign-up asked again: a new command with the same sign-up id."""
     return SignUp(str(uuid.uuid4()), cmd.signup_id, cmd.course_id, cmd.email, cmd.name,
@@ -921,6 +1072,38 @@ def _signed_up(course: str, email: str, seat: int, capacity: int) -> StudentSign
     return StudentSignedUp(**_meta(course, "StudentSignedUp"), signup_id=str(uuid.uuid4()),  # type: ignore[arg-type]
                            email=email, name="Old", date_of_birth=date(1999, 1, 1),
                            seats_taken=seat, capacity=capacity)
+
+
+def _signed_up_v3(course: str, n: int, seat: int, capacity: int) -> StudentSignedUp:
+    """A sealed acceptance, as the processor before the term wrote it (v3, a seat key)."""
+    return StudentSignedUp(**_meta(course, "StudentSignedUp"), signup_id=str(uuid.uuid4()),  # type: ignore[arg-type]
+                           email="", name="", date_of_birth=date(1999, 1, n),
+                           seats_taken=seat, capacity=capacity, key_id="k",
+                           email_sealed=b"e", name_sealed=b"n", seat_key=f"seat-old-{n}")
+
+
+def _signup_sealed(course: str, seat_key: str) -> SignUp:
+    return SignUp(str(uuid.uuid4()), str(uuid.uuid4()), course, "", "", date(2000, 1, 1),
+                  _now(), str(uuid.uuid4()), key_id="k", email_sealed=b"e",
+                  name_sealed=b"n", seat_key=seat_key)
+
+
+def encode_as(message: CourseCreated, version: int) -> bytes:
+    """`message` in single-object encoding with an older version of its schema, as a
+    processor of that time wrote it."""
+    from io import BytesIO
+
+    from fastavro import parse_schema, schemaless_writer
+
+    from schemas.codec import MARKER, schema_fingerprint
+
+    name = type(message).__name__
+    schema = next(s for n, v, s in schema_versions() if (n, v) == (name, version))
+    out = BytesIO()
+    out.write(MARKER + schema_fingerprint(schema))
+    schemaless_writer(out, parse_schema(schema),
+                      {f["name"]: getattr(message, f["name"]) for f in schema["fields"]})
+    return out.getvalue()
 
 
 def _rejected(cmd: SignUp, reason: str) -> SignUpRejected:

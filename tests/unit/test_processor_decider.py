@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 from course_processor.deciding.handler import Decider
-from course_processor.deciding.values import MEMORY_DAYS, MIGRATED_KEY, SignupOutcome
+from course_processor.deciding.values import BUILT_KEY, MEMORY_DAYS, MIGRATED_KEY, SignupOutcome
 from schemas.messages import (
     Command,
     CreateCourse,
@@ -162,11 +162,12 @@ def test_the_migration_mark_is_never_forgotten() -> None:
     clock = Clock()
     d = decider(clock)
     d.decided[MIGRATED_KEY] = "built from course-events"
+    d.decided[BUILT_KEY] = "built from course-events, with the registration term"
     decide(d, create(capacity=10))
     clock.t += timedelta(days=100)
     for i in range(5):
         decide(d, signup(f"s{i}@example.org"))
-    assert MIGRATED_KEY in d.decided
+    assert MIGRATED_KEY in d.decided and BUILT_KEY in d.decided
 
 
 def sealed_signup(email: str) -> SignUp:
