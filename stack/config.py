@@ -120,7 +120,8 @@ class StackConfig:
             run_dir=Path(env.get("RUN_DIR") or ROOT / ".run").resolve(),
             cache_dir=Path(env.get("STACK_CACHE_DIR") or _cache_home(env)),
             kafka_port=kafka_port,
-            kafka_controller_port=port("KAFKA_CONTROLLER_PORT", kafka_port + 1),
+            # Not KAFKA_PORT + 1: 9093 is Alertmanager's (the contract's default).
+            kafka_controller_port=port("KAFKA_CONTROLLER_PORT", kafka_port + 100),
             pg_port=port("PG_PORT", 5433),
             smtp_port=port("SMTP_PORT", 2525),
             command_api_port=port("COMMAND_API_PORT", 8000),

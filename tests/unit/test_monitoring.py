@@ -31,6 +31,21 @@ def test_the_contract_s_defaults_and_their_environment_variables() -> None:
 
 
 
+def test_the_default_ports_are_all_different() -> None:
+    # Kafka's controller once took KAFKA_PORT + 1 = 9093, Alertmanager's port: `make up`
+    # on the defaults stopped at Alertmanager.
+    config = _config()
+    ports = {"kafka": config.kafka_port, "kafka controller": config.kafka_controller_port,
+             "postgres": config.pg_port, "smtp": config.smtp_port,
+             "command api": config.command_api_port, "query api": config.query_api_port,
+             "processor": config.processor_port, "projector": config.projector_port,
+             "notifier": config.notifier_port, "prometheus": config.prometheus_port,
+             "alertmanager": config.alertmanager_port,
+             "kafka exporter": config.kafka_exporter_port}
+    clashes = {p: [n for n, q in ports.items() if q == p] for p in ports.values()}
+    assert {p: names for p, names in clashes.items() if len(names) > 1} == {}
+
+
 def test_a_child_python_m_stack_addresses_the_same_monitoring(tmp_path: Path) -> None:
     config = StackConfig.from_env({"RUN_DIR": str(tmp_path), "ADMIN_TOKEN": "t" * 16,
                                    "PROMETHEUS_PORT": "19090", "OPS_EMAIL": "oncall@x.org",
