@@ -61,6 +61,22 @@ def app_only() -> Processor:
     return create_app(settings, StateRuntime(state_config(settings)))
 
 
+def test_the_worker_keeps_the_log_level_it_is_given() -> None:
+    # faust's terminal spinner set the root logger to DEBUG at LOG_LEVEL=WARNING, so
+    # the per-decision debug line was built for every decision.
+    from course_processor.__main__ import new_worker
+
+    p = app_only()
+    worker = new_worker(p, p.settings.model_copy(update={"log_level": "WARNING"}))
+    root, level = logging.getLogger(), logging.getLogger().level
+    try:
+        root.setLevel(logging.WARNING)
+        worker.on_setup_root_logger(root, logging.WARNING)
+        assert not logging.getLogger("course_processor").isEnabledFor(logging.INFO)
+    finally:
+        root.setLevel(level)
+
+
 def test_tables_write_their_changelogs_with_the_right_serializers() -> None:
     p = app_only()
     # faust types changelog_topic as TopicT, which does not declare the serializers.
