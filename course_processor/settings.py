@@ -62,10 +62,10 @@ class Settings(BaseSettings):
     # interval is the floor of the decision latency.
     commit_interval: float = Field(default=0.1, gt=0,
                                    validation_alias=_env("PROCESSOR_COMMIT_INTERVAL"))
-    # How long the producer gathers records into one produce request. Every command
-    # writes four records (the event and three table changes); at 5 ms a drain made
-    # 730 commands/s, at 20 ms 1,060 (+45%), for about 10 ms more decision latency
-    # at a trickle. Keep it well under the commit interval: the commit waits for it.
+    # How long faust's producers gather records into one produce request. A command's
+    # events and table changes no longer go that way (the commit sends them as closed
+    # batches, faust_eos/transactions.py), so it bounds only records sent through
+    # faust's own send path.
     linger: float = Field(default=0.02, gt=0, validation_alias=_env("PROCESSOR_LINGER"))
     # Replicas and min.insync.replicas of the changelog topics the processor creates (and
     # of faust's own topics): min(3, brokers) and 2 from three brokers on (the stack

@@ -1,14 +1,16 @@
 """The agent: each command on course-commands becomes at most one event on course-events.
 
 Per command: read it, decide it against the tables (deciding/handler.py, which asks
-deciding/domain.py), send the event. The table changes, the event and the command's
-offset are one Kafka transaction (transactions.py). A command already decided (a
-repeated request) is acknowledged and writes nothing.
+deciding/domain.py), stage its events and table changes; the next commit sends them
+(transactions.py). The table changes, the events and the command's offset are one
+Kafka transaction. A command already decided (a repeated request) is acknowledged and
+writes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from time import perf_counter
 
@@ -22,6 +24,7 @@ from course_processor.faust_eos.app import Processor
 from course_processor.faust_eos.continuity import Continuity
 from course_processor.faust_eos.failstop import fail_stop
 from course_processor.faust_eos.tables import StagedStore, TableView
+from course_processor.state.local import OutRecord
 from schemas.codec import encode
 from schemas.messages import Command
 from service_kit.deadletter import dead_letter_headers
@@ -39,7 +42,7 @@ def register(p: Processor) -> None:
     async def decide(stream: faust.StreamT) -> None:
         async for event in stream.events():
             try:
-                await handler.handle(event.message)
+                handler.handle(event.message)
             except Exception as exc:
                 # Not acked, not committed: a restart decides this command again.
                 fail_stop("a command could not be processed", exc)
@@ -74,8 +77,9 @@ class CommandHandler:
                                oldest=_oldest(p.decided), places=TableView(p.places),
                                waiting=TableView(p.waiting), first=_first(p.waiting))
         self.continuity = Continuity()
+        self.local = p.runtime.local
 
-    async def handle(self, message: Message) -> None:
+    def handle(self, message: Message) -> None:
         started = perf_counter()
         generation = self.p.app.consumer_generation_id
         if self.continuity.skipped(generation, message.partition, message.offset):
@@ -84,7 +88,7 @@ class CommandHandler:
         try:
             cmd = read_command(message.key, message.value)
         except Unprocessable as exc:
-            await self.dead_letter(message, exc)
+            self.dead_letter(message, exc)
             return
         plan = self.decider.plan(cmd)
         self.metrics.commands.labels(type(cmd).__name__).inc()
@@ -93,24 +97,15 @@ class CommandHandler:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("already decided", extra=self._fields(cmd, message, generation))
             return
-        # The events first, then the table changes. A commit may run while this command
-        # is decided (faust commits from another task), and a crash may follow it, so
-        # a transaction can end between any two of the command's records. Sent in this
-        # order, a transaction that holds the command's table changes ("decided") also
-        # holds its event: after a crash the redo finds it decided and rightly writes
-        # nothing. The other way round, the redo could find it decided without its
-        # event in the log, and it would have no decision at all. A transaction that
-        # holds the event but not the changes is redone into the same decision: the
-        # repeated record (same event_id) that the contract allows after a crash.
-        # (The changes are only staged here; the commit writes their changelog
-        # records: transactions.py.)
-        # A withdrawal and the promotion into the seat it frees are sent holding the
-        # commit lock (state/runtime.py): the two are in one transaction, never split.
-        if len(plan.events) > 1:
-            async with self.p.runtime.atomic:
-                await self.send(message, plan, generation)
-        else:
-            await self.send(message, plan, generation)
+        # The events are staged with the table changes, not sent (state/local.py): the
+        # commit that carries this command's changes sends its events first, in the
+        # same transaction. Nothing below awaits, so no commit falls between them: a
+        # transaction holds all of the command (a withdrawal with the promotion into
+        # the seat it frees) or none of it, and a redo after a crash finds it decided
+        # and rightly writes nothing, or decides it again into the same event ids.
+        # Not sending from here also keeps the agent deciding while a partition's
+        # producer commits (it takes no record then), which faust's send waited for.
+        self.stage_events(message, plan, generation)
         self.decider.apply(plan)
         for event in plan.events:
             decided, reason = outcome(event)
@@ -137,17 +132,21 @@ class CommandHandler:
                 "partition": message.partition, "offset": message.offset,
                 "generation": generation}
 
-    async def send(self, message: Message, plan: Plan, generation: int) -> None:
+    def stage_events(self, message: Message, plan: Plan, generation: int) -> None:
+        topic, now = self.p.settings.events_topic, int(time.time() * 1000)
         for event in plan.events:
             headers = event_headers(event, self.p.processor_id, generation)
-            await self.p.events.send(key=message.key, value=encode(event), headers=headers)
+            self.local.stage_record(message.partition,
+                                    OutRecord(topic, message.key, encode(event), headers, now))
 
-    async def dead_letter(self, message: Message, exc: Unprocessable) -> None:
+    def dead_letter(self, message: Message, exc: Unprocessable) -> None:
         source = SourceRecord(message.topic, message.partition, message.offset,
                               message.key, message.value, header_pairs(message.headers))
         # The reason keeps its detail, as operators grep it; dlq.error repeats the detail.
         headers = dead_letter_headers(source, str(exc), utc_now(), error=exc.detail)
-        await self.p.dead_letters.send(key=message.key, value=message.value, headers=headers)
+        self.local.stage_record(message.partition, OutRecord(
+            self.p.settings.dlq_topic, message.key, message.value,
+            headers, int(time.time() * 1000)))
         self.metrics.commands.labels("unprocessable").inc()
         self.metrics.dlq.labels(exc.reason).inc()
         log.warning("dead-lettered", extra={

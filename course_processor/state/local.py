@@ -21,6 +21,11 @@ checkpoints and Kafka Streams' KIP-892 do:
 3. When the transaction aborts (a rebalance restarts the producers; any write or
    commit failure ends the process) the staged writes are dropped (`drop_staged`).
 
+A command's output records (its events, or a dead letter) are staged the same way,
+next to its table writes (`stage_record`), and taken aside by the same
+`begin_commit`: the commit sends both in the partition's transaction, so a
+transaction holds all of a command's records and table writes or none of them.
+
 So what is on disk is always a prefix of the committed changelog, and the stored
 offset says where that prefix ends: on start and on rebalance a partition reads only
 the changelog records after it (restore.py). A crash between the Kafka commit and the
@@ -35,6 +40,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
 
@@ -51,6 +57,17 @@ WRITTEN_AT = b"~written-at"
 STALE_AFTER_SECONDS = 12 * 3600
 # Key -> value, or None for a deletion; per table.
 Changes = dict[str, dict[bytes, bytes | None]]
+
+
+class OutRecord(NamedTuple):
+    """A record a command writes to a topic (an event, a dead letter), staged until the
+    commit sends it in the transaction of the command's partition."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int  # when it was decided (epoch milliseconds): the record's timestamp
 
 _NO_WAL = WriteOptions()
 _NO_WAL.disable_wal = True  # type: ignore[method-assign,assignment]  # a property at run time
@@ -137,6 +154,9 @@ class LocalState:
         self._staged: dict[int, Changes] = {}
         # Taken aside by the commit under way, until Kafka has committed it.
         self._committing: dict[int, Changes] = {}
+        # The same two layers for the records the commands write (stage_record).
+        self._records: dict[int, list[OutRecord]] = {}
+        self._committing_records: dict[int, list[OutRecord]] = {}
         self._commit_sequence = 0
         # (table, partition) -> (sequence number, offset) of each changelog record
         # delivered and not yet on disk; sequence numbers count the records handed to
@@ -176,6 +196,7 @@ class LocalState:
         for partition in sorted(set(self._dbs) - keep):
             self._dbs.pop(partition).close()
             self._staged.pop(partition, None)
+            self._records.pop(partition, None)
             self._forget_answers(partition)
         self._open = frozenset(self._dbs)
 
@@ -186,6 +207,7 @@ class LocalState:
             db.close()
         self._open = frozenset(self._dbs)
         self._staged.pop(partition, None)
+        self._records.pop(partition, None)
         self._forget_answers(partition)
         shutil.rmtree(self.path_of(partition), ignore_errors=True)
 
@@ -289,6 +311,13 @@ class LocalState:
         if key < self._floors.get((partition, table), b""):
             del self._floors[(partition, table)]
 
+    def stage_record(self, partition: int, record: OutRecord) -> None:
+        """A record the command being decided in `partition` writes; the commit that
+        carries the command's table writes sends it first, in the same transaction."""
+        if partition not in self._dbs:
+            raise KeyError(f"partition {partition} is not open: not owned by this worker")
+        self._records.setdefault(partition, []).append(record)
+
     def written(self, table: str, partition: int, offset: int, sequence: int) -> None:
         """The changelog record handed to the producer as number `sequence` reached the
         broker, in the open transaction, at `offset`."""
@@ -303,16 +332,25 @@ class LocalState:
                 into = self._committing.setdefault(partition, {})
                 for table, entries in changes.items():
                     into.setdefault(table, {}).update(entries)
+            records = self._records.pop(partition, None)
+            if records:
+                self._committing_records.setdefault(partition, []).extend(records)
         self._commit_sequence = sequence
 
     def carried(self, partition: int) -> Changes:
         """The writes the commit under way carries for `partition` (begin_commit)."""
         return self._committing.get(partition, {})
 
+    def carried_records(self, partition: int) -> list[OutRecord]:
+        """The records the commit under way carries for `partition`, in the order the
+        commands staged them (begin_commit)."""
+        return self._committing_records.get(partition, [])
+
     def finish_commit(self, partitions: Iterable[int]) -> None:
         """Kafka committed: what the commit carried goes to disk, with its offsets."""
         for partition in partitions:
             changes = self._committing.pop(partition, {})
+            self._committing_records.pop(partition, None)
             offsets = {}
             for table in self.tables:
                 written = self._written.get((table, partition))
@@ -334,13 +372,19 @@ class LocalState:
         """Every open transaction aborted: forget what they staged."""
         self._staged.clear()
         self._committing.clear()
+        self._records.clear()
+        self._committing_records.clear()
         self._written.clear()
         self._floors.clear()
         self._oldest.clear()
 
     def staged_count(self) -> int:
-        return sum(len(e) for layer in (self._staged, self._committing)
-                   for changes in list(layer.values()) for e in list(changes.values()))
+        """Table writes and records staged or being committed."""
+        writes = sum(len(e) for layer in (self._staged, self._committing)
+                     for changes in list(layer.values()) for e in list(changes.values()))
+        records = sum(len(r) for layer in (self._records, self._committing_records)
+                      for r in list(layer.values()))
+        return writes + records
 
     def load(self, partition: int, table: str,
              records: Mapping[bytes, bytes | None] | Iterable[tuple[bytes, bytes | None]],

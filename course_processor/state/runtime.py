@@ -8,7 +8,6 @@ recovery that restores on assignment. Nothing here imports faust.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,10 +54,6 @@ class StateRuntime:
         self.local = LocalState(config.data_dir, tables, MemoryBudget(config.memory_bytes))
         self.changelogs = {t: changelog_topic(config.app_id, t) for t in tables}
         self._table_of = {topic: table for table, topic in self.changelogs.items()}
-        # Held by a commit, and by a command whose events must share one transaction (a
-        # withdrawal and the promotion into the seat it frees): no commit falls between
-        # them. One-event commands do not take it, so they never wait for a commit.
-        self.atomic = asyncio.Lock()
 
     def table_of(self, topic: str) -> str | None:
         """The table whose changelog `topic` is; None for any other topic."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from course_processor.state.local import LocalState
+from course_processor.state.local import LocalState, OutRecord
 from course_processor.state.memory import MemoryBudget
 
 pytestmark = pytest.mark.integration
@@ -203,6 +203,47 @@ def test_an_abort_during_a_commit_drops_what_it_carried(tmp_path: Path) -> None:
     s.drop_staged()
     s.finish_commit({0})
     assert s.get(0, "courses", b"a") is None and dict(s.items(0, "courses")) == {}
+
+
+def event(n: int) -> OutRecord:
+    return OutRecord("course-events", b"c", f"event {n}".encode(), [("event_id", b"%d" % n)],
+                     1_700_000_000_000 + n)
+
+
+def test_a_commit_carries_the_records_staged_with_the_writes_and_none_after(
+        tmp_path: Path) -> None:
+    s = state(tmp_path, 0, 1)
+    s.stage_record(0, event(1))
+    s.stage(0, "courses", b"a", b"1")
+    s.stage_record(0, event(2))
+    s.stage_record(1, event(3))  # partition 1 is not in this commit
+
+    s.begin_commit({0}, sequence=1)
+    s.stage_record(0, event(4))  # decided while the commit runs: the next one carries it
+
+    assert s.carried_records(0) == [event(1), event(2)]
+    assert s.carried(0) == {"courses": {b"a": b"1"}}
+    assert s.carried_records(1) == []
+    assert s.staged_count() == 5
+    s.finish_commit({0})
+    assert s.carried_records(0) == []
+    s.begin_commit({0, 1}, sequence=2)
+    assert s.carried_records(0) == [event(4)] and s.carried_records(1) == [event(3)]
+
+
+def test_an_abort_drops_the_staged_records_with_the_writes(tmp_path: Path) -> None:
+    s = state(tmp_path, 0)
+    s.stage_record(0, event(1))
+    s.begin_commit({0}, sequence=1)
+    s.stage_record(0, event(2))
+
+    s.drop_staged()
+
+    assert s.staged_count() == 0
+    s.begin_commit({0}, sequence=2)
+    assert s.carried_records(0) == []
+    with pytest.raises(KeyError):
+        s.stage_record(7, event(3))  # a partition this worker does not own
 
 
 def test_a_disk_not_brought_forward_for_half_a_day_is_not_trusted(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from course_processor.bootstrap import state_config
 from course_processor.faust_eos.app import Processor, create_app
@@ -59,6 +61,22 @@ def app_only() -> Processor:
     """The app with its tables, not connected (no agent: nothing runs)."""
     settings = Settings.from_env({**REQUIRED, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     return create_app(settings, StateRuntime(state_config(settings)))
+
+
+def test_the_worker_keeps_the_log_level_it_is_given() -> None:
+    # faust's terminal spinner set the root logger to DEBUG at LOG_LEVEL=WARNING, so
+    # the per-decision debug line was built for every decision.
+    from course_processor.__main__ import new_worker
+
+    p = app_only()
+    worker = new_worker(p, p.settings.model_copy(update={"log_level": "WARNING"}))
+    root, level = logging.getLogger(), logging.getLogger().level
+    try:
+        root.setLevel(logging.WARNING)
+        worker.on_setup_root_logger(root, logging.WARNING)
+        assert not logging.getLogger("course_processor").isEnabledFor(logging.INFO)
+    finally:
+        root.setLevel(level)
 
 
 def test_tables_write_their_changelogs_with_the_right_serializers() -> None:
@@ -134,3 +152,16 @@ async def test_a_crashed_producer_buffer_ends_the_process_instead_of_a_graceful_
     p = app_only()
     with pytest.raises(FailStopped, match="IllegalOperation"):
         await p.app.producer.buffer.crash(RuntimeError("IllegalOperation: not in transaction"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(max_size=80))
+def test_table_views_write_faust_s_bytes_by_the_short_path(key: str) -> None:
+    from course_processor.faust_eos.tables import TableView, json_bytes
+
+    p = app_only()
+    for table in (p.courses, p.decided):
+        view = TableView(table)
+        assert view.fast  # the json module gives faust's bytes: the short path is taken
+        assert json_bytes(key) == table.data._encode_key(key)  # type: ignore[attr-defined]
+        assert json_bytes({"k": key}) == table.data._encode_value({"k": key})  # type: ignore[attr-defined]
