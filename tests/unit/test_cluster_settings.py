@@ -34,7 +34,7 @@ def test_one_broker_by_default_named_kafka_as_before() -> None:
     config = _config(KAFKA_PORT="9192")
     assert config.kafka_brokers == 1 and config.kafka_heap == "768m"
     [node] = config.kafka_nodes()
-    assert (node.name, node.port, node.controller_port) == ("kafka", 9192, 9193)
+    assert (node.name, node.port, node.controller_port) == ("kafka", 9192, 9292)  # the controller: KAFKA_PORT + 100
     assert node.home == Path("/nonexistent/run/kafka")
     assert config.kafka_bootstrap == "127.0.0.1:9192"
 
@@ -61,7 +61,7 @@ def test_services_of_one_broker_get_one_replica_and_the_api_default_timeout() ->
 def test_single_node_properties_keep_one_replica_and_a_standalone_quorum() -> None:
     config = _config(KAFKA_PORT="9192")
     props = kafka.server_properties(config, config.kafka_nodes()[0])
-    assert "controller.quorum.bootstrap.servers=127.0.0.1:9193" in props
+    assert "controller.quorum.bootstrap.servers=127.0.0.1:9292" in props
     for line in ("default.replication.factor=1", "min.insync.replicas=1",
                  "offsets.topic.replication.factor=1",
                  "transaction.state.log.replication.factor=1",
