@@ -852,6 +852,19 @@ def drop_shadow_copies() -> None:
         store.drop_shadow(conn, "views")
 
 
+def test_a_replay_worker_lowers_its_own_postgresql_backends_priority() -> None:
+    """The backend does most of a replay's work: it runs at the workers' niceness, so
+    the query API's reads go first (this PostgreSQL runs here, as a user we may renice)."""
+    from projections.replay import _lower_backend_priority
+
+    with db() as conn, db() as other:
+        pid = conn.info.backend_pid
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 0
+        _lower_backend_priority(conn, 7)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 7
+        assert os.getpriority(os.PRIO_PROCESS, other.info.backend_pid) == 0  # only its own
+
+
 def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
     """A replay batch whose decisions are all new takes the plain INSERT; one that repeats
     a decision already in the shadow copy (after a processor crash) falls back to the
