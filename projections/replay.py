@@ -481,9 +481,14 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
                 stored = store.read_positions(conn, shadow_name, topics.EVENTS)
                 stored = {p: max(stored.get(p, lows[p]), lows[p]) for p in partitions}
                 replay = Replay(settings, conn, kafka, partitions, stored, bar)
-                # Fresh tables have no planner statistics; give them some before they go live.
-                conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
-                    replay.target.table(name) for name in store.VIEWS)))
+                # Fresh tables have no planner statistics; give them some before they go
+                # live. A tenth of the default sample is enough for the views' key probes
+                # and ranges (0.03 s instead of 0.2 s at 300,000 sign-ups, idle), and
+                # autovacuum analyzes them in full later.
+                with conn.transaction():
+                    conn.execute("SET LOCAL default_statistics_target = 10")
+                    conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
+                        replay.target.table(name) for name in store.VIEWS)))
                 replay.follow_live()
                 skipped = len(store.failures_since(conn, settings.projection, {}))
                 generation = None
