@@ -11,7 +11,7 @@ moment resumes from its last committed batch (`shadow_exists`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import psycopg
 from psycopg import sql
@@ -51,11 +51,13 @@ def shadow_exists(conn: psycopg.Connection, projection: str) -> bool:
     return marker is not None and marker[0] == 1
 
 
-def set_logged(conn: psycopg.Connection, projection: str) -> None:
-    """Make the shadow copies crash-safe before they become the views: one sequential
-    write of each table to the WAL instead of one WAL record per row during the replay."""
+def set_logged(conn: psycopg.Connection, projection: str,
+               views: Sequence[str] = VIEWS) -> None:
+    """Make the shadow copies of `views` crash-safe before they become the views: one
+    sequential write of each table to the WAL instead of one WAL record per row during
+    the replay."""
     target = shadow(projection)
-    for name in VIEWS:
+    for name in views:
         conn.execute(sql.SQL("ALTER TABLE {s} SET LOGGED").format(s=target.table(name)))
 
 
