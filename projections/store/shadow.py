@@ -11,7 +11,7 @@ moment resumes from its last committed batch (`shadow_exists`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import psycopg
 from psycopg import sql
@@ -51,11 +51,13 @@ def shadow_exists(conn: psycopg.Connection, projection: str) -> bool:
     return marker is not None and marker[0] == 1
 
 
-def set_logged(conn: psycopg.Connection, projection: str) -> None:
-    """Make the shadow copies crash-safe before they become the views: one sequential
-    write of each table to the WAL instead of one WAL record per row during the replay."""
+def set_logged(conn: psycopg.Connection, projection: str,
+               views: Sequence[str] = VIEWS) -> None:
+    """Make the shadow copies of `views` crash-safe before they become the views: one
+    sequential write of each table to the WAL instead of one WAL record per row during
+    the replay."""
     target = shadow(projection)
-    for name in VIEWS:
+    for name in views:
         conn.execute(sql.SQL("ALTER TABLE {s} SET LOGGED").format(s=target.table(name)))
 
 
@@ -81,6 +83,37 @@ WITH new AS (
 ), births AS (
     SELECT s.course_id, date '1970-01-01' + s.dob_days AS dob
     FROM {stage} s JOIN new USING (signup_id) WHERE s.dob_days IS NOT NULL
+), per_course AS (
+    INSERT INTO {courses} AS c (course_id, enrolled, dob_sum_days, dob_min, dob_max)
+    SELECT course_id, count(*), sum(dob - date '0001-01-01' + 1), min(dob), max(dob)
+    FROM births GROUP BY course_id
+    ON CONFLICT (course_id) DO UPDATE SET
+        enrolled = c.enrolled + EXCLUDED.enrolled,
+        dob_sum_days = c.dob_sum_days + EXCLUDED.dob_sum_days,
+        dob_min = LEAST(c.dob_min, EXCLUDED.dob_min),
+        dob_max = GREATEST(c.dob_max, EXCLUDED.dob_max),
+        updated_at = now()
+)
+INSERT INTO {births} AS b (course_id, dob, n)
+SELECT course_id, dob, count(*) FROM births GROUP BY course_id, dob
+ON CONFLICT (course_id, dob) DO UPDATE SET n = b.n + EXCLUDED.n
+"""
+
+# The same fold when every staged decision is new, which is every batch of a log without
+# repeated decisions: a plain INSERT, whose primary key raises on a repeat instead of
+# checking each row ahead of the insert as ON CONFLICT does, and aggregates read straight
+# from the stage instead of joining it with what the insert returned. About a third of
+# PostgreSQL's time per batch (py-spy and EXPLAIN ANALYZE, 300,000 events).
+_FOLD_ALL_NEW = """
+WITH new AS (
+    INSERT INTO {decisions} (signup_id, course_id, status, reason, event_id, decided_at)
+    SELECT signup_id, course_id,
+           CASE WHEN reason IS NULL THEN 'accepted' ELSE 'rejected' END, reason, event_id,
+           timestamptz 'epoch' + at_ms * interval '1 millisecond'
+    FROM {stage}
+), births AS (
+    SELECT course_id, date '1970-01-01' + dob_days AS dob
+    FROM {stage} WHERE dob_days IS NOT NULL
 ), per_course AS (
     INSERT INTO {courses} AS c (course_id, enrolled, dob_sum_days, dob_min, dob_max)
     SELECT course_id, count(*), sum(dob - date '0001-01-01' + 1), min(dob), max(dob)
@@ -123,9 +156,17 @@ def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
                 copy.set_types(["text", "text", "text", "text", "int8", "int4"])
                 for row in staged.decisions:
                     copy.write_row(row)
-            cur.execute(sql.SQL(_FOLD).format(
-                decisions=target.table("signup_decisions"), courses=target.table("course_stats"),
-                births=target.table("course_birth_dates"), stage=sql.Identifier(_STAGE)))
+            tables = {"decisions": target.table("signup_decisions"),
+                      "courses": target.table("course_stats"),
+                      "births": target.table("course_birth_dates"),
+                      "stage": sql.Identifier(_STAGE)}
+            try:
+                with conn.transaction():  # a savepoint: a repeat undoes this statement only
+                    cur.execute(sql.SQL(_FOLD_ALL_NEW).format(**tables))
+            except psycopg.errors.UniqueViolation:
+                # A decision of this batch is already in the copy (repeated in the log
+                # after a processor crash): keep the first, count it once.
+                cur.execute(sql.SQL(_FOLD).format(**tables))
     store_positions(conn, target.projection, topic, staged.next_offsets)
 
 

@@ -852,6 +852,57 @@ def drop_shadow_copies() -> None:
         store.drop_shadow(conn, "views")
 
 
+def test_a_replay_worker_lowers_its_own_postgresql_backends_priority() -> None:
+    """The backend does most of a replay's work: it runs at the workers' niceness, so
+    the query API's reads go first (this PostgreSQL runs here, as a user we may renice)."""
+    from projections.replay import _lower_backend_priority
+
+    with db() as conn, db() as other:
+        pid = conn.info.backend_pid
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 0
+        _lower_backend_priority(conn, 7)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 7
+        assert os.getpriority(os.PRIO_PROCESS, other.info.backend_pid) == 0  # only its own
+
+
+def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
+    """A replay batch whose decisions are all new takes the plain INSERT; one that repeats
+    a decision already in the shadow copy (after a processor crash) falls back to the
+    fold that keeps the first: the same counts either way."""
+    from projections.staged import stage
+
+    course = new_course_id()
+    first, second, third = (accepted(course, date(2000, 1, d)) for d in (1, 2, 3))
+    refused = rejected(course)
+
+    def records(offset: int, *events: Event) -> list[tuple[int, int, bytes, bytes]]:
+        return [(0, offset + i, course.encode(), codec.encode(e)) for i, e in enumerate(events)]
+
+    with db() as conn:
+        try:
+            target = store.create_shadow(conn, "views")
+            for batch in (records(0, created(course), first, second),
+                          records(3, second, third, refused),  # `second` again
+                          records(6, third, first)):  # repeats only
+                with conn.transaction():
+                    store.prepare_staging(conn)
+                    store.apply_staged(conn, target, stage(batch), topic=topics.EVENTS)
+            row = conn.execute(
+                "SELECT enrolled, dob_min, dob_max FROM course_stats_shadow"
+                " WHERE course_id = %s", (course,)).fetchone()
+            births = conn.execute(
+                "SELECT dob, n FROM course_birth_dates_shadow WHERE course_id = %s ORDER BY dob",
+                (course,)).fetchall()
+            decisions = conn.execute(
+                "SELECT status, count(*) FROM signup_decisions_shadow WHERE course_id = %s"
+                " GROUP BY status ORDER BY status", (course,)).fetchall()
+        finally:
+            store.drop_shadow(conn, "views")
+    assert row == (3, date(2000, 1, 1), date(2000, 1, 3))
+    assert births == [(date(2000, 1, d), 1) for d in (1, 2, 3)]
+    assert decisions == [("accepted", 3), ("rejected", 1)]
+
+
 def test_a_replay_killed_at_random_batches_resumes_to_the_views_of_an_uninterrupted_one(
     projector: Service, log: Log
 ) -> None:
