@@ -34,7 +34,8 @@ def test_one_broker_by_default_named_kafka_as_before() -> None:
     config = _config(KAFKA_PORT="9192")
     assert config.kafka_brokers == 1 and config.kafka_heap == "768m"
     [node] = config.kafka_nodes()
-    assert (node.name, node.port, node.controller_port) == ("kafka", 9192, 9292)  # the controller: KAFKA_PORT + 100
+    # The controller at KAFKA_PORT + 100.
+    assert (node.name, node.port, node.controller_port) == ("kafka", 9192, 9292)
     assert node.home == Path("/nonexistent/run/kafka")
     assert config.kafka_bootstrap == "127.0.0.1:9192"
 
