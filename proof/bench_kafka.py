@@ -131,7 +131,7 @@ def skip_group_to_end(bootstrap: str, topic: str, group: str) -> None:
     group started now reads only what comes next (the notifier of the bench must not mail
     the seeded history)."""
     ends = end_offsets(bootstrap, topic)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+    consumer = Consumer({**client_config(), "bootstrap.servers": bootstrap, "group.id": group,
                          "enable.auto.commit": False})
     try:
         consumer.commit(offsets=[TopicPartition(topic, p, end) for p, end in ends.items()],
