@@ -56,12 +56,14 @@ def _require(request: Request, accepted: Sequence[bytes]) -> None:
                                  "as the password)", headers={"WWW-Authenticate": CHALLENGE})
 
 
-def require_analyst(request: Request) -> None:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a hand-over per
+# request that made the statistics, answered from memory, cost twice GET /healthz.
+async def require_analyst(request: Request) -> None:
     """The analyst token or the admin token."""
     _require(request, request.app.state.tokens.readers)
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """The admin token only."""
     _require(request, request.app.state.tokens.admins)
 
