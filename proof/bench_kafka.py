@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from course_processor.deciding.handler import Decider
+from course_processor.deciding.handler import Decider, place_key
 from course_processor.deciding.values import memory_key, outcome_of
 from course_processor.deciding.wire import event_headers
 from schemas import codec, topics
@@ -363,8 +363,9 @@ def grow_history(bootstrap: str, history: History, count: int, rng: random.Rando
                  tag: str, secret: bytes) -> float:
     """Decide `count` more sign-ups for the history courses with the processor's Decider
     and write what the processor itself would write: each decision to course-events,
-    each to the decided_signups changelog, each seat to the seat_holders changelog,
-    each course's last state to the courses changelog. Run it while the processor is
+    each to the decided_signups changelog, each seat to the seat_holders changelog and
+    its live place to the places changelog, each course's last state to the courses
+    changelog. Run it while the processor is
     stopped: the next processor restores these tables at start, as after any restart
     (a tail restore after the offsets on its disk). `secret` is the stack's
     PSEUDONYM_SECRET, so the seat keys are the processor's own. Seconds."""
@@ -377,8 +378,10 @@ def grow_history(bootstrap: str, history: History, count: int, rng: random.Rando
                          "queue.buffering.max.messages": 1_000_000})
     seats: dict[str, Any] = {}
     decided: dict[str, Any] = {}
+    places: dict[str, Any] = {}
     # Nothing the bench decides expires within the run: no expiry scan per decision.
-    decider = Decider(history.table, seats, decided, secret, oldest=lambda _: [])
+    decider = Decider(history.table, seats, decided, secret, oldest=lambda _: [],
+                      places=places)
     touched: set[str] = set()
 
     def send(topic: str, key: bytes, value: bytes, **extra: Any) -> None:
@@ -399,10 +402,15 @@ def grow_history(bootstrap: str, history: History, count: int, rng: random.Rando
             key = seat_key(secret, cmd.course_id, cmd.email)
             send(changelog("seat_holders"), json.dumps(key).encode(),
                  json.dumps(cmd.signup_id).encode(), partition=part)
+            # Since the registration term, each seat is also a live place.
+            place = place_key(cmd.course_id, cmd.signup_id)
+            send(changelog("places"), json.dumps(place).encode(),
+                 json.dumps(places[place]).encode(), partition=part)
             touched.add(cmd.course_id)
         if i % 50_000 == 49_999:
             seats.clear()  # every student is new: nothing to look up again
             decided.clear()
+            places.clear()
     for course in touched:
         send(changelog("courses"), json.dumps(course).encode(),
              json.dumps(history.table[course], separators=(",", ":")).encode(),
