@@ -951,8 +951,12 @@ def test_a_processor_from_before_the_term_builds_places_and_redoes_a_cut_short_r
     partition = command_partition(course, cluster.partitions)
     old = [_signed_up_v3(course, n, seat=n, capacity=2) for n in (1, 2)]
     events = [encode_as(_created(course, 2), version=1), *(encode(e) for e in old)]
+    # murmur2, as the processor's own (aiokafka) producer partitions course-events: its
+    # later events of the course must follow these in the same partition. With
+    # librdkafka's default (CRC-32) they landed in another one, and a parallel replay in
+    # a later test could fold the withdrawal before the sign-up it withdraws.
     old_processor = Producer({**client_config(), "bootstrap.servers": cluster.servers,
-                              "acks": "all"})
+                              "acks": "all", "partitioner": "murmur2_random"})
     for value in events:
         old_processor.produce(topics.EVENTS, key=course.encode(), value=value)
     today = _now().date().isoformat()
