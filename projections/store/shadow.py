@@ -68,21 +68,8 @@ def prepare_staging(conn: psycopg.Connection) -> None:
         " reason text, event_id text, at_ms bigint, dob_days int) ON COMMIT DELETE ROWS")
 
 
-# One statement: the new decisions (the primary key keeps out those already there), then
-# their per-course aggregates and birth-date counts. Dates travel as epoch days and
-# timestamps as epoch milliseconds; date '0001-01-01' is day 1 of date.toordinal().
-_FOLD = """
-WITH new AS (
-    INSERT INTO {decisions} (signup_id, course_id, status, reason, event_id, decided_at)
-    SELECT signup_id, course_id,
-           CASE WHEN reason IS NULL THEN 'accepted' ELSE 'rejected' END, reason, event_id,
-           timestamptz 'epoch' + at_ms * interval '1 millisecond'
-    FROM {stage}
-    ON CONFLICT (signup_id) DO NOTHING
-    RETURNING signup_id
-), births AS (
-    SELECT s.course_id, date '1970-01-01' + s.dob_days AS dob
-    FROM {stage} s JOIN new USING (signup_id) WHERE s.dob_days IS NOT NULL
+# Both folds end alike: the per-course aggregates and birth-date counts of `births`.
+_AGGREGATE_BIRTHS = """
 ), per_course AS (
     INSERT INTO {courses} AS c (course_id, enrolled, dob_sum_days, dob_min, dob_max)
     SELECT course_id, count(*), sum(dob - date '0001-01-01' + 1), min(dob), max(dob)
@@ -99,6 +86,24 @@ SELECT course_id, dob, count(*) FROM births GROUP BY course_id, dob
 ON CONFLICT (course_id, dob) DO UPDATE SET n = b.n + EXCLUDED.n
 """
 
+
+# One statement: the new decisions (the primary key keeps out those already there), then
+# their per-course aggregates and birth-date counts. Dates travel as epoch days and
+# timestamps as epoch milliseconds; date '0001-01-01' is day 1 of date.toordinal().
+_FOLD = """
+WITH new AS (
+    INSERT INTO {decisions} (signup_id, course_id, status, reason, event_id, decided_at)
+    SELECT signup_id, course_id,
+           CASE WHEN reason IS NULL THEN 'accepted' ELSE 'rejected' END, reason, event_id,
+           timestamptz 'epoch' + at_ms * interval '1 millisecond'
+    FROM {stage}
+    ON CONFLICT (signup_id) DO NOTHING
+    RETURNING signup_id
+), births AS (
+    SELECT s.course_id, date '1970-01-01' + s.dob_days AS dob
+    FROM {stage} s JOIN new USING (signup_id) WHERE s.dob_days IS NOT NULL
+""" + _AGGREGATE_BIRTHS
+
 # The same fold when every staged decision is new, which is every batch of a log without
 # repeated decisions: a plain INSERT, whose primary key raises on a repeat instead of
 # checking each row ahead of the insert as ON CONFLICT does, and aggregates read straight
@@ -114,21 +119,7 @@ WITH new AS (
 ), births AS (
     SELECT course_id, date '1970-01-01' + dob_days AS dob
     FROM {stage} WHERE dob_days IS NOT NULL
-), per_course AS (
-    INSERT INTO {courses} AS c (course_id, enrolled, dob_sum_days, dob_min, dob_max)
-    SELECT course_id, count(*), sum(dob - date '0001-01-01' + 1), min(dob), max(dob)
-    FROM births GROUP BY course_id
-    ON CONFLICT (course_id) DO UPDATE SET
-        enrolled = c.enrolled + EXCLUDED.enrolled,
-        dob_sum_days = c.dob_sum_days + EXCLUDED.dob_sum_days,
-        dob_min = LEAST(c.dob_min, EXCLUDED.dob_min),
-        dob_max = GREATEST(c.dob_max, EXCLUDED.dob_max),
-        updated_at = now()
-)
-INSERT INTO {births} AS b (course_id, dob, n)
-SELECT course_id, dob, count(*) FROM births GROUP BY course_id, dob
-ON CONFLICT (course_id, dob) DO UPDATE SET n = b.n + EXCLUDED.n
-"""
+""" + _AGGREGATE_BIRTHS
 
 
 def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
