@@ -194,12 +194,7 @@ class Handler:
         key = self.store.hold_key(decision.key_id)
         try:
             if key is None:
-                # Erased: the address is unreadable for good. Recorded as handled, so the
-                # offset moves on, and counted.
-                self.metrics.erased.inc()
-                log.info("student erased, e-mail not sent", extra=job.context())
-                self._record(job)
-                return Done("erased")
+                return self._erased(job)
             try:
                 decision = opened(decision, key)
             except SealError as exc:
@@ -207,6 +202,14 @@ class Handler:
             return self._send(job, decision, Recipient(decision.email, decision.name))
         finally:
             self.store.release_key()
+
+    def _erased(self, job: Job) -> Outcome:
+        """The student's key is gone: the address is unreadable for good. Recorded as
+        handled, so the offset moves on, and counted."""
+        self.metrics.erased.inc()
+        log.info("student erased, e-mail not sent", extra=job.context())
+        self._record(job)
+        return Done("erased")
 
     def _notify_later(self, job: Job, notice: LaterNotice) -> Outcome:
         if self.store.already_handled(notice.event_id):
@@ -223,10 +226,7 @@ class Handler:
         try:
             if key is None:
                 # Erased while waiting: still promoted in order (the seat counts), no e-mail.
-                self.metrics.erased.inc()
-                log.info("student erased, e-mail not sent", extra=job.context())
-                self._record(job)
-                return Done("erased")
+                return self._erased(job)
             try:
                 to = Recipient(unseal(key, notice.signup_id, "email", contact.email_sealed),
                                unseal(key, notice.signup_id, "name", contact.name_sealed))
