@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from command_api import routes
+from command_api.fastpath import SignUpFastPath
 from command_api.keybatch import BatchingKeyStore
 from command_api.keys import KeyStore, KeyStoreUnavailable, PostgresKeyStore
 from command_api.middleware import BodyLimitMiddleware
@@ -72,7 +73,12 @@ def create_app(settings: Settings, publisher: Publisher | None = None,
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(PublishError, _unavailable)
     app.add_exception_handler(KeyStoreUnavailable, _key_store_unavailable)
-    # The last one added runs first: every response, a 413 included, gets an id and a log line.
+    # The last one added runs first: every response, a 413 included, gets an id and a log
+    # line; a plainly valid sign-up is then answered without FastAPI's routing.
+    app.add_middleware(SignUpFastPath, services=app.state.services,
+                       route=next(r for r in routes.commands.routes
+                                  if getattr(r, "endpoint", None) is routes.sign_up),
+                       handlers=app.exception_handlers)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, logger="command_api.access",
                        routes=app.router.routes)

@@ -265,6 +265,26 @@ async def sign_up(
     idempotency_key: IdempotencyKey = None,
 ) -> SignUpAccepted:
     """Queue a sign-up for a course; 202 once Kafka holds the command."""
+    # Ids only: the access log line lets one grep go from a sign-up id to its correlation id.
+    log_ids: dict[str, str] = {}
+    request.state.log_ids = log_ids
+    accepted = await accept_sign_up(services, course_id, body, idempotency_key,
+                                    _correlation_id(request), bool(request.state.traced),
+                                    log_ids)
+    response.headers["Location"] = signup_location(accepted.signup_id)
+    return accepted
+
+
+def signup_location(signup_id: str) -> str:
+    return f"/signups/{signup_id}"
+
+
+async def accept_sign_up(services: Services, course_id: str, body: SignUpRequest,
+                         idempotency_key: str | None, correlation_id: str, traced: bool,
+                         log_ids: dict[str, str]) -> SignUpAccepted:
+    """The sign-up route's work once its input is valid (the route, and the fast path
+    of `command_api.fastpath`, call it): the student's key, the claim of a keyed request,
+    the command produced; fills `log_ids` for the access line as soon as it knows them."""
     settings = services.settings
     # The address and name leave this process only sealed under the student's own key:
     # erasing the student deletes the key, and every copy in Kafka becomes unreadable.
@@ -277,10 +297,9 @@ async def sign_up(
         signup_id = signup_id_for(key.key, course_id, idempotency_key)
         fingerprint = request_fingerprint(key.key, body.name, body.date_of_birth.isoformat())
         found = await services.keys.claim_signup(signup_id, key.key_id, fingerprint)
-        request.state.log_ids = {"course_id": course_id, "signup_id": signup_id}
+        log_ids.update(course_id=course_id, signup_id=signup_id)
         if found == "produced":
             # Produced before: the same answer, and no second command, however late.
-            response.headers["Location"] = f"/signups/{signup_id}"
             return SignUpAccepted(
                 signup_id=signup_id,
                 withdrawal_token=withdrawal_token(settings.withdrawal_key, course_id, signup_id),
@@ -298,15 +317,14 @@ async def sign_up(
         name="",
         date_of_birth=body.date_of_birth,
         issued_at=_now(),
-        correlation_id=_correlation_id(request),
+        correlation_id=correlation_id,
         seat_key=seat_key(key.key, course_id),
         key_id=key.ref,  # this sign-up's own reference to the key: links no other sign-up
         email_sealed=seal(key.key, signup_id, "email", body.email),
         name_sealed=seal(key.key, signup_id, "name", body.name),
     )
     try:
-        await _send(command, services.publisher, services.metrics,
-                    traced=bool(request.state.traced))
+        await _send(command, services.publisher, services.metrics, traced=traced)
     except PublishError:
         if idempotency_key:
             with contextlib.suppress(KeyStoreUnavailable):
@@ -320,9 +338,7 @@ async def sign_up(
             # within TAKEOVER_LIMIT, produces the same command again, which the
             # processor recognises.
             log.warning("sign-up produced but not marked", extra={"signup_id": signup_id})
-    # Ids only: the access log line lets one grep go from a sign-up id to its correlation id.
-    request.state.log_ids = {"course_id": course_id, "signup_id": signup_id}
-    response.headers["Location"] = f"/signups/{signup_id}"
+    log_ids.update(course_id=course_id, signup_id=signup_id)
     return SignUpAccepted(
         signup_id=signup_id,
         withdrawal_token=withdrawal_token(settings.withdrawal_key, course_id, signup_id),

@@ -16,8 +16,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
+from command_api import routes
 from command_api.app import create_app
+from command_api.fastpath import SignUpFastPath
 from command_api.keys import (
     LEASE_SECONDS,
     TAKEOVER_LIMIT,
@@ -27,8 +31,11 @@ from command_api.keys import (
     Verdict,
     verdict,
 )
+from command_api.middleware import BodyLimitMiddleware
 from command_api.models import EMAIL_PATTERN, TEXT_PATTERN, canonical_email
+from command_api.observability import Metrics
 from command_api.publisher import PublishError
+from command_api.routes import Services
 from command_api.settings import Settings
 from schemas import codec, topics
 from schemas.addresses import same_student_form
@@ -42,6 +49,7 @@ from schemas.personal import (
     unseal,
 )
 from schemas.withdrawal import withdrawal_token
+from service_kit.http import RequestContextMiddleware
 from service_kit.logs import JsonFormatter
 from service_kit.records import Headers
 
@@ -408,6 +416,63 @@ def test_a_failed_produce_releases_the_record_for_an_immediate_retry(
     retried = keyed(client, "key-1")
 
     assert retried.status_code == 202 and len(publisher.sent) == 1
+
+
+def test_the_fast_path_answers_as_the_route_does(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    # The first goes the fast path (Content-Type exactly application/json), the retry
+    # through FastAPI's route (a charset parameter): the same answer, byte for byte.
+    def sign_up(content_type: str) -> Any:
+        return client.post("/courses/intro-python/signups", content=json.dumps(student()),
+                           headers={"Idempotency-Key": "key-1", "Content-Type": content_type})
+
+    fast, routed = sign_up("application/json"), sign_up("application/json; charset=utf-8")
+
+    assert (fast.status_code, fast.content) == (routed.status_code, routed.content)
+    assert ({k: v for k, v in fast.headers.items() if k != "x-correlation-id"}
+            == {k: v for k, v in routed.headers.items() if k != "x-correlation-id"})
+    assert len(publisher.sent) == 1
+
+
+def test_only_a_plainly_valid_sign_up_takes_the_fast_path_and_the_rest_reaches_the_app(
+    publisher: MemoryPublisher, keys: MemoryKeyStore
+) -> None:
+    reached: list[tuple[str, bytes]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        reached.append((scope["path"], message.get("body", b"")))
+        await Response(status_code=418)(scope, receive, send)
+
+    services = Services(settings(), publisher, keys, Metrics())
+    [route] = [r for r in routes.commands.routes if getattr(r, "endpoint", None) is routes.sign_up]
+    fast = RequestContextMiddleware(BodyLimitMiddleware(
+        SignUpFastPath(app, services, route, {}), max_bytes=MAX_BODY),
+        metrics=services.metrics, logger="test.access")
+    test_client = TestClient(fast)  # no lifespan: the fakes need no start
+
+    def post(path: str, body: Any = None, **headers: str) -> int:
+        content = json.dumps(student() if body is None else body).encode()
+        return test_client.post(path, content=content, headers={
+            "Content-Type": "application/json", **headers}).status_code
+
+    assert post("/courses/intro-python/signups") == 202
+    assert post("/courses/intro-python/signups", **{"Idempotency-Key": "k"}) == 202
+    others = [
+        post("/courses/intro-python/signups", student(email="not-an-address")),
+        post("/courses/intro-python/signups", [student()]),
+        post("/courses/Intro_Python/signups"),
+        post("/courses/intro-python/signups", **{"Idempotency-Key": "with space"}),
+        post("/courses/intro-python/signups", **{"Content-Type": "text/plain"}),
+        post("/courses/intro-python/signups/"),
+        post("/courses/intro-python"),
+    ]
+    assert others == [418] * len(others)
+    assert len(publisher.sent) == 2
+    # Passed on whole: the body the fast path read is the body the app gets.
+    assert reached[0] == ("/courses/intro-python/signups",
+                          json.dumps(student(email="not-an-address")).encode())
 
 
 def test_without_an_idempotency_key_every_request_is_a_new_signup(client: TestClient) -> None:
