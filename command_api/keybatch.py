@@ -4,9 +4,9 @@ Every sign-up needs its student's key (`command_api.keys`). One query per reques
 a pool connection and a round trip each, and a new student's key one commit each. This
 layer, under the same `KeyStore` interface, gathers the lookups of concurrent requests:
 while a batch is in flight the next one fills, so at a trickle a lookup goes out at once
-(no added wait) and under load each round trip serves many requests, with one
-`SELECT ... WHERE student_hash = ANY(...)` and, for the new students among them, one
-multi-row `INSERT ... ON CONFLICT` whose single commit makes all their keys durable.
+(no added wait) and under load each round trip serves many requests: one multi-row
+`INSERT ... ON CONFLICT` of the new students' keys and one `INSERT` of every request's
+key reference, pipelined, whose single commit makes all of them durable.
 
 What stays as it was: a request gets its key only after the key is committed (so no
 command is produced sealed under a key PostgreSQL could lose), every new key is created

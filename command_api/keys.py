@@ -145,8 +145,8 @@ class PostgresKeyStore:
 
     async def keys_for(self, students: Sequence[str]) -> list[DataKey | None]:
         """One key per entry of `students` (a student may come more than once), each with
-        a reference of its own, those missing created, on one connection: one SELECT, for
-        new students one INSERT (one commit), and one INSERT of every reference. None where
+        a reference of its own, those missing created, in one round trip and one commit:
+        one INSERT of the new students' keys and one INSERT of every reference. None where
         the student's key was erased meanwhile."""
         return await self._run(lambda conn: _keys_for(conn, students))
 
@@ -270,15 +270,20 @@ async def _key_for(conn: psycopg.AsyncConnection, student: str) -> DataKey:
     return _data_key(found)
 
 
-_SELECT_KEYS = "SELECT student_hash, key_id, key FROM student_keys WHERE student_hash = ANY(%s)"
 # _CREATE_KEY for many students in one statement, so one commit makes all of them durable
-# (a group commit). Each row's advisory lock is taken before that row is inserted and held
-# to the commit; the students come sorted, as the erasure worker takes its locks, so two
-# such statements, or one and an erasure, wait for each other rather than deadlock.
+# (a group commit). Only students without a key take part: their advisory lock is taken
+# before their row is inserted and held to the commit (the OFFSET 0 keeps the filter
+# before the lock, so a returning student never waits for an erasure of theirs that is
+# waiting for a notifier's send). The students come sorted, as the erasure worker takes
+# its locks, so two such statements, or one and an erasure, wait for each other rather
+# than deadlock.
 _CREATE_KEYS = (
     "INSERT INTO student_keys (key_id, student_hash, key)"
     " SELECT k.key_id, k.student_hash, k.key"
-    " FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) AS k(key_id, student_hash, key)"
+    " FROM (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[])"
+    "  AS k(key_id, student_hash, key)"
+    "  WHERE NOT EXISTS (SELECT 1 FROM student_keys s WHERE s.student_hash = k.student_hash)"
+    "  OFFSET 0) AS k"
     " CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock(hashtext(k.student_hash))) AS locked"
     " ON CONFLICT (student_hash) DO NOTHING"
 )
@@ -294,17 +299,20 @@ _REFERENCE_KEYS = (
 
 async def _keys_for(conn: psycopg.AsyncConnection,
                     students: Sequence[str]) -> list[DataKey | None]:
+    # One round trip: both statements go out in a pipeline and run in the one implicit
+    # transaction that ends at the pipeline's sync, so every key returned is committed
+    # once the block exits. The second statement takes a new snapshot, so it sees the
+    # keys the first created and any a concurrent batch committed (ON CONFLICT waited
+    # for it).
     wanted = sorted(set(students))
-    rows = await (await conn.execute(_SELECT_KEYS, (wanted,))).fetchall()
-    found = {str(r[0]) for r in rows}
-    missing = [s for s in wanted if s not in found]
-    if missing:
-        new = [(uuid.uuid4(), new_data_key()) for _ in missing]
-        await conn.execute(_CREATE_KEYS, ([k for k, _ in new], missing, [key for _, key in new]))
+    new = [(uuid.uuid4(), new_data_key()) for _ in wanted]
     # One reference per request, inserted only where the student's key is there now (a
     # concurrent erasure may have taken it: that request gets None, a 503, and retries).
     refs = [str(uuid.uuid4()) for _ in students]
-    rows = await (await conn.execute(_REFERENCE_KEYS, (refs, list(students)))).fetchall()
+    async with conn.pipeline():
+        await conn.execute(_CREATE_KEYS, ([k for k, _ in new], wanted, [key for _, key in new]))
+        found = await conn.execute(_REFERENCE_KEYS, (refs, list(students)))
+    rows = await found.fetchall()
     by_ref = {str(r[0]): DataKey(str(r[1]), bytes(r[2]), str(r[0])) for r in rows}
     return [by_ref.get(ref) for ref in refs]
 

@@ -21,8 +21,9 @@ class Metrics(ApiMetrics):
         )
         self.key_store_round_trips = Counter(
             "command_api_key_store_round_trips_total",
-            "Batches of key lookups sent to the key store (each one SELECT, and one INSERT "
-            "for new students).", registry=self.registry,
+            "Batches of key lookups sent to the key store (each one round trip and one "
+            "commit: the new students' keys and every request's key reference).",
+            registry=self.registry,
         )
         self.publish_failures = Counter(
             "command_api_publish_failures_total",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,7 @@ import pytest
 
 import migrations
 from command_api.keybatch import BatchingKeyStore
-from command_api.keys import PostgresKeyStore
+from command_api.keys import PostgresKeyStore, _keys_for
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +84,33 @@ async def test_an_erased_key_is_gone_and_the_next_sign_up_gets_a_new_one(
     store = keys.store
     assert isinstance(store, PostgresKeyStore)
     await store.finish_pending()
+    # The worker, woken by the request, may hold that erasure (SKIP LOCKED hides it from
+    # finish_pending): wait for its commit.
+    deadline = asyncio.get_running_loop().time() + 10
+    while _stored([student]) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
     assert _stored([student]) == {}
     second = await keys.key_for(student)
     assert second.key_id != first.key_id and _stored([student]) == {student: second.key_id}
+
+
+async def test_a_batch_is_one_round_trip_and_one_commit() -> None:
+    # libpq's trace of what the client sends: one Sync (one round trip, one implicit
+    # transaction) for the new students' keys and every request's reference together.
+    migrations.apply(os.environ["DATABASE_URL"])
+    returning = f"back-{uuid.uuid4().hex}"
+    students = [returning, f"new-{uuid.uuid4().hex}", returning]
+    async with await psycopg.AsyncConnection.connect(os.environ["DATABASE_URL"],
+                                                     autocommit=True) as conn:
+        await _keys_for(conn, [returning])
+        with tempfile.TemporaryFile("w+") as trace:
+            conn.pgconn.trace(trace.fileno())
+            found = await _keys_for(conn, students)
+            conn.pgconn.untrace()
+            trace.seek(0)
+            sent = [line.split("\t")[3].split()[0] for line in trace if "\tF\t" in line]
+    assert sent.count("Sync") == 1 and sent.count("Execute") == 2, sent
+    keys = [k for k in found if k is not None]
+    assert len(keys) == 3 and keys[0].key_id == keys[2].key_id
+    assert _stored(students[:2]) == {s: k.key_id for s, k in zip(students[:2], keys[:2],
+                                                                  strict=True)}
