@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -28,6 +29,7 @@ class FakeProducer:
     silent: bool = False  # never report: a lost callback
     full: bool = False
     reachable: bool = True
+    paused: bool = False  # poll serves no report meanwhile
     produced: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
     _pending: list[DeliveryCallback] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -43,6 +45,9 @@ class FakeProducer:
                 self._pending.append(on_delivery)
 
     def poll(self, timeout: float) -> int:
+        if self.paused:
+            time.sleep(min(timeout, 0.005))
+            return 0
         with self._lock:
             pending, self._pending = self._pending, []
         for callback in pending:
@@ -99,6 +104,29 @@ async def test_publish_returns_once_the_delivery_report_arrives(
     await publisher.publish("course-commands", b"c1", b"value", [("command_type", b"SignUp")])
 
     assert fake[0].produced == [("course-commands", b"c1", b"value", [("command_type", b"SignUp")])]
+
+
+async def test_the_reports_of_one_poll_reach_the_event_loop_in_one_hand_off(
+    publisher: KafkaPublisher, fake: list[FakeProducer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    hand_offs: list[object] = []
+    real = loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any) -> Any:
+        hand_offs.append(callback)
+        return real(callback, *args)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+    fake[0].paused = True  # the poll thread serves nothing until all 50 are produced
+    sends = [asyncio.ensure_future(publisher.publish("course-commands", b"c", b"v", []))
+             for _ in range(50)]
+    await asyncio.sleep(0.05)
+    fake[0].paused = False
+    await asyncio.gather(*sends)
+
+    assert len(fake[0].produced) == 50
+    assert 1 <= len(hand_offs) <= 2, len(hand_offs)  # one poll's worth, not one per message
 
 
 async def test_a_failed_delivery_is_a_publish_error(
