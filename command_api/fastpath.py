@@ -24,7 +24,6 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -74,9 +73,15 @@ class SignUpFastPath:
                 raise  # a 500, from the server error middleware, as for the route
             response = await handler(Request(scope, receive), exc)
         else:
-            response = Response(answer.__pydantic_serializer__.to_json(answer), 202,
-                                media_type="application/json")
-            response.headers["Location"] = routes.signup_location(answer.signup_id)
+            # The route's answer (its response model as JSON, and the Location header),
+            # sent without building a Response.
+            content = answer.__pydantic_serializer__.to_json(answer)
+            await send({"type": "http.response.start", "status": 202, "headers": [
+                (b"content-length", str(len(content)).encode()),
+                (b"content-type", b"application/json"),
+                (b"location", routes.signup_location(answer.signup_id).encode())]})
+            await send({"type": "http.response.body", "body": content})
+            return
         await response(scope, receive, send)
 
 

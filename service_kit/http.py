@@ -13,13 +13,13 @@ import uuid
 from collections.abc import Sequence
 
 from prometheus_client import Counter, Histogram
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_kit.metrics import LATENCY_BUCKETS, ServiceMetrics
 
 CORRELATION_HEADER = "X-Correlation-Id"
+_CORRELATION_HEADER_NAME = CORRELATION_HEADER.lower().encode("latin-1")
 _CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -59,7 +59,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given = Headers(scope=scope).get(CORRELATION_HEADER)
+        given = next((value.decode("latin-1") for name, value in scope["headers"]
+                      if name == _CORRELATION_HEADER_NAME), None)
         correlation_id = correlation_id_of(given)
         traced = given is not None and given == correlation_id
         state = scope.setdefault("state", {})
@@ -73,7 +74,12 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)[CORRELATION_HEADER] = correlation_id
+                # Appended to the raw list (a Headers object per response cost more than
+                # the rest of this middleware); one the app set itself is replaced.
+                message["headers"] = [
+                    *(h for h in message.get("headers", ())
+                      if h[0].lower() != _CORRELATION_HEADER_NAME),
+                    (_CORRELATION_HEADER_NAME, correlation_id.encode("latin-1"))]
             await send(message)
 
         try:
