@@ -488,19 +488,26 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
                 stored = store.read_positions(conn, shadow_name, topics.EVENTS)
                 stored = {p: max(stored.get(p, lows[p]), lows[p]) for p in partitions}
                 replay = Replay(settings, conn, kafka, partitions, stored, bar)
-                # Fresh tables have no planner statistics; give them some before they go
-                # live. A tenth of the default sample is enough for the views' key probes
-                # and ranges (0.03 s instead of 0.2 s at 300,000 sign-ups, idle), and
-                # autovacuum analyzes them in full later.
-                with conn.transaction():
-                    conn.execute("SET LOCAL default_statistics_target = 10")
-                    conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
-                        replay.target.table(name) for name in store.VIEWS)))
-                replay.follow_live()
-                skipped = len(store.failures_since(conn, settings.projection, {}))
-                generation = None
+                with _bulk_connection(settings) as bulk:
+                    # The workers' appended birth dates, grouped once, while the live
+                    # views still answer and the live projector runs (the swap merges only
+                    # what the catch-up adds).
+                    with bulk.transaction():
+                        store.merge_births(bulk, replay.target)
+                    # Fresh tables have no planner statistics; give them some before they
+                    # go live. A tenth of the default sample is enough for the views' key
+                    # probes and ranges (0.03 s instead of 0.2 s at 300,000 sign-ups,
+                    # idle), and autovacuum analyzes them in full later.
+                    with bulk.transaction():
+                        bulk.execute("SET LOCAL default_statistics_target = 10")
+                        bulk.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
+                            replay.target.table(name) for name in store.VIEWS)))
+                    replay.follow_live()
+                    skipped = len(store.failures_since(conn, settings.projection, {}))
+                    generation = None
+                    if swap:
+                        _set_logged(settings, bulk)
                 if swap:
-                    _set_logged(settings, conn)
                     generation = replay.swap(producer)
                 else:
                     replay.finish_without_swap()
@@ -518,12 +525,24 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
             producer.close()
 
 
+@contextlib.contextmanager
+def _bulk_connection(settings: ReplaySettings) -> Iterator[psycopg.Connection]:
+    """A connection for the replay process's bulk steps after the workers (the merge of
+    the birth dates, ANALYZE, SET LOGGED), its backend at the workers' niceness: those
+    steps run seconds at full speed, and the query API's reads should go first. The swap,
+    whose locks the query API's reads wait for, stays on the replay's own connection,
+    not niced: a niced backend holding them would make those reads wait for the CPU."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        _lower_backend_priority(conn, settings.replay_nice)
+        yield conn
+
+
 def _set_logged(settings: ReplaySettings, conn: psycopg.Connection) -> None:
     """SET LOGGED rewrites each copy into the WAL, one core per table: the decisions (the
     widest rows, about 60% of it) on a connection of their own, the rest on `conn`
     meanwhile (0.94 s at 110,000 events on one connection, under py-spy)."""
     def decisions() -> None:
-        with psycopg.connect(settings.database_url, autocommit=True) as own:
+        with _bulk_connection(settings) as own:
             store.set_logged(own, settings.projection, ["signup_decisions"])
 
     with ThreadPoolExecutor(1) as pool:

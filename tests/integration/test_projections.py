@@ -648,6 +648,79 @@ def test_a_term_moves_statuses_positions_and_figures_and_a_replay_agrees(
     assert_live_equals_a_replay()
 
 
+def test_a_replay_batch_appends_birth_dates_and_a_term_batch_merges_them_first(
+    infra: Infra,
+) -> None:
+    """A replay's fast batches only append their birth dates (no per-course or per-birth-date
+    upsert per batch); a later batch of a term's events, which reads and decrements those
+    counts, merges its partitions' appended ones first, and the final merge the rest."""
+    from projections.staged import stage
+
+    target = store.Target("views_p22test", "_p22test", False)
+    tables = [*store.VIEWS, store.BIRTHS_PENDING]
+    course, elsewhere = new_course_id(), new_course_id()
+    first, second = accepted(course, date(1980, 1, 1)), accepted(course, date(2001, 5, 5))
+    other = accepted(elsewhere, date(1999, 9, 9))
+
+    def records(events: Sequence[Event], partition: int, start: int,
+                ) -> list[tuple[int, int, bytes, bytes]]:
+        return [(partition, start + i, e.course_id.encode(), codec.encode(e))
+                for i, e in enumerate(events)]
+
+    with db() as conn:
+        conn.autocommit = True
+        for name in tables:
+            conn.execute(f"DROP TABLE IF EXISTS {name}_p22test")
+        for name in store.VIEWS:
+            conn.execute(f"CREATE TABLE {name}_p22test (LIKE {name} INCLUDING ALL)")
+        conn.execute("INSERT INTO global_stats_p22test (id) VALUES (true)")
+        conn.execute(f"CREATE TABLE {store.BIRTHS_PENDING}_p22test"
+                     " (part int NOT NULL, course_id text NOT NULL, dob date NOT NULL)")
+        try:
+            store.prepare_staging(conn)
+            with conn.transaction():
+                store.apply_staged(conn, target, stage(records([created(course), first, second],
+                                                               0, 0)), topic=topics.EVENTS)
+                store.apply_staged(conn, target, stage(records([other], 1, 0)),
+                                   topic=topics.EVENTS)
+            assert conn.execute("SELECT count(*) FROM course_birth_dates_p22test").fetchone() \
+                == (0,)
+            assert conn.execute(f"SELECT part, course_id, dob FROM {store.BIRTHS_PENDING}_p22test"
+                                " ORDER BY 1, 3").fetchall() == [
+                (0, course, first.date_of_birth), (0, course, second.date_of_birth),
+                (1, elsewhere, other.date_of_birth)]
+
+            term = stage(records([withdrew(first, 1)], 0, 3))
+            assert term.live is not None  # folded as the live projector folds it
+            with conn.transaction():
+                store.apply_staged(conn, target, term, topic=topics.EVENTS)
+            # Partition 0's appended birth dates were merged before the withdrawal took
+            # the first one away; partition 1's still wait for the final merge.
+            assert conn.execute(
+                "SELECT enrolled, dob_sum_days, dob_min, dob_max FROM course_stats_p22test"
+                " WHERE course_id = %s", (course,)).fetchone() == (
+                1, second.date_of_birth.toordinal(), second.date_of_birth,
+                second.date_of_birth)
+            assert conn.execute("SELECT course_id, dob, n FROM course_birth_dates_p22test"
+                                " ORDER BY 1, 2").fetchall() == [
+                (course, second.date_of_birth, 1)]
+            with conn.transaction():
+                store.fill_globals(conn, target)
+            assert conn.execute(f"SELECT count(*) FROM {store.BIRTHS_PENDING}_p22test"
+                                ).fetchone() == (0,)
+            assert conn.execute("SELECT course_id, dob, n FROM course_birth_dates_p22test"
+                                " ORDER BY 1, 2").fetchall() == sorted([
+                (course, second.date_of_birth, 1), (elsewhere, other.date_of_birth, 1)])
+            assert conn.execute("SELECT courses, enrollments, dob_min, dob_max"
+                                " FROM global_stats_p22test").fetchone() == (
+                1, 2, other.date_of_birth, second.date_of_birth)
+        finally:
+            for name in tables:
+                conn.execute(f"DROP TABLE IF EXISTS {name}_p22test")
+            conn.execute("DELETE FROM projection_offsets WHERE projection = %s",
+                         (target.projection,))
+
+
 # ------------------------------------------------------------------ the statistics cache
 
 
