@@ -960,6 +960,8 @@ def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
                 with conn.transaction():
                     store.prepare_staging(conn)
                     store.apply_staged(conn, target, stage(batch), topic=topics.EVENTS)
+            with conn.transaction():  # as the replay does once its batches are in
+                store.merge_births(conn, target)
             row = conn.execute(
                 "SELECT enrolled, dob_min, dob_max FROM course_stats_shadow"
                 " WHERE course_id = %s", (course,)).fetchone()
