@@ -1,8 +1,9 @@
 """Shadow copies of the views, which a replay fills, and the swap that puts them in place.
 
 A replay writes its batches with `apply_staged`: the batch's decisions go into a
-temporary table by one binary COPY, and one statement inserts the new ones and folds
-them into the per-course rows and birth-date counts, in PostgreSQL. The global rows,
+temporary table by one binary COPY, and one statement inserts the new ones and appends
+their birth dates to an unindexed table, which `merge_births` groups into the per-course
+rows and birth-date counts once, in PostgreSQL. The global rows,
 which every worker of a parallel replay would otherwise update (one row, one lock), are
 summed from the per-course ones once, before the swap (`fill_globals`). Each batch
 stores its partitions' positions in the same transaction, so a replay killed at any

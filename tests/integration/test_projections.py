@@ -938,6 +938,31 @@ def test_a_replay_worker_lowers_its_own_postgresql_backends_priority() -> None:
         assert os.getpriority(os.PRIO_PROCESS, other.info.backend_pid) == 0  # only its own
 
 
+def test_replay_workers_run_niced_from_their_start_and_every_thread_once(
+        infra: Infra) -> None:
+    """A worker is reniced as soon as it starts, so its interpreter's start-up and imports
+    (about a second of CPU per worker, all at once) do not compete with the query API at
+    niceness 0; its threads get the niceness once, not twice."""
+    from projections.replay import Workers
+    from projections.settings import ReplaySettings
+
+    settings = ReplaySettings(kafka_bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+                              database_url=os.environ["DATABASE_URL"], replay_nice=7)
+
+    def niceness(pid: int) -> set[int]:
+        # Field 19 of /proc/<pid>/task/<tid>/stat, counted after the command's ")".
+        return {int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+                for task in Path(f"/proc/{pid}/task").iterdir()}
+
+    # `go` is never set: the workers wait, their Kafka client's threads started.
+    with Workers(settings, [[0], [1]], {0: 0, 1: 0}) as workers:
+        pids = [p.pid for p in workers.processes if p.pid is not None]
+        assert [niceness(pid) for pid in pids] == [{7}, {7}]  # before any import is done
+        wait_for(lambda: all(len(list(Path(f"/proc/{pid}/task").iterdir())) > 2
+                             for pid in pids), 60, "the workers' threads")
+        assert [niceness(pid) for pid in pids] == [{7}, {7}]
+
+
 def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
     """A replay batch whose decisions are all new takes the plain INSERT; one that repeats
     a decision already in the shadow copy (after a processor crash) falls back to the
