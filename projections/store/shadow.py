@@ -124,10 +124,12 @@ WITH new AS (
 # The appended birth dates (`moved`) folded into the per-course aggregates and
 # per-(course, birth date) counts: one upsert per course and one per course and birth
 # date, in key order (the index grows at its right edge when the tables are empty).
-# date '0001-01-01' is day 1 of date.toordinal().
+# Grouped and sorted in byte order (COLLATE "C"): the same order as the database's
+# C.UTF-8 for UTF-8 text, without a strcoll per comparison (and any other order would
+# only cost the inserts locality). date '0001-01-01' is day 1 of date.toordinal().
 _MERGE = """
 , births AS (
-    SELECT course_id, dob, count(*) AS n FROM moved GROUP BY course_id, dob
+    SELECT course_id COLLATE "C" AS course_id, dob, count(*) AS n FROM moved GROUP BY 1, 2
 ), per_course AS (
     INSERT INTO {courses} AS c (course_id, enrolled, dob_sum_days, dob_min, dob_max)
     SELECT course_id, sum(n)::int, sum(n * (dob - date '0001-01-01' + 1))::bigint,
@@ -154,6 +156,10 @@ def merge_births(conn: psycopg.Connection, target: Target,
     tables = {"courses": target.table("course_stats"),
               "births": target.table("course_birth_dates"),
               "pending": target.table(BIRTHS_PENDING)}
+    # The grouping and sorting of up to millions of appended rows: in memory where they
+    # fit, not spilled to disk past the default 4 MB (no measured gain yet at 300,000
+    # events, where the merge took 5.5 s either way at load 10).
+    conn.execute("SET LOCAL work_mem = '128MB'")
     if partitions is not None:
         moved = ("WITH moved AS (DELETE FROM {pending} WHERE part = ANY(%s)"
                  " RETURNING course_id, dob)")
