@@ -936,6 +936,10 @@ def test_a_replay_worker_lowers_its_own_postgresql_backends_priority() -> None:
         _lower_backend_priority(conn, 7)
         assert os.getpriority(os.PRIO_PROCESS, pid) == 7
         assert os.getpriority(os.PRIO_PROCESS, other.info.backend_pid) == 0  # only its own
+        # Nor does its work move to parallel workers, which run at the postmaster's.
+        assert [conn.execute(f"SHOW {name}").fetchone() for name in (
+            "max_parallel_workers_per_gather", "max_parallel_maintenance_workers")] == [
+            ("0",), ("0",)]
 
 
 def test_replay_workers_run_niced_from_their_start_and_every_thread_once(
