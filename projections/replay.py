@@ -20,8 +20,11 @@ How it works:
    next offsets (`store.apply_staged`), so a worker killed at any moment (kill -9 of
    the replay kills its workers too) leaves every partition at a committed batch, and
    the next replay goes on from there with the same result. A course lives in one
-   partition (key = course id), so no two workers write the same row; the global row
-   and birth-date counts, which sum over every course, are built once before the swap.
+   partition (key = course id), so no two workers write the same row. A batch appends
+   its accepted sign-ups' birth dates to an unindexed table; the per-course rows and
+   birth-date counts are grouped from them once the workers are done
+   (`store.merge_births`), and the global row and counts, which sum over every course,
+   once before the swap.
    The progress bar counts the offsets in the shadow copies over all workers (events/s,
    ETA), and a row in `replay_runs` tells the projector's and the query API's /metrics
    that a replay runs.
@@ -357,6 +360,12 @@ def _lower_backend_priority(conn: psycopg.Connection, nice: int) -> None:
             return
         if os.getpriority(os.PRIO_PROCESS, pid) < nice:
             os.setpriority(os.PRIO_PROCESS, pid, nice)
+    if nice > 0:
+        # Parallel workers are started by the postmaster, at its niceness, not this
+        # backend's: a niced replay's scans and sorts must not move to them (/proc
+        # accounting of a niced two-worker replay: 0.16 s of them at niceness 0).
+        conn.execute("SET max_parallel_workers_per_gather = 0")
+        conn.execute("SET max_parallel_maintenance_workers = 0")
 
 
 def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int, int],
@@ -365,7 +374,10 @@ def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int,
     the replay process has set `go` (the shadow copies are there)."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the replay process handles Ctrl-C
-    os.nice(settings.replay_nice)
+    # The replay process reniced this one as soon as it started (`Workers`); this covers
+    # a worker started otherwise. Threads started from here on inherit it.
+    if os.getpriority(os.PRIO_PROCESS, 0) < settings.replay_nice:
+        os.setpriority(os.PRIO_PROCESS, 0, settings.replay_nice)
     # The writer thread makes about ten round trips to PostgreSQL per batch while the
     # reading thread decodes the next one; after each answer it waits for the GIL, by
     # default up to 5 ms (py-spy: 1.2 s of a 6.3 s replay of 300,000 events). Ask the
@@ -389,6 +401,12 @@ def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int,
             replay = Replay(settings, conn, kafka, partitions,
                             {p: stored.get(p, 0) for p in partitions})
             replay.catch_up({p: ends[p] for p in partitions}, deadline=None)
+            # Its partitions' appended birth dates grouped here, by every worker at once,
+            # instead of all of them by the replay process after the last worker.
+            step = time.monotonic()
+            with conn.transaction():
+                store.merge_births(conn, replay.target, partitions)
+            _log_step("worker's merge", step)
     finally:
         kafka.close()
 
@@ -401,6 +419,7 @@ class Workers:
         # spawn: a fresh interpreter per worker, with no copy of this process's Kafka
         # client threads or PostgreSQL connection.
         context = multiprocessing.get_context("spawn")
+        self.nice = settings.replay_nice
         self.go = context.Event()
         self.processes: list[BaseProcess] = [
             context.Process(target=work,
@@ -411,6 +430,13 @@ class Workers:
     def __enter__(self) -> Workers:
         for process in self.processes:
             process.start()
+            # At once, not in `work`: a spawned worker's interpreter start-up and imports
+            # (about a second of CPU each, all workers at once) would otherwise run at
+            # niceness 0, beside the query API (the slowest requests of a replay came in
+            # its first seconds). Its only thread now; later ones inherit the niceness.
+            with contextlib.suppress(OSError):
+                if process.pid is not None:
+                    os.setpriority(os.PRIO_PROCESS, process.pid, self.nice)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -480,28 +506,44 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
             store.start_replay(conn, settings.projection, len(groups))
             try:
                 done = resumed
+                _log_step("prepare", started)
                 running.start_reading()
+                step = time.monotonic()
                 for done in _progress(conn, shadow_name, lows, running):
                     bar.update(done - bar.n)
                     store.record_replay(conn, settings.projection, len(groups), done, total)
+                _log_step("workers", step)
                 read = done - resumed
                 stored = store.read_positions(conn, shadow_name, topics.EVENTS)
                 stored = {p: max(stored.get(p, lows[p]), lows[p]) for p in partitions}
                 replay = Replay(settings, conn, kafka, partitions, stored, bar)
-                # Fresh tables have no planner statistics; give them some before they go
-                # live. A tenth of the default sample is enough for the views' key probes
-                # and ranges (0.03 s instead of 0.2 s at 300,000 sign-ups, idle), and
-                # autovacuum analyzes them in full later.
-                with conn.transaction():
-                    conn.execute("SET LOCAL default_statistics_target = 10")
-                    conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
-                        replay.target.table(name) for name in store.VIEWS)))
-                replay.follow_live()
-                skipped = len(store.failures_since(conn, settings.projection, {}))
-                generation = None
+                with _bulk_connection(settings) as bulk:
+                    # The workers' appended birth dates, grouped once, while the live
+                    # views still answer and the live projector runs (the swap merges only
+                    # what the catch-up adds).
+                    step = time.monotonic()
+                    with bulk.transaction():
+                        store.merge_births(bulk, replay.target)
+                    step = _log_step("merge", step)
+                    # Fresh tables have no planner statistics; give them some before they
+                    # go live. A tenth of the default sample is enough for the views' key
+                    # probes and ranges (0.03 s instead of 0.2 s at 300,000 sign-ups,
+                    # idle), and autovacuum analyzes them in full later.
+                    with bulk.transaction():
+                        bulk.execute("SET LOCAL default_statistics_target = 10")
+                        bulk.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
+                            replay.target.table(name) for name in store.VIEWS)))
+                    step = _log_step("analyze", step)
+                    replay.follow_live()
+                    step = _log_step("follow live", step)
+                    skipped = len(store.failures_since(conn, settings.projection, {}))
+                    generation = None
+                    if swap:
+                        _set_logged(settings, bulk)
+                        step = _log_step("set logged", step)
                 if swap:
-                    _set_logged(settings, conn)
                     generation = replay.swap(producer)
+                    _log_step("swap", step)
                 else:
                     replay.finish_without_swap()
             finally:
@@ -518,12 +560,31 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
             producer.close()
 
 
+@contextlib.contextmanager
+def _bulk_connection(settings: ReplaySettings) -> Iterator[psycopg.Connection]:
+    """A connection for the replay process's bulk steps after the workers (the merge of
+    the birth dates, ANALYZE, SET LOGGED), its backend at the workers' niceness: those
+    steps run seconds at full speed, and the query API's reads should go first. The swap,
+    whose locks the query API's reads wait for, stays on the replay's own connection,
+    not niced: a niced backend holding them would make those reads wait for the CPU."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        _lower_backend_priority(conn, settings.replay_nice)
+        yield conn
+
+
+def _log_step(name: str, since: float) -> float:
+    """Log how long a step of the replay process took (INFO); returns now."""
+    now = time.monotonic()
+    log.info("replay step done", extra={"step": name, "seconds": round(now - since, 3)})
+    return now
+
+
 def _set_logged(settings: ReplaySettings, conn: psycopg.Connection) -> None:
     """SET LOGGED rewrites each copy into the WAL, one core per table: the decisions (the
     widest rows, about 60% of it) on a connection of their own, the rest on `conn`
     meanwhile (0.94 s at 110,000 events on one connection, under py-spy)."""
     def decisions() -> None:
-        with psycopg.connect(settings.database_url, autocommit=True) as own:
+        with _bulk_connection(settings) as own:
             store.set_logged(own, settings.projection, ["signup_decisions"])
 
     with ThreadPoolExecutor(1) as pool:

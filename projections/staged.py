@@ -24,8 +24,8 @@ LIVE_FOLD = frozenset({"StudentWaitlisted", "StudentPromoted", "StudentWithdrew"
                        "CourseChanged"})
 
 # (signup_id, course_id, reason (None: accepted), event_id, occurred_at in epoch ms,
-#  date_of_birth in epoch days (None: rejected))
-Decision = tuple[str, str, str | None, str, int, int | None]
+#  date_of_birth in epoch days (None: rejected), partition of the event log)
+Decision = tuple[str, str, str | None, str, int, int | None, int]
 
 
 @dataclass(frozen=True)
@@ -78,5 +78,5 @@ def stage(records: Iterable[tuple[int, int, bytes | None, bytes | None]]) -> Sta
         # one stands, in the batch as in the table (its primary key).
         if signup_id not in seen:
             seen.add(signup_id)
-            decisions.append((signup_id, course_id, reason, event_id, at, dob))
+            decisions.append((signup_id, course_id, reason, event_id, at, dob, partition))
     return Staged(tuple(courses.values()), decisions, tuple(failures), next_offsets)

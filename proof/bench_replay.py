@@ -118,6 +118,7 @@ class Prober:
     def __init__(self, url: str, paths: list[str], headers: dict[str, str]) -> None:
         self.url, self.paths, self.headers = url, paths, headers
         self.latencies: list[float] = []
+        self.at: list[float] = []  # when each request started, seconds since __enter__
         self.errors = 0
         self.halt = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -131,10 +132,12 @@ class Prober:
                 started = time.perf_counter()
                 ok = client.get(path).status_code == 200
                 self.latencies.append(time.perf_counter() - started)
+                self.at.append(started - self.began)
                 self.errors += not ok
                 time.sleep(0.002)  # a steady reader, not a load test
 
     def __enter__(self) -> Prober:
+        self.began = time.perf_counter()
         self.thread.start()
         return self
 
@@ -144,8 +147,15 @@ class Prober:
 
     def summary(self) -> dict[str, Any]:
         q = statistics.quantiles(self.latencies, n=100)
+        # Where the slowest 1% fell (seconds since the start, and ms): spread over the
+        # whole run, or bunched at one step (the swap, say)?
+        slow = sorted((lat, at) for lat, at in zip(self.latencies, self.at, strict=True)
+                      if lat >= q[98])
         return {"requests": len(self.latencies), "errors": self.errors,
-                "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2)}
+                "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2),
+                "seconds": round(time.perf_counter() - self.began, 2),
+                "slowest_at_s_ms": [[round(at, 1), round(lat * 1000, 1)]
+                                    for lat, at in sorted(slow, key=lambda x: x[1])]}
 
 
 def probe_paths(database_url: str) -> list[str]:

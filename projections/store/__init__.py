@@ -10,6 +10,8 @@ Tables (migrations 0001 and 0002):
   follows.
 - `projection_offsets`: per projection and topic-partition, the next offset to read.
 - `projection_generations`: bumped by every swap; see `apply` and `projections.replay`.
+- `course_births_pending_shadow`: a replay's appended birth dates, unlogged and without
+  an index, until `merge_births` groups them into the shadow copies (`shadow`).
 
 Which index serves which query (there are no others: nothing filters on another
 column, and every extra index would slow the per-batch upserts):
@@ -61,11 +63,13 @@ from projections.store.queries import (
     fetch_page,
 )
 from projections.store.shadow import (
+    BIRTHS_PENDING,
     apply_staged,
     create_shadow,
     drop_shadow,
     failures_since,
     fill_globals,
+    merge_births,
     prepare_staging,
     set_logged,
     shadow_exists,
@@ -88,11 +92,12 @@ from projections.store.views import (
 )
 
 __all__ = [
-    "Applied", "CHANGES_CHANNEL", "DecisionView", "EVERYTHING", "REPLAY_FRESH_SECONDS",
+    "Applied", "BIRTHS_PENDING", "CHANGES_CHANNEL", "DecisionView", "EVERYTHING",
+    "REPLAY_FRESH_SECONDS",
     "REPLAY_PROGRESS", "SHADOW_SUFFIX", "Stale", "Target", "VIEWS", "apply", "apply_staged",
     "bump_generation", "create_shadow", "drop_shadow", "end_replay", "ensure_generation",
     "failures_since", "fetch_course", "fetch_courses", "fetch_decision", "fetch_everything",
-    "fetch_global", "fetch_page", "fill_global_birth_dates", "fill_globals", "live",
+    "fetch_global", "fetch_page", "fill_global_birth_dates", "fill_globals", "live", "merge_births",
     "notice_payloads", "notify", "prepare_staging", "read_generation", "read_positions",
     "record_replay", "replay_progress", "set_logged", "shadow", "shadow_exists", "start_replay",
     "store_positions", "swap",

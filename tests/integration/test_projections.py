@@ -648,6 +648,79 @@ def test_a_term_moves_statuses_positions_and_figures_and_a_replay_agrees(
     assert_live_equals_a_replay()
 
 
+def test_a_replay_batch_appends_birth_dates_and_a_term_batch_merges_them_first(
+    infra: Infra,
+) -> None:
+    """A replay's fast batches only append their birth dates (no per-course or per-birth-date
+    upsert per batch); a later batch of a term's events, which reads and decrements those
+    counts, merges its partitions' appended ones first, and the final merge the rest."""
+    from projections.staged import stage
+
+    target = store.Target("views_p22test", "_p22test", False)
+    tables = [*store.VIEWS, store.BIRTHS_PENDING]
+    course, elsewhere = new_course_id(), new_course_id()
+    first, second = accepted(course, date(1980, 1, 1)), accepted(course, date(2001, 5, 5))
+    other = accepted(elsewhere, date(1999, 9, 9))
+
+    def records(events: Sequence[Event], partition: int, start: int,
+                ) -> list[tuple[int, int, bytes, bytes]]:
+        return [(partition, start + i, e.course_id.encode(), codec.encode(e))
+                for i, e in enumerate(events)]
+
+    with db() as conn:
+        conn.autocommit = True
+        for name in tables:
+            conn.execute(f"DROP TABLE IF EXISTS {name}_p22test")
+        for name in store.VIEWS:
+            conn.execute(f"CREATE TABLE {name}_p22test (LIKE {name} INCLUDING ALL)")
+        conn.execute("INSERT INTO global_stats_p22test (id) VALUES (true)")
+        conn.execute(f"CREATE TABLE {store.BIRTHS_PENDING}_p22test"
+                     " (part int NOT NULL, course_id text NOT NULL, dob date NOT NULL)")
+        try:
+            store.prepare_staging(conn)
+            with conn.transaction():
+                store.apply_staged(conn, target, stage(records([created(course), first, second],
+                                                               0, 0)), topic=topics.EVENTS)
+                store.apply_staged(conn, target, stage(records([other], 1, 0)),
+                                   topic=topics.EVENTS)
+            assert conn.execute("SELECT count(*) FROM course_birth_dates_p22test").fetchone() \
+                == (0,)
+            assert conn.execute(f"SELECT part, course_id, dob FROM {store.BIRTHS_PENDING}_p22test"
+                                " ORDER BY 1, 3").fetchall() == [
+                (0, course, first.date_of_birth), (0, course, second.date_of_birth),
+                (1, elsewhere, other.date_of_birth)]
+
+            term = stage(records([withdrew(first, 1)], 0, 3))
+            assert term.live is not None  # folded as the live projector folds it
+            with conn.transaction():
+                store.apply_staged(conn, target, term, topic=topics.EVENTS)
+            # Partition 0's appended birth dates were merged before the withdrawal took
+            # the first one away; partition 1's still wait for the final merge.
+            assert conn.execute(
+                "SELECT enrolled, dob_sum_days, dob_min, dob_max FROM course_stats_p22test"
+                " WHERE course_id = %s", (course,)).fetchone() == (
+                1, second.date_of_birth.toordinal(), second.date_of_birth,
+                second.date_of_birth)
+            assert conn.execute("SELECT course_id, dob, n FROM course_birth_dates_p22test"
+                                " ORDER BY 1, 2").fetchall() == [
+                (course, second.date_of_birth, 1)]
+            with conn.transaction():
+                store.fill_globals(conn, target)
+            assert conn.execute(f"SELECT count(*) FROM {store.BIRTHS_PENDING}_p22test"
+                                ).fetchone() == (0,)
+            assert conn.execute("SELECT course_id, dob, n FROM course_birth_dates_p22test"
+                                " ORDER BY 1, 2").fetchall() == sorted([
+                (course, second.date_of_birth, 1), (elsewhere, other.date_of_birth, 1)])
+            assert conn.execute("SELECT courses, enrollments, dob_min, dob_max"
+                                " FROM global_stats_p22test").fetchone() == (
+                1, 2, other.date_of_birth, second.date_of_birth)
+        finally:
+            for name in tables:
+                conn.execute(f"DROP TABLE IF EXISTS {name}_p22test")
+            conn.execute("DELETE FROM projection_offsets WHERE projection = %s",
+                         (target.projection,))
+
+
 # ------------------------------------------------------------------ the statistics cache
 
 
@@ -863,6 +936,35 @@ def test_a_replay_worker_lowers_its_own_postgresql_backends_priority() -> None:
         _lower_backend_priority(conn, 7)
         assert os.getpriority(os.PRIO_PROCESS, pid) == 7
         assert os.getpriority(os.PRIO_PROCESS, other.info.backend_pid) == 0  # only its own
+        # Nor does its work move to parallel workers, which run at the postmaster's.
+        assert [conn.execute(f"SHOW {name}").fetchone() for name in (
+            "max_parallel_workers_per_gather", "max_parallel_maintenance_workers")] == [
+            ("0",), ("0",)]
+
+
+def test_replay_workers_run_niced_from_their_start_and_every_thread_once(
+        infra: Infra) -> None:
+    """A worker is reniced as soon as it starts, so its interpreter's start-up and imports
+    (about a second of CPU per worker, all at once) do not compete with the query API at
+    niceness 0; its threads get the niceness once, not twice."""
+    from projections.replay import Workers
+    from projections.settings import ReplaySettings
+
+    settings = ReplaySettings(kafka_bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+                              database_url=os.environ["DATABASE_URL"], replay_nice=7)
+
+    def niceness(pid: int) -> set[int]:
+        # Field 19 of /proc/<pid>/task/<tid>/stat, counted after the command's ")".
+        return {int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+                for task in Path(f"/proc/{pid}/task").iterdir()}
+
+    # `go` is never set: the workers wait, their Kafka client's threads started.
+    with Workers(settings, [[0], [1]], {0: 0, 1: 0}) as workers:
+        pids = [p.pid for p in workers.processes if p.pid is not None]
+        assert [niceness(pid) for pid in pids] == [{7}, {7}]  # before any import is done
+        wait_for(lambda: all(len(list(Path(f"/proc/{pid}/task").iterdir())) > 2
+                             for pid in pids), 60, "the workers' threads")
+        assert [niceness(pid) for pid in pids] == [{7}, {7}]
 
 
 def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
@@ -887,6 +989,8 @@ def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
                 with conn.transaction():
                     store.prepare_staging(conn)
                     store.apply_staged(conn, target, stage(batch), topic=topics.EVENTS)
+            with conn.transaction():  # as the replay does once its batches are in
+                store.merge_births(conn, target)
             row = conn.execute(
                 "SELECT enrolled, dob_min, dob_max FROM course_stats_shadow"
                 " WHERE course_id = %s", (course,)).fetchone()
