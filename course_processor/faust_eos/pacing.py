@@ -1,0 +1,76 @@
+"""When the processor commits: as soon as it has caught up, at most every commit interval.
+
+A decision is invisible to read_committed readers until the transaction that carries it
+commits. faust commits on a fixed timer (broker_commit_interval), so a decision waited
+half an interval on average for the next commit, and a whole one at worst, even on an
+idle worker. PacedConsumer commits instead as soon as everything fetched has been
+decided (nothing buffered, nothing in the agent's queue) and at least `floor` has passed
+since the last commit began; the interval stays the longest a decision waits while the
+worker keeps finding input. So the transactions are small when the worker is idle
+(latency) and grow under load (throughput): a commit takes what was decided while the
+one before it ran. A worker with nothing new commits nothing (faust commits only
+offsets past the committed ones), so an idle worker does not loop on empty transactions.
+
+Only the moment changes: what a commit carries, and that it carries all of a command or
+none of it, is transactions.py's, and holds for a commit at any moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import monotonic
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode import Service
+
+
+def caught_up(consumer: faust_aiokafka.Consumer) -> bool:
+    """Every record fetched so far is decided: none waits in the agent's queue or
+    unacked in a stream (faust tracks a message from its delivery to its ack), and
+    aiokafka holds no fetched record not yet handed to faust."""
+    if consumer._unacked_messages:  # noqa: SLF001
+        return False
+    fetcher = getattr(consumer._thread._consumer, "_fetcher", None)  # noqa: SLF001
+    return not getattr(fetcher, "_records", None)
+
+
+def due(now: float, last: float, *, floor: float, interval: float, drained: bool,
+        pending: bool) -> bool:
+    """Whether to commit now, the last commit having begun at `last`."""
+    waited = now - last
+    return waited >= interval or (pending and drained and waited >= floor)
+
+
+class PacedConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer, committing when caught up (see the module doc)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The least time between the starts of two commits (the most is commit_interval).
+        self.commit_floor = min(self.commit_interval,
+                                getattr(self.app, "commit_floor", self.commit_interval))
+        self._acked_at_commit = 0
+
+    def pending(self) -> bool:
+        """A record was acked since the last commit began."""
+        # faust counts every ack in _n_acked and resets it only for broker_commit_every,
+        # which the processor does not set.
+        return self._n_acked != self._acked_at_commit
+
+    @Service.task
+    async def _commit_handler(self) -> None:
+        interval, floor = self.commit_interval, self.commit_floor
+        await self.sleep(interval)
+        last = monotonic()
+        # Polled, not woken per record: a check costs microseconds, a wake-up per acked
+        # record would cost every decision.
+        poll = max(floor / 2, 0.001)
+        while not self.should_stop:
+            await asyncio.sleep(poll)
+            now = monotonic()
+            if due(now, last, floor=floor, interval=interval, drained=caught_up(self),
+                   pending=self.pending()):
+                last = now
+                self._acked_at_commit = self._n_acked
+                await self.commit()

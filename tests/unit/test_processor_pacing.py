@@ -1,0 +1,35 @@
+"""When the processor commits (course_processor/faust_eos/pacing.py): pure timing rule."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from course_processor.faust_eos.pacing import due
+
+FLOOR, INTERVAL = 0.01, 0.1
+
+
+def test_a_caught_up_worker_commits_after_the_floor_not_the_interval() -> None:
+    assert due(0.012, 0.0, floor=FLOOR, interval=INTERVAL, drained=True, pending=True)
+    assert not due(0.005, 0.0, floor=FLOOR, interval=INTERVAL, drained=True, pending=True)
+
+
+def test_a_busy_worker_waits_for_the_interval() -> None:
+    assert not due(0.05, 0.0, floor=FLOOR, interval=INTERVAL, drained=False, pending=True)
+    assert due(0.1, 0.0, floor=FLOOR, interval=INTERVAL, drained=False, pending=True)
+
+
+def test_an_idle_worker_does_not_commit_early() -> None:
+    # Nothing acked since the last commit: only the interval's (empty, so skipped by
+    # faust) commit, never a loop of early ones.
+    assert not due(0.05, 0.0, floor=FLOOR, interval=INTERVAL, drained=True, pending=False)
+
+
+@given(st.floats(0, 1), st.booleans(), st.booleans())
+def test_never_before_the_floor_never_after_the_interval(waited: float, drained: bool,
+                                                         pending: bool) -> None:
+    now = 10.0 + waited
+    decision = due(now, 10.0, floor=FLOOR, interval=INTERVAL, drained=drained, pending=pending)
+    if now - 10.0 < FLOOR:
+        assert not decision
+    if now - 10.0 >= INTERVAL:
+        assert decision
