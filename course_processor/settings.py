@@ -66,6 +66,10 @@ class Settings(BaseSettings):
                                    validation_alias=_env("PROCESSOR_COMMIT_INTERVAL"))
     commit_min_interval: float = Field(default=0.01, gt=0,
                                        validation_alias=_env("PROCESSOR_COMMIT_MIN_INTERVAL"))
+    # How long the broker may hold the consumer's fetch when there is nothing new: a
+    # command can wait that long before it is read (faust_eos/pacing.py).
+    fetch_max_wait: float = Field(default=0.01, gt=0, le=1.5,
+                                  validation_alias=_env("PROCESSOR_FETCH_MAX_WAIT"))
     # How long faust's producers gather records into one produce request. A command's
     # events and table changes no longer go that way (the commit sends them as closed
     # batches, faust_eos/transactions.py), so it bounds only records sent through
