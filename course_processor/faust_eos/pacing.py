@@ -26,13 +26,31 @@ from mode import Service
 
 
 def caught_up(consumer: faust_aiokafka.Consumer) -> bool:
-    """Every record fetched so far is decided: none waits in the agent's queue or
-    unacked in a stream (faust tracks a message from its delivery to its ack), and
-    aiokafka holds no fetched record not yet handed to faust."""
+    """Every record fetched so far is decided, and the last fetch found nothing more:
+    none waits in the agent's queue or unacked in a stream (faust tracks a message from
+    its delivery to its ack), and in every partition faust reads (course-commands';
+    the changelogs are assigned too, but only read on restore) aiokafka has handed out
+    everything up to the last stable offset its last fetch saw (its position is
+    there). Read from the worker's thread while the consumer's thread updates it: a
+    stale answer only moves a commit, never changes what it carries."""
     if consumer._unacked_messages:  # noqa: SLF001
         return False
-    fetcher = getattr(consumer._thread._consumer, "_fetcher", None)  # noqa: SLF001
-    return not getattr(fetcher, "_records", None)
+    kafka = consumer._thread._consumer  # noqa: SLF001
+    subscription = None if kafka is None else kafka._subscription.subscription  # noqa: SLF001
+    assignment = None if subscription is None else subscription.assignment
+    active = consumer._active_partitions  # noqa: SLF001
+    if assignment is None or not active:
+        return False
+    return all(_fetched_all(assignment.state_value(tp)) for tp in active)
+
+
+def _fetched_all(state: Any) -> bool:
+    if state is None or not state.has_valid_position:
+        return False
+    # The last stable offset under read_committed, the high watermark otherwise; None
+    # before the partition's first fetch answered (nothing known to wait for).
+    end = state.lso if state.lso is not None and state.lso >= 0 else state.highwater
+    return end is None or state.position >= end
 
 
 def due(now: float, last: float, *, floor: float, interval: float, drained: bool,

@@ -33,3 +33,23 @@ def test_never_before_the_floor_never_after_the_interval(waited: float, drained:
         assert not decision
     if now - 10.0 >= INTERVAL:
         assert decision
+
+
+async def test_a_partition_is_caught_up_once_its_position_reaches_the_stable_end() -> None:
+    # aiokafka's own partition state, as the consumer thread keeps it.
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+
+    from course_processor.faust_eos.pacing import _fetched_all
+
+    state = TopicPartitionState(assignment=None)
+    assert not _fetched_all(state)  # no position yet: not known to be caught up
+    state.seek(10)
+    assert _fetched_all(state)  # nothing fetched yet: nothing known to wait for
+    state.highwater, state.lso = 14, 12
+    assert not _fetched_all(state)  # records up to the stable end not handed out
+    state.seek(12)
+    assert _fetched_all(state)  # the rest is in an open transaction: not readable yet
+    state.lso = -1  # read_uncommitted: aiokafka reports -1, the high watermark counts
+    assert not _fetched_all(state)
+    state.seek(14)
+    assert _fetched_all(state)
