@@ -68,8 +68,11 @@ class ShortPollThread(faust_aiokafka.AIOKafkaConsumerThread):
     handed out, the partition waits for the request in flight to come back, which the
     broker holds for fetch_max_wait_ms when its partitions get nothing new: faust sets
     1.5 s, and at 100 commands/s a command reached the agent 0.6 s after it was written
-    (1.5 s at p90). A short wait bounds that; an idle worker pays with an empty fetch
-    per wait.
+    (1.5 s at p90). A short wait bounds that; the worker pays with an empty fetch per
+    wait whenever the fetch in flight holds only partitions with nothing new (faust's
+    leader topic and the changelogs, assigned to the consumer but never read while
+    deciding, are always in it): at 10 ms a drain took 55% more CPU per command than
+    at 1.5 s, at 50 ms (the default) about 2% more.
     """
 
     def _create_worker_consumer(self, transport: Any) -> Any:
