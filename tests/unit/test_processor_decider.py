@@ -218,7 +218,9 @@ def test_a_memory_of_only_today_is_read_once_per_sign_up() -> None:
     decide(d, signup("ann@example.org"))
     decided.reads = 0
     decide(d, signup("bob@example.org"))
-    assert decided.reads == 1
+    # One, or none when bob's key sorts before ann's, the first key: no key before the
+    # first live one can be in the table.
+    assert decided.reads <= 1
 
 
 def test_a_decision_of_days_ago_is_still_found_past_the_oldest_day() -> None:

@@ -179,4 +179,4 @@ async def test_the_consumer_commits_when_caught_up_and_fetches_with_a_short_wait
     assert consumer.commit_floor == p.settings.commit_min_interval == 0.01
     assert consumer.commit_interval == p.settings.commit_interval == 0.1
     kafka = consumer._thread._create_worker_consumer(p.app.transport)  # type: ignore[arg-type]
-    assert kafka._fetch_max_wait_ms == 50 < 1500
+    assert kafka._fetch_max_wait_ms == 10 < 1500
