@@ -7,7 +7,8 @@ SMTP_USERNAME, SMTP_PASSWORD and MAIL_FROM choose the mail server and sender;
 NOTIFIER_GROUP_ID (default "notifier") the consumer group; NOTIFIER_RETRY_* the
 backoff. GET /healthz, /readyz and /metrics answer on 127.0.0.1:$NOTIFIER_PORT (default
 6068; NOTIFIER_HOST or HOST overrides the interface). Logs go to stderr as JSON lines.
-SIGTERM or SIGINT stops it after the current e-mail, committing what is done.
+SIGTERM or SIGINT stops it after the e-mails in flight (one per lane,
+NOTIFIER_SMTP_CONNECTIONS), committing what is done.
 """
 
 from __future__ import annotations

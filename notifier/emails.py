@@ -8,13 +8,16 @@ token when the notifier has the secret to compute it.
 from __future__ import annotations
 
 import html
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from email import quoprimime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import default as stock_policy
 from email.utils import format_datetime
+from functools import lru_cache
 
 from schemas.messages import (
     REJECTION_REASONS,
@@ -212,3 +215,90 @@ def _seat(decision: StudentSignedUp) -> str:
     if decision.capacity is None:
         return f"You hold seat {decision.seats_taken}."
     return f"You hold seat {decision.seats_taken} of {decision.capacity}."
+
+
+# ---------------------------------------------------------------- the bytes, directly
+
+# Header values the email package writes out verbatim: printable ASCII, nothing to quote
+# or encode; a display name of atext words only.
+_PLAIN = re.compile(r"[ -~]*")
+_WORDS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+( [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_TOKEN = re.compile(r"[A-Za-z0-9._-]+")
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+MAX_LINE = 78
+
+
+def render_bytes(decision: Notice, course: CourseInfo | None, sender: str,
+                 to: Recipient | None = None, withdrawal_token: str | None = None) -> bytes:
+    """`render(...).as_bytes()`, the same bytes, about ten times cheaper: written from a
+    template when every header is plain ASCII that the email package would write as it
+    is (the common case), and by the email package itself otherwise."""
+    fast = _template(decision, course, sender, to, withdrawal_token)
+    if fast is not None:
+        return fast
+    return render(decision, course, sender, to, withdrawal_token).as_bytes()
+
+
+@lru_cache(maxsize=16)
+def _from_line(sender: str) -> str:
+    msg = EmailMessage(policy=default_policy)
+    msg["From"] = sender
+    return msg.as_string().split("\n\n", 1)[0]
+
+
+def _template(decision: Notice, course: CourseInfo | None, sender: str,
+              to: Recipient | None, token: str | None) -> bytes | None:
+    if to is None:
+        if not isinstance(decision, StudentSignedUp | SignUpRejected | StudentWaitlisted):
+            return None  # render() says why
+        to = Recipient(decision.email, decision.name)
+    name, subject = _one_line(to.name), _one_line(_subject(decision, course))
+    ids = (decision.event_id, decision.correlation_id, decision.signup_id)
+    if not (_ADDRESS.fullmatch(to.email) and _WORDS.fullmatch(name)
+            and _PLAIN.fullmatch(subject) and all(_TOKEN.fullmatch(i) for i in ids)):
+        return None
+    event_id = decision.event_id
+    headers = [
+        _from_line(sender),
+        f"To: {name} <{to.email}>",
+        f"Subject: {subject}",
+        f"Date: {format_datetime(decision.occurred_at)}",
+        f"Message-ID: {message_id(event_id)}",
+        "Auto-Submitted: auto-generated",
+        f"X-Event-Id: {event_id}",
+        f"X-Correlation-Id: {decision.correlation_id}",
+        f"X-Signup-Id: {decision.signup_id}",
+    ]
+    if any(len(line) > MAX_LINE for line in headers) or "\n" in headers[0]:
+        return None
+    boundary = f"=_{event_id}"
+    content_type = f'Content-Type: multipart/alternative; boundary="{boundary}"'
+    if len(content_type) > MAX_LINE:  # folded as the email package folds it
+        content_type = f'Content-Type: multipart/alternative;\n boundary="{boundary}"'
+    text = _qp(_text(decision, course, to, token))
+    page = _qp(_html(decision, course, to, token))
+    return "\n".join([
+        *headers,
+        "MIME-Version: 1.0",
+        content_type,
+        "",
+        f"--{boundary}",
+        'Content-Type: text/plain; charset="utf-8"',
+        "Content-Transfer-Encoding: quoted-printable",
+        "",
+        text,
+        f"--{boundary}",
+        'Content-Type: text/html; charset="utf-8"',
+        "Content-Transfer-Encoding: quoted-printable",
+        "MIME-Version: 1.0",
+        "",
+        page,
+        f"--{boundary}--",
+        "",
+    ]).encode("ascii")
+
+
+def _qp(body: str) -> str:
+    # What set_content(cte="quoted-printable") stores for a text part.
+    lines = body.encode("utf-8").splitlines()
+    return quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), MAX_LINE)

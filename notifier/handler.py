@@ -12,10 +12,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from typing import Literal, Protocol
 
-from notifier.emails import CourseInfo, Notice, Recipient, render
+from notifier.emails import CourseInfo, Notice, Recipient, render_bytes
 from notifier.mailer import MailError, SendFailure
 from notifier.observability import Metrics
 from schemas.codec import DecodeError, Message, decode
@@ -68,9 +67,9 @@ class Store(Protocol):
 
 
 class Mailer(Protocol):
-    """Sends one e-mail or raises MailError (`notifier.mailer`)."""
+    """Sends one e-mail, as its bytes, or raises MailError (`notifier.mailer`)."""
 
-    def send(self, msg: EmailMessage, recipient: str) -> None: ...
+    def send(self, msg: bytes, recipient: str) -> None: ...
 
 
 class DeadLetters(Protocol):
@@ -240,7 +239,8 @@ class Handler:
         token = (None if self.withdrawal_secret is None else
                  withdrawal_token(self.withdrawal_secret, notice.course_id, notice.signup_id))
         try:
-            email = render(notice, self.store.course(notice.course_id), self.sender, to, token)
+            email = render_bytes(notice, self.store.course(notice.course_id), self.sender, to,
+                                 token)
         except Exception as exc:  # noqa: BLE001 - a decision that cannot be rendered
             return self.dead_letter(job, "render_failed", type(exc).__name__)
         try:

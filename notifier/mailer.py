@@ -14,7 +14,6 @@ import smtplib
 import ssl
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Literal
 
@@ -99,6 +98,14 @@ def classify(exc: BaseException) -> SendFailure:
     return SendFailure("permanent", "unexpected_error", exception=type(exc).__name__)
 
 
+_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+def _crlf(msg: bytes) -> bytes:
+    """Every line ended by CRLF, as SMTP wants (smtplib converts only str messages)."""
+    return _LINE_END.sub(b"\r\n", msg)
+
+
 class SmtpMailer:
     """Sends e-mails over one SMTP session, opened on first use and after any failure."""
 
@@ -108,11 +115,18 @@ class SmtpMailer:
         self._client: smtplib.SMTP | None = None
         self._last_used = 0.0
 
-    def send(self, msg: EmailMessage, recipient: str) -> None:
-        """Hand `msg` to the server for `recipient`; raises MailError if it did not take it."""
+    def send(self, msg: bytes, recipient: str) -> None:
+        """Hand `msg` (the message's bytes) to the server for `recipient`; raises MailError
+        if it did not take it. An internationalised address needs the server's SMTPUTF8."""
         try:
             client = self._session()
-            client.send_message(msg, from_addr=self._sender, to_addrs=[recipient])
+            options: list[str] = []
+            if not (recipient.isascii() and self._sender.isascii()):
+                if not client.has_extn("smtputf8"):
+                    raise smtplib.SMTPNotSupportedError(
+                        "the server does not support SMTPUTF8")
+                options = ["SMTPUTF8", "BODY=8BITMIME"]
+            client.sendmail(self._sender, [recipient], _crlf(msg), mail_options=options)
         except Exception as exc:
             failure = classify(exc)
             # smtplib resets the session itself after a refused sender, recipient or

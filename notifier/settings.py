@@ -52,5 +52,8 @@ class Settings(BaseSettings):
     notifier_transient_give_up_seconds: float = Field(default=2 * 24 * 3600, ge=0)
     # Messages waiting for a retry at most; at the limit the consumer pauses.
     notifier_max_parked: int = Field(default=1000, ge=1)
+    # SMTP connections (each with its own PostgreSQL session) sending in parallel, one
+    # partition of course-events on each at a time; 1 sends one e-mail at a time.
+    notifier_smtp_connections: int = Field(default=4, ge=1, le=64)
 
     log_level: LogLevel = "INFO"

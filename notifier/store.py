@@ -30,12 +30,23 @@ class PostgresStore:
         return row is not None
 
     def record_handled(self, event_id: str, signup_id: str) -> None:
-        # The primary key makes a second record of the same decision a no-op.
+        """Record the decision as handled (the primary key makes a second record a no-op)
+        and, in the same round trip, release a held key: the send it guarded is over."""
+        held = self._held
+        if held is None:
+            self._execute(
+                "INSERT INTO sent_notifications (event_id, signup_id) VALUES (%s, %s)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                (event_id, signup_id),
+            )
+            return
         self._execute(
-            "INSERT INTO sent_notifications (event_id, signup_id) VALUES (%s, %s)"
-            " ON CONFLICT (event_id) DO NOTHING",
-            (event_id, signup_id),
+            "WITH recorded AS (INSERT INTO sent_notifications (event_id, signup_id)"
+            " VALUES (%(event)s, %(signup)s) ON CONFLICT (event_id) DO NOTHING)"
+            " SELECT pg_advisory_unlock_shared(%(lock)s, hashtext(%(key)s))",
+            {"event": event_id, "signup": signup_id, "lock": KEY_IN_USE_LOCK, "key": held},
         )
+        self._held = None
 
     def hold_key(self, key_ref: str) -> bytes | None:
         """The data key a decision's `key_id` refers to, held until `release_key`; None
@@ -51,15 +62,17 @@ class PostgresStore:
         signup_keys and student_keys, nothing more (advisory locks are PUBLIC).
         """
         self.release_key()
+        # The key id and its lock in one round trip (the lock taken once, for the one row);
+        # the key itself is read by the next statement, whose snapshot follows the lock.
         found = self._execute(
-            "SELECT key_id::text FROM signup_keys WHERE key_ref = %(ref)s UNION ALL"
-            " SELECT key_id::text FROM student_keys WHERE key_id = %(ref)s LIMIT 1",
-            {"ref": key_ref})
+            "SELECT key_id, pg_advisory_lock_shared(%(lock)s, hashtext(key_id)) FROM ("
+            " SELECT key_id::text AS key_id FROM signup_keys WHERE key_ref = %(ref)s"
+            " UNION ALL SELECT key_id::text FROM student_keys WHERE key_id = %(ref)s"
+            " LIMIT 1) AS found",
+            {"ref": key_ref, "lock": KEY_IN_USE_LOCK})
         if found is None:
             return None
         key_id = str(found[0])
-        self._execute("SELECT pg_advisory_lock_shared(%s, hashtext(%s))",
-                      (KEY_IN_USE_LOCK, key_id))
         self._held = key_id
         row = self._execute("SELECT key FROM student_keys WHERE key_id = %s", (key_id,))
         if row is None:

@@ -14,6 +14,13 @@ behind them.
 Offsets: per partition, only the oldest unfinished offset is committed, after the
 sent-record of everything below it is in PostgreSQL. A crash re-reads from there;
 the sent-record skips what already went out.
+
+Parallel lanes (`lanes.py`, NOTIFIER_SMTP_CONNECTIONS > 1): each partition has at most
+one job on a lane at a time and the rest wait, in log order, in `waiting`; so within a
+partition (a course, hence each sign-up and its CourseCreated) everything happens in
+the order of the single-connection loop, and partitions overlap their round trips.
+Every decision about a job's outcome (park, retry, dead-letter, commit) is still taken
+on this thread.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +38,8 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from notifier.handler import Done, Failed, Handler, Job
+from notifier.handler import Done, Failed, Handler, Job, Outcome
+from notifier.lanes import Action, Lanes
 from notifier.mailer import SendFailure
 from notifier.observability import Metrics
 from notifier.offsets import PartitionProgress
@@ -47,11 +56,19 @@ log = logging.getLogger("notifier")
 COMMIT_EVERY_SECONDS = 0.5
 LAG_EVERY_SECONDS = 5.0
 MAX_POLL_WAIT_SECONDS = 0.5
+# With lanes: records taken per poll round at most, and how long to wait for a lane
+# when nothing new came in.
+TAKE_AT_ONCE = 500
+LANE_WAIT_SECONDS = 0.01
 
 TopicKey = tuple[str, int]
 
 # Parked with this due time, a job is the first one tried once the gate opens again.
 FIRST_WHEN_OPEN = float("-inf")
+
+
+def advance(handler: Handler, job: Job) -> Outcome:
+    return handler.advance(job)
 
 
 @dataclass(frozen=True)
@@ -95,8 +112,10 @@ class Worker:
     def __init__(self, consumer: Consumer, handler: Handler, metrics: Metrics, policy: Policy,
                  clock: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random,
-                 closers: Sequence[Callable[[], None]] = ()) -> None:
+                 closers: Sequence[Callable[[], None]] = (), lanes: Lanes | None = None
+                 ) -> None:
         self.consumer = consumer
+        self.lanes = lanes  # None: every step runs here, on `handler`
         self.closers = closers  # of the adapters the worker owns, called once it stopped
         self.handler = handler
         self.metrics = metrics
@@ -108,6 +127,12 @@ class Worker:
         self.progress: dict[TopicKey, PartitionProgress] = {}
         self.committed: dict[TopicKey, int] = {}
         self.in_flight: dict[str, Job] = {}  # parked decisions by event id
+        # With lanes: the partitions with a job on a lane (and the gate's epoch when it
+        # left), and the records of each partition waiting for it, in log order.
+        self.busy: dict[TopicKey, int] = {}
+        self.waiting: dict[TopicKey, deque[Job]] = {}
+        self.buffered = 0
+        self._epoch = 0  # outages so far: a success from before the last one opens nothing
         self.paused = False
         self._outage = "a dependency is unavailable"
         self._last_commit = 0.0
@@ -123,6 +148,7 @@ class Worker:
                 self.step()
         finally:
             try:
+                self._settle_lanes(set(self.busy))
                 self.commit(asynchronous=False)
             finally:
                 for close in self.closers:
@@ -133,19 +159,43 @@ class Worker:
         now = self.clock()
         can_send = self.gate.is_open(now)
         self.metrics.unready = None if can_send else self._outage
-        job = self.parked.pop_due(now) if can_send else None
-        if job is not None:
-            self.attempt(job)
+        if self.lanes is not None:
+            self._step_lanes(self.lanes, now, can_send)
         else:
-            self._flow_control(now)
-            msg = self.consumer.poll(self._wait(now))
-            if msg is not None:
-                self._take(msg)
+            job = self.parked.pop_due(now) if can_send else None
+            if job is not None:
+                self.attempt(job)
+            else:
+                self._flow_control(now)
+                msg = self.consumer.poll(self._wait(now))
+                if msg is not None:
+                    self._take(msg)
         now = self.clock()
         if now - self._last_commit >= COMMIT_EVERY_SECONDS:
             self.commit(asynchronous=True)
         if now - self._last_lag >= LAG_EVERY_SECONDS:
             self._update_lag()
+
+    def _step_lanes(self, lanes: Lanes, now: float, can_send: bool) -> None:
+        self._settle(lanes.finished())
+        if can_send:
+            # Due retries go first in their partitions; an outage's job is the oldest.
+            due: list[Job] = []
+            while (job := self.parked.pop_due(now)) is not None:
+                due.append(job)
+            for job in reversed(due):
+                self._queue(job, first=True)
+            for key in list(self.waiting):
+                self._next(key)
+        self._flow_control(now)
+        took = 0
+        msg = self.consumer.poll(0.0 if self.busy else self._wait(now))
+        while msg is not None:
+            self._take(msg)
+            took += 1
+            msg = self.consumer.poll(0.0) if took < TAKE_AT_ONCE else None
+        if self.busy and not took:
+            self._settle(lanes.finished(LANE_WAIT_SECONDS))
 
     def _wait(self, now: float) -> float:
         """How long poll() may block: until the next parked job can run, at most a moment."""
@@ -158,7 +208,8 @@ class Worker:
     def _flow_control(self, now: float) -> None:
         # While nothing can be sent, or too much waits already, leave the records in
         # Kafka rather than in memory. poll() still runs, so the group keeps us.
-        hold = not self.gate.is_open(now) or len(self.parked) >= self.policy.max_parked
+        hold = (not self.gate.is_open(now) or len(self.parked) >= self.policy.max_parked
+                or self.buffered >= self.policy.max_parked)
         if hold == self.paused:
             return
         assignment = self.consumer.assignment()
@@ -188,7 +239,11 @@ class Worker:
             self._finish(job)
             return
         now = self.clock()
-        if self.gate.is_open(now):
+        if self.lanes is not None:
+            # In log order behind its partition's earlier records, whatever the gate.
+            self._queue(job)
+            self._next((record.topic, record.partition))
+        elif self.gate.is_open(now):
             self.attempt(job)
         else:
             # Fetched before the pause took hold: behind the job that closed the gate.
@@ -196,17 +251,60 @@ class Worker:
 
     # ------------------------------------------------------------------ one job
 
-    def attempt(self, job: Job) -> None:
+    def attempt(self, job: Job, action: Action | None = None) -> None:
+        """Run `action` on `job`: here, or on a lane (its outcome comes back to _settle)."""
+        action = action or advance
+        key = (job.record.topic, job.record.partition)
+        self.busy[key] = self._epoch
+        if self.lanes is not None:
+            self.lanes.submit(job, action)
+            return
         try:
-            outcome = self.handler.advance(job)
+            outcome: Outcome | BaseException = action(self.handler, job)
         except (psycopg.Error, DeadLetterError) as exc:
-            self._infra_down(job, type(exc).__name__)
+            outcome = exc
+        self._settle([(job, outcome)])
+
+    def _settle(self, results: list[tuple[Job, Outcome | BaseException]]) -> None:
+        for job, outcome in results:
+            key = (job.record.topic, job.record.partition)
+            epoch = self.busy.pop(key, None)
+            if isinstance(outcome, psycopg.Error | DeadLetterError):
+                self._infra_down(job, type(outcome).__name__)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            elif isinstance(outcome, Done):
+                if epoch == self._epoch:  # not a send begun before the latest outage
+                    self.gate.succeed()
+                self._finish(job)
+            else:
+                self._failed(job, outcome)
+            if self.lanes is not None:
+                self._next(key)
+
+    def _queue(self, job: Job, first: bool = False) -> None:
+        waiting = self.waiting.setdefault((job.record.topic, job.record.partition), deque())
+        if first:
+            waiting.appendleft(job)
+        else:
+            waiting.append(job)
+        self.buffered += 1
+
+    def _next(self, key: TopicKey) -> None:
+        """Start the partition's oldest waiting job, if it has none running and may send."""
+        waiting = self.waiting.get(key)
+        if not waiting or key in self.busy or not self.gate.is_open(self.clock()):
             return
-        if isinstance(outcome, Done):
-            self.gate.succeed()
-            self._finish(job)
-            return
-        self._failed(job, outcome)
+        self.buffered -= 1
+        self.attempt(waiting.popleft())
+
+    def _settle_lanes(self, keys: set[TopicKey]) -> None:
+        """Wait for the jobs of `keys` still on a lane, with nothing started after them."""
+        for key in keys:
+            self.buffered -= len(self.waiting.pop(key, ()))
+        while self.lanes is not None and keys & set(self.busy):
+            self._settle(self.lanes.finished(MAX_POLL_WAIT_SECONDS))
+            self.metrics.beat()
 
     def _failed(self, job: Job, failed: Failed) -> None:
         failure, now = failed.failure, self.clock()
@@ -238,14 +336,10 @@ class Worker:
         reason = failure.reason if failure.kind == "permanent" else "retries_exhausted"
         # Codes only (`recipient_refused: 550 5.1.1`): the server's text may quote the address.
         detail = f"{failure.reason}: {failure.status}".strip(" :")
-        try:
-            self.handler.dead_letter(job, reason, detail)
-        except (psycopg.Error, DeadLetterError) as exc:
-            self._infra_down(job, type(exc).__name__)
-            return
-        self._finish(job)
+        self.attempt(job, lambda handler, job: handler.dead_letter(job, reason, detail))
 
     def _infra_down(self, job: Job, reason: str, code: int | None = None) -> None:
+        self._epoch += 1
         open_at = self.gate.fail(self.clock())
         self._outage = self.metrics.unready = f"dependency unavailable: {reason}"
         self.metrics.retried.inc()
@@ -338,12 +432,14 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(p.topic, p.partition) for p in partitions}
+        self._settle_lanes(keys)
         self.commit(asynchronous=False, only=keys)
         self._drop(keys)
         log.info("partitions revoked", extra={"partitions": sorted(k[1] for k in keys)})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another member may own them already: committing now could skip its work.
+        self._settle_lanes({(p.topic, p.partition) for p in partitions})
         self._drop({(p.topic, p.partition) for p in partitions})
 
     def _drop(self, keys: set[TopicKey]) -> None:

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from course_processor.deciding.handler import Decider, place_key
@@ -134,10 +142,38 @@ def skip_group_to_end(bootstrap: str, topic: str, group: str) -> None:
     consumer = Consumer({**client_config(), "bootstrap.servers": bootstrap, "group.id": group,
                          "enable.auto.commit": False})
     try:
-        consumer.commit(offsets=[TopicPartition(topic, p, end) for p, end in ends.items()],
-                        asynchronous=False)
+        commit_retrying(consumer, [TopicPartition(topic, p, end) for p, end in ends.items()])
     finally:
         consumer.close()
+
+
+# What a commit may answer while the group coordinator is still being found or moves
+# (a fresh consumer's first commit, a broker busy with the bench's load): worth waiting.
+COORDINATOR_PENDING = frozenset({
+    KafkaError._WAIT_COORD, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
+})
+
+
+def commit_retrying(consumer: Any, offsets: list[TopicPartition], timeout: float = 60.0,
+                    sleep: Callable[[float], None] = time.sleep) -> None:
+    """A synchronous commit of `offsets`, tried again while the coordinator is not there
+    yet (`_WAIT_COORD`, ...) or any retriable error, up to `timeout` seconds; any other
+    error, or the last one, is raised."""
+    deadline, wait = time.monotonic() + timeout, 0.1
+    while True:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            return
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (
+                error.code() in COORDINATOR_PENDING or error.retriable())
+            if not retriable or time.monotonic() + wait > deadline:
+                raise
+        sleep(wait)
+        wait = min(2 * wait, 2.0)
 
 
 class OffsetProbe:

@@ -48,6 +48,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from course_processor.deciding.handler import Decider, place_key
 from course_processor.deciding.values import BUILT_KEY, TABLES, memory_key, outcome_of
 from course_processor.deciding.wire import event_headers
+from course_processor.faust_eos.failstop import FAIL_STOP_EXIT_CODE as FAIL_STOP_EXIT
 from course_processor.state.migrate import BUILT_VALUE, command_partition
 from proof.bench_kafka import decide, produce
 from proof.bench_stack import broker_from_env, memory, results_dir
@@ -224,6 +225,7 @@ class Processor:
         self.data_dir = run.work / name
         self.log_path = run.work / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
 
     def start(self) -> None:
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.run.servers,
@@ -240,6 +242,15 @@ class Processor:
 
     def kill(self) -> None:
         kill_now(self.proc)
+
+    def supervise(self) -> None:
+        """Start the worker again if it fail-stopped (exit 70), as the compose file's
+        `restart: unless-stopped` does: a commit fenced while the group rebalances ends
+        the worker by design (README, *Exactly once*), and a restart redoes its work."""
+        if self.proc is not None and self.proc.poll() == FAIL_STOP_EXIT:
+            log(f"  {self.name} fail-stopped (exit {FAIL_STOP_EXIT}); restarting it")
+            self.restarts += 1
+            self.start()
 
     def stop(self) -> None:
         terminate(self.proc, 30)
@@ -412,6 +423,8 @@ def measure_failover(run: Run) -> dict[str, Any]:
         second.start()
 
         def shared() -> bool:
+            first.supervise()
+            second.supervise()
             a, b = first.deciding(), second.deciding()
             return bool(a) and bool(b) and sorted(a + b) == list(range(run.partitions))
         wait_until(shared, 600, "two processors sharing the partitions")
@@ -427,15 +440,21 @@ def measure_failover(run: Run) -> dict[str, Any]:
         first.kill()
         assert second.proc is not None
         pid = str(second.proc.pid)
-        wait_until(lambda: trickle.first_after(killed_at, pid, lost) is not None, 900,
-                   "the killed worker's partitions to decide again")
+
+        def taken_over() -> bool:
+            second.supervise()
+            return trickle.first_after(killed_at, str(second.proc and second.proc.pid),
+                                       lost) is not None
+        wait_until(taken_over, 900, "the killed worker's partitions to decide again")
+        pid = str(second.proc.pid)
         took = trickle.first_after(killed_at, pid, lost)
         assert took is not None
         restored = second.restores()
         result = {"signups": run.signups, "partitions_moved": sorted(lost),
                   "kill_to_first_decision_s": round(took - killed_at, 2),
                   "survivor_restored_records": restored[-1][0] if restored else None,
-                  "survivor_restore_s": restored[-1][1] if restored else None}
+                  "survivor_restore_s": restored[-1][1] if restored else None,
+                  "fail_stop_restarts": first.restarts + second.restarts}
     finally:
         trickle.stop()
         first.stop()

@@ -3,7 +3,8 @@
 Run: python -m stack.smtp_sink --port 2525 --mail-dir .run/mail
 
 Every accepted message becomes `<mail-dir>/<received>-<uuid>.eml`, written to a
-temporary name and renamed, so a reader never sees half a message. Recipients in
+temporary name and renamed, so a reader never sees half a message (not fsynced:
+a development server, cheap per message). Recipients in
 a domain listed in SMTP_SINK_REJECT_DOMAINS (default `rejected.invalid` and
 `refused.example.org`, which the command API accepts) get a permanent `550` that
 quotes the address, as Postfix's does, to exercise the senders' dead-letter path and
@@ -56,10 +57,11 @@ class FileSink:
         ).encode()
         content: Any = envelope.original_content or envelope.content or b""
         body = content if isinstance(content, bytes) else str(content).encode()
+        # No fsync: a development sink, on the same disk and cores as the stack it serves.
+        # The rename still shows each reader a whole message or none; only a crash of the
+        # machine itself may lose the last messages stored.
         with open(tmp, "wb") as out:
             out.write(header + body)
-            out.flush()
-            os.fsync(out.fileno())
         tmp.rename(final)
         return final
 

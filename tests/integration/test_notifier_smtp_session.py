@@ -86,18 +86,18 @@ def test_many_e_mails_share_one_session_and_a_failure_opens_a_new_one(
                                  database_url="postgresql://unused/db",
                                  smtp_port=smtp_server.port, smtp_timeout_seconds=5))
     for n in range(20):
-        mailer.send(_mail(n), "s@example.org")
+        mailer.send(_mail(n).as_bytes(), "s@example.org")
     assert smtp_server.sessions == 1
     assert len(list(tmp_path.glob("*.eml"))) == 20
 
     smtp_server.stop()  # the server goes away with the session open
     with pytest.raises(MailError) as failed:
-        mailer.send(_mail(20), "s@example.org")
+        mailer.send(_mail(20).as_bytes(), "s@example.org")
     assert failed.value.failure.kind == "transient" and failed.value.failure.server_wide
 
     smtp_server.start()
     for n in range(21, 31):
-        mailer.send(_mail(n), "s@example.org")
+        mailer.send(_mail(n).as_bytes(), "s@example.org")
     mailer.close()
     assert smtp_server.sessions == 2  # one new session after the failure, for all ten
     assert len(list(tmp_path.glob("*.eml"))) == 30

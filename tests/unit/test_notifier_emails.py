@@ -5,8 +5,10 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from notifier.emails import REASONS, CourseInfo, message_id, render
+from notifier.emails import REASONS, CourseInfo, _template, message_id, render, render_bytes
 from schemas.messages import (
     REJECTION_REASONS,
     Decision,
@@ -175,3 +177,46 @@ def test_header_classes_are_built_once_and_the_bytes_are_the_stock_policys(
     assert type(first["Subject"]) is type(second["Subject"])
     stock = email.policy.default.clone(utf8=first.policy.utf8)  # type: ignore[attr-defined]
     assert first.as_bytes() == first.as_bytes(policy=stock)
+
+
+# ---------------------------------------------------------------- the bytes, from a template
+
+_names = st.one_of(
+    st.sampled_from(["Ann Lee", "Zoë Ångström", "O'Brien", 'Ann "the" Lee', "Lee, Ann",
+                     "Ann  Lee ", "", "x" * 90, "Ann\r\nBcc: eve@example.org", "李雷"]),
+    st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=40))
+_titles = st.one_of(
+    st.sampled_from(["Intro to Python", "Über Typen", "A: B; C (D)", "t" * 80, ""]),
+    st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=70))
+_ids = st.one_of(st.uuids().map(str), st.sampled_from(["corr-1", "a b", "x" * 70, "é"]))
+
+
+@given(name=_names, title=_titles, lecturer=_names, correlation_id=_ids,
+       email_address=st.sampled_from(["ann@example.org", "a.b+c@sub.example.org",
+                                      "zoë@example.org", "\"a b\"@example.org"]),
+       token=st.one_of(st.none(), st.sampled_from(["tok-123", "x" * 100])),
+       kind=st.sampled_from(["accepted", "rejected", "no course"]))
+@settings(max_examples=300, deadline=None)
+def test_the_template_writes_the_email_packages_bytes(
+    name: str, title: str, lecturer: str, correlation_id: str, email_address: str,
+    token: str | None, kind: str,
+) -> None:
+    fields = {**common(1, "StudentSignedUp"), "correlation_id": correlation_id,
+              "email": email_address}
+    decision: Decision
+    if kind == "rejected":
+        decision = SignUpRejected(**{**fields, "event_type": "SignUpRejected"}, name=name,
+                                  reason="course_full")
+    else:
+        decision = StudentSignedUp(**fields, name=name, date_of_birth=date(2000, 5, 17),
+                                   seats_taken=7, capacity=30)
+    course = None if kind == "no course" else CourseInfo(title, lecturer)
+    expected = render(decision, course, SENDER, None, token).as_bytes()
+    assert render_bytes(decision, course, SENDER, None, token) == expected
+
+
+def test_the_common_e_mail_takes_the_template() -> None:
+    assert _template(accepted(), COURSE, SENDER, None, "tok-1") == \
+        render(accepted(), COURSE, SENDER, None, "tok-1").as_bytes()
+    # An encoded-word name is the email package's to write.
+    assert _template(accepted(name="Zoë Ångström"), COURSE, SENDER, None, None) is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import email
+import email.policy
 import smtplib
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
@@ -82,7 +84,9 @@ class FakeMailer:
         self.store = store
         self.held_while_sending: list[str | None] = []
 
-    def send(self, msg: EmailMessage, recipient: str) -> None:
+    def send(self, raw: bytes, recipient: str) -> None:
+        # Kept parsed, as a reader's mail program would see it.
+        msg = email.message_from_bytes(raw, _class=EmailMessage, policy=email.policy.default)
         if self.store is not None:
             self.held_while_sending.append(self.store.held)
         if self.fail_with is not None:

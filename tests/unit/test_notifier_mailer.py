@@ -6,7 +6,7 @@ import smtplib
 
 import pytest
 
-from notifier.mailer import classify, enhanced_status
+from notifier.mailer import _crlf, classify, enhanced_status
 
 
 @pytest.mark.parametrize("exc", [
@@ -107,3 +107,9 @@ def test_an_unknown_error_is_permanent_and_says_only_its_type() -> None:
 def test_an_unsupported_feature_keeps_no_text() -> None:
     failure = classify(smtplib.SMTPNotSupportedError("SMTPUTF8 not supported for zoë@x.org"))
     assert (failure.reason, failure.status) == ("not_supported", "")
+
+
+def test_every_line_goes_out_ended_by_crlf() -> None:
+    # smtplib converts line ends of str messages only; a server refuses a bytes message
+    # with bare LFs as one over-long line.
+    assert _crlf(b"A: 1\nB: 2\r\n\r\nbody\rend\n") == b"A: 1\r\nB: 2\r\n\r\nbody\r\nend\r\n"

@@ -6,6 +6,7 @@ gate and pauses consumption; offsets are committed only below the oldest unfinis
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -13,6 +14,7 @@ from datetime import UTC, date, datetime
 from confluent_kafka import TopicPartition
 
 from notifier.handler import Done, Failed, Job, Outcome
+from notifier.lanes import Lanes
 from notifier.mailer import SendFailure
 from notifier.observability import Metrics
 from notifier.worker import Policy, Worker
@@ -217,3 +219,71 @@ def test_too_many_parked_messages_pause_the_consumer() -> None:
     assert handler.attempts == ["m0", "m1"] and consumer.paused
     run_for(worker, clock, 10.0)
     assert sorted(set(handler.attempts)) == ids
+
+
+# ---------------------------------------------------------------- lanes (several connections)
+
+
+@dataclass
+class BlockingHandler(ScriptedHandler):
+    """A scripted handler whose first jobs meet at a barrier: they finish only if they run
+    at the same time."""
+
+    barrier: threading.Barrier | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def advance(self, job: Job) -> Outcome:
+        if self.barrier is not None and job.record.offset == 0:
+            self.barrier.wait(5)
+        with self.lock:
+            return super().advance(job)
+
+
+def lane_worker(scripts: dict[str, list[SendFailure]], messages: list[FakeMessage],
+                lanes: int) -> tuple[Worker, FakeConsumer, BlockingHandler, Clock, Lanes]:
+    clock = Clock()
+    consumer = FakeConsumer(clock, messages)
+    handler = BlockingHandler(scripts, barrier=threading.Barrier(lanes))
+    pool = Lanes([handler] * lanes)  # type: ignore[list-item]
+    policy = Policy(Backoff(initial=1.0, cap=8.0), permanent_attempts=3, give_up_seconds=0,
+                    max_parked=100)
+    worker = Worker(consumer, handler, Metrics(), policy, clock=clock,  # type: ignore[arg-type]
+                    rand=lambda: 1.0, lanes=pool)
+    return worker, consumer, handler, clock, pool
+
+
+def test_lanes_send_partitions_in_parallel_and_each_partition_in_log_order() -> None:
+    ids = {0: ["a0", "a1", "a2"], 1: ["b0", "b1", "b2"]}
+    messages = [FakeMessage(i, decision(e), p) for i in range(3) for p, e in
+                ((p, ids[p][i]) for p in (0, 1))]
+    worker, consumer, handler, clock, pool = lane_worker({"a1": [GREYLISTED]}, messages, 2)
+    try:
+        # Both first jobs must be on a lane at once to pass the barrier.
+        run_for(worker, clock, 0.05)
+        while worker.busy:
+            worker.step()
+        assert [e for e in handler.attempts if e.startswith("a")] == ["a0", "a1", "a2"]
+        assert [e for e in handler.attempts if e.startswith("b")] == ["b0", "b1", "b2"]
+        worker.commit(asynchronous=True)
+        assert consumer.commits[-1] == {0: 1, 1: 3}  # a1 is parked: partition 0 waits at it
+        run_for(worker, clock, 1.5)  # a1 is retried after 1 s
+        while worker.busy:
+            worker.step()
+        assert handler.attempts.count("a1") == 2
+        worker.commit(asynchronous=True)
+        assert consumer.commits[-1] == {0: 3}
+    finally:
+        pool.close()
+
+
+def test_a_revoked_partition_waits_for_its_job_on_a_lane_before_committing() -> None:
+    messages = [FakeMessage(0, decision("a0"), 0), FakeMessage(0, decision("b0"), 1)]
+    worker, consumer, handler, clock, pool = lane_worker({}, messages, 2)
+    try:
+        worker.step()
+        worker.step()  # both on lanes, meeting at the barrier
+        worker._on_revoke(consumer, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
+        assert not worker.busy and sorted(handler.attempts) == ["a0", "b0"]
+        assert consumer.commits[-1] == {0: 1, 1: 1}
+    finally:
+        pool.close()
