@@ -58,10 +58,21 @@ class Settings(BaseSettings):
     # A dead worker's partitions move after this long; it also bounds a paused one.
     session_timeout: float = Field(default=10.0, gt=0,
                                    validation_alias=_env("PROCESSOR_SESSION_TIMEOUT"))
-    # A decision becomes visible to read_committed readers at the next commit, so the
-    # interval is the floor of the decision latency.
+    # A decision becomes visible to read_committed readers when its transaction commits.
+    # The worker commits as soon as it has decided everything it fetched, at least
+    # commit_min_interval after the last commit began, and at most commit_interval
+    # after it while input keeps coming (faust_eos/pacing.py).
     commit_interval: float = Field(default=0.1, gt=0,
                                    validation_alias=_env("PROCESSOR_COMMIT_INTERVAL"))
+    commit_min_interval: float = Field(default=0.01, gt=0,
+                                       validation_alias=_env("PROCESSOR_COMMIT_MIN_INTERVAL"))
+    # How long the broker may hold the consumer's fetch when there is nothing new: a
+    # command can wait that long before it is read (faust_eos/pacing.py). Shorter costs
+    # CPU: an empty fetch per wait (the consumer is also assigned partitions it never
+    # reads); how much is not settled (a drain took 5% and, in a noisier run, 55% more
+    # CPU at 10 ms than at 1.5 s).
+    fetch_max_wait: float = Field(default=0.01, gt=0, le=1.5,
+                                  validation_alias=_env("PROCESSOR_FETCH_MAX_WAIT"))
     # How long faust's producers gather records into one produce request. A command's
     # events and table changes no longer go that way (the commit sends them as closed
     # batches, faust_eos/transactions.py), so it bounds only records sent through

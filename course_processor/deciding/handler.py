@@ -276,7 +276,16 @@ class Decider:
         return ((COURSES, evolved.course_id, asdict(evolved)),)
 
     def _remembered(self, now: datetime, name: str) -> bool:
-        return any(self.decided.get(k) is not None for k in remembered_keys(now.date(), name))
+        keys = remembered_keys(now.date(), name)
+        # No entry sorts before the table's first live key ("<day>/...": the oldest
+        # day), so the days before it need no read: a partition whose memory holds only
+        # today's decisions reads one key instead of eight. `oldest` is the answer
+        # expiry asks for anyway (and caches); an empty answer may mean "not known"
+        # (the baseline's plain dicts), so then every day is read.
+        first = self.oldest(FORGET_PER_DECISION)
+        if first:
+            keys = [k for k in keys if k >= first[0]]
+        return any(self.decided.get(k) is not None for k in keys)
 
     def _remember(self, now: datetime, name: str, outcome: str) -> list[Change]:
         today = now.date()

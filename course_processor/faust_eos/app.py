@@ -35,10 +35,14 @@ class ProcessorApp(faust.App):
     stay in the transaction of their command (transactions.py)."""
 
     def __init__(self, id: str, *, runtime: StateRuntime, metrics: Metrics,
-                 **options: Any) -> None:
+                 commit_floor: float, fetch_wait: float, **options: Any) -> None:
         # Set before faust's own __init__: the adapters it builds read them.
         self.runtime = runtime
         self.metrics = metrics
+        # The least time between two commits (pacing.py); broker_commit_interval the most.
+        self.commit_floor = commit_floor
+        # The longest the broker holds the consumer's fetch (pacing.ShortPollThread).
+        self.fetch_wait = fetch_wait
         super().__init__(id, **options)
 
     def _new_web(self) -> AiohttpWeb:
@@ -103,7 +107,8 @@ def create_app(settings: Settings, runtime: StateRuntime,
     """Build the app, its topics and tables; nothing connects before the worker starts."""
     metrics = metrics or Metrics()
     app = ProcessorApp(settings.app_id, runtime=runtime, metrics=metrics,
-                       **faust_settings(settings))
+                       commit_floor=settings.commit_min_interval,
+                       fetch_wait=settings.fetch_max_wait, **faust_settings(settings))
     return Processor(
         app=app,
         settings=settings,

@@ -54,6 +54,7 @@ from faust.types.tuples import FutureMessage
 from yarl import URL
 
 from course_processor.faust_eos.failstop import fail_stop
+from course_processor.faust_eos.pacing import PacedConsumer
 from course_processor.state.runtime import StateRuntime
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,9 @@ async def _submit(sender: AIOKafkaProducer, batch: BatchBuilder, table: str | No
 
 class FencedTransport(faust_aiokafka.Transport):
     """faust's aiokafka transport, building the producer and transaction manager above
-    with the worker's StateRuntime."""
+    with the worker's StateRuntime, and a consumer that commits when caught up."""
+
+    Consumer = PacedConsumer
 
     def __init__(self, url: list[URL], app: AppT, runtime: StateRuntime) -> None:
         self.runtime = runtime

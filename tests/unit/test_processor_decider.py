@@ -197,3 +197,39 @@ def test_the_same_student_sealed_and_in_clear_holds_one_seat() -> None:
 
     assert isinstance(again, SignUpRejected) and again.reason == "already_enrolled"
     assert again.key_id == "k-1" and again.email == ""
+
+
+class CountingReads(dict):  # type: ignore[type-arg]
+    """A decided_signups table that counts the keys the decider reads."""
+
+    reads = 0
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        return super().get(key, default)
+
+
+def test_a_memory_of_only_today_is_read_once_per_sign_up() -> None:
+    # The processor's `oldest` (expiry's question, cached) says where the memory
+    # starts: no day before it holds an entry, so none of them is read.
+    decided = CountingReads()
+    d = Decider({}, {}, decided, SECRET, now=Clock(), oldest=lambda n: sorted(decided)[:n])
+    decide(d, create(capacity=10))
+    decide(d, signup("ann@example.org"))
+    decided.reads = 0
+    decide(d, signup("bob@example.org"))
+    # One, or none when bob's key sorts before ann's, the first key: no key before the
+    # first live one can be in the table.
+    assert decided.reads <= 1
+
+
+def test_a_decision_of_days_ago_is_still_found_past_the_oldest_day() -> None:
+    clock = Clock()
+    decided = CountingReads()
+    d = Decider({}, {}, decided, SECRET, now=clock, oldest=lambda n: sorted(decided)[:n])
+    decide(d, create(capacity=10))
+    cmd = replace(signup("ann@example.org"), course_id="nope")  # remembered, not seated
+    assert isinstance(decide(d, cmd), SignUpRejected)
+    clock.t += timedelta(days=MEMORY_DAYS - 1)
+    decide(d, signup("bob@example.org"))
+    assert decide(d, replace(cmd, command_id=str(uuid.uuid4()))) is None

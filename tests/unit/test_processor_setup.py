@@ -165,3 +165,18 @@ def test_table_views_write_faust_s_bytes_by_the_short_path(key: str) -> None:
         assert view.fast  # the json module gives faust's bytes: the short path is taken
         assert json_bytes(key) == table.data._encode_key(key)  # type: ignore[attr-defined]
         assert json_bytes({"k": key}) == table.data._encode_value({"k": key})  # type: ignore[attr-defined]
+
+
+async def test_the_consumer_commits_when_caught_up_and_fetches_with_a_short_wait() -> None:
+    # faust's consumer commits on a fixed timer and has the broker hold a fetch for
+    # 1.5 s: a command could wait that long to be read, and a decision a whole commit
+    # interval to be visible (course_processor/faust_eos/pacing.py).
+    from course_processor.faust_eos.pacing import PacedConsumer
+
+    p = app_only()
+    consumer = p.app.consumer
+    assert isinstance(consumer, PacedConsumer)
+    assert consumer.commit_floor == p.settings.commit_min_interval == 0.01
+    assert consumer.commit_interval == p.settings.commit_interval == 0.1
+    kafka = consumer._thread._create_worker_consumer(p.app.transport)  # type: ignore[arg-type]
+    assert kafka._fetch_max_wait_ms == 10 < 1500
