@@ -10,7 +10,7 @@ the worker, all partitions together), LOG_LEVEL (INFO), PROCESSOR_APP_ID (course
 also the consumer group and the transactional.id prefix), PROCESSOR_SESSION_TIMEOUT
 (10 s), PROCESSOR_COMMIT_INTERVAL (0.1 s: the most between two commits while input
 keeps coming), PROCESSOR_COMMIT_MIN_INTERVAL (0.01 s: the least; a worker that has
-decided all it fetched commits then), PROCESSOR_FETCH_MAX_WAIT (0.01 s), PROCESSOR_LINGER (0.02 s),
+decided all it fetched commits then), PROCESSOR_FETCH_MAX_WAIT (0.1 s), PROCESSOR_LINGER (0.02 s),
 PROCESSOR_BUILD_FROM_EVENTS (true). Start more workers with the same PROCESSOR_APP_ID
 (and another PROCESSOR_PORT and PROCESSOR_DATA_DIR) to share the partitions.
 """

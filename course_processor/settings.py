@@ -66,12 +66,12 @@ class Settings(BaseSettings):
                                    validation_alias=_env("PROCESSOR_COMMIT_INTERVAL"))
     commit_min_interval: float = Field(default=0.01, gt=0,
                                        validation_alias=_env("PROCESSOR_COMMIT_MIN_INTERVAL"))
-    # How long the broker may hold the consumer's fetch when there is nothing new: a
-    # command can wait that long before it is read (faust_eos/pacing.py). Shorter costs
-    # CPU: an empty fetch per wait (the consumer is also assigned partitions it never
-    # reads); how much is not settled (a drain took 5% and, in a noisier run, 55% more
-    # CPU at 10 ms than at 1.5 s).
-    fetch_max_wait: float = Field(default=0.01, gt=0, le=1.5,
+    # How long the broker may hold the consumer's fetch when its partitions have nothing
+    # new: a command arriving on a partition left out of the fetch in flight waits up
+    # to that long (faust_eos/pacing.py). The partitions the worker never reads while
+    # deciding are paused (faust_eos/recovery.py), so a fetch comes back as soon as any
+    # command partition has a record. Shorter costs CPU, an empty fetch per wait.
+    fetch_max_wait: float = Field(default=0.1, gt=0, le=1.5,
                                   validation_alias=_env("PROCESSOR_FETCH_MAX_WAIT"))
     # How long faust's producers gather records into one produce request. A command's
     # events and table changes no longer go that way (the commit sends them as closed

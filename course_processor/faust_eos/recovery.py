@@ -91,6 +91,27 @@ class LocalStateRecovery(Recovery):
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         self.app.consumer.stop_flow()
         await super().on_recovery_completed(generation_id)
+        if generation_id == self.app.consumer_generation_id:
+            # (Another rebalance under way has its own assignment and recovery.)
+            self._pause_unread()
+
+    def _pause_unread(self) -> None:
+        """Stop fetching the partitions the worker is assigned but never reads while it
+        decides: the changelogs (restored above, from its own consumer) and faust's
+        leader topic. faust pauses them only in its own bookkeeping, so aiokafka went
+        on putting all of them in every fetch request: with 4 command partitions, 24
+        of the 29 partitions fetched never had a record, and a fetch holding only such
+        partitions was held by the broker for the whole PROCESSOR_FETCH_MAX_WAIT while
+        a command partition waited for it to come back. The next rebalance's
+        assignment starts unpaused, and this runs again."""
+        commands = self.runtime.config.commands_topic
+        consumer: Any = self.app.consumer
+        kafka = consumer._thread._consumer  # noqa: SLF001 - the aiokafka consumer
+        if kafka is None:
+            return
+        unread = [tp for tp in kafka.assignment() if tp.topic != commands]
+        if unread:
+            kafka.pause(*unread)
 
 
 class LocalStateTableManager(TableManager):

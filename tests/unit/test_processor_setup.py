@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -179,4 +180,35 @@ async def test_the_consumer_commits_when_caught_up_and_fetches_with_a_short_wait
     assert consumer.commit_floor == p.settings.commit_min_interval == 0.01
     assert consumer.commit_interval == p.settings.commit_interval == 0.1
     kafka = consumer._thread._create_worker_consumer(p.app.transport)  # type: ignore[arg-type]
-    assert kafka._fetch_max_wait_ms == 10 < 1500
+    assert kafka._fetch_max_wait_ms == 100 < 1500
+
+
+async def test_after_recovery_only_the_command_partitions_are_fetched() -> None:
+    # faust "pauses" the changelogs and its leader topic only in its own bookkeeping:
+    # aiokafka fetched them all the time, and a fetch holding only those was held by
+    # the broker for the whole fetch wait while a command partition waited for it.
+    from aiokafka import TopicPartition
+
+    p = app_only()
+    commands = p.settings.commands_topic
+    assigned = {TopicPartition(commands, 0), TopicPartition(commands, 1),
+                TopicPartition(f"{p.settings.app_id}-decided_signups-changelog", 0),
+                TopicPartition(f"{p.settings.app_id}-__assignor-__leader", 0)}
+
+    class Fetching:
+        """What _pause_unread uses of aiokafka's consumer."""
+
+        def __init__(self) -> None:
+            self.paused: set[TopicPartition] = set()
+
+        def assignment(self) -> set[TopicPartition]:
+            return assigned
+
+        def pause(self, *tps: TopicPartition) -> None:
+            self.paused.update(tps)
+
+    fetching = Fetching()
+    p.app.consumer._thread._consumer = fetching  # type: ignore[attr-defined]
+    recovery: Any = p.app.tables.recovery  # type: ignore[attr-defined]
+    recovery._pause_unread()
+    assert fetching.paused == {tp for tp in assigned if tp.topic != commands}
