@@ -33,7 +33,7 @@ from schemas.messages import COURSE_ID_PATTERN
 
 _PATH = re.compile(r"/courses/([^/]+)/signups")
 _COURSE_ID = re.compile(COURSE_ID_PATTERN)
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_IDEMPOTENCY_KEY = re.compile(routes.IDEMPOTENCY_KEY_PATTERN)
 _IDEMPOTENCY_HEADER = routes.IDEMPOTENCY_HEADER.lower().encode()
 
 
@@ -104,7 +104,9 @@ def _accepted_input(scope: Scope, course_id: str, message: Message
         return None
     if not _COURSE_ID.fullmatch(course_id):
         return None
-    if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+    if idempotency_key is not None and not (
+            len(idempotency_key) <= routes.IDEMPOTENCY_KEY_MAX_LENGTH
+            and _IDEMPOTENCY_KEY.fullmatch(idempotency_key)):
         return None
     try:
         # As FastAPI does: the JSON text parsed, then validated in Python mode.

@@ -106,9 +106,14 @@ CourseIdPath = Annotated[str, Path(pattern=COURSE_ID_PATTERN)]
 # Sign-up ids are UUID text as the command API writes it (lower case).
 SIGNUP_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 SignupIdPath = Annotated[str, Path(pattern=SIGNUP_ID_PATTERN)]
+# Printable ASCII without spaces, at most 255 characters; the fast path
+# (command_api.fastpath) checks the same two rules.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
+    Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
+           pattern=IDEMPOTENCY_KEY_PATTERN),
 ]
 
 
