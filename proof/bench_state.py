@@ -438,15 +438,15 @@ def measure_failover(run: Run) -> dict[str, Any]:
             shutil.rmtree(second.data_dir / f"partition-{partition}", ignore_errors=True)
         killed_at = time.monotonic()
         first.kill()
-        assert second.proc is not None
-        pid = str(second.proc.pid)
 
-        def taken_over() -> bool:
+        def survivor() -> str:
+            """The surviving worker's pid (a new one if it fail-stopped and restarted)."""
             second.supervise()
-            return trickle.first_after(killed_at, str(second.proc and second.proc.pid),
-                                       lost) is not None
-        wait_until(taken_over, 900, "the killed worker's partitions to decide again")
-        pid = str(second.proc.pid)
+            assert second.proc is not None
+            return str(second.proc.pid)
+        wait_until(lambda: trickle.first_after(killed_at, survivor(), lost) is not None, 900,
+                   "the killed worker's partitions to decide again")
+        pid = survivor()
         took = trickle.first_after(killed_at, pid, lost)
         assert took is not None
         restored = second.restores()
