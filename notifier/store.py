@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import LiteralString
+from typing import Final, LiteralString
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -10,6 +10,14 @@ from psycopg.rows import TupleRow
 from notifier.emails import CourseInfo
 from notifier.handler import Contact
 from schemas.personal import KEY_IN_USE_LOCK
+
+_RECORD_HANDLED: Final = (
+    "INSERT INTO sent_notifications (event_id, signup_id)"
+    " VALUES (%(event)s, %(signup)s) ON CONFLICT (event_id) DO NOTHING")
+# The same, and the key held for the send released, in one round trip.
+_RECORD_HANDLED_AND_RELEASE: Final = (
+    "WITH recorded AS (" + _RECORD_HANDLED + ")"
+    " SELECT pg_advisory_unlock_shared(%(lock)s, hashtext(%(key)s))")
 
 
 class PostgresStore:
@@ -32,20 +40,12 @@ class PostgresStore:
     def record_handled(self, event_id: str, signup_id: str) -> None:
         """Record the decision as handled (the primary key makes a second record a no-op)
         and, in the same round trip, release a held key: the send it guarded is over."""
-        held = self._held
-        if held is None:
-            self._execute(
-                "INSERT INTO sent_notifications (event_id, signup_id) VALUES (%s, %s)"
-                " ON CONFLICT (event_id) DO NOTHING",
-                (event_id, signup_id),
-            )
+        params: dict[str, object] = {"event": event_id, "signup": signup_id}
+        if self._held is None:
+            self._execute(_RECORD_HANDLED, params)
             return
-        self._execute(
-            "WITH recorded AS (INSERT INTO sent_notifications (event_id, signup_id)"
-            " VALUES (%(event)s, %(signup)s) ON CONFLICT (event_id) DO NOTHING)"
-            " SELECT pg_advisory_unlock_shared(%(lock)s, hashtext(%(key)s))",
-            {"event": event_id, "signup": signup_id, "lock": KEY_IN_USE_LOCK, "key": held},
-        )
+        self._execute(_RECORD_HANDLED_AND_RELEASE,
+                      {**params, "lock": KEY_IN_USE_LOCK, "key": self._held})
         self._held = None
 
     def hold_key(self, key_ref: str) -> bytes | None:
