@@ -69,12 +69,14 @@ class ShortPollThread(faust_aiokafka.AIOKafkaConsumerThread):
     broker holds for fetch_max_wait_ms when its partitions get nothing new: faust sets
     1.5 s, and at 100 commands/s a command reached the agent 0.6 s after it was written
     (1.5 s at p90). A short wait bounds that; the worker pays with an empty fetch per
-    wait whenever the fetch in flight holds only partitions with nothing new (faust's
-    leader topic and the changelogs, assigned to the consumer but never read while
-    deciding, are always in it). Measured at 100 commands/s, produce to visible
-    p50/p99: 69-84/282-310 ms at 10 ms, 127/446 ms at 20 ms, 249-346/1230-1466 ms at
-    50 ms; a drain's CPU per command at 10 ms was 5% above the code before pacing in
-    one run and 55% in a noisier one (the machine shared, load average 5 to 9).
+    wait whenever the fetch in flight holds only partitions with nothing new. The
+    figures that follow were measured while faust's leader topic and the changelogs,
+    assigned but never read while deciding, were in every fetch; they are paused now
+    (recovery.py), and the default wait is PROCESSOR_FETCH_MAX_WAIT's (settings.py).
+    Measured then at 100 commands/s, produce to visible p50/p99: 69-84/282-310 ms at
+    10 ms, 127/446 ms at 20 ms, 249-346/1230-1466 ms at 50 ms; a drain's CPU per
+    command at 10 ms was 5% above the code before pacing in one run and 55% in a
+    noisier one (the machine shared, load average 5 to 9).
     """
 
     def _create_worker_consumer(self, transport: Any) -> Any:
