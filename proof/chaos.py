@@ -101,9 +101,8 @@ from proof.demo import table
 from schemas import topics
 from schemas.messages import (
     SignUp,
-    SignUpRejected,
+    SignupDecision,
     StudentPromoted,
-    StudentSignedUp,
     StudentWithdrew,
     WithdrawalRejected,
 )
@@ -339,7 +338,7 @@ def lost_answers(run: Run, ev: Evidence) -> Check:
                      f"was lost after the produce), each retried to the same sign-up id")
     decisions: dict[str, set[str]] = {}
     for d in ev.decisions:
-        if isinstance(d.message, StudentSignedUp | SignUpRejected):
+        if isinstance(d.message, SignupDecision):
             decisions.setdefault(d.message.signup_id, set()).add(d.message.event_id)
     decided_once = all(len(decisions.get(s, ())) == 1 for s in lost)
     return Check("a command produced twice (answer lost, key retried) is one sign-up",
@@ -800,7 +799,7 @@ async def settle(run: Run) -> tuple[audit.LogSnapshot, float | None]:
     log = await asyncio.to_thread(audit.read_log, run.stack.config.kafka_bootstrap)
     scope = {c.course_id for c in run.courses}
     mailed_for = {r.message.event_id for r in log.records
-                  if isinstance(r.message, StudentSignedUp | SignUpRejected)
+                  if isinstance(r.message, SignupDecision)
                   and r.message.course_id in scope}
 
     def caught_up() -> bool:
@@ -875,7 +874,7 @@ def examine(run: Run, log: audit.LogSnapshot) -> tuple[list[Check], Evidence, in
     commands = audit.read_log(config.kafka_bootstrap, topics.COMMANDS,
                               keys=[c.encode() for c in scope])
     evidence = Evidence(log, [r for r in log.records
-                              if isinstance(r.message, StudentSignedUp | SignUpRejected)
+                              if isinstance(r.message, SignupDecision)
                               and r.message.course_id in in_scope],
                         Counter(r.message.signup_id for r in commands.records
                                 if isinstance(r.message, SignUp)), accepted)
@@ -952,7 +951,7 @@ async def run_scenario(scenario: Scenario, stack: Stack, profile: Profile,
         checks += run.checks + [check(evidence) for check in run.post_checks]
         result.repeated_commands, result.reprocessed = audit.repeats(
             (d.message.signup_id for d in evidence.decisions
-             if isinstance(d.message, StudentSignedUp | SignUpRejected)),
+             if isinstance(d.message, SignupDecision)),
             evidence.commands.elements())
         run.notes.append(f"{result.duplicates} repeated decision records: "
                          f"{result.repeated_commands} answer a SignUp sent again with its key, "
