@@ -968,7 +968,7 @@ def test_replay_workers_run_niced_from_their_start_and_every_thread_once(
 
 
 def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
-    """A replay batch whose decisions are all new takes the plain INSERT; one that repeats
+    """A replay batch whose decisions are all new is COPYed in as it is; one that repeats
     a decision already in the shadow copy (after a processor crash) falls back to the
     fold that keeps the first: the same counts either way."""
     from projections.staged import stage
