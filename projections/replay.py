@@ -498,7 +498,7 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
             with conn.transaction():
                 store.ensure_generation(conn, settings.projection)
                 if restart or not store.shadow_exists(conn, settings.projection):
-                    store.create_shadow(conn, settings.projection)
+                    store.create_shadow(conn, settings.projection, partitions)
                     # Every partition has a position from the start, an empty one too, as
                     # the swap gives every partition one among the live positions.
                     store.store_positions(conn, shadow_name, topics.EVENTS, lows)

@@ -146,9 +146,20 @@ def merge_births(conn: psycopg.Connection, target: Target,
     # events, where the merge took 5.5 s either way at load 10).
     conn.execute("SET LOCAL work_mem = '128MB'")
     if partitions is not None:
-        moved = ("WITH moved AS (DELETE FROM {pending} WHERE part = ANY(%s)"
-                 " RETURNING course_id, dob)")
-        conn.execute(sql.SQL(moved + _MERGE).format(**tables), (list(partitions),))
+        parts = list(partitions)
+        conn.execute(sql.SQL("WITH moved AS (SELECT course_id, dob FROM {pending}"
+                             " WHERE part = ANY(%s))" + _MERGE).format(**tables), (parts,))
+        # Emptied by TRUNCATE where they have a table of their own (`create_shadow`),
+        # instead of a DELETE of every row; any left elsewhere (the default part: a
+        # partition the topic gained after the copies were made) by the DELETE, which
+        # reads only the parts that can hold them.
+        own = [sql.Identifier(name) for (name,) in conn.execute(
+            "SELECT n FROM unnest(%s::text[]) AS n WHERE to_regclass(n) IS NOT NULL",
+            ([_pending_part(target, p) for p in parts],))]
+        if own:
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(own)))
+        conn.execute(sql.SQL("DELETE FROM {pending} WHERE part = ANY(%s)").format(**tables),
+                     (parts,))
         return
     # No row may come between the read and the TRUNCATE (a worker of a killed replay
     # still committing its last batch): hold the table until the commit.
@@ -265,18 +276,32 @@ def fill_globals(conn: psycopg.Connection, target: Target) -> None:
         " WHERE id").format(g=target.table("global_stats"), c=target.table("course_stats")))
 
 
-def create_shadow(conn: psycopg.Connection, projection: str) -> Target:
+def _pending_part(target: Target, partition: int) -> str:
+    return f"{BIRTHS_PENDING}{target.suffix}_p{partition}"
+
+
+def create_shadow(conn: psycopg.Connection, projection: str,
+                  partitions: Sequence[int] = ()) -> Target:
     """Empty copies of every view (same columns, constraints and indexes), unlogged; drops
-    old ones."""
+    old ones. The appended birth dates get a table per partition of `partitions` (and
+    one for any other), so that a worker's merge empties its own with a TRUNCATE."""
     target = shadow(projection)
     for name in VIEWS:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {s}").format(s=target.table(name)))
         # UNLOGGED: no WAL while the replay writes them (see shadow_exists, set_logged).
         conn.execute(sql.SQL("CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING ALL)").format(
             s=target.table(name), t=sql.Identifier(name)))
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {p}").format(p=target.table(BIRTHS_PENDING)))
-    conn.execute(sql.SQL("CREATE UNLOGGED TABLE {p} (part int NOT NULL, course_id text"
-                         " NOT NULL, dob date NOT NULL)").format(p=target.table(BIRTHS_PENDING)))
+    pending = target.table(BIRTHS_PENDING)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {p}").format(p=pending))
+    # A partitioned table has no storage of its own (and cannot be UNLOGGED): its parts are.
+    conn.execute(sql.SQL("CREATE TABLE {p} (part int NOT NULL, course_id text NOT NULL,"
+                         " dob date NOT NULL) PARTITION BY LIST (part)").format(p=pending))
+    conn.execute(sql.SQL("CREATE UNLOGGED TABLE {d} PARTITION OF {p} DEFAULT").format(
+        d=sql.Identifier(f"{BIRTHS_PENDING}{target.suffix}_default"), p=pending))
+    for p in partitions:
+        conn.execute(sql.SQL("CREATE UNLOGGED TABLE {t} PARTITION OF {p} FOR VALUES IN ({n})")
+                     .format(t=sql.Identifier(_pending_part(target, p)), p=pending,
+                             n=sql.Literal(p)))
     conn.execute(sql.SQL("INSERT INTO {s} (id) VALUES (true)").format(
         s=target.table("global_stats")))
     conn.execute("DELETE FROM projection_offsets WHERE projection = %s", (target.projection,))

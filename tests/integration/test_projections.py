@@ -1007,6 +1007,51 @@ def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
     assert decisions == [("accepted", 3), ("rejected", 1)]
 
 
+def test_a_workers_merge_empties_its_partitions_appended_birth_dates_and_no_others() -> None:
+    """The appended birth dates have a table per partition: a worker's merge takes its
+    partitions' rows (one with no table of its own too, from the default part), empties
+    their tables by TRUNCATE (a new file) instead of deleting row by row, and leaves
+    another worker's partition as it was."""
+    from projections.staged import stage
+
+    courses = [new_course_id() for _ in range(3)]
+    dob = date(1990, 3, 4)
+    pending = store.BIRTHS_PENDING + "_shadow"
+
+    def batch(partition: int, course: str) -> list[tuple[int, int, bytes, bytes]]:
+        return [(partition, i, course.encode(), codec.encode(e))
+                for i, e in enumerate([created(course), accepted(course, dob)])]
+
+    def filenode(table: str) -> int:
+        row = conn.execute("SELECT relfilenode FROM pg_class WHERE relname = %s",
+                           (table,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with db() as conn:
+        try:
+            target = store.create_shadow(conn, "views", [0, 1])
+            for partition, course in zip((0, 1, 7), courses, strict=True):
+                with conn.transaction():
+                    store.prepare_staging(conn)
+                    store.apply_staged(conn, target, stage(batch(partition, course)),
+                                       topic=topics.EVENTS)
+            before = filenode(f"{pending}_p0")
+            with conn.transaction():  # the merge of a worker owning partitions 0 and 7
+                store.merge_births(conn, target, [0, 7])
+            merged = conn.execute("SELECT course_id, enrolled FROM course_stats_shadow"
+                                  " WHERE course_id = ANY(%s) AND enrolled > 0 ORDER BY 1",
+                                  (courses,)).fetchall()
+            left = conn.execute(f"SELECT tableoid::regclass::text, part FROM {pending}"
+                                ).fetchall()
+            truncated = filenode(f"{pending}_p0") != before
+        finally:
+            store.drop_shadow(conn, "views")
+    assert merged == sorted([(courses[0], 1), (courses[2], 1)])
+    assert left == [(f"{pending}_p1", 1)]
+    assert truncated
+
+
 def test_a_replay_killed_at_random_batches_resumes_to_the_views_of_an_uninterrupted_one(
     projector: Service, log: Log
 ) -> None:
