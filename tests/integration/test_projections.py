@@ -1019,8 +1019,8 @@ def test_a_workers_merge_empties_its_partitions_appended_birth_dates_and_no_othe
     pending = store.BIRTHS_PENDING + "_shadow"
 
     def batch(partition: int, course: str) -> list[tuple[int, int, bytes, bytes]]:
-        return [(partition, i, course.encode(), codec.encode(e))
-                for i, e in enumerate([created(course), accepted(course, dob)])]
+        events: list[Event] = [created(course), accepted(course, dob)]
+        return [(partition, i, course.encode(), codec.encode(e)) for i, e in enumerate(events)]
 
     def filenode(table: str) -> int:
         row = conn.execute("SELECT relfilenode FROM pg_class WHERE relname = %s",
