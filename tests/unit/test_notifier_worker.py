@@ -313,3 +313,25 @@ def test_courses_of_one_partition_go_out_in_parallel_each_in_log_order() -> None
         assert consumer.commits[-1] == {0: 4}
     finally:
         pool.close()
+
+
+def test_an_outage_in_a_batch_sends_the_rest_of_it_in_order_once_the_server_is_back() -> None:
+    messages = [FakeMessage(i, decision(e)) for i, e in enumerate(["a0", "a1", "a2", "a3"])]
+    worker, consumer, handler, clock, pool = lane_worker({"a1": [DOWN]}, messages, 1)
+    handler.barrier = None
+    try:
+        # a0 starts alone on the idle lane; a1-a3 wait and go as the next batch, in which
+        # a1 meets the outage and a2 and a3 are not started; once the gate opens, a1 goes
+        # first, then a2 and a3.
+        run_for(worker, clock, 0.05)
+        while worker.busy:
+            worker.step()
+        assert handler.attempts == ["a0", "a1"] and not worker.gate.is_open(clock.now)
+        run_for(worker, clock, 1.5)
+        while worker.busy or worker.waiting:
+            worker.step()
+        assert handler.attempts == ["a0", "a1", "a1", "a2", "a3"]
+        worker.commit(asynchronous=True)
+        assert consumer.commits[-1] == {0: 4}
+    finally:
+        pool.close()
