@@ -18,7 +18,7 @@ when the batch ends; a session that broke released it already.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, cast
 
@@ -154,14 +154,21 @@ class BatchStore:
         return self._store.hold_keys([key_ref])[0]
 
 
-def advance_each(handler: Handler, jobs: list[Job]) -> list[Result]:
+def never(job: Job) -> bool:
+    return False
+
+
+def advance_each(handler: Handler, jobs: list[Job], stop: Callable[[Job], bool] = never
+                 ) -> list[Result]:
     """`jobs` (one course's, in log order) one after the other on `handler`. Stops at an
-    exception (PostgreSQL or the broker down: that job gets it) or at a failure of the
-    whole SMTP server; the jobs after that get None, as not started, and wait for the
-    worker's gate."""
+    exception (PostgreSQL or the broker down: that job gets it), at a failure of the
+    whole SMTP server, or before a job for which `stop` says so (its partition is being
+    revoked, or the worker stops); the jobs after that get None, as not started."""
     results: list[Result] = []
     try:
         for job in jobs:
+            if stop(job):
+                break
             outcome = handler.advance(job)
             results.append((job, outcome))
             if isinstance(outcome, Failed) and outcome.failure.server_wide:
@@ -171,14 +178,17 @@ def advance_each(handler: Handler, jobs: list[Job]) -> list[Result]:
     return results + [(job, None) for job in jobs[len(results):]]
 
 
-def advance_batch(handler: Handler, jobs: list[Job]) -> list[Result]:
+def advance_batch(handler: Handler, jobs: list[Job], stop: Callable[[Job], bool] = never
+                  ) -> list[Result]:
     """`advance_each`, reading and locking through one `BatchStore`."""
+    if stop(jobs[0]):
+        return [(job, None) for job in jobs]
     try:
         # Lanes are built with the PostgreSQL store only (bootstrap.py), which has these.
         batch = BatchStore(cast(BulkStore, handler.store), jobs)
     except Exception as exc:  # noqa: BLE001 - as in advance_each
         return [(jobs[0], exc), *((job, None) for job in jobs[1:])]
     try:
-        return advance_each(replace(handler, store=batch), jobs)
+        return advance_each(replace(handler, store=batch), jobs, stop)
     finally:
         batch.close()

@@ -17,17 +17,20 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from notifier.batch import Result, advance_batch
+from notifier.batch import Result, advance_batch, never
 from notifier.handler import DeadLetters, Handler, Job
 from service_kit.records import Headers, SourceRecord
 
 # What a lane does with a batch: `batch.advance_batch` (the tests: `batch.advance_each`).
-Action = Callable[[Handler, list[Job]], list[Result]]
+Action = Callable[[Handler, list[Job], Callable[[Job], bool]], list[Result]]
 
 
 class Lanes:
     def __init__(self, handlers: Sequence[Handler], action: Action = advance_batch) -> None:
         self._action = action
+        # Set by the worker: whether a job's partition is being settled (revoked or the
+        # worker stopping), so that a batch starts no further job of it.
+        self.stop: Callable[[Job], bool] = never
         self._idle: queue.SimpleQueue[Handler] = queue.SimpleQueue()
         for handler in handlers:
             self._idle.put(handler)
@@ -56,7 +59,7 @@ class Lanes:
         handler = self._idle.get()
         results: list[Result]
         try:
-            results = self._action(handler, jobs)
+            results = self._action(handler, jobs, self.stop)
         except BaseException as exc:  # noqa: BLE001 - the worker's thread decides what it means
             results = [(jobs[0], exc), *((job, None) for job in jobs[1:])]
         finally:

@@ -141,6 +141,10 @@ class Worker:
         self.busy: dict[LaneKey, int] = {}
         self.waiting: dict[LaneKey, deque[Job]] = {}
         self.settling: set[TopicKey] = set()  # partitions whose waiting records stay
+        if lanes is not None:
+            # Read by the lanes' threads between two jobs: a revoke or a stop waits for
+            # at most the e-mail each lane is sending, not for whole batches.
+            lanes.stop = lambda job: (job.record.topic, job.record.partition) in self.settling
         self.buffered = 0
         self._epoch = 0  # outages so far: a success from before the last one opens nothing
         self.paused = False

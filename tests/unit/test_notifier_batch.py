@@ -152,3 +152,12 @@ def test_a_later_notice_finds_the_contact_its_decision_saved_in_the_same_batch()
     assert [outcome for _, outcome in results] == [Done("sent"), Done("sent")]
     assert "contacts_of" not in store.calls and store.held() == {}
     assert [recipient for _, recipient in mailer.sent] == ["ann1@example.org"] * 2
+
+
+def test_a_batch_starts_no_further_job_once_told_to_stop() -> None:
+    store, mailer = FakeBulkStore(), FakeMailer()
+    store.keys = {"k-1": (key := new_data_key())}
+    jobs = [job(sealed(accepted(n), key), offset=n) for n in range(1, 4)]
+    results = advance_batch(handler_on(store, mailer), jobs, lambda j: j.record.offset >= 2)
+    assert [outcome for _, outcome in results] == [Done("sent"), None, None]
+    assert len(mailer.sent) == 1 and store.held() == {}

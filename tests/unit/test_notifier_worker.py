@@ -335,3 +335,41 @@ def test_an_outage_in_a_batch_sends_the_rest_of_it_in_order_once_the_server_is_b
         assert consumer.commits[-1] == {0: 4}
     finally:
         pool.close()
+
+
+@dataclass
+class GatedHandler(ScriptedHandler):
+    """Holds each job whose offset has an event until that event is set."""
+
+    gates: dict[int, threading.Event] = field(default_factory=dict)
+    entered: dict[int, threading.Event] = field(default_factory=dict)
+
+    def advance(self, job: Job) -> Outcome:
+        gate = self.gates.get(job.record.offset)
+        if gate is not None:
+            self.entered.setdefault(job.record.offset, threading.Event()).set()
+            assert gate.wait(5)
+        return super().advance(job)
+
+
+def test_a_revoke_waits_for_the_e_mail_being_sent_not_for_the_rest_of_its_batch() -> None:
+    clock = Clock()
+    ids = [f"a{i}" for i in range(6)]
+    consumer = FakeConsumer(clock, [FakeMessage(i, decision(e)) for i, e in enumerate(ids)])
+    handler = GatedHandler({}, gates={0: threading.Event(), 1: threading.Event()})
+    pool = Lanes([handler], advance_each)  # type: ignore[list-item]
+    policy = Policy(Backoff(initial=1.0, cap=8.0), 3, 0, max_parked=100)
+    worker = Worker(consumer, handler, Metrics(), policy, clock=clock,  # type: ignore[arg-type]
+                    rand=lambda: 1.0, lanes=pool)
+    try:
+        worker.step()  # a0 alone on the lane (held), a1-a5 wait for it
+        assert len(worker.waiting[("course-events", 0, b"c")]) == 5
+        handler.gates[0].set()
+        while 1 not in handler.entered:
+            worker.step()  # a0 done; a1-a5 go as one batch, held at a1
+        threading.Timer(0.2, handler.gates[1].set).start()
+        worker._on_revoke(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+        assert handler.attempts == ["a0", "a1"] and not worker.busy and not worker.waiting
+        assert consumer.commits[-1] == {0: 2}  # a2-a5 are read again by the next owner
+    finally:
+        pool.close()
