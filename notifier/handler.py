@@ -87,6 +87,8 @@ class Job:
     first_failure: float | None = None
     # Set once the e-mail or the dead letter went out; then only the record may be missing.
     delivered_as: Literal["sent", "dead_lettered"] | None = None
+    # Set when the worker gave up on it: (reason, detail) of the dead letter to write.
+    give_up: tuple[str, str] | None = None
 
     @classmethod
     def of(cls, record: SourceRecord) -> Job:
@@ -152,6 +154,8 @@ class Handler:
         if job.delivered_as is not None:
             self._record(job)
             return Done(job.delivered_as)
+        if job.give_up is not None:
+            return self.dead_letter(job, *job.give_up)
         msg = job.message
         if msg is None:
             return self.dead_letter(job, "undecodable", job.decode_error)

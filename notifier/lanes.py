@@ -1,11 +1,13 @@
 """Handler steps on several threads, each with its own handler (its own PostgreSQL session
-and SMTP connection), so that e-mails of different partitions go out in parallel.
+and SMTP connection), so that e-mails of different courses go out in parallel.
 
-A step mostly waits: on PostgreSQL, then on the SMTP server's answers to MAIL, RCPT and
-DATA. One connection therefore sends one e-mail per few round trips however idle the
-server is; `NOTIFIER_SMTP_CONNECTIONS` lanes overlap those waits. The lanes only run
-steps; which job runs when, and everything that follows from its outcome, stays with the
-worker's thread (`worker.py`), which gives a lane at most one job per partition at a time.
+A step mostly waits: on PostgreSQL, then on the SMTP server's answers. One connection
+therefore sends one e-mail per few round trips however idle the server is;
+`NOTIFIER_SMTP_CONNECTIONS` lanes overlap those waits. A lane runs a batch: several
+records of one course, in log order (`batch.py` reads and locks for all of them at
+once). Which batch runs when, and everything that follows from each outcome, stays with
+the worker's thread (`worker.py`), which gives the lanes at most one batch per course at
+a time.
 """
 
 from __future__ import annotations
@@ -15,29 +17,33 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from notifier.handler import DeadLetters, Handler, Job, Outcome
+from notifier.batch import Result, advance_batch, never
+from notifier.handler import DeadLetters, Handler, Job
 from service_kit.records import Headers, SourceRecord
 
-# What a lane does with a job: `Handler.advance`, or a dead letter once the worker gives up.
-Action = Callable[[Handler, Job], Outcome]
-Result = tuple[Job, Outcome | BaseException]
+# What a lane does with a batch: `batch.advance_batch` (the tests: `batch.advance_each`).
+Action = Callable[[Handler, list[Job], Callable[[Job], bool]], list[Result]]
 
 
 class Lanes:
-    def __init__(self, handlers: Sequence[Handler]) -> None:
+    def __init__(self, handlers: Sequence[Handler], action: Action = advance_batch) -> None:
+        self._action = action
+        # Set by the worker: whether a job's partition is being settled (revoked or the
+        # worker stopping), so that a batch starts no further job of it.
+        self.stop: Callable[[Job], bool] = never
         self._idle: queue.SimpleQueue[Handler] = queue.SimpleQueue()
         for handler in handlers:
             self._idle.put(handler)
-        self._finished: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self._finished: queue.SimpleQueue[list[Result]] = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(len(handlers), thread_name_prefix="notifier-lane")
         self.size = len(handlers)
 
-    def submit(self, job: Job, action: Action) -> None:
-        self._pool.submit(self._run, job, action)
+    def submit(self, jobs: list[Job]) -> None:
+        self._pool.submit(self._run, jobs)
 
-    def finished(self, timeout: float = 0.0) -> list[Result]:
-        """The jobs finished since the last call, waiting up to `timeout` for a first one."""
-        results: list[Result] = []
+    def finished(self, timeout: float = 0.0) -> list[list[Result]]:
+        """The batches finished since the last call, waiting up to `timeout` for a first one."""
+        results: list[list[Result]] = []
         try:
             results.append(self._finished.get(timeout=timeout) if timeout > 0
                            else self._finished.get_nowait())
@@ -49,16 +55,16 @@ class Lanes:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def _run(self, job: Job, action: Action) -> None:
+    def _run(self, jobs: list[Job]) -> None:
         handler = self._idle.get()
-        result: Outcome | BaseException
+        results: list[Result]
         try:
-            result = action(handler, job)
+            results = self._action(handler, jobs, self.stop)
         except BaseException as exc:  # noqa: BLE001 - the worker's thread decides what it means
-            result = exc
+            results = [(jobs[0], exc), *((job, None) for job in jobs[1:])]
         finally:
             self._idle.put(handler)
-        self._finished.put((job, result))
+        self._finished.put(results)
 
 
 class LockedDeadLetters:

@@ -9,6 +9,7 @@ text is kept apart, as it often quotes the recipient's address.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import smtplib
 import ssl
@@ -106,6 +107,56 @@ def _crlf(msg: bytes) -> bytes:
     return _LINE_END.sub(b"\r\n", msg)
 
 
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _rset(client: smtplib.SMTP) -> None:
+    """Back to a clean session after a refused transaction (as smtplib's own sendmail)."""
+    with contextlib.suppress(smtplib.SMTPServerDisconnected):
+        client.rset()
+
+
+def send_pipelined(client: smtplib.SMTP, sender: str, recipient: str, msg: bytes,
+                   options: list[str]) -> None:
+    """One transaction in two round trips instead of four (RFC 2920 PIPELINING): MAIL,
+    RCPT and DATA in one write, their three answers read together, then the message.
+    Raises what smtplib's `sendmail` raises for the same answers, so `classify` reads both
+    alike; the message goes out only after the server's `354`, never after a refusal.
+    `msg` has CRLF line ends already (`_crlf`)."""
+    if any(c in part for part in (sender, recipient) for c in "\r\n"):
+        raise ValueError("a line break in an address")
+    extra = "".join(f" {option}" for option in options)
+    commands = (f"MAIL FROM:{smtplib.quoteaddr(sender)}{extra}\r\n"
+                f"RCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n")
+    client.send(commands.encode("utf-8" if options else "ascii"))
+    (mail, mail_text), (rcpt, rcpt_text), (data, data_text) = (
+        client.getreply(), client.getreply(), client.getreply())
+    for code, text in ((mail, mail_text), (rcpt, rcpt_text), (data, data_text)):
+        if code == 421:  # the server is closing the session for everyone
+            client.close()
+            raise smtplib.SMTPResponseException(code, text)
+    if mail != 250:
+        _rset(client)
+        raise smtplib.SMTPSenderRefused(mail, mail_text, sender)
+    if rcpt not in (250, 251):
+        _rset(client)
+        raise smtplib.SMTPRecipientsRefused({recipient: (rcpt, rcpt_text)})
+    if data != 354:
+        _rset(client)
+        raise smtplib.SMTPDataError(data, data_text)
+    body = _LEADING_DOT.sub(b"..", msg)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    client.send(body + b".\r\n")
+    code, text = client.getreply()
+    if code == 421:
+        client.close()
+        raise smtplib.SMTPResponseException(code, text)
+    if code != 250:
+        _rset(client)
+        raise smtplib.SMTPDataError(code, text)
+
+
 class SmtpMailer:
     """Sends e-mails over one SMTP session, opened on first use and after any failure."""
 
@@ -126,7 +177,10 @@ class SmtpMailer:
                     raise smtplib.SMTPNotSupportedError(
                         "the server does not support SMTPUTF8")
                 options = ["SMTPUTF8", "BODY=8BITMIME"]
-            client.sendmail(self._sender, [recipient], _crlf(msg), mail_options=options)
+            if client.has_extn("pipelining"):
+                send_pipelined(client, self._sender, recipient, _crlf(msg), options)
+            else:
+                client.sendmail(self._sender, [recipient], _crlf(msg), mail_options=options)
         except Exception as exc:
             failure = classify(exc)
             # smtplib resets the session itself after a refused sender, recipient or

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     # Messages waiting for a retry at most; at the limit the consumer pauses.
     notifier_max_parked: int = Field(default=1000, ge=1)
     # SMTP connections (each with its own PostgreSQL session) sending in parallel, one
-    # partition of course-events on each at a time; 1 sends one e-mail at a time.
+    # course's batch on each at a time; 1 sends one e-mail at a time.
     notifier_smtp_connections: int = Field(default=4, ge=1, le=64)
 
     log_level: LogLevel = "INFO"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final, LiteralString
 
 import psycopg
 from psycopg.rows import TupleRow
 
+from notifier.batch import HeldKey
 from notifier.emails import CourseInfo
 from notifier.handler import Contact
 from schemas.personal import KEY_IN_USE_LOCK
@@ -47,6 +49,70 @@ class PostgresStore:
         self._execute(_RECORD_HANDLED_AND_RELEASE,
                       {**params, "lock": KEY_IN_USE_LOCK, "key": self._held})
         self._held = None
+
+    # ------------------------------------------------------------ a batch's (batch.py)
+
+    def handled_among(self, event_ids: Sequence[str]) -> set[str]:
+        rows = self._fetch("SELECT event_id FROM sent_notifications WHERE event_id = ANY(%s)",
+                           (list(event_ids),))
+        return {str(row[0]) for row in rows}
+
+    def save_contacts(self, contacts: Sequence[tuple[str, str, Contact]]) -> None:
+        self._execute(
+            "INSERT INTO notifier_contacts (signup_id, course_id, key_id, email_sealed,"
+            " name_sealed) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
+            " %s::bytea[], %s::bytea[]) ON CONFLICT (signup_id) DO NOTHING",
+            ([c[0] for c in contacts], [c[1] for c in contacts],
+             [c[2].key_id for c in contacts], [c[2].email_sealed for c in contacts],
+             [c[2].name_sealed for c in contacts]))
+
+    def contacts_of(self, signup_ids: Sequence[str]) -> dict[str, Contact]:
+        rows = self._fetch(
+            "SELECT signup_id, key_id, email_sealed, name_sealed FROM notifier_contacts"
+            " WHERE signup_id = ANY(%s)", (list(signup_ids),))
+        return {str(r[0]): Contact(str(r[1]), bytes(r[2]), bytes(r[3])) for r in rows}
+
+    def hold_keys(self, key_refs: Sequence[str]) -> list[HeldKey | None]:
+        """Per reference (as `hold_key`), its key held, or None if it names no key: one
+        shared key-in-use lock per reference, taken in key-id order (an erasure's order),
+        each released by `record_releasing` or `release_keys`. The keys are read after
+        the locks, by the next statement, so a deletion committed meanwhile is seen."""
+        found = self._fetch(
+            # OFFSET 0 keeps the sort below the lock calls: they run in key-id order.
+            "SELECT ord, key_id, pg_advisory_lock_shared(%(lock)s, hashtext(key_id)) FROM ("
+            " SELECT r.ord, f.key_id FROM unnest(%(refs)s::uuid[]) WITH ORDINALITY AS r(ref, ord)"
+            " CROSS JOIN LATERAL ("
+            "  SELECT key_id::text AS key_id FROM signup_keys WHERE key_ref = r.ref"
+            "  UNION ALL SELECT key_id::text FROM student_keys WHERE key_id = r.ref"
+            "  LIMIT 1) AS f ORDER BY f.key_id OFFSET 0) AS ordered",
+            {"refs": list(key_refs), "lock": KEY_IN_USE_LOCK})
+        key_ids = {int(row[0]) - 1: str(row[1]) for row in found}
+        keys = {str(r[0]): bytes(r[1]) for r in self._fetch(
+            "SELECT key_id::text, key FROM student_keys WHERE key_id = ANY(%s::uuid[])",
+            (sorted(set(key_ids.values())),))} if key_ids else {}
+        return [None if (key_id := key_ids.get(n)) is None else HeldKey(key_id, keys.get(key_id))
+                for n in range(len(key_refs))]
+
+    def release_keys(self, key_ids: Sequence[str]) -> None:
+        """Release one lock per id. Never raises: if the statement fails, the session is
+        closed, which releases every lock it held."""
+        try:
+            self._execute("SELECT count(pg_advisory_unlock_shared(%s, hashtext(k)))"
+                          " FROM unnest(%s::text[]) AS k", (KEY_IN_USE_LOCK, list(key_ids)))
+        except psycopg.Error:
+            self.close()
+
+    def record_releasing(self, event_id: str, signup_id: str, key_id: str | None) -> None:
+        """`record_handled` that releases the lock of `key_id` (if any) in the same round
+        trip, instead of the key of `hold_key`."""
+        params: dict[str, object] = {"event": event_id, "signup": signup_id}
+        if key_id is None:
+            self._execute(_RECORD_HANDLED, params)
+        else:
+            self._execute(_RECORD_HANDLED_AND_RELEASE,
+                          {**params, "lock": KEY_IN_USE_LOCK, "key": key_id})
+
+    # ------------------------------------------------------------ one at a time
 
     def hold_key(self, key_ref: str) -> bytes | None:
         """The data key a decision's `key_id` refers to, held until `release_key`; None
@@ -132,14 +198,26 @@ class PostgresStore:
         if conn is not None:
             conn.close()
 
+    def _fetch(self, sql: LiteralString, params: tuple[object, ...] | dict[str, object]
+               ) -> list[TupleRow]:
+        try:
+            cursor = self._connection().execute(sql, params)
+            return cursor.fetchall()
+        except psycopg.OperationalError:
+            self.close()
+            raise
+
+    def _connection(self) -> psycopg.Connection[TupleRow]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
+            )
+        return self._conn
+
     def _execute(self, sql: LiteralString,
                  params: tuple[object, ...] | dict[str, object]) -> TupleRow | None:
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(
-                    self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
-                )
-            cursor = self._conn.execute(sql, params)
+            cursor = self._connection().execute(sql, params)
             return cursor.fetchone() if cursor.description is not None else None
         except psycopg.OperationalError:
             self.close()

@@ -15,12 +15,13 @@ Offsets: per partition, only the oldest unfinished offset is committed, after th
 sent-record of everything below it is in PostgreSQL. A crash re-reads from there;
 the sent-record skips what already went out.
 
-Parallel lanes (`lanes.py`, NOTIFIER_SMTP_CONNECTIONS > 1): each partition has at most
-one job on a lane at a time and the rest wait, in log order, in `waiting`; so within a
-partition (a course, hence each sign-up and its CourseCreated) everything happens in
-the order of the single-connection loop, and partitions overlap their round trips.
-Every decision about a job's outcome (park, retry, dead-letter, commit) is still taken
-on this thread.
+Parallel lanes (`lanes.py`, NOTIFIER_SMTP_CONNECTIONS > 1): each course (the record's
+key) has at most one batch on a lane at a time and its later records wait, in log order,
+in `waiting`; so within a course (each sign-up and its course's CourseCreated) everything
+happens in the order of the single-connection loop, while courses, also those of one
+partition, overlap their round trips. A batch is up to BATCH_MAX of a course's waiting
+records (`batch.py`). Every decision about a job's outcome (park, retry, dead-letter,
+commit) is still taken on this thread.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from notifier.handler import Done, Failed, Handler, Job, Outcome
-from notifier.lanes import Action, Lanes
+from notifier.batch import Result
+from notifier.handler import Done, Failed, Handler, Job
+from notifier.lanes import Lanes
 from notifier.mailer import SendFailure
 from notifier.observability import Metrics
 from notifier.offsets import PartitionProgress
@@ -60,15 +62,22 @@ MAX_POLL_WAIT_SECONDS = 0.5
 # when nothing new came in.
 TAKE_AT_ONCE = 500
 LANE_WAIT_SECONDS = 0.01
+# Records of one course on a lane at once at most (the key locks of a batch are held
+# until it ends), and batches handed to the lanes at once per lane: one running, one
+# ready to start.
+BATCH_MAX = 64
+BATCHES_PER_LANE = 2
 
 TopicKey = tuple[str, int]
+# What is handled in log order: a course's records (key = course id) in its partition.
+LaneKey = tuple[str, int, bytes | None]
+
+
+def lane_key(job: Job) -> LaneKey:
+    return (job.record.topic, job.record.partition, job.record.key)
 
 # Parked with this due time, a job is the first one tried once the gate opens again.
 FIRST_WHEN_OPEN = float("-inf")
-
-
-def advance(handler: Handler, job: Job) -> Outcome:
-    return handler.advance(job)
 
 
 @dataclass(frozen=True)
@@ -127,10 +136,15 @@ class Worker:
         self.progress: dict[TopicKey, PartitionProgress] = {}
         self.committed: dict[TopicKey, int] = {}
         self.in_flight: dict[str, Job] = {}  # parked decisions by event id
-        # With lanes: the partitions with a job on a lane (and the gate's epoch when it
-        # left), and the records of each partition waiting for it, in log order.
-        self.busy: dict[TopicKey, int] = {}
-        self.waiting: dict[TopicKey, deque[Job]] = {}
+        # With lanes: the courses with a batch on a lane (and the gate's epoch when it
+        # left), and the records of each course waiting for it, in log order.
+        self.busy: dict[LaneKey, int] = {}
+        self.waiting: dict[LaneKey, deque[Job]] = {}
+        self.settling: set[TopicKey] = set()  # partitions whose waiting records stay
+        if lanes is not None:
+            # Read by the lanes' threads between two jobs: a revoke or a stop waits for
+            # at most the e-mail each lane is sending, not for whole batches.
+            lanes.stop = lambda job: (job.record.topic, job.record.partition) in self.settling
         self.buffered = 0
         self._epoch = 0  # outages so far: a success from before the last one opens nothing
         self.paused = False
@@ -148,7 +162,7 @@ class Worker:
                 self.step()
         finally:
             try:
-                self._settle_lanes(set(self.busy))
+                self._settle_lanes({key[:2] for key in self.busy})
                 self.commit(asynchronous=False)
             finally:
                 for close in self.closers:
@@ -179,14 +193,13 @@ class Worker:
     def _step_lanes(self, lanes: Lanes, now: float, can_send: bool) -> None:
         self._settle(lanes.finished())
         if can_send:
-            # Due retries go first in their partitions; an outage's job is the oldest.
+            # Due retries go first in their courses; an outage's job is the oldest.
             due: list[Job] = []
             while (job := self.parked.pop_due(now)) is not None:
                 due.append(job)
             for job in reversed(due):
                 self._queue(job, first=True)
-            for key in list(self.waiting):
-                self._next(key)
+            self._next_any()
         self._flow_control(now)
         took = 0
         msg = self.consumer.poll(0.0 if self.busy else self._wait(now))
@@ -240,9 +253,9 @@ class Worker:
             return
         now = self.clock()
         if self.lanes is not None:
-            # In log order behind its partition's earlier records, whatever the gate.
+            # In log order behind its course's earlier records, whatever the gate.
             self._queue(job)
-            self._next((record.topic, record.partition))
+            self._next(lane_key(job))
         elif self.gate.is_open(now):
             self.attempt(job)
         else:
@@ -251,73 +264,100 @@ class Worker:
 
     # ------------------------------------------------------------------ one job
 
-    def attempt(self, job: Job, action: Action | None = None) -> None:
-        """Run `action` on `job`: here, or on a lane (its outcome comes back to _settle)."""
-        action = action or advance
-        key = (job.record.topic, job.record.partition)
-        self.busy[key] = self._epoch
-        if self.lanes is not None:
-            self.lanes.submit(job, action)
-            return
+    def attempt(self, job: Job) -> None:
+        """Run `job` here, on the worker's own handler (no lanes)."""
+        self.busy[lane_key(job)] = self._epoch
         try:
-            outcome: Outcome | BaseException = action(self.handler, job)
+            outcome: Result = (job, self.handler.advance(job))
         except (psycopg.Error, DeadLetterError) as exc:
-            outcome = exc
-        self._settle([(job, outcome)])
+            outcome = (job, exc)
+        self._settle([[outcome]])
 
-    def _settle(self, results: list[tuple[Job, Outcome | BaseException]]) -> None:
-        for job, outcome in results:
-            key = (job.record.topic, job.record.partition)
+    def _settle(self, batches: list[list[Result]]) -> None:
+        """Act on each job's outcome, in log order; jobs a batch did not start, and those
+        to be dead-lettered now, go back to the front of their course's queue."""
+        for results in batches:
+            key = lane_key(results[0][0])
             epoch = self.busy.pop(key, None)
-            if isinstance(outcome, psycopg.Error | DeadLetterError):
-                self._infra_down(job, type(outcome).__name__)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            elif isinstance(outcome, Done):
-                if epoch == self._epoch:  # not a send begun before the latest outage
-                    self.gate.succeed()
-                self._finish(job)
-            else:
-                self._failed(job, outcome)
-            if self.lanes is not None:
-                self._next(key)
+            again: list[Job] = []
+            for job, outcome in results:
+                if outcome is None:
+                    again.append(job)
+                elif isinstance(outcome, psycopg.Error | DeadLetterError):
+                    self._infra_down(job, type(outcome).__name__)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                elif isinstance(outcome, Done):
+                    if epoch == self._epoch:  # not a send begun before the latest outage
+                        self.gate.succeed()
+                    self._finish(job)
+                elif self._failed(job, outcome):
+                    again.append(job)
+            if self.lanes is None:
+                for job in again:  # to be dead-lettered
+                    self.attempt(job)
+                continue
+            for job in reversed(again):
+                self._queue(job, first=True)
+            self._next(key)
+            self._next_any()
 
     def _queue(self, job: Job, first: bool = False) -> None:
-        waiting = self.waiting.setdefault((job.record.topic, job.record.partition), deque())
+        waiting = self.waiting.setdefault(lane_key(job), deque())
         if first:
             waiting.appendleft(job)
         else:
             waiting.append(job)
         self.buffered += 1
 
-    def _next(self, key: TopicKey) -> None:
-        """Start the partition's oldest waiting job, if it has none running and may send."""
+    def _next(self, key: LaneKey) -> None:
+        """Start a batch of the course's oldest waiting jobs, if it has none running, the
+        lanes have room and the gate is open."""
         waiting = self.waiting.get(key)
-        if not waiting or key in self.busy or not self.gate.is_open(self.clock()):
+        if (not waiting or key in self.busy or key[:2] in self.settling or self.lanes is None
+                or len(self.busy) >= self.lanes.size * BATCHES_PER_LANE
+                or not self.gate.is_open(self.clock())):
             return
-        self.buffered -= 1
-        self.attempt(waiting.popleft())
+        jobs = [waiting.popleft() for _ in range(min(len(waiting), BATCH_MAX))]
+        if not waiting:
+            del self.waiting[key]
+        self.buffered -= len(jobs)
+        self.busy[key] = self._epoch
+        self.lanes.submit(jobs)
 
-    def _settle_lanes(self, keys: set[TopicKey]) -> None:
-        """Wait for the jobs of `keys` still on a lane, with nothing started after them."""
-        for key in keys:
-            self.buffered -= len(self.waiting.pop(key, ()))
-        while self.lanes is not None and keys & set(self.busy):
-            self._settle(self.lanes.finished(MAX_POLL_WAIT_SECONDS))
-            self.metrics.beat()
+    def _next_any(self) -> None:
+        """Start waiting courses while the lanes have room (oldest queue first)."""
+        for key in list(self.waiting):
+            if self.lanes is None or len(self.busy) >= self.lanes.size * BATCHES_PER_LANE:
+                return
+            self._next(key)
 
-    def _failed(self, job: Job, failed: Failed) -> None:
+    def _settle_lanes(self, partitions: set[TopicKey]) -> None:
+        """Wait for the batches of `partitions` still on a lane, with nothing started after
+        them; their waiting records are dropped (read again from the committed offset)."""
+        self.settling |= partitions
+        try:
+            while self.lanes is not None and any(k[:2] in partitions for k in self.busy):
+                self._settle(self.lanes.finished(MAX_POLL_WAIT_SECONDS))
+                self.metrics.beat()
+        finally:
+            self.settling -= partitions
+            for key in [k for k in self.waiting if k[:2] in partitions]:
+                self.buffered -= len(self.waiting.pop(key))
+
+    def _failed(self, job: Job, failed: Failed) -> bool:
+        """Park the job for a retry, or mark it to be dead-lettered next (True)."""
         failure, now = failed.failure, self.clock()
         if failure.server_wide:
             self._infra_down(job, failure.reason, failure.code)
-            return
+            return False
         # The server answered, so it is up; only this message has a problem.
         self.gate.succeed()
         job.attempts += 1
         job.first_failure = job.first_failure if job.first_failure is not None else now
         if self._give_up(job, failure, now):
             self._dead_letter(job, failure)
-            return
+            return True
         due = now + self.policy.backoff.delay(job.attempts, self.rand)
         self.metrics.retried.inc()
         log.warning("send failed, will retry", extra={
@@ -325,6 +365,7 @@ class Worker:
             "smtp_status": failure.enhanced, "attempt": job.attempts,
             "retry_in": round(due - now, 3)})
         self._park(job, due)
+        return False
 
     def _give_up(self, job: Job, failure: SendFailure, now: float) -> bool:
         if failure.kind == "permanent":
@@ -336,7 +377,7 @@ class Worker:
         reason = failure.reason if failure.kind == "permanent" else "retries_exhausted"
         # Codes only (`recipient_refused: 550 5.1.1`): the server's text may quote the address.
         detail = f"{failure.reason}: {failure.status}".strip(" :")
-        self.attempt(job, lambda handler, job: handler.dead_letter(job, reason, detail))
+        job.give_up = (reason, detail)  # its next attempt is the dead letter
 
     def _infra_down(self, job: Job, reason: str, code: int | None = None) -> None:
         self._epoch += 1

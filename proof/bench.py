@@ -1,6 +1,6 @@
 """The benchmarks (README, "Benchmarks"): `make bench` runs `python -m proof.bench`.
 
-Run: python -m proof.bench [--quick] [--publish] [--only 1|5]
+Run: python -m proof.bench [--quick] [--publish] [--only 1|2|5] [--rate R]
 
 Starts its own stack (`python -m stack up`, without the notifier) on free ports in a
 temporary directory, so synthetic history never reaches the real event log, and
@@ -45,9 +45,11 @@ Results: one JSON file per figure and summary.json under $RUN_DIR/bench/ (RUN_DI
 for `make up`), with README.md (the table) and saturation.png rendered from them.
 --publish also copies those to docs/bench/. --quick uses sizes ten times smaller.
 --only 1 measures figures 1 and 2 alone (the write path) on the first history size
-(not published). --only 5 measures figure 5 alone, after growing the history it needs
-(about 5 minutes with a million sign-ups, instead of the whole run); --publish then
-merges its rows into docs/bench/summary.json in place of the old figure 5.
+(not published). --only 2 measures figure 2 alone at --rate requests/s (default: the
+rate of docs/bench/fig2_latency.json), not published. --only 5 measures figure 5 alone,
+after growing the history it needs (about 5 minutes with a million sign-ups, instead of
+the whole run); --publish then merges its rows into docs/bench/summary.json in place of
+the old figure 5.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ import psycopg
 from proof import bench_kafka as bk
 from proof import bench_stack as bs
 from proof.bench_report import render
+from schemas.topics import COMMANDS, EVENTS
 from stack.config import ROOT, StackConfig
 
 
@@ -188,6 +191,7 @@ class Bench:
         self.figures: list[dict[str, Any]] = []
         self.saturation: float | None = None
         self.plain_rate: float | None = None  # figure 1's baseline, decisions/s
+        self.fig2_rate: float | None = None  # figure 2's rate if given (--rate)
 
     # -------------------------------------------------------------- plumbing
 
@@ -533,12 +537,13 @@ class Bench:
     def fig2_latency(self) -> None:
         from course_processor.settings import Settings
 
-        rate = round((self.saturation or 200.0) / 2, 1)
+        rate = self.fig2_rate or round((self.saturation or 200.0) / 2, 1)
         seconds = self.sizes.latency_s
         interval = float(os.environ.get("PROCESSOR_COMMIT_INTERVAL")
                          or Settings.model_fields["commit_interval"].default)
         log(f"figure 2: decision latency, open loop at {rate}/s for {seconds:.0f}s")
         cpu0 = {n: bs.process_cpu(self.stack.pid(n)) for n in ("processor", "command-api")}
+        starts = {t: bk.end_offsets(self.stack.bootstrap, t) for t in (COMMANDS, EVENTS)}
         with Monitor(self.stack, sample=False) as monitor:
             result = self.generate(self.stack.config.command_url, "fig2-latency", seconds + 90,
                                    signups=",".join(self.live), tag=self.tag(), rate=rate,
@@ -550,6 +555,7 @@ class Bench:
                         1) for n in cpu0}
         latencies = [monitor.seen[r[3]] - r[0] for r in accepted if r[3] in monitor.seen]
         decided = quantiles_ms(latencies)
+        stages = self.fig2_stages(accepted, monitor.seen, starts)
         log("figure 2: baseline, plain confluent-kafka round trip at the same rate")
         bk.ensure_topic(self.stack.bootstrap, "bench-roundtrip", self.stack.config.partitions)
         baseline = bk.round_trip(self.stack.bootstrap, "bench-roundtrip", rate, seconds)
@@ -557,6 +563,7 @@ class Bench:
                 "accepted": len(accepted), "not_seen_within_60s": unseen,
                 "http_receipt_to_decision_visible": decided,
                 "http_202": quantiles_ms([r[1] - r[0] for r in accepted]),
+                "stages": stages,
                 "measured_from": "the moment each request was due (open loop), client side",
                 "generator_cpu_percent": result["cpu_percent_of_one_core"],
                 "generator_pinned_to_cpu": result["pinned_to_cpu"],
@@ -576,6 +583,41 @@ class Bench:
                  "is invisible to read_committed readers until its transaction commits; load "
                  f"generator {result['cpu_percent_of_one_core']}% of one core; processor "
                  f"{cpu['processor']}%, command API {cpu['command-api']}%")
+
+    def fig2_stages(self, accepted: list[list[Any]], seen: dict[str, float],
+                    starts: dict[str, dict[int, int]]) -> dict[str, Any]:
+        """Figure 2's latency, stage by stage, from the record timestamps of each accepted
+        sign-up's command (when the command API produced it: after its key store round
+        trip) and event (when the processor decided it); whole milliseconds."""
+        produced = bk.record_times(self.stack.bootstrap, COMMANDS, starts[COMMANDS])
+        decided = bk.record_times(self.stack.bootstrap, EVENTS, starts[EVENTS])
+        names = ("due_to_command_produced", "command_produced_to_http_202",
+                 "command_produced_to_decided", "decided_to_visible")
+        # (due, the four stages) of each sign-up seen in both topics and by the watcher.
+        rows = [(r[0], (produced[r[3]] - r[0], r[1] - produced[r[3]],
+                        decided[r[3]] - produced[r[3]], seen[r[3]] - decided[r[3]]))
+                for r in accepted if r[3] in produced and r[3] in decided and r[3] in seen]
+        out: dict[str, Any] = {name: quantiles_ms([row[1][i] for row in rows])
+                               for i, name in enumerate(names)}
+        out["measured_from"] = ("record timestamps (CreateTime, ms) of the command and the "
+                                "event; the client's due and 202 times; the watcher's receipt")
+        # The slowest 1% end to end: which stage their time went to (mean ms per stage).
+        slow = sorted(rows, key=lambda row: sum(row[1]))[-max(1, len(rows) // 100):]
+        out["slowest_1_percent_mean_ms"] = {
+            name: round(1000 * statistics.fmean(row[1][i] for row in slow), 1)
+            for i, name in enumerate(names)} if rows else {}
+        # Each second of the run: the median of each stage (a stall shows as a bump).
+        first = min((row[0] for row in rows), default=0.0)
+        by_second: dict[int, list[tuple[float, ...]]] = {}
+        for due, row_stages in rows:
+            by_second.setdefault(int(due - first), []).append(row_stages)
+        out["median_ms_by_second"] = [
+            [round(1000 * statistics.median(st[i] for st in per)) for i in range(len(names))]
+            for _, per in sorted(by_second.items())]
+        log("figure 2 stages p50/p99 ms: " + "; ".join(
+            f"{name} {out[name].get('p50_ms')}/{out[name].get('p99_ms')}" for name in names)
+            + f"; slowest 1%: {out['slowest_1_percent_mean_ms']}")
+        return out
 
     # -------------------------------------------------------------- figure 3
 
@@ -901,6 +943,17 @@ def run_only_write_path(bench: Bench) -> None:
         bench.fig1_notifier()
 
 
+def run_only_latency(bench: Bench) -> None:
+    """Figure 2 alone, at --rate (default: the rate of the published figure 2)."""
+    bench.setup()
+    if bench.fig2_rate is None:
+        published = ROOT / "docs" / "bench" / "fig2_latency.json"
+        bench.fig2_rate = (json.loads(published.read_text())["rate_per_s"]
+                           if published.exists() else 200.0)
+    with step(bench, "2. decision latency"):
+        bench.fig2_latency()
+
+
 def run_only_query(bench: Bench) -> None:
     """Figure 5 alone: the history it needs (the processor is not restarted on it, since
     nothing is decided any more), then the query API."""
@@ -919,9 +972,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="sizes ten times smaller")
     parser.add_argument("--publish", action="store_true",
                         help="also copy the results to docs/bench/")
-    parser.add_argument("--only", choices=["1", "5"],
+    parser.add_argument("--only", choices=["1", "2", "5"],
                         help="only these figures with the history they need (1: figures 1 "
-                             "and 2, the write path; 5: the query API)")
+                             "and 2, the write path; 2: figure 2 alone; 5: the query API)")
+    parser.add_argument("--rate", type=float,
+                        help="figure 2's request rate (default: half of figure 1's "
+                             "saturation; with --only 2, the published figure 2's rate)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     out = StackConfig.from_env(os.environ).run_dir / "bench"
@@ -931,8 +987,10 @@ def main() -> None:
         f"results in {out}")
     with bs.running_stack() as stack:
         bench = Bench(stack, sizes, out)
+        bench.fig2_rate = args.rate
         try:
-            {"1": run_only_write_path, "5": run_only_query}.get(args.only or "", run)(bench)
+            only = {"1": run_only_write_path, "2": run_only_latency, "5": run_only_query}
+            only.get(args.only or "", run)(bench)
         finally:
             summary = {
                 "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -953,8 +1011,9 @@ def main() -> None:
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             render(out)
     shutil.rmtree(out / "work", ignore_errors=True)
-    if args.publish and args.only == "1":
-        log("--publish with --only 1: not published (docs/bench holds full runs and figure 5)")
+    if args.publish and args.only in ("1", "2"):
+        log(f"--publish with --only {args.only}: not published (docs/bench holds full runs "
+            "and figure 5)")
     elif args.publish:
         publish_query(out) if args.only == "5" else publish(out)
     log(f"done in {(time.monotonic() - began) / 60:.1f} min; {out / 'README.md'}")

@@ -340,6 +340,37 @@ class DecisionWatch:
         self.consumer.close()
 
 
+def record_times(bootstrap: str, topic: str, start: dict[int, int]) -> dict[str, float]:
+    """signup_id -> the record timestamp (on `now()`'s clock) of each record of `topic`
+    from the offsets `start` to the current end, read_committed. A command's timestamp is
+    when the command API produced it, an event's when the processor decided it (both
+    CreateTime, whole milliseconds)."""
+    shift = time.time() - now()  # the record clock (epoch) onto now()'s
+    ends = end_offsets(bootstrap, topic)
+    consumer = Consumer({**client_config(), "bootstrap.servers": bootstrap,
+                         "group.id": f"bench-{uuid.uuid4()}", "enable.auto.commit": False,
+                         "isolation.level": "read_committed", "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in ends])
+    times: dict[str, float] = {}
+    open_partitions = {p for p, end in ends.items() if end > start.get(p, 0)}
+    deadline = time.monotonic() + 120
+    try:
+        while open_partitions and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        open_partitions.discard(msg.partition())
+                    continue
+                record = codec.decode(msg.value())  # type: ignore[arg-type]
+                signup_id = getattr(record, "signup_id", None)
+                if signup_id is not None:
+                    times.setdefault(signup_id, msg.timestamp()[1] / 1000 - shift)
+    finally:
+        consumer.close()
+    return times
+
+
 # ------------------------------------------------------------------ history, fast-forwarded
 
 

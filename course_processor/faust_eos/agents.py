@@ -24,6 +24,7 @@ from course_processor.faust_eos.app import Processor
 from course_processor.faust_eos.continuity import Continuity
 from course_processor.faust_eos.failstop import fail_stop
 from course_processor.faust_eos.tables import StagedStore, TableView
+from course_processor.faust_eos.transactions import SourcePartitionTransactionManager
 from course_processor.state.local import OutRecord
 from schemas.codec import encode
 from schemas.messages import Command
@@ -106,6 +107,7 @@ class CommandHandler:
         # Not sending from here also keeps the agent deciding while a partition's
         # producer commits (it takes no record then), which faust's send waited for.
         self.stage_events(message, plan, generation)
+        self.prepare(message)
         self.decider.apply(plan)
         for event in plan.events:
             decided, reason = outcome(event)
@@ -139,6 +141,13 @@ class CommandHandler:
             self.local.stage_record(message.partition,
                                     OutRecord(topic, message.key, encode(event), headers, now))
 
+    def prepare(self, message: Message) -> None:
+        """The transaction of the message's partition will carry records: have it ready
+        for them before the commit (transactions.py, DurableProducer.prepare)."""
+        transactions = self.p.app.consumer.transactions
+        if isinstance(transactions, SourcePartitionTransactionManager):
+            transactions.prepare(message.tp)
+
     def dead_letter(self, message: Message, exc: Unprocessable) -> None:
         source = SourceRecord(message.topic, message.partition, message.offset,
                               message.key, message.value, header_pairs(message.headers))
@@ -147,6 +156,7 @@ class CommandHandler:
         self.local.stage_record(message.partition, OutRecord(
             self.p.settings.dlq_topic, message.key, message.value,
             headers, int(time.time() * 1000)))
+        self.prepare(message)
         self.metrics.commands.labels("unprocessable").inc()
         self.metrics.dlq.labels(exc.reason).inc()
         log.warning("dead-lettered", extra={

@@ -28,6 +28,13 @@ ends the process at once (`fail_stop`): nothing is committed, and a restart, or 
 worker that took over, redoes the uncommitted work from the last commit, which is
 the path the kill -9 tests prove.
 
+A commit's round trips, one after the other, are what a decision waits for before a
+read_committed reader sees it. Two of the five are taken off that path: the partitions
+the last commit wrote to are added to the transaction (AddPartitionsToTxn) as soon as a
+decision stages records for it (`DurableProducer.prepare`), and the offsets go to the
+transaction (AddOffsetsToTxn, TxnOffsetCommit) while its records are being produced;
+EndTxn waits for both. What a commit carries is unchanged.
+
 The local state (state/local.py) follows the transactions: the offset of every changelog
 record delivered is noted, a commit moves the committed partitions' staged writes to
 disk with those offsets, and a rebalance, which aborts every open transaction, drops
@@ -42,7 +49,7 @@ import logging
 from collections.abc import Awaitable, Mapping, MutableMapping
 from typing import Any, cast
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
@@ -60,6 +67,8 @@ from course_processor.state.runtime import StateRuntime
 log = logging.getLogger(__name__)
 # key, value, headers, timestamp in epoch milliseconds (None: now) of a record in a batch.
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int | None]
+# How long the producers wait before retrying a refused request (aiokafka: 100 ms).
+RETRY_BACKOFF_MS = 20
 # Keys whose partition is remembered (course ids, mostly); past it the memory starts anew.
 PARTITION_CACHE = 100_000
 
@@ -77,6 +86,11 @@ class DurableProducer(faust_aiokafka.Producer):
         self._failure: BaseException | None = None
         # Numbers the records handed in, so a commit knows which ones it carries.
         self.sequence = 0
+        # Per transactional id: the partitions its last commit wrote to, and whether its
+        # open transaction has them already (prepare), or should once its commit ends.
+        self._destinations: dict[str, set[TopicPartition]] = {}
+        self._ahead: set[str] = set()
+        self._wanted: set[str] = set()
 
     def send_soon(self, fut: FutureMessage) -> None:
         self.sequence += 1
@@ -114,6 +128,49 @@ class DurableProducer(faust_aiokafka.Producer):
         if self._failure is not None:
             fail_stop("a table change could not be written", self._failure)
 
+    def prepare(self, transactional_id: str) -> None:
+        """The open transaction of `transactional_id` is going to carry records: add the
+        partitions its last commit wrote to (AddPartitionsToTxn) now, while the worker
+        goes on deciding, instead of as the first round trip of the commit. Only then:
+        a transaction with partitions open on the broker that nobody commits would be
+        aborted by the broker's transaction timeout, fencing the worker. A partition
+        added that gets no record in the end only gets the commit's marker."""
+        if transactional_id in self._ahead:
+            return
+        lock = self._trn_locks.get(transactional_id)
+        if lock is not None and lock.locked():
+            # Its commit is under way: the records staged now are the next one's.
+            self._wanted.add(transactional_id)
+            return
+        self._add_ahead(transactional_id)
+
+    def _add_ahead(self, transactional_id: str) -> None:
+        producer = self._transaction_producers.get(transactional_id)
+        txn = None if producer is None else producer._txn_manager  # noqa: SLF001
+        if txn is None or not txn.is_in_transaction():
+            return
+        self._ahead.add(transactional_id)
+        for tp in self._destinations.get(transactional_id, ()):
+            txn.maybe_add_partition_to_txn(tp)
+
+    def wrote_to(self, transactional_id: str, partitions: set[TopicPartition]) -> None:
+        """The partitions a commit of `transactional_id` writes to (for prepare)."""
+        if partitions:
+            self._destinations[transactional_id] = partitions
+
+    def forget_prepared(self) -> None:
+        """Every transaction is aborted (a rebalance): nothing is added ahead any more."""
+        self._ahead.clear()
+        self._wanted.clear()
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        # A transaction's first produce right after the last commit is sometimes refused
+        # as NotEnoughReplicas (Kafka 4's transaction verification answers an old client
+        # so while the last commit's markers are still being written): retriable, and
+        # aiokafka retries after retry_backoff_ms, 100 ms by default, which every
+        # decision of that commit waited (dozens of times in a 15 s run at 258/s).
+        return {**super()._settings_extra(), "retry_backoff_ms": RETRY_BACKOFF_MS}
+
     def transaction_producer(self, transactional_id: str) -> AIOKafkaProducer:
         producer = self._transaction_producers.get(transactional_id)
         if producer is None:
@@ -125,32 +182,45 @@ class DurableProducer(faust_aiokafka.Producer):
         tid_to_offset_map: Mapping[str, Mapping[TP, int]],
         group_id: str,
         start_new_transaction: bool = True,
+        delivered: Mapping[str, Awaitable[None]] | None = None,
     ) -> None:
         """faust's commit_transactions, with the partitions' transactions committed side
-        by side instead of one after the other.
+        by side instead of one after the other, each one's offsets sent while its
+        records are still on their way.
 
         Each transactional producer commits its own transaction (AddOffsetsToTxn,
         TxnOffsetCommit, EndTxn: three round trips, each waiting for the one before);
         the transactions are independent, so with four partitions faust's loop made a
-        commit four times as long as one. They all must commit before the staged
-        writes go to disk (finish_commit, after this returns); a failure of any of
-        them fail-stops the worker (SourcePartitionTransactionManager._commit).
+        commit four times as long as one. `delivered[tid]`, if given, is done when the
+        records the commit handed to that producer are acknowledged: the offsets go to
+        the transaction meanwhile (the offsets and the records become visible together,
+        at EndTxn, or not at all), and only EndTxn waits for both. They all must commit
+        before the staged writes go to disk (finish_commit, after this returns); a
+        failure of any of them fail-stops the worker
+        (SourcePartitionTransactionManager.commit).
         """
         await asyncio.gather(*(
-            self._commit_one(tid, offsets, group_id, start_new_transaction)
+            self._commit_one(tid, offsets, group_id, start_new_transaction,
+                             None if delivered is None else delivered.get(tid))
             for tid, offsets in tid_to_offset_map.items()))
 
     async def _commit_one(self, transactional_id: str, offsets: Mapping[TP, int],
-                          group_id: str, start_new_transaction: bool) -> None:
+                          group_id: str, start_new_transaction: bool,
+                          delivered: Awaitable[None] | None = None) -> None:
         # The lock of faust's send(): no record joins this transaction while it commits.
         async with self._trn_locks[transactional_id]:
             producer = self.transaction_producer(transactional_id)
-            await producer.send_offsets_to_transaction(offsets, group_id)
+            self._ahead.discard(transactional_id)
+            await asyncio.gather(producer.send_offsets_to_transaction(offsets, group_id),
+                                 *([] if delivered is None else [delivered]))
             # EndTxn: aiokafka first closes the transaction's batches and waits for
             # them (lingering ones too), so every record handed in is in it.
             await producer.commit_transaction()
             if start_new_transaction:
                 await producer.begin_transaction()
+                if transactional_id in self._wanted:
+                    self._wanted.discard(transactional_id)
+                    self._add_ahead(transactional_id)
 
 
 class SourcePartitionTransactionManager(TransactionManager):
@@ -160,7 +230,16 @@ class SourcePartitionTransactionManager(TransactionManager):
         self.runtime = runtime
         # (topic, key) -> the partition the producer's partitioner gives the key.
         self._partitions: dict[tuple[str, bytes | None], int] = {}
+        self._tids: dict[TP, str] = {}
         super().__init__(transport, **kwargs)
+
+    def prepare(self, tp: TP) -> None:
+        """A command of `tp` staged records: its transaction is added, ahead of the
+        commit, the partitions the last commit wrote to (DurableProducer.prepare)."""
+        tid = self._tids.get(tp)
+        if tid is None:
+            tid = self._tids[tp] = self.transactional_id(tp)
+        cast(DurableProducer, self.producer).prepare(tid)
 
     def transactional_id(self, tp: TP) -> str:
         # The same format Faust uses for the producers it starts and commits.
@@ -198,6 +277,7 @@ class SourcePartitionTransactionManager(TransactionManager):
         # exactly the committed state, which the tables are then restored from.
         producers = cast(faust_aiokafka.Producer, self.producer)._transaction_producers
         await self._stop_transactions(sorted(producers))
+        cast(DurableProducer, self.producer).forget_prepared()
         # Those transactions are aborted now: so is everything they staged.
         self.runtime.local.drop_staged()
         await super().on_rebalance(assigned, revoked, newly_assigned)
@@ -224,11 +304,11 @@ class SourcePartitionTransactionManager(TransactionManager):
             return True
         try:
             await producer.flush_handed_in()
-            await self._send_carried(producer, offsets, sequence)
+            delivered = await self._send_carried(producer, offsets, sequence)
             log.debug("commit %s", {tp.partition: o for tp, o in offsets.items()})
             await producer.commit_transactions(
                 by_transactional_id, self.app.conf.id,
-                start_new_transaction=start_new_transaction,
+                start_new_transaction=start_new_transaction, delivered=delivered,
             )
         except Exception as exc:
             # Fenced (another worker owns the partition now) or the broker refused:
@@ -239,23 +319,27 @@ class SourcePartitionTransactionManager(TransactionManager):
         return True
 
     async def _send_carried(self, producer: DurableProducer, offsets: Mapping[TP, int],
-                            sequence: int) -> None:
+                            sequence: int) -> dict[str, Awaitable[None]]:
         """What the commit carries for each committed partition, in that partition's
         transaction: the staged records, then the table writes as changelog records,
         whose offsets are stored with them on disk (noted under the commit's own
-        sequence number, so finish_commit counts them).
+        sequence number, so finish_commit counts them). Returns, per transactional id,
+        what is done when that transaction's records are acknowledged and noted.
 
         Everything goes as whole batches, closed before they are handed over: a closed
         batch is sent at once instead of lingering, and a batch skips the per-record
         path of faust's and aiokafka's send (about a third of the processor's time per
         decision when every event went that way). aiokafka adds each batch's partition
         to the transaction (AddPartitionsToTxn) before it sends it. Every batch is
-        awaited before the commit: a record that failed fails the commit.
+        awaited before EndTxn (commit_transactions): a record that failed fails the
+        commit.
         """
         local = self.runtime.local
-        pending: list[tuple[str | None, int, int, Awaitable[RecordMetadata]]] = []
+        delivered: dict[str, Awaitable[None]] = {}
         for tp in offsets:
-            sender = producer.transaction_producer(self.transactional_id(tp))
+            tid = self.transactional_id(tp)
+            sender = producer.transaction_producer(tid)
+            pending: list[tuple[str | None, int, int, Awaitable[RecordMetadata]]] = []
             by_destination: dict[tuple[str, int], list[Record]] = {}
             for r in local.carried_records(tp.partition):
                 # The partition faust's send chose: the producer's partitioner over the
@@ -264,13 +348,26 @@ class SourcePartitionTransactionManager(TransactionManager):
                 destination = (r.topic, await self.partition_of(sender, r.topic, r.key))
                 by_destination.setdefault(destination, []).append(
                     (r.key, r.value, r.headers, r.timestamp_ms))
+            written = set()
             for (topic, partition), records in by_destination.items():
                 pending += await _send_batches(sender, None, topic, partition, records)
+                written.add(TopicPartition(topic, partition))
             for table, entries in local.carried(tp.partition).items():
                 changelog = self.runtime.changelogs[table]
                 pending += await _send_batches(
                     sender, table, changelog, tp.partition,
                     [(key, value, [], None) for key, value in entries.items()])
+                written.add(TopicPartition(changelog, tp.partition))
+            producer.wrote_to(tid, written)
+            before = delivered.get(tid)
+            noted = self._note_written(pending, sequence)
+            delivered[tid] = noted if before is None else _both(before, noted)
+        return delivered
+
+    async def _note_written(
+            self, pending: list[tuple[str | None, int, int, Awaitable[RecordMetadata]]],
+            sequence: int) -> None:
+        local = self.runtime.local
         for written_table, partition, count, future in pending:
             metadata = await future
             if written_table is not None:
@@ -286,6 +383,10 @@ class SourcePartitionTransactionManager(TransactionManager):
                 self._partitions.clear()
             self._partitions[(topic, key)] = cached
         return cached
+
+
+async def _both(first: Awaitable[None], second: Awaitable[None]) -> None:
+    await asyncio.gather(first, second)
 
 
 async def _send_batches(sender: AIOKafkaProducer, table: str | None, topic: str,

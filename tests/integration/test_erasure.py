@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
 from command_api.keys import DataKey, key_for_sync
+from notifier.batch import advance_batch
 from notifier.handler import Done, Handler, Job
 from notifier.mailer import SmtpMailer
 from notifier.observability import Metrics
@@ -181,8 +182,19 @@ class StallingSink:
         return "250 OK"
 
 
+def _one(handler: Handler, job: Job) -> object:
+    return handler.advance(job)
+
+
+def _in_a_batch(handler: Handler, job: Job) -> object:
+    # As a lane runs it: the key locked with the batch's reads, released by the record.
+    [(_, outcome)] = advance_batch(handler, [job])
+    return outcome
+
+
+@pytest.mark.parametrize("advance", [_one, _in_a_batch])
 def test_an_erasure_is_done_only_after_a_send_to_that_student_has_finished(
-    tmp_path: Path,
+    tmp_path: Path, advance: Callable[[Handler, Job], object],
 ) -> None:
     email = f"stella.{uuid.uuid4().hex[:8]}@example.org"
     database_url = os.environ["DATABASE_URL"]
@@ -201,7 +213,7 @@ def test_an_erasure_is_done_only_after_a_send_to_that_student_has_finished(
             key = key_for_sync(conn, student_hash(SECRET.encode(), email))
             outcomes: list[object] = []
             sending = threading.Thread(
-                target=lambda: outcomes.append(handler.advance(_decision_for(email, key))))
+                target=lambda: outcomes.append(advance(handler, _decision_for(email, key))))
             sending.start()
             assert sink.receiving.wait(30), "the notifier never reached DATA"
 
@@ -225,7 +237,11 @@ def test_an_erasure_is_done_only_after_a_send_to_that_student_has_finished(
             assert isinstance(completed, datetime) and sink.answered_at is not None
             assert completed >= sink.answered_at
             # Once done, a decision still in flight finds no key and sends nothing.
-            assert handler.advance(_decision_for(email, key)) == Done("erased")
+            assert advance(handler, _decision_for(email, key)) == Done("erased")
+            # No key lock is left behind by the notifier's session.
+            assert store._conn is not None
+            assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                " AND pid = %s", (store._conn.info.backend_pid,)).fetchone() == (0,)
             assert sink.recipients == [email]
     finally:
         sink.release.set()

@@ -4,6 +4,7 @@ after a failure, against a real SMTP server (the project's sink, counting its se
 from __future__ import annotations
 
 import asyncio
+import smtplib
 import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -101,3 +102,54 @@ def test_many_e_mails_share_one_session_and_a_failure_opens_a_new_one(
     mailer.close()
     assert smtp_server.sessions == 2  # one new session after the failure, for all ten
     assert len(list(tmp_path.glob("*.eml"))) == 30
+
+
+def _settings(port: int) -> Settings:
+    return Settings(kafka_bootstrap_servers="unused:9092", database_url="postgresql://unused/db",
+                    smtp_port=port, smtp_timeout_seconds=5)
+
+
+def test_a_server_with_pipelining_gets_each_e_mail_in_two_writes_and_stores_it_whole(
+    smtp_server: CountingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writes: list[bytes] = []
+    plain_send = smtplib.SMTP.send
+
+    def counted(self: smtplib.SMTP, data: bytes | str) -> None:
+        writes.append(data if isinstance(data, bytes) else data.encode())
+        plain_send(self, data)
+
+    monkeypatch.setattr(smtplib.SMTP, "send", counted)
+    mailer = SmtpMailer(_settings(smtp_server.port))
+    mailer.send(b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\n.\r\nend", "s@example.org")
+    sent = len(writes)
+    mailer.send(_mail(1).as_bytes(), "t@example.org")
+    # MAIL, RCPT and DATA in one write, the message in the next (smtplib's sendmail: four).
+    assert len(writes) - sent == 2
+    mailer.close()
+    stored = sorted(tmp_path.glob("*.eml"), key=lambda p: p.read_bytes().count(b"dots"))
+    assert stored[-1].read_bytes().endswith(
+        b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\n.\r\nend\r\n")
+    assert b"X-Envelope-To: t@example.org" in stored[0].read_bytes()
+
+
+def test_a_refused_recipient_on_a_pipelined_session_fails_that_message_only(
+    tmp_path: Path,
+) -> None:
+    server = CountingServer(tmp_path)
+    server.sink.reject_domains = {"rejected.invalid"}
+    server.start()
+    try:
+        mailer = SmtpMailer(_settings(server.port))
+        with pytest.raises(MailError) as refused:
+            mailer.send(_mail(0).as_bytes(), "x@rejected.invalid")
+        failure = refused.value.failure
+        assert (failure.kind, failure.reason, failure.code, failure.server_wide) == (
+            "permanent", "recipient_refused", 550, False)
+        mailer.send(_mail(1).as_bytes(), "s@example.org")  # the same session, reset
+        mailer.close()
+        assert server.sessions == 1
+        assert [p.read_bytes().count(b"#1") for p in tmp_path.glob("*.eml")] == [1]
+    finally:
+        server.stop()
+        server.loop.call_soon_threadsafe(server.loop.stop)

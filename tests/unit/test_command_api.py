@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import re
@@ -865,6 +866,19 @@ def test_the_lifespan_starts_and_stops_the_publisher(publisher: MemoryPublisher)
     with TestClient(app):
         assert publisher.running
     assert not publisher.running
+
+
+def test_the_heap_built_at_start_up_is_out_of_the_collectors_sight(
+        publisher: MemoryPublisher) -> None:
+    # A full collection then scans only what requests create: it stalled every request
+    # in flight while it walked the whole heap of modules and app objects.
+    gc.unfreeze()
+    app = create_app(settings(), publisher, MemoryKeyStore())
+    try:
+        with TestClient(app):
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 # ------------------------------------------------------------------ observability

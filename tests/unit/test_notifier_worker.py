@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 
 from confluent_kafka import TopicPartition
 
+from notifier.batch import advance_each
 from notifier.handler import Done, Failed, Job, Outcome
 from notifier.lanes import Lanes
 from notifier.mailer import SendFailure
@@ -41,6 +42,7 @@ class FakeMessage:
     offset_: int
     value_: bytes
     partition_: int = 0
+    key_: bytes = b"c"  # the course id
 
     def error(self) -> None:
         return None
@@ -55,7 +57,7 @@ class FakeMessage:
         return self.offset_
 
     def key(self) -> bytes:
-        return b"c"
+        return self.key_
 
     def value(self) -> bytes:
         return self.value_
@@ -116,6 +118,8 @@ class ScriptedHandler:
     dead: list[tuple[str, str]] = field(default_factory=list)
 
     def advance(self, job: Job) -> Outcome:
+        if job.give_up is not None:  # as Handler.advance: the worker gave up on it
+            return self.dead_letter(job, *job.give_up)
         event_id = str(job.event_id)
         self.attempts.append(event_id)
         script = self.scripts.get(event_id, [])
@@ -231,9 +235,10 @@ class BlockingHandler(ScriptedHandler):
 
     barrier: threading.Barrier | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    barrier_offsets: set[int] = field(default_factory=lambda: {0})
 
     def advance(self, job: Job) -> Outcome:
-        if self.barrier is not None and job.record.offset == 0:
+        if self.barrier is not None and job.record.offset in self.barrier_offsets:
             self.barrier.wait(5)
         with self.lock:
             return super().advance(job)
@@ -244,7 +249,7 @@ def lane_worker(scripts: dict[str, list[SendFailure]], messages: list[FakeMessag
     clock = Clock()
     consumer = FakeConsumer(clock, messages)
     handler = BlockingHandler(scripts, barrier=threading.Barrier(lanes))
-    pool = Lanes([handler] * lanes)  # type: ignore[list-item]
+    pool = Lanes([handler] * lanes, advance_each)  # type: ignore[list-item]
     policy = Policy(Backoff(initial=1.0, cap=8.0), permanent_attempts=3, give_up_seconds=0,
                     max_parked=100)
     worker = Worker(consumer, handler, Metrics(), policy, clock=clock,  # type: ignore[arg-type]
@@ -285,5 +290,86 @@ def test_a_revoked_partition_waits_for_its_job_on_a_lane_before_committing() -> 
         worker._on_revoke(consumer, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
         assert not worker.busy and sorted(handler.attempts) == ["a0", "b0"]
         assert consumer.commits[-1] == {0: 1, 1: 1}
+    finally:
+        pool.close()
+
+
+def test_courses_of_one_partition_go_out_in_parallel_each_in_log_order() -> None:
+    # Two courses sharing partition 0: their first records must be on lanes at once to
+    # pass the barrier (one job per partition at a time would never get there).
+    messages = [FakeMessage(0, decision("a0"), 0, b"course-a"),
+                FakeMessage(1, decision("b0"), 0, b"course-b"),
+                FakeMessage(2, decision("a1"), 0, b"course-a"),
+                FakeMessage(3, decision("b1"), 0, b"course-b")]
+    worker, consumer, handler, clock, pool = lane_worker({}, messages, 2)
+    handler.barrier_offsets = {0, 1}
+    try:
+        run_for(worker, clock, 0.05)
+        while worker.busy:
+            worker.step()
+        assert [e for e in handler.attempts if e.startswith("a")] == ["a0", "a1"]
+        assert [e for e in handler.attempts if e.startswith("b")] == ["b0", "b1"]
+        worker.commit(asynchronous=True)
+        assert consumer.commits[-1] == {0: 4}
+    finally:
+        pool.close()
+
+
+def test_an_outage_in_a_batch_sends_the_rest_of_it_in_order_once_the_server_is_back() -> None:
+    messages = [FakeMessage(i, decision(e)) for i, e in enumerate(["a0", "a1", "a2", "a3"])]
+    worker, consumer, handler, clock, pool = lane_worker({"a1": [DOWN]}, messages, 1)
+    handler.barrier = None
+    try:
+        # a0 starts alone on the idle lane; a1-a3 wait and go as the next batch, in which
+        # a1 meets the outage and a2 and a3 are not started; once the gate opens, a1 goes
+        # first, then a2 and a3.
+        run_for(worker, clock, 0.05)
+        while worker.busy:
+            worker.step()
+        assert handler.attempts == ["a0", "a1"] and not worker.gate.is_open(clock.now)
+        run_for(worker, clock, 1.5)
+        while worker.busy or worker.waiting:
+            worker.step()
+        assert handler.attempts == ["a0", "a1", "a1", "a2", "a3"]
+        worker.commit(asynchronous=True)
+        assert consumer.commits[-1] == {0: 4}
+    finally:
+        pool.close()
+
+
+@dataclass
+class GatedHandler(ScriptedHandler):
+    """Holds each job whose offset has an event until that event is set."""
+
+    gates: dict[int, threading.Event] = field(default_factory=dict)
+    entered: dict[int, threading.Event] = field(default_factory=dict)
+
+    def advance(self, job: Job) -> Outcome:
+        gate = self.gates.get(job.record.offset)
+        if gate is not None:
+            self.entered.setdefault(job.record.offset, threading.Event()).set()
+            assert gate.wait(5)
+        return super().advance(job)
+
+
+def test_a_revoke_waits_for_the_e_mail_being_sent_not_for_the_rest_of_its_batch() -> None:
+    clock = Clock()
+    ids = [f"a{i}" for i in range(6)]
+    consumer = FakeConsumer(clock, [FakeMessage(i, decision(e)) for i, e in enumerate(ids)])
+    handler = GatedHandler({}, gates={0: threading.Event(), 1: threading.Event()})
+    pool = Lanes([handler], advance_each)  # type: ignore[list-item]
+    policy = Policy(Backoff(initial=1.0, cap=8.0), 3, 0, max_parked=100)
+    worker = Worker(consumer, handler, Metrics(), policy, clock=clock,  # type: ignore[arg-type]
+                    rand=lambda: 1.0, lanes=pool)
+    try:
+        worker.step()  # a0 alone on the lane (held), a1-a5 wait for it
+        assert len(worker.waiting[("course-events", 0, b"c")]) == 5
+        handler.gates[0].set()
+        while 1 not in handler.entered:
+            worker.step()  # a0 done; a1-a5 go as one batch, held at a1
+        threading.Timer(0.2, handler.gates[1].set).start()
+        worker._on_revoke(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+        assert handler.attempts == ["a0", "a1"] and not worker.busy and not worker.waiting
+        assert consumer.commits[-1] == {0: 2}  # a2-a5 are read again by the next owner
     finally:
         pool.close()

@@ -212,3 +212,14 @@ async def test_after_recovery_only_the_command_partitions_are_fetched() -> None:
     recovery: Any = p.app.tables.recovery  # type: ignore[attr-defined]
     recovery._pause_unread()
     assert fetching.paused == {tp for tp in assigned if tp.topic != commands}
+
+
+def test_the_transactional_producers_retry_a_refused_produce_soon() -> None:
+    # Kafka 4 refuses a transaction's first produce as NotEnoughReplicas while the last
+    # commit's markers are being written; aiokafka's default retry after 100 ms made
+    # every decision of that commit wait that long.
+    from course_processor.faust_eos.transactions import RETRY_BACKOFF_MS
+
+    producer: Any = app_only().app.producer
+    settings = producer._settings_extra()  # noqa: SLF001
+    assert settings["retry_backoff_ms"] == RETRY_BACKOFF_MS <= 20
