@@ -72,7 +72,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
@@ -369,9 +369,10 @@ def _lower_backend_priority(conn: psycopg.Connection, nice: int) -> None:
 
 
 def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int, int],
-         parent: int, go: EventType) -> None:
+         parent: int, go: EventType, loaded: EventType | None = None) -> None:
     """A worker process: its partitions from the shadow's positions up to `ends`, once
-    the replay process has set `go` (the shadow copies are there)."""
+    the replay process has set `go` (the shadow copies are there); sets `loaded` once
+    its last batch is in, before merging its birth dates."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the replay process handles Ctrl-C
     # The replay process reniced this one as soon as it started (`Workers`); this covers
@@ -401,6 +402,8 @@ def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int,
             replay = Replay(settings, conn, kafka, partitions,
                             {p: stored.get(p, 0) for p in partitions})
             replay.catch_up({p: ends[p] for p in partitions}, deadline=None)
+            if loaded is not None:
+                loaded.set()  # no more decisions from this worker
             # Its partitions' appended birth dates grouped here, by every worker at once,
             # instead of all of them by the replay process after the last worker.
             step = time.monotonic()
@@ -421,9 +424,11 @@ class Workers:
         context = multiprocessing.get_context("spawn")
         self.nice = settings.replay_nice
         self.go = context.Event()
+        self.loaded = [context.Event() for _ in groups]
         self.processes: list[BaseProcess] = [
             context.Process(target=work,
-                            args=(settings, group, dict(ends), os.getpid(), self.go),
+                            args=(settings, group, dict(ends), os.getpid(), self.go,
+                                  self.loaded[i]),
                             name=f"replay-worker-{i}", daemon=True)
             for i, group in enumerate(groups)]
 
@@ -452,6 +457,10 @@ class Workers:
     def wait(self, timeout: float) -> None:
         """Until a worker exits, or `timeout` seconds."""
         multiprocessing.connection.wait([p.sentinel for p in self.processes], timeout)
+
+    def loaded_all(self) -> bool:
+        """Whether every worker has its last batch in (and merges, or has exited)."""
+        return all(event.is_set() for event in self.loaded)
 
     def running(self) -> bool:
         """True while a worker runs; raises once one has failed."""
@@ -489,7 +498,7 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
             with conn.transaction():
                 store.ensure_generation(conn, settings.projection)
                 if restart or not store.shadow_exists(conn, settings.projection):
-                    store.create_shadow(conn, settings.projection)
+                    store.create_shadow(conn, settings.projection, partitions)
                     # Every partition has a position from the start, an empty one too, as
                     # the swap gives every partition one among the live positions.
                     store.store_positions(conn, shadow_name, topics.EVENTS, lows)
@@ -509,9 +518,16 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
                 _log_step("prepare", started)
                 running.start_reading()
                 step = time.monotonic()
-                for done in _progress(conn, shadow_name, lows, running):
-                    bar.update(done - bar.n)
-                    store.record_replay(conn, settings.projection, len(groups), done, total)
+                with ThreadPoolExecutor(1) as early:
+                    decisions_logged: Future[None] | None = None
+                    for done in _progress(conn, shadow_name, lows, running):
+                        bar.update(done - bar.n)
+                        store.record_replay(conn, settings.projection, len(groups), done,
+                                            total)
+                        if swap and decisions_logged is None and running.loaded_all():
+                            decisions_logged = early.submit(_set_decisions_logged, settings)
+                    if decisions_logged is not None:
+                        decisions_logged.result()
                 _log_step("workers", step)
                 read = done - resumed
                 stored = store.read_positions(conn, shadow_name, topics.EVENTS)
@@ -539,7 +555,7 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
                     skipped = len(store.failures_since(conn, settings.projection, {}))
                     generation = None
                     if swap:
-                        _set_logged(settings, bulk)
+                        _set_logged(settings, bulk, decisions=decisions_logged is None)
                         step = _log_step("set logged", step)
                 if swap:
                     generation = replay.swap(producer)
@@ -579,18 +595,29 @@ def _log_step(name: str, since: float) -> float:
     return now
 
 
-def _set_logged(settings: ReplaySettings, conn: psycopg.Connection) -> None:
-    """SET LOGGED rewrites each copy into the WAL, one core per table: the decisions (the
-    widest rows, about 60% of it) on a connection of their own, the rest on `conn`
-    meanwhile (0.94 s at 110,000 events on one connection, under py-spy)."""
-    def decisions() -> None:
-        with _bulk_connection(settings) as own:
-            store.set_logged(own, settings.projection, ["signup_decisions"])
+def _set_decisions_logged(settings: ReplaySettings) -> None:
+    """SET LOGGED of the decisions' copy (the widest rows, about 60% of what SET LOGGED
+    writes), on a connection of its own: started once every worker has its last batch in
+    (no worker writes decisions any more), so that it runs beside the workers' merges of
+    the birth dates instead of after them. The catch-up and the swap write to it logged."""
+    step = time.monotonic()
+    with _bulk_connection(settings) as own:
+        store.set_logged(own, settings.projection, ["signup_decisions"])
+    _log_step("set logged (decisions)", step)
 
+
+def _set_logged(settings: ReplaySettings, conn: psycopg.Connection,
+                decisions: bool = True) -> None:
+    """SET LOGGED rewrites each copy into the WAL, one core per table: the decisions, if
+    not done already (`_set_decisions_logged`), on a connection of their own, the rest
+    on `conn` meanwhile (0.94 s at 110,000 events on one connection, under py-spy)."""
+    rest = [name for name in store.VIEWS if name != "signup_decisions"]
+    if not decisions:
+        store.set_logged(conn, settings.projection, rest)
+        return
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(decisions)
-        store.set_logged(conn, settings.projection,
-                         [name for name in store.VIEWS if name != "signup_decisions"])
+        first = pool.submit(_set_decisions_logged, settings)
+        store.set_logged(conn, settings.projection, rest)
         first.result()
 
 

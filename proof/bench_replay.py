@@ -11,7 +11,8 @@ Against the same event log, back to back:
    an uninterrupted run of the same command, goal <= 1.2x;
 5. with a query API given: its p99, one request at a time (GET /stats, a course's
    stats, a sign-up), idle and then during a two-worker replay: goal <= 2x.
-Every replay swaps its views in, as `make replay` does. The throughput figures (1 to 4)
+Every replay swaps its views in, as `make replay` does, and the next measurement waits
+for the query API's re-read of the swapped views (`Settle`). The throughput figures (1 to 4)
 run the replay at niceness 0 (REPLAY_NICE=0), the baseline's: on a machine busy with
 other work, a niced replay (and its niced PostgreSQL backends) would measure the
 scheduler's preference for that other work, not the replay. Figure 5 runs it as `make
@@ -87,12 +88,43 @@ def _share_done(database_url: str) -> float:
     return 0.0 if row is None else float(row[0])
 
 
-def killed_and_resumed(bootstrap: str, database_url: str, workers: int) -> dict[str, Any]:
+class Settle:
+    """Waits, after a replay's swap, until the query API has re-read every view into its
+    cache (about 3 s of its CPU at a million events, `projections.live`): otherwise that
+    re-read runs during whatever is measured next (the two-worker replay after the
+    one-worker one, the idle p99 after the resumed replay), and not before the first."""
+
+    def __init__(self, query_url: str | None) -> None:
+        self.url = query_url
+        self.before = self._refreshes()
+
+    def _refreshes(self) -> float:
+        if self.url is None:
+            return 0.0
+        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith('query_api_cache_refreshes_total{scope="everything"}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def __call__(self) -> None:
+        """After a swap: until the API has refreshed once more than at the last call."""
+        if self.url is None:
+            return
+        deadline = time.monotonic() + 60  # a cache not following the notices: go on
+        while (now := self._refreshes()) <= self.before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.before = now
+
+
+def killed_and_resumed(bootstrap: str, database_url: str, workers: int,
+                       settle: Settle | None = None) -> dict[str, Any]:
     """An uninterrupted `python -m projections.replay`, then one SIGKILLed at half way and
     run again (without --restart): wall-clock times of the commands, start-up included."""
     started = time.perf_counter()
     _finish(_command(bootstrap, database_url, "--restart", f"--workers={workers}"))
     whole = time.perf_counter() - started
+    if settle is not None:
+        settle()
 
     started = time.perf_counter()
     proc = _command(bootstrap, database_url, "--restart", f"--workers={workers}")
@@ -106,6 +138,8 @@ def killed_and_resumed(bootstrap: str, database_url: str, workers: int) -> dict[
     resumed = time.perf_counter()
     _finish(_command(bootstrap, database_url, f"--workers={workers}"))
     rest = time.perf_counter() - resumed
+    if settle is not None:
+        settle()
     return {"workers": workers, "uninterrupted_s": round(whole, 2),
             "killed_after_s": round(killed_at, 2), "share_done_at_kill": round(share, 3),
             "resumed_s": round(rest, 2), "total_s": round(killed_at + rest, 2),
@@ -190,10 +224,13 @@ def measure(bootstrap: str, database_url: str, query_url: str | None = None,
             headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Figure 4 against the event log at `bootstrap`; see the module's docstring."""
     out: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "load_before": load_average()}
+    settle = Settle(query_url)
     out["plain_consume_decode"] = bk.consume_and_decode(bootstrap)
     out["one_worker"] = in_process(bootstrap, database_url, 1)
+    settle()
     out["two_workers"] = in_process(bootstrap, database_url, 2)
-    out["resume"] = killed_and_resumed(bootstrap, database_url, 2)
+    settle()
+    out["resume"] = killed_and_resumed(bootstrap, database_url, 2, settle)
     if query_url is not None:
         seconds = max(10.0, out["two_workers"]["seconds"])
         out["query_api"] = query_p99(bootstrap, database_url, query_url, headers or {}, 2,

@@ -10,8 +10,9 @@ Tables (migrations 0001 and 0002):
   follows.
 - `projection_offsets`: per projection and topic-partition, the next offset to read.
 - `projection_generations`: bumped by every swap; see `apply` and `projections.replay`.
-- `course_births_pending_shadow`: a replay's appended birth dates, unlogged and without
-  an index, until `merge_births` groups them into the shadow copies (`shadow`).
+- `course_births_pending_shadow`: a replay's appended birth dates, one unlogged part per
+  partition of the event log, without an index, until `merge_births` groups them into
+  the shadow copies (`shadow`).
 
 Which index serves which query (there are no others: nothing filters on another
 column, and every extra index would slow the per-batch upserts):

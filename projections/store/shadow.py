@@ -1,9 +1,10 @@
 """Shadow copies of the views, which a replay fills, and the swap that puts them in place.
 
-A replay writes its batches with `apply_staged`: the batch's decisions go into a
-temporary table by one binary COPY, and one statement inserts the new ones and appends
-their birth dates to an unindexed table, which `merge_births` groups into the per-course
-rows and birth-date counts once, in PostgreSQL. The global rows,
+A replay writes its batches with `apply_staged`: the batch's decisions go into the copy
+of the decisions by one binary COPY, and the accepted ones' birth dates by another into
+an unindexed table, which `merge_births` groups into the per-course rows and birth-date
+counts once, in PostgreSQL (a batch repeating a stored decision is staged and folded by
+one statement instead). The global rows,
 which every worker of a parallel replay would otherwise update (one row, one lock), are
 summed from the per-course ones once, before the swap (`fill_globals`). Each batch
 stores its partitions' positions in the same transaction, so a replay killed at any
@@ -18,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from projections.batch import EventRecord, UnreadableRecord, build
-from projections.staged import Staged
+from projections.staged import Decision, Staged
 from projections.store.positions import store_positions
 from projections.store.views import (
     CHANGES_CHANNEL,
@@ -105,22 +106,6 @@ WITH new AS (
     FROM {stage} s JOIN new USING (signup_id) WHERE s.dob_days IS NOT NULL
 """ + _APPEND_BIRTHS
 
-# The same fold when every staged decision is new, which is every batch of a log without
-# repeated decisions: a plain INSERT, whose primary key raises on a repeat instead of
-# checking each row ahead of the insert as ON CONFLICT does, and birth dates read straight
-# from the stage instead of joining it with what the insert returned.
-_FOLD_ALL_NEW = """
-WITH new AS (
-    INSERT INTO {decisions} (signup_id, course_id, status, reason, event_id, decided_at)
-    SELECT signup_id, course_id,
-           CASE WHEN reason IS NULL THEN 'accepted' ELSE 'rejected' END, reason, event_id,
-           timestamptz 'epoch' + at_ms * interval '1 millisecond'
-    FROM {stage}
-), births AS (
-    SELECT part, course_id, date '1970-01-01' + dob_days AS dob
-    FROM {stage} WHERE dob_days IS NOT NULL
-""" + _APPEND_BIRTHS
-
 # The appended birth dates (`moved`) folded into the per-course aggregates and
 # per-(course, birth date) counts: one upsert per course and one per course and birth
 # date, in key order (the index grows at its right edge when the tables are empty).
@@ -161,9 +146,20 @@ def merge_births(conn: psycopg.Connection, target: Target,
     # events, where the merge took 5.5 s either way at load 10).
     conn.execute("SET LOCAL work_mem = '128MB'")
     if partitions is not None:
-        moved = ("WITH moved AS (DELETE FROM {pending} WHERE part = ANY(%s)"
-                 " RETURNING course_id, dob)")
-        conn.execute(sql.SQL(moved + _MERGE).format(**tables), (list(partitions),))
+        parts = list(partitions)
+        conn.execute(sql.SQL("WITH moved AS (SELECT course_id, dob FROM {pending}"
+                             " WHERE part = ANY(%s))" + _MERGE).format(**tables), (parts,))
+        # Emptied by TRUNCATE where they have a table of their own (`create_shadow`),
+        # instead of a DELETE of every row; any left elsewhere (the default part: a
+        # partition the topic gained after the copies were made) by the DELETE, which
+        # reads only the parts that can hold them.
+        own = [sql.Identifier(name) for (name,) in conn.execute(
+            "SELECT n FROM unnest(%s::text[]) AS n WHERE to_regclass(n) IS NOT NULL",
+            ([_pending_part(target, p) for p in parts],))]
+        if own:
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(own)))
+        conn.execute(sql.SQL("DELETE FROM {pending} WHERE part = ANY(%s)").format(**tables),
+                     (parts,))
         return
     # No row may come between the read and the TRUNCATE (a worker of a killed replay
     # still committing its last batch): hold the table until the commit.
@@ -196,22 +192,63 @@ def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
             [(target.projection, f.record.partition, f.record.offset, f.record.key,
               f.record.value, f.reason) for f in staged.failures])
     if staged.decisions:
-        with conn.cursor() as cur:
-            with cur.copy(f"COPY {_STAGE} FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["text", "text", "text", "text", "int8", "int4", "int4"])
-                for row in staged.decisions:
-                    copy.write_row(row)
-            tables = {"decisions": target.table("signup_decisions"),
-                      "pending": target.table(BIRTHS_PENDING),
-                      "stage": sql.Identifier(_STAGE)}
-            try:
-                with conn.transaction():  # a savepoint: a repeat undoes this statement only
-                    cur.execute(sql.SQL(_FOLD_ALL_NEW).format(**tables))
-            except psycopg.errors.UniqueViolation:
-                # A decision of this batch is already in the copy (repeated in the log
-                # after a processor crash): keep the first, count it once.
-                cur.execute(sql.SQL(_FOLD).format(**tables))
+        try:
+            with conn.transaction():  # a savepoint: a repeat undoes these COPYs only
+                _copy_new(conn, target, staged.decisions)
+        except psycopg.errors.UniqueViolation:
+            # A decision of this batch is already in the copy (repeated in the log after
+            # a processor crash): keep the first, count it once.
+            _fold_repeats(conn, target, staged.decisions)
     store_positions(conn, target.projection, topic, staged.next_offsets)
+
+
+# Binary COPY sends a timestamptz as microseconds and a date as days since 2000-01-01
+# (PostgreSQL's epoch); the staged decisions carry them since 1970-01-01.
+_PG_EPOCH_MS = 946_684_800_000
+_PG_EPOCH_DAYS = 10_957
+
+
+def _copy_new(conn: psycopg.Connection, target: Target,
+              decisions: Sequence[Decision]) -> None:
+    """A batch whose decisions are all new, which is every batch of a log without
+    repeated decisions: the rows COPYed straight into the copy of the decisions and the
+    accepted ones' birth dates into the pending table, two binary COPYs and nothing
+    else. Through a staging table and an INSERT ... SELECT (`_fold_repeats`), PostgreSQL
+    wrote and read every row twice more. A repeat raises UniqueViolation (primary key)."""
+    decisions_copy = sql.SQL(
+        "COPY {d} (signup_id, course_id, status, reason, event_id, decided_at)"
+        " FROM STDIN (FORMAT BINARY)").format(d=target.table("signup_decisions"))
+    births_copy = sql.SQL("COPY {p} (part, course_id, dob) FROM STDIN (FORMAT BINARY)"
+                          ).format(p=target.table(BIRTHS_PENDING))
+    epoch_ms, epoch_days = _PG_EPOCH_MS, _PG_EPOCH_DAYS
+    with conn.cursor() as cur:
+        with cur.copy(decisions_copy) as copy:
+            # int8 is timestamptz's binary form: microseconds since 2000-01-01.
+            copy.set_types(["text", "text", "text", "text", "text", "int8"])
+            write = copy.write_row
+            for signup_id, course_id, reason, event_id, at_ms, _, _ in decisions:
+                write((signup_id, course_id, "accepted" if reason is None else "rejected",
+                       reason, event_id, (at_ms - epoch_ms) * 1000))
+        with cur.copy(births_copy) as copy:
+            copy.set_types(["int4", "text", "int4"])  # int4: date's binary form
+            write = copy.write_row
+            for _, course_id, _, _, _, dob, part in decisions:
+                if dob is not None:
+                    write((part, course_id, dob - epoch_days))
+
+
+def _fold_repeats(conn: psycopg.Connection, target: Target,
+                  decisions: Sequence[Decision]) -> None:
+    """A batch with a decision already in the copy: staged, then folded by one statement
+    that keeps the first of each sign-up and appends only the new ones' birth dates."""
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {_STAGE} FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "text", "text", "text", "int8", "int4", "int4"])
+            for row in decisions:
+                copy.write_row(row)
+        cur.execute(sql.SQL(_FOLD).format(decisions=target.table("signup_decisions"),
+                                          pending=target.table(BIRTHS_PENDING),
+                                          stage=sql.Identifier(_STAGE)))
 
 
 def failures_since(conn: psycopg.Connection, projection: str,
@@ -239,18 +276,32 @@ def fill_globals(conn: psycopg.Connection, target: Target) -> None:
         " WHERE id").format(g=target.table("global_stats"), c=target.table("course_stats")))
 
 
-def create_shadow(conn: psycopg.Connection, projection: str) -> Target:
+def _pending_part(target: Target, partition: int) -> str:
+    return f"{BIRTHS_PENDING}{target.suffix}_p{partition}"
+
+
+def create_shadow(conn: psycopg.Connection, projection: str,
+                  partitions: Sequence[int] = ()) -> Target:
     """Empty copies of every view (same columns, constraints and indexes), unlogged; drops
-    old ones."""
+    old ones. The appended birth dates get a table per partition of `partitions` (and
+    one for any other), so that a worker's merge empties its own with a TRUNCATE."""
     target = shadow(projection)
     for name in VIEWS:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {s}").format(s=target.table(name)))
         # UNLOGGED: no WAL while the replay writes them (see shadow_exists, set_logged).
         conn.execute(sql.SQL("CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING ALL)").format(
             s=target.table(name), t=sql.Identifier(name)))
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {p}").format(p=target.table(BIRTHS_PENDING)))
-    conn.execute(sql.SQL("CREATE UNLOGGED TABLE {p} (part int NOT NULL, course_id text"
-                         " NOT NULL, dob date NOT NULL)").format(p=target.table(BIRTHS_PENDING)))
+    pending = target.table(BIRTHS_PENDING)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {p}").format(p=pending))
+    # A partitioned table has no storage of its own (and cannot be UNLOGGED): its parts are.
+    conn.execute(sql.SQL("CREATE TABLE {p} (part int NOT NULL, course_id text NOT NULL,"
+                         " dob date NOT NULL) PARTITION BY LIST (part)").format(p=pending))
+    conn.execute(sql.SQL("CREATE UNLOGGED TABLE {d} PARTITION OF {p} DEFAULT").format(
+        d=sql.Identifier(f"{BIRTHS_PENDING}{target.suffix}_default"), p=pending))
+    for p in partitions:
+        conn.execute(sql.SQL("CREATE UNLOGGED TABLE {t} PARTITION OF {p} FOR VALUES IN ({n})")
+                     .format(t=sql.Identifier(_pending_part(target, p)), p=pending,
+                             n=sql.Literal(p)))
     conn.execute(sql.SQL("INSERT INTO {s} (id) VALUES (true)").format(
         s=target.table("global_stats")))
     conn.execute("DELETE FROM projection_offsets WHERE projection = %s", (target.projection,))

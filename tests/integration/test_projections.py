@@ -968,7 +968,7 @@ def test_replay_workers_run_niced_from_their_start_and_every_thread_once(
 
 
 def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
-    """A replay batch whose decisions are all new takes the plain INSERT; one that repeats
+    """A replay batch whose decisions are all new is COPYed in as it is; one that repeats
     a decision already in the shadow copy (after a processor crash) falls back to the
     fold that keeps the first: the same counts either way."""
     from projections.staged import stage
@@ -1005,6 +1005,51 @@ def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
     assert row == (3, date(2000, 1, 1), date(2000, 1, 3))
     assert births == [(date(2000, 1, d), 1) for d in (1, 2, 3)]
     assert decisions == [("accepted", 3), ("rejected", 1)]
+
+
+def test_a_workers_merge_empties_its_partitions_appended_birth_dates_and_no_others() -> None:
+    """The appended birth dates have a table per partition: a worker's merge takes its
+    partitions' rows (one with no table of its own too, from the default part), empties
+    their tables by TRUNCATE (a new file) instead of deleting row by row, and leaves
+    another worker's partition as it was."""
+    from projections.staged import stage
+
+    courses = [new_course_id() for _ in range(3)]
+    dob = date(1990, 3, 4)
+    pending = store.BIRTHS_PENDING + "_shadow"
+
+    def batch(partition: int, course: str) -> list[tuple[int, int, bytes, bytes]]:
+        events: list[Event] = [created(course), accepted(course, dob)]
+        return [(partition, i, course.encode(), codec.encode(e)) for i, e in enumerate(events)]
+
+    def filenode(table: str) -> int:
+        row = conn.execute("SELECT relfilenode FROM pg_class WHERE relname = %s",
+                           (table,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with db() as conn:
+        try:
+            target = store.create_shadow(conn, "views", [0, 1])
+            for partition, course in zip((0, 1, 7), courses, strict=True):
+                with conn.transaction():
+                    store.prepare_staging(conn)
+                    store.apply_staged(conn, target, stage(batch(partition, course)),
+                                       topic=topics.EVENTS)
+            before = filenode(f"{pending}_p0")
+            with conn.transaction():  # the merge of a worker owning partitions 0 and 7
+                store.merge_births(conn, target, [0, 7])
+            merged = conn.execute("SELECT course_id, enrolled FROM course_stats_shadow"
+                                  " WHERE course_id = ANY(%s) AND enrolled > 0 ORDER BY 1",
+                                  (courses,)).fetchall()
+            left = conn.execute(f"SELECT tableoid::regclass::text, part FROM {pending}"
+                                ).fetchall()
+            truncated = filenode(f"{pending}_p0") != before
+        finally:
+            store.drop_shadow(conn, "views")
+    assert merged == sorted([(courses[0], 1), (courses[2], 1)])
+    assert left == [(f"{pending}_p1", 1)]
+    assert truncated
 
 
 def test_a_replay_killed_at_random_batches_resumes_to_the_views_of_an_uninterrupted_one(
