@@ -28,9 +28,11 @@ from course_processor.bootstrap import bootstrap
 from course_processor.faust_eos.app import Processor
 from course_processor.logs import logging_config
 from course_processor.settings import Settings, SettingsError
+from course_processor.state.memory import bound_heap
 
 
 def main() -> None:
+    bound_heap()  # before any thread (state/memory.py)
     try:
         settings = Settings.from_env(os.environ)
         logging.config.dictConfig(logging_config(settings.log_level))

@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
 
-from course_processor.state.memory import MemoryBudget
+from course_processor.state.memory import HeapTrimmer, MemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,8 @@ class LocalState:
         # until a write could change it.
         self._oldest: dict[tuple[int, str], tuple[int, list[bytes]]] = {}
         self._open: frozenset[int] = frozenset()
+        # The heap RocksDB's flushes and compactions free, given back now and then.
+        self._trimmer = HeapTrimmer()
 
     # -------------------------------------------------------------- partitions
 
@@ -361,6 +363,7 @@ class LocalState:
                         (seq, o) for seq, o in written or () if seq > self._commit_sequence]
             if (changes or offsets) and partition in self._dbs:
                 self._dbs[partition].write(changes, offsets)
+        self._trimmer.tick()
 
     def commit(self, partitions: Iterable[int]) -> None:
         """begin_commit and finish_commit at once, with everything staged (tests, tools)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from course_processor.deciding.values import TABLES
 from course_processor.state import migrate, restore
 from course_processor.state.local import LocalState
-from course_processor.state.memory import DEFAULT_TOTAL_BYTES, MemoryBudget
+from course_processor.state.memory import DEFAULT_TOTAL_BYTES, MemoryBudget, release_free_heap
 from course_processor.state.migrate import Encoder
 from course_processor.state.restore import RestoreStats
 
@@ -73,14 +73,19 @@ class StateRuntime:
         c = self.config
         if c.build_from_events:
             migrate.fence_unfinished(c.kafka, c.app_id, self.changelogs.values(), owned)
-        stats = restore.restore(self.local, c.kafka, self.changelogs, owned)
-        todo = migrate.unbuilt(self.local, owned, encode) if c.build_from_events else set()
-        if not todo:
-            return stats
-        migrate.build(c.kafka, c.app_id, c.events_topic, todo, c.partitions, self.changelogs,
-                      encode, c.secret, today or migrate.utc_today(), self._keys)
-        built = restore.restore(self.local, c.kafka, self.changelogs, owned)
-        return RestoreStats(stats.records + built.records, stats.seconds + built.seconds)
+        try:
+            stats = restore.restore(self.local, c.kafka, self.changelogs, owned)
+            todo = migrate.unbuilt(self.local, owned, encode) if c.build_from_events else set()
+            if not todo:
+                return stats
+            migrate.build(c.kafka, c.app_id, c.events_topic, todo, c.partitions,
+                          self.changelogs, encode, c.secret, today or migrate.utc_today(),
+                          self._keys)
+            built = restore.restore(self.local, c.kafka, self.changelogs, owned)
+            return RestoreStats(stats.records + built.records, stats.seconds + built.seconds)
+        finally:
+            # What the restore's batches freed, out of the RSS (memory.py).
+            release_free_heap()
 
     def _keys(self, partition: int, table: str) -> Iterator[bytes]:
         return (key for key, _ in self.local.items(partition, table))
