@@ -24,14 +24,6 @@ from typing import Protocol, cast
 
 from notifier.emails import CourseInfo
 from notifier.handler import Contact, Failed, FirstDecision, Handler, Job, LaterNotice, Outcome
-from schemas.messages import (
-    SignUpRejected,
-    StudentPromoted,
-    StudentSignedUp,
-    StudentWaitlisted,
-    StudentWithdrew,
-    WithdrawalRejected,
-)
 
 
 @dataclass(frozen=True)
@@ -60,12 +52,12 @@ class BulkStore(Protocol):
 
 def _first(job: Job) -> FirstDecision | None:
     msg = job.message
-    return msg if isinstance(msg, StudentSignedUp | SignUpRejected | StudentWaitlisted) else None
+    return msg if isinstance(msg, FirstDecision) else None
 
 
 def _later(job: Job) -> LaterNotice | None:
     msg = job.message
-    return msg if isinstance(msg, StudentPromoted | StudentWithdrew | WithdrawalRejected) else None
+    return msg if isinstance(msg, LaterNotice) else None
 
 
 class BatchStore:

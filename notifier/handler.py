@@ -159,9 +159,9 @@ class Handler:
         msg = job.message
         if msg is None:
             return self.dead_letter(job, "undecodable", job.decode_error)
-        if isinstance(msg, StudentSignedUp | SignUpRejected | StudentWaitlisted):
+        if isinstance(msg, FirstDecision):
             return self._notify(job, msg)
-        if isinstance(msg, StudentPromoted | StudentWithdrew | WithdrawalRejected):
+        if isinstance(msg, LaterNotice):
             return self._notify_later(job, msg)
         if isinstance(msg, CourseCreated | CourseChanged):
             self.store.save_course(msg.course_id, CourseInfo(msg.title, msg.lecturer))

@@ -42,12 +42,7 @@ class PostgresStore:
     def record_handled(self, event_id: str, signup_id: str) -> None:
         """Record the decision as handled (the primary key makes a second record a no-op)
         and, in the same round trip, release a held key: the send it guarded is over."""
-        params: dict[str, object] = {"event": event_id, "signup": signup_id}
-        if self._held is None:
-            self._execute(_RECORD_HANDLED, params)
-            return
-        self._execute(_RECORD_HANDLED_AND_RELEASE,
-                      {**params, "lock": KEY_IN_USE_LOCK, "key": self._held})
+        self.record_releasing(event_id, signup_id, self._held)
         self._held = None
 
     # ------------------------------------------------------------ a batch's (batch.py)
