@@ -155,6 +155,7 @@ class Prober:
         self.api_pid = api_pid  # the query API's process, for its run-queue wait
         self.latencies: list[float] = []
         self.at: list[float] = []  # when each request started, seconds since __enter__
+        self.kinds: list[str] = []  # each request's route: stats, course, signup
         self.errors = 0
         self.halt = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -169,6 +170,7 @@ class Prober:
                 ok = client.get(path).status_code == 200
                 self.latencies.append(time.perf_counter() - started)
                 self.at.append(started - self.began)
+                self.kinds.append(path.split("/")[1])
                 self.errors += not ok
                 time.sleep(0.002)  # a steady reader, not a load test
 
@@ -191,12 +193,17 @@ class Prober:
         slow = sorted((lat, at) for lat, at in zip(self.latencies, self.at, strict=True)
                       if lat >= q[98])
         requests = len(self.latencies)
+        slowest_by_route: dict[str, int] = {}
+        for lat, kind in zip(self.latencies, self.kinds, strict=True):
+            if lat >= q[98]:
+                slowest_by_route[kind] = slowest_by_route.get(kind, 0) + 1
         return {"requests": requests, "errors": self.errors,
                 "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2),
                 "seconds": round(time.perf_counter() - self.began, 2),
                 # Run-queue wait (schedstat) per request: of the query API's threads (when
                 # its pid is known), and of this process (the prober, and the replay's
                 # main thread during a replay): CPU starvation, as against slow work.
+                "slowest_by_route": slowest_by_route,
                 "api_run_queue_wait_ms_per_request": round(
                     self.waited[0] * 1000 / max(requests, 1), 3),
                 "prober_run_queue_wait_ms_per_request": round(
