@@ -149,10 +149,13 @@ def killed_and_resumed(bootstrap: str, database_url: str, workers: int,
 class Prober:
     """GET requests one at a time on a thread, latencies kept, until stopped."""
 
-    def __init__(self, url: str, paths: list[str], headers: dict[str, str]) -> None:
+    def __init__(self, url: str, paths: list[str], headers: dict[str, str],
+                 api_pid: int | None = None) -> None:
         self.url, self.paths, self.headers = url, paths, headers
+        self.api_pid = api_pid  # the query API's process, for its run-queue wait
         self.latencies: list[float] = []
         self.at: list[float] = []  # when each request started, seconds since __enter__
+        self.kinds: list[str] = []  # each request's route: stats, course, signup
         self.errors = 0
         self.halt = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -167,17 +170,21 @@ class Prober:
                 ok = client.get(path).status_code == 200
                 self.latencies.append(time.perf_counter() - started)
                 self.at.append(started - self.began)
+                self.kinds.append(path.split("/")[1])
                 self.errors += not ok
                 time.sleep(0.002)  # a steady reader, not a load test
 
     def __enter__(self) -> Prober:
         self.began = time.perf_counter()
+        self.waited = (run_queue_wait_s(self.api_pid), run_queue_wait_s(os.getpid()))
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.halt.set()
         self.thread.join(15)
+        self.waited = (run_queue_wait_s(self.api_pid) - self.waited[0],
+                       run_queue_wait_s(os.getpid()) - self.waited[1])
 
     def summary(self) -> dict[str, Any]:
         q = statistics.quantiles(self.latencies, n=100)
@@ -185,9 +192,22 @@ class Prober:
         # whole run, or bunched at one step (the swap, say)?
         slow = sorted((lat, at) for lat, at in zip(self.latencies, self.at, strict=True)
                       if lat >= q[98])
-        return {"requests": len(self.latencies), "errors": self.errors,
+        requests = len(self.latencies)
+        slowest_by_route: dict[str, int] = {}
+        for lat, kind in zip(self.latencies, self.kinds, strict=True):
+            if lat >= q[98]:
+                slowest_by_route[kind] = slowest_by_route.get(kind, 0) + 1
+        return {"requests": requests, "errors": self.errors,
                 "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2),
                 "seconds": round(time.perf_counter() - self.began, 2),
+                # Run-queue wait (schedstat) per request: of the query API's threads (when
+                # its pid is known), and of this process (the prober, and the replay's
+                # main thread during a replay): CPU starvation, as against slow work.
+                "slowest_by_route": slowest_by_route,
+                "api_run_queue_wait_ms_per_request": round(
+                    self.waited[0] * 1000 / max(requests, 1), 3),
+                "prober_run_queue_wait_ms_per_request": round(
+                    self.waited[1] * 1000 / max(requests, 1), 3),
                 "slowest_at_s_ms": [[round(at, 1), round(lat * 1000, 1)]
                                     for lat, at in sorted(slow, key=lambda x: x[1])]}
 
@@ -204,12 +224,26 @@ def probe_paths(database_url: str) -> list[str]:
     return out
 
 
+def run_queue_wait_s(pid: int | None) -> float:
+    """Seconds the threads of process `pid` have waited runnable for a CPU
+    (/proc/<pid>/task/*/schedstat, second field; threads gone are not counted)."""
+    if pid is None:
+        return 0.0
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def query_p99(bootstrap: str, database_url: str, url: str, headers: dict[str, str],
-              workers: int, idle_s: float) -> dict[str, Any]:
+              workers: int, idle_s: float, api_pid: int | None = None) -> dict[str, Any]:
     paths = probe_paths(database_url)
-    with Prober(url, paths, headers) as idle:
+    with Prober(url, paths, headers, api_pid) as idle:
         time.sleep(idle_s)
-    with Prober(url, paths, headers) as busy:
+    with Prober(url, paths, headers, api_pid) as busy:
         replay = in_process(bootstrap, database_url, workers, nice=None)
     idle_q, busy_q = idle.summary(), busy.summary()
     return {"idle": idle_q, "during_replay": busy_q, "replay": replay,
@@ -221,9 +255,17 @@ def load_average() -> list[float]:
 
 
 def measure(bootstrap: str, database_url: str, query_url: str | None = None,
-            headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """Figure 4 against the event log at `bootstrap`; see the module's docstring."""
+            headers: dict[str, str] | None = None, api_pid: int | None = None,
+            query_only: bool = False) -> dict[str, Any]:
+    """Figure 4 against the event log at `bootstrap`; see the module's docstring.
+    `query_only`: step 5 alone (with a query API), its idle part 20 s."""
     out: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "load_before": load_average()}
+    if query_only and query_url is not None:
+        out["query_api"] = query_p99(bootstrap, database_url, query_url, headers or {}, 2,
+                                     20.0, api_pid)
+        out["load_after"] = load_average()
+        out["ratios"] = {"query_p99_during_vs_idle": out["query_api"]["ratio"]}
+        return out
     settle = Settle(query_url)
     out["plain_consume_decode"] = bk.consume_and_decode(bootstrap)
     out["one_worker"] = in_process(bootstrap, database_url, 1)
@@ -234,7 +276,7 @@ def measure(bootstrap: str, database_url: str, query_url: str | None = None,
     if query_url is not None:
         seconds = max(10.0, out["two_workers"]["seconds"])
         out["query_api"] = query_p99(bootstrap, database_url, query_url, headers or {}, 2,
-                                     seconds)
+                                     seconds, api_pid)
     out["load_after"] = load_average()
     plain = out["plain_consume_decode"]["events_per_s"]
     one, two = out["one_worker"]["events_per_s"], out["two_workers"]["events_per_s"]
@@ -255,6 +297,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--courses", type=int, default=1_000)
     parser.add_argument("--no-query-api", action="store_true")
+    parser.add_argument("--query-only", action="store_true",
+                        help="only the query API's p99, idle (20 s) and during a replay")
     args = parser.parse_args()
     import random
 
@@ -274,15 +318,17 @@ def main() -> None:
                    "QUERY_API_PORT": str(config.query_api_port), "LOG_LEVEL": "WARNING",
                    "ADMIN_TOKEN": config.admin_token(), "ANALYST_TOKEN": config.analyst_token()}
             processes.append(spawn("projections.projector", env, run_dir / "projector.log"))
-            query_url = None
+            query_url, api_pid = None, None
             if not args.no_query_api:
                 processes.append(spawn("projections.api", env, run_dir / "api.log"))
+                api_pid = processes[-1].pid
                 query_url = config.query_url
                 wait_until(lambda: http_ok(config.query_url + "/readyz"), 60, "the query API")
             ends = bk.end_offsets(bootstrap, "course-events")
             wait_until(lambda: _caught_up(database, ends), 1800, "the live projector")
             results = measure(bootstrap, database, query_url,
-                              {"Authorization": f"Bearer {config.analyst_token()}"})
+                              {"Authorization": f"Bearer {config.analyst_token()}"}, api_pid,
+                              args.query_only)
     finally:
         for proc in processes:
             terminate(proc, 30)
