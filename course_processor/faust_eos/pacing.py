@@ -18,6 +18,7 @@ none of it, is transactions.py's, and holds for a commit at any moment.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import Any
 
@@ -134,17 +135,40 @@ class PacedConsumer(faust_aiokafka.Consumer):
 
     @Service.task
     async def _commit_handler(self) -> None:
-        interval, floor = self.commit_interval, self.commit_floor
-        await self.sleep(interval)
-        last = monotonic()
-        # Polled, not woken per record: a check costs microseconds, a wake-up per acked
-        # record would cost every decision.
-        poll = max(floor / 2, 0.001)
-        while not self.should_stop:
+        await self.sleep(self.commit_interval)
+
+        def begin() -> None:
+            self._acked_at_commit = self._n_acked
+
+        await paced_commits(self.commit, floor=self.commit_floor,
+                            interval=self.commit_interval,
+                            drained=lambda: caught_up(self), pending=self.pending,
+                            begin=begin, stopped=lambda: self.should_stop)
+
+
+async def paced_commits(commit: Callable[[], Awaitable[object]], *, floor: float,
+                        interval: float, drained: Callable[[], bool],
+                        pending: Callable[[], bool], begin: Callable[[], None],
+                        stopped: Callable[[], bool]) -> None:
+    """Commit whenever `due`, until stopped; `begin` marks what a commit starting now
+    carries (the acks so far).
+
+    Polled, not woken per record: a check costs microseconds, a wake-up per acked
+    record would cost every decision. Right after a commit it checks again at once,
+    not after a poll: the decisions made while it ran (at 388 commands/s most
+    decisions are made while a commit runs) are due as soon as it ends, and a poll's
+    sleep there (5 ms at the default floor) was added to every one of them."""
+    last = monotonic()
+    poll = max(floor / 2, 0.001)
+    committed = False
+    while not stopped():
+        if not committed:
             await asyncio.sleep(poll)
-            now = monotonic()
-            if due(now, last, floor=floor, interval=interval, drained=caught_up(self),
-                   pending=self.pending()):
-                last = now
-                self._acked_at_commit = self._n_acked
-                await self.commit()
+        committed = False
+        now = monotonic()
+        if due(now, last, floor=floor, interval=interval, drained=drained(),
+               pending=pending()):
+            last = now
+            begin()
+            await commit()
+            committed = True

@@ -53,3 +53,26 @@ async def test_a_partition_is_caught_up_once_its_position_reaches_the_stable_end
     assert not _fetched_all(state)
     state.seek(14)
     assert _fetched_all(state)
+
+
+async def test_the_decisions_made_during_a_commit_are_committed_as_soon_as_it_ends() -> None:
+    # A commit takes longer than the floor and decisions keep coming while it runs: the
+    # next commit starts when it ends, not a poll (floor / 2) later.
+    import asyncio
+    from time import monotonic
+
+    from course_processor.faust_eos.pacing import paced_commits
+
+    floor, took = 0.1, 0.15
+    spans: list[tuple[float, float]] = []
+
+    async def commit() -> None:
+        began = monotonic()
+        await asyncio.sleep(took)
+        spans.append((began, monotonic()))
+
+    await paced_commits(commit, floor=floor, interval=1.0, drained=lambda: True,
+                        pending=lambda: True, begin=lambda: None,
+                        stopped=lambda: len(spans) >= 3)
+    gaps = [began - ended for (_, ended), (began, _) in zip(spans, spans[1:], strict=False)]
+    assert max(gaps) < floor / 4, gaps  # the poll is floor / 2
