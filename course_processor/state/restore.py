@@ -12,12 +12,14 @@ resumes where it stopped).
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import groupby
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from course_processor.state.local import LocalState
@@ -30,6 +32,18 @@ log = logging.getLogger(__name__)
 # once; this long without progress means something else is wrong.
 PENDING_TRANSACTIONS_TIMEOUT = 60.0
 BATCH = 10_000
+# The restore's consumer. Large fetches: every fetch is a round trip to the broker
+# whatever it carries, and with 16 MB per fetch (4 MB per partition) a full restore
+# took about 1.7x as long as with these (docs/notes/n19-restore.md). Their buffers are
+# large blocks, mapped alone and unmapped when freed (memory.MMAP_THRESHOLD_BYTES), so
+# they raise the restore's peak RSS only: nothing of them stays while deciding. The
+# prefetch queue stays bounded (32 MB; 256 MB once left its heap in the RSS).
+CONSUMER: dict[str, object] = {
+    "group.id": "course-processor-restore",
+    "enable.auto.commit": False, "isolation.level": "read_committed",
+    "enable.partition.eof": False, "fetch.max.bytes": 64 << 20,
+    "max.partition.fetch.bytes": 16 << 20, "queued.max.messages.kbytes": 32 << 10,
+}
 
 
 @dataclass(frozen=True)
@@ -85,34 +99,32 @@ def restore(state: LocalState, kafka: Mapping[str, str], changelogs: Mapping[str
 
 def _read(state: LocalState, kafka: Mapping[str, str], table_of: Mapping[str, str],
           starts: Mapping[Where, int], ends: Mapping[Where, int]) -> int:
-    consumer = Consumer({
-        **kafka, "group.id": "course-processor-restore",
-        "enable.auto.commit": False, "isolation.level": "read_committed",
-        # librdkafka prefetches up to queued.max.messages.kbytes per partition: 256 MB
-        # took a worker's peak RSS to 200 MB at 0.1 M sign-ups, and the heap it left
-        # behind stayed in the RSS while deciding. 32 MB keeps the reads in large
-        # batches, well within the memory budget.
-        "enable.partition.eof": False, "fetch.max.bytes": 16 << 20,
-        "max.partition.fetch.bytes": 4 << 20, "queued.max.messages.kbytes": 32 << 10,
-    })
+    consumer = Consumer({**kafka, **CONSUMER})
     total = 0
+    # The batches make a million Message objects, each tracked by the cyclic garbage
+    # collector, whose passes over them were a tenth of the restore's time; none of
+    # them is part of a cycle. Paused for the read (a restore runs alone: the agent
+    # is stopped for the whole rebalance).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         for messages in read_to_end(consumer, starts, ends, BATCH,
                                     idle_limit=PENDING_TRANSACTIONS_TIMEOUT):
-            # One WriteBatch per batch and partition, with the offset of its last record,
+            # One WriteBatch per run of one partition's records (consume() hands them
+            # over a fetched partition at a time), with the offset of its last record,
             # so a restore cut short resumes where it stopped.
-            batch: dict[Where, dict[bytes, bytes | None]] = {}
-            last: dict[Where, int] = {}
-            for msg in messages:
-                where = (msg.topic(), msg.partition())
-                entries = batch.get(where)  # type: ignore[arg-type]
-                if entries is None:
-                    entries = batch[where] = {}  # type: ignore[index]
-                entries[msg.key()] = msg.value()  # type: ignore[index]
-                last[where] = msg.offset()  # type: ignore[index,assignment]
+            for (topic, partition), run in groupby(messages, _where):
+                records = list(run)
+                state.load(partition, table_of[topic],  # type: ignore[arg-type]
+                           [(m.key(), m.value()) for m in records],  # type: ignore[misc]
+                           records[-1].offset())  # type: ignore[arg-type]
             total += len(messages)
-            for (topic, partition), entries in batch.items():
-                state.load(partition, table_of[topic], entries, last[(topic, partition)])
     finally:
         consumer.close()
+        if collecting:
+            gc.enable()
     return total
+
+
+def _where(message: Message) -> tuple[str, int]:
+    return message.topic(), message.partition()  # type: ignore[return-value]
