@@ -15,7 +15,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -101,29 +102,44 @@ def _read(state: LocalState, kafka: Mapping[str, str], table_of: Mapping[str, st
           starts: Mapping[Where, int], ends: Mapping[Where, int]) -> int:
     consumer = Consumer({**kafka, **CONSUMER})
     total = 0
-    # The batches make a million Message objects, each tracked by the cyclic garbage
-    # collector, whose passes over them were a tenth of the restore's time; none of
-    # them is part of a cycle. Paused for the read (a restore runs alone: the agent
-    # is stopped for the whole rebalance).
+    try:
+        with paused_gc():
+            for messages in read_to_end(consumer, starts, ends, BATCH,
+                                        idle_limit=PENDING_TRANSACTIONS_TIMEOUT):
+                load(state, table_of, messages)
+                total += len(messages)
+    finally:
+        consumer.close()
+    return total
+
+
+def load(state: LocalState, table_of: Mapping[str, str], messages: Sequence[Message]) -> None:
+    """A batch of changelog records to disk: one WriteBatch per run of one partition's
+    records (consume() hands them over a fetched partition at a time), in order, with
+    the offset of the run's last record, so a restore cut short resumes where it
+    stopped. One pass, the records going straight into the batch."""
+    for (topic, partition), run in groupby(messages, _where):
+        records = list(run)
+        pairs = ((m.key(), m.value()) for m in records)
+        state.load(partition, table_of[topic], pairs,  # type: ignore[arg-type]
+                   records[-1].offset())  # type: ignore[arg-type]
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off for a restore's read, as it was found after.
+
+    The batches make a Message object per record, each tracked by the collector: its
+    passes over them were about a tenth of a restore's time (py-spy), and none of them
+    is part of a cycle; reference counting frees them. A restore runs alone (the agent
+    is stopped for the whole rebalance), for seconds."""
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for messages in read_to_end(consumer, starts, ends, BATCH,
-                                    idle_limit=PENDING_TRANSACTIONS_TIMEOUT):
-            # One WriteBatch per run of one partition's records (consume() hands them
-            # over a fetched partition at a time), with the offset of its last record,
-            # so a restore cut short resumes where it stopped.
-            for (topic, partition), run in groupby(messages, _where):
-                records = list(run)
-                state.load(partition, table_of[topic],  # type: ignore[arg-type]
-                           [(m.key(), m.value()) for m in records],  # type: ignore[misc]
-                           records[-1].offset())  # type: ignore[arg-type]
-            total += len(messages)
+        yield
     finally:
-        consumer.close()
         if collecting:
             gc.enable()
-    return total
 
 
 def _where(message: Message) -> tuple[str, int]:

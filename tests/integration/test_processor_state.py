@@ -125,6 +125,73 @@ def test_a_bulk_load_writes_the_records_and_the_offset_of_the_last(tmp_path: Pat
     assert s.persisted_offset("courses", 2) == 99
 
 
+class Record:
+    """A changelog record as confluent-kafka's consume() hands it over (the restore's
+    input), without a broker: test_processor_crash restores from real changelogs."""
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes,
+                 value: bytes | None) -> None:
+        self._fields = topic, partition, offset, key, value
+
+    def topic(self) -> str:
+        return self._fields[0]
+
+    def partition(self) -> int:
+        return self._fields[1]
+
+    def offset(self) -> int:
+        return self._fields[2]
+
+    def key(self) -> bytes:
+        return self._fields[3]
+
+    def value(self) -> bytes | None:
+        return self._fields[4]
+
+
+def test_a_restore_batch_of_interleaved_partitions_lands_in_changelog_order(
+        tmp_path: Path) -> None:
+    """Runs of records of several partitions and tables, a key written again and deleted
+    in between: each partition's table ends as its changelog's last record per key says,
+    with the offset of its last record."""
+    from course_processor.state.restore import load
+
+    s = state(tmp_path, 0, 1)
+    table_of = {"c-log": "courses", "s-log": "seat_holders"}
+    batch = [Record("c-log", 0, 10, b"a", b"1"), Record("c-log", 0, 11, b"b", b"1"),
+             Record("c-log", 1, 5, b"a", b"x"),
+             Record("c-log", 0, 12, b"a", None), Record("c-log", 0, 13, b"b", b"2"),
+             Record("s-log", 0, 3, b"seat", b"s"),
+             Record("c-log", 1, 6, b"a", b"y"), Record("c-log", 1, 7, b"z", b"z"),
+             Record("c-log", 0, 14, b"a", b"3"), Record("c-log", 0, 15, b"c", None)]
+    load(s, table_of, batch)  # type: ignore[arg-type]
+    assert dict(s.items(0, "courses")) == {b"a": b"3", b"b": b"2"}
+    assert dict(s.items(1, "courses")) == {b"a": b"y", b"z": b"z"}
+    assert dict(s.items(0, "seat_holders")) == {b"seat": b"s"}
+    assert [s.persisted_offset("courses", 0), s.persisted_offset("courses", 1),
+            s.persisted_offset("seat_holders", 0), s.persisted_offset("seat_holders", 1)] \
+        == [15, 7, 3, None]
+
+
+def test_the_restore_gives_the_garbage_collector_back_as_it_found_it() -> None:
+    import gc
+
+    from course_processor.state.restore import paused_gc
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        assert not gc.isenabled()
+        raise RuntimeError("the read failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # not switched on by the restore
+    finally:
+        gc.enable()
+
+
 def _stage_commit_and_die(directory: str) -> None:
     s = LocalState(Path(directory), TABLES)
     s.open(0)
