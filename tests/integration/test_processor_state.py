@@ -192,68 +192,6 @@ def test_the_restore_gives_the_garbage_collector_back_as_it_found_it() -> None:
         gc.enable()
 
 
-def _family_settings(s: LocalState, partition: int) -> dict[str, tuple[str, str]]:
-    """(disable_auto_compactions, write_buffer_size) per column family of the tables and
-    the offsets (not RocksDB's unused default), as RocksDB persisted them at its last
-    SetOptions (the newest OPTIONS file)."""
-    import re
-
-    newest = max(s.path_of(partition).glob("OPTIONS-*"), key=lambda f: int(f.name[8:]))
-    found = {}
-    for section in newest.read_text().split("[CFOptions ")[1:]:
-        name = section.split('"')[1]
-        auto = re.search(r"\bdisable_auto_compactions=(\w+)", section)
-        size = re.search(r"\n\s*write_buffer_size=(\d+)", section)
-        assert auto and size
-        if name != "default":
-            found[name] = (auto.group(1), size.group(1))
-    assert found
-    return found
-
-
-def _level0_files(s: LocalState, partition: int, table: str) -> int:
-    return int(s.open(partition).families[table].property_int_value(
-        "rocksdb.num-files-at-level0") or 0)
-
-
-def test_a_bulk_load_compacts_once_at_the_end_and_leaves_the_budget_as_it_was(
-        tmp_path: Path) -> None:
-    """Inside: large memtables and no compaction (six flushed loads stay six level-0
-    files, past RocksDB's trigger of four). After: one compaction, the same data and
-    offsets, and every family and the memtable budget back to the steady settings, so
-    nothing of the bulk settings is left while deciding."""
-    from course_processor.state.memory import BULK_MEMTABLE_BYTES
-
-    s = state(tmp_path, 0, 1)
-    steady = _family_settings(s, 0)
-    steady_memtables = s.memory.memtable_bytes
-    assert {auto for auto, _ in steady.values()} == {"false"}
-    with s.bulk_load({0}):
-        assert s.memory.memtable_bytes == BULK_MEMTABLE_BYTES
-        assert {auto for auto, _ in _family_settings(s, 0).values()} == {"true"}
-        assert _family_settings(s, 1) == steady  # not loading: untouched
-        for i in range(6):
-            s.load(0, "courses", [(f"{i}-{j:04}".encode(), b"v" * 50) for j in range(500)],
-                   last_offset=i)
-            s.open(0).flush()
-        assert _level0_files(s, 0, "courses") == 6
-    assert _level0_files(s, 0, "courses") == 0
-    assert _family_settings(s, 0) == steady
-    assert s.memory.memtable_bytes == steady_memtables
-    assert len(dict(s.items(0, "courses"))) == 3000
-    assert s.persisted_offset("courses", 0) == 5
-
-
-def test_a_bulk_load_cut_short_gives_the_settings_back(tmp_path: Path) -> None:
-    s = state(tmp_path, 0)
-    steady, steady_memtables = _family_settings(s, 0), s.memory.memtable_bytes
-    with pytest.raises(RuntimeError), s.bulk_load({0}):
-        s.load(0, "courses", [(b"a", b"1")], last_offset=0)
-        raise RuntimeError("the changelog could not be read")
-    assert _family_settings(s, 0) == steady
-    assert s.memory.memtable_bytes == steady_memtables
-
-
 def _stage_commit_and_die(directory: str) -> None:
     s = LocalState(Path(directory), TABLES)
     s.open(0)
