@@ -39,7 +39,6 @@ import logging
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -132,18 +131,6 @@ class PartitionDB:
         batch.put(table.encode(), str(offset).encode(), offsets)
         batch.put(WRITTEN_AT, str(int(time.time())).encode(), offsets)
         self.db.write(batch, _NO_WAL)
-
-    def bulk(self, loading: bool, memory: MemoryBudget) -> None:
-        """Every column family set for a bulk load (large memtables, no compaction), or
-        back to the budget's settings (memory.py)."""
-        options = memory.family_options(loading)
-        for family in self.families.values():
-            family.set_options(options)
-
-    def compact(self) -> None:
-        """Every column family's files merged into one sorted run (after a bulk load)."""
-        for family in self.families.values():
-            family.compact_range(None, None)
 
     def flush(self) -> None:
         """Memtables to SST files: the tables first, the offsets last, so no crash can
@@ -434,27 +421,6 @@ class LocalState:
         pairs = records.items() if isinstance(records, Mapping) else records
         self.open(partition).load(table, pairs, last_offset)
         self._forget_answers(partition)
-
-    @contextmanager
-    def bulk_load(self, partitions: Iterable[int]) -> Iterator[None]:
-        """Large loads into these partitions (a restore of much of their history): large
-        memtables and no compaction while in the block, then everything persisted and
-        compacted once, and the budget's settings back (memory.BULK_MEMTABLE_BYTES).
-        Leaves the settings as they were when the block raises; the files it leaves
-        uncompacted are compacted by RocksDB as usual then."""
-        dbs = [self.open(p) for p in sorted(set(partitions))]
-        self.memory.bulk(True)
-        try:
-            for db in dbs:
-                db.bulk(True, self.memory)
-            yield
-            self.persist()
-            for db in dbs:
-                db.compact()
-        finally:
-            for db in dbs:
-                db.bulk(False, self.memory)
-            self.memory.bulk(False)
 
     def persist(self) -> None:
         """Everything loaded without the write-ahead log, to SST files (see load)."""

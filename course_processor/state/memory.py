@@ -36,15 +36,6 @@ WRITE_BUFFER_BYTES = 4 << 20
 # write-buffer manager counts them all: with 16 partitions x 4 families the default
 # 512 KB blocks alone were 32 MB, over a 16 MB memtable budget, so every write flushed.
 ARENA_BLOCK_BYTES = 64 << 10
-# While a restore loads a large share of a partition's history (LocalState.bulk_load):
-# the memtables may take this much in all, and each this much, and nothing is
-# compacted until the load is done, then everything once. With the steady budget's
-# small memtables, each flush of a bulk load was one more small file that RocksDB
-# merged again and again into the level below, as large as the data so far: at 1 M
-# sign-ups the full restore took twice as long per record as at 0.3 M. Only the
-# restore's peak grows (it is given back before deciding, release_free_heap).
-BULK_MEMTABLE_BYTES = 128 << 20
-BULK_WRITE_BUFFER_BYTES = 32 << 20
 # glibc arenas the worker's threads share (mallopt M_ARENA_MAX). glibc's default, 8
 # per core, gives each RocksDB, librdkafka and faust thread an arena of its own, each
 # keeping what it freed; MALLOC_ARENA_MAX in the environment overrides it.
@@ -128,37 +119,11 @@ class MemoryBudget:
         # allow_stall=False: over budget, RocksDB flushes memtables sooner rather than
         # stalling the writer (a stalled commit would hold every partition's decisions).
         self.write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
-            self.steady_memtable_bytes, False, self.cache)
+            int(self.total_bytes * MEMTABLE_SHARE), False, self.cache)
 
     @property
     def memtable_bytes(self) -> int:
         return self.write_buffers.get_buffer_size()
-
-    @property
-    def steady_memtable_bytes(self) -> int:
-        """The memtables' share of the budget (outside a bulk load)."""
-        return int(self.total_bytes * MEMTABLE_SHARE)
-
-    @property
-    def write_buffer_bytes(self) -> int:
-        """The size a memtable fills to before it is flushed (outside a bulk load)."""
-        return min(WRITE_BUFFER_BYTES, self.steady_memtable_bytes // 4)
-
-    def bulk(self, loading: bool) -> None:
-        """The memtables' budget for a bulk load (BULK_MEMTABLE_BYTES), or back to
-        their share of the budget."""
-        self.write_buffers.set_buffer_size(
-            max(BULK_MEMTABLE_BYTES, self.steady_memtable_bytes) if loading
-            else self.steady_memtable_bytes)
-
-    def family_options(self, loading: bool) -> dict[str, str]:
-        """The options a column family changes while it is open for a bulk load, and
-        back (Rdict.set_options)."""
-        if loading:
-            return {"disable_auto_compactions": "true",
-                    "write_buffer_size": str(BULK_WRITE_BUFFER_BYTES)}
-        return {"disable_auto_compactions": "false",
-                "write_buffer_size": str(self.write_buffer_bytes)}
 
     def crowded(self, column_families: int) -> bool:
         """True when this many column families' smallest memtables (one arena block
@@ -182,7 +147,7 @@ class MemoryBudget:
         opts.create_missing_column_families(True)
         opts.set_block_based_table_factory(table)
         opts.set_write_buffer_manager(self.write_buffers)
-        opts.set_write_buffer_size(self.write_buffer_bytes)
+        opts.set_write_buffer_size(min(WRITE_BUFFER_BYTES, self.memtable_bytes // 4))
         opts.set_arena_block_size(ARENA_BLOCK_BYTES)
         opts.set_max_write_buffer_number(2)
         opts.set_max_open_files(64)

@@ -16,7 +16,7 @@ import gc
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -33,9 +33,6 @@ log = logging.getLogger(__name__)
 # once; this long without progress means something else is wrong.
 PENDING_TRANSACTIONS_TIMEOUT = 60.0
 BATCH = 10_000
-# A restore of this many changelog records or more loads in bulk (LocalState.bulk_load):
-# a partition this worker never held, or whose disk was lost; a restart's tail does not.
-BULK_RECORDS = 100_000
 # The restore's consumer. Large fetches: every fetch is a round trip to the broker
 # whatever it carries, and with 16 MB per fetch (4 MB per partition) a full restore
 # took about 1.7x as long as with these (docs/notes/n19-restore.md). Their buffers are
@@ -92,13 +89,9 @@ def restore(state: LocalState, kafka: Mapping[str, str], changelogs: Mapping[str
                 return restore(state, kafka, changelogs, partitions)
             if start < ends[(topic, partition)]:
                 starts[(topic, partition)] = start
-    records = 0
-    if starts:
-        backlog = sum(ends[where] - start for where, start in starts.items())
-        with (state.bulk_load({p for _, p in starts}) if backlog >= BULK_RECORDS
-              else nullcontext()):
-            records = _read(state, kafka, table_of, starts, ends)
-            state.persist()
+    records = _read(state, kafka, table_of, starts, ends) if starts else 0
+    if records:
+        state.persist()
     seconds = time.monotonic() - started
     log.info("local state restored: %d changelog records in %.2fs", records, seconds,
              extra={"kind": "restore"})
