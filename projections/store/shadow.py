@@ -126,13 +126,17 @@ WITH new AS (
 
 # The appended birth dates (`moved`) folded into the per-course aggregates and
 # per-(course, birth date) counts: one upsert per course and one per course and birth
-# date, in key order (the index grows at its right edge when the tables are empty).
+# date, in key order (the index grows at its right edge when the tables are empty): the
+# grouped rows are sorted once and inserted in the order the CTE holds them, not sorted
+# again (the merge of 480,000 appended rows: 2.4-2.5 s of the backend's CPU instead of
+# 2.6-2.9 s, alternating, load 3.5; the order only serves the inserts' locality).
 # Grouped and sorted in byte order (COLLATE "C"): the same order as the database's
 # C.UTF-8 for UTF-8 text, without a strcoll per comparison (and any other order would
 # only cost the inserts locality). date '0001-01-01' is day 1 of date.toordinal().
 _MERGE = """
 , births AS (
     SELECT course_id COLLATE "C" AS course_id, dob, count(*) AS n FROM moved GROUP BY 1, 2
+    ORDER BY 1, 2
 ), per_course AS (
     INSERT INTO {courses} AS c (course_id, enrolled, dob_sum_days, dob_min, dob_max)
     SELECT course_id, sum(n)::int, sum(n * (dob - date '0001-01-01' + 1))::bigint,
@@ -146,7 +150,7 @@ _MERGE = """
         updated_at = now()
 )
 INSERT INTO {births} AS b (course_id, dob, n)
-SELECT course_id, dob, n FROM births ORDER BY course_id, dob
+SELECT course_id, dob, n FROM births
 ON CONFLICT (course_id, dob) DO UPDATE SET n = b.n + EXCLUDED.n
 """
 
