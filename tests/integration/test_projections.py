@@ -1036,6 +1036,43 @@ def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
     assert decisions == [("accepted", 3), ("rejected", 1)]
 
 
+def test_a_merge_inserts_a_courses_first_counts_and_adds_to_counts_already_there() -> None:
+    """A merge whose courses have no birth-date counts yet inserts them plainly; one with
+    a course already counted adds to its counts (and inserts the new course's)."""
+    from projections.staged import stage
+
+    one, two = new_course_id(), new_course_id()
+    d1, d2, d3 = date(1999, 1, 1), date(1999, 2, 2), date(1999, 3, 3)
+
+    def batch(offset: int, *events: Event) -> list[tuple[int, int, bytes, bytes]]:
+        return [(0, offset + i, b"k", codec.encode(e)) for i, e in enumerate(events)]
+
+    with db() as conn:
+        try:
+            target = store.create_shadow(conn, "views", [0])
+            for records in (batch(0, created(one), accepted(one, d1), accepted(one, d1),
+                                  accepted(one, d2)),
+                            batch(4, created(two), accepted(one, d1), accepted(one, d3),
+                                  accepted(two, d1))):
+                with conn.transaction():
+                    store.prepare_staging(conn)
+                    store.apply_staged(conn, target, stage(records), topic=topics.EVENTS)
+                with conn.transaction():
+                    store.merge_births(conn, target, [0])
+            with conn.transaction():
+                store.merge_births(conn, target)  # nothing left: nothing changes
+            counts = conn.execute(
+                "SELECT course_id, dob, n FROM course_birth_dates_shadow"
+                " WHERE course_id = ANY(%s) ORDER BY 1, 2", ([one, two],)).fetchall()
+            enrolled: dict[str, int] = dict(conn.execute(
+                "SELECT course_id, enrolled FROM course_stats_shadow WHERE course_id = ANY(%s)",
+                ([one, two],)).fetchall())
+        finally:
+            store.drop_shadow(conn, "views")
+    assert counts == sorted([(one, d1, 3), (one, d2, 1), (one, d3, 1), (two, d1, 1)])
+    assert enrolled == {one: 5, two: 1}
+
+
 def test_a_workers_merge_empties_its_partitions_appended_birth_dates_and_no_others() -> None:
     """The appended birth dates have a table per partition: a worker's merge takes its
     partitions' rows (one with no table of its own too, from the default part), empties
