@@ -511,6 +511,9 @@ def test_replay_swaps_in_while_clients_read_without_an_error_or_an_empty_answer(
     assert generation() == before + 1
     assert problems == []
     assert answered > 100
+    # The copy keyed sign-ups in byte order while it was loaded, and the swapped-in view
+    # has the old one's collation (a prepared statement would fail on another).
+    assert collations("signup_decisions") == {}
     # After the swap the live projector noticed it and went on from the replay's positions.
     assert metric(projector, 'projector_resyncs_total{reason="stale"}') > stale_before
     assert_views_equal_the_events(log.events)
@@ -967,6 +970,24 @@ def test_replay_workers_run_niced_from_their_start_and_every_thread_once(
         assert [niceness(pid) for pid in pids] == [{7}, {7}]
 
 
+def collations(table: str) -> dict[str, str]:
+    """The collation of each of `table`'s columns that has a non-default one, and of the
+    columns of its indexes (an index keeps the collation it was built with)."""
+    with db() as conn:
+        rows = conn.execute(
+            "SELECT a.attname, c.collname FROM pg_attribute a"
+            " JOIN pg_collation c ON c.oid = a.attcollation"
+            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped"
+            " AND c.collname <> 'default'"
+            " UNION SELECT a.attname, c.collname FROM pg_index i"
+            " CROSS JOIN LATERAL unnest(i.indkey, i.indcollation) AS k(attnum, coll)"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " JOIN pg_collation c ON c.oid = k.coll"
+            " WHERE i.indrelid = %s::regclass AND c.collname <> 'default'",
+            (table, table)).fetchall()
+    return dict(rows)
+
+
 def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
     """A replay batch whose decisions are all new is COPYed in as it is; one that repeats
     a decision already in the shadow copy (after a processor crash) falls back to the
@@ -983,6 +1004,9 @@ def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
     with db() as conn:
         try:
             target = store.create_shadow(conn, "views")
+            # Random UUIDs go into its primary key by memcmp, not strcoll; the repeats'
+            # fold joins its staging table on the key, in the same collation.
+            assert collations("signup_decisions_shadow") == {"signup_id": "C"}
             for batch in (records(0, created(course), first, second),
                           records(3, second, third, refused),  # `second` again
                           records(6, third, first)):  # repeats only
@@ -991,6 +1015,11 @@ def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
                     store.apply_staged(conn, target, stage(batch), topic=topics.EVENTS)
             with conn.transaction():  # as the replay does once its batches are in
                 store.merge_births(conn, target)
+            store.set_logged(conn, "views")  # back to the view's collation
+            assert collations("signup_decisions_shadow") == collations("signup_decisions")
+            with conn.transaction():  # a repeat folded into the logged copy still counts once
+                store.prepare_staging(conn)
+                store.apply_staged(conn, target, stage(records(9, second)), topic=topics.EVENTS)
             row = conn.execute(
                 "SELECT enrolled, dob_min, dob_max FROM course_stats_shadow"
                 " WHERE course_id = %s", (course,)).fetchone()
@@ -1005,6 +1034,43 @@ def test_a_replay_batch_repeating_a_stored_decision_counts_it_once() -> None:
     assert row == (3, date(2000, 1, 1), date(2000, 1, 3))
     assert births == [(date(2000, 1, d), 1) for d in (1, 2, 3)]
     assert decisions == [("accepted", 3), ("rejected", 1)]
+
+
+def test_a_merge_inserts_a_courses_first_counts_and_adds_to_counts_already_there() -> None:
+    """A merge whose courses have no birth-date counts yet inserts them plainly; one with
+    a course already counted adds to its counts (and inserts the new course's)."""
+    from projections.staged import stage
+
+    one, two = new_course_id(), new_course_id()
+    d1, d2, d3 = date(1999, 1, 1), date(1999, 2, 2), date(1999, 3, 3)
+
+    def batch(offset: int, *events: Event) -> list[tuple[int, int, bytes, bytes]]:
+        return [(0, offset + i, b"k", codec.encode(e)) for i, e in enumerate(events)]
+
+    with db() as conn:
+        try:
+            target = store.create_shadow(conn, "views", [0])
+            for records in (batch(0, created(one), accepted(one, d1), accepted(one, d1),
+                                  accepted(one, d2)),
+                            batch(4, created(two), accepted(one, d1), accepted(one, d3),
+                                  accepted(two, d1))):
+                with conn.transaction():
+                    store.prepare_staging(conn)
+                    store.apply_staged(conn, target, stage(records), topic=topics.EVENTS)
+                with conn.transaction():
+                    store.merge_births(conn, target, [0])
+            with conn.transaction():
+                store.merge_births(conn, target)  # nothing left: nothing changes
+            counts = conn.execute(
+                "SELECT course_id, dob, n FROM course_birth_dates_shadow"
+                " WHERE course_id = ANY(%s) ORDER BY 1, 2", ([one, two],)).fetchall()
+            enrolled: dict[str, int] = dict(conn.execute(
+                "SELECT course_id, enrolled FROM course_stats_shadow WHERE course_id = ANY(%s)",
+                ([one, two],)).fetchall())
+        finally:
+            store.drop_shadow(conn, "views")
+    assert counts == sorted([(one, d1, 3), (one, d2, 1), (one, d3, 1), (two, d1, 1)])
+    assert enrolled == {one: 5, two: 1}
 
 
 def test_a_workers_merge_empties_its_partitions_appended_birth_dates_and_no_others() -> None:
