@@ -4,7 +4,7 @@ A decision is invisible to read_committed readers until the transaction that car
 commits. faust commits on a fixed timer (broker_commit_interval), so a decision waited
 half an interval on average for the next commit, and a whole one at worst, even on an
 idle worker. PacedConsumer commits instead as soon as everything fetched has been
-decided (nothing buffered, nothing in the agent's queue) and at least `floor` has passed
+decided, or all but a few records (`caught_up`), and at least `floor` has passed
 since the last commit began; the interval stays the longest a decision waits while the
 worker keeps finding input. So the transactions are small when the worker is idle
 (latency) and grow under load (throughput): a commit takes what was decided while the
@@ -18,22 +18,33 @@ none of it, is transactions.py's, and holds for a commit at any moment.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from time import monotonic
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 
+# The most commands faust may still hold from its last fetch, not yet given to the stream,
+# for the worker to count as caught up. faust gives a fetch's records to the stream one
+# at a time, yielding to the event loop between two (Consumer._drain_messages), and
+# tracks a message as unacked only from the stream taking it. So between any two
+# decisions nothing is unacked, and once aiokafka's position reached the end the rest of
+# the backlog waits in faust's hands, unseen. A drain committed at such pauses: 500-900
+# commits of 30,100 commands instead of the interval's 100-160, 12-30% more CPU per
+# command. Live input arrives a few records a fetch, which stay under this.
+UNDELIVERED_SLACK = 16
 
-def caught_up(consumer: faust_aiokafka.Consumer) -> bool:
-    """Every record fetched so far is decided, and the last fetch found nothing more:
-    none waits in the agent's queue or unacked in a stream (faust tracks a message from
-    its delivery to its ack), and in every partition faust reads (course-commands';
-    the changelogs are assigned too, but only read on restore) aiokafka has handed out
-    everything up to the last stable offset its last fetch saw (its position is
-    there). Read from the worker's thread while the consumer's thread updates it: a
-    stale answer only moves a commit, never changes what it carries."""
+
+def caught_up(consumer: PacedConsumer) -> bool:
+    """Every record fetched so far is decided, or nearly, and the last fetch found nothing
+    more: none unacked in a stream (faust tracks a message from the stream taking it to
+    its ack), at most UNDELIVERED_SLACK of faust's last fetch not yet given to the stream,
+    and in every partition faust reads (course-commands'; the changelogs are assigned
+    too, but only read on restore) aiokafka has handed out everything up to the last
+    stable offset its last fetch saw (its position is there). Read from the worker's
+    thread while the consumer's thread updates it: a stale answer only moves a commit,
+    never changes what it carries."""
     if consumer._unacked_messages:  # noqa: SLF001
         return False
     kafka = consumer._thread._consumer  # noqa: SLF001
@@ -42,7 +53,23 @@ def caught_up(consumer: faust_aiokafka.Consumer) -> bool:
     active = consumer._active_partitions  # noqa: SLF001
     if assignment is None or not active:
         return False
+    if undelivered(consumer.handed, consumer._read_offset, active) > UNDELIVERED_SLACK:  # noqa: SLF001
+        return False
     return all(_fetched_all(assignment.state_value(tp)) for tp in active)
+
+
+def undelivered(handed: Mapping[Any, int], read: Mapping[Any, int | None],
+                partitions: Iterable[Any]) -> int:
+    """How many records faust got from aiokafka (up to `handed`, the last offset per
+    partition) and has not given to a stream yet (faust's read offset, the last one it
+    gave, or the seek position after an assignment). A partition faust has not read since
+    its assignment (no read offset) counts none: what it got before is not its to give."""
+    left = 0
+    for tp in partitions:
+        last, given = handed.get(tp), read.get(tp)
+        if last is not None and given is not None and given < last:
+            left += last - given
+    return left
 
 
 def _fetched_all(state: Any) -> bool:
@@ -126,6 +153,15 @@ class PacedConsumer(faust_aiokafka.Consumer):
         self.commit_floor = min(self.commit_interval,
                                 getattr(self.app, "commit_floor", self.commit_interval))
         self._acked_at_commit = 0
+        # The last offset of each partition faust got from aiokafka (see caught_up).
+        self.handed: dict[Any, int] = {}
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        records = await super()._getmany(active_partitions, timeout)
+        for tp, batch in records.items():
+            if batch:
+                self.handed[tp] = batch[-1].offset
+        return records
 
     def pending(self) -> bool:
         """A record was acked since the last commit began."""
