@@ -234,9 +234,11 @@ def assert_live_equals_a_replay() -> None:
                 f" (SELECT 'replay', {columns} FROM {table}_shadow"
                 f" EXCEPT ALL SELECT 'replay', {columns} FROM {table}) LIMIT 6").fetchall()
             assert rows == [], f"{table} differs from its replay (rows only in one of them)"
-        live, shadow = (conn.execute(
+        # A partition the live projector has not read an event from yet has no row (it
+        # starts at offset 0); a replay writes a position for every partition it read.
+        live, shadow = ({p: n for p, n in conn.execute(
             "SELECT partition, next_offset FROM projection_offsets WHERE projection = %s"
-            " ORDER BY 1", (name,)).fetchall() for name in ("views", "views_shadow"))
+            " AND next_offset > 0", (name,)).fetchall()} for name in ("views", "views_shadow"))
         assert live == shadow
         for table in _COMPARE:
             conn.execute(f"DROP TABLE {table}_shadow")
@@ -917,9 +919,11 @@ def assert_shadow_equals_live() -> None:
                 f" (SELECT {columns} FROM {table}_shadow"
                 f" EXCEPT ALL SELECT {columns} FROM {table})) AS d").fetchone()
             assert differ == (0,), f"{table} differs from its replay"
-        live, shadow = (conn.execute(
+        # A partition the live projector has not read an event from yet has no row (it
+        # starts at offset 0); a replay writes a position for every partition it read.
+        live, shadow = ({p: n for p, n in conn.execute(
             "SELECT partition, next_offset FROM projection_offsets WHERE projection = %s"
-            " ORDER BY 1", (name,)).fetchall() for name in ("views", "views_shadow"))
+            " AND next_offset > 0", (name,)).fetchall()} for name in ("views", "views_shadow"))
         assert live == shadow
 
 
