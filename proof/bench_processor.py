@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import threading
@@ -136,12 +135,6 @@ def result(name: str, n: int, first_ms: int, last_ms: int, wall: float,
             "cpu_s": round(cpu, 2), "cpu_ms_per_1000_commands": round(cpu / n * 1e6)}
 
 
-def own_cpu() -> float:
-    """This process's CPU seconds, librdkafka's threads included."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def processor_env(run: Run, app_id: str, events: str, guarantee: str,
                   **extra: str) -> dict[str, str]:
     return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": run.servers,
@@ -192,7 +185,7 @@ def bench_loop(run: Run, n: int, transactional: bool) -> dict[str, Any]:
     # from the first key of an ordered table; a dict has no order to ask cheaply.
     decider = Decider({}, {}, {}, secret=b"bench-secret", oldest=lambda _: [])
     consumer.subscribe([run.commands])
-    started, cpu_before = time.monotonic(), own_cpu()
+    started, cpu_before = time.monotonic(), process_cpu(os.getpid())
     consumed, last_commit = 0, time.monotonic()
 
     def commit() -> None:
@@ -231,7 +224,7 @@ def bench_loop(run: Run, n: int, transactional: bool) -> dict[str, Any]:
             last_commit = time.monotonic()
     commit()
     consumer.close()
-    cpu = own_cpu() - cpu_before
+    cpu = process_cpu(os.getpid()) - cpu_before
     count, first, last = count_events(run.servers, events, n, timeout=120)
     return result(f"confluent-kafka loop {name}", count, first, last,
                   time.monotonic() - started, cpu)

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -190,13 +191,11 @@ class Prober:
         q = statistics.quantiles(self.latencies, n=100)
         # Where the slowest 1% fell (seconds since the start, and ms): spread over the
         # whole run, or bunched at one step (the swap, say)?
-        slow = sorted((lat, at) for lat, at in zip(self.latencies, self.at, strict=True)
-                      if lat >= q[98])
+        slowest = [(lat, at, kind) for lat, at, kind
+                   in zip(self.latencies, self.at, self.kinds, strict=True) if lat >= q[98]]
+        slow = sorted((lat, at) for lat, at, _ in slowest)
         requests = len(self.latencies)
-        slowest_by_route: dict[str, int] = {}
-        for lat, kind in zip(self.latencies, self.kinds, strict=True):
-            if lat >= q[98]:
-                slowest_by_route[kind] = slowest_by_route.get(kind, 0) + 1
+        slowest_by_route = dict(Counter(kind for _, _, kind in slowest))
         return {"requests": requests, "errors": self.errors,
                 "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2),
                 "seconds": round(time.perf_counter() - self.began, 2),
