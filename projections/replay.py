@@ -329,16 +329,26 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _own_autogroup(nice: int) -> None:
+def _in_an_autogroup(autogroup: Path) -> bool:
+    """Whether this process is scheduled in an autogroup: the file exists and names one."""
+    try:
+        return autogroup.read_text().startswith("/autogroup-")
+    except OSError:
+        return False
+
+
+def _own_autogroup(nice: int, autogroup: Path = Path("/proc/self/autogroup")) -> None:
     """Move this worker into a scheduling group of its own, at `nice`. Linux's autogroups
     (kernel.sched_autogroup_enabled, the default on desktop and many server kernels) share
     the CPU first between sessions, equally, and only then by niceness inside each: a
     worker at niceness 10 in the session of the query API (or of the shell and every
     service it started) takes as much CPU from it as one at 0. A session of its own with
     the autogroup at `nice` makes the niceness count against every other process. The
-    replay process's death still kills it (`_die_with_parent`), and it ignores Ctrl-C."""
-    autogroup = Path("/proc/self/autogroup")
-    if nice <= 0 or not autogroup.exists():
+    replay process's death still kills it (`_die_with_parent`), and it ignores Ctrl-C.
+    A process in a CPU cgroup of its own (a container, a systemd slice with CPUWeight)
+    is in no autogroup: the file reads empty, niceness already counts, and the worker
+    stays in its session."""
+    if nice <= 0 or not _in_an_autogroup(autogroup):
         return
     with contextlib.suppress(OSError):
         os.setsid()
