@@ -62,6 +62,7 @@ from projections.store.queries import (
     fetch_everything,
     fetch_global,
     fetch_page,
+    read_everything,
 )
 from projections.store.shadow import (
     BIRTHS_PENDING,
@@ -99,7 +100,8 @@ __all__ = [
     "bump_generation", "create_shadow", "drop_shadow", "end_replay", "ensure_generation",
     "failures_since", "fetch_course", "fetch_courses", "fetch_decision", "fetch_everything",
     "fetch_global", "fetch_page", "fill_global_birth_dates", "fill_globals", "live", "merge_births",
-    "notice_payloads", "notify", "prepare_staging", "read_generation", "read_positions",
+    "notice_payloads", "notify", "prepare_staging", "read_everything", "read_generation",
+    "read_positions",
     "record_replay", "replay_progress", "set_logged", "shadow", "shadow_exists", "start_replay",
     "store_positions", "swap",
 ]

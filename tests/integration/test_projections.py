@@ -784,6 +784,54 @@ def test_the_cache_shows_each_commit_within_a_second_and_never_an_older_value(
     assert cache_metric(query_api, "query_api_cache_live") == 1.0
 
 
+def test_the_cache_reads_every_view_on_a_thread_not_on_the_event_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On connecting and after a replay's swap (a notice of every view), the query API
+    reads every course again: about a second of decoding at a million events, which on
+    the event loop held every request meanwhile, a sign-up's decision too. It runs on a
+    thread, and gives what the loop's own read gives."""
+    from prometheus_client import CollectorRegistry
+
+    from projections import live
+
+    threads: list[int] = []
+    replace = readmodel.Snapshot.replace
+
+    def recorded(self: readmodel.Snapshot, *args: Any) -> None:
+        threads.append(threading.get_ident())
+        replace(self, *args)
+
+    monkeypatch.setattr(readmodel.Snapshot, "replace", recorded)
+    url = os.environ["DATABASE_URL"]
+
+    async def follow() -> tuple[int, set[str], set[str]]:
+        registry = CollectorRegistry()
+        stats = live.LiveStats(url, live.LiveMetrics(registry))
+
+        def everything() -> float:
+            return registry.get_sample_value("query_api_cache_refreshes_total",
+                                             {"scope": "everything"}) or 0.0
+
+        stats.start()
+        try:
+            while everything() < 1:
+                await asyncio.sleep(0.01)
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await conn.execute("SELECT pg_notify(%s, %s)",
+                                   (store.CHANGES_CHANNEL, store.EVERYTHING))
+                while everything() < 2:
+                    await asyncio.sleep(0.01)
+                courses, _ = await store.fetch_everything(conn)
+            return (threading.get_ident(), set(stats.data.courses),
+                    {c.course_id for c in courses})
+        finally:
+            await stats.stop()
+
+    loop_thread, cached, read = asyncio.run(asyncio.wait_for(follow(), 60))
+    assert len(threads) == 2 and loop_thread not in threads
+    assert cached == read
+
+
 async def read_directly(after: str, course: str, day: date) -> tuple[bytes, bytes, bytes]:
     """A page, a course and the global figures as the API's PostgreSQL path renders them."""
     async with await psycopg.AsyncConnection.connect(os.environ["DATABASE_URL"],
