@@ -382,23 +382,29 @@ def _lower_backend_priority(conn: psycopg.Connection, nice: int) -> None:
     """Give this worker's PostgreSQL backend the worker's niceness, when PostgreSQL runs
     on this machine as a user we may renice: the backend does most of a replay's work,
     and the query API's reads should go first. Anything else (another host, a
-    container, another user) leaves it as it is."""
-    host = conn.info.host
-    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("/"):
+    container, another user) leaves it as it is, with one log line saying so."""
+    if nice <= 0:
         return
+    host = conn.info.host
     pid = conn.info.backend_pid
-    with contextlib.suppress(OSError):
-        # The pid is a PostgreSQL backend of this machine, not a namesake elsewhere.
-        if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres"):
-            return
-        if os.getpriority(os.PRIO_PROCESS, pid) < nice:
-            os.setpriority(os.PRIO_PROCESS, pid, nice)
-    if nice > 0:
-        # Parallel workers are started by the postmaster, at its niceness, not this
-        # backend's: a niced replay's scans and sorts must not move to them (/proc
-        # accounting of a niced two-worker replay: 0.16 s of them at niceness 0).
-        conn.execute("SET max_parallel_workers_per_gather = 0")
-        conn.execute("SET max_parallel_maintenance_workers = 0")
+    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("/"):
+        log.info("replay backend not reniced: PostgreSQL runs on another host",
+                 extra={"host": host, "backend_pid": pid})
+    else:
+        try:
+            # The pid is a PostgreSQL backend of this machine, not a namesake elsewhere.
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres"):
+                raise ProcessLookupError(f"process {pid} is no PostgreSQL backend here")
+            if os.getpriority(os.PRIO_PROCESS, pid) < nice:
+                os.setpriority(os.PRIO_PROCESS, pid, nice)
+        except OSError as exc:
+            log.warning("replay backend not reniced: it keeps its priority",
+                        extra={"backend_pid": pid, "error": repr(exc)[:200]})
+    # Parallel workers are started by the postmaster, at its niceness, not this
+    # backend's: a niced replay's scans and sorts must not move to them (/proc
+    # accounting of a niced two-worker replay: 0.16 s of them at niceness 0).
+    conn.execute("SET max_parallel_workers_per_gather = 0")
+    conn.execute("SET max_parallel_maintenance_workers = 0")
 
 
 def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int, int],
