@@ -10,7 +10,10 @@ Against the same event log, back to back:
    shadow copies, then run again, which goes on from there: the two together against
    an uninterrupted run of the same command, goal <= 1.2x;
 5. with a query API given: its p99, one request at a time (GET /stats, a course's
-   stats, a sign-up), idle and then during a two-worker replay: goal <= 2x.
+   stats, a sign-up), idle and then during a two-worker `python -m projections.replay`:
+   goal <= 2x. Beside it, the run-queue wait (schedstat) of the query API's process (found
+   by its port when not given) and of its PostgreSQL backends, and the backends' wait
+   events sampled from pg_stat_activity: where a slow request's time went.
 Every replay swaps its views in, as `make replay` does, and the next measurement waits
 for the query API's re-read of the swapped views (`Settle`). The throughput figures (1 to 4)
 run the replay at niceness 0 (REPLAY_NICE=0), the baseline's: on a machine busy with
@@ -27,6 +30,7 @@ the query API, and writes $RUN_DIR/bench/fig4_replay.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -40,6 +44,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -68,9 +73,13 @@ def in_process(bootstrap: str, database_url: str, workers: int,
             "events_per_s": round(result.rate)}
 
 
-def _command(bootstrap: str, database_url: str, *args: str) -> subprocess.Popen[bytes]:
+def _command(bootstrap: str, database_url: str, *args: str,
+             nice: int | None = 0) -> subprocess.Popen[bytes]:
+    """`python -m projections.replay`; `nice` None: REPLAY_NICE as set, else its default."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
-           "LOG_LEVEL": "WARNING", "REPLAY_NICE": "0"}
+           "LOG_LEVEL": "WARNING"}
+    if nice is not None:
+        env["REPLAY_NICE"] = str(nice)
     return subprocess.Popen([sys.executable, "-m", "projections.replay", "--quiet", *args],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -211,6 +220,136 @@ class Prober:
                                     for lat, at in sorted(slow, key=lambda x: x[1])]}
 
 
+def listening_pid(port: int | None) -> int | None:
+    """The process listening on 127.0.0.1:`port` (its socket's inode in /proc/net/tcp, then
+    that inode among the processes' open files), for the query API's run-queue wait when
+    its pid is not given; None when not found (another user's process, say)."""
+    if port is None:
+        return None
+    inode = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inode = fields[9]
+                break
+    if inode is None:
+        return None
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            for fd in fd_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == f"socket:[{inode}]":
+                        return int(fd_dir.parent.name)
+    return None
+
+
+def client_backends(database_url: str, pid: int | None) -> set[int]:
+    """The PostgreSQL backends serving process `pid`'s TCP connections (its sockets'
+    local ports, /proc/net/tcp*, as pg_stat_activity's client_port)."""
+    if pid is None:
+        return set()
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").glob("*"):
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    with psycopg.connect(database_url) as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s)", (sorted(ports),))}
+
+
+def _schedstat(pid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns waiting runnable for one) of process `pid`'s main thread."""
+    try:
+        on_cpu, waited = Path(f"/proc/{pid}/schedstat").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu), int(waited)
+
+
+def _nice(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Backends:
+    """Samples PostgreSQL's backends every `every` s on a thread: their wait events
+    (pg_stat_activity, the query API's backends apart from the others) and their CPU and
+    run-queue wait (/proc/<pid>/schedstat), to tell where a slow read's time went."""
+
+    def __init__(self, database_url: str, api_pid: int | None, every: float = 0.05) -> None:
+        self.url, self.api_pid, self.every = database_url, api_pid, every
+        self.api: set[int] = set()
+        self.first: dict[int, tuple[int, int]] = {}
+        self.last: dict[int, tuple[int, int]] = {}
+        self.nice: dict[int, int] = {}
+        self.waits: Counter[str] = Counter()
+        self.samples = 0
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            me = conn.info.backend_pid
+            while not self.halt.wait(self.every):
+                rows = conn.execute(
+                    "SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity"
+                    " WHERE backend_type = 'client backend' AND pid <> %s", (me,)).fetchall()
+                self.samples += 1
+                for pid, state, kind, event in rows:
+                    stat = _schedstat(pid)
+                    if stat is None:
+                        continue
+                    self.first.setdefault(pid, stat)
+                    self.last[pid] = stat
+                    if (nice := _nice(pid)) is not None:
+                        self.nice[pid] = nice
+                    who = "api" if pid in self.api else (
+                        "niced" if self.nice.get(pid, 0) > 0 else "other")
+                    if state == "active":
+                        self.waits[f"{who}:{kind or 'CPU'}:{event or '-'}"] += 1
+
+    def __enter__(self) -> Backends:
+        self.api = client_backends(self.url, self.api_pid)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.halt.set()
+        self.thread.join(15)
+
+    def summary(self, requests: int) -> dict[str, Any]:
+        def total(pids: set[int]) -> tuple[float, float]:
+            cpu = sum(self.last[p][0] - self.first[p][0] for p in pids if p in self.last)
+            wait = sum(self.last[p][1] - self.first[p][1] for p in pids if p in self.last)
+            return cpu / 1e9, wait / 1e9
+        niced = {p for p, n in self.nice.items() if n > 0 and p not in self.api}
+        rest = set(self.last) - self.api - niced
+        out: dict[str, Any] = {"samples": self.samples}
+        for name, pids in (("api", self.api), ("niced", niced), ("other", rest)):
+            cpu, wait = total(pids)
+            out[f"{name}_backends"] = {"count": len(pids & set(self.last)),
+                                       "cpu_s": round(cpu, 3),
+                                       "run_queue_wait_s": round(wait, 3)}
+        out["api_backends_run_queue_wait_ms_per_request"] = round(
+            total(self.api)[1] * 1000 / max(requests, 1), 3)
+        out["wait_events"] = dict(self.waits.most_common(25))
+        return out
+
+
 def probe_paths(database_url: str) -> list[str]:
     with psycopg.connect(database_url) as conn:
         courses = [r[0] for r in conn.execute(
@@ -240,11 +379,22 @@ def run_queue_wait_s(pid: int | None) -> float:
 def query_p99(bootstrap: str, database_url: str, url: str, headers: dict[str, str],
               workers: int, idle_s: float, api_pid: int | None = None) -> dict[str, Any]:
     paths = probe_paths(database_url)
-    with Prober(url, paths, headers, api_pid) as idle:
+    if api_pid is None:
+        api_pid = listening_pid(urlsplit(url).port)
+    with Backends(database_url, api_pid) as idle_pg, \
+            Prober(url, paths, headers, api_pid) as idle:
         time.sleep(idle_s)
-    with Prober(url, paths, headers, api_pid) as busy:
-        replay = in_process(bootstrap, database_url, workers, nice=None)
+    # The replay as `make replay` runs it: a process of its own (not a thread of this one,
+    # whose Python would share the prober's GIL), niced.
+    with Backends(database_url, api_pid) as busy_pg, \
+            Prober(url, paths, headers, api_pid) as busy:
+        started = time.perf_counter()
+        _finish(_command(bootstrap, database_url, "--restart", f"--workers={workers}",
+                         nice=None))
+        replay = {"workers": workers, "seconds": round(time.perf_counter() - started, 2)}
     idle_q, busy_q = idle.summary(), busy.summary()
+    idle_q["postgres"] = idle_pg.summary(idle_q["requests"])
+    busy_q["postgres"] = busy_pg.summary(busy_q["requests"])
     return {"idle": idle_q, "during_replay": busy_q, "replay": replay,
             "ratio": round(busy_q["p99_ms"] / idle_q["p99_ms"], 2)}
 
