@@ -322,14 +322,27 @@ class Backends:
                     if state == "active":
                         self.waits[f"{who}:{kind or 'CPU'}:{event or '-'}"] += 1
 
+    def _checkpoints(self) -> int:
+        """Checkpoints PostgreSQL has made (timed and requested; pg_stat_bgwriter up to 16,
+        pg_stat_checkpointer from 17)."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for query in ("SELECT num_timed + num_requested FROM pg_stat_checkpointer",
+                          "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"):
+                with contextlib.suppress(psycopg.Error):
+                    row = conn.execute(query).fetchone()
+                    return int(row[0]) if row is not None else 0
+        return 0
+
     def __enter__(self) -> Backends:
         self.api = client_backends(self.url, self.api_pid)
+        self.checkpoints = self._checkpoints()
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.halt.set()
         self.thread.join(15)
+        self.checkpoints = self._checkpoints() - self.checkpoints
 
     def summary(self, requests: int) -> dict[str, Any]:
         def total(pids: set[int]) -> tuple[float, float]:
@@ -338,7 +351,7 @@ class Backends:
             return cpu / 1e9, wait / 1e9
         niced = {p for p, n in self.nice.items() if n > 0 and p not in self.api}
         rest = set(self.last) - self.api - niced
-        out: dict[str, Any] = {"samples": self.samples}
+        out: dict[str, Any] = {"samples": self.samples, "checkpoints": self.checkpoints}
         for name, pids in (("api", self.api), ("niced", niced), ("other", rest)):
             cpu, wait = total(pids)
             out[f"{name}_backends"] = {"count": len(pids & set(self.last)),
