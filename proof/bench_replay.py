@@ -193,6 +193,7 @@ class Prober:
     def __exit__(self, *exc: object) -> None:
         self.halt.set()
         self.thread.join(15)
+        self.ended = time.perf_counter()
         self.waited = (run_queue_wait_s(self.api_pid) - self.waited[0],
                        run_queue_wait_s(os.getpid()) - self.waited[1])
 
@@ -207,7 +208,7 @@ class Prober:
         slowest_by_route = dict(Counter(kind for _, _, kind in slowest))
         return {"requests": requests, "errors": self.errors,
                 "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2),
-                "seconds": round(time.perf_counter() - self.began, 2),
+                "seconds": round(self.ended - self.began, 2),
                 # Run-queue wait (schedstat) per request: of the query API's threads (when
                 # its pid is known), and of this process (the prober, and the replay's
                 # main thread during a replay): CPU starvation, as against slow work.
