@@ -378,18 +378,24 @@ def _lock_partitions(conn: psycopg.Connection, projection: str,
             time.sleep(0.2)
 
 
+_not_reniced: set[int] = set()  # this process's backends that kept their priority
+
+
 def _lower_backend_priority(conn: psycopg.Connection, nice: int) -> None:
     """Give this worker's PostgreSQL backend the worker's niceness, when PostgreSQL runs
     on this machine as a user we may renice: the backend does most of a replay's work,
     and the query API's reads should go first. Anything else (another host, a
-    container, another user) leaves it as it is, with one log line saying so."""
+    container, another user) leaves it as it is, with one log line saying so (per
+    process: a replay process and each of its workers)."""
     if nice <= 0:
         return
     host = conn.info.host
     pid = conn.info.backend_pid
     if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("/"):
-        log.info("replay backend not reniced: PostgreSQL runs on another host",
-                 extra={"host": host, "backend_pid": pid})
+        if not _not_reniced:  # one line per process, not one per connection
+            log.info("replay backends not reniced: PostgreSQL runs on another host",
+                     extra={"host": host})
+        _not_reniced.add(pid)
     else:
         try:
             # The pid is a PostgreSQL backend of this machine, not a namesake elsewhere.
@@ -398,8 +404,10 @@ def _lower_backend_priority(conn: psycopg.Connection, nice: int) -> None:
             if os.getpriority(os.PRIO_PROCESS, pid) < nice:
                 os.setpriority(os.PRIO_PROCESS, pid, nice)
         except OSError as exc:
-            log.warning("replay backend not reniced: it keeps its priority",
-                        extra={"backend_pid": pid, "error": repr(exc)[:200]})
+            if not _not_reniced:
+                log.warning("replay backend not reniced: it keeps its priority",
+                            extra={"backend_pid": pid, "error": repr(exc)[:200]})
+            _not_reniced.add(pid)
     # Parallel workers are started by the postmaster, at its niceness, not this
     # backend's: a niced replay's scans and sorts must not move to them (/proc
     # accounting of a niced two-worker replay: 0.16 s of them at niceness 0).

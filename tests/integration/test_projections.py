@@ -1000,20 +1000,22 @@ def test_a_replay_worker_lowers_its_own_postgresql_backends_priority() -> None:
 def test_a_backend_that_may_not_be_reniced_leaves_one_log_line_and_the_replay_goes_on(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """PostgreSQL under another user (or in a container whose pids are not ours): the
-    renice is refused. That is one WARNING line, not an error: the replay goes on, its
-    backend at its own priority, still without parallel workers."""
+    renice is refused. That is one WARNING line per process, not an error: the replay
+    goes on, its backends at their own priority, still without parallel workers."""
     from projections import replay
 
     def refused(*_args: Any) -> None:
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(replay.os, "setpriority", refused)
-    with db() as conn, caplog.at_level("INFO", logger="projections.replay"):
+    monkeypatch.setattr(replay, "_not_reniced", set())
+    with db() as conn, db() as another, caplog.at_level("INFO", logger="projections.replay"):
         pid = conn.info.backend_pid
         replay._lower_backend_priority(conn, 7)
         assert os.getpriority(os.PRIO_PROCESS, pid) == 0
         assert conn.execute("SELECT 1").fetchone() == (1,)  # the connection still works
         assert conn.execute("SHOW max_parallel_workers_per_gather").fetchone() == ("0",)
+        replay._lower_backend_priority(another, 7)  # the process's next: no second line
     lines = [r for r in caplog.records if r.name == "projections.replay"]
     assert [(r.levelname, r.getMessage()) for r in lines] == [
         ("WARNING", "replay backend not reniced: it keeps its priority")]
