@@ -22,6 +22,9 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
+from mode import Service
+from mode.services import WaitResults
+
 # What an asyncio coroutine yields when it waits: the future it waits for, or None
 # (asyncio.sleep(0)).
 Waiting = asyncio.Future[Any] | None
@@ -64,3 +67,25 @@ async def resume(coro: Coroutine[Any, Any, Any], waiting: Waiting) -> Any:
             waiting = coro.send(None) if failure is None else coro.throw(failure)
         except StopIteration as stop:
             return stop.value
+
+
+class InlineFirst(Service):
+    """A mode Service whose wait_first runs its first coroutine inline up to its first
+    wait (the module doc), for faust's fetcher, which hands every record through it."""
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        first, *others = coros
+        if not asyncio.iscoroutine(first):
+            return await super().wait_first(*coros, timeout=timeout)
+        try:
+            waiting = first_step(first)
+        except BaseException as exc:
+            for other in others:
+                if asyncio.iscoroutine(other):
+                    other.close()  # never started: nothing to cancel
+            if not isinstance(exc, Finished):
+                raise
+            if self._stopped.is_set() or self._crashed.is_set():
+                return WaitResults([], [], True)
+            return WaitResults([first], [exc.value], False)
+        return await super().wait_first(resume(first, waiting), *others, timeout=timeout)

@@ -24,9 +24,8 @@ from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
-from mode.services import WaitResults
 
-from course_processor.faust_eos.delivery import Finished, first_step, resume
+from course_processor.faust_eos.delivery import InlineFirst
 
 # The most commands faust may still hold from its last fetch, not yet given to the stream,
 # for the worker to count as caught up. faust gives a fetch's records to the stream one
@@ -140,10 +139,11 @@ class UnreadPausedAtAssignment(faust_aiokafka.ConsumerRebalanceListener):
         return super().on_partitions_assigned(assigned)
 
 
-class PacedConsumer(faust_aiokafka.Consumer):
+class PacedConsumer(InlineFirst, faust_aiokafka.Consumer):
     """faust's aiokafka consumer, committing when caught up (see the module doc), with
-    a short fetch wait (ShortPollThread), and the partitions it never reads paused from
-    their assignment (UnreadPausedAtAssignment)."""
+    a short fetch wait (ShortPollThread), the partitions it never reads paused from
+    their assignment (UnreadPausedAtAssignment), and each fetched record handed to the
+    stream inline (InlineFirst)."""
 
     RebalanceListener = UnreadPausedAtAssignment
 
@@ -158,28 +158,6 @@ class PacedConsumer(faust_aiokafka.Consumer):
         self._acked_at_commit = 0
         # The last offset of each partition faust got from aiokafka (see caught_up).
         self.handed: dict[Any, int] = {}
-
-    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
-        """mode's wait_first, with the first coroutine run inline up to its first wait
-        (delivery.py): faust's fetcher hands every record to the stream through here."""
-        first, *others = coros
-        if not asyncio.iscoroutine(first):
-            return await super().wait_first(*coros, timeout=timeout)
-        try:
-            waiting = first_step(first)
-        except Finished as finished:
-            for other in others:
-                if asyncio.iscoroutine(other):
-                    other.close()  # never started: nothing to cancel
-            if self._stopped.is_set() or self._crashed.is_set():  # noqa: SLF001
-                return WaitResults([], [], True)
-            return WaitResults([first], [finished.value], False)
-        except BaseException:
-            for other in others:
-                if asyncio.iscoroutine(other):
-                    other.close()
-            raise
-        return await super().wait_first(resume(first, waiting), *others, timeout=timeout)
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
         records = await super()._getmany(active_partitions, timeout)
