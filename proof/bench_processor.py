@@ -150,6 +150,47 @@ def start_processor(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+class CpuTrace:
+    """A process's CPU seconds, and its main thread's, sampled every `every` seconds in a
+    thread of this process: what it used between two wall-clock moments (the first and
+    the last event record), start-up left out."""
+
+    def __init__(self, pid: int, every: float = 0.05) -> None:
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.time(), process_cpu(self.pid),
+                                     _thread_cpu(self.pid, self.pid)))
+            except (OSError, IndexError, ValueError):
+                return  # the process is gone
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def between(self, start: float, end: float) -> tuple[float, float]:
+        """(process, main thread) CPU seconds from the last sample at or before `start`
+        to the first at or after `end`."""
+        before = [s for s in self.samples if s[0] <= start] or self.samples[:1]
+        after = [s for s in self.samples if s[0] >= end] or self.samples[-1:]
+        if not before or not after:
+            return 0.0, 0.0
+        return after[0][1] - before[-1][1], after[0][2] - before[-1][2]
+
+
+def _thread_cpu(pid: int, tid: int) -> float:
+    with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_processor(run: Run, n: int, guarantee: str, logs: Path,
                     commit_interval: float = 0.1, label: str = "") -> dict[str, Any]:
     app_id = f"{run.id}-{guarantee}-{int(commit_interval * 1000)}ms{label}"
@@ -158,14 +199,25 @@ def bench_processor(run: Run, n: int, guarantee: str, logs: Path,
     env = processor_env(run, app_id, events, guarantee,
                         PROCESSOR_COMMIT_INTERVAL=str(commit_interval))
     proc = start_processor(env, logs / f"{app_id}.log")
+    trace = CpuTrace(proc.pid)
     try:
         count, first, last = count_events(run.servers, events, n, timeout=600,
                                           alive=lambda: proc.poll() is None)
         cpu = process_cpu(proc.pid)  # start-up and recovery included
     finally:
         terminate(proc, 30)
-    return result(f"processor {guarantee} commit_interval={commit_interval}s", count, first,
-                  last, time.monotonic() - started, cpu)
+        trace.stop()
+    out = result(f"processor {guarantee} commit_interval={commit_interval}s", count, first,
+                 last, time.monotonic() - started, cpu)
+    # While it drained (first to last event record): CPU per command without the
+    # start-up, and how busy the worker's main thread (the agent, faust, the producers)
+    # was: near 1.0 the drain is bound by one core's CPU, below it the worker waits (for
+    # the broker, or for a core the machine's other load holds).
+    drain_cpu, main_cpu = trace.between(first / 1000, last / 1000)
+    span = max((last - first) / 1000, 1e-3)
+    out["drain_cpu_ms_per_1000_commands"] = round(drain_cpu / count * 1e6)
+    out["main_thread_busy"] = round(main_cpu / span, 2)
+    return out
 
 
 def bench_loop(run: Run, n: int, transactional: bool) -> dict[str, Any]:

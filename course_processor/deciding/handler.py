@@ -26,7 +26,7 @@ ever held a place, and a week of decisions: flat in history otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -82,6 +82,14 @@ def prefix_keys(table: MutableMapping[str, Any]) -> Callable[[str, int], list[st
 
 def course_from_value(value: dict[str, Any] | None) -> Course | None:
     return None if value is None else Course(**value)
+
+
+_COURSE_FIELDS = tuple(f.name for f in fields(Course))
+
+
+def course_to_value(course: Course) -> dict[str, Any]:
+    """`asdict(course)`, without its deep copy: every field of a Course is a scalar."""
+    return {name: getattr(course, name) for name in _COURSE_FIELDS}
 
 
 def place_key(course_id: str, signup_id: str) -> str:
@@ -273,7 +281,7 @@ class Decider:
             evolved = domain.evolve(evolved, event)
         if evolved is None or evolved == course:
             return ()
-        return ((COURSES, evolved.course_id, asdict(evolved)),)
+        return ((COURSES, evolved.course_id, course_to_value(evolved)),)
 
     def _remembered(self, now: datetime, name: str) -> bool:
         keys = remembered_keys(now.date(), name)

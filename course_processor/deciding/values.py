@@ -21,6 +21,7 @@ Only what deciding needs, and no personal data:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from typing import Any, Literal
@@ -94,9 +95,16 @@ def memory_key(day: date, signup_id: str) -> str:
 
 def remembered_keys(today: date, signup_id: str) -> list[str]:
     """Where a decision of the last MEMORY_DAYS days about `signup_id` would be."""
-    return [memory_key(today - timedelta(days=n), signup_id) for n in range(MEMORY_DAYS + 1)]
+    return [f"{day}/{signup_id}" for day in _window(today)]
 
 
 def expired(key: str, today: date) -> bool:
     """True for a memory entry from before the window; never for the migration mark."""
-    return key < (today - timedelta(days=MEMORY_DAYS)).isoformat()
+    return key < _window(today)[-1]
+
+
+@functools.lru_cache(maxsize=4)
+def _window(today: date) -> tuple[str, ...]:
+    """The days of the memory, newest first, as keys spell them: asked for twice by
+    every decision, and the same all day."""
+    return tuple((today - timedelta(days=n)).isoformat() for n in range(MEMORY_DAYS + 1))

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from time import perf_counter
+from typing import Any
 
 import faust
 from faust.types import Message
@@ -23,7 +24,7 @@ from course_processor.deciding.wire import event_headers, outcome
 from course_processor.faust_eos.app import Processor
 from course_processor.faust_eos.continuity import Continuity
 from course_processor.faust_eos.failstop import fail_stop
-from course_processor.faust_eos.tables import StagedStore, TableView
+from course_processor.faust_eos.tables import TableView
 from course_processor.faust_eos.transactions import SourcePartitionTransactionManager
 from course_processor.state.local import OutRecord
 from schemas.codec import encode
@@ -49,35 +50,22 @@ def register(p: Processor) -> None:
                 fail_stop("a command could not be processed", exc)
 
 
-def _oldest(table: faust.types.TableT) -> Callable[[int], list[str]]:
-    store = table.data
-    assert isinstance(store, StagedStore)
-    return lambda limit: [store._decode_key(k) for k in store.oldest_keys(limit)]  # noqa: SLF001
-
-
-def _first(table: faust.types.TableT) -> Callable[[str, int], list[str]]:
-    store = table.data
-    assert isinstance(store, StagedStore)
-
-    def first(prefix: str, limit: int) -> list[str]:
-        # Keys are JSON text ('"<course>/<ticket>"'): the encoded prefix without its
-        # closing quote is a byte prefix of every key that starts with `prefix`.
-        raw = store._encode_key(prefix)[:-1]  # noqa: SLF001
-        return [store._decode_key(k) for k in store.first_keys(raw, limit)]  # noqa: SLF001
-    return first
-
-
 class CommandHandler:
     def __init__(self, p: Processor) -> None:
         self.p = p
         self.metrics = p.metrics
         # The tables are co-partitioned with course-commands: the worker that owns a
         # course's partition is the only reader and writer of that course's entries.
-        self.decider = Decider(TableView(p.courses), TableView(p.seats),
-                               TableView(p.decided), p.settings.secret,
-                               oldest=_oldest(p.decided), places=TableView(p.places),
-                               waiting=TableView(p.waiting), first=_first(p.waiting))
+        decided, waiting = TableView(p.decided), TableView(p.waiting)
+        self.decider = Decider(TableView(p.courses), TableView(p.seats), decided,
+                               p.settings.secret, oldest=decided.oldest,
+                               places=TableView(p.places), waiting=waiting,
+                               first=waiting.first)
         self.continuity = Continuity()
+        # prometheus_client's labels() checks and locks on every call: each label set's
+        # child is looked up once.
+        self.counted = _children(self.metrics.commands)
+        self.outcomes = _children(self.metrics.decisions)
         self.local = p.runtime.local
 
     def handle(self, message: Message) -> None:
@@ -92,7 +80,7 @@ class CommandHandler:
             self.dead_letter(message, exc)
             return
         plan = self.decider.plan(cmd)
-        self.metrics.commands.labels(type(cmd).__name__).inc()
+        self.counted(type(cmd).__name__).inc()
         if not plan.events:
             self.metrics.repeats.inc()
             if log.isEnabledFor(logging.DEBUG):
@@ -111,7 +99,7 @@ class CommandHandler:
         self.decider.apply(plan)
         for event in plan.events:
             decided, reason = outcome(event)
-            self.metrics.decisions.labels(decided, reason).inc()
+            self.outcomes(decided, reason).inc()
         self.metrics.processing.observe(perf_counter() - started)
         # No line per decision at INFO: at a thousand decisions a second it cost more
         # than deciding. processor_decisions_total counts them; LOG_LEVEL=DEBUG logs
@@ -163,6 +151,18 @@ class CommandHandler:
             "reason": exc.reason, "topic": message.topic,
             "partition": message.partition, "offset": message.offset,
         })
+
+
+def _children(metric: Any) -> Callable[..., Any]:
+    """`metric.labels`, each label set's child kept after its first use."""
+    children: dict[tuple[str, ...], Any] = {}
+
+    def child(*labels: str) -> Any:
+        found = children.get(labels)
+        if found is None:
+            found = children[labels] = metric.labels(*labels)
+        return found
+    return child
 
 
 def _traced(message: Message) -> bool:

@@ -25,6 +25,8 @@ from typing import Any
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 
+from course_processor.faust_eos.delivery import InlineFirst
+
 # The most commands faust may still hold from its last fetch, not yet given to the stream,
 # for the worker to count as caught up. faust gives a fetch's records to the stream one
 # at a time, yielding to the event loop between two (Consumer._drain_messages), and
@@ -39,7 +41,8 @@ UNDELIVERED_SLACK = 16
 def caught_up(consumer: PacedConsumer) -> bool:
     """Every record fetched so far is decided, or nearly, and the last fetch found nothing
     more: none unacked in a stream (faust tracks a message from the stream taking it to
-    its ack), at most UNDELIVERED_SLACK of faust's last fetch not yet given to the stream,
+    its ack), at most UNDELIVERED_SLACK of faust's last fetch not yet given to the stream
+    or waiting in its queue,
     and in every partition faust reads (course-commands'; the changelogs are assigned
     too, but only read on restore) aiokafka has handed out everything up to the last
     stable offset its last fetch saw (its position is there). Read from the worker's
@@ -53,7 +56,8 @@ def caught_up(consumer: PacedConsumer) -> bool:
     active = consumer._active_partitions  # noqa: SLF001
     if assignment is None or not active:
         return False
-    if undelivered(consumer.handed, consumer._read_offset, active) > UNDELIVERED_SLACK:  # noqa: SLF001
+    left = undelivered(consumer.handed, consumer._read_offset, active)  # noqa: SLF001
+    if left + queued(consumer.app.topics) > UNDELIVERED_SLACK:
         return False
     return all(_fetched_all(assignment.state_value(tp)) for tp in active)
 
@@ -70,6 +74,14 @@ def undelivered(handed: Mapping[Any, int], read: Mapping[Any, int | None],
         if last is not None and given is not None and given < last:
             left += last - given
     return left
+
+
+def queued(channels: Iterable[Any]) -> int:
+    """How many events wait in the streams' queues (faust's channels, the conductor's
+    set): given to a stream, not taken by it yet, so neither unacked nor undelivered.
+    The fetcher hands a fetch's records to them inline (delivery.py), up to a hundred
+    before it yields to the agent."""
+    return sum(channel.queue.qsize() for channel in channels)
 
 
 def _fetched_all(state: Any) -> bool:
@@ -137,10 +149,11 @@ class UnreadPausedAtAssignment(faust_aiokafka.ConsumerRebalanceListener):
         return super().on_partitions_assigned(assigned)
 
 
-class PacedConsumer(faust_aiokafka.Consumer):
+class PacedConsumer(InlineFirst, faust_aiokafka.Consumer):
     """faust's aiokafka consumer, committing when caught up (see the module doc), with
-    a short fetch wait (ShortPollThread), and the partitions it never reads paused from
-    their assignment (UnreadPausedAtAssignment)."""
+    a short fetch wait (ShortPollThread), the partitions it never reads paused from
+    their assignment (UnreadPausedAtAssignment), and each fetched record handed to the
+    stream inline (InlineFirst)."""
 
     RebalanceListener = UnreadPausedAtAssignment
 

@@ -138,8 +138,19 @@ class StagedTable(faust.Table):
         )
 
 
+# One encoder and decoder for every key and value: json.dumps with a non-default
+# argument builds a new JSONEncoder per call, and json.loads of bytes first guesses
+# their encoding. The bytes are the same (faust's json codec writes ASCII-safe UTF-8).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
 def json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return _ENCODER.encode(value).encode()
+
+
+def json_value(raw: bytes) -> Any:
+    return _DECODER.decode(raw.decode())
 
 
 # Keys and values of the shapes the decider writes, to check the short path against.
@@ -177,7 +188,9 @@ class TableView(MutableMapping[Any, Any]):
         self._value: Callable[[Any], Any] = (
             json_bytes if fast else store._encode_value)  # noqa: SLF001
         self._decode: Callable[[bytes], Any] = (
-            json.loads if fast else store._decode_value)  # noqa: SLF001
+            json_value if fast else store._decode_value)  # noqa: SLF001
+        self._decode_key: Callable[[bytes], Any] = (
+            json_value if fast else store._decode_key)  # noqa: SLF001
 
     def __getitem__(self, key: Any) -> Any:
         raw = self.store._get(self._key(key))  # noqa: SLF001
@@ -198,7 +211,20 @@ class TableView(MutableMapping[Any, Any]):
                          self._key(key), None)
 
     def __iter__(self) -> Iterator[Any]:
-        return (self.store._decode_key(k) for k in self.store._iterkeys())  # noqa: SLF001
+        return (self._decode_key(k) for k in self.store._iterkeys())  # noqa: SLF001
+
+    def oldest(self, limit: int) -> list[Any]:
+        """The first `limit` live keys in the current command's partition, in key order
+        (the decider's `oldest`)."""
+        return [self._decode_key(k) for k in self.store.oldest_keys(limit)]
+
+    def first(self, prefix: str, limit: int) -> list[Any]:
+        """The first `limit` live keys that start with `prefix` in the current command's
+        partition, in key order (the decider's `first`). Keys are JSON text
+        ('"<course>/<ticket>"'): the encoded prefix without its closing quote is a byte
+        prefix of every key that starts with `prefix`."""
+        raw = self._key(prefix)[:-1]
+        return [self._decode_key(k) for k in self.store.first_keys(raw, limit)]
 
     def __len__(self) -> int:
         return self.store._size()  # noqa: SLF001

@@ -10,6 +10,9 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from course_processor.deciding.handler import Decider
 from course_processor.deciding.values import BUILT_KEY, MEMORY_DAYS, MIGRATED_KEY, SignupOutcome
 from schemas.messages import (
@@ -233,3 +236,21 @@ def test_a_decision_of_days_ago_is_still_found_past_the_oldest_day() -> None:
     clock.t += timedelta(days=MEMORY_DAYS - 1)
     decide(d, signup("bob@example.org"))
     assert decide(d, replace(cmd, command_id=str(uuid.uuid4()))) is None
+
+
+@given(st.dates(), st.text(max_size=40), st.integers(-12, 12))
+def test_the_memory_window_is_the_last_memory_days_spelled_as_keys(today: date, name: str,
+                                                                   shift: int) -> None:
+    # remembered_keys and expired read one cached window per day (values.py): the same
+    # answers as the date arithmetic they replace.
+    from course_processor.deciding.values import expired, memory_key
+    from course_processor.deciding.values import remembered_keys as keys_of
+
+    assert keys_of(today, name) == [memory_key(today - timedelta(days=n), name)
+                                    for n in range(MEMORY_DAYS + 1)]
+    try:
+        day = today + timedelta(days=shift)
+    except OverflowError:
+        return
+    key = memory_key(day, name)
+    assert expired(key, today) == (key < (today - timedelta(days=MEMORY_DAYS)).isoformat())

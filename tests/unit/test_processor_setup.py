@@ -158,7 +158,7 @@ async def test_a_crashed_producer_buffer_ends_the_process_instead_of_a_graceful_
 @settings(max_examples=50, deadline=None)
 @given(st.text(max_size=80))
 def test_table_views_write_faust_s_bytes_by_the_short_path(key: str) -> None:
-    from course_processor.faust_eos.tables import TableView, json_bytes
+    from course_processor.faust_eos.tables import TableView, json_bytes, json_value
 
     p = app_only()
     for table in (p.courses, p.decided):
@@ -166,6 +166,24 @@ def test_table_views_write_faust_s_bytes_by_the_short_path(key: str) -> None:
         assert view.fast  # the json module gives faust's bytes: the short path is taken
         assert json_bytes(key) == table.data._encode_key(key)  # type: ignore[attr-defined]
         assert json_bytes({"k": key}) == table.data._encode_value({"k": key})  # type: ignore[attr-defined]
+        # And back: the view's reader gives what faust's serializers give.
+        raw_key, raw_value = json_bytes(key), json_bytes({"k": key})
+        assert json_value(raw_key) == table.data._decode_key(raw_key) == key  # type: ignore[attr-defined]
+        assert json_value(raw_value) == table.data._decode_value(raw_value)  # type: ignore[attr-defined]
+
+
+def test_faust_s_monitor_keeps_no_books_per_record() -> None:
+    # Counters, timestamps and a dict per record that nothing reads (app.py, QuietMonitor).
+    from faust.types import TP, Message
+
+    p = app_only()
+    message = Message("commands", 0, 5, 0.0, 0, None, b"k", b"v", None)
+    monitor = p.app.monitor
+    monitor.on_message_in(TP("commands", 0), 5, message)
+    assert monitor.on_stream_event_in(TP("commands", 0), 5, None, None) is None  # type: ignore[arg-type]
+    monitor.on_message_out(TP("commands", 0), 5, message)
+    assert monitor.messages_received_total == 0 and monitor.events_total == 0
+    assert message.time_in is None
 
 
 async def test_the_consumer_commits_when_caught_up_and_fetches_with_a_short_wait() -> None:
