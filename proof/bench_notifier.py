@@ -1,6 +1,6 @@
 """The notifier alone: how fast it drains decisions already in the log, and its CPU per e-mail.
 
-Run: python -m proof.bench_notifier [--signups 3000] [--rounds 2] [--connections 4]
+Run: python -m proof.bench_notifier [--signups 3000] [--rounds 2] [--profile P [--on-cpu]]
 
 Figure 1 with the notifier measures the whole path at once, so the notifier's share is
 hard to see in it. This starts the bench's stack (`proof.bench_stack`, notifier and
@@ -60,7 +60,7 @@ def mails(folder: Path) -> int:
 
 
 def drain(stack: bs.BenchStack, start: dict[int, int], expected: int, timeout: float,
-          profile: Path | None = None) -> dict[str, object]:
+          profile: Path | None = None, on_cpu: bool = False) -> dict[str, object]:
     rewind(stack.bootstrap, "notifier", start)
     bs.scalar(stack.database_url, "WITH a AS (DELETE FROM sent_notifications RETURNING 1),"
               " b AS (DELETE FROM notifier_contacts RETURNING 1) SELECT 1")
@@ -74,8 +74,10 @@ def drain(stack: bs.BenchStack, start: dict[int, int], expected: int, timeout: f
     pids = {name: stack.pid(name) for name in ("notifier", "smtp")}
     cpu0 = {name: bs.process_cpu(pid) for name, pid in pids.items()}
     spies = [] if profile is None or shutil.which("py-spy") is None else [
-        # Waiting included (--idle): where the notifier's threads spend their time.
-        subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--idle", "-d", "6", "-r",
+        # Waiting included (--idle): where the notifier's threads spend their time; or,
+        # with --on-cpu, only the samples of threads running: where the CPU goes.
+        subprocess.Popen(["py-spy", "record", "--pid", str(pid),
+                          *([] if on_cpu else ["--idle"]), "-d", "6", "-r",
                           "200", "-f", "raw", "-o", f"{profile}.{name}.txt"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, pid in pids.items()]
@@ -112,6 +114,8 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None,
                         help="py-spy the notifier and the sink for 6 s each round, raw "
                              "stacks to PROFILE.<round>.<process>.txt")
+    parser.add_argument("--on-cpu", action="store_true",
+                        help="profile only running threads (py-spy without --idle)")
     args = parser.parse_args()
     with bs.running_stack() as stack:
         courses = [f"drain-{i:03d}" for i in range(COURSES)]
@@ -132,7 +136,8 @@ def main() -> None:
         for n in range(args.rounds):
             profile = args.profile and args.profile.with_name(f"{args.profile.name}.{n + 1}")
             print(json.dumps({"round": n + 1, "signups": accepted,
-                              **drain(stack, start, accepted, args.timeout, profile)}),
+                              **drain(stack, start, accepted, args.timeout, profile,
+                                         args.on_cpu)}),
                   flush=True)
 
 
