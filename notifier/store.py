@@ -32,6 +32,9 @@ class PostgresStore:
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[TupleRow] | None = None
+        # One cursor for every statement of the session: `Connection.execute` builds a
+        # new one each time, a cost per statement that the notifier pays per e-mail.
+        self._cursor: psycopg.Cursor[TupleRow] | None = None
         self._courses: dict[str, CourseInfo] = {}
         self._held: str | None = None  # the key id whose key-in-use lock this session holds
 
@@ -189,6 +192,7 @@ class PostgresStore:
     def close(self) -> None:
         # Closing the session releases its advisory locks.
         self._held = None
+        self._cursor = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -196,23 +200,23 @@ class PostgresStore:
     def _fetch(self, sql: LiteralString, params: tuple[object, ...] | dict[str, object]
                ) -> list[TupleRow]:
         try:
-            cursor = self._connection().execute(sql, params)
-            return cursor.fetchall()
+            return self._cursor_of_session().execute(sql, params).fetchall()
         except psycopg.OperationalError:
             self.close()
             raise
 
-    def _connection(self) -> psycopg.Connection[TupleRow]:
-        if self._conn is None or self._conn.closed:
+    def _cursor_of_session(self) -> psycopg.Cursor[TupleRow]:
+        if self._conn is None or self._conn.closed or self._cursor is None:
             self._conn = psycopg.connect(
                 self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
             )
-        return self._conn
+            self._cursor = self._conn.cursor()
+        return self._cursor
 
     def _execute(self, sql: LiteralString,
                  params: tuple[object, ...] | dict[str, object]) -> TupleRow | None:
         try:
-            cursor = self._connection().execute(sql, params)
+            cursor = self._cursor_of_session().execute(sql, params)
             return cursor.fetchone() if cursor.description is not None else None
         except psycopg.OperationalError:
             self.close()
