@@ -74,10 +74,10 @@ def drain(stack: bs.BenchStack, start: dict[int, int], expected: int, timeout: f
               " b AS (DELETE FROM notifier_contacts RETURNING 1) SELECT 1")
     folder = stack.config.mail_dir
     folder.mkdir(parents=True, exist_ok=True)
-    # The earlier rounds' files stay: on ext4 without a journal (this machine's disk), a
-    # file created within a minute or so of thousands deleted in the same block group
-    # makes the kernel look at each of those inodes first (`recently_deleted`), which
-    # the sink would pay for here, per message, in system time.
+    # The earlier rounds' files stay: on ext4 without a journal (this machine's disk),
+    # creating a file makes the kernel look first at each inode of its block group
+    # deleted in the last one to six minutes (`recently_deleted`); deleting the last
+    # round's thousands here would charge that to the sink, per message, as system time.
     before = mails(folder)
     stack.cli("up", only="smtp")
     began = time.monotonic()
