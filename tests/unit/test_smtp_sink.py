@@ -134,3 +134,11 @@ def test_a_message_over_the_size_limit_is_refused_and_the_session_goes_on(
 
 def test_unstuffing_removes_one_leading_dot_per_line() -> None:
     assert unstuff(b"..a\r\n.b\r\nc.\r\n...\r\n") == b".a\r\nb\r\nc.\r\n..\r\n"
+
+
+def test_lower_case_commands_a_null_sender_and_a_bare_address_are_taken(tmp_path: Path) -> None:
+    transport = session(FileSink(tmp_path, set()), [
+        b"ehlo c\r\nmail from:<>\r\nrcpt to: b@example.org\r\ndata\r\nhi\r\n.\r\nquit\r\n"])
+    assert replies(transport) == [220, 250, 250, 250, 354, 250, 221]
+    [stored] = tmp_path.glob("*.eml")
+    assert stored.read_bytes() == b"X-Envelope-From: \r\nX-Envelope-To: b@example.org\r\nhi\r\n"
