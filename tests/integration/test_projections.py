@@ -221,6 +221,16 @@ _COMPARE = {
 }
 
 
+def assert_same_positions(conn: psycopg.Connection) -> None:
+    """The replay's stored positions are the live projector's. A partition the live
+    projector has not read an event from yet has no row (it starts at offset 0), while a
+    replay writes a position for every partition it read: offset 0 counts as no row."""
+    live, shadow = ({p: n for p, n in conn.execute(
+        "SELECT partition, next_offset FROM projection_offsets WHERE projection = %s"
+        " AND next_offset > 0", (name,)).fetchall()} for name in ("views", "views_shadow"))
+    assert live == shadow
+
+
 def assert_live_equals_a_replay() -> None:
     """A full replay of the log into shadow tables holds the same rows as the live views."""
     done = subprocess.run([sys.executable, "-m", "projections.replay", "--no-swap", "--quiet"],
@@ -234,12 +244,7 @@ def assert_live_equals_a_replay() -> None:
                 f" (SELECT 'replay', {columns} FROM {table}_shadow"
                 f" EXCEPT ALL SELECT 'replay', {columns} FROM {table}) LIMIT 6").fetchall()
             assert rows == [], f"{table} differs from its replay (rows only in one of them)"
-        # A partition the live projector has not read an event from yet has no row (it
-        # starts at offset 0); a replay writes a position for every partition it read.
-        live, shadow = ({p: n for p, n in conn.execute(
-            "SELECT partition, next_offset FROM projection_offsets WHERE projection = %s"
-            " AND next_offset > 0", (name,)).fetchall()} for name in ("views", "views_shadow"))
-        assert live == shadow
+        assert_same_positions(conn)
         for table in _COMPARE:
             conn.execute(f"DROP TABLE {table}_shadow")
 
@@ -919,12 +924,7 @@ def assert_shadow_equals_live() -> None:
                 f" (SELECT {columns} FROM {table}_shadow"
                 f" EXCEPT ALL SELECT {columns} FROM {table})) AS d").fetchone()
             assert differ == (0,), f"{table} differs from its replay"
-        # A partition the live projector has not read an event from yet has no row (it
-        # starts at offset 0); a replay writes a position for every partition it read.
-        live, shadow = ({p: n for p, n in conn.execute(
-            "SELECT partition, next_offset FROM projection_offsets WHERE projection = %s"
-            " AND next_offset > 0", (name,)).fetchall()} for name in ("views", "views_shadow"))
-        assert live == shadow
+        assert_same_positions(conn)
 
 
 def drop_shadow_copies() -> None:
