@@ -50,9 +50,27 @@ class PostgresStore:
 
     # ------------------------------------------------------------ a batch's (batch.py)
 
-    def handled_among(self, event_ids: Sequence[str]) -> set[str]:
-        rows = self._fetch("SELECT event_id FROM sent_notifications WHERE event_id = ANY(%s)",
-                           (list(event_ids),))
+    def handled_saving(self, event_ids: Sequence[str],
+                       contacts: Sequence[tuple[str, str, str, Contact]]) -> set[str]:
+        """Which of `event_ids` were handled before, and, in the same round trip, the
+        contacts (event id, sign-up, course, contact) of those that were not saved."""
+        rows = self._fetch(
+            "WITH handled AS (SELECT event_id FROM sent_notifications"
+            "  WHERE event_id = ANY(%(ids)s::text[])),"
+            " saved AS (INSERT INTO notifier_contacts (signup_id, course_id, key_id,"
+            "  email_sealed, name_sealed)"
+            "  SELECT c.signup_id, c.course_id, c.key_id, c.email_sealed, c.name_sealed"
+            "  FROM unnest(%(events)s::text[], %(signups)s::text[], %(courses)s::text[],"
+            "   %(keys)s::text[], %(emails)s::bytea[], %(names)s::bytea[])"
+            "   AS c(event_id, signup_id, course_id, key_id, email_sealed, name_sealed)"
+            "  WHERE c.event_id NOT IN (SELECT event_id FROM handled)"
+            "  ON CONFLICT (signup_id) DO NOTHING)"
+            " SELECT event_id FROM handled",
+            {"ids": list(event_ids), "events": [c[0] for c in contacts],
+             "signups": [c[1] for c in contacts], "courses": [c[2] for c in contacts],
+             "keys": [c[3].key_id for c in contacts],
+             "emails": [c[3].email_sealed for c in contacts],
+             "names": [c[3].name_sealed for c in contacts]})
         return {str(row[0]) for row in rows}
 
     def save_contacts(self, contacts: Sequence[tuple[str, str, Contact]]) -> None:
