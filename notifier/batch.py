@@ -3,11 +3,12 @@ trips instead of a few per e-mail.
 
 `BatchStore` is the `Store` the handler sees while it works through a batch, one job
 after the other in log order, exactly as it would one at a time. Before the first job it
-asks PostgreSQL at once which decisions were handled already, saves the batch's
-contacts, reads the contacts its later notices need, and takes the key-in-use lock of
-every key the batch will send with (then reads those keys, in the next statement, so a
-deletion committed meanwhile is seen). What stays per e-mail is its sent-record, which
-also releases that e-mail's key lock: the duplicate window is still one e-mail per lane.
+asks PostgreSQL at once which decisions were handled already, saving the contacts of the
+others in the same statement, reads the contacts its later notices need, and takes the
+key-in-use lock of every key the batch will send with (then reads those keys, in the next
+statement, so a deletion committed meanwhile is seen). What stays per e-mail is its
+sent-record, which also releases that e-mail's key lock: the duplicate window is still one
+e-mail per lane.
 
 Locks are taken in key-id order, the order in which an erasure takes its exclusive ones
 (command_api/keys.py), so a batch and an erasure never wait for each other in a circle.
@@ -40,7 +41,8 @@ Result = tuple[Job, Outcome | BaseException | None]
 class BulkStore(Protocol):
     """What a batch needs of the store (`notifier.store.PostgresStore`)."""
 
-    def handled_among(self, event_ids: Sequence[str]) -> set[str]: ...
+    def handled_saving(self, event_ids: Sequence[str],
+                       contacts: Sequence[tuple[str, str, str, Contact]]) -> set[str]: ...
     def save_contacts(self, contacts: Sequence[tuple[str, str, Contact]]) -> None: ...
     def contacts_of(self, signup_ids: Sequence[str]) -> dict[str, Contact]: ...
     def hold_keys(self, key_refs: Sequence[str]) -> list[HeldKey | None]: ...
@@ -67,14 +69,17 @@ class BatchStore:
         self._store = store
         todo = [job for job in jobs if job.delivered_as is None and job.give_up is None]
         ids = [str(job.event_id) for job in todo if _first(job) or _later(job)]
-        self._handled = store.handled_among(ids) if ids else set()
+        # The contacts of the first decisions, saved by the same statement that finds
+        # which decisions were handled before, for those that were not.
+        sealed = [(m.event_id, m.signup_id, m.course_id,
+                   Contact(m.key_id, m.email_sealed, m.name_sealed))
+                  for job in todo if (m := _first(job))
+                  and m.key_id is not None and m.email_sealed and m.name_sealed]
+        self._handled = store.handled_saving(ids, sealed) if ids else set()
         firsts = [m for job in todo if (m := _first(job)) and m.event_id not in self._handled]
         laters = [n for job in todo if (n := _later(job)) and n.event_id not in self._handled]
-        saved = [(m.signup_id, m.course_id, Contact(m.key_id, m.email_sealed, m.name_sealed))
-                 for m in firsts if m.key_id is not None and m.email_sealed and m.name_sealed]
-        if saved:
-            store.save_contacts(saved)
-        self._contacts = {signup_id: contact for signup_id, _, contact in saved}
+        self._contacts = {signup_id: contact for event_id, signup_id, _, contact in sealed
+                          if event_id not in self._handled}
         missing = list({m.signup_id for m in laters} - self._contacts.keys())
         if missing:
             self._contacts.update(store.contacts_of(missing))

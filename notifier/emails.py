@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from email import quoprimime
@@ -127,9 +126,14 @@ def _recipient(to: Recipient) -> Address:
     return Address(display_name=name, username=local, domain=domain)
 
 
+# The control characters (Unicode category Cc: C0, DEL and C1) that are not whitespace,
+# mapped to nothing: one str.translate instead of a test per character.
+_CONTROLS = {c: None for c in (*range(0x20), *range(0x7F, 0xA0)) if not chr(c).isspace()}
+
+
 def _one_line(value: str) -> str:
-    printable = "".join(c for c in value if unicodedata.category(c) != "Cc" or c.isspace())
-    return " ".join(printable.split())
+    """`value` without control characters, its whitespace runs one space each."""
+    return " ".join(value.translate(_CONTROLS).split())
 
 
 SUBJECTS = {

@@ -108,6 +108,16 @@ def _crlf(msg: bytes) -> bytes:
 
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+# An address smtplib.quoteaddr would only wrap in angle brackets: no display name, quote,
+# comment, route or space for email.utils.parseaddr (its cost, per address) to sort out.
+_PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
+
+
+def _quoted(address: str) -> str:
+    """`smtplib.quoteaddr(address)`, without parsing the common plain address."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)
 
 
 def _rset(client: smtplib.SMTP) -> None:
@@ -126,8 +136,8 @@ def send_pipelined(client: smtplib.SMTP, sender: str, recipient: str, msg: bytes
     if any(c in part for part in (sender, recipient) for c in "\r\n"):
         raise ValueError("a line break in an address")
     extra = "".join(f" {option}" for option in options)
-    commands = (f"MAIL FROM:{smtplib.quoteaddr(sender)}{extra}\r\n"
-                f"RCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n")
+    commands = (f"MAIL FROM:{_quoted(sender)}{extra}\r\n"
+                f"RCPT TO:{_quoted(recipient)}\r\nDATA\r\n")
     client.send(commands.encode("utf-8" if options else "ascii"))
     (mail, mail_text), (rcpt, rcpt_text), (data, data_text) = (
         client.getreply(), client.getreply(), client.getreply())

@@ -32,6 +32,9 @@ class PostgresStore:
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[TupleRow] | None = None
+        # One cursor for every statement of the session: `Connection.execute` builds a
+        # new one each time, a cost per statement that the notifier pays per e-mail.
+        self._cursor: psycopg.Cursor[TupleRow] | None = None
         self._courses: dict[str, CourseInfo] = {}
         self._held: str | None = None  # the key id whose key-in-use lock this session holds
 
@@ -47,9 +50,27 @@ class PostgresStore:
 
     # ------------------------------------------------------------ a batch's (batch.py)
 
-    def handled_among(self, event_ids: Sequence[str]) -> set[str]:
-        rows = self._fetch("SELECT event_id FROM sent_notifications WHERE event_id = ANY(%s)",
-                           (list(event_ids),))
+    def handled_saving(self, event_ids: Sequence[str],
+                       contacts: Sequence[tuple[str, str, str, Contact]]) -> set[str]:
+        """Which of `event_ids` were handled before, and, in the same round trip, the
+        contacts (event id, sign-up, course, contact) of those that were not saved."""
+        rows = self._fetch(
+            "WITH handled AS (SELECT event_id FROM sent_notifications"
+            "  WHERE event_id = ANY(%(ids)s::text[])),"
+            " saved AS (INSERT INTO notifier_contacts (signup_id, course_id, key_id,"
+            "  email_sealed, name_sealed)"
+            "  SELECT c.signup_id, c.course_id, c.key_id, c.email_sealed, c.name_sealed"
+            "  FROM unnest(%(events)s::text[], %(signups)s::text[], %(courses)s::text[],"
+            "   %(keys)s::text[], %(emails)s::bytea[], %(names)s::bytea[])"
+            "   AS c(event_id, signup_id, course_id, key_id, email_sealed, name_sealed)"
+            "  WHERE c.event_id NOT IN (SELECT event_id FROM handled)"
+            "  ON CONFLICT (signup_id) DO NOTHING)"
+            " SELECT event_id FROM handled",
+            {"ids": list(event_ids), "events": [c[0] for c in contacts],
+             "signups": [c[1] for c in contacts], "courses": [c[2] for c in contacts],
+             "keys": [c[3].key_id for c in contacts],
+             "emails": [c[3].email_sealed for c in contacts],
+             "names": [c[3].name_sealed for c in contacts]})
         return {str(row[0]) for row in rows}
 
     def save_contacts(self, contacts: Sequence[tuple[str, str, Contact]]) -> None:
@@ -189,6 +210,7 @@ class PostgresStore:
     def close(self) -> None:
         # Closing the session releases its advisory locks.
         self._held = None
+        self._cursor = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -196,23 +218,23 @@ class PostgresStore:
     def _fetch(self, sql: LiteralString, params: tuple[object, ...] | dict[str, object]
                ) -> list[TupleRow]:
         try:
-            cursor = self._connection().execute(sql, params)
-            return cursor.fetchall()
+            return self._cursor_of_session().execute(sql, params).fetchall()
         except psycopg.OperationalError:
             self.close()
             raise
 
-    def _connection(self) -> psycopg.Connection[TupleRow]:
-        if self._conn is None or self._conn.closed:
+    def _cursor_of_session(self) -> psycopg.Cursor[TupleRow]:
+        if self._conn is None or self._conn.closed or self._cursor is None:
             self._conn = psycopg.connect(
                 self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
             )
-        return self._conn
+            self._cursor = self._conn.cursor()
+        return self._cursor
 
     def _execute(self, sql: LiteralString,
                  params: tuple[object, ...] | dict[str, object]) -> TupleRow | None:
         try:
-            cursor = self._connection().execute(sql, params)
+            cursor = self._cursor_of_session().execute(sql, params)
             return cursor.fetchone() if cursor.description is not None else None
         except psycopg.OperationalError:
             self.close()

@@ -11,12 +11,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from aiosmtpd.smtp import SMTP
 
 from notifier.mailer import MailError, SmtpMailer
 from notifier.settings import Settings
 from stack.ports import free_port
-from stack.smtp_sink import FileSink
+from stack.smtp_sink import FileSink, SinkProtocol
 
 pytestmark = pytest.mark.integration
 
@@ -36,15 +35,15 @@ class CountingServer:
     def start(self) -> None:
         server = self
 
-        class Counting(SMTP):
+        class Counting(SinkProtocol):
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 server.sessions += 1
                 server.transports.append(transport)
-                super().connection_made(transport)  # type: ignore[arg-type]
+                super().connection_made(transport)
 
         async def serve() -> asyncio.Server:
             return await self.loop.create_server(
-                lambda: Counting(self.sink, hostname="sink.test", decode_data=False),
+                lambda: Counting(self.sink, hostname="sink.test"),
                 host="127.0.0.1", port=self.port)
 
         self.server = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)

@@ -42,9 +42,14 @@ class FakeBulkStore:
             raise psycopg.OperationalError("connection refused")
         self.calls.append(name)
 
-    def handled_among(self, event_ids: Sequence[str]) -> set[str]:
-        self._call("handled_among")
-        return {e for e in event_ids if e in self.handled}
+    def handled_saving(self, event_ids: Sequence[str],
+                       contacts: Sequence[tuple[str, str, str, Contact]]) -> set[str]:
+        self._call("handled_saving")
+        handled = {e for e in event_ids if e in self.handled}
+        for event_id, signup_id, _, contact in contacts:
+            if event_id not in handled:
+                self.contacts.setdefault(signup_id, contact)
+        return handled
 
     def save_contacts(self, contacts: Sequence[tuple[str, str, Contact]]) -> None:
         self._call("save_contacts")
@@ -92,9 +97,9 @@ def test_a_batch_reads_and_locks_once_and_records_each_e_mail_releasing_its_key(
     results = advance_batch(handler_on(store, mailer), jobs)
     assert [outcome for _, outcome in results] == [Done("sent")] * 5
     assert len(mailer.sent) == 5
-    # One read of the sent-records, one insert of the contacts, one lock statement, then one
+    # One read of the sent-records that saves the contacts, one lock statement, then one
     # record per e-mail (the old one-at-a-time path: five statements per e-mail).
-    assert store.calls == ["handled_among", "save_contacts", "hold_keys"] + ["record"] * 5
+    assert store.calls == ["handled_saving", "hold_keys"] + ["record"] * 5
     assert store.held() == {}
 
 

@@ -1,5 +1,6 @@
 import email
 import email.policy
+import unicodedata
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from typing import Any
@@ -8,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.emails import REASONS, CourseInfo, _template, message_id, render, render_bytes
+from notifier.emails import (
+    REASONS,
+    CourseInfo,
+    _one_line,
+    _template,
+    message_id,
+    render,
+    render_bytes,
+)
 from schemas.messages import (
     REJECTION_REASONS,
     Decision,
@@ -220,3 +229,14 @@ def test_the_common_e_mail_takes_the_template() -> None:
         render(accepted(), COURSE, SENDER, None, "tok-1").as_bytes()
     # An encoded-word name is the email package's to write.
     assert _template(accepted(name="Zoë Ångström"), COURSE, SENDER, None, None) is None
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+       | st.text(alphabet="ab \t\r\n\x00\x07\x1b\x1f\x7f\x85\x9f\xa0\u2028é", max_size=40))
+def test_one_line_drops_exactly_the_control_characters_that_are_not_whitespace(
+    value: str,
+) -> None:
+    per_character = "".join(c for c in value
+                            if unicodedata.category(c) != "Cc" or c.isspace())
+    assert _one_line(value) == " ".join(per_character.split())

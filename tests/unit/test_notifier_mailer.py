@@ -5,8 +5,10 @@ from __future__ import annotations
 import smtplib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from notifier.mailer import _crlf, classify, enhanced_status
+from notifier.mailer import _crlf, _quoted, classify, enhanced_status
 
 
 @pytest.mark.parametrize("exc", [
@@ -113,3 +115,12 @@ def test_every_line_goes_out_ended_by_crlf() -> None:
     # smtplib converts line ends of str messages only; a server refuses a bytes message
     # with bare LFs as one over-long line.
     assert _crlf(b"A: 1\nB: 2\r\n\r\nbody\rend\n") == b"A: 1\r\nB: 2\r\n\r\nbody\r\nend\r\n"
+
+
+_ATOMS = st.text(alphabet="ab.+-_!#'*/=?^`{|}~é <>\"(),;:[]\\", max_size=5)
+
+
+@settings(max_examples=1000)
+@given(st.tuples(_ATOMS, _ATOMS).map("@".join) | st.text(alphabet="a.@<> \"", max_size=8))
+def test_addresses_are_quoted_as_smtplib_quotes_them(address: str) -> None:
+    assert _quoted(address) == smtplib.quoteaddr(address)
