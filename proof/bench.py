@@ -79,7 +79,7 @@ from proof import bench_kafka as bk
 from proof import bench_stack as bs
 from proof.bench_report import render
 from schemas.topics import COMMANDS, EVENTS
-from stack.config import ROOT, StackConfig
+from stack.config import PG_SUPERUSER, ROOT, StackConfig
 
 
 @dataclass(frozen=True)
@@ -829,8 +829,11 @@ class Bench:
         log("figure 4: plain consume-and-decode of the event log, then replays with one and "
             "two workers, one killed at half way and resumed, and the query API's p99")
         headers = {"Authorization": f"Bearer {self.stack.config.admin_token()}"}
+        # The query API connects as its own role: only the superuser (pg_read_all_stats)
+        # sees its sessions' wait events and ports in pg_stat_activity.
         data = bench_replay.measure(self.stack.bootstrap, self.stack.database_url,
-                                    self.stack.config.query_url, headers)
+                                    self.stack.config.query_url, headers,
+                                    monitor_url=self.stack.config.pg_url(PG_SUPERUSER))
         self.save("fig4_replay", data)
         plain, one, two = (data["plain_consume_decode"], data["one_worker"],
                            data["two_workers"])

@@ -391,16 +391,21 @@ def run_queue_wait_s(pid: int | None) -> float:
 
 
 def query_p99(bootstrap: str, database_url: str, url: str, headers: dict[str, str],
-              workers: int, idle_s: float, api_pid: int | None = None) -> dict[str, Any]:
+              workers: int, idle_s: float, api_pid: int | None = None,
+              monitor_url: str | None = None) -> dict[str, Any]:
+    """`monitor_url`: the connection that samples pg_stat_activity (default
+    `database_url`). A role sees another role's sessions only with pg_read_all_stats:
+    without it their backend_type and client_port read NULL and they go uncounted."""
     paths = probe_paths(database_url)
+    monitor = monitor_url or database_url
     if api_pid is None:
         api_pid = listening_pid(urlsplit(url).port)
-    with Backends(database_url, api_pid) as idle_pg, \
+    with Backends(monitor, api_pid) as idle_pg, \
             Prober(url, paths, headers, api_pid) as idle:
         time.sleep(idle_s)
     # The replay as `make replay` runs it: a process of its own (not a thread of this one,
     # whose Python would share the prober's GIL), niced.
-    with Backends(database_url, api_pid) as busy_pg, \
+    with Backends(monitor, api_pid) as busy_pg, \
             Prober(url, paths, headers, api_pid) as busy:
         started = time.perf_counter()
         _finish(_command(bootstrap, database_url, "--restart", f"--workers={workers}",
@@ -419,13 +424,13 @@ def load_average() -> list[float]:
 
 def measure(bootstrap: str, database_url: str, query_url: str | None = None,
             headers: dict[str, str] | None = None, api_pid: int | None = None,
-            query_only: bool = False) -> dict[str, Any]:
+            query_only: bool = False, monitor_url: str | None = None) -> dict[str, Any]:
     """Figure 4 against the event log at `bootstrap`; see the module's docstring.
     `query_only`: step 5 alone (with a query API), its idle part 20 s."""
     out: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "load_before": load_average()}
     if query_only and query_url is not None:
         out["query_api"] = query_p99(bootstrap, database_url, query_url, headers or {}, 2,
-                                     20.0, api_pid)
+                                     20.0, api_pid, monitor_url)
         out["load_after"] = load_average()
         out["ratios"] = {"query_p99_during_vs_idle": out["query_api"]["ratio"]}
         return out
@@ -439,7 +444,7 @@ def measure(bootstrap: str, database_url: str, query_url: str | None = None,
     if query_url is not None:
         seconds = max(10.0, out["two_workers"]["seconds"])
         out["query_api"] = query_p99(bootstrap, database_url, query_url, headers or {}, 2,
-                                     seconds, api_pid)
+                                     seconds, api_pid, monitor_url)
     out["load_after"] = load_average()
     plain = out["plain_consume_decode"]["events_per_s"]
     one, two = out["one_worker"]["events_per_s"], out["two_workers"]["events_per_s"]
