@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from time import monotonic
 from typing import Any
 
+from aiokafka.consumer.fetcher import OffsetResetStrategy
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 
@@ -101,7 +102,8 @@ def due(now: float, last: float, *, floor: float, interval: float, drained: bool
 
 
 class ShortPollThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's consumer thread with a short fetch wait.
+    """faust's consumer thread with a short fetch wait, and a seek to the committed
+    offsets that leaves no command partition where a dropped fetch put it.
 
     aiokafka keeps one fetch request in flight per broker, and a partition with
     fetched records still to hand out is left out of the next request. When those are
@@ -119,6 +121,13 @@ class ShortPollThread(faust_aiokafka.AIOKafkaConsumerThread):
     noisier one (the machine shared, load average 5 to 9).
     """
 
+    async def seek_to_committed(self) -> Mapping[Any, int]:
+        """faust's seek to the committed offsets (Consumer.perform_seek), moving the
+        command partitions committed at 0 or never too (seek_to_committed below)."""
+        app: Any = self.app
+        return await self.call_thread(seek_to_committed, self._ensure_consumer(),
+                                      app.runtime.config.commands_topic)
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         wait = getattr(self.app, "fetch_wait", None)
@@ -126,6 +135,41 @@ class ShortPollThread(faust_aiokafka.AIOKafkaConsumerThread):
             # Read by start(), which builds the fetcher; the constructor only stores it.
             consumer._fetch_max_wait_ms = max(1, int(wait * 1000))  # noqa: SLF001
         return consumer
+
+
+async def seek_to_committed(kafka: Any, topic: str) -> Mapping[Any, int | None]:
+    """Seek every assigned partition to its committed offset, as aiokafka's
+    seek_to_committed does, and also the partitions of `topic` that aiokafka leaves
+    where they are: those committed at offset 0 and those with no committed offset,
+    which go where the reset policy puts a partition without one (aiokafka seeks only
+    to an offset above 0). The committed offsets, None where there is none.
+
+    faust relies on this seek to undo a fetch it threw away: records fetched while a
+    rebalance stopped the flow are dropped unread (Consumer.getmany), and the seek at
+    the end of recovery is what makes them be fetched again. Left where the dropped
+    fetch moved it, a partition that had no commit past 0 was read from after those
+    records, the next commit covered them, and their commands were never decided: a
+    worker that took over a partition right after a kill lost a few hundred sign-ups
+    that way (test_two_workers_one_killed, under load)."""
+    committed: Mapping[Any, int | None] = await kafka.seek_to_committed()
+    for tp, offset in committed.items():
+        if tp.topic == topic and offset == 0:
+            kafka.seek(tp, 0)
+    unset = [tp for tp, offset in committed.items() if tp.topic == topic and offset is None]
+    if unset:
+        await reset_to_policy(kafka, unset)
+    return committed
+
+
+async def reset_to_policy(kafka: Any, partitions: list[Any]) -> None:
+    """Put `partitions`, which have no committed offset, where the consumer's
+    auto_offset_reset puts such a partition (the processor's is "earliest"); with
+    "none" there is no such place, and they stay."""
+    strategy = kafka._fetcher._default_reset_strategy  # noqa: SLF001
+    if strategy == OffsetResetStrategy.EARLIEST:
+        await kafka.seek_to_beginning(*partitions)
+    elif strategy == OffsetResetStrategy.LATEST:
+        await kafka.seek_to_end(*partitions)
 
 
 class UnreadPausedAtAssignment(faust_aiokafka.ConsumerRebalanceListener):
