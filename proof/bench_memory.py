@@ -12,7 +12,9 @@ On private topics of 16 partitions (proof.bench_state's Run), for each size N:
 3. A processor starts on an empty disk: it restores the history (all 16 partitions)
    and then decides the live commands, reading and writing tables of N sign-ups. Its
    VmRSS is sampled every 0.25 s while it decides (between its first and its last
-   live decision); the figure is the peak of those samples, next to the median.
+   live decision); the figure is the peak of those samples, next to the median, and
+   next to what its shared RocksDB cache held (processor_state_memory_bytes), the part
+   the memory budget bounds.
 
 So after the run the processor's state holds N decisions. Goal: <= 250 MB at 1 M, and
 within 1.2x of the figure at 0.1 M. Not run by the tests.
@@ -74,9 +76,9 @@ def send_live(run: Run, count: int, tag: str) -> None:
         raise RuntimeError("live commands not acknowledged")
 
 
-def decided(processor: Processor) -> float:
-    """Sign-ups this processor has decided so far (its processor_decisions_total); 0
-    before its web server answers."""
+def _metric(processor: Processor, prefix: str) -> float:
+    """The sum of the processor's samples whose line starts with `prefix`; 0 before its
+    web server answers."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{processor.port}/metrics",
                                     timeout=5) as r:
@@ -84,7 +86,19 @@ def decided(processor: Processor) -> float:
     except OSError:
         return 0.0
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("processor_decisions_total{"))
+               if line.startswith(prefix))
+
+
+def decided(processor: Processor) -> float:
+    """Sign-ups this processor has decided so far (its processor_decisions_total)."""
+    return _metric(processor, "processor_decisions_total{")
+
+
+def rocksdb_mb(processor: Processor) -> float:
+    """What the worker's shared RocksDB cache holds now, memtables included
+    (processor_state_memory_bytes: blocks, indexes, filters), in MB: the part of its
+    RSS the memory budget (PROCESSOR_STATE_MEMORY_MB) bounds."""
+    return round(_metric(processor, "processor_state_memory_bytes") / 2**20, 1)
 
 
 def measure(run: Run, size: int, live: int, decided_before: int) -> dict[str, Any]:
@@ -98,6 +112,7 @@ def measure(run: Run, size: int, live: int, decided_before: int) -> dict[str, An
     began = time.monotonic()
     processor.start()
     samples: list[float] = []
+    in_rocksdb: list[float] = []
     stop = threading.Event()
     first: list[float] = []
 
@@ -107,6 +122,7 @@ def measure(run: Run, size: int, live: int, decided_before: int) -> dict[str, An
             if decided(processor) > 0:
                 first[:1] = first[:1] or [time.monotonic()]
                 samples.append(processor.memory()["rss_mb"])
+                in_rocksdb.append(rocksdb_mb(processor))
             stop.wait(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -133,6 +149,9 @@ def measure(run: Run, size: int, live: int, decided_before: int) -> dict[str, An
         "rss_while_deciding_mb": {"peak": max(samples, default=None),
                                   "median": statistics.median(samples) if samples else None,
                                   "samples": len(samples)},
+        "rocksdb_cache_while_deciding_mb": {
+            "peak": max(in_rocksdb, default=None),
+            "median": statistics.median(in_rocksdb) if in_rocksdb else None},
         "after": end, "loadavg": loadavg(),
     }
     log(f"  {result}")
