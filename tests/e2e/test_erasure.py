@@ -96,17 +96,20 @@ def _every_kafka_record(servers: str) -> bytes:
                 if high <= low:
                     continue
                 consumer.assign([TopicPartition(name, p, low)])
-                position = low - 1  # the last offset read: a partition of one record is read too
-                while position < high - 1:
-                    batch = consumer.consume(1000, 2.0)
-                    if not batch:
-                        break  # only transaction markers left
+                # To the end: done when the position reaches it. No consume returns a
+                # transaction marker (a transactional topic's last offset is one), so
+                # 2 s without a record also ends it, in case the position stops short.
+                idle = 0.0
+                while idle < 2.0:
+                    batch = consumer.consume(1000, 0.25)
+                    idle = 0.0 if batch else idle + 0.25
                     for msg in batch:
                         if msg.error() is not None:
                             continue
                         chunks += [name.encode(), msg.key() or b"", msg.value() or b""]
                         chunks += [k.encode() + v for k, v in headers_of(msg).items()]
-                        position = max(position, msg.offset() or 0)
+                    if consumer.position([tp])[0].offset >= high:
+                        break
     finally:
         consumer.close()
     return b"\x00".join(chunks)
