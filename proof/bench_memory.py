@@ -76,29 +76,34 @@ def send_live(run: Run, count: int, tag: str) -> None:
         raise RuntimeError("live commands not acknowledged")
 
 
-def _metric(processor: Processor, prefix: str) -> float:
-    """The sum of the processor's samples whose line starts with `prefix`; 0 before its
-    web server answers."""
+def _metrics(processor: Processor) -> str:
+    """The processor's /metrics text; empty before its web server answers."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{processor.port}/metrics",
                                     timeout=5) as r:
-            text = r.read().decode()
+            return r.read().decode()
     except OSError:
-        return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        return ""
+
+
+def _sum(metrics: str, prefix: str) -> float:
+    """The sum of the samples whose line starts with `prefix`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                if line.startswith(prefix))
 
 
-def decided(processor: Processor) -> float:
-    """Sign-ups this processor has decided so far (its processor_decisions_total)."""
-    return _metric(processor, "processor_decisions_total{")
+def decided(processor: Processor, metrics: str | None = None) -> float:
+    """Sign-ups this processor has decided so far (its processor_decisions_total), from
+    `metrics` if given, else from a fresh read; 0 before its web server answers."""
+    text = _metrics(processor) if metrics is None else metrics
+    return _sum(text, "processor_decisions_total{")
 
 
-def rocksdb_mb(processor: Processor) -> float:
-    """What the worker's shared RocksDB cache holds now, memtables included
+def rocksdb_mb(metrics: str) -> float:
+    """What the worker's shared RocksDB cache holds, memtables included
     (processor_state_memory_bytes: blocks, indexes, filters), in MB: the part of its
     RSS the memory budget (PROCESSOR_STATE_MEMORY_MB) bounds."""
-    return round(_metric(processor, "processor_state_memory_bytes") / 2**20, 1)
+    return round(_sum(metrics, "processor_state_memory_bytes") / 2**20, 1)
 
 
 def measure(run: Run, size: int, live: int, decided_before: int) -> dict[str, Any]:
@@ -119,10 +124,11 @@ def measure(run: Run, size: int, live: int, decided_before: int) -> dict[str, An
     def sample() -> None:
         # Only while it decides: from its first live decision until it has decided all.
         while not stop.is_set():
-            if decided(processor) > 0:
+            metrics = _metrics(processor)
+            if decided(processor, metrics) > 0:
                 first[:1] = first[:1] or [time.monotonic()]
                 samples.append(processor.memory()["rss_mb"])
-                in_rocksdb.append(rocksdb_mb(processor))
+                in_rocksdb.append(rocksdb_mb(metrics))
             stop.wait(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Message
 
 from schemas import codec
 from schemas.messages import Event
+
+
+def kafka_servers() -> str:
+    """The broker the integration tests use (KAFKA_BOOTSTRAP_SERVERS, which the `infra`
+    fixture sets); the test fails without one."""
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not servers:
+        pytest.fail("KAFKA_BOOTSTRAP_SERVERS is not set: these tests need a real Kafka broker "
+                    "(make test provides one)")
+    return servers
 
 
 def value_of(msg: Message) -> bytes:

@@ -27,7 +27,7 @@ from service_kit.kafka_auth import client_config
 from stack.ports import free_port
 from stack.procs import terminate
 from stack.waiting import wait_until
-from tests.support import headers_of, value_of
+from tests.support import headers_of, kafka_servers, value_of
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +41,7 @@ CONCURRENCY = 100
 
 @pytest.fixture(scope="module")
 def bootstrap() -> str:
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not servers:
-        pytest.fail("KAFKA_BOOTSTRAP_SERVERS is not set: these tests need a real Kafka broker "
-                    "(make test provides one)")
+    servers = kafka_servers()
     _ensure_topic(servers, topics.COMMANDS, int(os.environ.get("PARTITIONS", "4")))
     return servers
 

@@ -61,19 +61,12 @@ from stack.ports import free_port
 from stack.probes import deciding, processor_health
 from stack.procs import kill_now, terminate
 from stack.waiting import wait_until
-from tests.support import event_in, headers_of, key_of, position_of, value_of
+from tests.support import event_in, headers_of, kafka_servers, key_of, position_of, value_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSION_TIMEOUT = 6.0  # the broker's minimum: a dead or paused worker loses its partitions fast
-
-
-def bootstrap() -> str:
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not servers:
-        pytest.fail("KAFKA_BOOTSTRAP_SERVERS is not set: these tests need a real Kafka broker")
-    return servers
 
 
 # ---------------------------------------------------------------- the broker
@@ -170,7 +163,7 @@ class Worker:
         self.log_path = log_dir / f"{name}.log"
         env = {
             **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap(),
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_servers(),
             "PROCESSOR_APP_ID": app_id,
             "PROCESSOR_PORT": str(self.port),
             "PROCESSOR_DATA_DIR": str(self.data_dir),
@@ -274,7 +267,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    servers = bootstrap()
+    servers = kafka_servers()
     c = Cluster(servers, ensure_topics(servers), tmp_path)
     start_group_at_end(servers, c.app_id)
     yield c

@@ -10,8 +10,9 @@ there (course_processor/faust_eos/pacing.py, seek_to_committed).
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -20,17 +21,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from course_processor.faust_eos.pacing import seek_to_committed
 from service_kit.kafka_auth import KafkaAuth, client_config
+from tests.support import kafka_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 RECORDS = {0: 10, 1: 6, 2: 4}
-
-
-def _servers() -> str:
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not servers:
-        pytest.fail("KAFKA_BOOTSTRAP_SERVERS is not set: these tests need a real Kafka broker")
-    return servers
 
 
 def _topic(servers: str) -> str:
@@ -47,14 +42,8 @@ async def _positions_after(servers: str, topic: str, reset: str, *, ours: bool
     fetches everything (positions at the ends), then seeks to the committed offsets,
     with the processor's seek (`ours`) or aiokafka's: the committed offsets and where
     each partition then is."""
-    auth = KafkaAuth.from_env().aiokafka()
-    group = f"test-seek-{uuid.uuid4().hex[:10]}"
     tps = [TopicPartition(topic, p) for p in RECORDS]
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group,
-                                enable_auto_commit=False, auto_offset_reset=reset, **auth)
-    await consumer.start()
-    try:
-        consumer.assign(tps)
+    async with _consumer(servers, tps, reset) as consumer:
         # Partition 2 gets no commit at all.
         await consumer.commit({tps[0]: OffsetAndMetadata(0, ""),
                                tps[1]: OffsetAndMetadata(2, "")})
@@ -71,6 +60,20 @@ async def _positions_after(servers: str, topic: str, reset: str, *, ours: bool
             committed = await consumer.seek_to_committed()
         return ({tp.partition: offset for tp, offset in committed.items()},
                 {p: await consumer.position(tp) for p, tp in enumerate(tps)})
+
+
+@asynccontextmanager
+async def _consumer(servers: str, tps: list[TopicPartition], reset: str
+                    ) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started consumer of a new group, assigned `tps`, committing nothing itself."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers,
+                                group_id=f"test-seek-{uuid.uuid4().hex[:10]}",
+                                enable_auto_commit=False, auto_offset_reset=reset,
+                                **KafkaAuth.from_env().aiokafka())
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        yield consumer
     finally:
         await consumer.stop()
 
@@ -89,7 +92,7 @@ async def _produce(servers: str, topic: str) -> None:
 
 @pytest.fixture
 def topic() -> str:
-    servers = _servers()
+    servers = kafka_servers()
     name = _topic(servers)
     asyncio.run(_produce(servers, name))
     return name
@@ -98,7 +101,7 @@ def topic() -> str:
 def test_aiokafka_alone_leaves_a_partition_committed_at_0_or_never_where_it_was(
         topic: str) -> None:
     # The premise: what the processor's seek repairs.
-    committed, positions = asyncio.run(_positions_after(_servers(), topic, "earliest",
+    committed, positions = asyncio.run(_positions_after(kafka_servers(), topic, "earliest",
                                                         ours=False))
     assert committed == {0: 0, 1: 2, 2: None}
     assert positions == {0: RECORDS[0], 1: 2, 2: RECORDS[2]}
@@ -106,14 +109,14 @@ def test_aiokafka_alone_leaves_a_partition_committed_at_0_or_never_where_it_was(
 
 def test_every_partition_goes_back_to_its_committed_offset_or_the_reset_policys(
         topic: str) -> None:
-    committed, positions = asyncio.run(_positions_after(_servers(), topic, "earliest",
+    committed, positions = asyncio.run(_positions_after(kafka_servers(), topic, "earliest",
                                                         ours=True))
     assert committed == {0: 0, 1: 2, 2: None}
     assert positions == {0: 0, 1: 2, 2: 0}
 
 
 def test_with_latest_a_partition_never_committed_goes_to_its_end(topic: str) -> None:
-    committed, positions = asyncio.run(_positions_after(_servers(), topic, "latest",
+    committed, positions = asyncio.run(_positions_after(kafka_servers(), topic, "latest",
                                                         ours=True))
     assert committed == {0: 0, 1: 2, 2: None}
     assert positions == {0: 0, 1: 2, 2: RECORDS[2]}
@@ -124,18 +127,10 @@ def test_only_the_named_topic_is_moved_beyond_what_aiokafka_does(topic: str) -> 
     # another topic, the processor's seek does what aiokafka's does.
     async def other() -> dict[int, int]:
         tps = [TopicPartition(topic, p) for p in RECORDS]
-        consumer = AIOKafkaConsumer(bootstrap_servers=_servers(),
-                                    group_id=f"test-seek-{uuid.uuid4().hex[:10]}",
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    **KafkaAuth.from_env().aiokafka())
-        await consumer.start()
-        try:
-            consumer.assign(tps)
+        async with _consumer(kafka_servers(), tps, "earliest") as consumer:
             await consumer.commit({tps[0]: OffsetAndMetadata(0, "")})
             for tp, n in zip(tps, RECORDS.values(), strict=True):
                 consumer.seek(tp, n)
             await seek_to_committed(consumer, "some-other-topic")
             return {p: await consumer.position(tp) for p, tp in enumerate(tps)}
-        finally:
-            await consumer.stop()
     assert asyncio.run(other()) == RECORDS
