@@ -84,7 +84,7 @@ from psycopg import sql
 from tqdm import tqdm
 
 import migrations
-from projections import deadletter, store
+from projections import cpugroup, deadletter, store
 from projections.batch import UnreadableRecord
 from projections.settings import ReplaySettings
 from projections.staged import Staged, stage
@@ -378,24 +378,33 @@ def _lock_partitions(conn: psycopg.Connection, projection: str,
             time.sleep(0.2)
 
 
-_not_reniced: set[int] = set()  # this process's backends that kept their priority
+_said_not_reniced = False  # whether this process logged that a backend kept its priority
 
 
-def _lower_backend_priority(conn: psycopg.Connection, nice: int) -> None:
-    """Give this worker's PostgreSQL backend the worker's niceness, when PostgreSQL runs
-    on this machine as a user we may renice: the backend does most of a replay's work,
-    and the query API's reads should go first. Anything else (another host, a
-    container, another user) leaves it as it is, with one log line saying so (per
-    process: a replay process and each of its workers)."""
+def _say_not_reniced(level: int, message: str, **extra: object) -> None:
+    """One log line per process (a replay process and each of its workers), not one per
+    connection."""
+    global _said_not_reniced
+    if not _said_not_reniced:
+        log.log(level, message, extra=extra)
+        _said_not_reniced = True
+
+
+def _lower_backend_priority(conn: psycopg.Connection, nice: int,
+                            group: cpugroup.IdleGroup | None = None) -> None:
+    """Give this worker's PostgreSQL backend the worker's niceness, and put it in the
+    replay's idle CPU group (`projections.cpugroup`) when there is one, when PostgreSQL
+    runs on this machine as a user we may renice: the backend does most of a replay's
+    work, and the query API's reads should go first. Anything else (another host, a
+    container, another user) leaves it as it is, with one log line saying so."""
     if nice <= 0:
         return
     host = conn.info.host
     pid = conn.info.backend_pid
     if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("/"):
-        if not _not_reniced:  # one line per process, not one per connection
-            log.info("replay backends not reniced: PostgreSQL runs on another host",
-                     extra={"host": host})
-        _not_reniced.add(pid)
+        _say_not_reniced(logging.INFO,
+                         "replay backends not reniced: PostgreSQL runs on another host",
+                         host=host)
     else:
         try:
             # The pid is a PostgreSQL backend of this machine, not a namesake elsewhere.
@@ -403,11 +412,12 @@ def _lower_backend_priority(conn: psycopg.Connection, nice: int) -> None:
                 raise ProcessLookupError(f"process {pid} is no PostgreSQL backend here")
             if os.getpriority(os.PRIO_PROCESS, pid) < nice:
                 os.setpriority(os.PRIO_PROCESS, pid, nice)
+            if group is not None:
+                group.join(pid)
         except OSError as exc:
-            if not _not_reniced:
-                log.warning("replay backend not reniced: it keeps its priority",
-                            extra={"backend_pid": pid, "error": repr(exc)[:200]})
-            _not_reniced.add(pid)
+            _say_not_reniced(logging.WARNING,
+                             "replay backend not reniced: it keeps its priority",
+                             backend_pid=pid, error=repr(exc)[:200])
     # Parallel workers are started by the postmaster, at its niceness, not this
     # backend's: a niced replay's scans and sorts must not move to them (/proc
     # accounting of a niced two-worker replay: 0.16 s of them at niceness 0).
@@ -416,10 +426,12 @@ def _lower_backend_priority(conn: psycopg.Connection, nice: int) -> None:
 
 
 def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int, int],
-         parent: int, go: EventType, loaded: EventType | None = None) -> None:
+         parent: int, go: EventType, loaded: EventType | None = None,
+         group: cpugroup.IdleGroup | None = None) -> None:
     """A worker process: its partitions from the shadow's positions up to `ends`, once
     the replay process has set `go` (the shadow copies are there); sets `loaded` once
-    its last batch is in, before merging its birth dates."""
+    its last batch is in, before merging its birth dates. `group`: the replay's idle CPU
+    group, which the replay process moved this worker to, for its backend too."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the replay process handles Ctrl-C
     # The replay process reniced this one as soon as it started (`Workers`); this covers
@@ -439,7 +451,7 @@ def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int,
         # interpreter's start-up and imports (about a second) overlap with that.
         go.wait()
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            _lower_backend_priority(conn, settings.replay_nice)
+            _lower_backend_priority(conn, settings.replay_nice, group)
             # A commit need not wait for the disk: a crash of PostgreSQL loses the last
             # batches and their positions together (and empties the unlogged copies,
             # which the next replay notices), never one without the other.
@@ -466,17 +478,18 @@ class Workers:
     """The worker processes of one replay, started and watched by the replay process."""
 
     def __init__(self, settings: ReplaySettings, groups: list[list[int]],
-                 ends: Mapping[int, int]) -> None:
+                 ends: Mapping[int, int], cpu: cpugroup.IdleGroup | None = None) -> None:
         # spawn: a fresh interpreter per worker, with no copy of this process's Kafka
         # client threads or PostgreSQL connection.
         context = multiprocessing.get_context("spawn")
         self.nice = settings.replay_nice
+        self.cpu = cpu
         self.go = context.Event()
         self.loaded = [context.Event() for _ in groups]
         self.processes: list[BaseProcess] = [
             context.Process(target=work,
                             args=(settings, group, dict(ends), os.getpid(), self.go,
-                                  self.loaded[i]),
+                                  self.loaded[i], cpu),
                             name=f"replay-worker-{i}", daemon=True)
             for i, group in enumerate(groups)]
 
@@ -487,9 +500,12 @@ class Workers:
             # (about a second of CPU each, all workers at once) would otherwise run at
             # niceness 0, beside the query API (the slowest requests of a replay came in
             # its first seconds). Its only thread now; later ones inherit the niceness.
+            if process.pid is None:
+                continue
             with contextlib.suppress(OSError):
-                if process.pid is not None:
-                    os.setpriority(os.PRIO_PROCESS, process.pid, self.nice)
+                os.setpriority(os.PRIO_PROCESS, process.pid, self.nice)
+            if self.cpu is not None:
+                self.cpu.join(process.pid)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -530,12 +546,14 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
     producer: DeadLetterProducer | None = None
     bar: tqdm | None = None
     shadow_name = store.shadow(settings.projection).projection
+    # At niceness 0 the replay is meant to run at full priority (a benchmark's baseline).
+    cpu = cpugroup.prepare(settings.replay_cpu_cgroup) if settings.replay_nice > 0 else None
     try:
         partitions, lows, ends = _extent(kafka)
         groups = shares(partitions, workers)
         # The workers start now and wait for `start_reading`: their start-up overlaps
         # with the migrations and the shadow copies' preparation below.
-        with Workers(settings, groups, ends) as running, \
+        with Workers(settings, groups, ends, cpu) as running, \
                 psycopg.connect(settings.database_url, autocommit=True) as conn:
             migrations.apply(settings.database_url)
             producer = deadletter.producer(settings.kafka_bootstrap_servers)
@@ -573,7 +591,7 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
                         store.record_replay(conn, settings.projection, len(groups), done,
                                             total)
                         if swap and decisions_logged is None and running.loaded_all():
-                            decisions_logged = early.submit(_set_decisions_logged, settings)
+                            decisions_logged = early.submit(_set_decisions_logged, settings, cpu)
                     if decisions_logged is not None:
                         decisions_logged.result()
                 _log_step("workers", step)
@@ -581,7 +599,7 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
                 stored = store.read_positions(conn, shadow_name, topics.EVENTS)
                 stored = {p: max(stored.get(p, lows[p]), lows[p]) for p in partitions}
                 replay = Replay(settings, conn, kafka, partitions, stored, bar)
-                with _bulk_connection(settings) as bulk:
+                with _bulk_connection(settings, cpu) as bulk:
                     # The workers' appended birth dates, grouped once, while the live
                     # views still answer and the live projector runs (the swap merges only
                     # what the catch-up adds).
@@ -603,7 +621,7 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
                     skipped = len(store.failures_since(conn, settings.projection, {}))
                     generation = None
                     if swap:
-                        _set_logged(settings, bulk, decisions=decisions_logged is None)
+                        _set_logged(settings, bulk, cpu, decisions=decisions_logged is None)
                         step = _log_step("set logged", step)
                 if swap:
                     generation = replay.swap(producer)
@@ -622,17 +640,19 @@ def rebuild(settings: ReplaySettings, swap: bool = True, progress: bool = True,
         kafka.close()
         if producer is not None:
             producer.close()
+        cpugroup.remove(cpu)
 
 
 @contextlib.contextmanager
-def _bulk_connection(settings: ReplaySettings) -> Iterator[psycopg.Connection]:
+def _bulk_connection(settings: ReplaySettings,
+                     cpu: cpugroup.IdleGroup | None) -> Iterator[psycopg.Connection]:
     """A connection for the replay process's bulk steps after the workers (the merge of
     the birth dates, ANALYZE, SET LOGGED), its backend at the workers' niceness: those
     steps run seconds at full speed, and the query API's reads should go first. The swap,
     whose locks the query API's reads wait for, stays on the replay's own connection,
     not niced: a niced backend holding them would make those reads wait for the CPU."""
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        _lower_backend_priority(conn, settings.replay_nice)
+        _lower_backend_priority(conn, settings.replay_nice, cpu)
         yield conn
 
 
@@ -643,19 +663,19 @@ def _log_step(name: str, since: float) -> float:
     return now
 
 
-def _set_decisions_logged(settings: ReplaySettings) -> None:
+def _set_decisions_logged(settings: ReplaySettings, cpu: cpugroup.IdleGroup | None) -> None:
     """SET LOGGED of the decisions' copy (the widest rows, about 60% of what SET LOGGED
     writes), on a connection of its own: started once every worker has its last batch in
     (no worker writes decisions any more), so that it runs beside the workers' merges of
     the birth dates instead of after them. The catch-up and the swap write to it logged."""
     step = time.monotonic()
-    with _bulk_connection(settings) as own:
+    with _bulk_connection(settings, cpu) as own:
         store.set_logged(own, settings.projection, ["signup_decisions"])
     _log_step("set logged (decisions)", step)
 
 
 def _set_logged(settings: ReplaySettings, conn: psycopg.Connection,
-                decisions: bool = True) -> None:
+                cpu: cpugroup.IdleGroup | None, decisions: bool = True) -> None:
     """SET LOGGED rewrites each copy into the WAL, one core per table: the decisions, if
     not done already (`_set_decisions_logged`), on a connection of their own, the rest
     on `conn` meanwhile (0.94 s at 110,000 events on one connection, under py-spy)."""
@@ -664,7 +684,7 @@ def _set_logged(settings: ReplaySettings, conn: psycopg.Connection,
         store.set_logged(conn, settings.projection, rest)
         return
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(_set_decisions_logged, settings)
+        first = pool.submit(_set_decisions_logged, settings, cpu)
         store.set_logged(conn, settings.projection, rest)
         first.result()
 

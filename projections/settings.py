@@ -57,3 +57,7 @@ class ReplaySettings(_Common):
     # Niceness of the worker processes: the services on the same machine (the query API
     # above all) go first when the cores are busy.
     replay_nice: int = Field(default=10, ge=0, le=19)
+    # With a niceness above 0, the workers and their PostgreSQL backends also run in an
+    # idle CPU cgroup: `auto` (under the cpu controller's mount), a cgroup's path, or
+    # `off` (projections/cpugroup.py). Refused (no root, no delegated cgroup): niced only.
+    replay_cpu_cgroup: str = "auto"

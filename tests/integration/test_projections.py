@@ -1008,7 +1008,7 @@ def test_a_backend_that_may_not_be_reniced_leaves_one_log_line_and_the_replay_go
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(replay.os, "setpriority", refused)
-    monkeypatch.setattr(replay, "_not_reniced", set())
+    monkeypatch.setattr(replay, "_said_not_reniced", False)
     with db() as conn, db() as another, caplog.at_level("INFO", logger="projections.replay"):
         pid = conn.info.backend_pid
         replay._lower_backend_priority(conn, 7)
@@ -1045,6 +1045,55 @@ def test_replay_workers_run_niced_from_their_start_and_every_thread_once(
         wait_for(lambda: all(len(list(Path(f"/proc/{pid}/task").iterdir())) > 2
                              for pid in pids), 60, "the workers' threads")
         assert [niceness(pid) for pid in pids] == [{7}, {7}]
+
+
+def _cpu_cgroup_of(pid: int) -> str:
+    """The cpu controller's cgroup of process `pid` (/proc/<pid>/cgroup; v1 or v2)."""
+    lines = [line.split(":", 2) for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()]
+    for _, controllers, path in lines:
+        if "cpu" in controllers.split(","):
+            return path
+    return next(path for _, controllers, path in lines if controllers == "")
+
+
+def _writable_cpu_mount() -> Path | None:
+    from projections.cpugroup import cpu_mount
+    mount = cpu_mount(Path("/proc/self/mounts").read_text())
+    return mount if mount is not None and os.access(mount, os.W_OK) else None
+
+
+@pytest.mark.skipif(_writable_cpu_mount() is None,
+                    reason="no cpu cgroup controller this user may write (not root, no "
+                           "delegated cgroup): the replay runs niced only")
+def test_replay_workers_and_their_backends_run_in_the_idle_cpu_group(infra: Infra) -> None:
+    """Under autogroups a backend, however niced, takes a full session's CPU share against
+    the query API: a replay's workers (from their start) and their backends go into an
+    idle CPU cgroup, and the group is removed once they are gone."""
+    from projections import cpugroup
+    from projections.replay import Workers, _lower_backend_priority
+    from projections.settings import ReplaySettings
+
+    mount = _writable_cpu_mount()
+    assert mount is not None
+    group = cpugroup.prepare(str(mount / "course-signup-replay-test"))
+    assert group is not None
+    assert (group.path / "cpu.idle").read_text().strip() == "1"
+    settings = ReplaySettings(kafka_bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+                              database_url=os.environ["DATABASE_URL"], replay_nice=7)
+    name = "/course-signup-replay-test"
+    try:
+        with Workers(settings, [[0], [1]], {0: 0, 1: 0}, group) as workers:
+            pids = [p.pid for p in workers.processes if p.pid is not None]
+            assert [_cpu_cgroup_of(pid) for pid in pids] == [name, name]
+        with db() as conn, db() as other:
+            _lower_backend_priority(conn, 7, group)
+            assert _cpu_cgroup_of(conn.info.backend_pid) == name
+            assert _cpu_cgroup_of(other.info.backend_pid) != name  # only its own
+        wait_for(lambda: not (group.path / "cgroup.procs").read_text().strip(), 30,
+                 "the backend's exit")
+    finally:
+        cpugroup.remove(group)
+    assert not group.path.exists()
 
 
 def collations(table: str) -> dict[str, str]:
