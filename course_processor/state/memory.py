@@ -46,7 +46,7 @@ HEAP_ARENAS = 2
 # which RocksDB's compaction buffers and librdkafka's fetch buffers stay in the arenas.
 MMAP_THRESHOLD_BYTES = 256 << 10
 # The freed heap is given back at most this often while deciding (HeapTrimmer).
-TRIM_INTERVAL_SECONDS = 10.0
+TRIM_INTERVAL_SECONDS = 1.0
 _M_ARENA_MAX = -8  # malloc.h
 _M_MMAP_THRESHOLD = -3
 
