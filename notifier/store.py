@@ -170,11 +170,7 @@ class PostgresStore:
                           (KEY_IN_USE_LOCK, held))
 
     def save_contact(self, signup_id: str, course_id: str, contact: Contact) -> None:
-        self._execute(
-            "INSERT INTO notifier_contacts (signup_id, course_id, key_id, email_sealed,"
-            " name_sealed) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (signup_id) DO NOTHING",
-            (signup_id, course_id, contact.key_id, contact.email_sealed, contact.name_sealed),
-        )
+        self.save_contacts([(signup_id, course_id, contact)])
 
     def contact(self, signup_id: str) -> Contact | None:
         row = self._execute(
