@@ -109,13 +109,18 @@ async def fetch_global(conn: psycopg.AsyncConnection) -> GlobalView:
     return _global(await cur.fetchone())
 
 
+# The first statement of a transaction whose reads must agree with each other: the
+# courses and the global figures (`fetch_everything`, `read_everything`).
+_ONE_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
 async def fetch_everything(conn: psycopg.AsyncConnection,
                            course_ids: Sequence[str] | None = None,
                            ) -> tuple[list[CourseView], GlobalView]:
     """The named courses (all with None) and the global view, from ONE snapshot: a
     REPEATABLE READ transaction, so that the global figures and the courses agree."""
     async with conn.transaction():
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        await conn.execute(_ONE_SNAPSHOT)
         courses = await fetch_courses(conn, course_ids)
         overall = await fetch_global(conn)
     return courses, overall
@@ -127,6 +132,6 @@ def read_everything(conninfo: str) -> tuple[list[CourseView], GlobalView]:
     second at 800,000 birth-date counts) does not hold an event loop."""
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn, \
             conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute(_ONE_SNAPSHOT)
         courses = [_course(row) for row in conn.execute(_COURSES, binary=True).fetchall()]
         return courses, _global(conn.execute(_GLOBAL, binary=True).fetchone())
