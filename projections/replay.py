@@ -100,6 +100,8 @@ log = logging.getLogger("projections.replay")
 _STALL_SECONDS = 60.0  # no progress for this long: give up
 _SWAP_CATCH_UP_SECONDS = 30.0  # the live projector is held back meanwhile
 _SWAP_ATTEMPTS = 3
+_MAINTENANCE_WAIT_SECONDS = 30.0  # a VACUUM of a view still running then is cancelled
+_MAINTENANCE_POLL_SECONDS = 0.05
 _CATCH_UP_ROUNDS = 5
 _INVALID_OFFSET = -1001  # librdkafka's "no offset yet"
 _TICK_SECONDS = 0.5  # the progress bar and the replay_runs heartbeat
@@ -181,6 +183,7 @@ class Replay:
 
     def swap(self, producer: DeadLetterProducer | None) -> int:
         for attempt in range(1, _SWAP_ATTEMPTS + 1):
+            self._wait_for_maintenance()
             before = (dict(self.stored), self.read)
             try:
                 with self.conn.transaction():
@@ -203,6 +206,23 @@ class Replay:
                             extra={"attempt": attempt, "error": str(exc).strip()})
                 self.follow_live()
         raise ReplayError(f"could not swap in {_SWAP_ATTEMPTS} attempts")
+
+    def _wait_for_maintenance(self) -> None:
+        """Before the swap's locks, wait (up to _MAINTENANCE_WAIT_SECONDS) for a VACUUM
+        or ANALYZE of a view, autovacuum's mostly: waiting here holds nobody back, while
+        the swap's lock request would queue the query API's reads behind it until
+        PostgreSQL cancels the autovacuum, one deadlock_timeout (1 s) later."""
+        deadline = time.monotonic() + _MAINTENANCE_WAIT_SECONDS
+        waited = False
+        while store.maintenance_running(self.conn, self.settings.projection):
+            if time.monotonic() > deadline:
+                log.warning("swapping while a VACUUM or ANALYZE holds a view",
+                            extra={"waited_seconds": _MAINTENANCE_WAIT_SECONDS})
+                return
+            waited = True
+            time.sleep(_MAINTENANCE_POLL_SECONDS)
+        if waited:
+            log.info("waited for a VACUUM or ANALYZE of a view before the swap")
 
     def _unseen_failures(self, live: Mapping[int, int]) -> list[UnreadableRecord]:
         # Recorded by every batch, this process's and the workers', in replay_failures.

@@ -15,7 +15,12 @@ Against the same event log, back to back:
    by its port when not given) and of its PostgreSQL backends, and the backends' wait
    events sampled from pg_stat_activity: where a slow request's time went.
 Every replay swaps its views in, as `make replay` does, and the next measurement waits
-for the query API's re-read of the swapped views (`Settle`). The throughput figures (1 to 4)
+for the query API's re-read of the swapped views (`Settle`). Each measured replay also
+starts on quiet views (`quiet_views`: a VACUUM ANALYZE of the live views, once no other
+is running), as the first one did not: a replay's swap waits for an autovacuum of a view
+(`Replay._wait_for_maintenance`), and the million rows the live projector or the last
+swap brought in start one within a minute, so whichever replay came after that would
+carry a wait the others did not. The throughput figures (1 to 4)
 run the replay at niceness 0 (REPLAY_NICE=0), the baseline's: on a machine busy with
 other work, a niced replay (and its niced PostgreSQL backends) would measure the
 scheduler's preference for that other work, not the replay. Figure 5 runs it as `make
@@ -48,7 +53,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import psycopg
+from psycopg import sql
 
+from projections import store
 from projections.replay import rebuild
 from projections.settings import ReplaySettings
 from proof import bench_kafka as bk
@@ -124,6 +131,17 @@ class Settle:
         while (now := self._refreshes()) <= self.before and time.monotonic() < deadline:
             time.sleep(0.1)
         self.before = now
+
+
+def quiet_views(database_url: str, timeout: float = 300.0) -> None:
+    """Until no VACUUM or ANALYZE holds a view, then one VACUUM ANALYZE of every view, so
+    that autovacuum has nothing left to start on them before the next measurement."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        deadline = time.monotonic() + timeout
+        while store.maintenance_running(conn, "views") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(
+            sql.SQL(", ").join(sql.Identifier(name) for name in store.VIEWS)))
 
 
 def killed_and_resumed(bootstrap: str, database_url: str, workers: int,
@@ -429,6 +447,7 @@ def measure(bootstrap: str, database_url: str, query_url: str | None = None,
     `query_only`: step 5 alone (with a query API), its idle part 20 s."""
     out: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "load_before": load_average()}
     if query_only and query_url is not None:
+        quiet_views(database_url)
         out["query_api"] = query_p99(bootstrap, database_url, query_url, headers or {}, 2,
                                      20.0, api_pid, monitor_url)
         out["load_after"] = load_average()
@@ -436,11 +455,15 @@ def measure(bootstrap: str, database_url: str, query_url: str | None = None,
         return out
     settle = Settle(query_url)
     out["plain_consume_decode"] = bk.consume_and_decode(bootstrap)
+    quiet_views(database_url)
     out["one_worker"] = in_process(bootstrap, database_url, 1)
     settle()
+    quiet_views(database_url)
     out["two_workers"] = in_process(bootstrap, database_url, 2)
     settle()
+    quiet_views(database_url)
     out["resume"] = killed_and_resumed(bootstrap, database_url, 2, settle)
+    quiet_views(database_url)
     if query_url is not None:
         seconds = max(10.0, out["two_workers"]["seconds"])
         out["query_api"] = query_p99(bootstrap, database_url, query_url, headers or {}, 2,

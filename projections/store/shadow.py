@@ -323,6 +323,9 @@ def _pending_part(target: Target, partition: int) -> str:
     return f"{BIRTHS_PENDING}{target.suffix}_p{partition}"
 
 
+_NO_AUTOVACUUM = "autovacuum_enabled = false, toast.autovacuum_enabled = false"
+_AUTOVACUUM_BACK = "autovacuum_enabled, toast.autovacuum_enabled"
+
 # Columns a replay's copy keys in byte order (COLLATE "C") while its workers load it:
 # a replay inserts millions of random sign-up ids into the decisions' primary key, and
 # under the database's C.UTF-8 (any libc collation) each comparison is a strcoll, under
@@ -344,7 +347,11 @@ def create_shadow(conn: psycopg.Connection, projection: str,
     for name in VIEWS:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {s}").format(s=target.table(name)))
         # UNLOGGED: no WAL while the replay writes them (see shadow_exists, set_logged).
-        conn.execute(sql.SQL("CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING ALL)").format(
+        # No autovacuum either (`swap` gives it back): one that starts on a freshly
+        # loaded copy holds a lock the swap's renames wait for until PostgreSQL cancels
+        # it, one deadlock_timeout (1 s) later, with the query API's reads queued behind.
+        conn.execute(sql.SQL("CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING ALL)"
+                             " WITH (" + _NO_AUTOVACUUM + ")").format(
             s=target.table(name), t=sql.Identifier(name)))
         for column in BYTE_ORDER.get(name, ()):
             # The copy is empty: only its (empty) indexes are rebuilt.
@@ -400,6 +407,8 @@ def swap(
             t=sql.Identifier(name), r=retired))
         conn.execute(sql.SQL("ALTER TABLE {s} RENAME TO {t}").format(
             s=target.table(name), t=sql.Identifier(name)))
+        conn.execute(sql.SQL("ALTER TABLE {t} RESET (" + _AUTOVACUUM_BACK + ")").format(
+            t=sql.Identifier(name)))
         conn.execute(sql.SQL("DROP TABLE {r}").format(r=retired))
         _rename_indexes(conn, name)
     conn.execute(sql.SQL("DROP TABLE {p}").format(p=target.table(BIRTHS_PENDING)))
@@ -414,6 +423,24 @@ def swap(
                  (projection,))
     # Every view is new: listeners re-read everything once this commits.
     conn.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, EVERYTHING))
+
+
+def maintenance_running(conn: psycopg.Connection, projection: str) -> int:
+    """How many sessions hold SHARE UPDATE EXCLUSIVE (a VACUUM or ANALYZE, autovacuum's
+    above all) on a view, its shadow copy or their TOAST tables: the swap's locks would
+    wait for them (an autovacuum is cancelled only after deadlock_timeout, 1 s), and the
+    query API's reads behind the swap. pg_locks shows every session's locks to any role."""
+    names = [n for name in VIEWS for n in (name, name + shadow(projection).suffix)]
+    row = conn.execute(
+        "WITH r AS (SELECT c.oid, c.reltoastrelid FROM pg_class c"
+        "  WHERE c.oid = ANY(ARRAY(SELECT to_regclass(n) FROM unnest(%s::text[]) AS n)))"
+        " SELECT count(DISTINCT l.pid) FROM pg_locks l"
+        " WHERE l.granted AND l.pid <> pg_backend_pid()"
+        "  AND l.mode = 'ShareUpdateExclusiveLock' AND l.locktype = 'relation'"
+        "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "  AND (l.relation IN (SELECT oid FROM r) OR l.relation IN (SELECT reltoastrelid FROM r))",
+        (names,)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _rename_indexes(conn: psycopg.Connection, table: str) -> None:

@@ -1345,3 +1345,52 @@ def test_the_projector_and_the_query_api_show_a_replay_running(
              "the projector's replay gauge back at 0")
     wait_for(lambda: cache_metric(query_api, "query_api_replay_running") == 0, 20,
              "the query API's replay gauge back at 0")
+
+
+def _reloptions(table: str) -> list[str]:
+    """The storage parameters of `table` and, prefixed with "toast.", of its TOAST table."""
+    with db() as conn:
+        row = conn.execute("SELECT coalesce(c.reloptions, '{}'), coalesce(t.reloptions, '{}')"
+                           " FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid"
+                           " WHERE c.oid = to_regclass(%s)", (table,)).fetchone()
+    assert row is not None, table
+    return [*row[0], *("toast." + option for option in row[1])]
+
+
+def test_a_swap_waits_for_a_vacuum_of_a_view_without_queueing_the_reads_behind_it(
+    projector: Service, log: Log
+) -> None:
+    """Autovacuum holds SHARE UPDATE EXCLUSIVE on a table it works on, and PostgreSQL
+    cancels it for a waiting lock only after deadlock_timeout (1 s): a swap that asked for
+    its ACCESS EXCLUSIVE locks then would queue every read of the views behind that
+    request. The shadow copies run without autovacuum (given back by the swap), and the
+    swap first waits for any VACUUM or ANALYZE of a view, reads going on meanwhile. Here
+    a session holds that lock on a view the way an autovacuum would (but is never
+    cancelled), until the test has read the views while the replay waits to swap."""
+    log.write([created(new_course_id())])
+    wait_projected(log)
+    before = generation()
+    with db() as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE course_stats IN SHARE UPDATE EXCLUSIVE MODE")
+        replay = replay_command("--workers=1", "--restart")
+        try:
+            wait_for(lambda: shadow_done() > 0 and all(
+                "autovacuum_enabled=false" in _reloptions(f"{name}_shadow")
+                and "toast.autovacuum_enabled=false" in _reloptions(f"{name}_shadow")
+                for name in ("signup_decisions", "course_birth_dates")), 60,
+                "the replay's shadow copies, without autovacuum")
+            time.sleep(3)  # the replay has read everything by now and waits to swap
+            assert replay.poll() is None
+            assert generation() == before  # not swapped: its transaction is not begun
+            with db() as reader:  # nothing queued ahead of a read of a view
+                reader.execute("SET statement_timeout = '2s'")
+                for name in store.VIEWS:
+                    reader.execute(f"SELECT count(*) FROM {name}").fetchone()
+        finally:
+            holder.execute("COMMIT")
+        out = finished(replay)
+    assert "swapped in" in out
+    assert generation() == before + 1
+    for name in store.VIEWS:  # the swapped-in views are autovacuumed again
+        assert not [o for o in _reloptions(name) if "autovacuum" in o], name
