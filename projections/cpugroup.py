@@ -67,9 +67,10 @@ class IdleGroup:
 def prepare(setting: str, mounts: Path = Path("/proc/self/mounts")) -> IdleGroup | None:
     """The group `setting` names (see the module's docstring), made idle; None, with one
     INFO line, where there is none to be had."""
-    if setting.strip().lower() in ("", "off", "none"):
+    choice = setting.strip().lower()
+    if choice in ("", "off", "none"):
         return None
-    if setting.strip().lower() == "auto":
+    if choice == "auto":
         try:
             mount = cpu_mount(mounts.read_text())
         except OSError:

@@ -101,7 +101,6 @@ _STALL_SECONDS = 60.0  # no progress for this long: give up
 _SWAP_CATCH_UP_SECONDS = 30.0  # the live projector is held back meanwhile
 _SWAP_ATTEMPTS = 3
 _MAINTENANCE_WAIT_SECONDS = 30.0  # a VACUUM of a view still running then is cancelled
-_MAINTENANCE_POLL_SECONDS = 0.05
 _CATCH_UP_ROUNDS = 5
 _INVALID_OFFSET = -1001  # librdkafka's "no offset yet"
 _TICK_SECONDS = 0.5  # the progress bar and the replay_runs heartbeat
@@ -212,16 +211,12 @@ class Replay:
         or ANALYZE of a view, autovacuum's mostly: waiting here holds nobody back, while
         the swap's lock request would queue the query API's reads behind it until
         PostgreSQL cancels the autovacuum, one deadlock_timeout (1 s) later."""
-        deadline = time.monotonic() + _MAINTENANCE_WAIT_SECONDS
-        waited = False
-        while store.maintenance_running(self.conn, self.settings.projection):
-            if time.monotonic() > deadline:
-                log.warning("swapping while a VACUUM or ANALYZE holds a view",
-                            extra={"waited_seconds": _MAINTENANCE_WAIT_SECONDS})
-                return
-            waited = True
-            time.sleep(_MAINTENANCE_POLL_SECONDS)
-        if waited:
+        waited, free = store.wait_out_maintenance(self.conn, self.settings.projection,
+                                                  _MAINTENANCE_WAIT_SECONDS)
+        if not free:
+            log.warning("swapping while a VACUUM or ANALYZE holds a view",
+                        extra={"waited_seconds": _MAINTENANCE_WAIT_SECONDS})
+        elif waited:
             log.info("waited for a VACUUM or ANALYZE of a view before the swap")
 
     def _unseen_failures(self, live: Mapping[int, int]) -> list[UnreadableRecord]:
@@ -411,7 +406,7 @@ def _say_not_reniced(level: int, message: str, **extra: object) -> None:
 
 
 def _lower_backend_priority(conn: psycopg.Connection, nice: int,
-                            group: cpugroup.IdleGroup | None = None) -> None:
+                            cpu: cpugroup.IdleGroup | None = None) -> None:
     """Give this worker's PostgreSQL backend the worker's niceness, and put it in the
     replay's idle CPU group (`projections.cpugroup`) when there is one, when PostgreSQL
     runs on this machine as a user we may renice: the backend does most of a replay's
@@ -432,8 +427,8 @@ def _lower_backend_priority(conn: psycopg.Connection, nice: int,
                 raise ProcessLookupError(f"process {pid} is no PostgreSQL backend here")
             if os.getpriority(os.PRIO_PROCESS, pid) < nice:
                 os.setpriority(os.PRIO_PROCESS, pid, nice)
-            if group is not None:
-                group.join(pid)
+            if cpu is not None:
+                cpu.join(pid)
         except OSError as exc:
             _say_not_reniced(logging.WARNING,
                              "replay backend not reniced: it keeps its priority",
@@ -447,10 +442,10 @@ def _lower_backend_priority(conn: psycopg.Connection, nice: int,
 
 def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int, int],
          parent: int, go: EventType, loaded: EventType | None = None,
-         group: cpugroup.IdleGroup | None = None) -> None:
+         cpu: cpugroup.IdleGroup | None = None) -> None:
     """A worker process: its partitions from the shadow's positions up to `ends`, once
     the replay process has set `go` (the shadow copies are there); sets `loaded` once
-    its last batch is in, before merging its birth dates. `group`: the replay's idle CPU
+    its last batch is in, before merging its birth dates. `cpu`: the replay's idle CPU
     group, which the replay process moved this worker to, for its backend too."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the replay process handles Ctrl-C
@@ -471,7 +466,7 @@ def work(settings: ReplaySettings, partitions: Sequence[int], ends: Mapping[int,
         # interpreter's start-up and imports (about a second) overlap with that.
         go.wait()
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            _lower_backend_priority(conn, settings.replay_nice, group)
+            _lower_backend_priority(conn, settings.replay_nice, cpu)
             # A commit need not wait for the disk: a crash of PostgreSQL loses the last
             # batches and their positions together (and empties the unlogged copies,
             # which the next replay notices), never one without the other.

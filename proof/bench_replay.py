@@ -137,9 +137,7 @@ def quiet_views(database_url: str, timeout: float = 300.0) -> None:
     """Until no VACUUM or ANALYZE holds a view, then one VACUUM ANALYZE of every view, so
     that autovacuum has nothing left to start on them before the next measurement."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        deadline = time.monotonic() + timeout
-        while store.maintenance_running(conn, "views") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        store.wait_out_maintenance(conn, "views", timeout, poll=0.2)
         conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(
             sql.SQL(", ").join(sql.Identifier(name) for name in store.VIEWS)))
 

@@ -77,6 +77,7 @@ from projections.store.shadow import (
     set_logged,
     shadow_exists,
     swap,
+    wait_out_maintenance,
 )
 from projections.store.views import (
     CHANGES_CHANNEL,
@@ -105,5 +106,5 @@ __all__ = [
     "notice_payloads", "notify", "prepare_staging", "read_everything", "read_generation",
     "read_positions",
     "record_replay", "replay_progress", "set_logged", "shadow", "shadow_exists", "start_replay",
-    "store_positions", "swap",
+    "store_positions", "swap", "wait_out_maintenance",
 ]

@@ -13,6 +13,7 @@ moment resumes from its last committed batch (`shadow_exists`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import psycopg
@@ -441,6 +442,20 @@ def maintenance_running(conn: psycopg.Connection, projection: str) -> int:
         "  AND (l.relation IN (SELECT oid FROM r) OR l.relation IN (SELECT reltoastrelid FROM r))",
         (names,)).fetchone()
     return 0 if row is None else int(row[0])
+
+
+def wait_out_maintenance(conn: psycopg.Connection, projection: str, timeout: float,
+                         poll: float = 0.05) -> tuple[bool, bool]:
+    """Until no session runs `maintenance_running` on the projection's tables, at most
+    `timeout` seconds: (whether it waited at all, whether they are free now)."""
+    deadline = time.monotonic() + timeout
+    waited = False
+    while maintenance_running(conn, projection):
+        if time.monotonic() > deadline:
+            return waited, False
+        waited = True
+        time.sleep(poll)
+    return waited, True
 
 
 def _rename_indexes(conn: psycopg.Connection, table: str) -> None:
