@@ -426,7 +426,7 @@ def swap(
     conn.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, EVERYTHING))
 
 
-def maintenance_running(conn: psycopg.Connection, projection: str) -> int:
+def _maintenance_running(conn: psycopg.Connection, projection: str) -> int:
     """How many sessions hold SHARE UPDATE EXCLUSIVE (a VACUUM or ANALYZE, autovacuum's
     above all) on a view, its shadow copy or their TOAST tables: the swap's locks would
     wait for them (an autovacuum is cancelled only after deadlock_timeout, 1 s), and the
@@ -446,11 +446,12 @@ def maintenance_running(conn: psycopg.Connection, projection: str) -> int:
 
 def wait_out_maintenance(conn: psycopg.Connection, projection: str, timeout: float,
                          poll: float = 0.05) -> tuple[bool, bool]:
-    """Until no session runs `maintenance_running` on the projection's tables, at most
-    `timeout` seconds: (whether it waited at all, whether they are free now)."""
+    """Until no session runs a VACUUM or ANALYZE on the projection's tables
+    (`_maintenance_running`), at most `timeout` seconds: (whether it waited at all,
+    whether they are free now)."""
     deadline = time.monotonic() + timeout
     waited = False
-    while maintenance_running(conn, projection):
+    while _maintenance_running(conn, projection):
         if time.monotonic() > deadline:
             return waited, False
         waited = True
