@@ -1347,14 +1347,20 @@ def test_the_projector_and_the_query_api_show_a_replay_running(
              "the query API's replay gauge back at 0")
 
 
-def _reloptions(table: str) -> list[str]:
-    """The storage parameters of `table` and, prefixed with "toast.", of its TOAST table."""
+def _reloptions(table: str) -> list[str] | None:
+    """The storage parameters of `table` and, prefixed with "toast.", of its TOAST table;
+    None while there is no such table."""
     with db() as conn:
         row = conn.execute("SELECT coalesce(c.reloptions, '{}'), coalesce(t.reloptions, '{}')"
                            " FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid"
                            " WHERE c.oid = to_regclass(%s)", (table,)).fetchone()
-    assert row is not None, table
-    return [*row[0], *("toast." + option for option in row[1])]
+    return None if row is None else [*row[0], *("toast." + option for option in row[1])]
+
+
+def _without_autovacuum(table: str) -> bool:
+    options = _reloptions(table)
+    return (options is not None and "autovacuum_enabled=false" in options
+            and "toast.autovacuum_enabled=false" in options)
 
 
 def test_a_swap_waits_for_a_vacuum_of_a_view_without_queueing_the_reads_behind_it(
@@ -1375,9 +1381,10 @@ def test_a_swap_waits_for_a_vacuum_of_a_view_without_queueing_the_reads_behind_i
         holder.execute("LOCK TABLE course_stats IN SHARE UPDATE EXCLUSIVE MODE")
         replay = replay_command("--workers=1", "--restart")
         try:
+            # The positions and the copies are read one after the other: the positions
+            # a last replay left can still be there while --restart makes new copies.
             wait_for(lambda: shadow_done() > 0 and all(
-                "autovacuum_enabled=false" in _reloptions(f"{name}_shadow")
-                and "toast.autovacuum_enabled=false" in _reloptions(f"{name}_shadow")
+                _without_autovacuum(f"{name}_shadow")
                 for name in ("signup_decisions", "course_birth_dates")), 60,
                 "the replay's shadow copies, without autovacuum")
             time.sleep(3)  # the replay has read everything by now and waits to swap
@@ -1393,4 +1400,6 @@ def test_a_swap_waits_for_a_vacuum_of_a_view_without_queueing_the_reads_behind_i
     assert "swapped in" in out
     assert generation() == before + 1
     for name in store.VIEWS:  # the swapped-in views are autovacuumed again
-        assert not [o for o in _reloptions(name) if "autovacuum" in o], name
+        options = _reloptions(name)
+        assert options is not None, name
+        assert not [o for o in options if "autovacuum" in o], name
