@@ -54,10 +54,10 @@ class Settings(BaseSettings):
     notifier_max_parked: int = Field(default=1000, ge=1)
     # SMTP connections (each with its own PostgreSQL session) sending in parallel, one
     # course's batch on each at a time; 1 sends one e-mail at a time. Each e-mail waits
-    # for its sent-record's commit (a WAL flush), so the lanes, not the CPU, bound the
-    # rate: in proof.bench_notifier (6,000 decisions per round; 10
-    # rounds on 4 lanes, 8 on 8) 8 mailed 740-1,430 e-mails/s where 4 mailed 410-900. A crash may repeat at most one
-    # e-mail per connection.
+    # for its round trips (the SMTP exchange, the commit of its sent-record), so the
+    # lanes, not the CPU, bound the rate: in proof.bench_notifier (6,000 decisions per
+    # round; 10 rounds on 4 lanes, 8 on 8) 8 mailed 740-1,430 e-mails/s where 4 mailed
+    # 410-900. A crash may repeat at most one e-mail per connection.
     notifier_smtp_connections: int = Field(default=8, ge=1, le=64)
 
     log_level: LogLevel = "INFO"
