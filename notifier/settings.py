@@ -53,11 +53,9 @@ class Settings(BaseSettings):
     # Messages waiting for a retry at most; at the limit the consumer pauses.
     notifier_max_parked: int = Field(default=1000, ge=1)
     # SMTP connections (each with its own PostgreSQL session) sending in parallel, one
-    # course's batch on each at a time; 1 sends one e-mail at a time. Each e-mail waits
-    # for its round trips (the SMTP exchange, the commit of its sent-record), so the
-    # lanes, not the CPU, bound the rate: in proof.bench_notifier (6,000 decisions per
-    # round; 10 rounds on 4 lanes, 8 on 8) 8 mailed 740-1,430 e-mails/s where 4 mailed
-    # 410-900. A crash may repeat at most one e-mail per connection.
+    # course's batch on each at a time; 1 sends one e-mail at a time. A crash may repeat
+    # at most one e-mail per connection. Why 8 (the lanes, not the CPU, bound the rate)
+    # and what it was measured at: notifier/README.md, "Parallel sending".
     notifier_smtp_connections: int = Field(default=8, ge=1, le=64)
 
     log_level: LogLevel = "INFO"
