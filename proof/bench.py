@@ -836,7 +836,8 @@ class Bench:
         # sees its sessions' wait events and ports in pg_stat_activity.
         data = bench_replay.measure(self.stack.bootstrap, self.stack.database_url,
                                     self.stack.config.query_url, headers,
-                                    monitor_url=self.stack.config.pg_url(PG_SUPERUSER))
+                                    monitor_url=self.stack.config.pg_url(PG_SUPERUSER),
+                                    rounds_of=1 if self.sizes is QUICK else bench_replay.ROUNDS)
         self.save("fig4_replay", data)
         plain, one, two = (data["plain_consume_decode"], data["one_worker"],
                            data["two_workers"])
@@ -846,16 +847,20 @@ class Bench:
                  one["events_per_s"] >= 0.8 * plain["events_per_s"],
                  f"projections.replay.rebuild --workers 1 with the swap, the live projector "
                  f"and query API running, vs a plain confluent-kafka consume-and-decode loop "
-                 f"(bench_kafka.consume_and_decode); {one['seconds']}s vs {plain['seconds']}s")
+                 f"(bench_kafka.consume_and_decode); {one['seconds']}s vs {plain['seconds']}s, "
+                 f"the medians of {one['rounds']} alternating rounds "
+                 f"({_seconds(data, 'one_worker')} vs {_seconds(data, 'plain_consume_decode')})")
         self.row("4. replay, two workers", two["events_per_s"], "events/s",
                  one["events_per_s"], ">= 1.6x one worker",
                  two["events_per_s"] >= 1.6 * one["events_per_s"],
-                 f"--workers 2 on {data['cpus']} cores; {two['seconds']}s")
+                 f"--workers 2 on {data['cpus']} cores; {two['seconds']}s, the median of "
+                 f"{_seconds(data, 'two_workers')}")
         self.row("4. replay SIGKILLed at half way, then resumed", resume["total_s"], "s",
                  resume["uninterrupted_s"], "<= 1.2x uninterrupted", resume["ratio"] <= 1.2,
                  f"python -m projections.replay --workers 2, killed after "
                  f"{resume['killed_after_s']}s ({resume['share_done_at_kill']:.0%} done), "
-                 f"the next run {resume['resumed_s']}s")
+                 f"the next run {resume['resumed_s']}s; medians of {resume['rounds']} pairs, "
+                 f"whose own ratios were {resume['pair_ratios']}")
         self.row("4. query API p99 during a two-worker replay", query["during_replay"]["p99_ms"],
                  "ms", query["idle"]["p99_ms"], "<= 2x idle", query["ratio"] <= 2.0,
                  "one request at a time: GET /stats, a course's stats, a sign-up; "
@@ -877,6 +882,11 @@ class Bench:
                  "bursts of " + f"{self.sizes.burst:,} sign-ups, first sent to last projected: "
                  + ", ".join(f"{p['history_signups']:,} in log: "
                              f"{p['burst']['signups_per_s']}/s" for p in points))
+
+
+def _seconds(data: dict[str, Any], name: str) -> str:
+    """Figure 4: every round's seconds of one measurement, for the note beside it."""
+    return ", ".join(f"{r['seconds']}s" for r in data["rounds"][name])
 
 
 def _slope(points: list[tuple[float, float]]) -> float:

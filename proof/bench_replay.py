@@ -14,6 +14,10 @@ Against the same event log, back to back:
    goal <= 2x. Beside it, the run-queue wait (schedstat) of the query API's process (found
    by its port when not given) and of its PostgreSQL backends, and the backends' wait
    events sampled from pg_stat_activity: where a slow request's time went.
+Figures 1 to 4 are measured ROUNDS times, alternating (plain, one worker, two workers;
+then the resume pairs), and each is the median of its rounds, every round kept beside
+it: on this two-core machine one replay of the same log took 11 to 17 s from run to run,
+as much as the gaps the goals draw.
 Every replay swaps its views in, as `make replay` does, and the next measurement waits
 for the query API's re-read of the swapped views (`Settle`). Each measured replay also
 starts on quiet views (`quiet_views`: a VACUUM ANALYZE of the live views, once no other
@@ -145,12 +149,17 @@ def quiet_views(database_url: str, timeout: float = 300.0) -> None:
 def killed_and_resumed(bootstrap: str, database_url: str, workers: int,
                        settle: Settle | None = None) -> dict[str, Any]:
     """An uninterrupted `python -m projections.replay`, then one SIGKILLed at half way and
-    run again (without --restart): wall-clock times of the commands, start-up included."""
+    run again (without --restart): wall-clock times of the commands, start-up included.
+    Both start on quiet views, as every measured replay does (`quiet_views`): the
+    uninterrupted run's swap brings in a million rows, whose autovacuum would otherwise
+    run beside the killed one."""
+    quiet_views(database_url)
     started = time.perf_counter()
     _finish(_command(bootstrap, database_url, "--restart", f"--workers={workers}"))
     whole = time.perf_counter() - started
     if settle is not None:
         settle()
+    quiet_views(database_url)
 
     started = time.perf_counter()
     proc = _command(bootstrap, database_url, "--restart", f"--workers={workers}")
@@ -438,11 +447,34 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+ROUNDS = 3  # figures 1 to 4: each the median of this many alternating rounds
+
+
+def median_round(samples: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round whose `key` is the median (the lower of the two middle ones of an even
+    count): a real measurement, its fields consistent with each other."""
+    ordered = sorted(samples, key=lambda sample: sample[key])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": len(samples)}
+
+
+def median_resume(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The resume figure from several pairs: the median killed-and-resumed total against
+    the median uninterrupted run (each pair's own ratio is kept in `rounds`)."""
+    whole = statistics.median(p["uninterrupted_s"] for p in pairs)
+    total = statistics.median(p["total_s"] for p in pairs)
+    middle = median_round(pairs, "total_s")
+    return {**middle, "uninterrupted_s": round(whole, 2), "total_s": round(total, 2),
+            "ratio": round(total / whole, 3),
+            "pair_ratios": [p["ratio"] for p in pairs]}
+
+
 def measure(bootstrap: str, database_url: str, query_url: str | None = None,
             headers: dict[str, str] | None = None, api_pid: int | None = None,
-            query_only: bool = False, monitor_url: str | None = None) -> dict[str, Any]:
+            query_only: bool = False, monitor_url: str | None = None,
+            rounds_of: int = ROUNDS) -> dict[str, Any]:
     """Figure 4 against the event log at `bootstrap`; see the module's docstring.
-    `query_only`: step 5 alone (with a query API), its idle part 20 s."""
+    `query_only`: step 5 alone (with a query API), its idle part 20 s. `rounds_of`:
+    how many alternating rounds figures 1 to 4 are the median of."""
     out: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "load_before": load_average()}
     if query_only and query_url is not None:
         quiet_views(database_url)
@@ -452,15 +484,20 @@ def measure(bootstrap: str, database_url: str, query_url: str | None = None,
         out["ratios"] = {"query_p99_during_vs_idle": out["query_api"]["ratio"]}
         return out
     settle = Settle(query_url)
-    out["plain_consume_decode"] = bk.consume_and_decode(bootstrap)
-    quiet_views(database_url)
-    out["one_worker"] = in_process(bootstrap, database_url, 1)
-    settle()
-    quiet_views(database_url)
-    out["two_workers"] = in_process(bootstrap, database_url, 2)
-    settle()
-    quiet_views(database_url)
-    out["resume"] = killed_and_resumed(bootstrap, database_url, 2, settle)
+    rounds: dict[str, list[dict[str, Any]]] = {
+        "plain_consume_decode": [], "one_worker": [], "two_workers": [], "resume": []}
+    for _ in range(max(1, rounds_of)):
+        rounds["plain_consume_decode"].append(bk.consume_and_decode(bootstrap))
+        for name, workers in (("one_worker", 1), ("two_workers", 2)):
+            quiet_views(database_url)
+            rounds[name].append(in_process(bootstrap, database_url, workers))
+            settle()
+    for _ in range(max(1, rounds_of)):
+        rounds["resume"].append(killed_and_resumed(bootstrap, database_url, 2, settle))
+    for name in ("plain_consume_decode", "one_worker", "two_workers"):
+        out[name] = median_round(rounds[name], "seconds")
+    out["resume"] = median_resume(rounds["resume"])
+    out["rounds"] = rounds
     quiet_views(database_url)
     if query_url is not None:
         seconds = max(10.0, out["two_workers"]["seconds"])
