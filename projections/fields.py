@@ -85,13 +85,6 @@ def _long(b: bytes, pos: int) -> tuple[int, int]:
             raise Unreadable("varint longer than 10 bytes")
 
 
-def _size(b: bytes, pos: int) -> tuple[int, int]:
-    n, pos = _long(b, pos)
-    if n < 0 or pos + n > len(b):
-        raise Unreadable(f"length {n} past the end")
-    return n, pos
-
-
 _SIMPLE = {"string", "bytes", "int", "long"}
 
 
@@ -104,17 +97,31 @@ def _base(avro_type: Any) -> str | None:
     return None
 
 
+def _varint(target: str, indent: str) -> list[str]:
+    """Code reading a zig-zag varint at `pos` into `target`. One and two bytes (every
+    length below 8,192, every union branch, a small int) are read inline: a call per
+    field would cost more than the rest of the reading; longer ones (timestamps) call
+    `_long`."""
+    i = indent
+    return [f"{i}c = b[pos]",
+            f"{i}if c < 128:",
+            f"{i}    {target} = (c >> 1) ^ -(c & 1)",
+            f"{i}    pos += 1",
+            f"{i}elif b[pos + 1] < 128:",
+            f"{i}    c = (c & 127) | (b[pos + 1] << 7)",
+            f"{i}    {target} = (c >> 1) ^ -(c & 1)",
+            f"{i}    pos += 2",
+            f"{i}else:",
+            f"{i}    {target}, pos = _long(b, pos)"]
+
+
 def _lines(kind: str, target: str | None, indent: str) -> list[str]:
-    """Code reading one value of `kind` at `pos` into `target` (None: step over it). The
-    one-byte varint (every length below 64, every small int) is read inline: a call per
-    field would cost more than the rest of the reading."""
+    """Code reading one value of `kind` at `pos` into `target` (None: step over it)."""
     i = indent
     if kind in ("int", "long"):
-        t = target or "_"
-        return [f"{i}c = b[pos]", f"{i}if c < 128:", f"{i}    {t} = (c >> 1) ^ -(c & 1)",
-                f"{i}    pos += 1", f"{i}else:", f"{i}    {t}, pos = _long(b, pos)"]
-    out = [f"{i}c = b[pos]", f"{i}if c < 128 and not c & 1:", f"{i}    n = c >> 1",
-           f"{i}    pos += 1", f"{i}else:", f"{i}    n, pos = _size(b, pos)"]
+        return _varint(target or "_", i)
+    out = [*_varint("n", i), f"{i}if n < 0:",
+           f"{i}    raise Unreadable(f'length {{n}} is negative')"]
     if target is not None:
         value = "b[pos:pos + n].decode()" if kind == "string" else "bytes(b[pos:pos + n])"
         out.append(f"{i}{target} = {value}")
@@ -132,7 +139,7 @@ def _field_lines(avro_type: Any, target: str | None) -> list[str] | None:
         inner = _base(avro_type[1])
         if inner is None:
             return None
-        out = ["    branch, pos = _long(b, pos)"]
+        out = _varint("branch", "    ")
         if target is not None:
             out.append(f"    {target} = None")
         out += ["    if branch == 1:", *_lines(inner, target, "        "),
@@ -158,10 +165,11 @@ def _generate(name: str, writer: dict[str, Any], latest: dict[str, Any]) -> Read
         f"    pos = {codec.HEADER_SIZE}",
         *body,
         "    if pos != len(b):",
-        "        raise Unreadable(f'{len(b) - pos} trailing bytes')",
+        "        raise Unreadable('a length past the end' if pos > len(b)",
+        "                         else f'{len(b) - pos} trailing bytes')",
         f"    return ({', '.join(values)},)",
     ])
-    scope: dict[str, Any] = {"_long": _long, "_size": _size, "Unreadable": Unreadable}
+    scope: dict[str, Any] = {"_long": _long, "Unreadable": Unreadable}
     exec(compile(source, f"<fields reader {writer['name']}>", "exec"), scope)  # noqa: S102
     return scope["reader"]  # type: ignore[no-any-return]
 

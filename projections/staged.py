@@ -18,8 +18,11 @@ from projections import fields
 from projections.batch import CourseRow, EventRecord, UnreadableRecord
 
 # A term's events (issue 20) move sign-ups already decided and read their course's
-# figures back: a batch holding any of them is folded as the live projector folds it
-# (`projections.batch.build`, `store.apply`), in the same transaction, in log order.
+# figures back: they are folded as the live projector folds them (`projections.batch.
+# build`, `store.apply`), in log order, after the batch's other events, in the same
+# transaction. The live projector's own batches apply in that order too (courses, then
+# decisions, then the term's changes), and a term's event only ever moves a sign-up
+# decided before it in the log.
 LIVE_FOLD = frozenset({"StudentWaitlisted", "StudentPromoted", "StudentWithdrew",
                        "CourseChanged"})
 
@@ -34,7 +37,7 @@ class Staged:
     decisions: list[Decision] = field(default_factory=list)  # the first per sign-up id
     failures: tuple[UnreadableRecord, ...] = ()
     next_offsets: dict[int, int] = field(default_factory=dict)
-    # Set when the batch holds a LIVE_FOLD event: every record, for the live fold.
+    # The batch's LIVE_FOLD events, in log order, for the live fold (None: there are none).
     live: tuple[EventRecord, ...] | None = None
 
 
@@ -46,7 +49,7 @@ def stage(records: Iterable[tuple[int, int, bytes | None, bytes | None]]) -> Sta
     seen: set[str] = set()
     failures: list[UnreadableRecord] = []
     next_offsets: dict[int, int] = {}
-    records = list(records)
+    live: list[EventRecord] = []
     for partition, offset, key, value in records:
         next_offsets[partition] = offset + 1
         if value is None:
@@ -60,8 +63,8 @@ def stage(records: Iterable[tuple[int, int, bytes | None, bytes | None]]) -> Sta
                                              str(exc)))
             continue
         if name in LIVE_FOLD:
-            return Staged(live=tuple(EventRecord(*r) for r in records),
-                          next_offsets={p: o + 1 for p, o, _, _ in records})
+            live.append(EventRecord(partition, offset, key, value))
+            continue
         if values is None:
             continue
         if name == "StudentSignedUp":
@@ -79,4 +82,5 @@ def stage(records: Iterable[tuple[int, int, bytes | None, bytes | None]]) -> Sta
         if signup_id not in seen:
             seen.add(signup_id)
             decisions.append((signup_id, course_id, reason, event_id, at, dob, partition))
-    return Staged(tuple(courses.values()), decisions, tuple(failures), next_offsets)
+    return Staged(tuple(courses.values()), decisions, tuple(failures), next_offsets,
+                  tuple(live) if live else None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import psycopg
 from psycopg import sql
@@ -196,7 +197,7 @@ def merge_births(conn: psycopg.Connection, target: Target,
         if own:
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(own)))
         conn.execute(sql.SQL("DELETE FROM {pending} WHERE part = ANY(%s)").format(**tables),
-                     (parts,))
+                     (parts,), prepare=False)
         return
     # No row may come between the read and the TRUNCATE (a worker of a killed replay
     # still committing its last batch): hold the table until the commit.
@@ -208,9 +209,17 @@ def merge_births(conn: psycopg.Connection, target: Target,
 
 def _merge(conn: psycopg.Connection, moved: sql.Composed, tables: Mapping[str, sql.Identifier],
            params: tuple[object, ...]) -> None:
-    row = conn.execute(moved + sql.SQL(_COUNTED).format(**tables), params).fetchone()
+    # Never prepared (nor `merge_births`' DELETE): planned with its partitions known, the
+    # statement opens and locks only their parts of the pending table. A generic plan
+    # (which PostgreSQL may choose for a statement psycopg prepared after five runs, as
+    # a worker merging before each batch with a term's events runs it) prunes at run
+    # time, after locking every part: another worker's too, whose TRUNCATE of its own
+    # parts then waited for this transaction while this one's waited for it (a deadlock,
+    # seen with two workers on a log with a withdrawal per hundred sign-ups).
+    row = conn.execute(moved + sql.SQL(_COUNTED).format(**tables), params,
+                       prepare=False).fetchone()
     merge = _MERGE + (_ADD_TO_COUNTS if row is None or row[0] else "")
-    conn.execute(moved + sql.SQL(merge).format(**tables), params)
+    conn.execute(moved + sql.SQL(merge).format(**tables), params, prepare=False)
 
 
 def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
@@ -219,22 +228,13 @@ def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
 
     A shadow copy has one writer per course (a course lives in one partition, a
     partition in one worker), so these upserts never wait for another worker's.
-    A batch with a term's events is folded as the live projector folds it.
+    The batch's term events, if any, are folded after its other events as the live
+    projector folds a batch: one fold per batch, not the whole batch through the live
+    fold (a log with one withdrawal per hundred sign-ups put every batch there, and
+    the replay at a third of its speed).
     """
-    if staged.live is not None:
-        # The live fold reads and decrements its courses' counts: they must hold every
-        # birth date this session appended so far.
-        merge_births(conn, target, sorted({r.partition for r in staged.live}))
-        batch = build(staged.live)
-        apply(conn, target, batch, topic=topic, expected=None, generation=None)
-        staged = Staged(failures=batch.failures, next_offsets=staged.next_offsets)
     insert_courses(conn, target, staged.courses)
-    if staged.failures:
-        conn.cursor().executemany(
-            "INSERT INTO replay_failures (projection, partition, \"offset\", key, value, reason)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            [(target.projection, f.record.partition, f.record.offset, f.record.key,
-              f.record.value, f.reason) for f in staged.failures])
+    _record_failures(conn, target, staged.failures)
     if staged.decisions:
         try:
             with conn.transaction():  # a savepoint: a repeat undoes these COPYs only
@@ -243,7 +243,26 @@ def apply_staged(conn: psycopg.Connection, target: Target, staged: Staged, *,
             # A decision of this batch is already in the copy (repeated in the log after
             # a processor crash): keep the first, count it once.
             _fold_repeats(conn, target, staged.decisions)
+    if staged.live is not None:
+        # The live fold reads and decrements its courses' counts: they must hold every
+        # birth date appended so far, this batch's included.
+        merge_births(conn, target, sorted({r.partition for r in staged.live}))
+        batch = build(staged.live)
+        # The positions are the whole batch's, stored below.
+        apply(conn, target, replace(batch, next_offsets={}), topic=topic, expected=None,
+              generation=None)
+        _record_failures(conn, target, batch.failures)
     store_positions(conn, target.projection, topic, staged.next_offsets)
+
+
+def _record_failures(conn: psycopg.Connection, target: Target,
+                     failures: Sequence[UnreadableRecord]) -> None:
+    if failures:
+        conn.cursor().executemany(
+            "INSERT INTO replay_failures (projection, partition, \"offset\", key, value, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(target.projection, f.record.partition, f.record.offset, f.record.key,
+              f.record.value, f.reason) for f in failures])
 
 
 # Binary COPY sends a timestamptz as microseconds and a date as days since 2000-01-01

@@ -231,10 +231,12 @@ def assert_same_positions(conn: psycopg.Connection) -> None:
     assert live == shadow
 
 
-def assert_live_equals_a_replay() -> None:
-    """A full replay of the log into shadow tables holds the same rows as the live views."""
+def assert_live_equals_a_replay(batch_size: int | None = None) -> None:
+    """A full replay of the log into shadow tables holds the same rows as the live views;
+    `batch_size`: REPLAY_BATCH_SIZE (default: the setting's)."""
+    env = {**os.environ, **({"REPLAY_BATCH_SIZE": str(batch_size)} if batch_size else {})}
     done = subprocess.run([sys.executable, "-m", "projections.replay", "--no-swap", "--quiet"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     with db() as conn:
         for table, columns in _COMPARE.items():
@@ -656,14 +658,19 @@ def test_a_term_moves_statuses_positions_and_figures_and_a_replay_agrees(
     assert sum(body["age_histogram"].values()) == 7
     assert signup(queue[2]) == ("accepted", None)
     assert_live_equals_a_replay()
+    # Small batches: a term's events and the sign-ups they move in the same batch and in
+    # different ones, every way round.
+    assert_live_equals_a_replay(batch_size=64)
 
 
 def test_a_replay_batch_appends_birth_dates_and_a_term_batch_merges_them_first(
     infra: Infra,
 ) -> None:
     """A replay's fast batches only append their birth dates (no per-course or per-birth-date
-    upsert per batch); a later batch of a term's events, which reads and decrements those
-    counts, merges its partitions' appended ones first, and the final merge the rest."""
+    upsert per batch); a later batch with a term's events, which reads and decrements those
+    counts, merges its partitions' appended ones first (its own sign-ups' included: only
+    the term's events go through the live fold, after the batch's decisions), and the
+    final merge the rest."""
     from projections.staged import stage
 
     target = store.Target("views_p22test", "_p22test", False)
@@ -700,30 +707,45 @@ def test_a_replay_batch_appends_birth_dates_and_a_term_batch_merges_them_first(
                 (0, course, first.date_of_birth), (0, course, second.date_of_birth),
                 (1, elsewhere, other.date_of_birth)]
 
-            term = stage(records([withdrew(first, 1)], 0, 3))
-            assert term.live is not None  # folded as the live projector folds it
+            # One batch: a new sign-up, the first one's withdrawal, and a sign-up that
+            # withdraws within the same batch.
+            third, brief = accepted(course, date(1970, 3, 3)), accepted(course, date(1960, 6, 6))
+            leave, leave_soon = withdrew(first, 1), withdrew(brief, 2)
+            term = stage(records([third, leave, brief, leave_soon], 0, 3))
+            # Only the term's events are folded as the live projector folds them.
+            assert term.live is not None
+            assert [r.offset for r in term.live] == [4, 6]
+            assert [d[0] for d in term.decisions] == [third.signup_id, brief.signup_id]
+            assert term.next_offsets == {0: 7}
             with conn.transaction():
                 store.apply_staged(conn, target, term, topic=topics.EVENTS)
-            # Partition 0's appended birth dates were merged before the withdrawal took
-            # the first one away; partition 1's still wait for the final merge.
+            # Partition 0's appended birth dates were merged before the withdrawals took
+            # two away; partition 1's still wait for the final merge.
+            kept = [second.date_of_birth, third.date_of_birth]
             assert conn.execute(
                 "SELECT enrolled, dob_sum_days, dob_min, dob_max FROM course_stats_p22test"
                 " WHERE course_id = %s", (course,)).fetchone() == (
-                1, second.date_of_birth.toordinal(), second.date_of_birth,
-                second.date_of_birth)
+                2, sum(d.toordinal() for d in kept), min(kept), max(kept))
             assert conn.execute("SELECT course_id, dob, n FROM course_birth_dates_p22test"
                                 " ORDER BY 1, 2").fetchall() == [
-                (course, second.date_of_birth, 1)]
+                (course, d, 1) for d in sorted(kept)]
+            assert dict(conn.execute(
+                "SELECT signup_id, status FROM signup_decisions_p22test WHERE course_id = %s",
+                (course,)).fetchall()) == {first.signup_id: "withdrawn",
+                                           second.signup_id: "accepted",
+                                           third.signup_id: "accepted",
+                                           brief.signup_id: "withdrawn"}
+            assert store.read_positions(conn, target.projection, topics.EVENTS) == {0: 7, 1: 1}
             with conn.transaction():
                 store.fill_globals(conn, target)
             assert conn.execute(f"SELECT count(*) FROM {store.BIRTHS_PENDING}_p22test"
                                 ).fetchone() == (0,)
             assert conn.execute("SELECT course_id, dob, n FROM course_birth_dates_p22test"
                                 " ORDER BY 1, 2").fetchall() == sorted([
-                (course, second.date_of_birth, 1), (elsewhere, other.date_of_birth, 1)])
+                *((course, d, 1) for d in kept), (elsewhere, other.date_of_birth, 1)])
             assert conn.execute("SELECT courses, enrollments, dob_min, dob_max"
                                 " FROM global_stats_p22test").fetchone() == (
-                1, 2, other.date_of_birth, second.date_of_birth)
+                1, 3, third.date_of_birth, second.date_of_birth)
         finally:
             for name in tables:
                 conn.execute(f"DROP TABLE IF EXISTS {name}_p22test")

@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from projections import fields
 from projections.staged import stage
 from schemas import codec
-from schemas.messages import CourseCreated, Event, SignUp, SignUpRejected, StudentSignedUp
+from schemas.messages import (
+    CourseChanged,
+    CourseCreated,
+    Event,
+    SignUp,
+    SignUpRejected,
+    StudentSignedUp,
+    StudentWithdrew,
+)
 from tests.unit.test_schemas import VERSIONS, example_record, single_object, with_nulls
 
 READ = [v for v in VERSIONS if v[0] in fields.WANTED]
@@ -124,3 +132,22 @@ def test_stage_keeps_the_first_decision_per_signup_and_the_first_course() -> Non
         (date(2000, 2, 29) - date(1970, 1, 1)).days
     assert [(f.record.partition, f.record.offset) for f in staged.failures] == [(1, 7), (1, 8)]
     assert staged.next_offsets == {0: 4, 1: 9}
+
+
+def test_stage_sends_only_a_terms_events_to_the_live_fold_in_log_order() -> None:
+    # A term's events among sign-ups: the sign-ups stay on the fast path (COPY), and the
+    # term's events alone are folded afterwards, as the live projector folds a batch.
+    first, second = signed_up(), signed_up()
+    leave = StudentWithdrew("w1", "StudentWithdrew", datetime.now(UTC), "c-1", "c", "r",
+                            first.signup_id, "enrolled", 0, first.date_of_birth)
+    change = CourseChanged("x1", "CourseChanged", datetime.now(UTC), "c-1", "c", "r", "T",
+                           "L", 40, 2)
+    events: list[Event] = [first, leave, second, change]
+    staged = stage([(3, 10 + i, b"c-1", codec.encode(e)) for i, e in enumerate(events)])
+    assert [d[0] for d in staged.decisions] == [first.signup_id, second.signup_id]
+    assert staged.live is not None
+    assert [r.offset for r in staged.live] == [11, 13]
+    assert [codec.decode_fields(r.value)[1]["event_id"] for r in staged.live if r.value] == [
+        "w1", "x1"]
+    assert staged.next_offsets == {3: 14}
+    assert stage([(0, 0, b"c-1", codec.encode(first))]).live is None
