@@ -14,7 +14,7 @@ Against the same event log, back to back:
    goal <= 2x. Beside it, the run-queue wait (schedstat) of the query API's process (found
    by its port when not given) and of its PostgreSQL backends, and the backends' wait
    events sampled from pg_stat_activity: where a slow request's time went.
-Figures 1 to 4 are measured ROUNDS times, alternating (plain, one worker, two workers;
+Steps 1 to 4 are measured ROUNDS times, alternating (plain, one worker, two workers;
 then the resume pairs), and each is the median of its rounds, every round kept beside
 it: on this two-core machine one replay of the same log took 11 to 17 s from run to run,
 as much as the gaps the goals draw.
@@ -447,7 +447,7 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-ROUNDS = 3  # figures 1 to 4: each the median of this many alternating rounds
+ROUNDS = 3  # steps 1 to 4 (module docstring): each the median of this many alternating rounds
 
 
 def median_round(samples: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -474,7 +474,7 @@ def measure(bootstrap: str, database_url: str, query_url: str | None = None,
             rounds_of: int = ROUNDS) -> dict[str, Any]:
     """Figure 4 against the event log at `bootstrap`; see the module's docstring.
     `query_only`: step 5 alone (with a query API), its idle part 20 s. `rounds_of`:
-    how many alternating rounds figures 1 to 4 are the median of."""
+    how many alternating rounds steps 1 to 4 are the median of."""
     out: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "load_before": load_average()}
     if query_only and query_url is not None:
         quiet_views(database_url)
