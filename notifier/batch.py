@@ -41,6 +41,7 @@ Result = tuple[Job, Outcome | BaseException | None]
 class BulkStore(Protocol):
     """What a batch needs of the store (`notifier.store.PostgresStore`)."""
 
+    def begin(self) -> None: ...
     def handled_saving(self, event_ids: Sequence[str],
                        contacts: Sequence[tuple[str, str, str, Contact]]) -> set[str]: ...
     def save_contacts(self, contacts: Sequence[tuple[str, str, Contact]]) -> None: ...
@@ -182,7 +183,9 @@ def advance_batch(handler: Handler, jobs: list[Job], stop: Callable[[Job], bool]
         return [(job, None) for job in jobs]
     try:
         # Lanes are built with the PostgreSQL store only (bootstrap.py), which has these.
-        batch = BatchStore(cast(BulkStore, handler.store), jobs)
+        store = cast(BulkStore, handler.store)
+        store.begin()  # nothing is held between two batches
+        batch = BatchStore(store, jobs)
     except Exception as exc:  # noqa: BLE001 - as in advance_each
         return [(jobs[0], exc), *((job, None) for job in jobs[1:])]
     try:

@@ -26,6 +26,9 @@ class PostgresStore:
     """One autocommit connection, reopened on the next call after it broke.
 
     Every statement is idempotent, so a caller may simply repeat one that failed.
+    A session the server ended while it sat idle (PostgreSQL restarted, an idle timeout)
+    is replaced at a batch's first statement (`begin`), which then runs again; a lost
+    session anywhere else fails the call, as the key-in-use locks it held went with it.
     """
 
     def __init__(self, conninfo: str, connect_timeout: int = 5) -> None:
@@ -37,6 +40,17 @@ class PostgresStore:
         self._cursor: psycopg.Cursor[TupleRow] | None = None
         self._courses: dict[str, CourseInfo] = {}
         self._held: str | None = None  # the key id whose key-in-use lock this session holds
+        # Set by `begin`: the next statement may replace a lost session and run again.
+        self._renewable = False
+
+    def begin(self) -> None:
+        """A batch starts: this session holds no lock now (each batch releases all of its
+        own, or the session that held them is gone). If the server has ended the session
+        meanwhile, the batch's first statement opens a new one and runs again there,
+        instead of failing the batch. Without this, after a restart of PostgreSQL each
+        lane's stale session failed once in turn, and each failure doubled the outage's
+        backoff: e-mails resumed 14-99 s after a 10 s restart in the chaos suite."""
+        self._renewable = self._conn is not None and not self._conn.closed
 
     def already_handled(self, event_id: str) -> bool:
         row = self._execute("SELECT 1 FROM sent_notifications WHERE event_id = %s", (event_id,))
@@ -213,8 +227,19 @@ class PostgresStore:
 
     def _fetch(self, sql: LiteralString, params: tuple[object, ...] | dict[str, object]
                ) -> list[TupleRow]:
+        return self._run(sql, params).fetchall()
+
+    def _run(self, sql: LiteralString, params: tuple[object, ...] | dict[str, object]
+             ) -> psycopg.Cursor[TupleRow]:
+        renewable, self._renewable = self._renewable, False
         try:
-            return self._cursor_of_session().execute(sql, params).fetchall()
+            return self._cursor_of_session().execute(sql, params)
+        except psycopg.OperationalError:
+            self.close()
+            if not renewable:
+                raise
+        try:  # on a new session: a down server fails here, as before
+            return self._cursor_of_session().execute(sql, params)
         except psycopg.OperationalError:
             self.close()
             raise
@@ -229,9 +254,5 @@ class PostgresStore:
 
     def _execute(self, sql: LiteralString,
                  params: tuple[object, ...] | dict[str, object]) -> TupleRow | None:
-        try:
-            cursor = self._cursor_of_session().execute(sql, params)
-            return cursor.fetchone() if cursor.description is not None else None
-        except psycopg.OperationalError:
-            self.close()
-            raise
+        cursor = self._run(sql, params)
+        return cursor.fetchone() if cursor.description is not None else None
