@@ -22,20 +22,27 @@ from schemas.messages import (
 from service_kit.records import Headers
 
 
-def event_headers(event: Event, processor_id: str, generation: int) -> Headers:
+def event_headers(event: Event, processor_id: str, generation: int,
+                  traced: bool = False) -> Headers:
     """Headers of an event record: readers can route and trace without decoding Avro.
 
     `generation` is the consumer group generation the writer decided in: a record
     from a worker that kept deciding after losing its partitions would carry an old
     one (and is fenced; the header lets a test or an operator check that).
+    `traced`: the command's caller follows it by its own correlation id (the command
+    API's `traced` header), so the notifier logs its e-mail at INFO, as the processor
+    logs its decision.
     """
-    return [
+    headers = [
         ("correlation_id", event.correlation_id.encode()),
         ("event_type", event.event_type.encode()),
         ("event_id", event.event_id.encode()),
         ("processor_id", processor_id.encode()),
         ("generation", str(generation).encode()),
     ]
+    if traced:
+        headers.append(("traced", b"1"))
+    return headers
 
 
 _OUTCOMES: dict[type, str] = {

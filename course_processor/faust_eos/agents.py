@@ -94,7 +94,8 @@ class CommandHandler:
         # and rightly writes nothing, or decides it again into the same event ids.
         # Not sending from here also keeps the agent deciding while a partition's
         # producer commits (it takes no record then), which faust's send waited for.
-        self.stage_events(message, plan, generation)
+        traced = _traced(message)
+        self.stage_events(message, plan, generation, traced)
         self.prepare(message)
         self.decider.apply(plan)
         for event in plan.events:
@@ -106,7 +107,7 @@ class CommandHandler:
         # each. A command whose caller traces it (the command API's `traced` header: a
         # request with its own X-Correlation-Id) is logged at INFO, so one grep of that
         # id still follows it through every component.
-        level = logging.INFO if _traced(message) else logging.DEBUG
+        level = logging.INFO if traced else logging.DEBUG
         if log.isEnabledFor(level):
             for event in plan.events:
                 decided, reason = outcome(event)
@@ -122,10 +123,11 @@ class CommandHandler:
                 "partition": message.partition, "offset": message.offset,
                 "generation": generation}
 
-    def stage_events(self, message: Message, plan: Plan, generation: int) -> None:
+    def stage_events(self, message: Message, plan: Plan, generation: int,
+                     traced: bool = False) -> None:
         topic, now = self.p.settings.events_topic, int(time.time() * 1000)
         for event in plan.events:
-            headers = event_headers(event, self.p.processor_id, generation)
+            headers = event_headers(event, self.p.processor_id, generation, traced)
             self.local.stage_record(message.partition,
                                     OutRecord(topic, message.key, encode(event), headers, now))
 

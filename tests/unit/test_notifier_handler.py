@@ -245,6 +245,29 @@ def test_a_sealed_decision_is_opened_with_the_students_key_and_sent(parts: Parts
     assert "Zoë Ångström" in str(msg["To"])
 
 
+def test_an_e_mail_is_logged_at_info_only_when_its_sign_up_is_traced(
+    parts: Parts, caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler, store, mailer, _ = parts
+    store.keys["k-1"] = key = new_data_key()
+    plain = job(sealed(accepted(1), key), offset=1)
+    traced = job(sealed(accepted(2), key), offset=2)
+    traced.record.headers.append(("traced", b"1"))
+    with caplog.at_level("INFO", logger="notifier"):
+        assert handler.advance(plain) == Done("sent")
+        assert handler.advance(traced) == Done("sent")
+    assert len(mailer.sent) == 2
+    logged = [(r.levelname, r.getMessage(), getattr(r, "offset", None)) for r in caplog.records
+              if r.getMessage() == "e-mail sent"]
+    assert logged == [("INFO", "e-mail sent", 2)]
+    assert 'notifier_emails_sent_total{kind="accepted"} 2.0' in handler.metrics.render().decode()
+    with caplog.at_level("DEBUG", logger="notifier"):
+        caplog.clear()
+        assert handler.advance(job(sealed(accepted(3), key), offset=3)) == Done("sent")
+    assert [(r.levelname, getattr(r, "offset", None)) for r in caplog.records
+            if r.getMessage() == "e-mail sent"] == [("DEBUG", 3)]
+
+
 def test_an_erased_student_gets_no_e_mail_and_the_decision_counts_as_handled(
     parts: Parts,
 ) -> None:

@@ -107,6 +107,8 @@ def test_event_headers_name_the_event_and_its_request() -> None:
                        "event_id": event.event_id.encode(), "processor_id": b"host:42",
                        "generation": b"7"}
     assert b"a@b.c" not in b"".join(headers.values())
+    # A command its caller traces (the command API's `traced` header) gives traced events.
+    assert dict(event_headers(event, "host:42", 7, traced=True))["traced"] == b"1"
 
 
 # ------------------------------------------------------------ outcome and table values
