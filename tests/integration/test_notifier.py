@@ -116,8 +116,10 @@ class Log:
             self.positions[event_id] = (msg.partition() or 0, msg.offset() or 0)
 
         # `traced`: as the processor marks the events of a command its caller traces.
-        headers = [("correlation_id", correlation_id.encode())] + (
-            [("traced", b"1")] if traced else [])
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("correlation_id", correlation_id.encode())]
+        if traced:
+            headers.append(("traced", b"1"))
         self.producer.produce(topics.EVENTS, key=key.encode(), value=value, headers=headers,
                               on_delivery=delivered)
         self.producer.poll(0)
