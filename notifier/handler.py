@@ -110,7 +110,7 @@ class Job:
     def traced(self) -> bool:
         """The sign-up's caller follows it by its own correlation id (the processor's
         `traced` header): its e-mail is logged at INFO, every other one at DEBUG."""
-        return any(key == "traced" for key, _ in self.record.headers)
+        return self.record.header("traced") is not None
 
     def context(self) -> dict[str, object]:
         """What a log line may say about this job: ids and position, never personal data."""
