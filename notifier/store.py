@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Final, LiteralString
 
 import psycopg
@@ -20,6 +21,11 @@ _RECORD_HANDLED: Final = (
 _RECORD_HANDLED_AND_RELEASE: Final = (
     "WITH recorded AS (" + _RECORD_HANDLED + ")"
     " SELECT pg_advisory_unlock_shared(%(lock)s, hashtext(%(key)s))")
+# How long a course the notifier has no row for is taken as unknown before it is looked
+# up again: another instance may learn it meanwhile (a rebalance), but without this
+# every e-mail of such a course cost a query (a notifier started at the log's end, as
+# the bench's burst starts it, never sees the CourseCreated of the courses it mails for).
+UNKNOWN_COURSE_SECONDS: Final = 30.0
 
 
 class PostgresStore:
@@ -31,14 +37,17 @@ class PostgresStore:
     session anywhere else fails the call, as the key-in-use locks it held went with it.
     """
 
-    def __init__(self, conninfo: str, connect_timeout: int = 5) -> None:
+    def __init__(self, conninfo: str, connect_timeout: int = 5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._conninfo = conninfo
+        self._clock = clock
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[TupleRow] | None = None
         # One cursor for every statement of the session: `Connection.execute` builds a
         # new one each time, a cost per statement that the notifier pays per e-mail.
         self._cursor: psycopg.Cursor[TupleRow] | None = None
         self._courses: dict[str, CourseInfo] = {}
+        self._unknown: dict[str, float] = {}  # course id: when it was found missing
         self._held: str | None = None  # the key id whose key-in-use lock this session holds
         # Set by `begin`: the next statement may replace a lost session and run again.
         self._renewable = False
@@ -200,19 +209,26 @@ class PostgresStore:
             (course_id, course.title, course.lecturer),
         )
         self._courses[course_id] = course
+        self._unknown.pop(course_id, None)
 
     def course(self, course_id: str) -> CourseInfo | None:
         # A course changes only by CourseChanged, which save_course puts here too. After a
         # rebalance another notifier may have learned a change this cache missed: titles
         # in e-mails may then lag until a restart, which is all they are used for.
+        # A course no instance has learned is asked for again after UNKNOWN_COURSE_SECONDS.
         cached = self._courses.get(course_id)
         if cached is not None:
             return cached
+        missing_since = self._unknown.get(course_id)
+        if missing_since is not None and self._clock() - missing_since < UNKNOWN_COURSE_SECONDS:
+            return None
         row = self._execute(
             "SELECT title, lecturer FROM notifier_courses WHERE course_id = %s", (course_id,)
         )
         if row is None:
+            self._unknown[course_id] = self._clock()
             return None
+        self._unknown.pop(course_id, None)
         course = CourseInfo(title=str(row[0]), lecturer=str(row[1]))
         self._courses[course_id] = course
         return course

@@ -8,8 +8,8 @@ measures each figure next to its baseline, back to back, in the same run:
 
 1. end-to-end sign-ups/s at saturation (HTTP 202 to decision projected, notifier off),
    held about a minute with the lag sampled every second, and the command API's HTTP
-   accept rate (the closed-loop probe), each vs the plain alternative: one FastAPI
-   endpoint deciding each sign-up in one PostgreSQL transaction
+   accept rate (the held run when it is closed-loop, else the probe), each vs the plain
+   alternative: one FastAPI endpoint deciding each sign-up in one PostgreSQL transaction
    (`proof.bench_plain_app`) under the same uvicorn settings, PostgreSQL server and load
    generator; then a burst with the notifier and SMTP sink on, first request to the last
    decision projected and e-mailed, vs the same baseline. The trivial FastAPI POST
@@ -415,11 +415,22 @@ class Bench:
                  f"generator {hold['cpu_percent_of_one_core']}% of one core (pinned to "
                  f"CPU {hold['pinned_to_cpu']}), baseline run "
                  f"{base['cpu_percent_of_one_core']}%")
-        self.row("1. HTTP sign-ups accepted (202) per s, closed loop", round(http_rate, 1),
-                 "req/s", plain_rate, ">= 1.0x", http_rate >= plain_rate,
-                 f"the command API in the closed-loop probe ({sizes.probe_s:.0f}s, "
-                 f"{CONCURRENCY} connections) vs decisions answered per s by the "
-                 f"plain-PostgreSQL endpoint; trivial FastAPI POST {base_rate:.0f} req/s")
+        # The accept rate is the held run's when that ran closed-loop too: the same load
+        # as the probe for 60 s instead of 20, after the probe and its drain warmed the
+        # stack. In the last eight full runs the held run read 0.93x to 1.19x the probe
+        # (590/s against 702/s in the last). Open-loop, the held run accepts what it is
+        # offered, and the probe is the only measure of what the command API can take.
+        if rate is None:
+            accept, where = data["hold"]["http_accepted_per_s"], (
+                f"the closed-loop held run ({sizes.hold_s:.0f}s; the {sizes.probe_s:.0f}s "
+                f"probe before it: {http_rate:.1f}/s)")
+        else:
+            accept, where = http_rate, f"the closed-loop probe ({sizes.probe_s:.0f}s)"
+        self.row("1. HTTP sign-ups accepted (202) per s, closed loop", round(accept, 1),
+                 "req/s", plain_rate, ">= 1.0x", accept >= plain_rate,
+                 f"the command API in {where}, {CONCURRENCY} connections, vs decisions "
+                 f"answered per s by the plain-PostgreSQL endpoint; trivial FastAPI POST "
+                 f"{base_rate:.0f} req/s")
 
     def timeline(self, hold: dict[str, Any], monitor: Monitor, mode: str) -> dict[str, Any]:
         start = hold["started"]
@@ -837,7 +848,9 @@ class Bench:
         data = bench_replay.measure(self.stack.bootstrap, self.stack.database_url,
                                     self.stack.config.query_url, headers,
                                     monitor_url=self.stack.config.pg_url(PG_SUPERUSER),
-                                    rounds_of=1 if self.sizes is QUICK else bench_replay.ROUNDS)
+                                    rounds_of=1 if self.sizes is QUICK else bench_replay.ROUNDS,
+                                    resume_rounds_of=1 if self.sizes is QUICK
+                                    else bench_replay.RESUME_ROUNDS)
         self.save("fig4_replay", data)
         plain, one, two = (data["plain_consume_decode"], data["one_worker"],
                            data["two_workers"])
