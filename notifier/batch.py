@@ -1,5 +1,5 @@
-"""Several records of one partition on one lane: their reads and key locks in a few round
-trips instead of a few per e-mail.
+"""Several records on one lane, of one or more courses: their reads and key locks in a few
+round trips instead of a few per e-mail.
 
 `BatchStore` is the `Store` the handler sees while it works through a batch, one job
 after the other in log order, exactly as it would one at a time. Before the first job it
@@ -158,7 +158,7 @@ def never(job: Job) -> bool:
 
 def advance_each(handler: Handler, jobs: list[Job], stop: Callable[[Job], bool] = never
                  ) -> list[Result]:
-    """`jobs` (one course's, in log order) one after the other on `handler`. Stops at an
+    """`jobs` (each course's in log order) one after the other on `handler`. Stops at an
     exception (PostgreSQL or the broker down: that job gets it), at a failure of the
     whole SMTP server, or before a job for which `stop` says so (its partition is being
     revoked, or the worker stops); the jobs after that get None, as not started."""

@@ -3,9 +3,9 @@ and SMTP connection), so that e-mails of different courses go out in parallel.
 
 A step mostly waits: on PostgreSQL, then on the SMTP server's answers. One connection
 therefore sends one e-mail per few round trips however idle the server is;
-`NOTIFIER_SMTP_CONNECTIONS` lanes overlap those waits. A lane runs a batch: several
-records of one course, in log order (`batch.py` reads and locks for all of them at
-once). Which batch runs when, and everything that follows from each outcome, stays with
+`NOTIFIER_SMTP_CONNECTIONS` lanes overlap those waits. A lane runs a batch: records
+of one or more courses, each course's in log order (`batch.py` reads and locks for all
+of them at once). Which batch runs when, and everything that follows from each outcome, stays with
 the worker's thread (`worker.py`), which gives the lanes at most one batch per course at
 a time.
 """

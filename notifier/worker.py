@@ -19,9 +19,9 @@ Parallel lanes (`lanes.py`, NOTIFIER_SMTP_CONNECTIONS > 1): each course (the rec
 key) has at most one batch on a lane at a time and its later records wait, in log order,
 in `waiting`; so within a course (each sign-up and its course's CourseCreated) everything
 happens in the order of the single-connection loop, while courses, also those of one
-partition, overlap their round trips. A batch is up to BATCH_MAX of a course's waiting
-records (`batch.py`). Every decision about a job's outcome (park, retry, dead-letter,
-commit) is still taken on this thread.
+partition, overlap their round trips. A batch is up to BATCH_MAX waiting records of one
+or more courses, each course's in log order (`batch.py`). Every decision about a job's
+outcome (park, retry, dead-letter, commit) is still taken on this thread.
 """
 
 from __future__ import annotations
@@ -62,9 +62,8 @@ MAX_POLL_WAIT_SECONDS = 0.5
 # when nothing new came in.
 TAKE_AT_ONCE = 500
 LANE_WAIT_SECONDS = 0.01
-# Records of one course on a lane at once at most (the key locks of a batch are held
-# until it ends), and batches handed to the lanes at once per lane: one running, one
-# ready to start.
+# Records of a batch at most (the key locks of a batch are held until it ends), and
+# batches handed to the lanes at once per lane: one running, one ready to start.
 BATCH_MAX = 64
 BATCHES_PER_LANE = 2
 
@@ -139,6 +138,7 @@ class Worker:
         # With lanes: the courses with a batch on a lane (and the gate's epoch when it
         # left), and the records of each course waiting for it, in log order.
         self.busy: dict[LaneKey, int] = {}
+        self.batches = 0  # batches on the lanes (each of one or more courses)
         self.waiting: dict[LaneKey, deque[Job]] = {}
         self.settling: set[TopicKey] = set()  # partitions whose waiting records stay
         if lanes is not None:
@@ -207,6 +207,8 @@ class Worker:
             self._take(msg)
             took += 1
             msg = self.consumer.poll(0.0) if took < TAKE_AT_ONCE else None
+        if took:
+            self._next_any()
         if self.busy and not took:
             self._settle(lanes.finished(LANE_WAIT_SECONDS))
 
@@ -253,9 +255,9 @@ class Worker:
             return
         now = self.clock()
         if self.lanes is not None:
-            # In log order behind its course's earlier records, whatever the gate.
+            # In log order behind its course's earlier records, whatever the gate; started
+            # with the rest of this poll round's records (`_step_lanes`).
             self._queue(job)
-            self._next(lane_key(job))
         elif self.gate.is_open(now):
             self.attempt(job)
         else:
@@ -277,29 +279,35 @@ class Worker:
         """Act on each job's outcome, in log order; jobs a batch did not start, and those
         to be dead-lettered now, go back to the front of their course's queue."""
         for results in batches:
-            key = lane_key(results[0][0])
-            epoch = self.busy.pop(key, None)
-            again: list[Job] = []
+            # A batch holds one or more courses' records, each course's in log order.
+            epochs: dict[LaneKey, int | None] = {}
+            again: dict[LaneKey, list[Job]] = {}
             for job, outcome in results:
+                key = lane_key(job)
+                if key not in epochs:
+                    epochs[key] = self.busy.pop(key, None)
+                    again[key] = []
                 if outcome is None:
-                    again.append(job)
+                    again[key].append(job)
                 elif isinstance(outcome, psycopg.Error | DeadLetterError):
                     self._infra_down(job, type(outcome).__name__)
                 elif isinstance(outcome, BaseException):
                     raise outcome
                 elif isinstance(outcome, Done):
-                    if epoch == self._epoch:  # not a send begun before the latest outage
+                    if epochs[key] == self._epoch:  # not a send begun before the latest outage
                         self.gate.succeed()
                     self._finish(job)
                 elif self._failed(job, outcome):
-                    again.append(job)
+                    again[key].append(job)
             if self.lanes is None:
-                for job in again:  # to be dead-lettered
-                    self.attempt(job)
+                for jobs in again.values():
+                    for job in jobs:  # to be dead-lettered
+                        self.attempt(job)
                 continue
-            for job in reversed(again):
-                self._queue(job, first=True)
-            self._next(key)
+            self.batches -= 1
+            for jobs in again.values():
+                for job in reversed(jobs):
+                    self._queue(job, first=True)
             self._next_any()
 
     def _queue(self, job: Job, first: bool = False) -> None:
@@ -310,27 +318,45 @@ class Worker:
             waiting.append(job)
         self.buffered += 1
 
-    def _next(self, key: LaneKey) -> None:
-        """Start a batch of the course's oldest waiting jobs, if it has none running, the
-        lanes have room and the gate is open."""
-        waiting = self.waiting.get(key)
-        if (not waiting or key in self.busy or key[:2] in self.settling or self.lanes is None
-                or len(self.busy) >= self.lanes.size * BATCHES_PER_LANE
-                or not self.gate.is_open(self.clock())):
-            return
-        jobs = [waiting.popleft() for _ in range(min(len(waiting), BATCH_MAX))]
-        if not waiting:
-            del self.waiting[key]
-        self.buffered -= len(jobs)
-        self.busy[key] = self._epoch
-        self.lanes.submit(jobs)
-
     def _next_any(self) -> None:
-        """Start waiting courses while the lanes have room (oldest queue first)."""
-        for key in list(self.waiting):
-            if self.lanes is None or len(self.busy) >= self.lanes.size * BATCHES_PER_LANE:
-                return
-            self._next(key)
+        """Start batches of waiting records while the lanes have room and the gate is open.
+
+        Courses with no batch on a lane go, oldest queue first, each with its records in
+        log order; a course's records beyond what its batch takes wait for that batch to
+        end. A batch takes several courses' records: its reads and key locks are a few
+        round trips for all of them (`batch.py`), where a batch per course paid them per
+        e-mail whenever records came a few per course (the processor's commits bring
+        each a handful of courses' decisions at once). Each batch takes about as many as
+        spreads the startable records over the lanes not yet busy, so that idle lanes
+        still send in parallel, and at most BATCH_MAX."""
+        lanes = self.lanes
+        if lanes is None or not self.gate.is_open(self.clock()):
+            return
+        room = lanes.size * BATCHES_PER_LANE - self.batches
+        if room <= 0:
+            return
+        ready = [key for key in self.waiting if key not in self.busy
+                 and key[:2] not in self.settling]
+        startable = sum(min(len(self.waiting[key]), BATCH_MAX) for key in ready)
+        taken = 0  # courses of `ready` in a batch now
+        while room > 0 and taken < len(ready):
+            # Spread over the idle lanes, but never over more batches than courses left.
+            spread = min(lanes.size - self.batches, len(ready) - taken)
+            size = min(BATCH_MAX, -(-startable // max(1, spread)))
+            jobs: list[Job] = []
+            while taken < len(ready) and len(jobs) < size:
+                key = ready[taken]
+                taken += 1
+                waiting = self.waiting[key]
+                startable -= min(len(waiting), BATCH_MAX)
+                jobs.extend(waiting.popleft() for _ in range(min(len(waiting), size - len(jobs))))
+                if not waiting:
+                    del self.waiting[key]
+                self.busy[key] = self._epoch
+            self.buffered -= len(jobs)
+            self.batches += 1
+            room -= 1
+            lanes.submit(jobs)
 
     def _settle_lanes(self, partitions: set[TopicKey]) -> None:
         """Wait for the batches of `partitions` still on a lane, with nothing started after

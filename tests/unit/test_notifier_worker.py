@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 
 from confluent_kafka import TopicPartition
 
-from notifier.batch import advance_each
+from notifier.batch import Result, advance_each
 from notifier.handler import Done, Failed, Job, Outcome
 from notifier.lanes import Lanes
 from notifier.mailer import SendFailure
@@ -356,20 +356,133 @@ def test_a_revoke_waits_for_the_e_mail_being_sent_not_for_the_rest_of_its_batch(
     clock = Clock()
     ids = [f"a{i}" for i in range(6)]
     consumer = FakeConsumer(clock, [FakeMessage(i, decision(e)) for i, e in enumerate(ids)])
-    handler = GatedHandler({}, gates={0: threading.Event(), 1: threading.Event()})
+    handler = GatedHandler({}, gates={0: threading.Event()})
     pool = Lanes([handler], advance_each)  # type: ignore[list-item]
     policy = Policy(Backoff(initial=1.0, cap=8.0), 3, 0, max_parked=100)
     worker = Worker(consumer, handler, Metrics(), policy, clock=clock,  # type: ignore[arg-type]
                     rand=lambda: 1.0, lanes=pool)
     try:
-        worker.step()  # a0 alone on the lane (held), a1-a5 wait for it
-        assert len(worker.waiting[("course-events", 0, b"c")]) == 5
-        handler.gates[0].set()
-        while 1 not in handler.entered:
-            worker.step()  # a0 done; a1-a5 go as one batch, held at a1
-        threading.Timer(0.2, handler.gates[1].set).start()
+        worker.step()  # a0-a5, read in one poll round, go as one batch, held at a0
+        assert not worker.waiting and worker.batches == 1
+        while 0 not in handler.entered:
+            worker.step()
+        threading.Timer(0.2, handler.gates[0].set).start()
         worker._on_revoke(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
-        assert handler.attempts == ["a0", "a1"] and not worker.busy and not worker.waiting
-        assert consumer.commits[-1] == {0: 2}  # a2-a5 are read again by the next owner
+        assert handler.attempts == ["a0"] and not worker.busy and not worker.waiting
+        assert worker.batches == 0
+        assert consumer.commits[-1] == {0: 1}  # a1-a5 are read again by the next owner
+    finally:
+        pool.close()
+
+
+# ---------------------------------------------------------------- batches of several courses
+
+
+@dataclass
+class BatchLog:
+    """A lane action that notes each batch's event ids, then runs it as `advance_each`."""
+
+    batches: list[list[str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, handler: ScriptedHandler, jobs: list[Job],
+                 stop: Callable[[Job], bool]) -> list[Result]:
+        with self.lock:
+            self.batches.append([str(job.event_id) for job in jobs])
+        return advance_each(handler, jobs, stop)  # type: ignore[arg-type]
+
+
+def batched_worker(messages: list[FakeMessage], lanes: int,
+                   scripts: dict[str, list[SendFailure]] | None = None
+                   ) -> tuple[Worker, FakeConsumer, ScriptedHandler, Clock, Lanes, BatchLog]:
+    clock = Clock()
+    consumer = FakeConsumer(clock, messages)
+    handler = BlockingHandler(scripts or {})
+    log = BatchLog()
+    pool = Lanes([handler] * lanes, log)  # type: ignore[list-item,arg-type]
+    policy = Policy(Backoff(initial=1.0, cap=8.0), permanent_attempts=3, give_up_seconds=0,
+                    max_parked=100)
+    worker = Worker(consumer, handler, Metrics(), policy, clock=clock,  # type: ignore[arg-type]
+                    rand=lambda: 1.0, lanes=pool)
+    return worker, consumer, handler, clock, pool, log
+
+
+def drain(worker: Worker, clock: Clock) -> None:
+    run_for(worker, clock, 0.05)
+    while worker.busy or worker.waiting:
+        worker.step()
+
+
+def test_records_of_several_courses_read_together_share_batches_spread_over_the_lanes() -> None:
+    # Six courses on two partitions, one or two records each, as one commit of the
+    # processor brings them: two lanes, so two batches of three, never one per course.
+    keys = [b"c1", b"c2", b"c3", b"c4", b"c5", b"c1", b"c6"]
+    partition = {b"c1": 0, b"c2": 1, b"c3": 0, b"c4": 1, b"c5": 0, b"c6": 1}
+    messages = [FakeMessage(i, decision(f"e{i}"), partition[key], key)
+                for i, key in enumerate(keys)]
+    worker, consumer, handler, clock, pool, log = batched_worker(messages, 2)
+    try:
+        drain(worker, clock)
+        assert sorted(len(batch) for batch in log.batches) == [3, 4]
+        # c1's two records (e0, e5) in one batch, in log order.
+        (with_c1,) = [batch for batch in log.batches if "e0" in batch]
+        assert with_c1.index("e0") < with_c1.index("e5")
+        assert sorted(handler.attempts) == sorted(f"e{i}" for i in range(7))
+        assert worker.batches == 0 and not worker.busy
+        worker.commit(asynchronous=True)
+        assert consumer.commits[-1] == {0: 6, 1: 7}
+    finally:
+        pool.close()
+
+
+def test_a_course_has_one_batch_at_a_time_and_its_later_records_wait_for_it() -> None:
+    # c1's record e2 comes after its first batch started: it waits for that batch, then
+    # goes in a later one, and e0, e1, e2 go out in log order.
+    clock = Clock()
+    consumer = FakeConsumer(clock, [FakeMessage(0, decision("e0"), 0, b"c1"),
+                                    FakeMessage(1, decision("e1"), 0, b"c1")])
+    handler = GatedHandler({}, gates={0: threading.Event()})
+    log = BatchLog()
+    pool = Lanes([handler, handler], log)  # type: ignore[list-item,arg-type]
+    policy = Policy(Backoff(initial=1.0, cap=8.0), 3, 0, max_parked=100)
+    worker = Worker(consumer, handler, Metrics(), policy, clock=clock,  # type: ignore[arg-type]
+                    rand=lambda: 1.0, lanes=pool)
+    try:
+        worker.step()
+        while 0 not in handler.entered:
+            worker.step()
+        consumer.queue.append(FakeMessage(2, decision("e2"), 0, b"c1"))
+        worker.step()
+        assert log.batches == [["e0", "e1"]]  # the idle second lane did not take e2
+        assert [job.event_id for job in worker.waiting[(TOPIC, 0, b"c1")]] == ["e2"]
+        handler.gates[0].set()
+        drain(worker, clock)
+        assert log.batches == [["e0", "e1"], ["e2"]]
+        assert handler.attempts == ["e0", "e1", "e2"]
+    finally:
+        pool.close()
+
+
+def test_an_outage_in_a_batch_of_several_courses_puts_each_courses_rest_back_in_order() -> None:
+    # One lane, one batch: c1's e0, c2's e1 and e3, c3's e2. e1 meets the outage: e2 and
+    # e3 are not started, and go back to the front of their courses' queues; when the
+    # gate opens, e1 goes first and every course keeps its order.
+    keys = [b"c1", b"c2", b"c3", b"c2"]
+    messages = [FakeMessage(i, decision(f"e{i}"), 0, key) for i, key in enumerate(keys)]
+    worker, consumer, handler, clock, pool, log = batched_worker(messages, 1, {"e1": [DOWN]})
+    try:
+        run_for(worker, clock, 0.05)
+        while worker.busy:
+            worker.step()
+        assert log.batches == [["e0", "e1", "e3", "e2"]]
+        assert handler.attempts == ["e0", "e1"] and not worker.gate.is_open(clock.now)
+        run_for(worker, clock, 1.5)
+        while worker.busy or worker.waiting:
+            worker.step()
+        assert handler.attempts[:3] == ["e0", "e1", "e1"]
+        assert handler.attempts.index("e1", 2) < handler.attempts.index("e3")
+        assert sorted(handler.attempts[3:]) == ["e2", "e3"]
+        worker.commit(asynchronous=True)
+        assert consumer.commits[-1] == {0: 4}
     finally:
         pool.close()
