@@ -25,8 +25,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer
 
 from schemas import topics
 from schemas.codec import decode
@@ -36,7 +35,7 @@ from service_kit.kafka_auth import client_config
 from stack import postgres
 from stack.waiting import eventually
 from tests.e2e.conftest import RunningStack
-from tests.support import headers_of
+from tests.support import every_record, headers_of
 
 DATES = ("2031-01-15", "2047-08-01")
 
@@ -82,41 +81,11 @@ def _pid(stack: RunningStack, name: str) -> int:
 
 def _every_kafka_record(servers: str) -> bytes:
     """Keys, values and headers of every record of every topic (Kafka's own included),
-    aborted ones included: every partition assigned at once and read in one pass."""
-    admin = AdminClient({**client_config(), "bootstrap.servers": servers})
-    meta = admin.list_topics(timeout=30)
-    consumer = Consumer({**client_config(),
-                         "bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
-                         "isolation.level": "read_uncommitted", "enable.auto.commit": False})
+    aborted ones included."""
     chunks: list[bytes] = []
-    try:
-        ends: dict[tuple[str, int], int] = {}
-        starts = []
-        for name, topic in meta.topics.items():
-            for p in topic.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
-                if high > low:
-                    ends[(name, p)] = high
-                    starts.append(TopicPartition(name, p, low))
-        consumer.assign(starts)
-        # To the end: done when every position reaches it. No consume returns a
-        # transaction marker (a transactional topic's last offset is one), so 2 s without
-        # a record also ends it, in case a position stops short. Read one partition at a
-        # time, this waited those 2 s for nearly every partition: 48 s per scan.
-        idle = 0.0
-        while idle < 2.0:
-            batch = consumer.consume(1000, 0.25)
-            idle = 0.0 if batch else idle + 0.25
-            for msg in batch:
-                if msg.error() is not None:
-                    continue
-                chunks += [str(msg.topic()).encode(), msg.key() or b"", msg.value() or b""]
-                chunks += [k.encode() + v for k, v in headers_of(msg).items()]
-            if all(tp.offset >= ends[(tp.topic, tp.partition)]
-                   for tp in consumer.position(starts)):
-                break
-    finally:
-        consumer.close()
+    for msg in every_record(servers):
+        chunks += [str(msg.topic()).encode(), msg.key() or b"", msg.value() or b""]
+        chunks += [k.encode() + v for k, v in headers_of(msg).items()]
     return b"\x00".join(chunks)
 
 

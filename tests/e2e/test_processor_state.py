@@ -7,13 +7,11 @@ import uuid
 from datetime import date
 
 import httpx
-from confluent_kafka import Consumer, TopicPartition
 
 from schemas import topics
-from service_kit.kafka_auth import client_config
 from stack.waiting import eventually
 from tests.e2e.conftest import RunningStack
-from tests.support import event_in
+from tests.support import event_in, every_record
 
 
 def _create_course(stack: RunningStack, capacity: int) -> str:
@@ -38,29 +36,8 @@ def _decided(stack: RunningStack, signup_ids: list[str]) -> bool | None:
 
 def _records(servers: str, topic_filter: str) -> list[tuple[str, bytes | None, bytes | None]]:
     """Every record of every topic whose name contains `topic_filter`, from the start."""
-    consumer = Consumer({**client_config(),
-                         "bootstrap.servers": servers, "group.id": str(uuid.uuid4()),
-                         "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
-    names = [t for t in consumer.list_topics(timeout=10).topics if topic_filter in t]
-    tps, ends = [], {}
-    for name in names:
-        for p in consumer.list_topics(name, timeout=10).topics[name].partitions:
-            high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1]
-            if high > 0:
-                tps.append(TopicPartition(name, p, 0))
-                ends[(name, p)] = high
-    consumer.assign(tps)
-    found: list[tuple[str, bytes | None, bytes | None]] = []
-    remaining = set(ends)
-    while remaining:
-        for msg in consumer.consume(1000, 0.5):
-            if msg.error() is None:
-                found.append((str(msg.topic()), msg.key(), msg.value()))
-        for pos in consumer.position([TopicPartition(t, p) for t, p in remaining]):
-            if pos.offset >= ends[(pos.topic, pos.partition)]:
-                remaining.discard((pos.topic, pos.partition))
-    consumer.close()
-    return found
+    return [(str(msg.topic()), msg.key(), msg.value())
+            for msg in every_record(servers, lambda topic: topic_filter in topic)]
 
 
 def test_repeated_idempotency_keys_leave_no_repeated_record(full_stack: RunningStack) -> None:
