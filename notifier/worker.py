@@ -347,17 +347,12 @@ class Worker:
             while taken < len(ready) and len(jobs) < size:
                 key = ready[taken]
                 taken += 1
-                waiting = self.waiting[key]
-                if not waiting:
-                    del self.waiting[key]
-                    continue
+                waiting = self.waiting[key]  # never empty: emptied queues are deleted
                 startable -= min(len(waiting), BATCH_MAX)
                 jobs.extend(waiting.popleft() for _ in range(min(len(waiting), size - len(jobs))))
                 if not waiting:
                     del self.waiting[key]
                 self.busy[key] = self._epoch
-            if not jobs:
-                return
             self.buffered -= len(jobs)
             self.batches += 1
             room -= 1
