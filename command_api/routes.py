@@ -47,6 +47,7 @@ from schemas.messages import (
 )
 from schemas.personal import request_fingerprint, seal, seat_key, signup_id_for, student_hash
 from schemas.withdrawal import is_withdrawal_token, withdrawal_token
+from service_kit.records import TRACED
 
 RETRY_AFTER_SECONDS = 5
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -139,7 +140,7 @@ async def _send(command: Command, publisher: Publisher, metrics: Metrics,
     headers = [("correlation_id", command.correlation_id.encode()),
                ("command_type", kind.encode())]
     if traced:  # the caller follows it by its own correlation id: log its decision at INFO
-        headers.append(("traced", b"1"))
+        headers.append(TRACED)
     try:
         await publisher.publish(
             topics.COMMANDS,

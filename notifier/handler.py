@@ -33,7 +33,7 @@ from schemas.messages import (
 from schemas.personal import SealError, unseal
 from schemas.withdrawal import withdrawal_token
 from service_kit.deadletter import dead_letter_headers
-from service_kit.records import Headers, SourceRecord
+from service_kit.records import TRACED_NAME, Headers, SourceRecord
 
 log = logging.getLogger("notifier")
 
@@ -110,7 +110,7 @@ class Job:
     def traced(self) -> bool:
         """The sign-up's caller follows it by its own correlation id (the processor's
         `traced` header): its e-mail is logged at INFO, every other one at DEBUG."""
-        return self.record.header("traced") is not None
+        return self.record.header(TRACED_NAME) is not None
 
     def context(self) -> dict[str, object]:
         """What a log line may say about this job: ids and position, never personal data."""

@@ -7,6 +7,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 Headers = list[tuple[str, bytes]]
+# A header the command API puts on a command whose caller follows it by its own
+# correlation id, the processor copies onto its events, and the notifier reads: those
+# requests are logged at INFO in every component, every other one at DEBUG.
+TRACED_NAME = "traced"
+TRACED: tuple[str, bytes] = (TRACED_NAME, b"1")
 RawHeaders = Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]] | None
 
 

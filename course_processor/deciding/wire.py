@@ -19,7 +19,7 @@ from schemas.messages import (
     StudentWithdrew,
     WithdrawalRejected,
 )
-from service_kit.records import Headers
+from service_kit.records import TRACED, Headers
 
 
 def event_headers(event: Event, processor_id: str, generation: int,
@@ -41,7 +41,7 @@ def event_headers(event: Event, processor_id: str, generation: int,
         ("generation", str(generation).encode()),
     ]
     if traced:
-        headers.append(("traced", b"1"))
+        headers.append(TRACED)
     return headers
 
 

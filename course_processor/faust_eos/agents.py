@@ -30,7 +30,7 @@ from course_processor.state.local import OutRecord
 from schemas.codec import encode
 from schemas.messages import Command
 from service_kit.deadletter import dead_letter_headers
-from service_kit.records import SourceRecord, header_pairs
+from service_kit.records import TRACED_NAME, SourceRecord, header_pairs
 
 log = logging.getLogger("course_processor")
 
@@ -168,4 +168,4 @@ def _children(metric: Any) -> Callable[..., Any]:
 
 
 def _traced(message: Message) -> bool:
-    return any(key == "traced" for key, _ in header_pairs(message.headers))
+    return any(key == TRACED_NAME for key, _ in header_pairs(message.headers))
