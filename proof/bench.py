@@ -417,9 +417,10 @@ class Bench:
                  f"{base['cpu_percent_of_one_core']}%")
         # The accept rate is the held run's when that ran closed-loop too: the same load
         # as the probe for 60 s instead of 20, after the probe and its drain warmed the
-        # stack. In the last eight full runs the held run read 0.93x to 1.19x the probe
-        # (590/s against 702/s in the last). Open-loop, the held run accepts what it is
-        # offered, and the probe is the only measure of what the command API can take.
+        # stack. In the eight full runs before 2026-12-08 the held run read 0.93x to 1.19x
+        # the probe (590/s against 702/s in the last of them). Open-loop, the held run
+        # accepts what it is offered, and the probe is the only measure of what the
+        # command API can take.
         if rate is None:
             accept, where = data["hold"]["http_accepted_per_s"], (
                 f"the closed-loop held run ({sizes.hold_s:.0f}s; the {sizes.probe_s:.0f}s "
